@@ -1,0 +1,266 @@
+"""Data sets held as uint8 tensors on the training device, with batched device-side augmentation.
+
+Register a data set with ``@register_dataset(name)`` on a function returning a `DatasetSpec`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fairbench.errors import FairbenchError
+from fairbench.registry import DATASETS, register_dataset
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the core needs to know of a data set: shape, classes, threat defaults, augmentation."""
+
+    name: str
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eps: float  # default L-inf radius of the threat model
+    step_size: float  # default PGD step size for training
+    crop_padding: int
+    hflip: bool
+    load: Callable[[str, Path, bool], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Split:
+    """One split on the device: ``images`` uint8 N×C×H×W, ``labels`` int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> "Split":
+        return Split(self.images[indices], self.labels[indices])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """``--data-dir``, else ``$FAIRBENCH_DATA``, else the user cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("FAIRBENCH_DATA"):
+        return Path(os.environ["FAIRBENCH_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "fairbench" / "data"
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    return DATASETS.get(name)()
+
+
+def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None = None,
+               download: bool = True) -> Split:
+    """Load a whole split as uint8 CPU tensors (move it with `Split.to`)."""
+    images, labels = spec.load(split, data_root(data_dir), download)
+    return Split(images.contiguous(), labels.long())
+
+
+def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int = 0) -> torch.Tensor:
+    """Indices of the first ``k`` examples of each class after skipping the first ``skip`` of each.
+
+    Deterministic, so the same K gives the same subset on every machine.
+    """
+    out = []
+    labels = labels.cpu()
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if idx.numel() < skip + k:
+            raise FairbenchError(
+                f"class {c} has {idx.numel()} examples, fewer than the {skip + k} asked for"
+            )
+        out.append(idx[skip: skip + k])
+    return torch.sort(torch.cat(out)).values
+
+
+def train_val_split(train: Split, num_classes: int, train_per_class: int | None,
+                    val_per_class: int | None) -> tuple[Split, Split | None]:
+    """Hold out the first ``val_per_class`` of each class as validation; the rest trains."""
+    val_k = val_per_class or 0
+    counts = torch.bincount(train.labels.cpu(), minlength=num_classes)
+    if train_per_class is None:
+        keep = int(counts.min()) - val_k
+        if keep <= 0:
+            raise FairbenchError(f"--val-per-class {val_k} leaves no training examples")
+        train_idx = (per_class_indices(train.labels, keep, num_classes, skip=val_k)
+                     if val_k else torch.arange(len(train)))
+    else:
+        train_idx = per_class_indices(train.labels, train_per_class, num_classes, skip=val_k)
+    val = train.subset(per_class_indices(train.labels, val_k, num_classes)) if val_k else None
+    return train.subset(train_idx), val
+
+
+# ---------------------------------------------------------------- augmentation (batched, on device)
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero-pad by ``padding`` and cut a random H×W window per example (one gather, no loop)."""
+    if padding <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def standard_augment(spec: DatasetSpec, images: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The data set's standard training augmentation on a uint8 batch; returns float in [0, 1]."""
+    x = to_float(images)
+    x = random_crop(x, spec.crop_padding, generator)
+    if spec.hflip:
+        x = random_hflip(x, generator)
+    return x
+
+
+# ---------------------------------------------------------------- loaders
+
+def _missing(name: str, looked: list[Path], how: str) -> FairbenchError:
+    places = "; ".join(str(p) for p in looked)
+    return FairbenchError(f"{name} not found (looked in: {places}). {how}")
+
+
+def _torchvision_cifar(cls_name: str, name: str):
+    def load(split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            ds = cls(root=str(root), train=(split == "train"), download=download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            raise _missing(name, [root], f"Get it by running with network access (it downloads into "
+                           f"that folder), or put torchvision's extracted archive there and pass "
+                           f"--data-dir or set FAIRBENCH_DATA. ({exc})") from None
+        except OSError as exc:  # no network
+            raise _missing(name, [root], f"Download failed ({exc}). Download it on a machine with "
+                           f"network access into that folder, or pass --data-dir.") from None
+        images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2)
+        return images, torch.as_tensor(ds.targets, dtype=torch.long)
+
+    return load
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise FairbenchError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise FairbenchError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fashion_mnist_folders(root: Path) -> list[Path]:
+    return [root, root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST]
+
+
+def _load_fashion_mnist(split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    img_stem, lbl_stem = FASHION_MNIST_FILES[split]
+    folders = _fashion_mnist_folders(root)
+    for folder in folders:
+        img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+        if img and lbl:
+            images, labels = read_idx(img), read_idx(lbl)
+            return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+    how = ("Install Debian's package (apt-get install dataset-fashion-mnist), or run with network "
+           "access so torchvision downloads it, or put the idx files in --data-dir.")
+    if not download:
+        raise _missing("fashion-mnist", folders, how)
+    import torchvision
+
+    try:
+        ds = torchvision.datasets.FashionMNIST(root=str(root), train=(split == "train"), download=True)
+    except (RuntimeError, OSError) as exc:
+        raise _missing("fashion-mnist", folders, f"{how} (download failed: {exc})") from None
+    return ds.data[:, None].clone(), ds.targets.long()
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
+                         "sandal", "shirt", "sneaker", "bag", "ankle boot")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+def _cifar100_classes() -> tuple[str, ...]:
+    from fairbench._cifar100_names import CIFAR100_CLASSES
+
+    return CIFAR100_CLASSES
+
+
+@register_dataset("cifar10")
+def cifar10() -> DatasetSpec:
+    """CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes; the FairAT paper's data set."""
+    return DatasetSpec("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD,
+                       eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
+                       load=_torchvision_cifar("CIFAR10", "cifar10"))
+
+
+@register_dataset("cifar100")
+def cifar100() -> DatasetSpec:
+    """CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes."""
+    return DatasetSpec("cifar100", _cifar100_classes(), (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD,
+                       eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
+                       load=_torchvision_cifar("CIFAR100", "cifar100"))
+
+
+@register_dataset("fashion-mnist")
+def fashion_mnist() -> DatasetSpec:
+    """Fashion-MNIST (Xiao et al. 2017), 28x28 grey, 10 classes; 'shirt' is the hard class."""
+    return DatasetSpec("fashion-mnist", FASHION_MNIST_CLASSES, (1, 28, 28), (0.2860,), (0.3530,),
+                       eps=0.1, step_size=0.025, crop_padding=2, hflip=False,
+                       load=_load_fashion_mnist)
