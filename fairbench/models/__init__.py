@@ -1,0 +1,79 @@
+"""Architecture registry: ``create_model(name, spec)`` builds a model for a data set.
+
+Every model takes inputs in [0, 1]; the data set's normalization is the model's first layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from fairbench.errors import FairbenchError
+from fairbench.registry import MODELS
+
+if TYPE_CHECKING:
+    from fairbench.data import DatasetSpec
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-channel constants kept as buffers (saved with the model)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
+    """Build architecture ``name`` for data set ``spec``: Normalize followed by the network."""
+    build = MODELS.get(name)
+    net = build(num_classes=spec.num_classes, in_channels=spec.shape[0])
+    return nn.Sequential(Normalize(spec.mean, spec.std), net)
+
+
+def unwrap_state_dict(state: dict) -> dict:
+    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes."""
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    out = {}
+    for name, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = value
+    return out
+
+
+def load_model_state(model: nn.Module, state: dict, source: str) -> None:
+    """Load ``state`` into ``model`` or say exactly which keys or shapes do not match."""
+    state = unwrap_state_dict(state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (checkpoint vs model, e.g. {'; '.join(wrong[:3])})")
+        raise FairbenchError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# importing the modules registers the architectures
+from fairbench.models import preact_resnet, small_cnn, wide_resnet  # noqa: E402,F401
