@@ -1,0 +1,101 @@
+"""The one L-inf PGD of fairbench (Madry et al., ICLR 2018), used for training and evaluation.
+
+``eps`` and ``step_size`` may be floats or per-example tensors; the objective is cross-entropy
+(Madry / PGD-AT) or KL to the clean prediction (TRADES, Zhang et al. 2019).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Objective = Literal["ce", "kl"]
+Init = Literal["uniform", "normal", "none"]
+
+TRADES_INIT_STD = 0.001  # TRADES starts its KL attack from x + 0.001 * N(0, I)
+
+
+def _per_example(value: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float or N-vector as an N×1×1×1 tensor on x's device, in fp32."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore its previous mode after."""
+    was_training = model.training
+    if enabled:
+        model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor | None, clean_probs: torch.Tensor | None,
+                objective: Objective) -> torch.Tensor:
+    """Summed objective over the batch (summing keeps every example's gradient independent of N)."""
+    logits = logits.float()
+    if objective == "ce":
+        return F.cross_entropy(logits, y, reduction="sum")
+    return F.kl_div(F.log_softmax(logits, dim=1), clean_probs, reduction="sum")
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    eps: float | torch.Tensor,
+    step_size: float | torch.Tensor,
+    steps: int,
+    objective: Objective = "ce",
+    init: Init = "uniform",
+    clean_logits: torch.Tensor | None = None,
+    use_eval_mode: bool = True,
+) -> torch.Tensor:
+    """Projected gradient ascent in the L-inf ball of radius ``eps`` around ``x`` (inputs in [0, 1]).
+
+    Returns detached adversarial inputs in [0, 1] with ``|x_adv - x| <= eps`` per example.
+    ``objective='kl'`` maximizes KL(f(x) || f(x')) against ``clean_logits`` (computed if not given).
+    Model parameters' ``.grad`` are never touched.
+    """
+    if steps < 0:
+        raise ValueError("steps must be >= 0")
+    if objective == "ce" and y is None:
+        raise ValueError("the CE objective needs labels y")
+    x = x.detach()
+    eps_t, step_t = _per_example(eps, x), _per_example(step_size, x)
+    with eval_mode(model, use_eval_mode):
+        clean_probs = None
+        if objective == "kl":
+            if clean_logits is None:
+                with torch.no_grad():
+                    clean_logits = model(x)
+            clean_probs = F.softmax(clean_logits.detach().float(), dim=1)
+        delta = _init_delta(x, eps_t, init)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = attack_loss(model(x + delta), y, clean_probs, objective)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = delta.detach() + step_t * grad.sign()
+            delta = torch.clamp(torch.maximum(torch.minimum(delta, eps_t), -eps_t) + x, 0, 1) - x
+    return (x + delta).detach()
+
+
+def _init_delta(x: torch.Tensor, eps: torch.Tensor, init: Init) -> torch.Tensor:
+    if init == "uniform":
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+    elif init == "normal":
+        delta = TRADES_INIT_STD * torch.randn_like(x)
+        delta = torch.maximum(torch.minimum(delta, eps), -eps)
+    else:
+        delta = torch.zeros_like(x)
+    return torch.clamp(x + delta, 0, 1) - x
