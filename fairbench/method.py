@@ -1,0 +1,183 @@
+"""The method interface: what a training method may decide, and what the core gives it.
+
+A method is one class in ``methods/``, registered with ``@register_method(name)``. It declares its
+hyperparameters in a nested ``Params`` dataclass (the paper's defaults), plans each epoch
+(`EpochPlan`), computes the batch loss from the shared attack and base losses, and updates its own
+state at the end of each epoch. Everything else (data, loop, attack, checkpoints) is the core's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairbench.attacks import eval_mode
+from fairbench.errors import FairbenchError
+
+if TYPE_CHECKING:
+    from fairbench.config import RunConfig
+    from fairbench.data import DatasetSpec, Split
+    from fairbench.distributed import DistInfo
+
+
+@dataclass
+class EpochPlan:
+    """This epoch's training set: entries index the training split (repeats allowed).
+
+    ``augment`` marks entries that get the method's extra augmentation (`Method.augment`) on top
+    of the standard one; ``eps`` and ``weight`` are per-entry attack radius and loss weight.
+    """
+
+    indices: torch.Tensor
+    augment: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def take(self, positions: torch.Tensor) -> "EpochPlan":
+        """The plan restricted to (and reordered by) ``positions``."""
+        pick = lambda t: None if t is None else t[positions]  # noqa: E731
+        return EpochPlan(self.indices[positions], pick(self.augment), pick(self.eps), pick(self.weight))
+
+
+@dataclass
+class EpochContext:
+    """What a method sees at the start and end of an epoch."""
+
+    epoch: int  # 0-based
+    epochs: int
+    model: nn.Module  # the bare model (never DDP-wrapped)
+    spec: "DatasetSpec"
+    train: "Split"  # uint8 images and labels on the device
+    val: "Split | None"
+    config: "RunConfig"
+    device: torch.device
+    dist: "DistInfo"
+    log: dict[str, Any] = field(default_factory=dict)  # merged into this epoch's log.jsonl record
+
+    def map_batches(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    split: "Split | None" = None, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply ``fn(x_float, y) -> per-example tensor`` over a split in large batches.
+
+        Each rank computes a contiguous shard and the shards are gathered, so every rank gets the
+        full result in the order of ``indices`` (default: the whole split).
+        """
+        split = self.train if split is None else split
+        if indices is None:
+            indices = torch.arange(len(split), device=self.device)
+        shard = self.dist.shard_range(len(indices))
+        bs = self.config.eval_batch_size
+        outs = []
+        for start in range(shard.start, shard.stop, bs):
+            idx = indices[start: min(start + bs, shard.stop)]
+            x = split.images[idx].float().div_(255.0)
+            outs.append(fn(x, split.labels[idx]))
+        local = torch.cat(outs) if outs else torch.empty(0, device=self.device)
+        return self.dist.gather_shards(local, len(indices))
+
+    def per_example_loss(self, model: nn.Module | None = None, split: "Split | None" = None,
+                         indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of each (un-augmented) example under ``model`` in eval mode, no grad."""
+        model = self.model if model is None else model
+
+        def ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(model(x).float(), y, reduction="none")
+
+        with torch.no_grad(), eval_mode(model):
+            return self.map_batches(ce, split, indices)
+
+
+@dataclass
+class BatchContext:
+    """One training batch: inputs already augmented, float in [0, 1]."""
+
+    model: nn.Module  # the training model (DDP-wrapped under torchrun): use it for the loss forward
+    attack_model: nn.Module  # the bare model: use it for attacks
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: torch.Tensor  # per example
+    step_size: torch.Tensor  # per example
+    steps: int  # PGD steps for training
+    weight: torch.Tensor  # per example
+    epoch: int
+    spec: "DatasetSpec"
+
+
+@dataclass
+class NoParams:
+    """A method without hyperparameters."""
+
+
+class Method:
+    """Base class: the default plan is every training example once, standard augmentation."""
+
+    Params: ClassVar[type] = NoParams
+    name: ClassVar[str] = ""
+
+    def __init__(self, params: Any, config: "RunConfig") -> None:
+        self.params = params
+        self.config = config
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        return EpochPlan(torch.arange(len(ctx.train), device=ctx.device))
+
+    def augment(self, ctx: BatchContext, mask: torch.Tensor) -> torch.Tensor:
+        """Extra augmentation of the entries in ``mask`` (called only when the plan sets one)."""
+        return ctx.x
+
+    def loss(self, ctx: BatchContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, ctx: EpochContext) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
+    """Build the method's Params from ``name=value`` strings (or typed values), with clear errors."""
+    params_cls = method_cls.Params
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    values = {}
+    for name, value in raw.items():
+        if name not in fields:
+            valid = ", ".join(fields) or "none"
+            raise FairbenchError(f"unknown parameter '{name}' for method '{method_cls.name}'; "
+                                 f"its parameters: {valid}")
+        values[name] = coerce(value, fields[name], method_cls.name)
+    params = params_cls(**values)
+    validate = getattr(params, "validate", None)
+    if callable(validate):
+        validate()
+    return params
+
+
+def coerce(value: Any, f: dataclasses.Field, method: str) -> Any:
+    """Convert a CLI string to the field's declared type (bool, int, float, str)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kind = type(default) if default is not None else str
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind is bool:
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except ValueError:
+        raise FairbenchError(f"parameter '{f.name}' of method '{method}' must be a {kind.__name__}, "
+                             f"got '{value}'") from None
