@@ -1,0 +1,75 @@
+"""DistributedDataParallel plumbing for runs launched by torchrun (NCCL on GPUs, gloo on CPU).
+
+A single process is a world of size 1: every helper here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def shard_range(self, n: int) -> range:
+        """This rank's contiguous share of ``n`` items (sizes differ by at most one)."""
+        per, extra = divmod(n, self.world_size)
+        start = self.rank * per + min(self.rank, extra)
+        return range(start, start + per + (1 if self.rank < extra else 0))
+
+    def gather_shards(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate every rank's `shard_range` result, in rank order, on every rank."""
+        if not self.enabled:
+            return local
+        sizes = [len(DistInfo(r, self.world_size).shard_range(n)) for r in range(self.world_size)]
+        width = max(sizes)
+        padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of ``tensor`` on every rank (in place)."""
+        if self.enabled:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,250 @@
+"""The one training loop of fairbench, shared by every method (single process or DDP)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairbench.config import RunConfig
+from fairbench.data import DatasetSpec, Split, standard_augment
+from fairbench.distributed import DistInfo
+from fairbench.errors import FairbenchError
+from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.models import load_model_state
+from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
+                               atomic_write_text, load_checkpoint, read_jsonl)
+
+CHECKPOINT_FORMAT = 1
+LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in an epoch)
+
+
+def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
+    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol) or cosine."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, in types that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """SGD with momentum over each epoch's `EpochPlan`; checkpoints after every epoch."""
+
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec, model: nn.Module, method: Method,
+                 train: Split, val: Split | None, run_dir: Path, dist: DistInfo,
+                 device: torch.device, progress: bool = True) -> None:
+        if cfg.batch_size % dist.world_size:
+            raise FairbenchError(f"--batch-size {cfg.batch_size} must be divisible by the "
+                                 f"{dist.world_size} processes")
+        if cfg.batch_size > len(train):
+            raise FairbenchError(f"--batch-size {cfg.batch_size} is larger than the "
+                                 f"{len(train)} training examples")
+        self.cfg, self.spec, self.method, self.dist = cfg, spec, method, dist
+        self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
+        self.progress = progress and dist.is_main
+        self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.train_model = self._wrap(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay,
+                                         **({"fused": True} if device.type == "cuda" else {}))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.schedule))
+        self.start_epoch = 0
+        self.train_seconds = 0.0
+        self.images_seen = 0
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped, dynamic=False)
+        return wrapped
+
+    # ------------------------------------------------------------------ epochs
+
+    def epoch_context(self, epoch: int) -> EpochContext:
+        return EpochContext(epoch, self.cfg.epochs, self.model, self.spec, self.train, self.val,
+                            self.cfg, self.device, self.dist)
+
+    def fit(self) -> None:
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            record = self.train_epoch(epoch)
+            self.save_checkpoint(epoch + 1)
+            if self.dist.is_main:
+                append_jsonl(self.run_dir / LOG_FILE, record)
+
+    def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
+        n = len(plan)
+        ones = torch.ones(n, device=self.device)
+        return EpochPlan(plan.indices.to(self.device),
+                         None if plan.augment is None else plan.augment.to(self.device),
+                         ones * self.cfg.eps if plan.eps is None else plan.eps.to(self.device).float(),
+                         ones if plan.weight is None else plan.weight.to(self.device).float())
+
+    def _epoch_order(self, epoch: int, n: int) -> torch.Tensor:
+        """The same shuffled order on every rank (seeded by run seed and epoch), then this rank's share."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+        per_rank = n // self.dist.world_size
+        return order[self.dist.rank::self.dist.world_size][:per_rank].to(self.device)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        ctx = self.epoch_context(epoch)
+        plan = self._complete_plan(self.method.plan_epoch(ctx))
+        if len(plan) < self.cfg.batch_size:
+            raise FairbenchError(f"epoch {epoch + 1}: the method planned {len(plan)} examples, "
+                                 f"fewer than one batch of {self.cfg.batch_size}")
+        plan = plan.take(self._epoch_order(epoch, len(plan)))
+        self.train_model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        local_bs = self.cfg.batch_size // self.dist.world_size
+        starts = range(0, len(plan), local_bs)
+        bar = self._progress_bar(epoch, len(starts))
+        t0 = time.perf_counter()
+        for step, start in enumerate(starts):
+            batch = plan.take(torch.arange(start, min(start + local_bs, len(plan)), device=self.device))
+            loss = self.train_step(batch, epoch)
+            loss_sum += loss.detach().float() * len(batch)
+            if bar is not None and (step + 1) % LOG_EVERY == 0:
+                self._update_bar(bar, loss_sum, start + len(batch), t0, LOG_EVERY)
+        seen = torch.tensor(float(len(plan)), device=self.device)
+        mean_loss = float(self.dist.all_reduce_sum(loss_sum) / self.dist.all_reduce_sum(seen))
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise FairbenchError(f"training diverged in epoch {epoch + 1}: the loss is {mean_loss}; "
+                                 f"the last good checkpoint is kept")
+        if bar is not None:
+            self._update_bar(bar, loss_sum, len(plan), t0, len(starts) % LOG_EVERY)
+            bar.close()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.method.end_epoch(ctx)
+        images = len(plan) * self.dist.world_size
+        self.train_seconds += seconds
+        self.images_seen += images
+        return {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "examples": images,
+                "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 1), **ctx.log}
+
+    def train_step(self, batch: EpochPlan, epoch: int) -> torch.Tensor:
+        images = self.train.images[batch.indices]
+        x = standard_augment(self.spec, images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = BatchContext(self.train_model, self.model, x, self.train.labels[batch.indices],
+                           batch.eps, batch.eps * (self.cfg.step_size / self.cfg.eps),
+                           self.cfg.attack_steps, batch.weight, epoch, self.spec)
+        if batch.augment is not None:
+            ctx.x = self.method.augment(ctx, batch.augment)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.method.loss(ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _progress_bar(self, epoch: int, steps: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                    dynamic_ncols=True)
+
+    def _update_bar(self, bar, loss_sum: torch.Tensor, seen: int, t0: float, steps: int) -> None:
+        rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", img_s=f"{rate:.0f}")
+        bar.update(steps)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
+        state = {
+            "format_version": CHECKPOINT_FORMAT,
+            "config": self.cfg.training_dict(),
+            "config_hash": self.cfg.training_hash(),
+            "arch": self.cfg.arch,
+            "epoch": epochs_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+        }
+        atomic_torch_save(self.run_dir / CHECKPOINT_FILE, state)
+        self.dist.barrier()
+
+    def resume(self) -> None:
+        """Continue from the run folder's checkpoint; refuses one made with another config."""
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("format_version") != CHECKPOINT_FORMAT:
+            raise FairbenchError(f"{path}: unknown checkpoint format {state.get('format_version')!r}")
+        if state.get("config_hash") != self.cfg.training_hash():
+            theirs, ours = state.get("config", {}), self.cfg.training_dict()
+            diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)"
+                    for k in ours if theirs.get(k) != ours[k]]
+            raise FairbenchError(f"--resume: {path} was made with a different config: {'; '.join(diff)}")
+        load_model_state(self.model, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.images_seen = int(state.get("images_seen", 0))
+        if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
+            kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
+            atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
