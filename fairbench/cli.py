@@ -93,6 +93,27 @@ def run_cmd(
     run(cfg, resume=resume, progress=progress, echo=typer.echo)
 
 
+@app.command("report")
+def report_cmd(
+    results: str = typer.Option("results", help="results folder: reads every metrics.json under it"),
+) -> None:
+    """Leaderboard tables, class-wise charts and index.html from the runs' metrics.json files."""
+    from pathlib import Path
+
+    from fairbench.report import build_leaderboard, write_report
+
+    board = build_leaderboard(Path(results))
+    if board.skipped:
+        typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
+        for path, why in board.skipped:
+            typer.echo(f"  {path}: {why}", err=True)
+    board, markdown, written = write_report(Path(results), board)
+    typer.echo(markdown, nl=False)
+    figures = sum(1 for p in written if p.parent.name == "figures")
+    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/index.html and {figures} "
+               f"figures in {results}/figures/", err=True)
+
+
 def _check_preset(name: str) -> str:
     if name not in PRESETS:
         raise FairbenchError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")

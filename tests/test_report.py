@@ -1,0 +1,327 @@
+"""`fairbench report`: grouping, seed aggregation, sorting, skipped files, charts, purity, HTML.
+
+The metrics.json files are synthetic but built with the evaluator's own `summarize` and the
+config's own `training_dict`, so they have exactly the shape real runs write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import hashlib
+import json
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import matplotlib.image
+import numpy as np
+from matplotlib.container import BarContainer
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import torch
+
+import fairbench.report as report_module
+from fairbench.cli import main
+from fairbench.config import RunConfig
+from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
+from fairbench.evaluate import summarize
+from fairbench.report import build_leaderboard
+from fairbench.report_figures import class_wise_figure, render_chart
+from fairbench.report_html import to_html
+from fairbench.report_tables import tex_escape, to_csv, to_latex, to_markdown
+from fairbench.results import SCHEMA_VERSION
+
+N_PER_CLASS = 20
+ALL_THREATS = ("clean", "pgd20", "autoattack", "union")
+# (method, params, seed, epochs, threats, accuracy level): group A has epochs=2, group B epochs=4.
+RUNS = [
+    ("pgd-at", {}, 0, 2, ALL_THREATS, 0.55), ("pgd-at", {}, 1, 2, ALL_THREATS, 0.60),
+    ("trades", {"beta": 6.0}, 0, 2, ALL_THREATS, 0.65), ("trades", {"beta": 6.0}, 1, 2, ALL_THREATS, 0.62),
+    ("trades", {"beta": 3.0}, 0, 2, ALL_THREATS, 0.45),
+    ("fairat", {"hard_fraction": 0.5}, 0, 2, ALL_THREATS, 0.75),
+    ("fairat", {"hard_fraction": 0.5}, 1, 2, ALL_THREATS, 0.70),
+    ("pgd-at", {}, 0, 4, ("clean", "pgd20"), 0.50), ("my_method", {}, 0, 4, ("clean", "pgd20"), 0.80),
+]
+BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
+       "runs/unfinished/metrics.json": "unfinished", "runs/running/metrics.json": "unfinished",
+       "runs/zcopy/metrics.json": "same experiment and seed"}
+
+
+def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
+    """A metrics.json document with per-class accuracy drawn around ``level`` (robust < clean)."""
+    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
+                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+    key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    labels = torch.arange(10).repeat_interleave(N_PER_CLASS)
+    metrics = {}
+    for i, threat in enumerate(threats):
+        p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
+        correct = torch.from_numpy(rng.random(len(labels)) < p[labels.numpy()])
+        metrics[threat] = summarize(correct, labels, CLASSES)
+    return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
+            "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
+            "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
+            "training": cfg.training_dict() | {"eval_per_class": N_PER_CLASS}, "classes": list(CLASSES),
+            "metrics": metrics, "timing": {"train_s": 1.0}, "env": {"torch": "x"}, "checkpoint": {}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def trades_defaults() -> Iterator[None]:
+    """trades' paper default (beta=6), as the registry reports it once the method is installed."""
+    real = report_module._method_defaults
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report_module, "_method_defaults", lambda m: {"beta": 6.0} if m == "trades" else real(m))
+        yield
+
+
+def write_results(root: Path) -> Path:
+    """The RUNS as metrics.json files, plus one file for each way a file can be unusable (BAD)."""
+    for i, spec in enumerate(RUNS):
+        folder = root / "runs" / f"run{i}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(record(*spec), indent=2))
+    bad = {"broken": '{"schema_version": 1, "run_id": "x", "metr',
+           "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
+           "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
+           "running": json.dumps(record(*RUNS[0]) | {"status": "running"}),
+           "zcopy": json.dumps(record(*RUNS[0]))}
+    for name, text in bad.items():
+        (root / "runs" / name).mkdir()
+        (root / "runs" / name / "metrics.json").write_text(text)
+    return root
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return write_results(tmp_path / "results")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """One `fairbench report` over the RUNS, shared by the tests that only read its outputs."""
+    root = write_results(tmp_path_factory.mktemp("reported") / "results")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert run_cli(["report", "--results", str(root)]) == 0
+    return root, out.getvalue(), err.getvalue()
+
+
+def stored(root: Path) -> list[dict]:
+    return [json.loads((root / "runs" / f"run{i}" / "metrics.json").read_text()) for i in range(len(RUNS))]
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_groups_rows_and_seed_aggregates(results: Path) -> None:
+    board = build_leaderboard(results)
+    a, b = board.groups
+    assert (a.key.epochs, b.key.epochs) == (2, 4)
+    assert {r.label for r in a.rows} == {"pgd-at", "trades", "trades (beta=3)", "fairat"}
+    assert {r.label for r in b.rows} == {"pgd-at", "my_method"}
+    pgd = next(r for r in a.rows if r.label == "pgd-at")
+    assert pgd.seeds == [0, 1]
+    docs = [d for d in stored(results) if d["method"] == "pgd-at" and d["epochs"] == 2]
+    aa = [d["metrics"]["autoattack"] for d in docs]
+    worst = [1 - min(m["per_class"]) for m in aa]
+    s = pgd.threats["autoattack"]
+    assert s.worst.mean == pytest.approx(np.mean(worst)) and s.worst.std == pytest.approx(np.std(worst, ddof=1))
+    assert s.avg.mean == pytest.approx(np.mean([1 - np.mean(m["per_class"]) for m in aa]))
+    assert s.spread.mean == pytest.approx(np.mean([np.std(m["per_class"]) for m in aa]))
+    per_class = np.mean([[1 - v for v in m["per_class"]] for m in aa], axis=0)
+    assert [x.mean for x in s.per_class] == pytest.approx(list(per_class))
+    assert s.worst_class in {m["worst_class"] for m in aa}
+    single = next(r for r in a.rows if r.label == "trades (beta=3)").threats["pgd20"]
+    assert single.worst.n == 1 and single.worst.std is None
+
+
+def test_sorted_by_worst_class_robust_error(results: Path) -> None:
+    a, b = build_leaderboard(results).groups
+    assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20")
+    assert (a.sort_threat, b.sort_threat) == ("autoattack", "pgd20")
+    for group in (a, b):
+        worst = [r.threats[group.sort_threat].worst.mean for r in group.rows]
+        assert worst == sorted(worst) and len(set(worst)) == len(worst)
+
+
+def test_bad_files_are_listed_and_skipped(reported: tuple[Path, str, str]) -> None:
+    results, _, err = reported
+    board = build_leaderboard(results)
+    assert board.n_files == len(RUNS) + len(BAD)
+    assert {p for p, _ in board.skipped} == set(BAD)
+    for path, why in board.skipped:
+        assert BAD[path] in why, (path, why)
+    assert f"warning: skipped {len(BAD)} metrics.json file(s)" in err
+    assert all(path in err for path in BAD)
+
+
+def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, str]) -> None:
+    results, out, _ = reported
+    assert out == (results / "leaderboard.md").read_text()
+    table_rows = [line for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(table_rows) == 6
+    assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
+    figures = sorted(p.name for p in (results / "figures").iterdir())
+    assert len(figures) == 2 * (4 + 2)
+    assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
+    assert (results / "index.html").stat().st_size > 10_000
+
+
+def test_csv_holds_the_aggregates(reported: tuple[Path, str, str]) -> None:
+    results = reported[0]
+    rows = list(csv.DictReader((results / "leaderboard.csv").open()))
+    assert len(rows) == 6
+    board = build_leaderboard(results)
+    pgd = next(r for r in board.groups[0].rows if r.label == "pgd-at")
+    line = next(r for r in rows if r["label"] == "pgd-at" and r["epochs"] == "2")
+    assert float(line["autoattack_worst_err"]) == pytest.approx(pgd.threats["autoattack"].worst.mean, abs=1e-6)
+    assert line["seeds"] == "0 1" and line["n_seeds"] == "2" and line["sorted_by"] == "autoattack"
+    assert next(r for r in rows if r["label"] == "my_method")["autoattack_avg_err"] == ""
+
+
+def test_latex_is_booktabs_and_escaped(reported: tuple[Path, str, str]) -> None:
+    results = reported[0]
+    tex = (results / "leaderboard.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
+        assert tex.count(rule) == 2, rule
+    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){15-18}" in tex
+    assert tex_escape("a_b & 5% #1 {x}") == r"a\_b \& 5\% \#1 \{x\}"
+
+
+def test_chart_has_one_bar_per_class_and_method(results: Path) -> None:
+    group = build_leaderboard(results).groups[0]
+    fig = class_wise_figure(group, "pgd20")
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == len(group.rows)
+    for container, row in zip(bars, group.rows):
+        heights = [bar.get_height() for bar in container.patches]
+        assert heights == pytest.approx([100 * s.mean for s in row.threats["pgd20"].per_class])
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)
+    assert "PGD-20" in ax.get_ylabel()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"{r.label} ({len(r.runs)} seed{'s' if len(r.runs) > 1 else ''})" for r in group.rows]
+    png, svg = render_chart(group, "pgd20")
+    assert png.startswith(b"\x89PNG") and b"shirt" in svg and b"<svg" in svg
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_report_is_pure_and_byte_identical(results: Path, tmp_path: Path) -> None:
+    inputs = _tree(results)
+    assert run_cli(["report", "--results", str(results)]) == 0
+    first = _tree(results)
+    assert {k: v for k, v in first.items() if k in inputs} == inputs  # metrics.json untouched
+    assert set(first) - set(inputs) >= {"leaderboard.md", "leaderboard.csv", "leaderboard.tex", "index.html"}
+    assert run_cli(["report", "--results", str(results)]) == 0
+    assert _tree(results) == first
+    # same inputs elsewhere (another path, another file order on disk) give the same bytes
+    other = tmp_path / "elsewhere" / "res"
+    for rel in sorted(inputs, reverse=True):
+        (other / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results / rel, other / rel)
+    assert run_cli(["report", "--results", str(other)]) == 0
+    assert _tree(other) == first
+
+
+def test_no_usable_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(["report", "--results", str(tmp_path / "missing")]) == 2
+    assert "error: results folder" in capsys.readouterr().err
+    (tmp_path / "r" / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "r" / "runs" / "x" / "metrics.json").write_text("[]")
+    assert run_cli(["report", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "error: no usable metrics.json" in err and "runs/x/metrics.json: not a JSON object" in err
+
+
+def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("chromium is not installed: `apt-get install chromium` (scripts/setup.sh does it as root)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:
+    results = reported[0]
+    page = results / "index.html"
+    html = page.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not need the network"
+    board = build_leaderboard(results)
+    dom = _chromium(tmp_path / "p1", "--dump-dom", page.as_uri() + "#sort=-clean_avg").stdout
+    tables = re.findall(r"<table class=\"leaderboard\".*?</table>", dom, re.S)
+    assert len(tables) == len(board.groups)
+    for table, group in zip(tables, board.groups):
+        assert 'data-sortable="ready"' in table  # the script ran
+        assert table.count('<tr class="row">') == len(group.rows)
+        assert table.count('<tr class="config">') == len(group.rows)
+        keys = re.findall(r'<th data-key="([^"]+)"', table)
+        cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
+        shown = [float(c[keys.index("clean_avg")]) for c in cells]
+        assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
+    assert dom.count("data:image/png;base64,") == 4 + 2
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
+    assert _png_size(shot) == (1280, 900)
+    pixels = matplotlib.image.imread(shot)
+    assert shot.stat().st_size > 20_000 and pixels[..., :3].std() > 0.05  # not a blank page
+
+
+def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
+    """Every key / index path inside a JSON document."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    out = []
+    for key, value in items:
+        out += [prefix + (key,)] + _paths(value, prefix + (key,))
+    return out
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=4)
+VALID = record(*RUNS[0])
+VALID_PATHS = _paths(VALID)
+OTHER = record(*RUNS[8])
+
+
+@settings(max_examples=150, deadline=None)
+@given(which=st.integers(0, len(VALID_PATHS) - 1), value=JSON, delete=st.booleans())
+def test_any_corrupted_field_is_used_or_skipped_never_a_crash(which: int, value: object, delete: bool) -> None:
+    doc = json.loads(json.dumps(VALID))
+    *parents, last = VALID_PATHS[which]
+    target = doc
+    for key in parents:
+        target = target[key]
+    if delete:
+        del target[last]
+    else:
+        target[last] = value
+    with tempfile.TemporaryDirectory() as tmp:  # next to a valid run of another group and seed
+        for name, content in (("a", doc), ("b", OTHER)):
+            (Path(tmp) / name).mkdir()
+            (Path(tmp) / name / "metrics.json").write_text(json.dumps(content))
+        board = build_leaderboard(Path(tmp))
+    assert sum(len(r.runs) for g in board.groups for r in g.rows) + len(board.skipped) == 2
+    if board.groups:  # whatever was accepted must also render
+        to_markdown(board), to_csv(board), to_latex(board), to_html(board, ["s"], {})
