@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import fairbench.data as data
 from fairbench.cli import main
@@ -80,6 +81,7 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
 
     # --val-per-class: the method sees a balanced validation split, disjoint from training
     (ctx,) = seen
+    assert ctx.train.images.dtype == torch.uint8 and ctx.train.images.device == ctx.device
     assert len(ctx.train) == 80 and ctx.val is not None and len(ctx.val) == 40
     assert ctx.val.labels.bincount(minlength=10).tolist() == [4] * 10
     train_imgs = {bytes(img.numpy()) for img in ctx.train.images}

@@ -199,3 +199,18 @@ def test_resume_refuses_another_config(fmnist_dir: Path, tmp_path: Path) -> None
     with pytest.raises(FairbenchError, match=r"different config: lr \(0.1 in the checkpoint, 0.05 now\)"):
         run(_tiny_run(fmnist_dir, tmp_path, lr=0.05), resume=True, **quiet)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing rewritten
+
+
+def test_per_example_loss_scores_in_index_order_without_touching_the_model(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, eval_batch_size=7)  # several batches, the last one short
+    ctx = trainer.epoch_context(0)
+    model = trainer.model.train()
+    indices = torch.tensor([29, 3, 3, 17, 0, 11, 5, 8, 21, 2, 13, 1, 26, 9, 4, 6])
+    losses = ctx.per_example_loss(indices=indices)
+    assert model.training  # restored after scoring in eval mode
+    model.eval()
+    with torch.no_grad():
+        x = trainer.train.images[indices].float() / 255
+        expected = F.cross_entropy(model(x), trainer.train.labels[indices], reduction="none")
+    assert not losses.requires_grad
+    assert torch.allclose(losses, expected, atol=1e-6)
