@@ -72,10 +72,12 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
 
     (run_dir,) = (out / "runs").iterdir()
     assert run_dir.name.startswith("pgd-at_small-cnn_fashion-mnist_seed0_")
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "log.jsonl", "checkpoint.pt", "metrics.json"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.json", "log.jsonl", "checkpoint.pt",
+                                                   "metrics.json"}
 
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["method"], config["eps"], config["step_size"], config["attack_steps"]) == ("pgd-at", 0.1, 0.025, 10)
+    resolved = (config["method"], config["eps"], config["step_size"], config["attack_steps"])
+    assert resolved == ("pgd-at", 0.1, 0.025, 10)
     assert config["attacks"] == ["clean", "pgd20"] and config["val_per_class"] == 4
     assert config["run_id"] == run_dir.name and config["params"] == {}
 
@@ -164,7 +166,8 @@ def test_missing_data_offline(tmp_path: Path, no_debian: Path, capsys: pytest.Ca
 
 def test_defaults_are_cifar10_and_preact18(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "results"
-    assert cli(["run", "--no-download", "--data-dir", str(tmp_path), "--out", str(out), "--device", "cpu"]) == 2
+    args = ["run", "--no-download", "--data-dir", str(tmp_path), "--out", str(out), "--device", "cpu"]
+    assert cli(args) == 2
     assert_one_error_line(capsys, "cifar10 not found", str(tmp_path / "cifar-10-batches-py"))
     assert files_under(out) == []
 

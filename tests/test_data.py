@@ -49,7 +49,9 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, n: int = 4) -> di
         _dump(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5",
                                            "labels": y.tolist(), "data": x.reshape(n, 3072),
                                            "filenames": [f"img{i}_{j}.png" for j in range(n)]})
-        train_x.append(x), train_y.append(y), train_list.append([f"data_batch_{i}", _md5(folder / f"data_batch_{i}")])
+        train_x.append(x)
+        train_y.append(y)
+        train_list.append([f"data_batch_{i}", _md5(folder / f"data_batch_{i}")])
     test_x, test_y = _batch(rng, n + 1, 10)
     _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test_y.tolist(),
                                   "data": test_x.reshape(-1, 3072), "filenames": ["t.png"] * (n + 1)})
