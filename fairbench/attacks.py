@@ -73,7 +73,7 @@ def pgd(
         raise ValueError("the CE objective needs labels y")
     x = x.detach()
     eps_t, step_t = _per_example(eps, x), _per_example(step_size, x)
-    with eval_mode(model, use_eval_mode):
+    with eval_mode(model, use_eval_mode), torch.enable_grad():  # also when called under no_grad
         clean_probs = None
         if objective == "kl":
             if clean_logits is None:
@@ -87,7 +87,19 @@ def pgd(
             (grad,) = torch.autograd.grad(loss, delta)
             delta = delta.detach() + step_t * grad.sign()
             delta = torch.clamp(torch.maximum(torch.minimum(delta, eps_t), -eps_t) + x, 0, 1) - x
-    return (x + delta).detach()
+    return project(x + delta.detach(), x, eps_t)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Clip ``x_adv`` to [0, 1] and to the ball, so that ``(x_adv - x).abs() <= eps`` holds exactly.
+
+    ``x + eps`` rounds to the nearest float, which can lie one ulp outside the ball (a checker
+    then sees eps + 3e-8); such entries are moved one float towards ``x``. Fixed work, no host sync.
+    """
+    x_adv = torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0, 1)
+    for _ in range(2):  # one step suffices; a second covers a step across a power of two
+        x_adv = torch.where((x_adv - x).abs() > eps, torch.nextafter(x_adv, x), x_adv)
+    return x_adv
 
 
 def _init_delta(x: torch.Tensor, eps: torch.Tensor, init: Init) -> torch.Tensor:

@@ -37,12 +37,14 @@ def list_cmd() -> None:
     """List the registered methods, architectures and data sets with their parameters."""
     from fairbench.registry import DATASETS, METHODS, MODELS
 
-    for title, registry in (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS)):
+    registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS))
+    width = max(len(e.name) for _, r in registries for e in r.entries())
+    for title, registry in registries:
         typer.echo(f"{title}:")
         for entry in registry.entries():
-            typer.echo(f"  {entry.name:<12} {entry.summary}")
+            typer.echo(f"  {entry.name:<{width}}  {entry.summary}")
             if entry.params:
-                typer.echo("  " + " " * 13 + ", ".join(f"{k}={v!r}" for k, v in entry.params.items()))
+                typer.echo(" " * (width + 4) + ", ".join(f"{k}={v!r}" for k, v in entry.params.items()))
     typer.echo(f"presets: {', '.join(PRESETS)}")
 
 
@@ -67,9 +69,12 @@ def run_cmd(
     attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     data_dir: Optional[str] = typer.Option(None, help="data root (else $FAIRBENCH_DATA, else ~/.cache)"),
+    download: bool = typer.Option(True, help="download a missing data set (--no-download: offline)"),
     out: str = typer.Option("results", help="results folder"),
     run_id: Optional[str] = typer.Option(None, help="run folder name (default from the config)"),
     resume: bool = typer.Option(False, help="continue the run from its last checkpoint"),
+    stop_after_epoch: Optional[int] = typer.Option(
+        None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)"),
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
     channels_last: Optional[bool] = typer.Option(None, help="channels-last (default on for CUDA)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
@@ -89,8 +94,8 @@ def run_cmd(
     values.setdefault("dataset", "cifar10")
     values.setdefault("arch", "preact18")
     cfg = RunConfig(method=method, seed=seed, params=parse_param_options(param), out=out,
-                    compile=compile, **values)
-    run(cfg, resume=resume, progress=progress, echo=typer.echo)
+                    compile=compile, download=download, **values)
+    run(cfg, resume=resume, progress=progress, echo=typer.echo, stop_after_epoch=stop_after_epoch)
 
 
 @app.command("report")

@@ -56,8 +56,8 @@ class RunConfig:
         cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks))
         if cfg.eps is None:
             cfg.eps = eps_default
-        if cfg.step_size is None:
-            cfg.step_size = step_default * cfg.eps / eps_default
+        if cfg.step_size is None:  # the data set's step, scaled with eps (exact at the default eps)
+            cfg.step_size = step_default if cfg.eps == eps_default else step_default * cfg.eps / eps_default
         cfg.validate()
         if cfg.run_id is None:
             cfg.run_id = cfg.default_run_id()

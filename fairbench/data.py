@@ -102,18 +102,23 @@ def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int 
 
 def train_val_split(train: Split, num_classes: int, train_per_class: int | None,
                     val_per_class: int | None) -> tuple[Split, Split | None]:
-    """Hold out the first ``val_per_class`` of each class as validation; the rest trains."""
+    """Hold out the first ``val_per_class`` of each class as validation; the rest trains
+    (or, with ``train_per_class``, the next ``train_per_class`` of each class)."""
     val_k = val_per_class or 0
-    counts = torch.bincount(train.labels.cpu(), minlength=num_classes)
-    if train_per_class is None:
-        keep = int(counts.min()) - val_k
-        if keep <= 0:
-            raise FairbenchError(f"--val-per-class {val_k} leaves no training examples")
-        train_idx = (per_class_indices(train.labels, keep, num_classes, skip=val_k)
-                     if val_k else torch.arange(len(train)))
-    else:
+    val_idx = per_class_indices(train.labels, val_k, num_classes) if val_k else None
+    if train_per_class is not None:
         train_idx = per_class_indices(train.labels, train_per_class, num_classes, skip=val_k)
-    val = train.subset(per_class_indices(train.labels, val_k, num_classes)) if val_k else None
+    elif val_idx is not None:
+        counts = torch.bincount(train.labels.cpu(), minlength=num_classes)
+        if int(counts.min()) <= val_k:
+            raise FairbenchError(f"--val-per-class {val_k} leaves no training examples of class "
+                                 f"{int(counts.argmin())}")
+        in_val = torch.zeros(len(train), dtype=torch.bool)
+        in_val[val_idx] = True
+        train_idx = torch.nonzero(~in_val).flatten()  # every other example, imbalanced or not
+    else:
+        train_idx = torch.arange(len(train))
+    val = train.subset(val_idx) if val_idx is not None else None
     return train.subset(train_idx), val
 
 
@@ -166,15 +171,16 @@ def _torchvision_cifar(cls_name: str, name: str):
         import torchvision
 
         cls = getattr(torchvision.datasets, cls_name)
+        folder = root / cls.base_folder
+        how = (f"Get it by running with network access (torchvision downloads it into {root}), or "
+               f"put the extracted python-version archive ({cls.base_folder}/) in a folder and "
+               f"pass it as --data-dir or $FAIRBENCH_DATA.")
         try:
             ds = cls(root=str(root), train=(split == "train"), download=download)
-        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-            raise _missing(name, [root], f"Get it by running with network access (it downloads into "
-                           f"that folder), or put torchvision's extracted archive there and pass "
-                           f"--data-dir or set FAIRBENCH_DATA. ({exc})") from None
+        except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files or md5s)
+            raise _missing(name, [folder], f"{how} (missing or corrupted files)") from None
         except OSError as exc:  # no network
-            raise _missing(name, [root], f"Download failed ({exc}). Download it on a machine with "
-                           f"network access into that folder, or pass --data-dir.") from None
+            raise _missing(name, [folder], f"{how} (download failed: {exc})") from None
         images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2)
         return images, torch.as_tensor(ds.targets, dtype=torch.long)
 

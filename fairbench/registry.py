@@ -110,7 +110,7 @@ def _load_methods() -> None:
     for ep in entry_points(group="fairbench.methods"):
         try:
             ep.load()
-        except Exception as exc:  # a broken plugin must not hide the built-in methods
+        except Exception as exc:  # say which installed package is broken, in one line
             raise FairbenchError(f"method plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
 
 

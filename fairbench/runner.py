@@ -65,8 +65,14 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
-        echo: Callable[[str], None] = print) -> Path:
-    """Train and evaluate one run; returns its folder ``<out>/runs/<run-id>``."""
+        echo: Callable[[str], None] = print, stop_after_epoch: int | None = None) -> Path:
+    """Train and evaluate one run; returns its folder ``<out>/runs/<run-id>``.
+
+    ``stop_after_epoch`` ends the call after that many epochs with a checkpoint and no
+    evaluation (a time-limited job); ``resume=True`` continues it. It is not part of the config.
+    """
+    if stop_after_epoch is not None and stop_after_epoch < 1:
+        raise FairbenchError(f"--stop-after-epoch must be >= 1, got {stop_after_epoch}")
     cfg, spec, method_cls, params = prepare(cfg)
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
@@ -74,14 +80,15 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo)
+        return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo,
+                    stop_after_epoch)
     finally:
         shutdown_distributed()
 
 
 def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: Any,
          device: torch.device, dist: DistInfo, resume: bool, progress: bool,
-         echo: Callable[[str], None]) -> Path:
+         echo: Callable[[str], None], stop_after_epoch: int | None) -> Path:
     run_dir = Path(cfg.out) / "runs" / str(cfg.run_id)
     say = echo if dist.is_main else (lambda _msg: None)
     if dist.is_main:
@@ -96,17 +103,19 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
+    if resume:  # before anything is written: a refused checkpoint leaves the run folder as it was
+        trainer.resume()
+        say(f"resuming {cfg.run_id} after epoch {trainer.start_epoch}")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
         (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale result must never look current
     dist.barrier()
-    if resume:
-        trainer.resume()
-        say(f"resuming {cfg.run_id} after epoch {trainer.start_epoch}")
     say(f"training {cfg.method} on {cfg.dataset} with {cfg.arch}: {len(train)} examples, "
         f"{cfg.epochs} epochs, eps {cfg.eps:.4f}, device {device}")
-    trainer.fit()
+    if not trainer.fit(stop_after_epoch):
+        say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
+        return run_dir
     t0 = time.perf_counter()
     metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
                                 batch_size=cfg.eval_batch_size, dist=dist, progress=say)

@@ -108,12 +108,21 @@ class Trainer:
         return EpochContext(epoch, self.cfg.epochs, self.model, self.spec, self.train, self.val,
                             self.cfg, self.device, self.dist)
 
-    def fit(self) -> None:
-        for epoch in range(self.start_epoch, self.cfg.epochs):
+    def fit(self, stop_after_epoch: int | None = None) -> bool:
+        """Train to the configured epoch count, or stop once ``stop_after_epoch`` epochs are done.
+
+        Stopping early is not part of the training config (a later ``--resume`` continues the
+        same run exactly). Returns True when all configured epochs are done.
+        """
+        last = self.cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, self.cfg.epochs)
+        for epoch in range(self.start_epoch, last):
             record = self.train_epoch(epoch)
-            self.save_checkpoint(epoch + 1)
+            # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
+            # the other order could lose the line of an epoch the checkpoint says is done
             if self.dist.is_main:
                 append_jsonl(self.run_dir / LOG_FILE, record)
+            self.save_checkpoint(epoch + 1)
+        return max(self.start_epoch, last) >= self.cfg.epochs
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
         n = len(plan)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One intra-op thread: on a small shared CPU, OpenMP threads spin against other processes and a
+# tiny conv net runs ~50x slower with 2 threads than with 1 (measured on the 2-core dev machine).
+torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
