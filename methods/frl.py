@@ -16,7 +16,7 @@ authors' ``frl_train`` in utils_frl*.py). At the start of every FRL epoch:
    (reweight), ``lam_eps <- lam_eps + rate_eps * g_bndy`` (remargin, not projected). P clamps to
    >= 0 and rescales the vector to sum ``lim`` if it sums more. ``rate`` halves every
    ``rate_halving_epochs`` FRL epochs (the authors: every 40).
-3. Class weights ``w_i = 1/K + lam_i - sum(lam)/K`` (they sum to 1 and stay >= (1 - lim)/K); the
+3. Class weights ``w_i = 1/K + lam_i - sum(lam)/K`` (they sum to 1 and stay >= (1 - lim)/K > 0); the
    remargin eps multiplier ``m_i = clip(exp(2 * lam_eps_i), 0.98, eps_cap)``.
 4. One epoch on the training split: each example gets its class's eps ``m_i * eps`` (the
    `EpochPlan`'s per-example eps), the TRADES KL attack with that eps, and the loss
@@ -82,7 +82,7 @@ class ReweightParams:
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.tau_nat >= 0 and self.tau_bndy >= 0, "tau_nat and tau_bndy must be >= 0"),
             (self.rate > 0, f"rate must be > 0, got {self.rate}"),
-            (0 < self.lim <= 1, f"lim must be in (0, 1] so that class weights stay >= 0, got {self.lim}"),
+            (0 < self.lim < 1, f"lim must be in (0, 1) so that class weights stay > 0, got {self.lim}"),
             (self.rate_halving_epochs >= 0, "rate_halving_epochs must be >= 0"),
             (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
             (not self.pretrained or Path(self.pretrained).is_file(),

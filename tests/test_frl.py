@@ -154,3 +154,13 @@ def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:
         assert torch.equal(p, q)
     log = read_jsonl(tmp_path / "cut" / "log.jsonl")
     assert [r["epoch"] for r in log] == [2] and "frl_eps_multiplier" in log[-1]
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("frl-rw", {"lim": "1"}, "lim"), ("frl-rw", {"rate": "0"}, "rate"),
+    ("frl-rw", {"warmup_fraction": "1"}, "warmup_fraction"), ("frl-rm", {"eps_cap": "0.5"}, "eps_cap"),
+    ("frl-rw", {"eps_cap": "2"}, "unknown parameter 'eps_cap'"),  # reweight has no remargin knobs
+])
+def test_bad_params_are_clear_errors(name: str, params: dict, message: str) -> None:
+    with pytest.raises(FairbenchError, match=message):
+        build(name, params, val_per_class=5)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from fairbench.cli import main
-from fairbench.models import create_model
 from fairbench.registry import METHODS
-from methods_helpers import SPEC, bars, batch_ctx, build
+from methods_helpers import bars, batch_ctx, build
 
 NEW_METHODS = ("trades", "frl-rw", "frl-rm", "frl-rwrm", "fairat")
 VAL = {"val_per_class": 5}  # FRL holds out a validation split
