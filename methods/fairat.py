@@ -1,0 +1,130 @@
+"""FairAT (Mou, Yue, Zhao, Wang, "Fairness is Essential for Robustness: Fair Adversarial Training by
+Identifying and Augmenting Hard Examples", Frontiers of Computer Science 19(3):193803, 2025,
+DOI 10.1007/s11704-024-3587-1). A reconstruction from what is public, not the authors' code.
+
+What is known (abstract, introduction and the publisher's press release): hard examples, the
+training examples with the highest cross-entropy under the robust model, indicate class-wise
+robustness disparity more finely than class-level statistics (hard classes hold more of them);
+increasing the diversity of hard examples by data augmentation narrows the gap between classes;
+the method is vanilla adversarial training plus dynamic augmentation of the hard examples during
+training. Reported: WRN-28-10 on CIFAR-10, +2.13 points average and +4.50 points worst-class
+robust accuracy over the best baseline.
+
+Not found: the full text (paywalled), an open preprint, and the authors' code (searched GitHub
+names and strings for FairAT / Fair-AT and the authors; ``blackcow/Fair-AT`` is an unrelated
+TRADES sandbox). Every rule below that the public text does not fix is therefore an **assumption**,
+exposed as a parameter with a documented default:
+
+- When and by what model: at the start of epoch M >= 2 the model of epoch M-1 scores every
+  training example by its clean cross-entropy (batched, no grad, un-augmented, eval mode; sharded
+  under DDP). Epoch 1 has no previous model and trains on the plain set. (The epoch loop comes
+  from the issue's reading of the paper; clean rather than adversarial CE is assumed.)
+- ``selection``: ``fraction`` marks the top ``fraction`` of all examples by CE (default 0.2, one
+  global ranking, not per class, so hard classes can hold more); ``threshold`` marks CE >
+  ``threshold`` (default ln 2: the true class has probability below 1/2).
+- ``augment``: the policy of `fairbench.augment` (``auto``: RandAugment-style for colour images,
+  affine jitter + random erasing for grey ones), applied on the device after the standard
+  crop/flip, freshly drawn every time an example is seen.
+- ``copies`` augmented copies per hard example (default 1) and ``keep_original`` (default false):
+  epoch M's set is the non-hard examples, the augmented copies of the hard ones, and the hard
+  originals if kept. With the defaults the epoch size is unchanged; hard examples are replaced by
+  augmented versions.
+- ``base``: ``pgd-at`` (Madry; "an improvement of vanilla adversarial training") or ``trades``
+  (with ``beta``), both from `fairbench.losses`.
+
+Each epoch logs ``n_hard`` and ``hard_per_class`` (by class name) to log.jsonl. The method keeps no
+state beyond the model: a resumed run rescoring with the restored model selects the same examples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fairbench.augment import POLICIES, get_policy
+from fairbench.errors import FairbenchError
+from fairbench.losses import pgd_at_terms, trades_loss, weighted_mean
+from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.registry import register_method
+
+SELECTIONS = ("fraction", "threshold")
+BASES = ("pgd-at", "trades")
+
+
+def select_hard(losses: torch.Tensor, selection: str, fraction: float, threshold: float) -> torch.Tensor:
+    """Boolean mask of the hard examples: top ``fraction`` by loss, or loss above ``threshold``."""
+    if selection == "threshold":
+        return losses > threshold
+    k = min(len(losses), max(1, round(fraction * len(losses))))
+    hard = torch.zeros(len(losses), dtype=torch.bool, device=losses.device)
+    hard[torch.topk(losses, k, sorted=False).indices] = True
+    return hard
+
+
+def compose_plan(hard: torch.Tensor, copies: int, keep_original: bool) -> EpochPlan:
+    """Non-hard examples once, ``copies`` augmented entries per hard one, plus its original if kept."""
+    easy_idx = torch.nonzero(~hard).flatten()
+    hard_idx = torch.nonzero(hard).flatten()
+    parts = [(easy_idx, False), (hard_idx.repeat(copies), True)]
+    if keep_original:
+        parts.append((hard_idx, False))
+    indices = torch.cat([idx for idx, _ in parts])
+    augment = torch.cat([torch.full((len(idx),), flag, dtype=torch.bool, device=hard.device)
+                         for idx, flag in parts])
+    return EpochPlan(indices, augment=augment)
+
+
+@register_method("fairat")
+class FairAT(Method):
+    """Mou et al. (FCS 2025) FairAT: adversarial training that augments the hardest (highest-CE) examples."""
+
+    name = "fairat"
+
+    @dataclass
+    class Params:
+        selection: str = "fraction"  # fraction | threshold
+        fraction: float = 0.2  # top share of examples by CE (selection=fraction)
+        threshold: float = math.log(2)  # CE above this is hard (selection=threshold)
+        augment: str = "auto"  # auto | randaugment | affine-erase
+        copies: int = 1  # augmented copies per hard example
+        keep_original: bool = False  # keep the un-augmented hard example too
+        base: str = "pgd-at"  # pgd-at | trades
+        beta: float = 6.0  # TRADES' weight (base=trades)
+
+        def validate(self) -> None:
+            checks = [
+                (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, "
+                                               f"got '{self.selection}'"),
+                (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
+                (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
+                (self.augment == "auto" or self.augment in POLICIES,
+                 f"augment must be one of auto, {', '.join(POLICIES)}, got '{self.augment}'"),
+                (self.copies >= 1, f"copies must be >= 1, got {self.copies}"),
+                (self.base in BASES, f"base must be one of {', '.join(BASES)}, got '{self.base}'"),
+                (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            ]
+            for ok, message in checks:
+                if not ok:
+                    raise FairbenchError(f"fairat: {message}")
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        if ctx.epoch == 0:  # no model of a previous epoch yet: the plain set
+            return super().plan_epoch(ctx)
+        p = self.params
+        hard = select_hard(ctx.per_example_loss(), p.selection, p.fraction, p.threshold)
+        per_class = torch.bincount(ctx.train.labels[hard], minlength=ctx.spec.num_classes).tolist()
+        ctx.log["n_hard"] = int(sum(per_class))
+        ctx.log["hard_per_class"] = dict(zip(ctx.spec.classes, per_class))
+        return compose_plan(hard, p.copies, p.keep_original)
+
+    def augment(self, ctx: BatchContext, mask: torch.Tensor) -> torch.Tensor:
+        # The policy runs on the whole batch and a mask keeps it: no host sync for the hard count.
+        augmented = get_policy(self.params.augment, ctx.x.shape[1])(ctx.x)
+        return torch.where(mask.view(-1, 1, 1, 1), augmented, ctx.x)
+
+    def loss(self, ctx: BatchContext) -> torch.Tensor:
+        if self.params.base == "trades":
+            return trades_loss(ctx, self.params.beta)
+        return weighted_mean(pgd_at_terms(ctx), ctx.weight)

@@ -1,0 +1,166 @@
+"""FRL (methods/frl.py): multiplier updates, class weights, remargin eps, warm start, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fairbench.data import DatasetSpec
+from fairbench.distributed import DistInfo
+from fairbench.errors import FairbenchError
+from fairbench.models import create_model
+from fairbench.results import atomic_torch_save, read_jsonl
+from fairbench.trainer import Trainer, seed_everything
+from fairbench.methods.frl import ValidationErrors, class_weights
+from methods_helpers import CENTRES, SPEC, MeanGreyModel, bars, build, epoch_ctx, grey_split, resolved
+
+FRL_NAMES = ("frl-rw", "frl-rm", "frl-rwrm")
+
+
+def raised(cls_nat: int | None = None, cls_bndy: int | None = None, amount: float = 0.5) -> ValidationErrors:
+    """Validation errors of 0.1 everywhere, raised by ``amount`` on one class."""
+    nat, bndy = torch.full((10,), 0.1), torch.full((10,), 0.1)
+    if cls_nat is not None:
+        nat[cls_nat] += amount
+    if cls_bndy is not None:
+        bndy[cls_bndy] += amount
+    return ValidationErrors(nat, bndy, float(nat.mean()), float(bndy.mean()))
+
+
+@pytest.mark.parametrize("name", FRL_NAMES)
+def test_raised_natural_error_gets_the_largest_natural_weight(name: str) -> None:
+    method = build(name, val_per_class=5)
+    method.update(raised(cls_nat=3), 0)
+    w = class_weights(method.lam_nat)
+    assert int(w.argmax()) == 3 and w[3] > 0.1 + 1e-3
+    assert torch.allclose(w.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name, reweights, remargins",
+                         [("frl-rw", True, False), ("frl-rm", False, True), ("frl-rwrm", True, True)])
+def test_raised_boundary_error_moves_what_the_variant_updates(name: str, reweights: bool,
+                                                              remargins: bool) -> None:
+    method = build(name, val_per_class=5)
+    method.update(raised(cls_bndy=5), 0)
+    w_bndy, mult = class_weights(method.lam_bndy), method.eps_multiplier()
+    if reweights:
+        assert int(w_bndy.argmax()) == 5 and w_bndy[5] > 0.1 + 1e-3
+    else:
+        assert torch.allclose(w_bndy, torch.full((10,), 0.1))
+    if remargins:
+        assert int(mult.argmax()) == 5 and mult[5] > 1.0 and (mult[torch.arange(10) != 5] <= 1).all()
+    else:
+        assert torch.equal(mult, torch.ones(10))
+
+
+def test_plan_epoch_measures_validation_and_sets_class_eps() -> None:
+    """Class 3 is clean-wrong and class 5 fragile on validation: both get what FRL gives them."""
+    method = build("frl-rwrm", {"warmup_fraction": "0"}, val_per_class=5, eps=0.03)
+    levels, labels = [], []
+    for c in range(10):
+        shift = {3: 0.07, 5: 0.03}.get(c, 0.0)  # 3: past the 3/4 midpoint; 5: 0.02 from it (< eps)
+        levels += [float(CENTRES[c]) + shift] * 4
+        labels += [c] * 4
+    val = grey_split(levels, labels)
+    train = grey_split([float(c) for c in CENTRES], list(range(10)))
+    ctx = epoch_ctx(method, MeanGreyModel(), train, val, epoch=0)
+    plan = method.plan_epoch(ctx)
+    assert ctx.log["frl_val_nat_error"]["dress"] == 1.0 and ctx.log["frl_val_bndy_error"]["sandal"] == 1.0
+    assert max(ctx.log["frl_weight_nat"], key=ctx.log["frl_weight_nat"].get) == "dress"
+    assert max(ctx.log["frl_weight_bndy"], key=ctx.log["frl_weight_bndy"].get) == "sandal"
+    assert plan.eps[5] > 0.03 and (plan.eps[torch.arange(10) != 5] <= 0.03).all()
+
+
+errors = st.lists(st.floats(0, 1), min_size=10, max_size=10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(errors, errors), min_size=1, max_size=8), st.sampled_from(FRL_NAMES))
+def test_multipliers_never_negative(history: list, name: str) -> None:
+    method = build(name, val_per_class=5)
+    for t, (nat, bndy) in enumerate(history):
+        nat_t, bndy_t = torch.tensor(nat), torch.tensor(bndy)
+        method.update(ValidationErrors(nat_t, bndy_t, float(nat_t.mean()), float(bndy_t.mean())), t)
+        for lam in (method.lam_nat, method.lam_bndy):
+            assert (lam >= 0).all() and float(lam.sum()) <= method.params.lim + 1e-5
+            w = class_weights(lam)
+            assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-5
+        mult = method.eps_multiplier()
+        assert (mult >= 0.98 - 1e-6).all() and (mult <= getattr(method.params, "eps_cap", 1.0) + 1e-6).all()
+
+
+def test_needs_a_validation_split() -> None:
+    with pytest.raises(FairbenchError, match="--val-per-class"):
+        build("frl-rw")
+
+
+def test_warmup_epochs_train_without_updates() -> None:
+    method = build("frl-rw", {"warmup_fraction": "0.5"}, val_per_class=5)
+    model = MeanGreyModel()
+    split = grey_split([float(c) for c in CENTRES], list(range(10)))
+    ctx = epoch_ctx(method, model, split, split, epoch=4, epochs=10)
+    plan = method.plan_epoch(ctx)
+    assert model.calls == 0 and ctx.log == {} and torch.equal(method.lam_nat, torch.zeros(10))
+    assert torch.allclose(plan.eps, torch.full((10,), method.config.eps))
+    method.plan_epoch(epoch_ctx(method, model, split, split, epoch=5, epochs=10))
+    assert model.calls > 0
+
+
+def test_pretrained_checkpoint_is_loaded_before_the_first_epoch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = create_model("small-cnn", SPEC)
+    atomic_torch_save(tmp_path / "hot_start.pt", {"model": source.state_dict()})
+    method = build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt"), "warmup_fraction": "0.5"},
+                   val_per_class=5)
+    target = create_model("small-cnn", SPEC)
+    split = bars(2)
+    method.plan_epoch(epoch_ctx(method, target, split, split, epoch=0))
+    for p, q in zip(source.state_dict().values(), target.state_dict().values()):
+        assert torch.equal(p, q)
+    with pytest.raises(FairbenchError, match="does not exist"):
+        build("frl-rw", {"pretrained": str(tmp_path / "missing.pt")}, val_per_class=5)
+
+
+def _trainer(run_dir: Path, epochs: int) -> Trainer:
+    cfg, params, method_cls = resolved("frl-rwrm", {"warmup_fraction": "0"}, epochs=epochs,
+                                       batch_size=25, attack_steps=2, val_per_class=2, run_id="r")
+    seed_everything(cfg.seed)
+    spec: DatasetSpec = SPEC
+    model = create_model("small-cnn", spec)
+    return Trainer(cfg, spec, model, method_cls(params, cfg), bars(5, seed=1), bars(2, seed=2),
+                   run_dir, DistInfo(), torch.device("cpu"), progress=False)
+
+
+def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path / "straight", epochs=2)
+    (tmp_path / "straight").mkdir()
+    straight.fit()
+    assert float(straight.method.lam_nat.sum() + straight.method.lam_eps.abs().sum()) > 0
+
+    (tmp_path / "cut").mkdir()
+    first = _trainer(tmp_path / "cut", epochs=2)
+    first.train_epoch(0)
+    first.save_checkpoint(1)  # the run dies here
+    resumed = _trainer(tmp_path / "cut", epochs=2)
+    resumed.resume()
+    resumed.fit()
+    for key, value in straight.method.state_dict().items():
+        assert torch.equal(value, resumed.method.state_dict()[key]), key
+    for p, q in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q)
+    log = read_jsonl(tmp_path / "cut" / "log.jsonl")
+    assert [r["epoch"] for r in log] == [2] and "frl_eps_multiplier" in log[-1]
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("frl-rw", {"lim": "1"}, "lim"), ("frl-rw", {"rate": "0"}, "rate"),
+    ("frl-rw", {"warmup_fraction": "1"}, "warmup_fraction"), ("frl-rm", {"eps_cap": "0.5"}, "eps_cap"),
+    ("frl-rw", {"eps_cap": "2"}, "unknown parameter 'eps_cap'"),  # reweight has no remargin knobs
+])
+def test_bad_params_are_clear_errors(name: str, params: dict, message: str) -> None:
+    with pytest.raises(FairbenchError, match=message):
+        build(name, params, val_per_class=5)
