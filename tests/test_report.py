@@ -45,8 +45,8 @@ RUNS = [
     ("pgd-at", {}, 0, 2, ALL_THREATS, 0.55), ("pgd-at", {}, 1, 2, ALL_THREATS, 0.60),
     ("trades", {"beta": 6.0}, 0, 2, ALL_THREATS, 0.65), ("trades", {"beta": 6.0}, 1, 2, ALL_THREATS, 0.62),
     ("trades", {"beta": 3.0}, 0, 2, ALL_THREATS, 0.45),
-    ("fairat", {"hard_fraction": 0.5}, 0, 2, ALL_THREATS, 0.75),
-    ("fairat", {"hard_fraction": 0.5}, 1, 2, ALL_THREATS, 0.70),
+    ("fairat", {"fraction": 0.2}, 0, 2, ALL_THREATS, 0.75),
+    ("fairat", {"fraction": 0.2}, 1, 2, ALL_THREATS, 0.70),
     ("pgd-at", {}, 0, 4, ("clean", "pgd20"), 0.50), ("my_method", {}, 0, 4, ("clean", "pgd20"), 0.80),
 ]
 BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
