@@ -1,14 +1,21 @@
-"""The command line: ``fairbench list | run | eval | report`` (typer)."""
+"""The command line: ``fairbench list | run | resume | eval | report`` (typer).
+
+Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on stderr);
+75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a checkpoint, so rerun with --resume;
+130 interrupted by a second Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from fairbench.config import PRESETS, RunConfig
 from fairbench.errors import FairbenchError
+from fairbench.signals import Preempted, StopSignals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate robust-fairness methods; per-class leaderboards.")
@@ -21,7 +28,7 @@ def parse_param_options(options: list[str]) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name.isidentifier():
-            raise FairbenchError(f"--param expects name=value, got '{item}'")
+            raise FairbenchError(f"--param expects name=value, got {item[:60]!r}")
         if name in params:
             raise FairbenchError(f"--param {name} is given twice")
         params[name] = value.strip()
@@ -81,8 +88,6 @@ def run_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
-    from fairbench.runner import run
-
     values = dict(PRESETS[_check_preset(preset)]) if preset else {}
     cli = dict(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, eps=eps,
                step_size=step_size, attack_steps=attack_steps, lr=lr, schedule=schedule,
@@ -95,7 +100,29 @@ def run_cmd(
     values.setdefault("arch", "preact18")
     cfg = RunConfig(method=method, seed=seed, params=parse_param_options(param), out=out,
                     compile=compile, download=download, **values)
-    run(cfg, resume=resume, progress=progress, echo=typer.echo, stop_after_epoch=stop_after_epoch)
+    with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
+        from fairbench.runner import run
+
+        run(cfg, resume=resume, progress=progress, echo=typer.echo,
+            stop_after_epoch=stop_after_epoch)
+
+
+@app.command("resume")
+def resume_cmd(
+    run_dir: Path = typer.Argument(..., help="the run folder, RESULTS/runs/<run-id>"),
+    device: Optional[str] = typer.Option(None, help="override the device it ran on"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Continue a stopped run from its last checkpoint, with the config in its folder."""
+    import dataclasses
+
+    with StopSignals():
+        from fairbench.runner import config_from_run_dir, run
+
+        cfg = config_from_run_dir(run_dir)
+        if device is not None:
+            cfg = dataclasses.replace(cfg, device=device)
+        run(cfg, resume=True, progress=progress, echo=typer.echo)
 
 
 @app.command("report")
@@ -129,18 +156,25 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures print one line and exit with status 2."""
     try:
         app(args=argv, standalone_mode=False)
-    except FairbenchError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except FairbenchError as exc:  # one line, even when the message echoes a value with newlines
+        typer.echo("error: " + " ".join(line.strip() for line in str(exc).splitlines()), err=True)
         sys.exit(2)
+    except Preempted as exc:
+        typer.echo(f"preempted: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors carry their own message and exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:
+        if _is_usage_error(exc):  # a bad option or value: one line too, with click's exit code
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """click's exceptions, whether from click itself or the copy that newer typer versions vendor."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    return bool(names & {"ClickException", "TyperException"}) and hasattr(exc, "format_message")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +16,9 @@ from fairbench.errors import FairbenchError
 
 THREATS = ("clean", "pgd20", "autoattack")
 SCHEDULES = ("piecewise", "cosine")
+MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
 
 # Fields that change what is trained; the run id and the resume check hash them.
 TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size", "seed", "eps",
@@ -64,21 +71,29 @@ class RunConfig:
         return cfg
 
     def validate(self) -> None:
+        """Raise FairbenchError naming the first invalid field (as its CLI option)."""
+        self.check_types()
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.step_size is None or 0 < self.step_size <= 1,
              f"--step-size must be in (0, 1], got {self.step_size}"),
             (self.attack_steps >= 1, f"--attack-steps must be >= 1, got {self.attack_steps}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 < self.lr < math.inf, f"--lr must be a finite number > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, "
                                          f"got '{self.schedule}'"),
-            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            (DEVICE_PATTERN.fullmatch(self.device) is not None,
              f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
+            (self.run_id is None or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
+             f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
+             f"with '.'), got '{self.run_id}'"),
+            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
         ]
         for name in ("train_per_class", "val_per_class", "eval_per_class"):
             value = getattr(self, name)
@@ -89,6 +104,13 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
+
+    def check_types(self) -> None:
+        """Every field has its declared type (a config.json edited by hand may not)."""
+        for f, hint in _field_types().items():
+            value = getattr(self, f)
+            if not _type_ok(value, hint):
+                raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in TRAINING_FIELDS}
@@ -112,9 +134,42 @@ class RunConfig:
         if unknown:
             raise FairbenchError(f"config has unknown fields: {', '.join(sorted(unknown))}")
         d = dict(d)
-        if "attacks" in d:
+        if isinstance(d.get("attacks"), list):
             d["attacks"] = tuple(d["attacks"])
-        return cls(**d)
+        try:
+            cfg = cls(**d)
+        except TypeError as exc:  # a required field is missing
+            raise FairbenchError(f"config: {exc}") from None
+        cfg.check_types()
+        return cfg
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """isinstance for the few annotations RunConfig uses (X | None, tuple[str, ...], dict)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in options:
+        base = typing.get_origin(t) or t
+        if value is None and t is type(None):
+            return True
+        if isinstance(value, bool):
+            if base is bool:
+                return True
+        elif base is float and isinstance(value, (int, float)):
+            return True
+        elif base is tuple and isinstance(value, tuple):
+            return all(isinstance(v, str) for v in value)
+        elif base in (int, str, dict) and isinstance(value, base):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    name = hint.__name__ if isinstance(hint, type) else str(hint)
+    return name.replace("typing.", "").replace("NoneType", "None")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

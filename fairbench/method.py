@@ -9,6 +9,7 @@ state at the end of each epoch. Everything else (data, loop, attack, checkpoints
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -164,10 +165,20 @@ def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
 
 
 def coerce(value: Any, f: dataclasses.Field, method: str) -> Any:
-    """Convert a CLI string to the field's declared type (bool, int, float, str)."""
+    """Convert a CLI string (or a value read back from config.json) to the field's declared type.
+
+    bool, int, float and str are understood; a float must be finite. Anything else is a clear error.
+    """
     default = f.default if f.default is not dataclasses.MISSING else None
     kind = type(default) if default is not None else str
+    problem = f"parameter '{f.name}' of method '{method}' must be a"
     if not isinstance(value, str):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind and not (kind not in (bool, int, float, str) and isinstance(value, kind)):
+            raise FairbenchError(f"{problem} {kind.__name__}, got {value!r:.60}")
+        if kind is float and not math.isfinite(value):
+            raise FairbenchError(f"{problem} finite number, got {value!r}")
         return value
     try:
         if kind is bool:
@@ -177,7 +188,9 @@ def coerce(value: Any, f: dataclasses.Field, method: str) -> Any:
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        return kind(value)
-    except ValueError:
-        raise FairbenchError(f"parameter '{f.name}' of method '{method}' must be a {kind.__name__}, "
-                             f"got '{value}'") from None
+        out = kind(value)
+    except (ValueError, TypeError, OverflowError):
+        raise FairbenchError(f"{problem} {kind.__name__}, got {value[:60]!r}") from None
+    if kind is float and not math.isfinite(out):
+        raise FairbenchError(f"{problem} finite number, got {value[:60]!r}")
+    return out

@@ -6,13 +6,17 @@ and ``metrics.json``, the single source of truth for the leaderboard.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -23,22 +27,42 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half.
+
+    A temporary file in the same folder is written, flushed, fsynced and renamed over ``path``.
+    A failed write (disk full, quota, read-only) leaves the old file as it was and raises
+    `FairbenchError`; a process killed mid-write leaves only a ``.NAME.*.tmp`` file behind,
+    which `remove_stale_temps` clears.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise FairbenchError(f"cannot write {path}: {exc.strerror or exc}; "
+                                 f"the previous file there (if any) is unchanged") from None
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that writes cut short by a crash left in ``folder``."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,10 +105,13 @@ def sha256_file(path: Path) -> str:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one line; a line cut by a crash is ignored by `read_jsonl`."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise FairbenchError(f"cannot append to {path}: {exc.strerror or exc}") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -111,6 +138,44 @@ def ensure_writable(folder: Path) -> None:
         raise FairbenchError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
 
 
+def ensure_free_space(folder: Path, need_bytes: int) -> None:
+    """Refuse to start when ``folder``'s file system cannot hold ``need_bytes`` more."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # no answer (some network file systems): the writes themselves still fail cleanly
+    if free < need_bytes:
+        raise FairbenchError(f"not enough space in {folder}: {free / 2**20:.1f} MiB free, the run "
+                             f"needs about {need_bytes / 2**20:.1f} MiB (checkpoint written twice "
+                             f"over during the atomic replace)")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder, so two processes never write one run.
+
+    The lock is the kernel's (flock on the folder itself: no lock file), released when the
+    process ends however it ends, so a killed run never leaves a stale lock behind. Where the
+    file system cannot lock (some network file systems), the run goes on unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise FairbenchError(f"another fairbench process is using {run_dir}; "
+                                     f"wait for it or stop it first") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
     path = Path(path)
@@ -126,18 +191,91 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def load_metrics(path: Path) -> dict[str, Any]:
     """Read and check one metrics.json; raises FairbenchError when it is not a usable result."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise FairbenchError(f"{path}: unreadable ({exc})") from None
+    return parse_metrics(text, str(path))
+
+
+def parse_metrics(text: str, source: str = METRICS_FILE) -> dict[str, Any]:
+    """Parse and check a metrics.json document (see `check_metrics`)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError, huge ints
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FairbenchError(f"{source}: unreadable, not valid JSON ({first[:200]})") from None
+    return check_metrics(data, source)
+
+
+def check_metrics(data: Any, source: str = METRICS_FILE) -> dict[str, Any]:
+    """Check every field the leaderboard reads; raises FairbenchError naming the first bad one.
+
+    Structure only: whether a run is finished (threats evaluated, status) is the report's call.
+    """
+    def need(ok: bool, where: str, what: str) -> None:
+        if not ok:
+            raise FairbenchError(f"{source}: {where} {what}")
+
     if not isinstance(data, dict):
-        raise FairbenchError(f"{path}: not a JSON object")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise FairbenchError(f"{path}: unknown schema_version {data.get('schema_version')!r}")
-    for key, kind in (("run_id", str), ("method", str), ("arch", str), ("dataset", str),
-                      ("classes", list), ("metrics", dict)):
-        if not isinstance(data.get(key), kind):
-            raise FairbenchError(f"{path}: field '{key}' missing or not a {kind.__name__}")
+        raise FairbenchError(f"{source}: not a JSON object")
+    version = data.get("schema_version")
+    need(_is_int(version) and version == SCHEMA_VERSION, "unknown schema_version",
+         f"{_short(version)} (this fairbench reads {SCHEMA_VERSION})")
+    for key in ("run_id", "method", "arch", "dataset"):
+        need(isinstance(data.get(key), str) and bool(data[key]), f"'{key}'", "is missing or not a non-empty string")
+    for key in ("seed", "epochs"):
+        need(_is_int(data.get(key)) and data[key] >= 0, f"'{key}'", "is missing or not a non-negative integer")
+    for key in ("params", "threat", "metrics"):
+        need(isinstance(data.get(key), dict), f"'{key}'", "is missing or not an object")
+    for key in ("training", "timing", "env", "checkpoint"):
+        need(isinstance(data.get(key, {}), dict), f"'{key}'", "is not an object")
+    eps = data["threat"].get("eps")
+    need(_is_number(eps) and 0 < eps <= 1, "threat.eps", f"is {_short(eps)}, not in (0, 1]")
+    classes = data.get("classes")
+    need(isinstance(classes, list) and bool(classes) and all(isinstance(c, str) for c in classes)
+         and len(set(classes)) == len(classes), "'classes'", "is not a list of distinct class names")
+    for threat, block in data["metrics"].items():
+        _check_threat(block, classes, f"metrics.{threat}", need)
     return data
+
+
+def _check_threat(block: Any, classes: list[str], where: str, need: Any) -> None:
+    """One threat's per-class summary: fractions in [0, 1], one per class, and its summary fields."""
+    need(isinstance(block, dict), where, "is not an object")
+    k = len(classes)
+    counts = block.get("n_per_class")
+    need(isinstance(counts, list) and len(counts) == k and all(_is_int(c) and c >= 0 for c in counts),
+         f"{where}.n_per_class", f"is not a list of {k} non-negative integers")
+    for key in ("per_class", "per_class_error"):
+        if key == "per_class_error" and key not in block:
+            continue  # optional
+        values = block.get(key)
+        need(isinstance(values, list) and len(values) == k, f"{where}.{key}",
+             f"is not a list of {k} numbers (one per class)")
+        for i, (v, n) in enumerate(zip(values, counts)):  # a class without test examples has NaN
+            need(_is_fraction(v) or (n == 0 and _is_number(v) and math.isnan(v)),
+                 f"{where}.{key}[{i}]", f"is {_short(v)}, not a fraction in [0, 1]")
+    for key in ("avg", "worst", "best", "std"):
+        need(_is_fraction(block.get(key)), f"{where}.{key}", f"is {_short(block.get(key))}, not in [0, 1]")
+    for key in ("worst_class", "best_class"):
+        need(block.get(key) in classes, f"{where}.{key}", f"is {_short(block.get(key))}, not one of the classes")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1  # NaN fails both comparisons
+
+
+def _short(v: Any) -> str:
+    text = repr(v) if not isinstance(v, (list, dict)) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def find_metrics(results_dir: Path) -> list[Path]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import platform
 import subprocess
 import time
@@ -17,11 +19,13 @@ from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_clas
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
 from fairbench.evaluate import evaluate, format_table
+from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
 from fairbench.registry import METHODS, MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SCHEMA_VERSION,
-                               atomic_write_json, ensure_writable, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, SCHEMA_VERSION,
+                               atomic_write_json, atomic_write_text, check_metrics, ensure_free_space,
+                               ensure_writable, remove_stale_temps, run_lock, sha256_file)
 from fairbench.trainer import Trainer, seed_everything
 
 
@@ -30,7 +34,34 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FairbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FairbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def config_from_run_dir(run_dir: Path) -> RunConfig:
+    """The config a run folder was started with (its config.json), for `fairbench resume`."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FairbenchError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    if run_dir.resolve().parent.name != "runs":
+        raise FairbenchError(f"{run_dir}: a run folder lives in RESULTS/runs/<run-id>")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FairbenchError(f"{path}: unreadable ({str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise FairbenchError(f"{path}: not a JSON object")
+    cfg = RunConfig.from_dict(data)
+    return dataclasses.replace(cfg, out=str(run_dir.resolve().parent.parent), run_id=run_dir.name)
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """A generous estimate of one checkpoint: weights, momentum buffers and some slack."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 2 * weights + (1 << 20)
 
 
 def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
@@ -70,61 +101,89 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
 
     ``stop_after_epoch`` ends the call after that many epochs with a checkpoint and no
     evaluation (a time-limited job); ``resume=True`` continues it. It is not part of the config.
+    SIGTERM/SIGINT raise `fairbench.signals.Preempted` once the last finished step is checkpointed.
     """
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise FairbenchError(f"--stop-after-epoch must be >= 1, got {stop_after_epoch}")
     cfg, spec, method_cls, params = prepare(cfg)
     device = resolve_device(cfg.device)
-    dist = init_distributed(device.type)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    try:
-        return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo,
-                    stop_after_epoch)
-    finally:
-        shutdown_distributed()
+    with StopSignals() as stop:
+        dist = init_distributed(device.type)
+        stop.announce = dist.is_main
+        if device.type == "cuda" and dist.enabled:
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        try:
+            return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
+                        stop_after_epoch)
+        finally:
+            shutdown_distributed()
 
 
 def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: Any,
          device: torch.device, dist: DistInfo, resume: bool, progress: bool,
-         echo: Callable[[str], None], stop_after_epoch: int | None) -> Path:
+         echo: Callable[[str], None], stop: StopSignals, stop_after_epoch: int | None) -> Path:
     run_dir = Path(cfg.out) / "runs" / str(cfg.run_id)
     say = echo if dist.is_main else (lambda _msg: None)
-    if dist.is_main:
-        ensure_writable(run_dir.parent)
-        if not resume and (run_dir / CHECKPOINT_FILE).exists():
-            raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
-                                 f"or --run-id to start another")
-        if resume and not (run_dir / CHECKPOINT_FILE).exists():
-            raise FairbenchError(f"--resume: no checkpoint in {run_dir}")
+    has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
+    if not resume and has_checkpoint:
+        raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
+                             f"or --run-id to start another")
+    if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
+        raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
     train, val, test = load_data(cfg, spec, device)
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
-    if resume:  # before anything is written: a refused checkpoint leaves the run folder as it was
-        trainer.resume()
-        say(f"resuming {cfg.run_id} after epoch {trainer.start_epoch}")
-    if dist.is_main:
+    if dist.is_main:  # every input is valid: only now is anything written
+        ensure_writable(run_dir.parent)
+        ensure_free_space(run_dir.parent, 2 * checkpoint_bytes(model))
         run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+        if resume and has_checkpoint:  # before any write: a refused checkpoint changes nothing
+            trainer.resume()
+            say(f"resuming {cfg.run_id} from its checkpoint ({trainer.start_epoch} of {cfg.epochs} "
+                f"epochs done)")
+        elif resume:  # the run was started but stopped before its first checkpoint
+            say(f"no checkpoint in {run_dir} yet: starting {cfg.run_id} from the beginning")
+        _start_folder(cfg, run_dir, resume and has_checkpoint, dist)
+        say(f"training {cfg.method} on {cfg.dataset} with {cfg.arch}: {len(train)} examples, "
+            f"{cfg.epochs} epochs, eps {cfg.eps:.4f}, device {device}")
+        with stop.deferred():  # a signal lets the current step finish and is checkpointed
+            finished = trainer.fit(stop_after_epoch, stop)
+        if not finished:
+            say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
+            return run_dir
+        _evaluate_and_write(cfg, spec, model, test, trainer, device, dist, run_dir, say)
+    return run_dir
+
+
+def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool, dist: DistInfo) -> None:
+    """Clear what a crash may have left, record the config, and make sure no old result looks current."""
+    if dist.is_main:
+        remove_stale_temps(run_dir)
         atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale result must never look current
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if not resuming:  # a fresh start: no epoch records from an earlier attempt
+            atomic_write_text(run_dir / LOG_FILE, "")
     dist.barrier()
-    say(f"training {cfg.method} on {cfg.dataset} with {cfg.arch}: {len(train)} examples, "
-        f"{cfg.epochs} epochs, eps {cfg.eps:.4f}, device {device}")
-    if not trainer.fit(stop_after_epoch):
-        say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
-        return run_dir
+
+
+def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Module, test: Split,
+                        trainer: Trainer, device: torch.device, dist: DistInfo, run_dir: Path,
+                        say: Callable[[str], None]) -> None:
+    # Seeded here so the attacks' random starts do not depend on whether (or where) the
+    # run was resumed: a resumed run reports the same metrics as an uninterrupted one.
+    seed_everything(cfg.seed + dist.rank)
     t0 = time.perf_counter()
     metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
                                 batch_size=cfg.eval_batch_size, dist=dist, progress=say)
     if dist.is_main:
-        record = metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir)
+        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
         atomic_write_json(run_dir / METRICS_FILE, record)
         say(format_table(metrics, spec.classes))
         say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
-    return run_dir
 
 
 def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],

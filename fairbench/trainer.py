@@ -17,12 +17,14 @@ from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, standard_augment
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
+from fairbench.faults import Diverged, LossWatch, agreed_stop
+from fairbench.signals import Preempted, StopSignals
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
                                atomic_write_text, load_checkpoint, read_jsonl)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: optional "mid_epoch" (a checkpoint taken at a step boundary on a signal)
 LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in an epoch)
 
 
@@ -92,6 +94,10 @@ class Trainer:
         self.start_epoch = 0
         self.train_seconds = 0.0
         self.images_seen = 0
+        self.stop: StopSignals | None = None
+        self.watch = LossWatch(device, dist)
+        self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
+        self._kept = "no checkpoint has been written yet"
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -108,12 +114,14 @@ class Trainer:
         return EpochContext(epoch, self.cfg.epochs, self.model, self.spec, self.train, self.val,
                             self.cfg, self.device, self.dist)
 
-    def fit(self, stop_after_epoch: int | None = None) -> bool:
+    def fit(self, stop_after_epoch: int | None = None, stop: StopSignals | None = None) -> bool:
         """Train to the configured epoch count, or stop once ``stop_after_epoch`` epochs are done.
 
         Stopping early is not part of the training config (a later ``--resume`` continues the
-        same run exactly). Returns True when all configured epochs are done.
+        same run exactly). On a stop signal, checkpoint and raise `Preempted`. Returns True when
+        all configured epochs are done.
         """
+        self.stop = stop
         last = self.cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, self.cfg.epochs)
         for epoch in range(self.start_epoch, last):
             record = self.train_epoch(epoch)
@@ -122,6 +130,9 @@ class Trainer:
             if self.dist.is_main:
                 append_jsonl(self.run_dir / LOG_FILE, record)
             self.save_checkpoint(epoch + 1)
+            if agreed_stop(self.stop, self.dist, self.device):
+                raise Preempted(f"stopped by {self._signal()} after epoch {epoch + 1}; "
+                                f"{self._kept}; rerun with --resume to continue")
         return max(self.start_epoch, last) >= self.cfg.epochs
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
@@ -139,31 +150,56 @@ class Trainer:
         per_rank = n // self.dist.world_size
         return order[self.dist.rank::self.dist.world_size][:per_rank].to(self.device)
 
+    def _begin_epoch(self, ctx: EpochContext) -> tuple[EpochPlan, EpochPlan, int, torch.Tensor, float]:
+        """The epoch's full plan, this rank's ordered share, first step, loss sum and seconds so far.
+
+        A resumed epoch reuses the plan saved at the signal (the method is not asked again) and the
+        loss summed over every rank up to then (kept by rank 0 only, so the all-reduce adds it once).
+        """
+        mid, self._mid_epoch = self._mid_epoch, None
+        loss_sum, step, seconds = torch.zeros((), device=self.device), 0, 0.0
+        if mid is not None:
+            ctx.log.update(mid["log"])
+            full = EpochPlan(**{k: None if v is None else v.to(self.device) for k, v in mid["plan"].items()})
+            step, seconds = int(mid["step"]), float(mid["seconds"])
+            if self.dist.is_main:
+                loss_sum = mid["loss_sum"].to(self.device)
+        else:
+            full = self._complete_plan(self.method.plan_epoch(ctx))
+            if len(full) < self.cfg.batch_size:
+                raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
+                                     f"fewer than one batch of {self.cfg.batch_size}")
+        return full, full.take(self._epoch_order(ctx.epoch, len(full))), step, loss_sum, seconds
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         ctx = self.epoch_context(epoch)
-        plan = self._complete_plan(self.method.plan_epoch(ctx))
-        if len(plan) < self.cfg.batch_size:
-            raise FairbenchError(f"epoch {epoch + 1}: the method planned {len(plan)} examples, "
-                                 f"fewer than one batch of {self.cfg.batch_size}")
-        plan = plan.take(self._epoch_order(epoch, len(plan)))
+        full, plan, first_step, loss_sum, seconds_before = self._begin_epoch(ctx)
         self.train_model.train()
-        loss_sum = torch.zeros((), device=self.device)
+        self.watch.reset()
         local_bs = self.cfg.batch_size // self.dist.world_size
         starts = range(0, len(plan), local_bs)
         bar = self._progress_bar(epoch, len(starts))
         t0 = time.perf_counter()
-        for step, start in enumerate(starts):
+        for step in range(first_step, len(starts)):
+            start = starts[step]
             batch = plan.take(torch.arange(start, min(start + local_bs, len(plan)), device=self.device))
             loss = self.train_step(batch, epoch)
             loss_sum += loss.detach().float() * len(batch)
-            if bar is not None and (step + 1) % LOG_EVERY == 0:
-                self._update_bar(bar, loss_sum, start + len(batch), t0, LOG_EVERY)
+            self.watch.record(step, loss)
+            if (step + 1) % LOG_EVERY == 0:
+                self.watch.check(epoch, len(starts), self._kept)  # this interval's one host sync
+                if bar is not None:
+                    self._update_bar(bar, loss_sum, start + len(batch), t0, LOG_EVERY)
+            if step + 1 < len(starts) and self._stop_requested(step):
+                self._preempt(ctx, full, step + 1, len(starts), loss_sum,
+                              seconds_before + time.perf_counter() - t0)
+        self.watch.check(epoch, len(starts), self._kept)
         seen = torch.tensor(float(len(plan)), device=self.device)
         mean_loss = float(self.dist.all_reduce_sum(loss_sum) / self.dist.all_reduce_sum(seen))
-        seconds = time.perf_counter() - t0
+        seconds = seconds_before + time.perf_counter() - t0
         if not math.isfinite(mean_loss):
-            raise FairbenchError(f"training diverged in epoch {epoch + 1}: the loss is {mean_loss}; "
-                                 f"the last good checkpoint is kept")
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the mean loss is {mean_loss}; "
+                           f"{self._kept}")
         if bar is not None:
             self._update_bar(bar, loss_sum, len(plan), t0, len(starts) % LOG_EVERY)
             bar.close()
@@ -206,11 +242,37 @@ class Trainer:
         bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", img_s=f"{rate:.0f}")
         bar.update(steps)
 
+    # ------------------------------------------------------------------ stopping on a signal
+
+    def _stop_requested(self, step: int) -> bool:
+        """Checked after every step; under DDP only at log intervals, where ranks agree (one collective)."""
+        if not self.dist.enabled:
+            return bool(self.stop and self.stop.requested)
+        return (step + 1) % LOG_EVERY == 0 and agreed_stop(self.stop, self.dist, self.device)
+
+    def _signal(self) -> str:
+        return (self.stop.requested if self.stop else None) or "a signal on another rank"
+
+    def _preempt(self, ctx: EpochContext, plan: EpochPlan, step: int, steps: int,
+                 loss_sum: torch.Tensor, seconds: float) -> None:
+        """Checkpoint at this step boundary (never a diverged model), then raise `Preempted`."""
+        self.watch.check(ctx.epoch, steps, self._kept)
+        plan_state = {"indices": plan.indices, "augment": plan.augment, "eps": plan.eps,
+                      "weight": plan.weight}
+        total = self.dist.all_reduce_sum(loss_sum.clone())
+        self.save_checkpoint(ctx.epoch, mid_epoch={"step": step, "plan": plan_state, "log": ctx.log,
+                                                   "loss_sum": total, "seconds": seconds})
+        raise Preempted(f"stopped by {self._signal()} in epoch {ctx.epoch + 1} after step {step} "
+                        f"of {steps}; {self._kept}; rerun with --resume to continue")
+
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, epochs_done: int) -> None:
+    def save_checkpoint(self, epochs_done: int, mid_epoch: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
+        where = _position(epochs_done, mid_epoch)
         if not self.dist.is_main:
             self.dist.barrier()
+            self._kept = f"the last good checkpoint ({where}) is kept"
             return
         state = {
             "format_version": CHECKPOINT_FORMAT,
@@ -226,7 +288,14 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
         }
-        atomic_torch_save(self.run_dir / CHECKPOINT_FILE, state)
+        if mid_epoch is not None:
+            state["mid_epoch"] = mid_epoch
+        path = self.run_dir / CHECKPOINT_FILE
+        try:
+            atomic_torch_save(path, state)
+        except FairbenchError as exc:  # disk full, quota, ...: the previous file is untouched
+            raise FairbenchError(f"checkpoint ({where}) not saved: {exc}; {self._kept}") from None
+        self._kept = f"the last good checkpoint {path} ({where}) is kept"
         self.dist.barrier()
 
     def resume(self) -> None:
@@ -235,8 +304,11 @@ class Trainer:
         if not path.is_file():
             raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
         state = load_checkpoint(path, map_location=self.device)
-        if state.get("format_version") != CHECKPOINT_FORMAT:
+        if state.get("format_version") not in (1, CHECKPOINT_FORMAT):
             raise FairbenchError(f"{path}: unknown checkpoint format {state.get('format_version')!r}")
+        missing = [k for k in ("model", "optimizer", "scheduler", "method", "rng", "epoch") if k not in state]
+        if missing:
+            raise FairbenchError(f"{path}: not a fairbench checkpoint (no {', '.join(missing)})")
         if state.get("config_hash") != self.cfg.training_hash():
             theirs, ours = state.get("config", {}), self.cfg.training_dict()
             diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)"
@@ -250,9 +322,16 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.images_seen = int(state.get("images_seen", 0))
+        self._mid_epoch = state.get("mid_epoch")
+        self._kept = f"the last good checkpoint {path} ({_position(self.start_epoch, self._mid_epoch)}) is kept"
         if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
             kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
             atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
+
+
+def _position(epochs_done: int, mid_epoch: dict[str, Any] | None) -> str:
+    """Where a checkpoint stands, for people: "after epoch 3" or "epoch 4, step 17"."""
+    return f"epoch {epochs_done + 1}, step {mid_epoch['step']}" if mid_epoch else f"after epoch {epochs_done}"
 
 
 def _json_line(record: dict[str, Any]) -> str:
