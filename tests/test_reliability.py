@@ -590,3 +590,17 @@ def test_resume_command_refuses_bad_run_folders(tmp_path: Path, capsys, make, me
     run_dir.mkdir(parents=True)
     code, err = cli(["resume", str(make(run_dir))], capsys)
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Result files are readable by others (umask applies), not mkstemp's private 0600."""
+    import os
+    import stat
+
+    from fairbench.results import atomic_write_text
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
