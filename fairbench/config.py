@@ -40,7 +40,7 @@ class RunConfig:
     train_per_class: int | None = None
     val_per_class: int | None = None
     eval_per_class: int | None = None
-    attacks: tuple[str, ...] = ("clean", "pgd20")
+    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     eval_batch_size: int = 500
     device: str = "auto"
     data_dir: str | None = None
