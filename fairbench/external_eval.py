@@ -131,8 +131,11 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
         record = {
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "method": source["method"],
             "params": source["params"], "arch": source["arch"], "dataset": spec.name,
-            "seed": opts.seed, "epochs": None, "threat": {"norm": "Linf", "eps": eps},
-            "evaluation": {"n_per_class": opts.n_per_class, "n": len(test), "batch_size": opts.batch_size},
+            # epochs 0 (the schema wants a whole number): not trained by fairbench; the report
+            # reads the budget from "training", where the epochs are unknown (None)
+            "seed": opts.seed, "epochs": 0, "threat": {"norm": "Linf", "eps": eps},
+            "training": {"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class},
+            "evaluation": {"n": len(test), "batch_size": opts.batch_size},
             "classes": list(spec.classes), "metrics": metrics,
             "attack_settings": attack_settings(eps, opts.attacks, opts.seed),
             "timing": {"eval_s": {k: round(v, 3) for k, v in seconds.items()},

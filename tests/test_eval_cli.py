@@ -55,6 +55,8 @@ def test_eval_checkpoint_writes_metrics_and_resumes(fmnist_dir: Path, tmp_path: 
     assert data["schema_version"] == 1 and data["method"] == "external" and data["arch"] == "small-cnn"
     assert set(data["metrics"]) == {"clean", "pgd20", "union"}
     assert data["metrics"]["clean"]["n_per_class"] == [2] * 10
+    assert data["epochs"] == 0 and data["training"] == {"epochs": None, "train_per_class": None,
+                                                        "eval_per_class": 2}
     assert data["threat"] == {"norm": "Linf", "eps": 0.1}
     assert data["attack_settings"]["pgd20"]["steps"] == 20
     assert set(data["timing"]["eval_s"]) == {"clean", "pgd20"}
