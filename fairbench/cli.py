@@ -146,6 +146,36 @@ def report_cmd(
                f"figures in {results}/figures/", err=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Optional[str] = typer.Option(None, help="state_dict or checkpoint file (any origin)"),
+    arch: Optional[str] = typer.Option(None, help="architecture of --checkpoint (see `fairbench list`)"),
+    dataset: str = typer.Option("cifar10", help="cifar10, cifar100 or fashion-mnist"),
+    robustbench: Optional[str] = typer.Option(None, help="a RobustBench zoo model name instead of "
+                                              "--checkpoint (needs the robustbench extra)"),
+    threat_model: str = typer.Option("Linf", help="RobustBench threat model (fairbench evaluates Linf)"),
+    model_dir: Optional[str] = typer.Option(None, help="RobustBench model folder "
+                                            "(default ~/.cache/fairbench/robustbench)"),
+    attacks: str = typer.Option("clean,pgd20,autoattack", help="comma list of clean,pgd20,autoattack"),
+    n_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
+    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: 8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    seed: int = typer.Option(0, help="seed of the attacks' random starts"),
+    batch_size: int = typer.Option(500, help="evaluation batch size"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    data_dir: Optional[str] = typer.Option(None, help="data root (else $FAIRBENCH_DATA, else ~/.cache)"),
+    out: str = typer.Option("results", help="results folder"),
+    run_id: Optional[str] = typer.Option(None, help="run folder name (default: model, data set, sha256)"),
+) -> None:
+    """Evaluate any state_dict, or a RobustBench model, per class; writes metrics.json."""
+    from fairbench.external_eval import EvalOptions, run_eval
+
+    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, robustbench=robustbench,
+                       threat_model=threat_model, model_dir=model_dir, attacks=parse_attacks(attacks),
+                       n_per_class=n_per_class, eps=eps, seed=seed, batch_size=batch_size,
+                       device=device, data_dir=data_dir, out=out, run_id=run_id)
+    run_eval(opts, echo=typer.echo)
+
+
 def _check_preset(name: str) -> str:
     if name not in PRESETS:
         raise FairbenchError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")

@@ -47,7 +47,7 @@ class RunConfig:
     train_per_class: int | None = None
     val_per_class: int | None = None
     eval_per_class: int | None = None
-    attacks: tuple[str, ...] = ("clean", "pgd20")
+    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     eval_batch_size: int = 500
     device: str = "auto"
     data_dir: str | None = None
@@ -177,5 +177,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-cifar10": dict(dataset="cifar10", epochs=100, batch_size=128, lr=0.1, schedule="piecewise"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
-                       train_per_class=1000, eval_per_class=200, device="cpu"),
+                       train_per_class=1000, eval_per_class=50, device="cpu"),
 }

@@ -1,22 +1,55 @@
-"""Per-class evaluation: one pass over the test set per threat, grouped by label afterwards.
+"""Per-class evaluation: clean, PGD-20 and AutoAttack, one pass over the data per threat.
 
-Robustness per example is "clean-correct and still correct under the attack", so that
-robust <= clean holds per example; the attack is never rerun per class.
+What one example's outcome means (every number in metrics.json is grouped from these):
+
+- ``clean``: the prediction on the unperturbed image is right.
+- ``pgd20``: clean-correct AND still right after PGD-20 (random start, step eps/4, CE loss),
+  fairbench's one PGD (`fairbench.attacks.pgd`).
+- ``autoattack``: clean-correct AND AutoAttack (pyautoattack, standard version: APGD-CE, APGD-T,
+  FAB-T, Square) found no adversarial example: the label it returns (``y_adv``) is right and its
+  returned image, predicted again, is still right. This is AutoAttack's *own* outcome, not combined
+  with PGD-20: AutoAttack is stronger in aggregate but not per example, so an example may survive
+  AutoAttack and fall to PGD-20 (``autoattack <= pgd20`` holds per class in practice, not by
+  construction).
+- ``union``: right under every threat that was run (the AND of the above), reported whenever an
+  attack ran. An attacker picks the attack per example, so this is the robust number to rank by.
+
+Hence, per example and per class: pgd20 <= clean, autoattack <= clean, union <= each.
+Per-class numbers come from grouping by label (`summarize`); no attack is rerun per class.
+
+Every chunk of examples runs inside ``torch.random.fork_rng`` with a seed derived from ``seed``
+(pyautoattack reseeds the global RNG), so evaluations are reproducible, the caller's RNG is left
+alone, and a killed evaluation resumed from ``state_dir`` (see `fairbench.eval_state`) gives the
+same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from fairbench.attacks import eval_mode, pgd
+from fairbench.config import THREATS
 from fairbench.data import Split
 from fairbench.distributed import DistInfo
+from fairbench.errors import FairbenchError
+from fairbench.eval_state import EvalState, StageProgress, fingerprint
 
 PGD_EVAL_STEPS = 20
+AA_VERSION = "standard"
+AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # what pyautoattack's standard version runs
+CHUNK_SIZE = 1000  # examples per saved chunk: the most work a killed evaluation loses per threat
+BOUND_TOL = 1e-5
+
+Progress = Callable[[str], None]
+BatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, seed) -> correct
 
 
 def summarize(correct: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
@@ -43,77 +76,206 @@ def summarize(correct: torch.Tensor, labels: torch.Tensor, classes: Sequence[str
     }
 
 
-def _batched(model: nn.Module, split: Split, batch_size: int, dist: DistInfo, fn) -> torch.Tensor:
-    """Run ``fn(x, y) -> bool per example`` over this rank's shard and gather every rank's."""
-    shard = dist.shard_range(len(split))
-    outs = []
-    for start in range(shard.start, shard.stop, batch_size):
-        stop = min(start + batch_size, shard.stop)
-        x = split.images[start:stop].float().div_(255.0)
-        outs.append(fn(x, split.labels[start:stop]))
-    local = torch.cat(outs) if outs else torch.empty(0, dtype=torch.bool, device=split.labels.device)
-    return dist.gather_shards(local, len(split))
+def stages(attacks: Sequence[str]) -> list[str]:
+    """The threats to run, in order: clean always first (every robust outcome needs it)."""
+    bad = [a for a in attacks if a not in THREATS]
+    if bad:
+        raise FairbenchError(f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(THREATS)}")
+    return ["clean"] + [t for t in THREATS if t != "clean" and t in attacks]
 
 
-def clean_correct(model: nn.Module, split: Split, batch_size: int, dist: DistInfo) -> torch.Tensor:
-    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x).argmax(1) == y
+def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """What each threat ran with; stored in metrics.json and part of the resume key."""
+    settings: dict[str, dict[str, Any]] = {"clean": {}}
+    for threat in stages(attacks)[1:]:
+        if threat == "pgd20":
+            settings[threat] = {"norm": "Linf", "eps": eps, "steps": PGD_EVAL_STEPS,
+                                "step_size": eps / 4, "random_start": True, "loss": "ce", "seed": seed}
+        else:
+            import pyautoattack
 
+            settings[threat] = {"norm": "Linf", "eps": eps, "version": AA_VERSION,
+                                "attacks": list(AA_ATTACKS), "seed": seed,
+                                "library": f"pyautoattack {pyautoattack.__version__}"}
+    if len(settings) > 1:
+        settings["union"] = {"of": list(settings)}
+    return settings
+
+
+# ---------------------------------------------------------------- one batch / chunk per threat
+
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Whether the model's prediction on each (unperturbed) input is right."""
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """PGD-20, random start, step eps/4, CE: the standard evaluation of AT papers."""
+    x_adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=PGD_EVAL_STEPS)
+    return clean_correct(model, x_adv, y)
+
+
+def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                       seed: int, batch_size: int, progress: Progress) -> torch.Tensor:
+    """Standard L-inf AutoAttack on ``x`` (fp32, eval mode); True where it found no adversarial."""
+    from pyautoattack import AutoAttack
+
+    if len(y) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=y.device)
+    odd = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+    if odd:
+        raise FairbenchError(f"AutoAttack runs in fp32; the model has {sorted(map(str, odd))} weights")
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version=AA_VERSION, device=x.device, seed=seed)
+    with aa_logging(progress), torch.autocast(x.device.type, enabled=False):
+        x_adv, y_adv = adversary.run_standard_evaluation(x.float(), y, batch_size=batch_size)
+    if (x_adv - x).abs().amax() > eps + BOUND_TOL or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError("AutoAttack returned images outside the eps-ball or [0, 1]")
+    again = torch.cat([clean_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
+                       for i in range(0, len(y), batch_size)])
+    return (y_adv == y) & again
+
+
+class _ProgressHandler(logging.Handler):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.DEBUG)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress(f"  autoattack: {record.getMessage()}")
+
+
+@contextmanager
+def aa_logging(progress: Progress) -> Iterator[None]:
+    """Show pyautoattack's ``auto-attack`` logger (it logs at DEBUG) through ``progress``."""
+    logger = logging.getLogger("auto-attack")
+    handler = _ProgressHandler(progress)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+# ---------------------------------------------------------------- the evaluator
+
+def _in_batches(fn: BatchFn, batch_size: int) -> BatchFn:
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        outs = [fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool, device=y.device)
+
+    return run
+
+
+def _threat_fn(threat: str, model: nn.Module, eps: float, batch_size: int,
+               progress: Progress) -> ChunkFn:
+    """``fn(x, y, seed) -> correct`` for one chunk of examples."""
+    if threat == "clean":
+        return lambda x, y, seed: _in_batches(lambda a, b: clean_correct(model, a, b), batch_size)(x, y)
+    if threat == "pgd20":
+        return lambda x, y, seed: _in_batches(lambda a, b: pgd_correct(model, a, b, eps), batch_size)(x, y)
+    return lambda x, y, seed: autoattack_correct(model, x, y, eps=eps, seed=seed,
+                                                 batch_size=batch_size, progress=progress)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block from ``seed`` and restore the caller's RNG (CPU and ``device``) after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settings: dict[str, Any],
+                chunk_size: int, seed: int, dist: DistInfo, progress: Progress) -> StageProgress:
+    """Evaluate every chunk not yet done; save the outcomes after each one."""
+    stage = state.load(threat, settings)
+    n = len(split)
+    for c, start in enumerate(range(0, n, chunk_size)):
+        stop = min(start + chunk_size, n)
+        if stop <= stage.done:
+            continue
+        t0 = time.perf_counter()
+        shard = dist.shard_range(stop - start)
+        a, b = start + shard.start, start + shard.stop
+        x, y = split.images[a:b].float().div_(255.0), split.labels[a:b]
+        with seeded(seed * 1_000_003 + c, split.labels.device):
+            local = fn(x, y, seed * 1_000_003 + c)
+        stage.correct[start:stop] = dist.gather_shards(local, stop - start)
+        stage.done, stage.seconds = stop, stage.seconds + time.perf_counter() - t0
+        state.save(threat, settings, stage)
+        if n > chunk_size:
+            progress(f"{threat}: {stop}/{n} examples ({stage.seconds:.1f}s)")
+    return stage
+
+
+def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Sequence[str],
+                      batch_size: int = 500, dist: DistInfo | None = None,
+                      progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
+                      indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-example outcomes (bool, one per example of ``split``) for each threat, and wall times.
+
+    ``clean`` is always included, and ``union`` when an attack ran; see the module docstring.
+    With ``state_dir``, outcomes are saved per chunk and a rerun continues where a killed one
+    stopped. ``indices`` are the subset's positions in the full test set (kept with the outcomes).
+    """
+    dist = dist or DistInfo()
+    settings = attack_settings(eps, attacks, seed)
+    device = split.labels.device
+    indices = torch.arange(len(split)) if indices is None else indices.cpu()
+    key = {"chunk_size": chunk_size, "batch_size": batch_size, "world_size": dist.world_size}
+    if state_dir is not None and dist.is_main:
+        key["fingerprint"] = fingerprint(model, split.images, split.labels, indices)
+    state = EvalState(state_dir, key, len(split), indices, dist, device, progress)
+    correct: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {}
     with eval_mode(model):
-        return _batched(model, split, batch_size, dist, fn)
-
-
-def pgd_correct(model: nn.Module, split: Split, eps: float, batch_size: int, dist: DistInfo,
-                steps: int = PGD_EVAL_STEPS) -> torch.Tensor:
-    """PGD-20, random start, step eps/4, CE (the standard evaluation of AT papers)."""
-    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x_adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=steps)
-        with torch.no_grad():
-            return model(x_adv).argmax(1) == y
-
-    with eval_mode(model):
-        return _batched(model, split, batch_size, dist, fn)
+        for threat in stages(attacks):
+            fn = _threat_fn(threat, model, eps, batch_size, progress)
+            stage = _run_threat(threat, fn, split, state, settings[threat], chunk_size, seed, dist, progress)
+            correct[threat] = stage.correct if threat == "clean" else stage.correct & correct["clean"]
+            seconds[threat] = stage.seconds
+            progress(f"{threat}: {float(correct[threat].float().mean()):.4f} accuracy "
+                     f"({seconds[threat]:.1f}s)")
+    if len(correct) > 1:
+        correct["union"] = torch.stack(list(correct.values())).all(0)
+    return correct, seconds
 
 
 def evaluate(model: nn.Module, split: Split, classes: Sequence[str], *, eps: float,
              attacks: Sequence[str], batch_size: int = 500, dist: DistInfo | None = None,
-             progress=print) -> tuple[dict[str, Any], dict[str, float]]:
-    """Evaluate ``model`` on ``split`` under each threat in ``attacks``.
+             progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
+             indices: torch.Tensor | None = None,
+             chunk_size: int = CHUNK_SIZE) -> tuple[dict[str, Any], dict[str, float]]:
+    """Evaluate ``model`` on ``split`` under each threat in ``attacks``, per class.
 
-    Returns ``(metrics, seconds)``: per-threat summaries (see `summarize`) and wall time per threat.
+    Returns ``(metrics, seconds)``: a `summarize` per threat (``clean`` always, ``union`` when an
+    attack ran) and each threat's wall time (summed over resumed runs). The options are
+    `evaluate_outcomes`'s.
     """
-    dist = dist or DistInfo()
-    correct: dict[str, torch.Tensor] = {}
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    correct["clean"] = clean_correct(model, split, batch_size, dist)
-    seconds["clean"] = time.perf_counter() - t0
-    for threat in attacks:
-        if threat == "clean":
-            continue
-        t0 = time.perf_counter()
-        if threat == "pgd20":
-            robust = pgd_correct(model, split, eps, batch_size, dist)
-        else:
-            raise NotImplementedError(f"threat '{threat}' is not implemented by this evaluator yet")
-        correct[threat] = robust & correct["clean"]
-        seconds[threat] = time.perf_counter() - t0
-        progress(f"{threat}: {float(correct[threat].float().mean()):.4f} robust accuracy "
-                 f"({seconds[threat]:.1f}s)")
-    metrics = {t: summarize(c, split.labels, classes) for t, c in correct.items()
-               if t in attacks or t == "clean"}
-    return metrics, seconds
+    correct, seconds = evaluate_outcomes(model, split, eps=eps, attacks=attacks, batch_size=batch_size,
+                                         dist=dist, progress=progress, seed=seed, state_dir=state_dir,
+                                         indices=indices, chunk_size=chunk_size)
+    return {t: summarize(c, split.labels, classes) for t, c in correct.items()}, seconds
 
 
 def format_table(metrics: dict[str, Any], classes: Sequence[str]) -> str:
-    """A per-class accuracy table for the terminal."""
+    """A per-class accuracy table for the terminal (one column per threat, union included)."""
     threats = list(metrics)
     width = max(12, max(len(c) for c in classes) + 2)
-    lines = [f"{'class':<{width}}" + "".join(f"{t:>12}" for t in threats)]
+    col = max([12] + [len(str(metrics[t]["worst_class"])) + 2 for t in threats]
+              + [len(str(metrics[t]["best_class"])) + 2 for t in threats])
+    lines = [f"{'class':<{width}}" + "".join(f"{t:>{col}}" for t in threats)]
     for i, name in enumerate(classes):
-        lines.append(f"{name:<{width}}" + "".join(f"{metrics[t]['per_class'][i]:>12.4f}" for t in threats))
-    lines.append(f"{'average':<{width}}" + "".join(f"{metrics[t]['avg']:>12.4f}" for t in threats))
-    lines.append(f"{'worst':<{width}}" + "".join(f"{metrics[t]['worst']:>12.4f}" for t in threats))
-    lines.append(f"{'worst class':<{width}}" + "".join(f"{metrics[t]['worst_class']:>12}" for t in threats))
+        lines.append(f"{name:<{width}}" + "".join(f"{metrics[t]['per_class'][i]:>{col}.4f}" for t in threats))
+    for label, key, fmt in (("average", "avg", ".4f"), ("worst", "worst", ".4f"),
+                            ("worst class", "worst_class", ""), ("best", "best", ".4f"),
+                            ("best class", "best_class", ""), ("std", "std", ".4f")):
+        lines.append(f"{label:<{width}}" + "".join(f"{metrics[t][key]:>{col}{fmt}}" for t in threats))
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import evaluate, format_table
+from fairbench.evaluate import attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
@@ -178,7 +178,8 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
     seed_everything(cfg.seed + dist.rank)
     t0 = time.perf_counter()
     metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
-                                batch_size=cfg.eval_batch_size, dist=dist, progress=say)
+                                batch_size=cfg.eval_batch_size, dist=dist, progress=say, seed=cfg.seed,
+                                state_dir=run_dir / "eval_state")
     if dist.is_main:
         record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
         atomic_write_json(run_dir / METRICS_FILE, record)
@@ -199,6 +200,7 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
         "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class},
         "classes": list(spec.classes),
         "metrics": metrics,
+        "attack_settings": attack_settings(cfg.eps, cfg.attacks, cfg.seed),
         "timing": {"train_s": round(trainer.train_seconds, 3),
                    "eval_s": {k: round(v, 3) for k, v in seconds.items()},
                    "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),

@@ -65,7 +65,7 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
     args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
             "--batch-size", "40", "--train-per-class", "8", "--val-per-class", "4",
             "--eval-per-class", "3", "--device", "cpu", "--data-dir", str(fmnist_dir), "--out", str(out)]
-    assert cli(args) == 0  # no --method (pgd-at), no --attacks (clean,pgd20), with a progress bar
+    assert cli(args) == 0  # no --method (pgd-at), no --attacks (clean,pgd20,autoattack), a progress bar
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.err and "img_s" in captured.err and "loss" in captured.err
     assert "shirt" in captured.out and "pgd20" in captured.out  # the per-class table
@@ -73,12 +73,12 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
     (run_dir,) = (out / "runs").iterdir()
     assert run_dir.name.startswith("pgd-at_small-cnn_fashion-mnist_seed0_")
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "log.jsonl", "checkpoint.pt",
-                                                   "metrics.json"}
+                                                   "metrics.json", "eval_state"}
 
     config = json.loads((run_dir / "config.json").read_text())
     resolved = (config["method"], config["eps"], config["step_size"], config["attack_steps"])
     assert resolved == ("pgd-at", 0.1, 0.025, 10)
-    assert config["attacks"] == ["clean", "pgd20"] and config["val_per_class"] == 4
+    assert config["attacks"] == ["clean", "pgd20", "autoattack"] and config["val_per_class"] == 4
     assert config["run_id"] == run_dir.name and config["params"] == {}
 
     # --val-per-class: the method sees a balanced validation split, disjoint from training
@@ -96,7 +96,7 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
     assert (metrics["method"], metrics["arch"], metrics["dataset"], metrics["seed"], metrics["epochs"]) == \
         ("pgd-at", "small-cnn", "fashion-mnist", 0, 1)
     assert metrics["threat"] == {"norm": "Linf", "eps": 0.1}
-    assert set(metrics["metrics"]) == {"clean", "pgd20"}
+    assert set(metrics["metrics"]) == {"clean", "pgd20", "autoattack", "union"}
     for threat in metrics["metrics"].values():
         assert threat["n_per_class"] == [3] * 10
         assert len(threat["per_class"]) == 10 and all(0 <= a <= 1 for a in threat["per_class"])

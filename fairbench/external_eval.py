@@ -1,0 +1,148 @@
+"""``fairbench eval``: evaluate weights trained anywhere (a state_dict, or a RobustBench zoo model)
+per class with the one evaluator, and write ``<out>/runs/<run-id>/metrics.json``.
+
+Rerunning the same command continues a killed evaluation (outcomes are kept in the run folder's
+``eval_state/``; see `fairbench.eval_state`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices
+from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.errors import FairbenchError
+from fairbench.evaluate import attack_settings, evaluate, format_table, stages
+from fairbench.models import create_model, load_model_state
+from fairbench.registry import MODELS
+from fairbench.results import (METRICS_FILE, SCHEMA_VERSION, atomic_write_json, ensure_writable,
+                               load_checkpoint, sha256_file)
+from fairbench.runner import environment, resolve_device
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class EvalOptions:
+    """What `fairbench eval` was asked to do (the CLI's options, unvalidated)."""
+
+    dataset: str
+    checkpoint: str | None = None
+    arch: str | None = None
+    robustbench: str | None = None
+    threat_model: str = "Linf"
+    model_dir: str | None = None
+    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
+    n_per_class: int | None = None
+    eps: float | None = None
+    seed: int = 0
+    batch_size: int = 500
+    device: str = "auto"
+    data_dir: str | None = None
+    out: str = "results"
+    run_id: str | None = None
+
+    def validate(self) -> None:
+        checks = [
+            ((self.checkpoint is None) != (self.robustbench is None),
+             "give exactly one of --checkpoint PATH or --robustbench MODEL_NAME"),
+            (self.robustbench is not None or self.arch is not None,
+             "--checkpoint needs --arch (see `fairbench list`)"),
+            (self.robustbench is None or self.arch is None,
+             "--arch is for --checkpoint; a RobustBench model brings its own architecture"),
+            (self.n_per_class is None or self.n_per_class >= 1,
+             f"--n-per-class must be >= 1, got {self.n_per_class}"),
+            (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.run_id is None or bool(RUN_ID.match(self.run_id)),
+             f"--run-id may hold letters, digits and . _ + - only, got '{self.run_id}'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FairbenchError(message)
+        stages(self.attacks)
+        if self.arch is not None and self.robustbench is None:
+            MODELS.get(self.arch)
+
+
+def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to evaluate and what to record about where its weights came from."""
+    if opts.robustbench is not None:
+        from fairbench.robustbench_zoo import load_zoo_model
+
+        model, files = load_zoo_model(opts.robustbench, dataset=spec.name,
+                                      threat_model=opts.threat_model, model_dir=opts.model_dir)
+        return model, {"method": f"robustbench:{opts.robustbench}", "arch": type(model).__name__,
+                       "params": {"source": "robustbench", "model_name": opts.robustbench,
+                                  "threat_model": opts.threat_model},
+                       "checkpoint": {"file": files[0].name if files else None,
+                                      "sha256": sha256_file(files[0]) if files else None}}
+    path = Path(opts.checkpoint)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        raise FairbenchError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    model = create_model(opts.arch, spec)
+    load_model_state(model, state, str(path))
+    return model, {"method": "external", "arch": opts.arch, "params": {"source": "checkpoint"},
+                   "checkpoint": {"file": path.name, "sha256": sha256_file(path)}}
+
+
+def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
+    """Evaluate per class and write the metrics.json; returns the run folder."""
+    opts.validate()
+    spec = get_dataset(opts.dataset)
+    device = resolve_device(opts.device)
+    dist = init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _run_eval(opts, spec, device, dist, echo if dist.is_main else (lambda _m: None))
+    finally:
+        shutdown_distributed()
+
+
+def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: DistInfo,
+              say: Callable[[str], None]) -> Path:
+    model, source = load_model(opts, spec)
+    model = model.to(device).eval()
+    eps = spec.eps if opts.eps is None else opts.eps
+    sha = source["checkpoint"]["sha256"] or "nofile"
+    run_id = opts.run_id or f"{source['method'].replace(':', '-')}_{source['arch']}_{spec.name}_{sha[:8]}"
+    run_dir = Path(opts.out) / "runs" / run_id
+    if dist.is_main:
+        ensure_writable(run_dir)
+    test = load_split(spec, "test", opts.data_dir)
+    indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
+               if opts.n_per_class else torch.arange(len(test)))
+    test = test.subset(indices).to(device)
+    say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
+        f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
+    metrics, seconds = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
+                                batch_size=opts.batch_size, dist=dist, progress=say, seed=opts.seed,
+                                state_dir=run_dir / "eval_state", indices=indices)
+    if dist.is_main:
+        record = {
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "method": source["method"],
+            "params": source["params"], "arch": source["arch"], "dataset": spec.name,
+            # epochs 0 (the schema wants a whole number): not trained by fairbench; the report
+            # reads the budget from "training", where the epochs are unknown (None)
+            "seed": opts.seed, "epochs": 0, "threat": {"norm": "Linf", "eps": eps},
+            "training": {"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class},
+            "evaluation": {"n": len(test), "batch_size": opts.batch_size},
+            "classes": list(spec.classes), "metrics": metrics,
+            "attack_settings": attack_settings(eps, opts.attacks, opts.seed),
+            "timing": {"eval_s": {k: round(v, 3) for k, v in seconds.items()},
+                       "world_size": dist.world_size},
+            "env": environment(device), "checkpoint": source["checkpoint"],
+        }
+        atomic_write_json(run_dir / METRICS_FILE, record)
+        say(format_table(metrics, spec.classes))
+        say(f"wrote {run_dir / METRICS_FILE}")
+    return run_dir

@@ -1,0 +1,263 @@
+"""The per-class evaluator on real Fashion-MNIST: counts, invariants, attack strength, resume.
+
+AutoAttack is slow on a CPU, so its tests use a small MLP (fast forward passes) on 2-3 test
+images per class; the "standard model is not robust" check uses the project's small CNN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fairbench.evaluate as ev
+from fairbench.data import Split, get_dataset, load_split, per_class_indices
+from fairbench.errors import FairbenchError
+from fairbench.evaluate import attack_settings, evaluate, evaluate_outcomes, format_table, summarize
+from fairbench.models import create_model
+
+SPEC = get_dataset("fashion-mnist")
+EPS = 8 / 255
+ALL = ("clean", "pgd20", "autoattack")
+
+
+def real_split(name: str, k: int, tmp: Path) -> Split:
+    """The first k images per class of the real Fashion-MNIST (Debian's copy; no download)."""
+    split = load_split(SPEC, name, tmp, download=False)
+    return split.subset(per_class_indices(split.labels, k, SPEC.num_classes))
+
+
+def train_clean(model: nn.Module, train: Split, steps: int, lr: float) -> nn.Module:
+    """A few SGD steps of standard (not adversarial) training, seeded."""
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        b = torch.randint(0, len(train), (64,), generator=gen)
+        loss = F.cross_entropy(model(train.images[b].float() / 255), train.labels[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and on a shared CPU far more predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Split]:
+    tmp = tmp_path_factory.mktemp("nodata")
+    return {"train": real_split("train", 200, tmp), "test3": real_split("test", 3, tmp),
+            "test5": real_split("test", 5, tmp)}
+
+
+@pytest.fixture(scope="module")
+def mlp(data: dict[str, Split]) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    return train_clean(model, data["train"], steps=300, lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def reference(mlp: nn.Module, data: dict[str, Split]):
+    """One uninterrupted evaluation (no saved state) that the resume tests must reproduce."""
+    logs: list[str] = []
+    rng = torch.get_rng_state()
+    out = evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, progress=logs.append)
+    assert torch.equal(rng, torch.get_rng_state()), "the caller's RNG must be left untouched"
+    return out, logs
+
+
+def test_balanced_subset_has_exactly_k_per_class(data: dict[str, Split], mlp: nn.Module) -> None:
+    labels = load_split(SPEC, "test", "/nonexistent", download=False).labels
+    idx = per_class_indices(labels, 7, SPEC.num_classes)
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [7] * 10
+    for c in range(10):  # the first 7 of each class, not the first N images
+        assert torch.equal(idx[labels[idx] == c], torch.nonzero(labels == c).flatten()[:7])
+    metrics, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
+                          progress=lambda m: None)
+    assert metrics["clean"]["n_per_class"] == [5] * 10
+
+
+def test_counts_weighted_average_and_invariants(reference, data: dict[str, Split]) -> None:
+    (correct, seconds), logs = reference
+    labels = data["test3"].labels
+    assert set(correct) == {"clean", "pgd20", "autoattack", "union"}
+    assert set(seconds) == {"clean", "pgd20", "autoattack"}
+    for threat in ("pgd20", "autoattack"):
+        assert not (correct[threat] & ~correct["clean"]).any(), f"{threat} robust but clean-wrong"
+    for threat in ALL:
+        assert not (correct["union"] & ~correct[threat]).any(), f"union exceeds {threat}"
+    assert torch.equal(correct["union"], correct["pgd20"] & correct["autoattack"])
+    for threat, c in correct.items():
+        m = summarize(c, labels, SPEC.classes)
+        n, acc = torch.tensor(m["n_per_class"]), torch.tensor(m["per_class"], dtype=torch.float64)
+        assert int(n.sum()) == len(labels) == 30
+        assert float((acc * n).sum() / n.sum()) == pytest.approx(m["avg"], abs=1e-6)
+        assert m["avg"] == pytest.approx(float(c.double().mean()), abs=1e-6)
+        assert m["worst"] == min(m["per_class"]) and m["best"] == max(m["per_class"])
+        assert m["per_class"][SPEC.classes.index(m["worst_class"])] == m["worst"]
+        assert m["per_class_error"] == [pytest.approx(1 - a) for a in m["per_class"]]
+        assert m["std"] == pytest.approx(float(acc.std(unbiased=False)), abs=1e-5)
+    per_class = {t: summarize(correct[t], labels, SPEC.classes)["per_class"] for t in correct}
+    for i in range(10):
+        assert per_class["union"][i] <= min(per_class[t][i] for t in ALL)
+        assert per_class["autoattack"][i] <= per_class["clean"][i]
+    # AutoAttack is the stronger attack in aggregate (not guaranteed per example; see evaluate.py)
+    assert correct["autoattack"].sum() <= correct["pgd20"].sum() < correct["clean"].sum()
+    assert any("autoattack: initial accuracy" in line for line in logs), "AA's logger is shown"
+
+
+def test_eps_zero_attacks_change_nothing(mlp: nn.Module, data: dict[str, Split]) -> None:
+    calls: list[bool] = []
+    hook = mlp.register_forward_pre_hook(lambda module, args: calls.append(module.training))
+    mlp.train()
+    try:
+        split = data["test3"].subset(torch.arange(0, 30, 2))
+        correct, _ = evaluate_outcomes(mlp, split, eps=0.0, attacks=ALL, progress=lambda m: None)
+    finally:
+        hook.remove()
+    assert mlp.training, "the model's mode is restored"
+    mlp.eval()
+    assert calls and not any(calls), "every forward pass ran in eval mode"
+    assert correct["clean"].any()
+    for threat in ("pgd20", "autoattack", "union"):
+        assert torch.equal(correct[threat], correct["clean"])
+
+
+def test_standard_model_is_not_robust(data: dict[str, Split]) -> None:
+    """A model trained without attacks is right on clean images and near 0 under attack.
+
+    eps 0.1 is Fashion-MNIST's standard radius (fairbench's default), its counterpart of 8/255 on
+    CIFAR-10; a random-init network would not do here (it predicts one class, "robustly").
+    """
+    torch.manual_seed(0)
+    model = train_clean(create_model("small-cnn", SPEC), data["train"], steps=300, lr=0.05)
+    metrics, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
+                          progress=lambda m: None)
+    assert metrics["clean"]["avg"] >= 0.6
+    for threat in ("pgd20", "autoattack", "union"):
+        assert metrics[threat]["avg"] <= 0.06, threat
+
+
+class Killed(Exception):
+    pass
+
+
+def _raise(*args, **kwargs):
+    raise Killed
+
+
+def test_killed_after_pgd_resumes_without_pgd(mlp, data, reference, tmp_path, monkeypatch) -> None:
+    state_dir = tmp_path / "eval_state"
+    monkeypatch.setattr(ev, "autoattack_correct", _raise)
+    with pytest.raises(Killed):
+        evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, state_dir=state_dir,
+                          progress=lambda m: None)
+    assert {p.name for p in state_dir.iterdir()} == {"clean.pt", "pgd20.pt"}
+    monkeypatch.undo()
+    monkeypatch.setattr(ev, "pgd_correct", _raise)  # PGD must not run again
+    correct, seconds = evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10,
+                                         state_dir=state_dir, progress=lambda m: None)
+    (expected, _), _ = reference
+    for threat in expected:
+        assert torch.equal(correct[threat], expected[threat]), threat
+    assert seconds["pgd20"] > 0, "the killed run's PGD time is kept"
+
+
+def test_killed_inside_autoattack_resumes_at_next_chunk(mlp, data, reference, tmp_path, monkeypatch) -> None:
+    real = ev.autoattack_correct
+    calls: list[int] = []
+    kill_at = [2]
+
+    def flaky(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == kill_at[0]:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "autoattack_correct", flaky)
+    kwargs = dict(eps=EPS, attacks=ALL, chunk_size=10, state_dir=tmp_path / "s", progress=lambda m: None)
+    with pytest.raises(Killed):
+        evaluate_outcomes(mlp, data["test3"], **kwargs)
+    calls.clear()
+    kill_at[0] = 0
+    monkeypatch.setattr(ev, "pgd_correct", _raise)
+    correct, _ = evaluate_outcomes(mlp, data["test3"], **kwargs)
+    assert calls == [10, 10], "only the two unfinished chunks of 10 ran again"
+    (expected, _), _ = reference
+    for threat in expected:
+        assert torch.equal(correct[threat], expected[threat]), threat
+
+
+def test_saved_state_for_other_settings_or_weights_is_not_reused(mlp, data, tmp_path, monkeypatch) -> None:
+    split, state_dir = data["test3"], tmp_path / "s"
+    calls: list[int] = []
+    real = ev.pgd_correct
+    monkeypatch.setattr(ev, "pgd_correct", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(model: nn.Module, eps: float) -> dict[str, torch.Tensor]:
+        calls.clear()
+        return evaluate_outcomes(model, split, eps=eps, attacks=["pgd20"], state_dir=state_dir,
+                                 progress=lambda m: None)[0]
+
+    first = run(mlp, EPS)
+    assert calls
+    run(mlp, EPS)
+    assert not calls, "same model, data and settings: reused"
+    run(mlp, 0.05)
+    assert calls, "another eps: recomputed"
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    other.load_state_dict(mlp.state_dict())
+    with torch.no_grad():
+        other[3].bias[0] += 1e-3
+    run(other.eval(), EPS)
+    assert calls, "other weights: recomputed"
+    (state_dir / "pgd20.pt").write_bytes(b"not a checkpoint")
+    assert torch.equal(run(mlp, EPS)["pgd20"], first["pgd20"]) and calls, "unreadable: recomputed"
+
+
+def test_malicious_state_file_is_not_executed(mlp, data, tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    state_dir = tmp_path / "s"
+    state_dir.mkdir()
+    torch.save({"format": 1, "payload": Evil()}, state_dir / "clean.pt")
+    logs: list[str] = []
+    evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=["clean"], state_dir=state_dir,
+                      progress=logs.append)
+    assert not marker.exists()
+    assert any("ignoring unreadable saved state" in line for line in logs)
+
+
+def test_unknown_attack_is_one_clear_error(mlp, data) -> None:
+    with pytest.raises(FairbenchError, match="unknown attack.*fgsm.*valid: clean, pgd20, autoattack"):
+        evaluate(mlp, data["test3"], SPEC.classes, eps=EPS, attacks=["clean", "fgsm"])
+
+
+def test_settings_and_table() -> None:
+    settings = attack_settings(EPS, ALL, seed=3)
+    assert settings["pgd20"]["steps"] == 20 and settings["pgd20"]["step_size"] == pytest.approx(EPS / 4)
+    assert settings["autoattack"]["version"] == "standard" and settings["autoattack"]["seed"] == 3
+    assert settings["autoattack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert settings["union"]["of"] == ["clean", "pgd20", "autoattack"]
+    labels = torch.arange(10).repeat(2)
+    c = labels != 6
+    table = format_table({"clean": summarize(c, labels, SPEC.classes),
+                          "union": summarize(c & (labels < 5), labels, SPEC.classes)}, SPEC.classes)
+    assert "union" in table.splitlines()[0]
+    assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == \
+        [["worst", "class", "shirt", "sandal"]]
