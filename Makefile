@@ -3,8 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: main test setup bench
+# The mini-benchmark: every registered method on Fashion-MNIST (small CNN, CPU, seed 0), a short
+# budget, then `fairbench report`; the leaderboard lands in results/mini/ (not committed).
 main: setup
-	$(PY) -m fairbench run --preset cpu-fmnist --method pgd-at
+	EPOCHS=3 TRAIN_PER_CLASS=300 EVAL_PER_CLASS=10 PY=$(PY) bash scripts/benchmark.sh \
+		--val-per-class 30 --out results/mini
 
 test: setup
 	$(PY) -m pytest -q
