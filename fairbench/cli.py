@@ -71,7 +71,7 @@ def run_cmd(
     run_id: Optional[str] = typer.Option(None, help="run folder name (default from the config)"),
     resume: bool = typer.Option(False, help="continue the run from its last checkpoint"),
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
-    channels_last: Optional[bool] = typer.Option(None, help="channels-last (default on for CUDA)"),
+    channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

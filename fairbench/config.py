@@ -41,7 +41,7 @@ class RunConfig:
     val_per_class: int | None = None
     eval_per_class: int | None = None
     attacks: tuple[str, ...] = ("clean", "pgd20")
-    eval_batch_size: int = 500
+    eval_batch_size: int | None = None  # None: 500 on CUDA, 128 on the CPU (see `resolve`)
     device: str = "auto"
     data_dir: str | None = None
     out: str = "results"
@@ -56,6 +56,8 @@ class RunConfig:
         cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks))
         if cfg.eps is None:
             cfg.eps = eps_default
+        if cfg.eval_batch_size is None:
+            cfg.eval_batch_size = default_eval_batch_size(cfg.device)
         if cfg.step_size is None:
             cfg.step_size = step_default * cfg.eps / eps_default
         cfg.validate()
@@ -67,7 +69,8 @@ class RunConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.step_size is None or 0 < self.step_size <= 1,
              f"--step-size must be in (0, 1], got {self.step_size}"),
@@ -115,6 +118,16 @@ class RunConfig:
         if "attacks" in d:
             d["attacks"] = tuple(d["attacks"])
         return cls(**d)
+
+
+def default_eval_batch_size(device: str) -> int:
+    """Batch of the no-update passes (evaluation, a method's scoring): big on a GPU; 128 on a CPU,
+    where a PGD-20 pass over 500 images at once falls out of cache and costs 1.8x per image
+    (bench/README.md)."""
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return 500 if on_gpu else 128
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +49,6 @@ main(sys.argv[1:])
 METHODS = ["pgd-at"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
     return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
             "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
@@ -68,8 +61,9 @@ def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1) -> st
     wrapper.write_text(WRAPPER)
     dump.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(wrapper), *args]
+    # --standalone: a rendezvous on a port the OS picks, so parallel test runs never collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(wrapper), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
