@@ -54,10 +54,10 @@ class RunConfig:
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
         cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks))
-        if cfg.eps is None:
-            cfg.eps = eps_default
         if cfg.eval_batch_size is None:
             cfg.eval_batch_size = default_eval_batch_size(cfg.device)
+        if cfg.eps is None:
+            cfg.eps = eps_default
         if cfg.step_size is None:
             cfg.step_size = step_default * cfg.eps / eps_default
         cfg.validate()
