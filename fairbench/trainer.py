@@ -135,6 +135,7 @@ class Trainer:
                 append_jsonl(self.run_dir / LOG_FILE, record)
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
+        plan = self._plan_from_main(plan)
         n = len(plan)
         ones = torch.ones(n, device=self.device)
         return EpochPlan(plan.indices.to(self.device),
@@ -151,7 +152,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         ctx = self.epoch_context(epoch)
-        plan = self._complete_plan(self._plan_from_main(ctx))
+        plan = self._complete_plan(self.method.plan_epoch(ctx))
         if len(plan) < self.cfg.batch_size:
             raise FairbenchError(f"epoch {epoch + 1}: the method planned {len(plan)} examples, "
                                  f"fewer than one batch of {self.cfg.batch_size}")
@@ -163,13 +164,11 @@ class Trainer:
         bar = self._progress_bar(epoch, len(starts))
         t0 = time.perf_counter()
         for step, start in enumerate(starts):
-            batch = _rows(plan, start, start + local_bs)
+            batch = plan.take(torch.arange(start, min(start + local_bs, len(plan)), device=self.device))
             loss = self.train_step(batch, epoch)
             loss_sum += loss.detach().float() * len(batch)
             if bar is not None and (step + 1) % LOG_EVERY == 0:
                 self._update_bar(bar, loss_sum, start + len(batch), t0, LOG_EVERY)
-        self.dist.broadcast_buffers(self.model)
-        self._check_replicas(epoch)
         seen = torch.tensor(float(len(plan)), device=self.device)
         mean_loss = float(self.dist.all_reduce_sum(loss_sum) / self.dist.all_reduce_sum(seen))
         seconds = time.perf_counter() - t0
@@ -179,6 +178,8 @@ class Trainer:
         if bar is not None:
             self._update_bar(bar, loss_sum, len(plan), t0, len(starts) % LOG_EVERY)
             bar.close()
+        self.dist.broadcast_buffers(self.model)  # scoring, evaluation and the checkpoint: rank 0's
+        self._check_replicas(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
@@ -205,9 +206,8 @@ class Trainer:
         self.optimizer.step()
         return loss
 
-    def _plan_from_main(self, ctx: EpochContext) -> EpochPlan:
-        """The method's plan, as rank 0 made it: a plan drawn at random stays one plan under DDP."""
-        plan = self.method.plan_epoch(ctx)
+    def _plan_from_main(self, plan: EpochPlan) -> EpochPlan:
+        """Rank 0's plan on every rank: a plan the method drew at random stays one plan under DDP."""
         if not self.dist.enabled:
             return plan
         cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
@@ -280,8 +280,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        self.start_epoch = int(state["epoch"])
         self._restore_rng(state)
+        self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.images_seen = int(state.get("images_seen", 0))
         if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
@@ -298,13 +298,7 @@ class Trainer:
         if len(ranks) == self.dist.world_size or self.dist.is_main:
             set_rng_state(ranks[self.dist.rank], self.device)
         else:
-            seed_everything(self.cfg.seed + 1_000_003 * self.start_epoch + self.dist.rank)
-
-
-def _rows(plan: EpochPlan, start: int, stop: int) -> EpochPlan:
-    """Rows ``start:stop`` of a plan as views: no copy and no kernel launch per batch."""
-    cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-    return EpochPlan(plan.indices[start:stop], cut(plan.augment), cut(plan.eps), cut(plan.weight))
+            seed_everything(self.cfg.seed + 1_000_003 * int(state["epoch"]) + self.dist.rank)
 
 
 def _json_line(record: dict[str, Any]) -> str:
