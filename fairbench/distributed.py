@@ -5,7 +5,10 @@ A single process is a world of size 1: every helper here is then a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,5 +102,19 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group; meant for a ``finally`` block around the whole run.
+
+    A DDP wrapper still alive when its process group is destroyed aborts the process at exit
+    (std::terminate, torch 2.14 with gloo), turning a finished run into a failed one: the frames
+    that held it are released and collected first. After a normal end the ranks also leave
+    together; with an exception on its way out they do not wait (the others may never arrive).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    exc = sys.exc_info()[1]
+    if exc is None:
+        dist.barrier()
+    else:  # the traceback keeps the trainer (and its DDP wrapper) of finished frames alive
+        traceback.clear_frames(exc.__traceback__)
+    gc.collect()  # DDP holds reference cycles: free it now, not at interpreter exit
+    dist.destroy_process_group()

@@ -37,6 +37,7 @@ def evaluate(model, *args, **kwargs):  # the weights this rank ends training wit
 
 def train_epoch(self, epoch):
     if epoch == int(os.environ.get("STOP_AFTER", "-1")):  # every rank stops between epochs,
+        torch.distributed.barrier()                      # together (see shutdown_distributed),
         raise SystemExit(0)                              # like a preempted job
     return real_train_epoch(self, epoch)
 
