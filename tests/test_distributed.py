@@ -1,4 +1,5 @@
-"""DDP under torchrun on the CPU (gloo): 2 processes train as one, write one result folder, resume.
+"""DDP under torchrun on the CPU (gloo): 2 processes train as one, write one result folder, resume
+under 2 or 1 processes, and a method whose loss bypasses DDP is stopped with a clear error.
 
 Each launch is ``python -m torch.distributed.run --nproc_per_node=2`` on a small wrapper script that
 calls the real CLI; the wrapper (test code, not fairbench's) dumps every rank's trained weights just
@@ -42,6 +43,19 @@ def train_epoch(self, epoch):
     return real_train_epoch(self, epoch)
 
 runner.evaluate, Trainer.train_epoch = evaluate, train_epoch
+
+if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips the DDP wrapper
+    import torch.nn.functional as F
+    from fairbench.method import Method
+    from fairbench.registry import register_method
+
+    @register_method("bypass-ddp")
+    class BypassDDP(Method):
+        name = "bypass-ddp"
+
+        def loss(self, ctx):
+            return F.cross_entropy(ctx.attack_model(ctx.x), ctx.y)
+
 from fairbench.cli import main
 main(sys.argv[1:])
 '''
@@ -56,18 +70,20 @@ def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
             "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress"]
 
 
-def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1) -> str:
+def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
+             **env_extra: str) -> str:
     """Run the CLI in 2 gloo processes; returns their combined output."""
     wrapper = tmp / "wrapper.py"
     wrapper.write_text(WRAPPER)
     dump.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after),
+               **env_extra)
     # --standalone: a rendezvous on a port the OS picks, so parallel test runs never collide
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(wrapper), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr if expect else proc.stdout
 
 
 def run_in_process(args: list[str]) -> None:
@@ -161,3 +177,12 @@ def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: P
     assert [r["epoch"] for r in load_log(copy_dir)] == [1, 2]
     metrics = json.loads((copy_dir / "metrics.json").read_text())
     assert metrics["timing"]["world_size"] == 1 and sum(metrics["metrics"]["clean"]["n_per_class"]) == 50
+
+
+def test_a_loss_that_bypasses_ddp_is_stopped(data_dir: Path, tmp_path: Path) -> None:
+    args = run_args(data_dir, tmp_path / "results", "bypass-ddp")
+    args[args.index("--epochs") + 1] = "1"
+    output = torchrun(tmp_path, args, tmp_path / "dump", expect=1, BYPASS_DDP="1")
+    assert "error: epoch 1: the processes' weights differ" in output
+    assert "must compute its loss forward with ctx.model" in output
+    assert not (tmp_path / "results" / "runs" / "r" / "checkpoint.pt").exists()
