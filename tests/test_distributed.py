@@ -67,7 +67,7 @@ METHODS = ["pgd-at"]
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
     return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
             "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
-            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress"]
+            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20"]
 
 
 def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
