@@ -83,7 +83,7 @@ def run_cmd(
     stop_after_epoch: Optional[int] = typer.Option(
         None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)"),
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
-    channels_last: Optional[bool] = typer.Option(None, help="channels-last (default on for CUDA)"),
+    channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

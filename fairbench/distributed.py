@@ -5,11 +5,16 @@ A single process is a world of size 1: every helper here is then a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
+import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,32 @@ class DistInfo:
             dist.broadcast(tensor, src=0)
         return tensor
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's picklable ``obj`` on every rank (keep tensors inside it on the CPU)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (batch-norm running statistics) to every rank.
+
+        DDP syncs buffers at the start of each training forward, so after the last one every
+        rank holds its own update; evaluation and scoring passes must all use rank 0's.
+        """
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -71,5 +102,19 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group; meant for a ``finally`` block around the whole run.
+
+    A DDP wrapper still alive when its process group is destroyed aborts the process at exit
+    (std::terminate, torch 2.14 with gloo), turning a finished run into a failed one: the frames
+    that held it are released and collected first. After a normal end the ranks also leave
+    together; with an exception on its way out they do not wait (the others may never arrive).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    exc = sys.exc_info()[1]
+    if exc is None:
+        dist.barrier()
+    else:  # the traceback keeps the trainer (and its DDP wrapper) of finished frames alive
+        traceback.clear_frames(exc.__traceback__)
+    gc.collect()  # DDP holds reference cycles: free it now, not at interpreter exit
+    dist.destroy_process_group()

@@ -41,8 +41,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the run draws from, in types that ``torch.load(weights_only=True)`` accepts."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG the run draws from, in types that ``torch.load(weights_only=True)`` accepts.
+
+    Of CUDA, only ``device``'s generator (the current device by default): under torchrun each rank
+    draws on its own GPU, and a checkpoint must resume on a machine with fewer GPUs.
+    """
     np_state = np.random.get_state()
     state = {
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
@@ -51,18 +55,22 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(device if device is not None and device.type == "cuda"
+                                                 else "cuda")
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`; its tensors may come back on the GPU (``map_location``), RNGs want them on the CPU."""
     py = state["python"]
     random.setstate((py[-1], tuple(py[:-1]), None))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device if device is not None and device.type == "cuda"
+                                 else "cuda")
 
 
 class Trainer:
@@ -81,11 +89,15 @@ class Trainer:
         self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
         self.progress = progress and dist.is_main
         self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+        # Channels-last by default on every device: on the CPU (oneDNN) it is as fast as NCHW for
+        # the ResNets and 1.3x faster for small-cnn, whose NCHW max-pool is slow (bench/README.md).
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its conv algorithms
         self.model = model
-        self.train_model = self._wrap(model)
+        self.train_model, self.attack_model = self._wrap(model)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay,
                                          **({"fused": True} if device.type == "cuda" else {}))
@@ -99,14 +111,21 @@ class Trainer:
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
         self._kept = "no checkpoint has been written yet"
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        wrapped = model
+    def _wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
+
+        The attack does 10 of the 11 passes and needs no gradient sync, so it runs on the bare
+        module; only the loss forward goes through DDP (one forward per backward).
+        """
+        wrapped, attack = model, model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if self.cfg.compile:
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                          gradient_as_bucket_view=True)
+        if self.cfg.compile:  # static shapes: a last, smaller batch compiles once more
             wrapped = torch.compile(wrapped, dynamic=False)
-        return wrapped
+            attack = torch.compile(model, dynamic=False)
+        return wrapped, attack
 
     # ------------------------------------------------------------------ epochs
 
@@ -136,6 +155,7 @@ class Trainer:
         return max(self.start_epoch, last) >= self.cfg.epochs
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
+        plan = self._plan_from_main(plan)
         n = len(plan)
         ones = torch.ones(n, device=self.device)
         return EpochPlan(plan.indices.to(self.device),
@@ -203,6 +223,8 @@ class Trainer:
         if bar is not None:
             self._update_bar(bar, loss_sum, len(plan), t0, len(starts) % LOG_EVERY)
             bar.close()
+        self.dist.broadcast_buffers(self.model)  # scoring, evaluation and the checkpoint: rank 0's
+        self._check_replicas(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
@@ -217,7 +239,7 @@ class Trainer:
         x = standard_augment(self.spec, images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = BatchContext(self.train_model, self.model, x, self.train.labels[batch.indices],
+        ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
                            batch.eps, batch.eps * (self.cfg.step_size / self.cfg.eps),
                            self.cfg.attack_steps, batch.weight, epoch, self.spec)
         if batch.augment is not None:
@@ -228,6 +250,25 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return loss
+
+    def _plan_from_main(self, plan: EpochPlan) -> EpochPlan:
+        """Rank 0's plan on every rank: a plan the method drew at random stays one plan under DDP."""
+        if not self.dist.enabled:
+            return plan
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        fields = self.dist.broadcast_object((cpu(plan.indices), cpu(plan.augment), cpu(plan.eps),
+                                             cpu(plan.weight)))
+        return EpochPlan(*(None if t is None else t.to(self.device) for t in fields))
+
+    def _check_replicas(self, epoch: int) -> None:
+        """Under DDP every rank must hold the same weights; a loss that bypasses ctx.model would not."""
+        if not self.dist.enabled:
+            return
+        checksum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
+        if len({repr(c) for c in self.dist.all_gather_object(checksum)}) > 1:  # repr: nan == nan
+            raise FairbenchError(f"epoch {epoch + 1}: the processes' weights differ; the method "
+                                 f"'{self.cfg.method}' must compute its loss forward with ctx.model "
+                                 f"(the DDP-wrapped model), not ctx.attack_model")
 
     def _progress_bar(self, epoch: int, steps: int):
         if not self.progress:
@@ -270,6 +311,7 @@ class Trainer:
     def save_checkpoint(self, epochs_done: int, mid_epoch: dict[str, Any] | None = None) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
         where = _position(epochs_done, mid_epoch)
+        rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
         if not self.dist.is_main:
             self.dist.barrier()
             self._kept = f"the last good checkpoint ({where}) is kept"
@@ -284,7 +326,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "method": self.method.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
         }
@@ -318,7 +361,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
+        self._restore_rng(state)
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.images_seen = int(state.get("images_seen", 0))
@@ -327,6 +370,18 @@ class Trainer:
         if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
             kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
             atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Same number of processes: each rank continues its own RNG streams exactly.
+
+        Another number: rank 0 continues its stream and every other rank starts fresh streams
+        seeded from (seed, epoch, rank); the epoch's plan is split differently anyway.
+        """
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == self.dist.world_size or self.dist.is_main:
+            set_rng_state(ranks[self.dist.rank], self.device)
+        else:
+            seed_everything(self.cfg.seed + 1_000_003 * int(state["epoch"]) + self.dist.rank)
 
 
 def _position(epochs_done: int, mid_epoch: dict[str, Any] | None) -> str:

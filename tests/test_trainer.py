@@ -77,7 +77,7 @@ def test_sgd_settings_and_cpu_defaults(tmp_path: Path) -> None:
     trainer = tiny_trainer(tmp_path)
     group = trainer.optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 5e-4)
-    assert trainer.amp is False and trainer.channels_last is False  # both default on for CUDA only
+    assert trainer.amp is False and trainer.channels_last is True  # bf16 on CUDA only; channels-last everywhere
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:

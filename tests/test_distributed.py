@@ -1,0 +1,188 @@
+"""DDP under torchrun on the CPU (gloo): 2 processes train as one, write one result folder, resume
+under 2 or 1 processes, and a method whose loss bypasses DDP is stopped with a clear error.
+
+Each launch is ``python -m torch.distributed.run --nproc_per_node=2`` on a small wrapper script that
+calls the real CLI; the wrapper (test code, not fairbench's) dumps every rank's trained weights just
+before evaluation and can stop a run after a given epoch, as a preempted job would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from conftest import make_fashion_mnist
+from fairbench.cli import main
+
+WRAPPER = '''
+import os, sys
+import torch
+import fairbench.runner as runner
+from fairbench.trainer import Trainer
+
+real_evaluate, real_train_epoch = runner.evaluate, Trainer.train_epoch
+
+def evaluate(model, *args, **kwargs):  # the weights this rank ends training with
+    rank = os.environ.get("RANK", "0")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(os.environ["DUMP_DIR"], f"rank{rank}.pt"))
+    return real_evaluate(model, *args, **kwargs)
+
+def train_epoch(self, epoch):
+    if epoch == int(os.environ.get("STOP_AFTER", "-1")):  # every rank stops between epochs,
+        torch.distributed.barrier()                      # together (see shutdown_distributed),
+        raise SystemExit(0)                              # like a preempted job
+    return real_train_epoch(self, epoch)
+
+runner.evaluate, Trainer.train_epoch = evaluate, train_epoch
+
+if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips the DDP wrapper
+    import torch.nn.functional as F
+    from fairbench.method import Method
+    from fairbench.registry import register_method
+
+    @register_method("bypass-ddp")
+    class BypassDDP(Method):
+        name = "bypass-ddp"
+
+        def loss(self, ctx):
+            return F.cross_entropy(ctx.attack_model(ctx.x), ctx.y)
+
+from fairbench.cli import main
+main(sys.argv[1:])
+'''
+
+# The lead adds "fairat" here once the methods branch is merged.
+METHODS = ["pgd-at", "fairat"]
+
+
+def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
+    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
+            "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
+            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20"]
+
+
+def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
+             **env_extra: str) -> str:
+    """Run the CLI in 2 gloo processes; returns their combined output."""
+    wrapper = tmp / "wrapper.py"
+    wrapper.write_text(WRAPPER)
+    dump.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after),
+               **env_extra)
+    # --standalone: a rendezvous on a port the OS picks, so parallel test runs never collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(wrapper), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr if expect else proc.stdout
+
+
+def run_in_process(args: list[str]) -> None:
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"exit {exc.code}"
+
+
+def shape(obj: Any) -> Any:
+    """A JSON document's keys, recursively (values dropped)."""
+    if isinstance(obj, dict):
+        return {k: shape(v) for k, v in obj.items()}
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        return [shape(obj[0])]
+    return None
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"tensors differ: {differ}"
+
+
+def load_log(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train_per_class=20, n_test_per_class=5)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, str]]:
+    """One uninterrupted 2-process run per method (shared by the tests): (its folder, its output)."""
+    done: dict[str, tuple[Path, str]] = {}
+
+    def get(method: str) -> tuple[Path, str]:
+        if method not in done:
+            tmp = tmp_path_factory.mktemp(f"ddp-{method}")
+            out = torchrun(tmp, run_args(data_dir, tmp / "results", method), tmp / "dump")
+            done[method] = tmp, out
+        return done[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp_path: Path) -> None:
+    tmp, output = ddp_run(method)
+    rank0, rank1 = (torch.load(tmp / "dump" / f"rank{r}.pt") for r in (0, 1))
+    assert_same_weights(rank0, rank1)  # parameters and batch-norm statistics alike
+    ddp_dir = tmp / "results" / "runs" / "r"
+    checkpoint = torch.load(ddp_dir / "checkpoint.pt", weights_only=True)
+    assert_same_weights(rank0, {k: v.contiguous() for k, v in checkpoint["model"].items()})
+    assert output.count("wrote ") == 1 and output.count("training ") == 1  # rank 0 alone prints
+
+    run_in_process(run_args(data_dir, tmp_path / "single", method))
+    single_dir = tmp_path / "single" / "runs" / "r"
+    assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
+    for name in ("metrics.json", "config.json"):
+        ddp, single = (json.loads((d / name).read_text()) for d in (ddp_dir, single_dir))
+        assert shape(ddp) == shape(single), name
+    ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
+    assert sum(ddp_metrics["metrics"]["pgd20"]["n_per_class"]) == 50  # every test image, once
+    assert ddp_metrics["timing"]["world_size"] == 2
+    ddp_log, single_log = load_log(ddp_dir), load_log(single_dir)
+    assert [r["epoch"] for r in ddp_log] == [r["epoch"] for r in single_log] == [1, 2]
+    assert [r["examples"] for r in ddp_log] == [200, 200]  # the ranks' shards cover the epoch
+    assert [shape(r) for r in ddp_log] == [shape(r) for r in single_log]
+
+
+def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: Path) -> None:
+    reference_tmp, _ = ddp_run("pgd-at")
+    reference = torch.load(reference_tmp / "dump" / "rank0.pt")
+    args = run_args(data_dir, tmp_path / "results")
+    torchrun(tmp_path, args, tmp_path / "stopped", stop_after=1)
+    run_dir = tmp_path / "results" / "runs" / "r"
+    assert [r["epoch"] for r in load_log(run_dir)] == [1] and not (run_dir / "metrics.json").exists()
+    shutil.copytree(tmp_path / "results", tmp_path / "copy")
+
+    # the same number of processes: each rank continues its own RNG streams, so bit-identical
+    torchrun(tmp_path, args + ["--resume"], tmp_path / "resumed")
+    assert_same_weights(torch.load(tmp_path / "resumed" / "rank0.pt"), reference)
+    assert [r["epoch"] for r in load_log(run_dir)] == [1, 2]
+
+    # one process picks up the same checkpoint and finishes the run
+    run_in_process(run_args(data_dir, tmp_path / "copy") + ["--resume"])
+    copy_dir = tmp_path / "copy" / "runs" / "r"
+    assert [r["epoch"] for r in load_log(copy_dir)] == [1, 2]
+    metrics = json.loads((copy_dir / "metrics.json").read_text())
+    assert metrics["timing"]["world_size"] == 1 and sum(metrics["metrics"]["clean"]["n_per_class"]) == 50
+
+
+def test_a_loss_that_bypasses_ddp_is_stopped(data_dir: Path, tmp_path: Path) -> None:
+    args = run_args(data_dir, tmp_path / "results", "bypass-ddp")
+    args[args.index("--epochs") + 1] = "1"
+    output = torchrun(tmp_path, args, tmp_path / "dump", expect=1, BYPASS_DDP="1")
+    assert "error: epoch 1: the processes' weights differ" in output
+    assert "must compute its loss forward with ctx.model" in output
+    assert not (tmp_path / "results" / "runs" / "r" / "checkpoint.pt").exists()
