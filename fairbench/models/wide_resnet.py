@@ -1,4 +1,7 @@
-"""Wide ResNets (Zagoruyko & Komodakis, BMVC 2016) as used in adversarial training (Madry, TRADES)."""
+"""Wide ResNets (Zagoruyko & Komodakis, BMVC 2016) as used in adversarial training (Madry, TRADES).
+
+Their block is the pre-activation basic block of PreAct ResNet (no dropout, as in TRADES/FRL).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairbench.models.preact_resnet import PreActBlock
 from fairbench.registry import register_model
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -38,7 +24,7 @@ class WideResNet(nn.Module):
         layers, in_planes = [], widths[0]
         for i, stride in enumerate([1, 2, 2]):
             for j in range(n):
-                layers.append(WideBlock(in_planes, widths[i + 1], stride if j == 0 else 1))
+                layers.append(PreActBlock(in_planes, widths[i + 1], stride if j == 0 else 1))
                 in_planes = widths[i + 1]
         self.blocks = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)
