@@ -326,5 +326,8 @@ def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[L
     for rel in sorted(outputs):
         atomic_write_bytes(results_dir / rel, outputs[rel])
         written.append(results_dir / rel)
+    for old in sorted((results_dir / "figures").glob("*")):  # charts of groups that are gone
+        if old.is_file() and old.suffix in (".png", ".svg") and old not in written:
+            old.unlink()
     return board, markdown, written
 

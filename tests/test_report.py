@@ -325,3 +325,16 @@ def test_any_corrupted_field_is_used_or_skipped_never_a_crash(which: int, value:
     assert sum(len(r.runs) for g in board.groups for r in g.rows) + len(board.skipped) == 2
     if board.groups:  # whatever was accepted must also render
         to_markdown(board), to_csv(board), to_latex(board), to_html(board, ["s"], {})
+
+
+def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
+    """A rerun after a group's runs were deleted leaves no chart of that group behind."""
+    assert run_cli(["report", "--results", str(results)]) == 0
+    stale = results / "figures" / "some-old-group_pgd20.png"
+    stale.write_bytes(b"old")
+    keep = results / "figures" / "notes.txt"  # not a chart: not ours to delete
+    keep.write_text("mine")
+    charts = sorted(p.name for p in (results / "figures").glob("*.png") if p != stale)
+    assert run_cli(["report", "--results", str(results)]) == 0
+    assert not stale.exists() and keep.exists()
+    assert sorted(p.name for p in (results / "figures").glob("*.png")) == charts
