@@ -26,7 +26,6 @@ from typing import Callable
 
 import torch
 
-from fairbench.attacks import eval_mode, pgd
 from fairbench.config import RunConfig
 from fairbench.data import load_split, train_val_split
 from fairbench.distributed import DistInfo
@@ -39,9 +38,6 @@ from fairbench.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_line, timed  # noqa: E402
-
-VAL_PGD_STEPS = 20
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,23 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def val_pass(ctx: EpochContext) -> Callable[[], torch.Tensor]:
-    """FRL's validation primitive: per example, clean-correct and PGD-20-correct."""
-    model, eps = ctx.model, ctx.config.eps
+def val_pass(ctx: EpochContext) -> Callable[[], object]:
+    """FRL's validation primitive itself (methods/frl.py): clean and PGD-20 errors per class."""
+    from fairbench.methods.frl import validation_errors
 
-    def correct(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x).argmax(1) == y
-        x_adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=VAL_PGD_STEPS)
-        with torch.no_grad():
-            robust = model(x_adv).argmax(1) == y
-        return torch.stack([clean, robust], 1)
-
-    def run() -> torch.Tensor:
-        with eval_mode(model):
-            return ctx.map_batches(correct, ctx.val)
-
-    return run
+    return lambda: validation_errors(ctx, ctx.config.eps, ctx.config.step_size)
 
 
 def method_hooks(name: str, base: RunConfig, ctx: EpochContext) -> Callable[[], None] | str:

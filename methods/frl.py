@@ -56,6 +56,7 @@ import torch
 from fairbench.attacks import eval_mode, pgd
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
+from fairbench.evaluate import clean_correct
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -147,12 +148,8 @@ def validation_errors(ctx: EpochContext, eps: float, step_size: float) -> Valida
     model = ctx.model
 
     def correct(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x).argmax(1) == y
         x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=VAL_PGD_STEPS)
-        with torch.no_grad():
-            adv = model(x_adv).argmax(1) == y
-        return torch.stack([clean, adv], 1).float()
+        return torch.stack([clean_correct(model, x, y), clean_correct(model, x_adv, y)], 1).float()
 
     with eval_mode(model):
         both = ctx.map_batches(correct, ctx.val).cpu()
