@@ -19,22 +19,18 @@ def pgd_at_terms(ctx: BatchContext) -> torch.Tensor:
     return F.cross_entropy(ctx.model(x_adv).float(), ctx.y, reduction="none")
 
 
-def trades_terms(ctx: BatchContext, joint_forward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def trades_terms(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Zhang et al. (ICML 2019), Eq. 5: per-example natural CE(f(x), y) and boundary KL(f(x)||f(x')).
 
     The inner maximization starts at x + 0.001·N(0, I) and ascends the KL, labels unused (TRADES'
-    code). By default the clean and adversarial batches go through the training model in two
-    forward passes, as in TRADES' code, so each gets its own batch-norm statistics; the clean
-    logits serve both the CE and the KL target (TRADES runs the clean forward twice, which only
-    updates the running statistics once more). ``joint_forward=True`` concatenates the two halves
-    into one forward (one DDP call, but batch norm then normalizes clean and adversarial together).
+    code). The clean and adversarial batches go through the training model in two forward
+    passes, as in TRADES' code, so each gets its own batch-norm statistics; the clean logits serve
+    both the CE and the KL target (TRADES runs the clean forward twice, which only updates the
+    running statistics once more).
     """
     x_adv = pgd(ctx.attack_model, ctx.x, eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps,
                 objective="kl", init="normal")
-    if joint_forward:
-        clean, adv = ctx.model(torch.cat([ctx.x, x_adv])).float().chunk(2)
-    else:
-        clean, adv = ctx.model(ctx.x).float(), ctx.model(x_adv).float()
+    clean, adv = ctx.model(ctx.x).float(), ctx.model(x_adv).float()
     natural = F.cross_entropy(clean, ctx.y, reduction="none")
     boundary = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="none").sum(1)
     return natural, boundary
