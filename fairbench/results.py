@@ -136,9 +136,13 @@ def ensure_writable(folder: Path) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # a probe of its own: runs started together in one folder must not remove each other's
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise FairbenchError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
 

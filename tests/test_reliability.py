@@ -405,6 +405,33 @@ def test_two_processes_never_share_a_run_folder(small_data: Path, tmp_path: Path
     assert not (run_dir / "config.json").exists()
 
 
+def test_runs_started_together_can_share_an_output_folder(tmp_path: Path) -> None:
+    """Two runs (e.g. two seeds of scripts/benchmark.sh) start at once in one --out folder: the
+    up-front write check of one must not trip over the other's."""
+    import threading
+
+    folder = tmp_path / "runs"
+    failures: list[str] = []
+    start = threading.Barrier(4)
+
+    def check() -> None:
+        start.wait()
+        for _ in range(300):
+            try:
+                results.ensure_writable(folder)
+            except FairbenchError as exc:
+                failures.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert list(folder.iterdir()) == []  # no probe files left behind
+
+
 # ---------------------------------------------------------------- untrusted files
 
 class CodeRunner:
