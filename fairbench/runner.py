@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from fairbench import __version__
+from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
@@ -26,7 +27,7 @@ from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, SCHEMA_VERSION,
                                atomic_write_json, atomic_write_text, check_metrics, ensure_free_space,
                                ensure_writable, remove_stale_temps, run_lock, sha256_file)
-from fairbench.trainer import Trainer, seed_everything
+from fairbench.trainer import Trainer
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from fairbench.checkpoint import (CHECKPOINT_FORMAT, check_resumable, checkpoint_position, rng_state,
+                                  seed_everything, set_rng_state)
 from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, standard_augment
 from fairbench.distributed import DistInfo
@@ -24,7 +24,6 @@ from fairbench.models import load_model_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
                                atomic_write_text, load_checkpoint, read_jsonl)
 
-CHECKPOINT_FORMAT = 2  # 2: optional "mid_epoch" (a checkpoint taken at a step boundary on a signal)
 LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in an epoch)
 
 
@@ -33,44 +32,6 @@ def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Every RNG the run draws from, in types that ``torch.load(weights_only=True)`` accepts.
-
-    Of CUDA, only ``device``'s generator (the current device by default): under torchrun each rank
-    draws on its own GPU, and a checkpoint must resume on a machine with fewer GPUs.
-    """
-    np_state = np.random.get_state()
-    state = {
-        "python": list(random.getstate()[1]) + [random.getstate()[0]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state(device if device is not None and device.type == "cuda"
-                                                 else "cuda")
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Restore `rng_state`; its tensors may come back on the GPU (``map_location``), RNGs want them on the CPU."""
-    py = state["python"]
-    random.setstate((py[-1], tuple(py[:-1]), None))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device if device is not None and device.type == "cuda"
-                                 else "cuda")
 
 
 class Trainer:
@@ -310,7 +271,7 @@ class Trainer:
 
     def save_checkpoint(self, epochs_done: int, mid_epoch: dict[str, Any] | None = None) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
-        where = _position(epochs_done, mid_epoch)
+        where = checkpoint_position(epochs_done, mid_epoch)
         rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
         if not self.dist.is_main:
             self.dist.barrier()
@@ -347,16 +308,7 @@ class Trainer:
         if not path.is_file():
             raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
         state = load_checkpoint(path, map_location=self.device)
-        if state.get("format_version") not in (1, CHECKPOINT_FORMAT):
-            raise FairbenchError(f"{path}: unknown checkpoint format {state.get('format_version')!r}")
-        missing = [k for k in ("model", "optimizer", "scheduler", "method", "rng", "epoch") if k not in state]
-        if missing:
-            raise FairbenchError(f"{path}: not a fairbench checkpoint (no {', '.join(missing)})")
-        if state.get("config_hash") != self.cfg.training_hash():
-            theirs, ours = state.get("config", {}), self.cfg.training_dict()
-            diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)"
-                    for k in ours if theirs.get(k) != ours[k]]
-            raise FairbenchError(f"--resume: {path} was made with a different config: {'; '.join(diff)}")
+        check_resumable(state, path, self.cfg)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -366,7 +318,7 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.images_seen = int(state.get("images_seen", 0))
         self._mid_epoch = state.get("mid_epoch")
-        self._kept = f"the last good checkpoint {path} ({_position(self.start_epoch, self._mid_epoch)}) is kept"
+        self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
         if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
             kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
             atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
@@ -382,11 +334,6 @@ class Trainer:
             set_rng_state(ranks[self.dist.rank], self.device)
         else:
             seed_everything(self.cfg.seed + 1_000_003 * int(state["epoch"]) + self.dist.rank)
-
-
-def _position(epochs_done: int, mid_epoch: dict[str, Any] | None) -> str:
-    """Where a checkpoint stands, for people: "after epoch 3" or "epoch 4, step 17"."""
-    return f"epoch {epochs_done + 1}, step {mid_epoch['step']}" if mid_epoch else f"after epoch {epochs_done}"
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -9,12 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fairbench.checkpoint import seed_everything
 from fairbench.data import DatasetSpec
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.models import create_model
 from fairbench.results import atomic_torch_save, read_jsonl
-from fairbench.trainer import Trainer, seed_everything
+from fairbench.trainer import Trainer
 from fairbench.methods.frl import ValidationErrors, class_weights
 from methods_helpers import CENTRES, SPEC, MeanGreyModel, bars, build, epoch_ctx, grey_split, resolved
 

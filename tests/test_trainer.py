@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fairbench.checkpoint import rng_state, seed_everything, set_rng_state
 from fairbench.config import RunConfig
 from fairbench.data import Split, get_dataset
 from fairbench.distributed import DistInfo
@@ -19,7 +20,7 @@ from fairbench.method import BatchContext, Method
 from fairbench.models import create_model
 from fairbench.results import load_checkpoint, read_jsonl
 from fairbench.runner import run
-from fairbench.trainer import Trainer, lr_factor, rng_state, seed_everything, set_rng_state
+from fairbench.trainer import Trainer, lr_factor
 
 SPEC = get_dataset("fashion-mnist")
 
