@@ -52,14 +52,21 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ChunkFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, seed) -> correct
 
 
+def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy of each class (float64, NaN for a class with no examples) and the class counts."""
+    correct, labels = correct.cpu(), labels.cpu()
+    n = torch.bincount(labels, minlength=num_classes)
+    hits = torch.bincount(labels, weights=correct.double(), minlength=num_classes)
+    acc = torch.where(n > 0, hits / n.clamp(min=1), torch.full_like(hits, float("nan")))
+    return acc, n
+
+
 def summarize(correct: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     """Per-class accuracy/error, count-weighted average, worst/best class and spread."""
-    correct, labels = correct.cpu().bool(), labels.cpu()
-    k = len(classes)
-    n = torch.bincount(labels, minlength=k)
-    hits = torch.bincount(labels, weights=correct.double(), minlength=k)
+    correct = correct.cpu().bool()
+    acc, n = per_class_accuracy(correct, labels, len(classes))
     present = n > 0
-    acc = torch.where(present, hits / n.clamp(min=1), torch.full_like(hits, float("nan")))
     acc_p = acc[present]
     worst_i = int(torch.nonzero(present).flatten()[acc_p.argmin()])
     best_i = int(torch.nonzero(present).flatten()[acc_p.argmax()])

@@ -56,7 +56,7 @@ import torch
 from fairbench.attacks import eval_mode, pgd
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import clean_correct
+from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -153,10 +153,9 @@ def validation_errors(ctx: EpochContext, eps: float, step_size: float) -> Valida
 
     with eval_mode(model):
         both = ctx.map_batches(correct, ctx.val).cpu()
-    labels, k = ctx.val.labels.cpu(), ctx.spec.num_classes
-    counts = torch.bincount(labels, minlength=k).clamp(min=1).float()
-    clean_acc = torch.bincount(labels, weights=both[:, 0], minlength=k) / counts
-    adv_acc = torch.bincount(labels, weights=both[:, 1], minlength=k) / counts
+    labels, k = ctx.val.labels, ctx.spec.num_classes  # class-balanced: every class is present
+    clean_acc = per_class_accuracy(both[:, 0], labels, k)[0].float()
+    adv_acc = per_class_accuracy(both[:, 1], labels, k)[0].float()
     clean_total, adv_total = float(both[:, 0].mean()), float(both[:, 1].mean())
     return ValidationErrors(1 - clean_acc, clean_acc - adv_acc, 1 - clean_total, clean_total - adv_total)
 
