@@ -9,7 +9,7 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from fairbench.errors import FairbenchError
 from fairbench.registry import DATASETS, register_dataset
+
+if TYPE_CHECKING:
+    from fairbench.distributed import DistInfo
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -60,6 +63,26 @@ class Split:
 
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
+
+
+def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split: Split, dist: DistInfo,
+                batch_size: int, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """``fn(x, y) -> per-example tensor`` over ``split[indices]`` (default: all of it), images as floats
+    in [0, 1], in batches of ``batch_size``; under DDP each rank takes a contiguous shard and every
+    rank gets the whole result back, in the order of ``indices``.
+
+    A rank with an empty shard (fewer examples than processes) still calls ``fn`` once, on an empty
+    batch, so that its result has the dtype and trailing shape the other ranks gather.
+    """
+    if indices is None:
+        indices = torch.arange(len(split), device=split.labels.device)
+    shard = dist.shard_range(len(indices))
+    starts = range(shard.start, shard.stop, batch_size) or [shard.start]
+    outs = []
+    for start in starts:
+        idx = indices[start:min(start + batch_size, shard.stop)]
+        outs.append(fn(split.images[idx].float().div_(255.0), split.labels[idx]))
+    return dist.gather_shards(torch.cat(outs), len(indices))
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:

@@ -36,7 +36,7 @@ from torch import nn
 
 from fairbench.attacks import eval_mode, pgd
 from fairbench.config import THREATS
-from fairbench.data import Split
+from fairbench.data import Split, map_sharded
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import EvalState, StageProgress, fingerprint
@@ -208,12 +208,10 @@ def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settin
         if stop <= stage.done:
             continue
         t0 = time.perf_counter()
-        shard = dist.shard_range(stop - start)
-        a, b = start + shard.start, start + shard.stop
-        x, y = split.images[a:b].float().div_(255.0), split.labels[a:b]
-        with seeded(seed * 1_000_003 + c, split.labels.device):
-            local = fn(x, y, seed * 1_000_003 + c)
-        stage.correct[start:stop] = dist.gather_shards(local, stop - start)
+        chunk_seed, device = seed * 1_000_003 + c, split.labels.device
+        with seeded(chunk_seed, device):  # the whole chunk in one call of fn, sharded over the ranks
+            stage.correct[start:stop] = map_sharded(lambda x, y: fn(x, y, chunk_seed), split, dist,
+                                                    stop - start, torch.arange(start, stop, device=device))
         stage.done, stage.seconds = stop, stage.seconds + time.perf_counter() - t0
         state.save(threat, settings, stage)
         if n > chunk_size:

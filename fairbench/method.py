@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.attacks import eval_mode
+from fairbench.data import map_sharded
 from fairbench.errors import FairbenchError
 
 if TYPE_CHECKING:
@@ -70,18 +71,8 @@ class EpochContext:
         Each rank computes a contiguous shard and the shards are gathered, so every rank gets the
         full result in the order of ``indices`` (default: the whole split).
         """
-        split = self.train if split is None else split
-        if indices is None:
-            indices = torch.arange(len(split), device=self.device)
-        shard = self.dist.shard_range(len(indices))
-        bs = self.config.eval_batch_size
-        outs = []
-        for start in range(shard.start, shard.stop, bs):
-            idx = indices[start: min(start + bs, shard.stop)]
-            x = split.images[idx].float().div_(255.0)
-            outs.append(fn(x, split.labels[idx]))
-        local = torch.cat(outs) if outs else torch.empty(0, device=self.device)
-        return self.dist.gather_shards(local, len(indices))
+        return map_sharded(fn, self.train if split is None else split, self.dist,
+                           self.config.eval_batch_size, indices)
 
     def per_example_loss(self, model: nn.Module | None = None, split: "Split | None" = None,
                          indices: torch.Tensor | None = None) -> torch.Tensor:

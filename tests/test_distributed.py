@@ -186,3 +186,45 @@ def test_a_loss_that_bypasses_ddp_is_stopped(data_dir: Path, tmp_path: Path) -> 
     assert "error: epoch 1: the processes' weights differ" in output
     assert "must compute its loss forward with ctx.model" in output
     assert not (tmp_path / "results" / "runs" / "r" / "checkpoint.pt").exists()
+
+
+MAP_SCRIPT = '''
+import json, sys
+import torch
+import torch.distributed as dist
+from fairbench.data import Split, map_sharded
+from fairbench.distributed import DistInfo
+
+dist.init_process_group("gloo")
+info = DistInfo(dist.get_rank(), dist.get_world_size())
+split = Split((torch.arange(5 * 4) * 10).to(torch.uint8).reshape(5, 1, 2, 2), torch.arange(5))
+
+def fn(x, y):  # two values per example, so the trailing shape matters
+    return torch.stack([x.flatten(1).sum(1), y.double()], 1)
+
+out = {}
+for n in (1, 2, 3, 5):  # n = 1: rank 1's shard is empty
+    indices = torch.arange(n).flip(0)  # out of order: the result follows the indices
+    out[n] = [map_sharded(fn, split, info, 2, indices).tolist(),
+              map_sharded(fn, split, DistInfo(), 2, indices).tolist()]
+if info.is_main:
+    json.dump(out, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_map_sharded_gathers_every_example_in_order(tmp_path: Path) -> None:
+    """The one sharded loop (FairAT's scoring, FRL's validation, the evaluator's chunks): two
+    processes give what one gives, also when a process has no example of its own."""
+    script = tmp_path / "map.py"
+    script.write_text(MAP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert sorted(out) == ["1", "2", "3", "5"]
+    for n, (two, one) in out.items():
+        assert two == one
+        assert [row[1] for row in one] == list(range(int(n)))[::-1]
