@@ -115,6 +115,17 @@ def test_attacks_option_selects_threats(fmnist_dir: Path, tmp_path: Path) -> Non
     assert set(metrics["metrics"]) == {"clean"}
 
 
+def test_optimizer_and_eval_batch_options_reach_the_run(fmnist_dir: Path, tmp_path: Path) -> None:
+    assert cli(["run", *TINY, "--attacks", "clean", "--momentum", "0.5", "--weight-decay", "0",
+                "--eval-batch-size", "7", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
+                "--run-id", "o"]) == 0
+    run_dir = tmp_path / "runs" / "o"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["momentum"], config["weight_decay"], config["eval_batch_size"]) == (0.5, 0.0, 7)
+    (group,) = load_checkpoint(run_dir / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert (group["momentum"], group["weight_decay"]) == (0.5, 0.0)
+
+
 def test_stop_then_resume_through_the_cli(fmnist_dir: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     args = ["run", *TINY, "--epochs", "2", "--attacks", "clean", "--data-dir", str(fmnist_dir),
