@@ -95,9 +95,9 @@ def run_cmd(
     values = dict(PRESETS[_check_preset(preset)]) if preset else {}
     cli = dict(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, eps=eps,
                step_size=step_size, attack_steps=attack_steps, lr=lr, momentum=momentum,
-               weight_decay=weight_decay, schedule=schedule,
-               train_per_class=train_per_class, val_per_class=val_per_class,
-               eval_per_class=eval_per_class, eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
+               weight_decay=weight_decay, schedule=schedule, train_per_class=train_per_class,
+               val_per_class=val_per_class, eval_per_class=eval_per_class,
+               eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
                channels_last=channels_last, run_id=run_id,
                attacks=parse_attacks(attacks) if attacks is not None else None)
     values.update({k: v for k, v in cli.items() if v is not None})
