@@ -76,7 +76,8 @@ class Trainer:
         """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
 
         The attack does 10 of the 11 passes and needs no gradient sync, so it runs on the bare
-        module; only the loss forward goes through DDP (one forward per backward).
+        module; only the loss's forward passes go through DDP (TRADES makes two, clean and
+        adversarial, before one backward: each parameter still gets one summed gradient to sync).
         """
         wrapped, attack = model, model
         if self.dist.enabled:

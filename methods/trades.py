@@ -13,8 +13,8 @@ used by the attack. beta = 6 (the paper's CIFAR-10 choice, the code's default).
 Choices and departures, with their reasons:
 
 - Batch norm: the clean and adversarial batches go through the model in **two** forward passes, as
-  in the authors' ``trades_loss``, so each is normalized with its own batch statistics (the core's
-  `trades_terms` default). Concatenating them into one forward would mix the statistics of clean
+  in the authors' ``trades_loss``, so each is normalized with its own batch statistics (what the core's
+  `trades_terms` does). Concatenating them into one forward would mix the statistics of clean
   and adversarial inputs, which changes the method. The authors run the clean forward twice (once
   for the CE, once for the KL target); in train mode both give the same logits, so one is reused.
 - eps, step size and steps come from the run (the harness's single threat model: 8/255, 2/255, 10

@@ -60,8 +60,9 @@ from fairbench.cli import main
 main(sys.argv[1:])
 '''
 
-# The lead adds "fairat" here once the methods branch is merged.
-METHODS = ["pgd-at", "fairat"]
+# pgd-at: one loss forward; trades: two (clean and adversarial) before one backward; fairat: a
+# scoring pass over the training set before every epoch
+METHODS = ["pgd-at", "trades", "fairat"]
 
 
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
