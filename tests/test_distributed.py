@@ -61,14 +61,16 @@ main(sys.argv[1:])
 '''
 
 # pgd-at: one loss forward; trades: two (clean and adversarial) before one backward; fairat: a
-# scoring pass over the training set before every epoch
-METHODS = ["pgd-at", "trades", "fairat"]
+# scoring pass over the training set before every epoch; frl-rwrm: a clean + PGD-20 pass over the
+# validation split and per-class weights and eps in its second epoch (the first is warm-up)
+METHODS = ["pgd-at", "trades", "fairat", "frl-rwrm"]
 
 
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
     return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
             "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
-            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20"]
+            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20",
+            "--val-per-class", "5"]  # every method trains on the same 150 images (FRL needs the 50 held out)
 
 
 def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
@@ -154,8 +156,10 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp
     assert ddp_metrics["timing"]["world_size"] == 2
     ddp_log, single_log = load_log(ddp_dir), load_log(single_dir)
     assert [r["epoch"] for r in ddp_log] == [r["epoch"] for r in single_log] == [1, 2]
-    assert [r["examples"] for r in ddp_log] == [200, 200]  # the ranks' shards cover the epoch
+    assert [r["examples"] for r in ddp_log] == [150, 150]  # the ranks' shards cover the epoch
     assert [shape(r) for r in ddp_log] == [shape(r) for r in single_log]
+    if method == "frl-rwrm":  # its second epoch measured the validation split and moved the multipliers
+        assert "frl_weight_nat" not in ddp_log[0] and len(ddp_log[1]["frl_eps_multiplier"]) == 10
 
 
 def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: Path) -> None:
