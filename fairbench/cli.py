@@ -190,7 +190,12 @@ def _check_preset(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures print one line and exit with status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: typer turns Ctrl-C into a *returned* 130 rather than an exception
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except FairbenchError as exc:  # one line, even when the message echoes a value with newlines
         typer.echo("error: " + " ".join(line.strip() for line in str(exc).splitlines()), err=True)
         sys.exit(2)
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         if _is_usage_error(exc):  # a bad option or value: one line too, with click's exit code
             typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
+        if type(exc).__name__ == "Abort":  # typer's wrapper around an EOFError
+            typer.echo(f"error: aborted: {exc.__cause__ or 'end of input'}", err=True)
             sys.exit(1)
         raise
 

@@ -194,6 +194,17 @@ def test_truncated_idx_is_a_clear_error(tmp_path: Path, no_debian: Path) -> None
         load_split(get_dataset("fashion-mnist"), "train", tmp_path, download=False)
 
 
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_cut_or_corrupt_gzip_is_a_clear_error(tmp_path: Path, no_debian: Path, damage: str) -> None:
+    """A download cut short (gzip's EOFError) or a damaged one (zlib/OSError) names the file."""
+    write_fmnist(tmp_path, seed=2)
+    raw = tmp_path / "train-images-idx3-ubyte.gz"
+    blob = raw.read_bytes()
+    raw.write_bytes(blob[: len(blob) // 2] if damage == "cut" else blob[:20] + b"\xff" * 200)
+    with pytest.raises(FairbenchError, match=f"cannot read {raw}"):
+        load_split(get_dataset("fashion-mnist"), "train", tmp_path, download=False)
+
+
 # ---------------------------------------------------------------- data root
 
 def test_data_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -383,6 +383,18 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(small_data: Path, tmp_p
     assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob(".*.tmp"))
 
 
+def test_second_ctrl_c_exits_130(small_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A second Ctrl-C (KeyboardInterrupt out of the run) is status 130 with a line saying so, never 0."""
+    import fairbench.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fairbench.runner, "run", interrupted)
+    code, err = cli(run_args(small_data, tmp_path / "out", epochs=1), capsys)
+    assert code == 130 and err.strip() == "interrupted"
+
+
 def test_full_or_unwritable_output_fails_before_anything_is_written(small_data: Path, tmp_path: Path,
                                                                     capsys, monkeypatch) -> None:
     """Promise 7: checked up front; no run folder is created."""
