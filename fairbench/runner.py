@@ -56,7 +56,7 @@ def config_from_run_dir(run_dir: Path) -> RunConfig:
     if not isinstance(data, dict):
         raise FairbenchError(f"{path}: not a JSON object")
     cfg = RunConfig.from_dict(data)
-    return dataclasses.replace(cfg, out=str(run_dir.resolve().parent.parent), run_id=run_dir.name)
+    return dataclasses.replace(cfg, out=str(run_dir.resolve().parent.parent), run_id=run_dir.resolve().name)
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:
@@ -130,6 +130,10 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if not resume and has_checkpoint:
         raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
                              f"or --run-id to start another")
+    if not has_checkpoint and (run_dir / METRICS_FILE).exists():  # e.g. committed results (no .pt)
+        raise FairbenchError(f"{run_dir} holds a finished run (its {METRICS_FILE}) and no checkpoint "
+                             f"to continue from; pass --run-id to start another, or delete the folder "
+                             f"to redo it")
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)

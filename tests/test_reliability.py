@@ -334,6 +334,25 @@ def test_finished_training_resumes_straight_to_evaluation(small_data: Path, tmp_
     assert not list(run_dir.glob(".*.tmp"))
 
 
+def test_finished_run_without_its_checkpoint_is_never_redone(small_data: Path, tmp_path: Path, capsys,
+                                                           monkeypatch) -> None:
+    """A committed result folder has no checkpoint.pt (not committed): rerunning the same command,
+    with or without --resume, must refuse rather than retrain and delete its metrics.json; and
+    `fairbench resume .` from inside the folder names the run."""
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "r"
+    assert cli(run_args(small_data, out, epochs=1), capsys)[0] == 0
+    (run_dir / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    for extra in ([], ["--resume"]):
+        code, err = cli(run_args(small_data, out, *extra, epochs=1), capsys)
+        assert code == 2 and "holds a finished run" in err and "--run-id" in err, err
+    monkeypatch.chdir(run_dir)
+    code, err = cli(["resume", ".", "--no-progress"], capsys)
+    assert code == 2 and f"{run_dir} holds a finished run" in err, err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(small_data: Path, tmp_path: Path,
                                                                        capsys) -> None:
     run_dir = tmp_path / "out" / "runs" / "r"
