@@ -118,6 +118,9 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
     run_dir = Path(opts.out) / "runs" / run_id
     if dist.is_main:
         ensure_writable(run_dir)
+        # another evaluation of this model (other eps, attacks or images) may have written here:
+        # if this one is killed, its result must not look current
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
     test = load_split(spec, "test", opts.data_dir)
     indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
                if opts.n_per_class else torch.arange(len(test)))

@@ -75,14 +75,18 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
 
-def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device) -> tuple[Split, Split | None, Split]:
-    """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``."""
+def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device
+              ) -> tuple[Split, Split | None, Split, torch.Tensor]:
+    """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
+    and the test images' positions in the full test set (kept with the evaluation's outcomes)."""
     train_full = load_split(spec, "train", cfg.data_dir, cfg.download)
     test = load_split(spec, "test", cfg.data_dir, cfg.download)
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
-    if cfg.eval_per_class:
-        test = test.subset(per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes))
-    return train.to(device), (val.to(device) if val is not None else None), test.to(device)
+    test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
+                    if cfg.eval_per_class else torch.arange(len(test)))
+    test = test.subset(test_indices)
+    return (train.to(device), (val.to(device) if val is not None else None), test.to(device),
+            test_indices)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -137,7 +141,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
-    train, val, test = load_data(cfg, spec, device)
+    train, val, test, test_indices = load_data(cfg, spec, device)
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
@@ -160,7 +164,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
         if not finished:
             say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
             return run_dir
-        _evaluate_and_write(cfg, spec, model, test, trainer, device, dist, run_dir, say)
+        _evaluate_and_write(cfg, spec, model, test, test_indices, trainer, device, dist, run_dir, say)
     return run_dir
 
 
@@ -176,15 +180,15 @@ def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool, dist: DistInfo)
 
 
 def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Module, test: Split,
-                        trainer: Trainer, device: torch.device, dist: DistInfo, run_dir: Path,
-                        say: Callable[[str], None]) -> None:
+                        test_indices: torch.Tensor, trainer: Trainer, device: torch.device,
+                        dist: DistInfo, run_dir: Path, say: Callable[[str], None]) -> None:
     # Seeded here so the attacks' random starts do not depend on whether (or where) the
     # run was resumed: a resumed run reports the same metrics as an uninterrupted one.
     seed_everything(cfg.seed + dist.rank)
     t0 = time.perf_counter()
     metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
                                 batch_size=cfg.eval_batch_size, dist=dist, progress=say, seed=cfg.seed,
-                                state_dir=run_dir / "eval_state")
+                                state_dir=run_dir / "eval_state", indices=test_indices)
     if dist.is_main:
         record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
         atomic_write_json(run_dir / METRICS_FILE, record)

@@ -198,3 +198,37 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
     assert data["attack_settings"]["pgd20"]["seed"] == 0
     # one batch of 30: clean_correct ran once, inside PGD-20; the saved clean stage was reused
     assert len(calls) == 1
+    # the saved outcomes name the evaluated images by their positions in the full test set
+    from fairbench.data import load_split, per_class_indices
+    from fairbench.results import load_checkpoint
+    labels = load_split(get_dataset("fashion-mnist"), "test", fmnist_dir, download=False).labels
+    expected = per_class_indices(labels, 3, 10)
+    assert not torch.equal(expected, torch.arange(30))  # else this check would prove nothing
+    for threat in ("clean", "pgd20"):
+        saved = load_checkpoint(tmp_path / "runs" / "r" / "eval_state" / f"{threat}.pt")
+        assert torch.equal(saved["indices"], expected), threat
+
+
+def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    """Evaluating the same checkpoint again with other settings writes to the same folder: while it
+    runs (and if it is killed) the earlier metrics.json must not be there to look current."""
+    import fairbench.evaluate as ev
+
+    ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
+    args = ["eval", "--checkpoint", str(ckpt), "--arch", "small-cnn", "--dataset", "fashion-mnist",
+            "--attacks", "clean,pgd20", "--n-per-class", "2", "--data-dir", str(fmnist_dir),
+            "--out", str(tmp_path / "results"), "--device", "cpu"]
+    assert cli(args, capsys)[0] == 0
+    [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(ev, "pgd_correct", killed)
+    with pytest.raises(Killed):
+        main(args + ["--eps", "0.2"])
+    assert not path.exists()
