@@ -59,7 +59,7 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.models import load_model_state
+from fairbench.models import create_model, load_model_state
 from fairbench.registry import register_method
 from fairbench.results import load_checkpoint
 
@@ -172,9 +172,15 @@ class FRL(Method):
         if config.val_per_class is None:
             raise FairbenchError(f"{self.name} holds out a class-balanced validation split: pass "
                                  f"--val-per-class K (the authors use 300 per class on CIFAR-10)")
-        k = get_dataset(config.dataset).num_classes
+        spec = get_dataset(config.dataset)
+        k = spec.num_classes
         self.lam_nat, self.lam_bndy, self.lam_eps = torch.zeros(k), torch.zeros(k), torch.zeros(k)
         self._device_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pretrained: dict[str, torch.Tensor] | None = None
+        if params.pretrained:  # read and checked against the architecture now, before the run writes
+            probe = create_model(config.arch, spec)
+            load_model_state(probe, load_checkpoint(Path(params.pretrained)), params.pretrained)
+            self._pretrained = probe.state_dict()
 
     def frl_start(self, epochs: int) -> int:
         """The first epoch (0-based) with FRL updates."""
@@ -199,9 +205,9 @@ class FRL(Method):
         self._device_weights = None
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
-        if ctx.epoch == 0 and self.params.pretrained:
-            path = self.params.pretrained
-            load_model_state(ctx.model, load_checkpoint(Path(path), map_location=ctx.device), path)
+        if ctx.epoch == 0 and self._pretrained is not None:
+            ctx.model.load_state_dict(self._pretrained)
+            self._pretrained = None  # once: the weights live in the model from here on
         if ctx.epoch >= self.frl_start(ctx.epochs):
             errors = validation_errors(ctx, ctx.config.eps, ctx.config.step_size)
             self.update(errors, ctx.epoch - self.frl_start(ctx.epochs))

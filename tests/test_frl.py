@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairbench.checkpoint import seed_everything
+from fairbench.cli import main
 from fairbench.data import DatasetSpec
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
@@ -124,6 +125,27 @@ def test_pretrained_checkpoint_is_loaded_before_the_first_epoch(tmp_path: Path) 
         assert torch.equal(p, q)
     with pytest.raises(FairbenchError, match="does not exist"):
         build("frl-rw", {"pretrained": str(tmp_path / "missing.pt")}, val_per_class=5)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint", "cannot load checkpoint"),
+    ("preact18", "does not fit this architecture"),  # a real checkpoint of another architecture
+])
+def test_bad_pretrained_checkpoint_fails_before_the_run_writes(content, message: str, fmnist_dir: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    path = tmp_path / "hot_start.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        atomic_torch_save(path, create_model(content, SPEC).state_dict())
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
+              "--epochs", "1", "--val-per-class", "2", "--param", f"pretrained={path}",
+              "--data-dir", str(fmnist_dir), "--out", str(out), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and message in err, err
+    assert not out.exists()
 
 
 def _trainer(run_dir: Path, epochs: int) -> Trainer:
