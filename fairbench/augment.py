@@ -9,7 +9,8 @@ Policies (`POLICIES`):
 - ``randaugment``: RandAugment-style (Cubuk et al., NeurIPS 2020 workshop / CVPR-W 2020). Each
   example gets ``num_ops`` operations drawn uniformly from `OPS`; each draw has its own random
   magnitude and sign (as in TrivialAugment, Müller & Hutter, ICCV 2021), which adds diversity.
-  Magnitude ranges start above zero so every drawn operation changes the image.
+  Magnitude ranges start above zero so that no operation is drawn as a no-op (solarize can still
+  leave a dark image unchanged: its threshold is drawn in [0.5, 0.95]).
 - ``affine-erase``: a random affine jitter (rotation, scale, translation, shear) of every example,
   then random erasing (Zhong et al., AAAI 2020) with probability 0.5. Meant for grey-scale
   Fashion-MNIST, where colour operations carry little meaning.

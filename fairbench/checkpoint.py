@@ -66,7 +66,8 @@ def check_resumable(state: dict[str, Any], path: Path, cfg: RunConfig) -> None:
     if missing:
         raise FairbenchError(f"{path}: not a fairbench checkpoint (no {', '.join(missing)})")
     if state.get("config_hash") != cfg.training_hash():
-        theirs, ours = state.get("config", {}), cfg.training_dict()
+        theirs, ours = state.get("config"), cfg.training_dict()
+        theirs = theirs if isinstance(theirs, dict) else {}
         diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)"
                 for k in ours if theirs.get(k) != ours[k]]
         raise FairbenchError(f"--resume: {path} was made with a different config: {'; '.join(diff)}")

@@ -54,7 +54,7 @@ class RunConfig:
     out: str = "results"
     run_id: str | None = None
     amp: bool | None = None  # bf16 autocast; default on for CUDA
-    channels_last: bool | None = None  # default on for CUDA
+    channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
 

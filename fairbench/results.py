@@ -63,8 +63,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files that writes cut short by a crash left in ``folder``."""
-    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    """Delete the temporary files that writes cut short by a crash left in ``folder`` (and below it,
+    e.g. ``eval_state/``)."""
+    stale = [p for p in Path(folder).rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -123,7 +124,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():  # a cut line may be any bytes
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -191,10 +192,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FairbenchError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FairbenchError(f"cannot load checkpoint {path} safely (weights_only): {first}") from None
+    if not isinstance(state, dict):
+        raise FairbenchError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 def load_metrics(path: Path) -> dict[str, Any]:

@@ -498,6 +498,35 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("content", [[1, 2], {"model": {}, "optimizer": {}, "scheduler": {}, "method": {},
+                                               "rng": {}, "epoch": 1, "format_version": 2,
+                                               "config_hash": "x", "config": [1]}])
+def test_checkpoint_of_the_wrong_kind_is_one_error_line(content, small_data: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    """A list, or a checkpoint whose config is not a dict: `error:` lines, not tracebacks."""
+    run_dir = tmp_path / "out" / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    torch.save(content, run_dir / "checkpoint.pt")
+    code, err = cli(run_args(small_data, tmp_path / "out", "--resume", epochs=1), capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_cut_log_line_and_temps_in_eval_state_are_cleared_on_resume(small_data: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    """A crash can leave any bytes at the end of log.jsonl and temporary files in eval_state/."""
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "r"
+    assert cli(run_args(small_data, out, "--stop-after-epoch", "1", epochs=2), capsys)[0] == 0
+    with open(run_dir / "log.jsonl", "ab") as f:
+        f.write(b'{"epoch": 2, "lo\xff\xfe')
+    (run_dir / "eval_state").mkdir(exist_ok=True)
+    (run_dir / "eval_state" / ".clean.pt.abc123.tmp").write_bytes(b"half")
+    code, err = cli(run_args(small_data, out, "--resume", epochs=2), capsys)
+    assert code == 0, err
+    assert [r["epoch"] for r in read_log(run_dir)] == [1, 2]
+    assert not list(run_dir.rglob("*.tmp"))
+
+
 def valid_metrics() -> dict:
     classes = ["a", "b", "c"]
     block = {"per_class": [0.5, 1.0, 0.0], "per_class_error": [0.5, 0.0, 1.0], "n_per_class": [2, 2, 2],
