@@ -14,10 +14,10 @@ from torch import nn
 from fairbench.checkpoint import (CHECKPOINT_FORMAT, check_resumable, checkpoint_position, rng_state,
                                   seed_everything, set_rng_state)
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, standard_augment
+from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
-from fairbench.faults import Diverged, LossWatch, agreed_stop
+from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -187,6 +187,8 @@ class Trainer:
             bar.close()
         self.dist.broadcast_buffers(self.model)  # scoring, evaluation and the checkpoint: rank 0's
         self._check_replicas(epoch)
+        check_weights(self.model, to_float(self.train.images[plan.indices[-local_bs:]]), self.dist,
+                      epoch, self._kept)  # the last update: no loss of this epoch saw it
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
