@@ -10,11 +10,13 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from fairbench.errors import FairbenchError
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,26 @@ class DistInfo:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on rank 0 alone (a check or a write of the run folder); a `FairbenchError`
+        it raises is raised on every rank.
+
+        Otherwise the other ranks would wait for rank 0 in their next collective until torchrun
+        killed them (and they reported a false preemption), or for ever without torchrun. One
+        broadcast, which also holds the other ranks back until ``fn`` is done.
+        """
+        failure = None
+        if self.is_main:
+            try:
+                fn()
+            except FairbenchError as exc:
+                failure = exc
+        message = self.broadcast_object(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise FairbenchError(message)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's picklable ``obj``, in rank order, on every rank."""

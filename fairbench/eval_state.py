@@ -106,9 +106,13 @@ class EvalState:
         return StageProgress(state["correct"].bool().to(self.device), done, float(state["seconds"]))
 
     def save(self, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
+        """Rank 0 writes the file; a failed write stops every rank."""
         path = self.path(threat)
-        if path is None or not self.dist.is_main:
+        if path is None:
             return
+        self.dist.on_main(lambda: self._write(path, threat, settings, stage))
+
+    def _write(self, path: Path, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(path, {"format": STATE_FORMAT, "key": self.key(threat, settings),
                                  "threat": threat, "indices": self.indices,

@@ -116,11 +116,14 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
     sha = source["checkpoint"]["sha256"] or "nofile"
     run_id = opts.run_id or f"{source['method'].replace(':', '-')}_{source['arch']}_{spec.name}_{sha[:8]}"
     run_dir = Path(opts.out) / "runs" / run_id
-    if dist.is_main:
+
+    def claim_folder() -> None:
         ensure_writable(run_dir)
         # another evaluation of this model (other eps, attacks or images) may have written here:
         # if this one is killed, its result must not look current
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+    dist.on_main(claim_folder)
     test = load_split(spec, "test", opts.data_dir)
     indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
                if opts.n_per_class else torch.arange(len(test)))
@@ -130,7 +133,8 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
     metrics, seconds = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
                                 batch_size=opts.batch_size, dist=dist, progress=say, seed=opts.seed,
                                 state_dir=run_dir / "eval_state", indices=indices)
-    if dist.is_main:
+
+    def write() -> None:
         record = {
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "method": source["method"],
             "params": source["params"], "arch": source["arch"], "dataset": spec.name,
@@ -146,6 +150,8 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
             "env": environment(device), "checkpoint": source["checkpoint"],
         }
         atomic_write_json(run_dir / METRICS_FILE, record)
-        say(format_table(metrics, spec.classes))
-        say(f"wrote {run_dir / METRICS_FILE}")
+
+    dist.on_main(write)
+    say(format_table(metrics, spec.classes))
+    say(f"wrote {run_dir / METRICS_FILE}")
     return run_dir

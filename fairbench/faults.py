@@ -1,17 +1,23 @@
 """A diverging loss, found without a host sync per step.
 
 `LossWatch` records the first non-finite loss on the device; the trainer checks it where it syncs
-anyway (the log interval and the end of the epoch). `agreed_stop` makes every DDP rank honour a
-stop signal (`fairbench.signals.StopSignals`) at the same step.
+anyway (the log interval and the end of the epoch). `check_weights` covers the epoch's last update,
+which no loss of that epoch sees. `agreed_stop` makes every DDP rank honour a stop signal
+(`fairbench.signals.StopSignals`) at the same step.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from fairbench.attacks import eval_mode
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.signals import StopSignals
+
+# not "--resume": a resume must keep the config the checkpoint was made with, --lr included
+RESTART = "Lower --lr or check the method's parameters, then start it again under another --run-id"
 
 
 class Diverged(FairbenchError):
@@ -56,5 +62,25 @@ class LossWatch:
             return
         step, value = min(bad)
         raise Diverged(f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
-                       f"{step + 1} of {steps}; {kept}. Lower --lr or check the method's "
-                       f"parameters, then rerun with --resume")
+                       f"{step + 1} of {steps}; {kept}. {RESTART}")
+
+
+def check_weights(model: nn.Module, x: torch.Tensor, dist: DistInfo, epoch: int, kept: str) -> None:
+    """Raise `Diverged` if the weights after epoch ``epoch``, or the outputs they give on ``x``, are
+    not finite.
+
+    A step's loss is computed before its update, so `LossWatch` never sees what the epoch's last
+    update did: it can leave NaN weights, or finite ones (1e36) whose outputs overflow to NaN. Every
+    parameter and buffer, one forward pass in eval mode (as evaluation sees the model) and one host
+    sync per epoch; the ranks agree on the verdict, so they all stop or none does.
+    """
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.numel()]
+    with torch.no_grad(), eval_mode(model):
+        largest = torch.stack([t.abs().max() for t in tensors]).max()  # NaN or inf if any weight is
+        bad = torch.stack([~torch.isfinite(largest), ~torch.isfinite(model(x)).all()]).float()
+    bad_weights, bad_outputs = dist.all_reduce_sum(bad).tolist()
+    if bad_weights or bad_outputs:
+        what = ("weights are not finite" if bad_weights else
+                f"outputs are not finite (its largest weight is {float(largest):.3g})")
+        raise Diverged(f"training diverged after epoch {epoch + 1}: the model's {what}; {kept}. "
+                       f"{RESTART}")

@@ -145,18 +145,15 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
-    if dist.is_main:  # every input is valid: only now is anything written
-        ensure_writable(run_dir.parent)
-        ensure_free_space(run_dir.parent, 2 * checkpoint_bytes(model))
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+    with contextlib.ExitStack() as lock:  # every input is valid: only now is anything written
+        dist.on_main(lambda: _claim_folder(run_dir, 2 * checkpoint_bytes(model), lock))
         if resume and has_checkpoint:  # before any write: a refused checkpoint changes nothing
             trainer.resume()
             say(f"resuming {cfg.run_id} from its checkpoint ({trainer.start_epoch} of {cfg.epochs} "
                 f"epochs done)")
         elif resume:  # the run was started but stopped before its first checkpoint
             say(f"no checkpoint in {run_dir} yet: starting {cfg.run_id} from the beginning")
-        _start_folder(cfg, run_dir, resume and has_checkpoint, dist)
+        dist.on_main(lambda: _start_folder(cfg, run_dir, resume and has_checkpoint))
         say(f"training {cfg.method} on {cfg.dataset} with {cfg.arch}: {len(train)} examples, "
             f"{cfg.epochs} epochs, eps {cfg.eps:.4f}, device {device}")
         with stop.deferred():  # a signal lets the current step finish and is checkpointed
@@ -168,15 +165,21 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     return run_dir
 
 
-def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool, dist: DistInfo) -> None:
+def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) -> None:
+    """Make the run folder, with room for ``need_bytes``, and hold its lock in ``lock`` (rank 0)."""
+    ensure_writable(run_dir.parent)
+    ensure_free_space(run_dir.parent, need_bytes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock.enter_context(run_lock(run_dir))
+
+
+def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     """Clear what a crash may have left, record the config, and make sure no old result looks current."""
-    if dist.is_main:
-        remove_stale_temps(run_dir)
-        atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        if not resuming:  # a fresh start: no epoch records from an earlier attempt
-            atomic_write_text(run_dir / LOG_FILE, "")
-    dist.barrier()
+    remove_stale_temps(run_dir)
+    atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    if not resuming:  # a fresh start: no epoch records from an earlier attempt
+        atomic_write_text(run_dir / LOG_FILE, "")
 
 
 def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Module, test: Split,
@@ -189,11 +192,14 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
     metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
                                 batch_size=cfg.eval_batch_size, dist=dist, progress=say, seed=cfg.seed,
                                 state_dir=run_dir / "eval_state", indices=test_indices)
-    if dist.is_main:
+
+    def write() -> None:
         record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
         atomic_write_json(run_dir / METRICS_FILE, record)
-        say(format_table(metrics, spec.classes))
-        say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
+
+    dist.on_main(write)
+    say(format_table(metrics, spec.classes))
+    say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
 
 
 def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],

@@ -14,10 +14,10 @@ from torch import nn
 from fairbench.checkpoint import (CHECKPOINT_FORMAT, check_resumable, checkpoint_position, rng_state,
                                   seed_everything, set_rng_state)
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, standard_augment
+from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
-from fairbench.faults import Diverged, LossWatch, agreed_stop
+from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -108,8 +108,7 @@ class Trainer:
             record = self.train_epoch(epoch)
             # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
             # the other order could lose the line of an epoch the checkpoint says is done
-            if self.dist.is_main:
-                append_jsonl(self.run_dir / LOG_FILE, record)
+            self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))
             self.save_checkpoint(epoch + 1)
             if agreed_stop(self.stop, self.dist, self.device):
                 raise Preempted(f"stopped by {self._signal()} after epoch {epoch + 1}; "
@@ -187,6 +186,8 @@ class Trainer:
             bar.close()
         self.dist.broadcast_buffers(self.model)  # scoring, evaluation and the checkpoint: rank 0's
         self._check_replicas(epoch)
+        check_weights(self.model, to_float(self.train.images[plan.indices[-local_bs:]]), self.dist,
+                      epoch, self._kept)  # the last update: no loss of this epoch saw it
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
@@ -274,10 +275,13 @@ class Trainer:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
         where = checkpoint_position(epochs_done, mid_epoch)
         rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
-        if not self.dist.is_main:
-            self.dist.barrier()
-            self._kept = f"the last good checkpoint ({where}) is kept"
-            return
+        path = self.run_dir / CHECKPOINT_FILE
+        self.dist.on_main(lambda: self._write_checkpoint(path, where, epochs_done, rngs, mid_epoch))
+        self._kept = f"the last good checkpoint {path} ({where}) is kept"
+
+    def _write_checkpoint(self, path: Path, where: str, epochs_done: int, rngs: list[dict[str, Any]],
+                          mid_epoch: dict[str, Any] | None) -> None:
+        """Rank 0's part of `save_checkpoint` (every rank holds the same model and optimizer)."""
         state = {
             "format_version": CHECKPOINT_FORMAT,
             "config": self.cfg.training_dict(),
@@ -295,13 +299,10 @@ class Trainer:
         }
         if mid_epoch is not None:
             state["mid_epoch"] = mid_epoch
-        path = self.run_dir / CHECKPOINT_FILE
         try:
             atomic_torch_save(path, state)
         except FairbenchError as exc:  # disk full, quota, ...: the previous file is untouched
             raise FairbenchError(f"checkpoint ({where}) not saved: {exc}; {self._kept}") from None
-        self._kept = f"the last good checkpoint {path} ({where}) is kept"
-        self.dist.barrier()
 
     def resume(self) -> None:
         """Continue from the run folder's checkpoint; refuses one made with another config."""
@@ -320,9 +321,12 @@ class Trainer:
         self.images_seen = int(state.get("images_seen", 0))
         self._mid_epoch = state.get("mid_epoch")
         self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
-        if self.dist.is_main:  # epochs logged after the checkpoint was written are redone
-            kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
-            atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
+        self.dist.on_main(self._drop_later_log_lines)
+
+    def _drop_later_log_lines(self) -> None:
+        """Epochs logged after the checkpoint was written are redone: their lines go."""
+        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
+        atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Same number of processes: each rank continues its own RNG streams exactly.

@@ -1,5 +1,6 @@
 """DDP under torchrun on the CPU (gloo): 2 processes train as one, write one result folder, resume
-under 2 or 1 processes, and a method whose loss bypasses DDP is stopped with a clear error.
+under 2 or 1 processes; a method whose loss bypasses DDP is stopped with a clear error, and so is
+every process when rank 0 alone fails.
 
 Each launch is ``python -m torch.distributed.run --nproc_per_node=2`` on a small wrapper script that
 calls the real CLI; the wrapper (test code, not fairbench's) dumps every rank's trained weights just
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from conftest import make_fashion_mnist
+from fairbench import results
 from fairbench.cli import main
 
 WRAPPER = '''
@@ -57,7 +59,14 @@ if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips 
             return F.cross_entropy(ctx.attack_model(ctx.x), ctx.y)
 
 from fairbench.cli import main
-main(sys.argv[1:])
+# each rank records its exit status: torchrun reports the first failure's, then SIGTERMs the ranks
+# still running, even one that has printed the same error and is exiting
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    with open(os.path.join(os.environ["DUMP_DIR"], f"exit{os.environ['RANK']}"), "w") as f:
+        f.write(str(exc.code))
+    raise
 '''
 
 # pgd-at: one loss forward; trades: two (clean and adversarial) before one backward; fairat: a
@@ -191,6 +200,20 @@ def test_a_loss_that_bypasses_ddp_is_stopped(data_dir: Path, tmp_path: Path) -> 
     assert "error: epoch 1: the processes' weights differ" in output
     assert "must compute its loss forward with ctx.model" in output
     assert not (tmp_path / "results" / "runs" / "r" / "checkpoint.pt").exists()
+
+
+def test_an_error_on_rank_0_alone_stops_every_rank(data_dir: Path, tmp_path: Path) -> None:
+    """Rank 0 alone locks the run folder (and writes the log, checkpoints and metrics): its error
+    reaches every rank, which would otherwise wait for it until torchrun killed them ("preempted")."""
+    out = tmp_path / "results"
+    run_dir = out / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    with results.run_lock(run_dir):  # another run is using the folder
+        output = torchrun(tmp_path, run_args(data_dir, out), tmp_path / "dump", expect=2)
+    assert output.count("error: another fairbench process is using") == 2
+    assert "preempted" not in output
+    assert [(tmp_path / "dump" / f"exit{rank}").read_text() for rank in (0, 1)] == ["2", "2"]
+    assert list(run_dir.iterdir()) == []
 
 
 MAP_SCRIPT = '''

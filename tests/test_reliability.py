@@ -235,10 +235,12 @@ class SignalSelf(Method):
 
 
 class NaNAt(Method):
-    """Test-only PGD-AT whose loss becomes NaN at one (epoch, step), both 1-based."""
+    """Test-only PGD-AT whose loss is multiplied by ``factor`` (NaN) at one (epoch, step), both 1-based."""
 
     name = "test-nan-at"
     calls: ClassVar[list[tuple[int, int]]] = []
+    at: ClassVar[tuple[int, int]] = (2, 3)
+    factor: ClassVar[float] = float("nan")
 
     def __init__(self, params, config) -> None:
         super().__init__(params, config)
@@ -249,7 +251,7 @@ class NaNAt(Method):
         self.epoch = ctx.epoch
         type(self).calls.append((ctx.epoch + 1, self.step))
         loss = weighted_mean(pgd_at_terms(ctx), ctx.weight)
-        return loss * float("nan") if (ctx.epoch + 1, self.step) == (2, 3) else loss
+        return loss * self.factor if (ctx.epoch + 1, self.step) == self.at else loss
 
 
 @pytest.fixture
@@ -294,6 +296,7 @@ def test_nan_loss_stops_naming_epoch_and_step(test_methods: None, small_data: Pa
     assert code == 2
     assert err.startswith("error: training diverged: the loss is nan at epoch 2, step 3 of 7")
     assert "(after epoch 1) is kept" in err and len(err.strip().splitlines()) == 1
+    assert "--resume" not in err  # its advice is to change the config, which a resume refuses
     assert NaNAt.calls[-1] == (2, 4)  # caught at the sync after step 4, not at the end of the epoch
     run_dir = tmp_path / "out" / "runs" / "r"
     state = load_checkpoint(run_dir / "checkpoint.pt")
@@ -301,6 +304,29 @@ def test_nan_loss_stops_naming_epoch_and_step(test_methods: None, small_data: Pa
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert not (run_dir / "metrics.json").exists()
     assert [r["epoch"] for r in read_log(run_dir)] == [1]
+
+
+def test_last_step_that_blows_up_the_weights_stops_the_run(test_methods: None, small_data: Path,
+                                                              tmp_path: Path, capsys, monkeypatch) -> None:
+    """Promise 4: an epoch's last update is seen by no loss; the weights are checked after it."""
+    monkeypatch.setattr(NaNAt, "at", (2, 7))  # the last of 7 steps: its loss is finite, its update is not
+    monkeypatch.setattr(NaNAt, "factor", 1e30)
+    code, err = cli(run_args(small_data, tmp_path / "out", epochs=3, method="test-nan-at"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: training diverged after epoch 2: the model's outputs are not finite")
+    assert "(after epoch 1) is kept" in err
+    run_dir = tmp_path / "out" / "runs" / "r"
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert not (run_dir / "metrics.json").exists()
+    assert [r["epoch"] for r in read_log(run_dir)] == [1]
+
+    # one step per epoch (the whole training set in one batch): no loss ever sees an update
+    out = tmp_path / "one-step"
+    args = run_args(small_data, out, "--lr", "1e38", epochs=1)
+    args[args.index("--batch-size") + 1] = "200"
+    code, err = cli(args, capsys)
+    assert code == 2 and "training diverged after epoch 1" in err and "no checkpoint" in err
+    assert sorted(p.name for p in (out / "runs" / "r").iterdir()) == ["config.json", "log.jsonl"]
 
 
 # ---------------------------------------------------------------- atomic files and resume checks
