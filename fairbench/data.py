@@ -82,7 +82,7 @@ def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split:
     outs = []
     for start in starts:
         idx = indices[start:min(start + batch_size, shard.stop)]
-        outs.append(fn(split.images[idx].float().div_(255.0), split.labels[idx]))
+        outs.append(fn(to_float(split.images[idx]), split.labels[idx]))
     return dist.gather_shards(torch.cat(outs), len(indices))
 
 
