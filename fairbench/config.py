@@ -188,6 +188,12 @@ def default_eval_batch_size(device: str) -> int:
 PRESETS: dict[str, dict[str, Any]] = {
     # The FairAT / FRL protocol on CIFAR-10 (100 epochs, piecewise LR, full test set).
     "paper-cifar10": dict(dataset="cifar10", epochs=100, batch_size=128, lr=0.1, schedule="piecewise"),
+    # The standard CPU protocol (issue 11, results/README.md): the testbed network on the whole
+    # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
+    # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
+    # class-balanced subset. The epochs come from the learning curve in results/README.md.
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
+                            lr=0.05, schedule="piecewise", val_per_class=500, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
                        train_per_class=1000, eval_per_class=50, device="cpu"),

@@ -76,4 +76,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # importing the modules registers the architectures
-from fairbench.models import preact_resnet, small_cnn, wide_resnet  # noqa: E402,F401
+from fairbench.models import preact_resnet, small_cnn, testbed_cnn, wide_resnet  # noqa: E402,F401
