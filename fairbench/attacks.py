@@ -1,12 +1,14 @@
 """The one L-inf PGD of fairbench (Madry et al., ICLR 2018), used for training and evaluation.
 
 ``eps`` and ``step_size`` may be floats or per-example tensors; the objective is cross-entropy
-(Madry / PGD-AT) or KL to the clean prediction (TRADES, Zhang et al. 2019).
+(Madry / PGD-AT) or KL to the clean prediction (TRADES, Zhang et al. 2019). An optional `EarlyStop`
+freezes each example once the model misclassifies it (FAT, Zhang et al. ICML 2020; BAT).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Literal
 
 import torch
@@ -17,6 +19,26 @@ Objective = Literal["ce", "kl"]
 Init = Literal["uniform", "normal", "none"]
 
 TRADES_INIT_STD = 0.001  # TRADES starts its KL attack from x + 0.001 * N(0, I)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Per-example stopping on misclassification, checked on each iterate the attack differentiates.
+
+    ``mode='first-wrong'`` is FAT's rule (Zhang et al., ICML 2020, ``earlystop``): an example whose
+    iterate is misclassified takes ``tau`` more steps (one per misclassified check), then stays
+    where it is. ``mode='last-correct'`` returns the last iterate still classified correctly: the
+    one before the first misclassified check (the start, if the start is already wrong). An example
+    never found wrong ends at the last iterate, as without stopping. The loop always runs its
+    ``steps`` (frozen examples are masked, not removed), so there is no host sync.
+    """
+
+    mode: Literal["first-wrong", "last-correct"] = "first-wrong"
+    tau: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("first-wrong", "last-correct") or self.tau < 0:
+            raise ValueError(f"bad EarlyStop({self.mode!r}, tau={self.tau})")
 
 
 def _per_example(value: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -60,17 +82,19 @@ def pgd(
     init: Init = "uniform",
     clean_logits: torch.Tensor | None = None,
     use_eval_mode: bool = True,
+    stop: EarlyStop | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent in the L-inf ball of radius ``eps`` around ``x`` (inputs in [0, 1]).
 
     Returns detached adversarial inputs in [0, 1] with ``|x_adv - x| <= eps`` per example.
     ``objective='kl'`` maximizes KL(f(x) || f(x')) against ``clean_logits`` (computed if not given).
-    Model parameters' ``.grad`` are never touched.
+    Model parameters' ``.grad`` are never touched. ``stop`` (labels needed) freezes examples once
+    misclassified (`EarlyStop`).
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
-    if objective == "ce" and y is None:
-        raise ValueError("the CE objective needs labels y")
+    if (objective == "ce" or stop is not None) and y is None:
+        raise ValueError("the CE objective and early stopping need labels y")
     x = x.detach()
     eps_t, step_t = _per_example(eps, x), _per_example(step_size, x)
     with eval_mode(model, use_eval_mode), torch.enable_grad():  # also when called under no_grad
@@ -81,12 +105,17 @@ def pgd(
                     clean_logits = model(x)
             clean_probs = F.softmax(clean_logits.detach().float(), dim=1)
         delta = _init_delta(x, eps_t, init)
+        state = _StopState(stop, delta) if stop is not None else None
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = attack_loss(model(x + delta), y, clean_probs, objective)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = delta.detach() + step_t * grad.sign()
-            delta = torch.clamp(torch.maximum(torch.minimum(delta, eps_t), -eps_t) + x, 0, 1) - x
+            logits = model(x + delta)
+            (grad,) = torch.autograd.grad(attack_loss(logits, y, clean_probs, objective), delta)
+            delta = delta.detach()
+            if state is not None:
+                delta = state.check(logits.detach(), y, delta)
+            moved = delta + step_t * grad.sign()
+            moved = torch.clamp(torch.maximum(torch.minimum(moved, eps_t), -eps_t) + x, 0, 1) - x
+            delta = moved if state is None else state.advance(delta, moved)
     return project(x + delta.detach(), x, eps_t)
 
 
@@ -111,3 +140,32 @@ def _init_delta(x: torch.Tensor, eps: torch.Tensor, init: Init) -> torch.Tensor:
     else:
         delta = torch.zeros_like(x)
     return torch.clamp(x + delta, 0, 1) - x
+
+
+class _StopState:
+    """The bookkeeping of `EarlyStop` for one attack: which examples still move, on the device."""
+
+    def __init__(self, stop: EarlyStop, delta: torch.Tensor) -> None:
+        self.stop = stop
+        n = delta.shape[0]
+        self.active = torch.ones(n, dtype=torch.bool, device=delta.device)
+        self.budget = torch.full((n,), stop.tau, dtype=torch.long, device=delta.device)
+        self.previous = delta
+
+    def check(self, logits: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Freeze the examples this iterate stops; returns the perturbation each one keeps."""
+        wrong = (logits.argmax(1) != y) & self.active
+        if self.stop.mode == "last-correct":
+            delta = torch.where(wrong.view(-1, *[1] * (delta.ndim - 1)), self.previous, delta)
+            self.active = self.active & ~wrong
+        else:
+            self.active = self.active & ~(wrong & (self.budget == 0))
+            self.budget = self.budget - (wrong & self.active).long()
+        return delta
+
+    def advance(self, delta: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        """Move the active examples one step; the frozen ones stay."""
+        active = self.active.view(-1, *[1] * (delta.ndim - 1))
+        if self.stop.mode == "last-correct":
+            self.previous = torch.where(active, delta, self.previous)
+        return torch.where(active, moved, delta)
