@@ -61,16 +61,20 @@ def _field_default(f: dataclasses.Field) -> Any:
 class Registry(Generic[T]):
     """Name -> object, with a clear error listing the valid names for an unknown one."""
 
-    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None,
+                 check: Callable[[str, Any], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._loader = loader
         self._loaded = loader is None
+        self._check = check  # called with (name, obj) before an entry is added
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._entries and self._entries[name].obj is not obj:
                 raise FairbenchError(f"{self.kind} '{name}' is registered twice")
+            if self._check is not None:
+                self._check(name, obj)
             self._entries[name] = Entry(name, obj, _summary(obj), _params(obj))
             return obj
 
@@ -114,6 +118,23 @@ def _load_methods() -> None:
             raise FairbenchError(f"method plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
 
 
+def _check_method(name: str, obj: Any) -> None:
+    """A method is a `fairbench.method.Method` subclass; the registry sets its ``name``.
+
+    A class that also declares ``name`` must declare the name it is registered under.
+    """
+    from fairbench.method import Method  # here: fairbench.method imports the data set registry
+
+    if not (inspect.isclass(obj) and issubclass(obj, Method)):
+        raise FairbenchError(f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a "
+                             f"subclass of fairbench.method.Method")
+    declared = obj.__dict__.get("name")
+    if declared not in (None, "", name):
+        raise FairbenchError(f"method '{name}': the class declares name = '{declared}'; drop the "
+                             f"line (the registry sets the name)")
+    obj.name = name
+
+
 def _load_models() -> None:
     importlib.import_module("fairbench.models")
 
@@ -122,7 +143,7 @@ def _load_datasets() -> None:
     importlib.import_module("fairbench.data")
 
 
-METHODS: Registry[Any] = Registry("method", _load_methods)
+METHODS: Registry[Any] = Registry("method", _load_methods, _check_method)
 MODELS: Registry[Callable[..., Any]] = Registry("architecture", _load_models)
 DATASETS: Registry[Any] = Registry("dataset", _load_datasets)
 

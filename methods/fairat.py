@@ -80,8 +80,6 @@ def compose_plan(hard: torch.Tensor, copies: int, keep_original: bool) -> EpochP
 class FairAT(Method):
     """Mou et al. (FCS 2025) FairAT: adversarial training that augments the hardest (highest-CE) examples."""
 
-    name = "fairat"
-
     @dataclass
     class Params:
         selection: str = "fraction"  # fraction | threshold

@@ -34,7 +34,8 @@ Choices and departures, with their reasons:
   multipliers in the first FRL epoch). A resumed run repeats this measurement from the restored
   model and RNG, so the multipliers (the method's state) continue exactly.
 - Warm start: the authors fine-tune a pre-trained robust model (``hot_start.pt``) with lr 1e-3.
-  Here ``pretrained`` loads such a checkpoint before the first epoch; otherwise the first
+  Here ``--init-from RUN_DIR`` starts from a finished run (then usually warmup_fraction=0; the
+  ``pretrained`` parameter is kept only to say so); otherwise the first
   ``warmup_fraction`` of the run is plain training with FRL's loss at uniform weights and eps
   (TRADES with FRL's beta), and the FRL updates run in the rest (with the default piecewise
   schedule, the low-learning-rate half). Optimizer and schedule are the run's.
@@ -48,7 +49,6 @@ Choices and departures, with their reasons:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -59,9 +59,7 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.models import create_model, load_model_state
 from fairbench.registry import register_method
-from fairbench.results import load_checkpoint
 
 VAL_PGD_STEPS = 20  # the authors' validation attack (configs1)
 EPS_FLOOR = 0.98  # lower clip of the remargin multiplier (cost_sensitive in utils_frl*.py)
@@ -76,7 +74,7 @@ class ReweightParams:
     lim: float = 0.5  # cap on the sum of each multiplier vector
     rate_halving_epochs: int = 40  # halve `rate` every this many FRL epochs (0: never)
     warmup_fraction: float = 0.5  # first part of the run trained without FRL updates
-    pretrained: str = ""  # checkpoint to start from (then usually warmup_fraction=0)
+    pretrained: str = ""  # replaced by --init-from RUN_DIR; kept so that old configs still read
 
     def validate(self) -> None:
         checks = [
@@ -86,8 +84,8 @@ class ReweightParams:
             (0 < self.lim < 1, f"lim must be in (0, 1) so that class weights stay > 0, got {self.lim}"),
             (self.rate_halving_epochs >= 0, "rate_halving_epochs must be >= 0"),
             (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
-            (not self.pretrained or Path(self.pretrained).is_file(),
-             f"pretrained checkpoint '{self.pretrained}' does not exist"),
+            (not self.pretrained, "pretrained= is replaced by --init-from RUN_DIR (a finished run's "
+                                  "folder, checked against the architecture and data set)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -176,11 +174,6 @@ class FRL(Method):
         k = spec.num_classes
         self.lam_nat, self.lam_bndy, self.lam_eps = torch.zeros(k), torch.zeros(k), torch.zeros(k)
         self._device_weights: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pretrained: dict[str, torch.Tensor] | None = None
-        if params.pretrained:  # read and checked against the architecture now, before the run writes
-            probe = create_model(config.arch, spec)
-            load_model_state(probe, load_checkpoint(Path(params.pretrained)), params.pretrained)
-            self._pretrained = probe.state_dict()
 
     def frl_start(self, epochs: int) -> int:
         """The first epoch (0-based) with FRL updates."""
@@ -205,9 +198,6 @@ class FRL(Method):
         self._device_weights = None
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
-        if ctx.epoch == 0 and self._pretrained is not None:
-            ctx.model.load_state_dict(self._pretrained)
-            self._pretrained = None  # once: the weights live in the model from here on
         if ctx.epoch >= self.frl_start(ctx.epochs):
             errors = validation_errors(ctx, ctx.config.eps, ctx.config.step_size)
             self.update(errors, ctx.epoch - self.frl_start(ctx.epochs))
@@ -252,7 +242,6 @@ class FRL(Method):
 class FRLReweight(FRL):
     """Xu et al. (ICML 2021) FRL-Reweight: class weights on TRADES' terms from validation errors."""
 
-    name = "frl-rw"
     Params = ReweightParams
 
 
@@ -260,7 +249,6 @@ class FRLReweight(FRL):
 class FRLRemargin(FRL):
     """Xu et al. (ICML 2021) FRL-Remargin: larger eps for classes with high boundary error."""
 
-    name = "frl-rm"
     Params = RemarginParams
     reweight_boundary = False
     remargin = True
@@ -270,6 +258,5 @@ class FRLRemargin(FRL):
 class FRLReweightRemargin(FRL):
     """Xu et al. (ICML 2021) FRL-Reweight+Remargin: both class weights and per-class eps."""
 
-    name = "frl-rwrm"
     Params = ReweightRemarginParams
     remargin = True

@@ -19,7 +19,5 @@ from fairbench.registry import register_method
 class PGDAT(Method):
     """Madry et al. (ICLR 2018): cross-entropy on PGD-10 adversarial examples."""
 
-    name = "pgd-at"
-
     def loss(self, ctx: BatchContext) -> torch.Tensor:
         return weighted_mean(pgd_at_terms(ctx), ctx.weight)

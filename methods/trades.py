@@ -39,8 +39,6 @@ from fairbench.registry import register_method
 class TRADES(Method):
     """Zhang et al. (ICML 2019): CE on clean inputs + beta * KL to PGD-KL adversarial inputs."""
 
-    name = "trades"
-
     @dataclass
     class Params:
         beta: float = 6.0  # weight of the boundary (KL) term; the paper's CIFAR-10 value

@@ -112,40 +112,11 @@ def test_warmup_epochs_train_without_updates() -> None:
     assert model.calls > 0
 
 
-def test_pretrained_checkpoint_is_loaded_before_the_first_epoch(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    source = create_model("small-cnn", SPEC)
-    atomic_torch_save(tmp_path / "hot_start.pt", {"model": source.state_dict()})
-    method = build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt"), "warmup_fraction": "0.5"},
-                   val_per_class=5)
-    target = create_model("small-cnn", SPEC)
-    split = bars(2)
-    method.plan_epoch(epoch_ctx(method, target, split, split, epoch=0))
-    for p, q in zip(source.state_dict().values(), target.state_dict().values()):
-        assert torch.equal(p, q)
-    with pytest.raises(FairbenchError, match="does not exist"):
-        build("frl-rw", {"pretrained": str(tmp_path / "missing.pt")}, val_per_class=5)
-
-
-@pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint", "cannot load checkpoint"),
-    ("preact18", "does not fit this architecture"),  # a real checkpoint of another architecture
-])
-def test_bad_pretrained_checkpoint_fails_before_the_run_writes(content, message: str, fmnist_dir: Path,
-                                                               tmp_path: Path, capsys) -> None:
-    path = tmp_path / "hot_start.pt"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        atomic_torch_save(path, create_model(content, SPEC).state_dict())
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-              "--epochs", "1", "--val-per-class", "2", "--param", f"pretrained={path}",
-              "--data-dir", str(fmnist_dir), "--out", str(out), "--device", "cpu", "--no-progress"])
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.startswith("error: ") and message in err, err
-    assert not out.exists()
+def test_pretrained_points_to_init_from(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """A warm start goes through --init-from (tests/test_init_from.py); pretrained= says so."""
+    with pytest.raises(FairbenchError, match="replaced by --init-from RUN_DIR"):
+        build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt")}, val_per_class=5)
+    assert build("frl-rw", {"pretrained": ""}, val_per_class=5).params.pretrained == ""
 
 
 def _trainer(run_dir: Path, epochs: int) -> Trainer:
