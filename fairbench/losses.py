@@ -14,9 +14,16 @@ from fairbench.method import BatchContext
 
 def pgd_at_terms(ctx: BatchContext) -> torch.Tensor:
     """Madry et al. (ICLR 2018): cross-entropy on PGD adversarial examples, per example."""
+    return pgd_at_outputs(ctx)[0]
+
+
+def pgd_at_outputs(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pgd_at_terms` and the adversarial logits of the training forward they come from (for a
+    method's statistics of the batch: CFA, DAFA, FAAL)."""
     x_adv = pgd(ctx.attack_model, ctx.x, ctx.y, eps=ctx.eps, step_size=ctx.step_size,
                 steps=ctx.steps, objective="ce", init="uniform")
-    return F.cross_entropy(ctx.model(x_adv).float(), ctx.y, reduction="none")
+    logits = ctx.model(x_adv).float()
+    return F.cross_entropy(logits, ctx.y, reduction="none"), logits
 
 
 def trades_terms(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,12 +35,22 @@ def trades_terms(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
     both the CE and the KL target (TRADES runs the clean forward twice, which only updates the
     running statistics once more).
     """
+    natural, boundary, _ = trades_outputs(ctx)
+    return natural, boundary
+
+
+def trades_outputs(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`trades_terms` and the adversarial logits of the training forward they come from."""
     x_adv = pgd(ctx.attack_model, ctx.x, eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps,
                 objective="kl", init="normal")
     clean, adv = ctx.model(ctx.x).float(), ctx.model(x_adv).float()
     natural = F.cross_entropy(clean, ctx.y, reduction="none")
-    boundary = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="none").sum(1)
-    return natural, boundary
+    return natural, kl_per_example(clean, adv), adv
+
+
+def kl_per_example(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target_logits) || softmax(logits)) per example (TRADES' boundary term)."""
+    return F.kl_div(F.log_softmax(logits, dim=1), F.softmax(target_logits, dim=1), reduction="none").sum(1)
 
 
 def trades_loss(ctx: BatchContext, beta: float) -> torch.Tensor:

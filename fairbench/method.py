@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.attacks import eval_mode
+from fairbench.class_stats import ClassStats
 from fairbench.data import map_sharded
+from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 
 if TYPE_CHECKING:
     from fairbench.config import RunConfig
     from fairbench.data import DatasetSpec, Split
-    from fairbench.distributed import DistInfo
 
 
 @dataclass
@@ -100,6 +101,7 @@ class BatchContext:
     weight: torch.Tensor  # per example
     epoch: int
     spec: "DatasetSpec"
+    dist: DistInfo = field(default_factory=DistInfo)  # for a statistic of the whole (global) batch
 
 
 @dataclass
@@ -108,10 +110,15 @@ class NoParams:
 
 
 class Method:
-    """Base class: the default plan is every training example once, standard augmentation."""
+    """Base class: the default plan is every training example once, standard augmentation.
+
+    ``name`` is set by ``@register_method(name)``. ``requires_init``: the method fine-tunes a
+    finished run, so a run of it needs ``--init-from RUN_DIR`` (FAAL).
+    """
 
     Params: ClassVar[type] = NoParams
     name: ClassVar[str] = ""
+    requires_init: ClassVar[bool] = False
 
     def __init__(self, params: Any, config: "RunConfig") -> None:
         self.params = params
@@ -130,11 +137,34 @@ class Method:
     def end_epoch(self, ctx: EpochContext) -> None:
         pass
 
+    def weight_averaging(self) -> float | None:
+        """The decay of a weight average the method keeps itself (CFA's FAWA), or None.
+
+        The trainer then keeps the average (`fairbench.averaging`), asks `accept_average` after
+        every epoch, and evaluates and checkpoints the average; ``--ema`` is refused alongside.
+        """
+        return None
+
+    def accept_average(self, ctx: EpochContext) -> bool:
+        """Whether this epoch's weights enter the average (called after `end_epoch`, on every rank)."""
+        return True
+
+    def class_stats(self) -> list[ClassStats]:
+        """The method's per-class training statistics (its `ClassStats` attributes), which the
+        trainer keeps exact under DDP across checkpoints."""
+        return [v for v in vars(self).values() if isinstance(v, ClassStats)]
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def require_validation_split(config: "RunConfig", method: str, usage: str) -> None:
+    """Refuse, in one line, a run of a method that needs ``--val-per-class`` without it."""
+    if config.val_per_class is None:
+        raise FairbenchError(f"{method} {usage}: pass --val-per-class K")
 
 
 def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
