@@ -16,7 +16,9 @@ import torch
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
 
-CHECKPOINT_FORMAT = 2  # 2: optional "mid_epoch" (a checkpoint taken at a step boundary on a signal)
+# 2: optional "mid_epoch" (a checkpoint taken at a step boundary on a signal); 3: optional "averaged"
+# (the weight average) and "init_source" (the run it started from)
+CHECKPOINT_FORMAT = 3
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "method", "rng", "epoch")
 
 
@@ -60,7 +62,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 def check_resumable(state: dict[str, Any], path: Path, cfg: RunConfig) -> None:
     """Refuse a checkpoint of an unknown format, a foreign file, or one made with another config."""
-    if state.get("format_version") not in (1, CHECKPOINT_FORMAT):
+    if state.get("format_version") not in (1, 2, CHECKPOINT_FORMAT):
         raise FairbenchError(f"{path}: unknown checkpoint format {state.get('format_version')!r}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:

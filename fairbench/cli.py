@@ -57,7 +57,8 @@ def list_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
-    method: str = typer.Option("pgd-at", help="training method (see `fairbench list`)"),
+    method: Optional[str] = typer.Option(None, help="training method (see `fairbench list`; default "
+                                         "the preset's, else pgd-at)"),
     arch: Optional[str] = typer.Option(None, help="architecture: preact18, wrn-28-10, small-cnn, ..."),
     dataset: Optional[str] = typer.Option(None, help="cifar10, cifar100 or fashion-mnist"),
     preset: Optional[str] = typer.Option(None, help=f"defaults to start from: {', '.join(PRESETS)}"),
@@ -70,7 +71,12 @@ def run_cmd(
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
     weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(None, help="piecewise (default) or cosine"),
+    schedule: Optional[str] = typer.Option(
+        None, help="piecewise (default: /10 at 50% and 75% of the epochs), piecewise:M1,M2,... or cosine"),
+    ema: Optional[float] = typer.Option(
+        None, help="evaluate a per-epoch EMA of the weights with this decay, in (0, 1)"),
+    init_from: Optional[str] = typer.Option(
+        None, help="start from the weights of a finished run (its folder, RESULTS/runs/<run-id>)"),
     param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
     train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
     val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),
@@ -98,13 +104,17 @@ def run_cmd(
                weight_decay=weight_decay, schedule=schedule, train_per_class=train_per_class,
                val_per_class=val_per_class, eval_per_class=eval_per_class,
                eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
-               channels_last=channels_last, run_id=run_id,
+               channels_last=channels_last, run_id=run_id, ema=ema, init_from=init_from,
                attacks=parse_attacks(attacks) if attacks is not None else None)
     values.update({k: v for k, v in cli.items() if v is not None})
     values.setdefault("dataset", "cifar10")
     values.setdefault("arch", "preact18")
-    cfg = RunConfig(method=method, seed=seed, params=parse_param_options(param), out=out,
-                    compile=compile, download=download, **values)
+    preset_method, preset_params = values.pop("method", None), values.pop("params", {})
+    method = method or preset_method or "pgd-at"
+    # a preset's method parameters apply to its method; --param overrides them
+    params = {**(preset_params if method == preset_method else {}), **parse_param_options(param)}
+    cfg = RunConfig(method=method, seed=seed, params=params, out=out, compile=compile,
+                    download=download, **values)
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
         from fairbench.runner import run
 

@@ -10,12 +10,14 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
 
 THREATS = ("clean", "pgd20", "autoattack")
-SCHEDULES = ("piecewise", "cosine")
+SCHEDULES = ("piecewise", "cosine")  # piecewise also as "piecewise:M1,M2,..." (see `milestones`)
+DEFAULT_MILESTONES = (0.5, 0.75)  # FairAT / FRL: /10 at 50% and 75% of the epochs
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
@@ -57,6 +59,9 @@ class RunConfig:
     channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
+    ema: float | None = None  # decay of a per-epoch EMA of the weights, evaluated instead of them
+    init_from: str | None = None  # a finished run's folder whose weights this run starts from
+    init_source: dict[str, Any] | None = None  # filled in from init_from: that run's id, config, ...
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -89,8 +94,11 @@ class RunConfig:
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.weight_decay < math.inf,
              f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, "
-                                         f"got '{self.schedule}'"),
+            (self.schedule == "cosine" or milestones(self.schedule) is not None,
+             f"--schedule must be piecewise, piecewise:M1,M2,... (increasing fractions of the run in "
+             f"(0, 1), at each of which the learning rate drops /10) or cosine, got '{self.schedule}'"),
+            (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), got {self.ema}"),
+            (self.init_from is None or bool(self.init_from.strip()), "--init-from is empty"),
             (DEVICE_PATTERN.fullmatch(self.device) is not None,
              f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
             (self.run_id is None or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
@@ -116,7 +124,15 @@ class RunConfig:
                 raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in TRAINING_FIELDS}
+        """The fields that change what is trained. ``ema`` and ``init_from`` (as the source run's
+        folder name, the same on every machine) appear only when set, so that runs without them
+        keep the run ids and checkpoint hashes they always had."""
+        fields = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        if self.ema is not None:
+            fields["ema"] = self.ema
+        if self.init_from is not None:
+            fields["init_from"] = Path(self.init_from).name
+        return fields
 
     def training_hash(self) -> str:
         blob = json.dumps(self.training_dict(), sort_keys=True, default=str)
@@ -175,6 +191,23 @@ def _type_name(hint: Any) -> str:
     return name.replace("typing.", "").replace("NoneType", "None")
 
 
+def milestones(schedule: str) -> tuple[float, ...] | None:
+    """The fractions of the run at which a piecewise schedule divides the learning rate by 10:
+    ``piecewise`` is (0.5, 0.75); ``piecewise:0.75,0.9`` gives its own. None if ``schedule`` is
+    not a valid piecewise schedule."""
+    if schedule == "piecewise":
+        return DEFAULT_MILESTONES
+    name, sep, rest = schedule.partition(":")
+    if name != "piecewise" or not sep:
+        return None
+    try:
+        values = tuple(float(v) for v in rest.split(","))
+    except ValueError:
+        return None
+    ok = 1 <= len(values) <= 4 and all(0 < v < 1 for v in values) and list(values) == sorted(set(values))
+    return values if ok else None
+
+
 def default_eval_batch_size(device: str) -> int:
     """Batch of the no-update passes (evaluation, a method's scoring): big on a GPU; 128 on a CPU,
     where a PGD-20 pass over 500 images at once falls out of cache and costs 1.8x per image
@@ -194,6 +227,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
     "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
                             lr=0.05, schedule="piecewise", val_per_class=500, device="cpu"),
+    # Each 2023-24 robust-fairness paper's CIFAR-10 setting, as closely as fairbench's protocol
+    # allows (docs/paper-presets.md lists what differs and the published numbers to compare with).
+    # CFA (Wei et al., CVPR 2023): PreAct ResNet-18, 200 epochs, /10 at 100 and 150, 98% of the
+    # training set (100 images per class held out for FAWA); TRADES base (its best row).
+    "cfa-cifar10": dict(method="cfa", params={"base": "trades"}, dataset="cifar10", arch="preact18",
+                        epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="piecewise",
+                        val_per_class=100),
+    # WAT (Li & Liu, AAAI 2023): ResNet-18 (here PreAct ResNet-18), 100 epochs, /10 at 75 and 90,
+    # weight decay 2e-4, the last 300 training images per class for validation (here the first 300).
+    "wat-cifar10": dict(method="wat", dataset="cifar10", arch="preact18", epochs=100, batch_size=128,
+                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.75,0.9", val_per_class=300),
+    # BAT (Sun et al., AAAI 2023): ResNet-18 (here PreAct ResNet-18), /10 at epochs 75 and 90,
+    # weight decay 2e-4 (its script's 200 epochs run at lr 1e-4 after epoch 100: cut to 100 here).
+    "bat-cifar10": dict(method="bat", dataset="cifar10", arch="preact18", epochs=100, batch_size=128,
+                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.75,0.9"),
+    # DAFA (Lee et al., ICLR 2024): ResNet-18 (here PreAct ResNet-18), 110 epochs, /10 at 100 and
+    # 105, weight decay 5e-4, TRADES warm-up for 70 epochs (no Nesterov momentum here).
+    "dafa-cifar10": dict(method="dafa", dataset="cifar10", arch="preact18", epochs=110, batch_size=128,
+                         lr=0.1, weight_decay=5e-4, schedule="piecewise:0.90909,0.954545"),
+    # FAAL (Zhang et al., CVPR 2024): fine-tunes a finished PreAct ResNet-18 PGD-AT run for 2 epochs,
+    # lr 0.01 then 0.001 (pass --init-from RUN_DIR, e.g. a `--preset paper-cifar10` pgd-at run).
+    "faal-cifar10": dict(method="faal", dataset="cifar10", arch="preact18", epochs=2, batch_size=128,
+                         lr=0.01, weight_decay=5e-4, schedule="piecewise:0.5"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
                        train_per_class=1000, eval_per_class=50, device="cpu"),

@@ -22,7 +22,8 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
-from fairbench.models import create_model
+from fairbench.init_from import read_init_source
+from fairbench.models import create_model, load_model_state
 from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, SCHEMA_VERSION,
                                atomic_write_json, atomic_write_text, check_metrics, ensure_free_space,
@@ -71,6 +72,9 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     method_cls = METHODS.get(cfg.method)
     MODELS.get(cfg.arch)
     params = parse_params(method_cls, cfg.params)
+    if method_cls.requires_init and cfg.init_from is None:
+        raise FairbenchError(f"{cfg.method} fine-tunes a finished run: pass --init-from RUN_DIR "
+                             f"(e.g. a pgd-at run of the same architecture and data set)")
     cfg = dataclasses.replace(cfg, params=dataclasses.asdict(params))
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
@@ -143,12 +147,17 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     seed_everything(cfg.seed + dist.rank)
     train, val, test, test_indices = load_data(cfg, spec, device)
     model = create_model(cfg.arch, spec).to(device)
+    if cfg.init_from is not None and not (resume and has_checkpoint):  # a resume has it in its checkpoint
+        weights, source = read_init_source(cfg)
+        load_model_state(model, weights, f"--init-from {cfg.init_from}")
+        cfg = dataclasses.replace(cfg, init_source=source)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
     with contextlib.ExitStack() as lock:  # every input is valid: only now is anything written
         dist.on_main(lambda: _claim_folder(run_dir, 2 * checkpoint_bytes(model), lock))
         if resume and has_checkpoint:  # before any write: a refused checkpoint changes nothing
             trainer.resume()
+            cfg = trainer.cfg  # with the record of the run it started from, if any
             say(f"resuming {cfg.run_id} from its checkpoint ({trainer.start_epoch} of {cfg.epochs} "
                 f"epochs done)")
         elif resume:  # the run was started but stopped before its first checkpoint
@@ -161,7 +170,8 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
         if not finished:
             say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
             return run_dir
-        _evaluate_and_write(cfg, spec, model, test, test_indices, trainer, device, dist, run_dir, say)
+        _evaluate_and_write(cfg, spec, trainer.eval_model(), test, test_indices, trainer, device, dist,
+                            run_dir, say)
     return run_dir
 
 
@@ -222,4 +232,6 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
                    "world_size": trainer.dist.world_size},
         "env": environment(device),
         "checkpoint": {"file": CHECKPOINT_FILE, "sha256": sha256_file(ckpt) if ckpt.exists() else None},
+        "ema": trainer.averaging.record() if trainer.averaging is not None else None,
+        "init_from": cfg.init_source,
     }

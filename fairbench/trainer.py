@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fairbench.averaging import WeightAverage
 from fairbench.checkpoint import (CHECKPOINT_FORMAT, check_resumable, checkpoint_position, rng_state,
                                   seed_everything, set_rng_state)
-from fairbench.config import RunConfig
+from fairbench.config import RunConfig, milestones
 from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
@@ -25,13 +27,16 @@ from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_t
                                atomic_write_text, load_checkpoint, read_jsonl)
 
 LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in an epoch)
+PIECEWISE_FACTORS = (1.0, 0.1, 0.01, 0.001, 0.0001)  # written out: 0.1 ** 2 is not 0.01
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
-    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol) or cosine."""
+    """Piecewise (x0.1 at each milestone: 50% and 75% of the epochs by default, as in the FairAT/FRL
+    protocol; ``piecewise:0.75,0.9`` sets others) or cosine."""
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-    return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
+    passed = sum(epoch >= m * epochs for m in milestones(schedule) or ())
+    return PIECEWISE_FACTORS[passed]
 
 
 class Trainer:
@@ -59,6 +64,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its conv algorithms
         self.model = model
         self.train_model, self.attack_model = self._wrap(model)
+        self.averaging = self._weight_average(model)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay,
                                          **({"fused": True} if device.type == "cuda" else {}))
@@ -88,6 +94,28 @@ class Trainer:
             wrapped = torch.compile(wrapped, dynamic=False)
             attack = torch.compile(model, dynamic=False)
         return wrapped, attack
+
+    def _weight_average(self, model: nn.Module) -> WeightAverage | None:
+        """The method's own average (CFA's FAWA), else ``--ema``'s, else none."""
+        own = self.method.weight_averaging()
+        if own is not None and self.cfg.ema is not None:
+            raise FairbenchError(f"--ema: method '{self.cfg.method}' keeps its own weight average "
+                                 f"(decay {own}); drop --ema, or turn the method's averaging off")
+        if own is not None:
+            return WeightAverage(model, own, source=self.cfg.method)
+        return WeightAverage(model, self.cfg.ema, source="--ema") if self.cfg.ema is not None else None
+
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate, select and ship: the weight average when averaging is on (once an
+        epoch entered it), else the trained model."""
+        return self.model if self.averaging is None else self.averaging.eval_model(self.model)
+
+    def _update_average(self, ctx: EpochContext) -> None:
+        if self.averaging is not None:
+            accepted = self.method.accept_average(ctx)
+            if accepted:
+                self.averaging.update(self.model)
+            ctx.log["averaged"] = {"accepted": bool(accepted), "updates": self.averaging.updates}
 
     # ------------------------------------------------------------------ epochs
 
@@ -191,6 +219,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
+        self._update_average(ctx)
         images = len(plan) * self.dist.world_size
         self.train_seconds += seconds
         self.images_seen += images
@@ -204,7 +233,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
                            batch.eps, batch.eps * (self.cfg.step_size / self.cfg.eps),
-                           self.cfg.attack_steps, batch.weight, epoch, self.spec)
+                           self.cfg.attack_steps, batch.weight, epoch, self.spec, dist=self.dist)
         if batch.augment is not None:
             ctx.x = self.method.augment(ctx, batch.augment)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -275,6 +304,8 @@ class Trainer:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
         where = checkpoint_position(epochs_done, mid_epoch)
         rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
+        for stats in self.method.class_stats():  # the saved method state is rank 0's: give it the run's sums
+            stats.fold_into_main(self.dist, self.device)
         path = self.run_dir / CHECKPOINT_FILE
         self.dist.on_main(lambda: self._write_checkpoint(path, where, epochs_done, rngs, mid_epoch))
         self._kept = f"the last good checkpoint {path} ({where}) is kept"
@@ -299,6 +330,10 @@ class Trainer:
         }
         if mid_epoch is not None:
             state["mid_epoch"] = mid_epoch
+        if self.averaging is not None:
+            state["averaged"] = self.averaging.state_dict()
+        if self.cfg.init_source is not None:
+            state["init_source"] = self.cfg.init_source
         try:
             atomic_torch_save(path, state)
         except FairbenchError as exc:  # disk full, quota, ...: the previous file is untouched
@@ -315,6 +350,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        for stats in self.method.class_stats():  # rank 0 saved the run's sums: the others start at 0
+            stats.zero_unless_main(self.dist)
+        if self.averaging is not None:
+            self.averaging.load_state_dict(state["averaged"], str(path))
+        if isinstance(state.get("init_source"), dict):  # what the run started from, for its records
+            self.cfg = dataclasses.replace(self.cfg, init_source=state["init_source"])
         self._restore_rng(state)
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))

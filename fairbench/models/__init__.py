@@ -37,7 +37,15 @@ def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
 
 
 def unwrap_state_dict(state: dict) -> dict:
-    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes."""
+    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes.
+
+    A fairbench checkpoint with a weight average (``--ema``, CFA's FAWA) gives its averaged weights:
+    those are what its run evaluated.
+    """
+    averaged = state.get("averaged")
+    if isinstance(averaged, dict) and isinstance(averaged.get("weights"), dict) \
+            and int(averaged.get("n_averaged", 0)) > 0:
+        state = averaged["weights"]
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
