@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.attacks import eval_mode, pgd
+from fairbench.attacks import EarlyStop, eval_mode, pgd
 from fairbench.data import get_dataset
 from fairbench.models import create_model
 
@@ -169,3 +169,59 @@ def test_bad_arguments() -> None:
         pgd(model, torch.rand(2, 2), eps=0.1, step_size=0.1, steps=1)
     with pytest.raises(ValueError, match="steps"):
         pgd(model, torch.rand(2, 2), torch.zeros(2, dtype=torch.long), eps=0.1, step_size=0.1, steps=-1)
+
+
+# ---------------------------------------------------------------- early stopping (FAT, BAT)
+
+class Threshold(nn.Module):
+    """Two classes split at mean grey level 0.5: class 1 above it, class 0 below (logit 0 vs s(g - 0.5))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.flatten(1).mean(1)
+        return torch.stack([torch.zeros_like(grey), 40 * (grey - 0.5)], 1)
+
+
+def grey(levels: list[float]) -> torch.Tensor:
+    return torch.tensor(levels).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+
+
+# Class 0 examples starting at grey 0.25 climb 0.1 per step (CE ascent: every pixel the same sign):
+# 0.25, 0.35, 0.45 are right, 0.55 is the first wrong iterate (checked at step 4 of 6).
+# Starting at 0.7 the start is already wrong; starting at 0.05 with eps 0.2 no iterate ever is.
+STARTS, EPS = [0.25, 0.7, 0.05], [0.45, 0.45, 0.2]
+
+
+@pytest.mark.parametrize("stop, expected", [
+    (None, [0.7, 1.0, 0.25]),  # no stopping: 6 steps, up to the ball's edge (and 1.0)
+    (EarlyStop("last-correct"), [0.45, 0.7, 0.25]),  # BAT's x_lc: the iterate before the first wrong one
+    (EarlyStop("first-wrong", tau=0), [0.55, 0.7, 0.25]),  # FAT tau 0: the first wrong iterate
+    (EarlyStop("first-wrong", tau=1), [0.65, 0.8, 0.25]),  # BAT's x_fa (FAT tau 1): one step more
+])
+def test_early_stop_on_a_hand_built_model(stop: EarlyStop | None, expected: list[float]) -> None:
+    x, y = grey(STARTS), torch.zeros(3, dtype=torch.long)
+    x_adv = pgd(Threshold(), x, y, eps=torch.tensor(EPS), step_size=0.1, steps=6, init="none", stop=stop)
+    assert torch.allclose(x_adv.flatten(1).mean(1), torch.tensor(expected), atol=1e-6), x_adv.flatten(1)[:, 0]
+
+
+def test_early_stop_with_the_kl_objective_keeps_each_example_correct() -> None:
+    """BAT's attacks ascend the KL (labels only stop them): the last-correct iterate of every
+    example is still classified correctly, where the unstopped attack crosses for some."""
+    torch.manual_seed(0)
+    x, y = grey(torch.linspace(0.3, 0.49, 20).tolist()), torch.zeros(20, dtype=torch.long)
+    kw = dict(eps=0.3, step_size=0.05, steps=8, objective="kl", init="normal")
+    torch.manual_seed(0)
+    free = pgd(Threshold(), x, y, **kw)
+    torch.manual_seed(0)
+    stopped = pgd(Threshold(), x, y, stop=EarlyStop("last-correct"), **kw)
+    assert (Threshold()(free).argmax(1) == 1).any()
+    assert (Threshold()(stopped).argmax(1) == 0).all() and (linf(stopped, x) <= 0.3).all()
+
+
+def test_early_stop_needs_labels_and_a_valid_rule() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        pgd(Threshold(), grey([0.2]), eps=0.1, step_size=0.1, steps=1, objective="kl",
+            stop=EarlyStop("last-correct"))
+    with pytest.raises(ValueError):
+        EarlyStop("first-wrong", tau=-1)
+    with pytest.raises(ValueError):
+        EarlyStop("sometimes")  # type: ignore[arg-type]
