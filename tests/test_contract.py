@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,31 @@ def without_timing(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("name", METHODS.names())
 def test_trains_and_resumes_bit_exactly(name: str, data: Path, source: Path, tmp_path: Path, capsys,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    check_trains_and_resumes(name, data, source, tmp_path, capsys, monkeypatch)
+
+
+def contributing_example() -> str:
+    """The worked example of CONTRIBUTING.md (the code block after its heading)."""
+    text = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
+    after = text[text.index("### A worked example"):]
+    return after[after.index("```python\n") + len("```python\n"):after.index("\n```\n")]
+
+
+def test_the_contributing_example_keeps_the_contract(data: Path, source: Path, tmp_path: Path, capsys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    module = types.ModuleType("contributing_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(contributing_example(), "CONTRIBUTING.md", "exec"), module.__dict__)
+    assert METHODS.get("robust-error-reweight").name == "robust-error-reweight"
+    check_trains_and_resumes("robust-error-reweight", data, source, tmp_path, capsys, monkeypatch)
+    log = without_timing(tmp_path / "whole" / "runs" / "r")
+    assert "loss" in log[-1]
+
+
+def check_trains_and_resumes(name: str, data: Path, source: Path, tmp_path: Path, capsys,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     extra = method_args(name, source)
     code, err = cli(run_args(data, tmp_path / "whole", name, *extra), capsys)
     assert code == 0, err

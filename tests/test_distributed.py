@@ -23,6 +23,7 @@ import torch
 from conftest import make_fashion_mnist
 from fairbench import results
 from fairbench.cli import main
+from fairbench.registry import METHODS as REGISTRY
 
 WRAPPER = '''
 import os, sys
@@ -45,6 +46,10 @@ def train_epoch(self, epoch):
     return real_train_epoch(self, epoch)
 
 runner.evaluate, Trainer.train_epoch = evaluate, train_epoch
+
+if os.environ.get("STOP_AT_CALL"):  # every rank is told to stop at the same step, as on SIGTERM
+    calls = iter(range(1, 10**6))
+    Trainer._stop_requested = lambda self, step: next(calls) == int(os.environ["STOP_AT_CALL"])
 
 if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips the DDP wrapper
     import torch.nn.functional as F
@@ -69,10 +74,13 @@ except SystemExit as exc:
     raise
 '''
 
-# pgd-at: one loss forward; trades: two (clean and adversarial) before one backward; fairat: a
-# scoring pass over the training set before every epoch; frl-rwrm: a clean + PGD-20 pass over the
-# validation split and per-class weights and eps in its second epoch (the first is warm-up)
-METHODS = ["pgd-at", "trades", "fairat", "frl-rwrm"]
+# Every registered method, e.g. pgd-at: one loss forward; trades: two (clean and adversarial)
+# before one backward; fairat: a scoring pass over the training set before every epoch; frl-rwrm:
+# a clean + PGD-20 pass over the validation split and per-class weights and eps in its second
+# epoch; cfa: per-class statistics of the training batches, a validation pass and a weight
+# average; dafa: the class-similarity statistics of its first epoch; faal: a solve over the whole
+# (global) batch, fine-tuning a finished run.
+METHODS = REGISTRY.names()
 
 
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
@@ -80,6 +88,12 @@ def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
             "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
             "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20",
             "--val-per-class", "5"]  # every method trains on the same 150 images (FRL needs the 50 held out)
+
+
+def method_args(data_dir: Path, out: Path, method: str, source: Path) -> list[str]:
+    """`run_args`, plus the finished run to start from for a method that fine-tunes one."""
+    return run_args(data_dir, out, method) + (["--init-from", str(source)] if REGISTRY.get(method).requires_init
+                                              else [])
 
 
 def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
@@ -93,7 +107,7 @@ def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expec
     # --standalone: a rendezvous on a port the OS picks, so parallel test runs never collide
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(wrapper), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr if expect else proc.stdout
 
@@ -130,14 +144,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, str]]:
+def source(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished single-process pgd-at run, for the methods that fine-tune one."""
+    out = tmp_path_factory.mktemp("source")
+    run_in_process(run_args(data_dir, out))
+    return out / "runs" / "r"
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_dir: Path, source: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> Callable[[str], tuple[Path, str]]:
     """One uninterrupted 2-process run per method (shared by the tests): (its folder, its output)."""
     done: dict[str, tuple[Path, str]] = {}
 
     def get(method: str) -> tuple[Path, str]:
         if method not in done:
             tmp = tmp_path_factory.mktemp(f"ddp-{method}")
-            out = torchrun(tmp, run_args(data_dir, tmp / "results", method), tmp / "dump")
+            out = torchrun(tmp, method_args(data_dir, tmp / "results", method, source), tmp / "dump")
             done[method] = tmp, out
         return done[method]
 
@@ -145,7 +168,8 @@ def ddp_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, source: Path,
+                                       tmp_path: Path) -> None:
     tmp, output = ddp_run(method)
     rank0, rank1 = (torch.load(tmp / "dump" / f"rank{r}.pt") for r in (0, 1))
     assert_same_weights(rank0, rank1)  # parameters and batch-norm statistics alike
@@ -154,7 +178,7 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp
     assert_same_weights(rank0, {k: v.contiguous() for k, v in checkpoint["model"].items()})
     assert output.count("wrote ") == 1 and output.count("training ") == 1  # rank 0 alone prints
 
-    run_in_process(run_args(data_dir, tmp_path / "single", method))
+    run_in_process(method_args(data_dir, tmp_path / "single", method, source))
     single_dir = tmp_path / "single" / "runs" / "r"
     assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
     for name in ("metrics.json", "config.json"):
@@ -191,6 +215,25 @@ def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: P
     assert [r["epoch"] for r in load_log(copy_dir)] == [1, 2]
     metrics = json.loads((copy_dir / "metrics.json").read_text())
     assert metrics["timing"]["world_size"] == 1 and sum(metrics["metrics"]["clean"]["n_per_class"]) == 50
+
+
+@pytest.mark.parametrize("method", ["cfa", "dafa"])
+def test_resume_inside_an_epoch_keeps_the_class_statistics_of_both_processes(
+        method: str, ddp_run, data_dir: Path, tmp_path: Path) -> None:
+    """Both processes stop inside epoch 1 (after its step 2 of 4), where CFA counts each class's
+    robust training predictions and DAFA records its class-similarity matrix: each process holds
+    part of the sums. The checkpoint keeps all of them (in rank 0's method state), and the resumed
+    run ends with the uninterrupted run's weights, bit for bit."""
+    reference_tmp, _ = ddp_run(method)
+    args = run_args(data_dir, tmp_path / "results", method)
+    output = torchrun(tmp_path, args, tmp_path / "stopped", expect=75, STOP_AT_CALL="2")
+    assert "in epoch 1 after step 2 of 4" in output
+    state = results.load_checkpoint(tmp_path / "results" / "runs" / "r" / "checkpoint.pt")
+    counts = state["method"]["correct" if method == "cfa" else "probs"]["counts"]
+    assert counts.sum() == 2 * 2 * 20  # two steps of both processes' 20 examples
+    torchrun(tmp_path, args + ["--resume"], tmp_path / "resumed")
+    reference = torch.load(reference_tmp / "dump" / "rank0.pt")
+    assert_same_weights(torch.load(tmp_path / "resumed" / "rank0.pt"), reference)
 
 
 def test_a_loss_that_bypasses_ddp_is_stopped(data_dir: Path, tmp_path: Path) -> None:

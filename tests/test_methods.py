@@ -35,10 +35,11 @@ def test_list_shows_every_method_with_params_and_defaults(capsys: pytest.Capture
     assert "fraction=0.2" in lines[[ln.split()[:1] for ln in lines].index(["fairat"]) + 1]
 
 
-@pytest.mark.parametrize("name", NEW_METHODS + ("pgd-at",))
+@pytest.mark.parametrize("name", METHODS.names())
 def test_loss_decreases_on_separable_data(name: str) -> None:
     torch.manual_seed(0)
-    method = build(name, **(VAL if name.startswith("frl") else {}))
+    fine_tunes = {"init_from": "a-run"} if METHODS.get(name).requires_init else {}
+    method = build(name, **VAL, **fine_tunes)
     data = bars(4)
     x, y = data.images.float() / 255, data.labels
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
@@ -50,7 +51,8 @@ def test_loss_decreases_on_separable_data(name: str) -> None:
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
+    # BAT's uniform-prediction terms pull against its CE: its loss cannot fall below about log K / 2
+    assert sum(losses[-5:]) < (0.8 if name == "bat" else 0.5) * sum(losses[:5]), losses
 
 
 E2E = [("trades", []), ("frl-rw", ["--val-per-class", "5"]), ("frl-rm", ["--val-per-class", "5"]),
