@@ -157,6 +157,11 @@ def test_stop_then_resume_through_the_cli(fmnist_dir: Path, tmp_path: Path,
     (["--param", "strength=2"], ["unknown parameter 'strength' for method 'pgd-at'"]),
     (["--preset", "huge"], ["unknown preset 'huge'", "cpu-fmnist"]),
     (["--stop-after-epoch", "0"], ["--stop-after-epoch must be >= 1"]),
+    (["--schedule", "piecewise:0.8,0.4"], ["--schedule must be piecewise, piecewise:M1,M2,..."]),
+    (["--ema", "1.5"], ["--ema must be in (0, 1), got 1.5"]),
+    (["--method", "cfa", "--param", "lambda1=-1", "--val-per-class", "2"], ["cfa: lambda1 must be >= 0"]),
+    (["--method", "cfa", "--param", "delta=2", "--val-per-class", "2"], ["cfa: delta must be in [0, 1]"]),
+    (["--method", "faal", "--init-from", "x", "--param", "r=0"], ["faal: r must be > 0"]),
 ])
 def test_bad_values_fail_before_any_work(extra: list[str], fragments: list[str], fmnist_dir: Path,
                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -210,3 +215,41 @@ def test_resume_with_a_checkpoint_of_another_arch(fmnist_dir: Path, tmp_path: Pa
     assert cli([*common, "--arch", "preact18", "--resume"]) == 2
     assert_one_error_line(capsys, "different config", "arch ('small-cnn' in the checkpoint, 'preact18' now)")
     assert {p: p.read_bytes() for p in files_under(out)} == before  # config.json etc. untouched
+
+
+# ---------------------------------------------------------------- paper presets
+
+@pytest.fixture
+def captured_run(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The RunConfig each `fairbench run` would train (nothing is trained)."""
+    import fairbench.runner
+
+    seen: list = []
+    monkeypatch.setattr(fairbench.runner, "run", lambda cfg, **kwargs: seen.append(cfg))
+    return seen
+
+
+@pytest.mark.parametrize("preset, method, fields", [
+    ("cfa-cifar10", "cfa", {"epochs": 200, "schedule": "piecewise", "val_per_class": 100}),
+    ("wat-cifar10", "wat", {"epochs": 100, "schedule": "piecewise:0.75,0.9", "weight_decay": 2e-4,
+                            "val_per_class": 300}),
+    ("bat-cifar10", "bat", {"epochs": 100, "schedule": "piecewise:0.75,0.9", "weight_decay": 2e-4}),
+    ("dafa-cifar10", "dafa", {"epochs": 110, "schedule": "piecewise:0.90909,0.954545"}),
+    ("faal-cifar10", "faal", {"epochs": 2, "lr": 0.01, "schedule": "piecewise:0.5"}),
+])
+def test_paper_presets_set_the_method_and_its_setting(preset: str, method: str, fields: dict,
+                                                     captured_run: list) -> None:
+    assert cli(["run", "--preset", preset]) == 0
+    (cfg,) = captured_run
+    assert (cfg.method, cfg.dataset, cfg.arch) == (method, "cifar10", "preact18")
+    assert {k: getattr(cfg, k) for k in fields} == fields
+    cfg.validate()
+
+
+def test_preset_parameters_follow_its_method_and_yield_to_the_options(captured_run: list) -> None:
+    assert cli(["run", "--preset", "cfa-cifar10", "--param", "lambda1=0.5", "--epochs", "3"]) == 0
+    assert cli(["run", "--preset", "cfa-cifar10", "--method", "pgd-at", "--ema", "0.85"]) == 0
+    cfa, pgd_at = captured_run
+    assert cfa.params == {"base": "trades", "lambda1": "0.5"} and cfa.epochs == 3
+    assert pgd_at.method == "pgd-at" and pgd_at.params == {} and pgd_at.ema == 0.85
+    assert pgd_at.val_per_class == 100  # the setting stays, the other method's parameters do not

@@ -12,7 +12,7 @@ from fairbench.cli import main
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.models import create_model
-from fairbench.registry import DATASETS, METHODS, MODELS, Registry
+from fairbench.registry import DATASETS, METHODS, MODELS, Registry, register_method
 
 PLUGIN_MODULE = "fairbench_toy_plugin"
 
@@ -136,3 +136,31 @@ def test_plugin_state_does_not_leak() -> None:
     """Runs after the plugin tests (file order): the real registry never saw the plugin."""
     assert "toy-plugin" not in METHODS.names()
     assert PLUGIN_MODULE not in sys.modules
+
+
+# ---------------------------------------------------------------- the registry names methods
+
+def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairbench.method import Method
+
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+
+    class Named(Method):
+        """A method without a name line."""
+
+    register_method("named-by-registry")(Named)
+    assert Named.name == "named-by-registry" and METHODS.get("named-by-registry") is Named
+
+    class Mismatched(Method):
+        """A method that declares another name."""
+
+        name = "something-else"
+
+    with pytest.raises(FairbenchError, match="declares name = 'something-else'"):
+        register_method("mismatched")(Mismatched)
+    with pytest.raises(FairbenchError, match="not a subclass of fairbench.method.Method"):
+        register_method("not-a-method")(lambda: None)
+    assert "mismatched" not in METHODS.names() and "not-a-method" not in METHODS.names()
+    for name in METHODS.names():  # the built-ins carry their registered names
+        assert METHODS.get(name).name == name

@@ -34,6 +34,23 @@ def test_piecewise_schedule_divides_by_ten_at_half_and_three_quarters() -> None:
     assert lrs[75:] == pytest.approx([0.001] * 25)
 
 
+def test_piecewise_milestones_of_the_paper_presets() -> None:
+    """WAT/BAT: /10 at epochs 75 and 90 of 100; DAFA: at 100 and 105 of 110; the default is exact
+    (0.01, not 0.1 ** 2, so that runs made before milestones existed are unchanged)."""
+    wat = [0.1 * lr_factor(e, 100, "piecewise:0.75,0.9") for e in (74, 75, 89, 90, 99)]
+    assert wat == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001])
+    dafa = [lr_factor(e, 110, "piecewise:0.90909,0.954545") for e in (99, 100, 104, 105, 109)]
+    assert dafa == [1.0, 0.1, 0.1, 0.01, 0.01]
+    assert lr_factor(99, 100, "piecewise") == 0.01 and lr_factor(50, 100, "piecewise") == 0.1
+
+
+@pytest.mark.parametrize("schedule", ["piecewise:", "piecewise:0.9,0.5", "piecewise:0.5,0.5", "piecewise:1",
+                                      "piecewise:0", "piecewise:a", "step", "piecewise:0.1,0.2,0.3,0.4,0.5"])
+def test_bad_schedules_are_one_clear_error(schedule: str) -> None:
+    with pytest.raises(FairbenchError, match="--schedule must be piecewise"):
+        RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", schedule=schedule).validate()
+
+
 def test_cosine_schedule() -> None:
     factors = [lr_factor(e, 10, "cosine") for e in range(10)]
     assert factors[0] == 1.0 and factors[5] == pytest.approx(0.5)
@@ -64,6 +81,8 @@ def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
 @pytest.mark.parametrize("schedule, expected", [
     ("piecewise", [0.1, 0.1, 0.01, 0.001]),
     ("cosine", [0.1, 0.1 * (0.5 + 0.5 ** 1.5), 0.05, 0.1 * (0.5 - 0.5 ** 1.5)]),
+    ("piecewise:0.25,0.5,0.75", [0.1, 0.01, 0.001, 0.0001]),
+    ("piecewise:0.9", [0.1, 0.1, 0.1, 0.1]),
 ])
 def test_trainer_applies_the_schedule(tmp_path: Path, schedule: str, expected: list[float]) -> None:
     trainer = tiny_trainer(tmp_path, schedule=schedule)
