@@ -80,8 +80,8 @@ def dro_class_weights(a: torch.Tensor, r: float) -> torch.Tensor:
     grid = torch.linspace(0, 1, POINTS, dtype=torch.float64, device=a.device)
     for _ in range(ROUNDS):  # KL falls as log t grows: keep the bracket around KL = r
         points = lo + (hi - lo) * grid
-        above = (_kl_from_uniform(z, points) > r).sum().clamp(1, POINTS - 1)
-        lo, hi = points[above - 1], points[above]
+        above = (_kl_from_uniform(z, points) > r).sum().clamp(1, POINTS - 1).view(1)
+        lo, hi = points.index_select(0, above - 1)[0], points.index_select(0, above)[0]  # no host sync
     q = 1 / (hi.exp() - z)  # hi's side of the bracket: the KL constraint holds
     p = q / q.sum()
     return torch.where(flat, torch.full_like(p, 1 / k), p).float()
