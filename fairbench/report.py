@@ -26,7 +26,7 @@ THREAT_NAMES = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
 ROBUST_PRECEDENCE = ("autoattack", "union", "pgd20", "clean")
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                  "attack_steps", "val_per_class")
+                  "attack_steps", "val_per_class", "ema", "init_from")
 FINISHED = (None, "complete", "completed", "finished", "done")
 
 

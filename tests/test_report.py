@@ -338,3 +338,20 @@ def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
     assert run_cli(["report", "--results", str(results)]) == 0
     assert not stale.exists() and keep.exists()
     assert sorted(p.name for p in (results / "figures").glob("*.png")) == charts
+
+
+def test_weight_averaging_and_a_starting_run_make_their_own_rows(tmp_path: Path) -> None:
+    """A run evaluated on its EMA (or started from another run) is another experiment: its own row,
+    labelled, never averaged with the plain runs of the same seed."""
+    plain = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55)
+    ema = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.60)
+    ema["training"] = RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", epochs=2,
+                                eps=0.1, step_size=0.025, train_per_class=50, ema=0.85,
+                                eval_per_class=N_PER_CLASS).training_dict() | {"eval_per_class": N_PER_CLASS}
+    for i, doc in enumerate((plain, ema | {"run_id": "ema"})):
+        (tmp_path / "runs" / f"r{i}").mkdir(parents=True)
+        (tmp_path / "runs" / f"r{i}" / "metrics.json").write_text(json.dumps(doc))
+    board = build_leaderboard(tmp_path)
+    (group,) = board.groups
+    assert sorted(row.label for row in group.rows) == ["pgd-at (ema=0.85)", "pgd-at (ema=None)"]
+    assert not board.skipped
