@@ -306,6 +306,10 @@ class Trainer:
         rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
         for stats in self.method.class_stats():  # the saved method state is rank 0's: give it the run's sums
             stats.fold_into_main(self.dist, self.device)
+        if mid_epoch is not None and self.dist.enabled:  # inside an epoch each rank's batch-norm
+            # statistics are its own (DDP syncs them at the next forward, after the next attack)
+            own = {k: v.detach().cpu().clone() for k, v in self.model.named_buffers()}
+            mid_epoch = dict(mid_epoch, buffer_ranks=self.dist.all_gather_object(own))
         path = self.run_dir / CHECKPOINT_FILE
         self.dist.on_main(lambda: self._write_checkpoint(path, where, epochs_done, rngs, mid_epoch))
         self._kept = f"the last good checkpoint {path} ({where}) is kept"
@@ -356,6 +360,7 @@ class Trainer:
             self.averaging.load_state_dict(state["averaged"], str(path))
         if isinstance(state.get("init_source"), dict):  # what the run started from, for its records
             self.cfg = dataclasses.replace(self.cfg, init_source=state["init_source"])
+        self._restore_buffers(state)
         self._restore_rng(state)
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -368,6 +373,14 @@ class Trainer:
         """Epochs logged after the checkpoint was written are redone: their lines go."""
         kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
         atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
+
+    def _restore_buffers(self, state: dict[str, Any]) -> None:
+        """Inside an epoch, with the same number of processes: each rank's own batch-norm statistics."""
+        ranks = (state.get("mid_epoch") or {}).get("buffer_ranks")
+        if isinstance(ranks, list) and len(ranks) == self.dist.world_size:
+            buffers = dict(self.model.named_buffers())
+            for name, value in ranks[self.dist.rank].items():
+                buffers[name].copy_(value)
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Same number of processes: each rank continues its own RNG streams exactly.
