@@ -137,7 +137,7 @@ def report_cmd(
     """Leaderboard tables, class-wise charts and index.html from the runs' metrics.json files."""
     from pathlib import Path
 
-    from fairbench.report import build_leaderboard, write_report
+    from fairbench.report.command import build_leaderboard, write_report
 
     board = build_leaderboard(Path(results))
     if board.skipped:

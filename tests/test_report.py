@@ -27,15 +27,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-import fairbench.report as report_module
+import fairbench.report.model as report_module
 from fairbench.cli import main
 from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
 from fairbench.evaluate import summarize
-from fairbench.report import build_leaderboard
-from fairbench.report_figures import class_wise_figure, render_chart
-from fairbench.report_html import to_html
-from fairbench.report_tables import tex_escape, to_csv, to_latex, to_markdown
+from fairbench.report.model import build_leaderboard
+from fairbench.report.figures import class_wise_figure, render_chart
+from fairbench.report.html import to_html
+from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
 from fairbench.results import SCHEMA_VERSION
 
 N_PER_CLASS = 20
@@ -338,3 +338,18 @@ def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
     assert run_cli(["report", "--results", str(results)]) == 0
     assert not stale.exists() and keep.exists()
     assert sorted(p.name for p in (results / "figures").glob("*.png")) == charts
+
+
+def test_report_package_imports_point_down() -> None:
+    """model at the bottom, renderers above it, the command on top; no module imports one above it."""
+    import ast
+
+    layers = {"model": 0, "figures": 1, "tables": 1, "html": 2, "command": 3}
+    package = Path(report_module.__file__).parent
+    init = ast.parse((package / "__init__.py").read_text())
+    assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    for name, level in layers.items():
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("fairbench.report.")}
+        assert all(layers[m] < level for m in imported), (name, imported)

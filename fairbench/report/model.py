@@ -1,10 +1,11 @@
-"""`fairbench report`: per-class leaderboards built from metrics.json files and nothing else.
+"""The leaderboard's data model: runs read from metrics.json files, grouped and aggregated over seeds.
 
 Runs are grouped by data set, architecture, threat model and training budget; inside a group there
 is one row per method (and non-default parameters), aggregated over seeds. A file that cannot be
 used (unreadable, unknown schema, unfinished run) is listed as skipped and never stops the report.
 The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
-metadata. Rendering lives in `report_tables`, `report_figures` and `report_html`.
+metadata. This module is the bottom of the report package: it imports nothing from it; rendering
+lives in `tables`, `figures` and `html`, the command that writes them in `command`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fairbench.errors import FairbenchError
-from fairbench.results import atomic_write_bytes, ensure_writable, find_metrics, load_metrics
+from fairbench.results import find_metrics, load_metrics
 
 THREAT_ORDER = ("clean", "pgd20", "autoattack", "union")
 THREAT_NAMES = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack", "union": "union"}
@@ -294,40 +295,3 @@ def build_leaderboard(results_dir: Path) -> Leaderboard:
         by_key.setdefault(GroupKey.of(run), []).append(run)
     groups = tuple(build_group(k, by_key[k]) for k in sorted(by_key, key=GroupKey.sort_key))
     return Leaderboard(groups, tuple(skipped), n_files)
-
-
-def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[Leaderboard, str, list[Path]]:
-    """Write every output for ``board`` (default: built from ``results_dir``) into ``results_dir``.
-
-    Returns the leaderboard, its Markdown and the files written.
-    """
-    from fairbench.report_figures import figure_paths, group_slugs, render_chart
-    from fairbench.report_html import to_html
-    from fairbench.report_tables import to_csv, to_latex, to_markdown
-
-    results_dir = Path(results_dir)
-    board = board if board is not None else build_leaderboard(results_dir)
-    if not board.groups:
-        raise FairbenchError(f"no usable metrics.json under {results_dir} "
-                             f"({board.n_files} found, {len(board.skipped)} skipped)")
-    outputs: dict[str, bytes] = {}
-    charts: dict[str, bytes] = {}
-    for group, slug in zip(board.groups, group_slugs(board)):
-        for threat, (png, svg) in figure_paths(group, slug).items():
-            outputs[png], outputs[svg] = render_chart(group, threat)
-            charts[png] = outputs[png]
-    markdown = to_markdown(board)
-    outputs["leaderboard.md"] = markdown.encode()
-    outputs["leaderboard.csv"] = to_csv(board).encode()
-    outputs["leaderboard.tex"] = to_latex(board).encode()
-    outputs["index.html"] = to_html(board, group_slugs(board), charts).encode()
-    ensure_writable(results_dir / "figures")  # one clear line, not an OSError halfway through
-    written = []
-    for rel in sorted(outputs):
-        atomic_write_bytes(results_dir / rel, outputs[rel])
-        written.append(results_dir / rel)
-    for old in sorted((results_dir / "figures").glob("*")):  # charts of groups that are gone
-        if old.is_file() and old.suffix in (".png", ".svg") and old not in written:
-            old.unlink()
-    return board, markdown, written
-

@@ -11,9 +11,9 @@ import base64
 import json
 from html import escape
 
-from fairbench.report import Group, Leaderboard, Row, threat_name
-from fairbench.report_figures import figure_paths
-from fairbench.report_tables import LEGEND, columns, sort_note
+from fairbench.report.model import Group, Leaderboard, Row, threat_name
+from fairbench.report.figures import figure_paths
+from fairbench.report.tables import LEGEND, columns, sort_note
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}

@@ -12,7 +12,7 @@ import io
 import matplotlib
 from matplotlib.figure import Figure
 
-from fairbench.report import Group, Leaderboard, Row, threat_name
+from fairbench.report.model import Group, Leaderboard, Row, threat_name
 
 _RC = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
        "axes.spines.top": False, "axes.spines.right": False}

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from fairbench.report import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
+from fairbench.report.model import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
 
 LEGEND = ("Errors in %, mean ± std over seeds. *avg*: average error; *worst*: the worst class's error "
           "and that class (k/n: the worst in k of n seeds); *spread*: std of the per-class errors. "
