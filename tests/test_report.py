@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import hashlib
 import json
@@ -49,28 +50,52 @@ RUNS = [
     ("fairat", {"fraction": 0.2}, 1, 2, ALL_THREATS, 0.70),
     ("pgd-at", {}, 0, 4, ("clean", "pgd20"), 0.50), ("my_method", {}, 0, 4, ("clean", "pgd20"), 0.80),
 ]
+NO_OUTCOMES = {8}  # older results: my_method's run has no outcomes.csv.gz
 BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
        "runs/unfinished/metrics.json": "unfinished", "runs/running/metrics.json": "unfinished",
        "runs/zcopy/metrics.json": "same experiment and seed"}
 
 
-def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
-    """A metrics.json document with per-class accuracy drawn around ``level`` (robust < clean)."""
-    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
-                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+AA_PER_CLASS = 10  # AutoAttack (and so union) runs on the first 10 test images of each class
+
+
+def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each test image's label and, per threat, its outcome (1 right, 0 wrong, -1 not run), drawn
+    around accuracy ``level`` (robust < clean)."""
     key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
-    labels = torch.arange(10).repeat_interleave(N_PER_CLASS)
-    metrics = {}
+    labels = np.arange(10).repeat(N_PER_CLASS)
+    subset = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS
+    outcomes = {}
     for i, threat in enumerate(threats):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
-        correct = torch.from_numpy(rng.random(len(labels)) < p[labels.numpy()])
-        metrics[threat] = summarize(correct, labels, CLASSES)
+        correct = (rng.random(len(labels)) < p[labels]).astype(np.int8)
+        outcomes[threat] = np.where(subset | (threat in ("clean", "pgd20")), correct, -1)
+    return labels, outcomes
+
+
+def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
+    """A metrics.json document summarizing `simulate`'s outcomes with the evaluator's `summarize`."""
+    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
+                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+    labels, outcomes = simulate(method, params, seed, epochs, threats, level)
+    metrics = {t: summarize(torch.from_numpy(o[o >= 0] == 1), torch.from_numpy(labels[o >= 0]), CLASSES)
+               for t, o in outcomes.items()}
     return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
             "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
             "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
             "training": cfg.training_dict() | {"eval_per_class": N_PER_CLASS}, "classes": list(CLASSES),
             "metrics": metrics, "timing": {"train_s": 1.0}, "env": {"torch": "x"}, "checkpoint": {}}
+
+
+def outcomes_file(labels: np.ndarray, outcomes: dict[str, np.ndarray]) -> bytes:
+    """``outcomes.csv.gz`` bytes: index,label,<threats> with 1, 0 or empty."""
+    header = ["index", "label", *outcomes]
+    lines = [",".join(header)] + [
+        ",".join([str(i), str(label)] + ["" if o[i] < 0 else str(o[i]) for o in outcomes.values()])
+        for i, label in enumerate(labels)]
+    return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,6 +113,8 @@ def write_results(root: Path) -> Path:
         folder = root / "runs" / f"run{i}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(record(*spec), indent=2))
+        if i not in NO_OUTCOMES:
+            (folder / "outcomes.csv.gz").write_bytes(outcomes_file(*simulate(*spec)))
     bad = {"broken": '{"schema_version": 1, "run_id": "x", "metr',
            "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
            "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
@@ -175,7 +202,7 @@ def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, 
     assert len(table_rows) == 6
     assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
     figures = sorted(p.name for p in (results / "figures").iterdir())
-    assert len(figures) == 2 * (4 + 2)
+    assert len(figures) == 2 * (4 + 2 + 2)  # per group: a chart per threat and the trade-off figure
     assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
     assert (results / "index.html").stat().st_size > 10_000
 
@@ -197,7 +224,7 @@ def test_latex_is_booktabs_and_escaped(reported: tuple[Path, str, str]) -> None:
     tex = (results / "leaderboard.tex").read_text()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
         assert tex.count(rule) == 2, rule
-    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){15-18}" in tex
+    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){22-27}" in tex
     assert tex_escape("a_b & 5% #1 {x}") == r"a\_b \& 5\% \#1 \{x\}"
 
 
@@ -280,7 +307,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
         shown = [float(c[keys.index("clean_avg")]) for c in cells]
         assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
-    assert dom.count("data:image/png;base64,") == 4 + 2
+    assert dom.count("data:image/png;base64,") == 4 + 2 + 2
     shot = tmp_path / "shot.png"
     _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
@@ -341,10 +368,12 @@ def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
 
 
 def test_report_package_imports_point_down() -> None:
-    """model at the bottom, renderers above it, the command on top; no module imports one above it."""
+    """stats (pure numpy) and the outcomes reader at the bottom, then model, intervals, renderers and the
+    command on top; no module imports one above it, and stats imports nothing of the package."""
     import ast
 
-    layers = {"model": 0, "figures": 1, "tables": 1, "html": 2, "command": 3}
+    layers = {"stats": 0, "outcomes": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "html": 4,
+              "command": 5}
     package = Path(report_module.__file__).parent
     init = ast.parse((package / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]

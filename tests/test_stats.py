@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fairbench.evaluate import summarize
-from fairbench.report_stats import N_RESAMPLES, Delta, bootstrap_threat, tied_ranks
+from fairbench.report.stats import N_RESAMPLES, Delta, bootstrap_threat, tied_ranks
 
 K = 10
 # True class errors: class 9 is clearly the worst, so the worst-class error has a known value.

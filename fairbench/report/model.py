@@ -4,8 +4,9 @@ Runs are grouped by data set, architecture, threat model and training budget; in
 is one row per method (and non-default parameters), aggregated over seeds. A file that cannot be
 used (unreadable, unknown schema, unfinished run) is listed as skipped and never stops the report.
 The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
-metadata. This module is the bottom of the report package: it imports nothing from it; rendering
-lives in `tables`, `figures` and `html`, the command that writes them in `command`.
+metadata. This module is the bottom of the report package (it imports only the pure `stats`);
+`intervals` adds the bootstrap from the runs' outcomes, rendering lives in `tables`, `figures`
+and `html`, the command that writes them in `command`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import json
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from fairbench.errors import FairbenchError
+from fairbench.report.stats import RowStats, tied_ranks
 from fairbench.results import find_metrics, load_metrics
 
 THREAT_ORDER = ("clean", "pgd20", "autoattack", "union")
@@ -133,6 +135,7 @@ class ThreatSummary:
     worst_class: str  # the class that is worst in most seeds
     worst_class_votes: int  # in how many seeds it is the worst
     per_class: tuple[Stat | None, ...]  # error per class, for the charts
+    ci: RowStats | None = None  # bootstrap intervals from the outcomes (`report.intervals`)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Row:
     method: str
     runs: tuple[Run, ...]
     threats: dict[str, ThreatSummary]
+    rank: int | None = None  # None: the row lacks the threat the group is ranked by
 
     @property
     def seeds(self) -> list[Any]:
@@ -153,6 +157,7 @@ class Group:
     threats: tuple[str, ...]
     sort_threat: str
     rows: tuple[Row, ...]
+    baseline: str | None = None  # the label of the row the others are compared with
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ class Leaderboard:
     groups: tuple[Group, ...]
     skipped: tuple[tuple[str, str], ...]  # (path, reason)
     n_files: int
+    warnings: tuple[str, ...] = ()
 
 
 def _check_usable(data: dict[str, Any]) -> None:
@@ -276,11 +282,31 @@ def build_group(key: GroupKey, runs: list[Run]) -> Group:
     in_any = [t for t in ROBUST_PRECEDENCE if any(t in row.threats for row in rows)]
     sort_threat = (in_all or in_any or [threats[0]])[0]
 
-    def order(row: Row) -> tuple:
-        s = row.threats.get(sort_threat)
-        return (s is None, s.worst.mean if s else 0.0, s.avg.mean if s else 0.0, row.label)
+    return rank_rows(Group(key, threats, sort_threat, tuple(rows)))
 
-    return Group(key, threats, sort_threat, tuple(sorted(rows, key=order)))
+
+def rank_rows(group: Group) -> Group:
+    """The group with its rows ranked and sorted by worst-class error under its sort threat.
+
+    Ranks admit ties (`stats.tied_ranks`): a row whose interval (``ThreatSummary.ci``) overlaps the
+    best row's shares its rank; rows without intervals tie only on equal values. Rows are sorted by
+    rank, then worst-class error, average error and label; rows without the threat come last.
+    """
+    def value(row: Row, field: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s, field).mean if s else None
+
+    def bound(row: Row, end: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s.ci.worst, end) if s and s.ci else None
+
+    rows = group.rows
+    ranks = tied_ranks([value(r, "worst") for r in rows], [bound(r, "lo") for r in rows],
+                       [bound(r, "hi") for r in rows])
+    ranked = [replace(row, rank=rank) for row, rank in zip(rows, ranks)]
+    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, "worst") or 0.0, value(r, "avg") or 0.0,
+                               r.label))
+    return replace(group, rows=tuple(ranked))
 
 
 def build_leaderboard(results_dir: Path) -> Leaderboard:
