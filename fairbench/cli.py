@@ -144,6 +144,10 @@ def report_cmd(
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:
             typer.echo(f"  {path}: {why}", err=True)
+    if board.warnings:
+        typer.echo(f"warning: {len(board.warnings)} run(s) reported without intervals:", err=True)
+        for path, why in board.warnings:
+            typer.echo(f"  {path}: {why}", err=True)
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")

@@ -31,12 +31,11 @@ import fairbench.report.model as report_module
 from fairbench.cli import main
 from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
-from fairbench.evaluate import summarize
+from fairbench.schema import SCHEMA_VERSION, summarize
 from fairbench.report.model import build_leaderboard
 from fairbench.report.figures import class_wise_figure, render_chart
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
-from fairbench.results import SCHEMA_VERSION
 
 N_PER_CLASS = 20
 ALL_THREATS = ("clean", "pgd20", "autoattack", "union")
@@ -47,7 +46,8 @@ RUNS = [
     ("trades", {"beta": 3.0}, 0, 2, ALL_THREATS, 0.45),
     ("fairat", {"fraction": 0.2}, 0, 2, ALL_THREATS, 0.75),
     ("fairat", {"fraction": 0.2}, 1, 2, ALL_THREATS, 0.70),
-    ("pgd-at", {}, 0, 4, ("clean", "pgd20"), 0.50), ("my_method", {}, 0, 4, ("clean", "pgd20"), 0.80),
+    ("pgd-at", {}, 0, 4, ("clean", "pgd20", "union"), 0.50),
+    ("my_method", {}, 0, 4, ("clean", "pgd20", "union"), 0.80),
 ]
 BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
        "runs/unfinished/metrics.json": "unfinished", "runs/running/metrics.json": "unfinished",
@@ -65,7 +65,7 @@ def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, le
     for i, threat in enumerate(threats):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
         correct = torch.from_numpy(rng.random(len(labels)) < p[labels.numpy()])
-        metrics[threat] = summarize(correct, labels, CLASSES)
+        metrics[threat] = summarize(correct, labels, CLASSES).to_json()
     return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
             "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
             "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
@@ -150,8 +150,8 @@ def test_groups_rows_and_seed_aggregates(results: Path) -> None:
 
 def test_sorted_by_worst_class_robust_error(results: Path) -> None:
     a, b = build_leaderboard(results).groups
-    assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20")
-    assert (a.sort_threat, b.sort_threat) == ("autoattack", "pgd20")
+    assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20", "union")
+    assert (a.sort_threat, b.sort_threat) == ("autoattack", "union")
     for group in (a, b):
         worst = [r.threats[group.sort_threat].worst.mean for r in group.rows]
         assert worst == sorted(worst) and len(set(worst)) == len(worst)
@@ -175,7 +175,7 @@ def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, 
     assert len(table_rows) == 6
     assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
     figures = sorted(p.name for p in (results / "figures").iterdir())
-    assert len(figures) == 2 * (4 + 2)
+    assert len(figures) == 2 * (4 + 3)
     assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
     assert (results / "index.html").stat().st_size > 10_000
 
@@ -280,7 +280,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
         shown = [float(c[keys.index("clean_avg")]) for c in cells]
         assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
-    assert dom.count("data:image/png;base64,") == 4 + 2
+    assert dom.count("data:image/png;base64,") == 4 + 3
     shot = tmp_path / "shot.png"
     _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
@@ -328,16 +328,19 @@ def test_any_corrupted_field_is_used_or_skipped_never_a_crash(which: int, value:
 
 
 def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
-    """A rerun after a group's runs were deleted leaves no chart of that group behind."""
+    """A rerun after a group's runs were deleted leaves no chart of that group behind, and removes
+    nothing else: not a user's own chart, not a chart of ours that was edited since."""
     assert run_cli(["report", "--results", str(results)]) == 0
-    stale = results / "figures" / "some-old-group_pgd20.png"
-    stale.write_bytes(b"old")
-    keep = results / "figures" / "notes.txt"  # not a chart: not ours to delete
-    keep.write_text("mine")
-    charts = sorted(p.name for p in (results / "figures").glob("*.png") if p != stale)
+    figures = results / "figures"
+    first = sorted(p.name for p in figures.iterdir())
+    mine = figures / "my_paper_plot.png"  # a user's own file, in the report's folder
+    mine.write_bytes(b"mine")
+    shutil.rmtree(results / "runs" / "run7"), shutil.rmtree(results / "runs" / "run8")  # group B
+    edited = next(figures.glob("*_e4_*_clean.svg"))
+    edited.write_text(edited.read_text() + "<!-- my edit -->")
     assert run_cli(["report", "--results", str(results)]) == 0
-    assert not stale.exists() and keep.exists()
-    assert sorted(p.name for p in (results / "figures").glob("*.png")) == charts
+    left = sorted(p.name for p in figures.iterdir())
+    assert left == sorted([n for n in first if "_e4_" not in n] + [mine.name, edited.name])
 
 
 def test_report_package_imports_point_down() -> None:
