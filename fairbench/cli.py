@@ -146,8 +146,8 @@ def report_cmd(
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:
             typer.echo(f"  {path}: {why}", err=True)
-    for warning in board.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    for path, why in board.warnings:
+        typer.echo(f"warning: {path}: {why}", err=True)
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")

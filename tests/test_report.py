@@ -1,14 +1,14 @@
 """`fairbench report`: grouping, seed aggregation, sorting, skipped files, charts, purity, HTML.
 
-The metrics.json files are synthetic but built with the evaluator's own `summarize` and the
-config's own `training_dict`, so they have exactly the shape real runs write.
+The results are synthetic per-example outcomes (AutoAttack on a class-balanced subset, as the
+standard protocol runs it), summarized and written by the schema's own builders, with the config's
+own `training_dict`, so metrics.json and outcomes.csv.gz have exactly the shape real runs write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import io
 import hashlib
 import json
@@ -32,12 +32,12 @@ import fairbench.report.model as report_module
 from fairbench.cli import main
 from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
-from fairbench.evaluate import summarize
+from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, make_outcomes, metrics_from_outcomes,
+                              outcomes_bytes)
 from fairbench.report.model import build_leaderboard
 from fairbench.report.figures import class_wise_figure, render_chart
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
-from fairbench.results import SCHEMA_VERSION
 
 N_PER_CLASS = 20
 ALL_THREATS = ("clean", "pgd20", "autoattack", "union")
@@ -48,7 +48,8 @@ RUNS = [
     ("trades", {"beta": 3.0}, 0, 2, ALL_THREATS, 0.45),
     ("fairat", {"fraction": 0.2}, 0, 2, ALL_THREATS, 0.75),
     ("fairat", {"fraction": 0.2}, 1, 2, ALL_THREATS, 0.70),
-    ("pgd-at", {}, 0, 4, ("clean", "pgd20"), 0.50), ("my_method", {}, 0, 4, ("clean", "pgd20"), 0.80),
+    ("pgd-at", {}, 0, 4, ("clean", "pgd20", "union"), 0.50),
+    ("my_method", {}, 0, 4, ("clean", "pgd20", "union"), 0.80),
 ]
 NO_OUTCOMES = {8}  # older results: my_method's run has no outcomes.csv.gz
 BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
@@ -59,43 +60,33 @@ BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "un
 AA_PER_CLASS = 10  # AutoAttack (and so union) runs on the first 10 test images of each class
 
 
-def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float
-             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Each test image's label and, per threat, its outcome (1 right, 0 wrong, -1 not run), drawn
-    around accuracy ``level`` (robust < clean)."""
+def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> Outcomes:
+    """Per-example outcomes drawn around accuracy ``level``, robust < clean per example (each attack
+    keeps a clean-correct image right with some probability); AutoAttack runs on the first
+    `AA_PER_CLASS` test images of each class; union is derived."""
     key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
     labels = np.arange(10).repeat(N_PER_CLASS)
-    subset = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS
-    outcomes = {}
-    for i, threat in enumerate(threats):
+    correct, ran = {}, {}
+    for i, threat in enumerate(t for t in threats if t != UNION):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
-        correct = (rng.random(len(labels)) < p[labels]).astype(np.int8)
-        outcomes[threat] = np.where(subset | (threat in ("clean", "pgd20")), correct, -1)
-    return labels, outcomes
+        draw = rng.random(len(labels)) < p[labels]
+        correct[threat] = draw if threat == "clean" else draw & correct["clean"]
+        ran[threat] = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS if threat == "autoattack" else None
+    return make_outcomes(np.arange(len(labels)), labels, correct, ran)
 
 
 def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
-    """A metrics.json document summarizing `simulate`'s outcomes with the evaluator's `summarize`."""
+    """A metrics.json document: the schema's metrics of `simulate`'s outcomes."""
     cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
                     eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
-    labels, outcomes = simulate(method, params, seed, epochs, threats, level)
-    metrics = {t: summarize(torch.from_numpy(o[o >= 0] == 1), torch.from_numpy(labels[o >= 0]), CLASSES)
-               for t, o in outcomes.items()}
+    outcomes = simulate(method, params, seed, epochs, threats, level)
+    metrics = {t: m.to_json() for t, m in metrics_from_outcomes(outcomes, CLASSES).items()}
     return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
             "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
             "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
             "training": cfg.training_dict() | {"eval_per_class": N_PER_CLASS}, "classes": list(CLASSES),
             "metrics": metrics, "timing": {"train_s": 1.0}, "env": {"torch": "x"}, "checkpoint": {}}
-
-
-def outcomes_file(labels: np.ndarray, outcomes: dict[str, np.ndarray]) -> bytes:
-    """``outcomes.csv.gz`` bytes: index,label,<threats> with 1, 0 or empty."""
-    header = ["index", "label", *outcomes]
-    lines = [",".join(header)] + [
-        ",".join([str(i), str(label)] + ["" if o[i] < 0 else str(o[i]) for o in outcomes.values()])
-        for i, label in enumerate(labels)]
-    return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -114,7 +105,7 @@ def write_results(root: Path) -> Path:
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(record(*spec), indent=2))
         if i not in NO_OUTCOMES:
-            (folder / "outcomes.csv.gz").write_bytes(outcomes_file(*simulate(*spec)))
+            (folder / OUTCOMES_FILE).write_bytes(outcomes_bytes(simulate(*spec)))
     bad = {"broken": '{"schema_version": 1, "run_id": "x", "metr',
            "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
            "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
@@ -167,7 +158,7 @@ def test_groups_rows_and_seed_aggregates(results: Path) -> None:
     s = pgd.threats["autoattack"]
     assert s.worst.mean == pytest.approx(np.mean(worst)) and s.worst.std == pytest.approx(np.std(worst, ddof=1))
     assert s.avg.mean == pytest.approx(np.mean([1 - np.mean(m["per_class"]) for m in aa]))
-    assert s.spread.mean == pytest.approx(np.mean([np.std(m["per_class"]) for m in aa]))
+    assert s.spread.mean == pytest.approx(np.mean([np.std(m["per_class"]) for m in aa]), abs=1e-6)
     per_class = np.mean([[1 - v for v in m["per_class"]] for m in aa], axis=0)
     assert [x.mean for x in s.per_class] == pytest.approx(list(per_class))
     assert s.worst_class in {m["worst_class"] for m in aa}
@@ -177,11 +168,14 @@ def test_groups_rows_and_seed_aggregates(results: Path) -> None:
 
 def test_sorted_by_worst_class_robust_error(results: Path) -> None:
     a, b = build_leaderboard(results).groups
-    assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20")
-    assert (a.sort_threat, b.sort_threat) == ("autoattack", "pgd20")
+    assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20", "union")
+    assert (a.sort_threat, b.sort_threat) == ("autoattack", "union")
     for group in (a, b):
-        worst = [r.threats[group.sort_threat].worst.mean for r in group.rows]
+        worst = [(r.threats[group.sort_threat].worst.mean, r.threats[group.sort_threat].avg.mean)
+                 for r in group.rows]
         assert worst == sorted(worst) and len(set(worst)) == len(worst)
+        # without intervals (no outcomes read), only equal worst-class errors tie
+        assert [r.rank for r in group.rows] == [1 + [w for w, _ in worst].index(w) for w, _ in worst]
 
 
 def test_bad_files_are_listed_and_skipped(reported: tuple[Path, str, str]) -> None:
@@ -202,7 +196,7 @@ def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, 
     assert len(table_rows) == 6
     assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
     figures = sorted(p.name for p in (results / "figures").iterdir())
-    assert len(figures) == 2 * (4 + 2 + 2)  # per group: a chart per threat and the trade-off figure
+    assert len(figures) == 2 * (4 + 3 + 2)  # per group: a chart per threat and the trade-off figure
     assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
     assert (results / "index.html").stat().st_size > 10_000
 
@@ -307,7 +301,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
         shown = [float(c[keys.index("clean_avg")]) for c in cells]
         assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
-    assert dom.count("data:image/png;base64,") == 4 + 2 + 2
+    assert dom.count("data:image/png;base64,") == 4 + 3 + 2
     shot = tmp_path / "shot.png"
     _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
@@ -355,25 +349,27 @@ def test_any_corrupted_field_is_used_or_skipped_never_a_crash(which: int, value:
 
 
 def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
-    """A rerun after a group's runs were deleted leaves no chart of that group behind."""
+    """A rerun after a group's runs were deleted leaves no chart of that group behind, and removes
+    nothing else: not a user's own chart, not a chart of ours that was edited since."""
     assert run_cli(["report", "--results", str(results)]) == 0
-    stale = results / "figures" / "some-old-group_pgd20.png"
-    stale.write_bytes(b"old")
-    keep = results / "figures" / "notes.txt"  # not a chart: not ours to delete
-    keep.write_text("mine")
-    charts = sorted(p.name for p in (results / "figures").glob("*.png") if p != stale)
+    figures = results / "figures"
+    first = sorted(p.name for p in figures.iterdir())
+    mine = figures / "my_paper_plot.png"  # a user's own file, in the report's folder
+    mine.write_bytes(b"mine")
+    shutil.rmtree(results / "runs" / "run7"), shutil.rmtree(results / "runs" / "run8")  # group B
+    edited = next(figures.glob("*_e4_*_clean.svg"))
+    edited.write_text(edited.read_text() + "<!-- my edit -->")
     assert run_cli(["report", "--results", str(results)]) == 0
-    assert not stale.exists() and keep.exists()
-    assert sorted(p.name for p in (results / "figures").glob("*.png")) == charts
+    left = sorted(p.name for p in figures.iterdir())
+    assert left == sorted([n for n in first if "_e4_" not in n] + [mine.name, edited.name])
 
 
 def test_report_package_imports_point_down() -> None:
-    """stats (pure numpy) and the outcomes reader at the bottom, then model, intervals, renderers and the
-    command on top; no module imports one above it, and stats imports nothing of the package."""
+    """stats (pure numpy) at the bottom, then model, intervals, renderers and the command on top; no
+    module imports one above it, and stats imports nothing of the package."""
     import ast
 
-    layers = {"stats": 0, "outcomes": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "html": 4,
-              "command": 5}
+    layers = {"stats": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "html": 4, "command": 5}
     package = Path(report_module.__file__).parent
     init = ast.parse((package / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]

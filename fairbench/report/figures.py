@@ -14,11 +14,13 @@ from typing import Callable
 import matplotlib
 from matplotlib.figure import Figure
 
-from fairbench.report.model import Group, Leaderboard, Row, threat_name
+from fairbench.report.model import Group, Leaderboard, Row, slug, threat_name
 from fairbench.report.stats import Interval
 
+# text.parse_math off: a "$" in a class or method name is a dollar sign, never mathtext
 _RC = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
-       "axes.spines.top": False, "axes.spines.right": False}
+       "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False,
+       "text.usetex": False}
 _PNG_META = {"Software": None}
 _SVG_META = {"Date": None, "Creator": "fairbench"}
 DPI = 110
@@ -29,17 +31,20 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def figure_paths(group: Group, slug: str) -> dict[str, tuple[str, str]]:
-    """Per threat, the PNG and SVG paths of its class-wise chart, relative to the results folder."""
-    return {t: (f"figures/{slug}_{t}.png", f"figures/{slug}_{t}.svg") for t in group.threats}
+def figure_paths(group: Group, stem: str) -> dict[str, tuple[str, str]]:
+    """Per threat, the PNG and SVG paths of its class-wise chart, relative to the results folder;
+    ``stem`` is one of `group_slugs`, and every file name is a `slug`."""
+    return {t: (f"figures/{stem}_{slug(t)}.png", f"figures/{stem}_{slug(t)}.svg") for t in group.threats}
 
 
 def group_slugs(board: Leaderboard) -> list[str]:
     """File-name stems per group, made unique (two groups differing only in class names)."""
     slugs: list[str] = []
     for group in board.groups:
-        slug = group.key.slug()
-        slugs.append(slug if slug not in slugs else f"{slug}-{sum(s.startswith(slug) for s in slugs) + 1}")
+        stem, n = group.key.slug(), 1
+        while (name := stem if n == 1 else f"{stem}-{n}") in slugs:
+            n += 1
+        slugs.append(name)
     return slugs
 
 

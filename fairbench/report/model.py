@@ -12,29 +12,36 @@ and `html`, the command that writes them in `command`.
 from __future__ import annotations
 
 import json
-import math
-import statistics
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
 
 from fairbench.errors import FairbenchError
 from fairbench.report.stats import RowStats, tied_ranks
-from fairbench.results import find_metrics, load_metrics
+from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
+                              read_outcomes, threat_columns)
+from fairbench.threats import threat_label
 
-THREAT_ORDER = ("clean", "pgd20", "autoattack", "union")
-THREAT_NAMES = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack", "union": "union"}
-# A group is sorted by the worst-class error under the first of these that every row has.
-ROBUST_PRECEDENCE = ("autoattack", "union", "pgd20", "clean")
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
                   "attack_steps", "val_per_class")
-FINISHED = (None, "complete", "completed", "finished", "done")
 
 
 def threat_name(threat: str) -> str:
-    return THREAT_NAMES.get(threat, threat)
+    """The label people read for a (validated, hence registered) threat name."""
+    return threat_label(threat)
+
+
+def robust_precedence() -> tuple[str, ...]:
+    """A group is sorted by the worst-class error under the first of these that every row has:
+    the strongest registered attack, then the union, then the other attacks, then clean."""
+    from fairbench.threats import get_threat
+
+    attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
+    return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
+                                                               if t != UNION and t not in attacks)
 
 
 def fmt_value(value: Any) -> str:
@@ -44,30 +51,36 @@ def fmt_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
 class Run:
-    """One usable metrics.json; ``path`` is relative to the results folder (POSIX)."""
+    """One validated result: ``path`` (of its metrics.json, relative to the results folder, POSIX),
+    its record, and its per-example outcomes (None for results written before outcomes existed)."""
 
     path: str
-    data: dict[str, Any]
+    record: RunRecord
+    outcomes: Outcomes | None = None
 
     @property
     def training(self) -> dict[str, Any]:
-        training = self.data.get("training")
-        return training if isinstance(training, dict) else {}
+        return self.record.training
 
     @property
-    def seed(self) -> Any:
-        return self.data.get("seed")
+    def seed(self) -> int:
+        return self.record.seed
 
     def identity(self) -> tuple[str, str, str]:
         """What makes two runs the same experiment up to the seed (inside one group)."""
         extra = {k: self.training.get(k) for k in EXTRA_TRAINING}
-        return self.data["method"], _canon(self.data.get("params") or {}), _canon(extra)
+        return self.record.method, _canon(self.record.params), _canon(extra)
 
 
 @dataclass(frozen=True)
@@ -82,13 +95,13 @@ class GroupKey:
     train_per_class: int | None
     eval_per_class: int | None
     classes: tuple[str, ...]
+    select: str = "last"
 
     @classmethod
     def of(cls, run: Run) -> "GroupKey":
-        d, t = run.data, run.training
-        return cls(d["dataset"], d["arch"], str(d["threat"].get("norm", "Linf")),
-                   round(float(d["threat"]["eps"]), 8), t.get("epochs", d.get("epochs")),
-                   t.get("train_per_class"), t.get("eval_per_class"), tuple(d["classes"]))
+        r, t = run.record, run.training
+        return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), t.get("epochs", r.epochs),
+                   t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select)
 
     def label(self) -> str:
         eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
@@ -97,16 +110,29 @@ class GroupKey:
         test = f"{self.eval_per_class} test/class" if self.eval_per_class else "full test set"
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
             else "epochs unknown"
-        return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}"
+        select = "" if self.select == "last" else f" · {self.select} selection"
+        return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}{select}"
 
     def slug(self) -> str:
         text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
-                f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}")
-        return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).lower()
+                f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
+                + ("" if self.select == "last" else f"_{self.select}"))
+        return slug(text)
 
     def sort_key(self) -> tuple:
         return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
-                self.train_per_class or 0, self.eval_per_class or 0, self.classes)
+                self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select)
+
+
+SLUG_MAX = 80
+
+
+def slug(text: str) -> str:
+    """A file-name stem from the allow-list ``[a-z0-9._-]``: at most `SLUG_MAX` characters, never
+    starting with ``.`` or ``-`` (so never ``..``, a hidden file or an option), never empty."""
+    out = "".join(c if c in "abcdefghijklmnopqrstuvwxyz0123456789._-" else "-" for c in text.lower())
+    out = out[:SLUG_MAX].lstrip(".-")
+    return out or "x"
 
 
 @dataclass(frozen=True)
@@ -118,11 +144,11 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> "Stat | None":
-        vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-        if not vals:
+    def of(cls, agg: pd.Series) -> "Stat | None":
+        """From a row of ``.agg(["mean", "std", "count"])`` (NaN values were left out)."""
+        if not agg["count"]:
             return None
-        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+        return cls(float(agg["mean"]), None if agg["count"] < 2 else float(agg["std"]), int(agg["count"]))
 
 
 @dataclass(frozen=True)
@@ -163,74 +189,65 @@ class Group:
 @dataclass(frozen=True)
 class Leaderboard:
     groups: tuple[Group, ...]
-    skipped: tuple[tuple[str, str], ...]  # (path, reason)
+    skipped: tuple[tuple[str, str], ...]  # (path, reason): files the report could not use
     n_files: int
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[tuple[str, str], ...] = ()  # (path, what): runs used, with something missing
 
 
-def _check_usable(data: dict[str, Any]) -> None:
-    """Beyond `load_metrics`: a finished run with every field the report reads, of the right type."""
-    if data.get("status") not in FINISHED or not data["metrics"]:
-        raise FairbenchError(f"unfinished run (status {data.get('status')!r}, "
-                             f"{len(data['metrics'])} threat(s) evaluated)")
-    classes, threat, training = data["classes"], data.get("threat"), data.get("training", {})
-    if not classes or not all(isinstance(c, str) for c in classes):
-        raise FairbenchError("'classes' must be a non-empty list of names")
-    if not (isinstance(threat, dict) and _finite(threat.get("eps")) and isinstance(threat.get("norm", ""), str)):
-        raise FairbenchError("field 'threat' needs a numeric 'eps' and a 'norm' name")
-    budget = [data.get("epochs")] + ([training.get(k) for k in ("epochs", "train_per_class", "eval_per_class")]
-                                     if isinstance(training, dict) else [""])
-    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in budget):
-        raise FairbenchError("'training' must be an object with whole-number epochs and per-class counts")
-    if not isinstance(data.get("params") or {}, dict):
-        raise FairbenchError("field 'params' is not an object")
-    for name, m in data["metrics"].items():
-        if not (isinstance(m, dict) and isinstance(m.get("per_class"), list)
-                and len(m["per_class"]) == len(classes)
-                and all(v is None or _finite(v) or v != v for v in m["per_class"])  # NaN: class absent
-                and all(_finite(m.get(k)) for k in ("avg", "worst", "std"))
-                and m.get("worst_class") in classes):
-            raise FairbenchError(f"metrics.{name} lacks per_class/avg/worst/worst_class/std for "
-                                 f"{len(classes)} classes")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], int]:
-    """Every usable metrics.json under ``results_dir`` (sorted by path), the skipped ones, the count."""
-    runs, skipped, seen = [], [], {}
+def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]], int]:
+    """Every usable result under ``results_dir`` (sorted by path), the skipped files with why, the
+    runs used without outcomes, and how many metrics.json files there were."""
+    runs, skipped, warnings, seen = [], [], [], {}
     paths = find_metrics(results_dir)
     for path in paths:
-        rel = path.relative_to(results_dir).as_posix()
+        rel = printable(path.relative_to(results_dir).as_posix())
         try:
-            data = load_metrics(path)
-            _check_usable(data)
+            record = read_metrics(path)
+            outcomes = read_outcomes(path.parent / OUTCOMES_FILE, record)
         except FairbenchError as exc:
-            skipped.append((rel, str(exc).removeprefix(f"{path}: ")))
+            why = str(exc).replace(f"{path.parent}/", "").removeprefix(f"{path.name}: ")
+            skipped.append((rel, printable(why)))
             continue
-        run = Run(rel, data)
-        dup = (GroupKey.of(run), run.identity(), _canon(run.seed))
+        run = Run(rel, record, outcomes)
+        dup = (GroupKey.of(run), run.identity(), run.seed)
         if dup in seen:
             skipped.append((rel, f"same experiment and seed as {seen[dup]}"))
             continue
         seen[dup] = rel
+        if outcomes is None:
+            warnings.append((rel, f"no {OUTCOMES_FILE}: reported without intervals"))
         runs.append(run)
-    return runs, skipped, len(paths)
+    return runs, skipped, warnings, len(paths)
 
 
-def _summarize(runs: list[Run], threat: str, classes: tuple[str, ...]) -> ThreatSummary | None:
-    ms = [r.data["metrics"][threat] for r in runs if threat in r.data["metrics"]]
-    if not ms:
-        return None
-    per_class = tuple(Stat.of(None if m["per_class"][i] is None else 1 - m["per_class"][i] for m in ms)
-                      for i in range(len(classes)))
-    votes = Counter(m["worst_class"] for m in ms)
-    mean_err = {c: (s.mean if s else -1.0) for c, s in zip(classes, per_class)}
-    worst_class = max(votes, key=lambda c: (votes[c], mean_err[c], c))
-    return ThreatSummary(Stat.of(1 - m["avg"] for m in ms), Stat.of(1 - m["worst"] for m in ms),
-                         Stat.of(m["std"] for m in ms), worst_class, votes[worst_class], per_class)
+TIDY = ["run", "threat", "class_index", "error", "avg_err", "worst_err", "spread", "worst_class"]
+
+
+def tidy(runs: Sequence[Run]) -> pd.DataFrame:
+    """The leaderboard's data: one row per run, threat and class (``run`` is a position in
+    ``runs``); a class's error, and the run's average and worst-class error and spread."""
+    return pd.DataFrame([(i, t, j, 1 - acc, 1 - m.avg, 1 - m.worst, m.std, m.worst_class)
+                         for i, run in enumerate(runs) for t, m in run.record.metrics.items()
+                         for j, acc in enumerate(m.per_class)], columns=TIDY)
+
+
+def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: Sequence[str]
+                   ) -> dict[tuple[int, str], ThreatSummary]:
+    """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
+    data = data.assign(row=[row_of_run[i] for i in data["run"]])
+    per_run = data.drop_duplicates(["run", "threat"])
+    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(["mean", "std", "count"])
+    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(["mean", "std", "count"])
+    votes = per_run.groupby(["row", "threat"])["worst_class"].value_counts()
+    out = {}
+    for (row, threat), stats in over_seeds.iterrows():
+        classes = [Stat.of(c) for _, c in per_class.loc[(row, threat)].iterrows()]
+        counts = votes.loc[(row, threat)]
+        err = {name: (c.mean if c else -1.0) for name, c in zip(class_names, classes)}  # breaks ties
+        worst = max(counts.index, key=lambda c: (counts[c], err[c], c))
+        out[row, threat] = ThreatSummary(Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]),
+                                         Stat.of(stats["spread"]), worst, int(counts[worst]), tuple(classes))
+    return out
 
 
 def _method_defaults(method: str) -> dict[str, Any] | None:
@@ -247,10 +264,10 @@ def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, s
     varying = [f for f in EXTRA_TRAINING if len({_canon(rs[0].training.get(f)) for rs in buckets.values()}) > 1]
     labels: dict[tuple[str, str, str], str] = {}
     for ident, rs in buckets.items():
-        method, params = ident[0], rs[0].data.get("params") or {}
+        method, params = ident[0], rs[0].record.params
         defaults = _method_defaults(method)
         if defaults is None:  # unknown defaults: show what varies between this method's rows
-            same = [b[0].data.get("params") or {} for i, b in buckets.items() if i[0] == method]
+            same = [b[0].record.params for i, b in buckets.items() if i[0] == method]
             shown = [k for k in sorted(params) if len({_canon(p.get(k)) for p in same}) > 1]
         else:
             shown = [k for k in sorted(params) if k not in defaults or _canon(params[k]) != _canon(defaults[k])]
@@ -264,7 +281,7 @@ def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, s
 
 def ordered_threats(names: Iterable[str]) -> tuple[str, ...]:
     names = set(names)
-    return tuple(t for t in THREAT_ORDER if t in names) + tuple(sorted(names - set(THREAT_ORDER)))
+    return tuple(t for t in threat_columns() if t in names)
 
 
 def build_group(key: GroupKey, runs: list[Run]) -> Group:
@@ -273,13 +290,14 @@ def build_group(key: GroupKey, runs: list[Run]) -> Group:
     for run in runs:
         buckets.setdefault(run.identity(), []).append(run)
     labels = _labels(buckets)
-    threats = ordered_threats(t for r in runs for t in r.data["metrics"])
-    rows = []
-    for ident, rs in buckets.items():
-        summaries = {t: s for t in threats if (s := _summarize(rs, t, key.classes)) is not None}
-        rows.append(Row(labels[ident], ident[0], tuple(rs), summaries))
-    in_all = [t for t in ROBUST_PRECEDENCE if all(t in row.threats for row in rows)]
-    in_any = [t for t in ROBUST_PRECEDENCE if any(t in row.threats for row in rows)]
+    ordered = [r for rs in buckets.values() for r in rs]
+    row_of_run = [i for i, rs in enumerate(buckets.values()) for _ in rs]
+    summaries = summarize_rows(tidy(ordered), row_of_run, key.classes)
+    threats = ordered_threats(t for _, t in summaries)
+    rows = [Row(labels[ident], ident[0], tuple(rs), {t: summaries[i, t] for t in threats if (i, t) in summaries})
+            for i, (ident, rs) in enumerate(buckets.items())]
+    in_all = [t for t in robust_precedence() if all(t in row.threats for row in rows)]
+    in_any = [t for t in robust_precedence() if any(t in row.threats for row in rows)]
     sort_threat = (in_all or in_any or [threats[0]])[0]
 
     return rank_rows(Group(key, threats, sort_threat, tuple(rows)))
@@ -310,14 +328,14 @@ def rank_rows(group: Group) -> Group:
 
 
 def build_leaderboard(results_dir: Path) -> Leaderboard:
-    """Read every metrics.json under ``results_dir`` and aggregate; reads only, never writes."""
+    """Read every result under ``results_dir`` and aggregate; reads only, never writes."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FairbenchError(f"results folder {results_dir} does not exist; run `fairbench run` first "
                              f"or pass --results DIR")
-    runs, skipped, n_files = load_runs(results_dir)
+    runs, skipped, warnings, n_files = load_runs(results_dir)
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
     groups = tuple(build_group(k, by_key[k]) for k in sorted(by_key, key=GroupKey.sort_key))
-    return Leaderboard(groups, tuple(skipped), n_files)
+    return Leaderboard(groups, tuple(skipped), n_files, tuple(warnings))

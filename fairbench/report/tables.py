@@ -7,11 +7,11 @@ CSV keeps fractions in [0, 1] like metrics.json. Markdown and HTML work from the
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+import pandas as pd
 
 from fairbench.report.model import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
 from fairbench.report.stats import Delta, Interval
@@ -117,24 +117,37 @@ def sort_note(group: Group) -> str:
     return f"Sorted by worst-class {threat_name(group.sort_threat)} error.{base}"
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def one_line(text: str) -> str:
+    """``text`` with every control character (newline, tab, terminal escape) as a space."""
+    return "".join(c if c.isprintable() else " " for c in str(text))
+
+
+_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`",
+               "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def md_escape(text: str) -> str:
+    """Text for a Markdown table cell or heading: one line; no table break (``|``), no HTML, no
+    link or code span."""
+    return "".join(_MD_SPECIAL.get(c, c) for c in one_line(text))
 
 
 def to_markdown(board: Leaderboard) -> str:
     lines = ["# fairbench leaderboard", "", LEGEND]
     for group in board.groups:
         cols = columns(group)
-        lines += ["", f"## {group.key.label()}", "", sort_note(group), "",
-                  "| # | " + " | ".join(c.header for c in cols) + " |",
+        lines += ["", f"## {md_escape(group.key.label())}", "", md_escape(sort_note(group)), "",
+                  "| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
                   "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols)]
         for row in group.rows:
-            lines.append(f"| {rank_text(row)} | " + " | ".join(_md_escape(c.cell(row)[0]) for c in cols) + " |")
+            lines.append(f"| {rank_text(row)} | " + " | ".join(md_escape(c.cell(row)[0]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
+def _csv_text(text: str) -> str:
+    """A text cell that a spreadsheet will not run as a formula, on one line."""
+    text = one_line(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 CSV_THREAT_FIELDS = ("avg_err", "avg_err_std", "worst_err", "worst_err_std", "worst_class", "spread",
@@ -143,46 +156,50 @@ CSV_THREAT_FIELDS = ("avg_err", "avg_err_std", "worst_err", "worst_err_std", "wo
                      "worst_err_delta", "worst_err_delta_lo", "worst_err_delta_hi")
 
 
-def _csv_threat_fields(row: Row, threat: str) -> list[str]:
+def _csv_threat_fields(row: Row, threat: str) -> dict[str, Any]:
     s = row.threats.get(threat)
-    if s is None:
-        return [""] * len(CSV_THREAT_FIELDS)
-    fields = [_num(s.avg.mean), _num(s.avg.std), _num(s.worst.mean), _num(s.worst.std), s.worst_class,
-              _num(s.spread.mean), _num(s.spread.std), str(s.avg.n)]
-    for name in ("avg", "worst"):
-        ci = interval(row, threat, name)
-        fields += [_num(ci.lo), _num(ci.hi)] if ci else ["", ""]
-    for name in ("avg_delta", "worst_delta"):
-        d = interval(row, threat, name)
-        fields += [_num(d.value), _num(d.lo), _num(d.hi)] if d else ["", "", ""]
-    return fields
+    values: list[Any] = [None] * len(CSV_THREAT_FIELDS)
+    if s is not None:
+        values[:8] = [s.avg.mean, s.avg.std, s.worst.mean, s.worst.std, _csv_text(s.worst_class), s.spread.mean,
+                      s.spread.std, s.avg.n]
+        for i, name in ((8, "avg"), (10, "worst")):
+            if ci := interval(row, threat, name):
+                values[i:i + 2] = [ci.lo, ci.hi]
+        for i, name in ((12, "avg_delta"), (15, "worst_delta")):
+            if d := interval(row, threat, name):
+                values[i:i + 3] = [d.value, d.lo, d.hi]
+    return {f"{threat}_{name}": v for name, v in zip(CSV_THREAT_FIELDS, values)}
 
 
-def to_csv(board: Leaderboard) -> str:
-    """One table for every group; errors as fractions, std empty for a single seed.
+def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
+    """The CSV's table: one line per row of every group; errors as fractions.
 
-    ``T_*_lo``/``T_*_hi``: the 95% bootstrap interval; ``T_*_delta``: this row minus the ``baseline``
-    row (empty without outcomes or without a baseline); ``rank`` admits ties.
+    ``T_*_lo``/``T_*_hi``: the 95% bootstrap interval; ``T_*_delta``: this row minus the group's
+    ``baseline`` row (empty without outcomes or without a baseline); ``rank`` admits ties.
     """
     threats = ordered_threats(t for g in board.groups for t in g.threats)
-    header = ["dataset", "arch", "norm", "eps", "epochs", "train_per_class", "eval_per_class",
-              "sorted_by", "baseline", "rank", "label", "method", "params", "n_seeds", "seeds"]
-    for t in threats:
-        header += [f"{t}_{f}" for f in CSV_THREAT_FIELDS]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    lines = []
     for group in board.groups:
         k = group.key
         for row in group.rows:
-            params = json.dumps(row.runs[0].data.get("params") or {}, sort_keys=True)
-            fields = [k.dataset, k.arch, k.norm, f"{k.eps:g}", k.epochs, k.train_per_class or "",
-                      k.eval_per_class or "", group.sort_threat, group.baseline, row.rank, row.label,
-                      row.method, params, len(row.runs), " ".join(map(str, row.seeds))]
+            line = {"dataset": k.dataset, "arch": _csv_text(k.arch), "norm": k.norm, "eps": f"{k.eps:g}",
+                    "epochs": k.epochs, "train_per_class": k.train_per_class,
+                    "eval_per_class": k.eval_per_class, "select": k.select, "sorted_by": group.sort_threat,
+                    "baseline": None if group.baseline is None else _csv_text(group.baseline),
+                    "rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
+                    "params": _csv_text(json.dumps(row.runs[0].record.params, sort_keys=True)),
+                    "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds))}
             for t in threats:
-                fields += _csv_threat_fields(row, t)
-            writer.writerow(["" if f is None else f for f in fields])
-    return buf.getvalue()
+                line |= _csv_threat_fields(row, t)
+            lines.append(line)
+    frame = pd.DataFrame(lines)
+    whole = [c for c in frame.columns if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")]
+    return frame.astype({c: "Int64" for c in whole})
+
+
+def to_csv(board: Leaderboard) -> str:
+    """One table for every group; errors as fractions (6 decimals), std empty for a single seed."""
+    return leaderboard_frame(board).to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -190,7 +207,9 @@ _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX_SPECIAL.get(c, c) for c in text)
+    """Text for LaTeX: every special character escaped and no line break, so data never starts
+    a line, a command or a comment."""
+    return "".join(_TEX_SPECIAL.get(c, c) for c in one_line(text))
 
 
 def _tex_stat(stat: Stat | None, ci: Interval | None = None) -> str:
@@ -232,7 +251,7 @@ def _tex_table(group: Group) -> list[str]:
     base = (f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), "
             f"$^\\dagger$ where its interval excludes 0." if group.baseline is not None else "")
     label = tex_escape(group.key.label().replace(" · ", ", "))
-    lines = [f"% {group.key.label()}", r"\begin{table}[t]", r"\centering",
+    lines = [f"% {label}", r"\begin{table}[t]", r"\centering",
              f"\\caption{{{label}. Error (\\%), mean over seeds and its 95\\% bootstrap interval "
              f"(mean $\\pm$ std over seeds without per-example outcomes); worst: the mean of each seed's "
              f"worst-class error, and the class worst in most seeds; spread: std across classes.{base} "
