@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import hashlib
 import json
@@ -22,7 +23,7 @@ from typing import Iterator
 
 import matplotlib.image
 import numpy as np
-from matplotlib.container import BarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,8 +35,10 @@ from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
 from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, make_outcomes, metrics_from_outcomes,
                               outcomes_bytes)
+from fairbench.report.command import build_report
 from fairbench.report.model import build_leaderboard
-from fairbench.report.figures import class_wise_figure, render_chart
+from fairbench.report.figures import class_wise_figure, legend_label, pareto_front, render_chart, tradeoff_figure
+from fairbench.report.stats import Delta
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
 
@@ -378,3 +381,138 @@ def test_report_package_imports_point_down() -> None:
         imported = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree)
                     if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("fairbench.report.")}
         assert all(layers[m] < level for m in imported), (name, imported)
+
+
+# ---------------------------------------------------------------- intervals, comparisons, ranks (issue 11)
+
+def test_csv_holds_intervals_and_differences_from_the_baseline(reported: tuple[Path, str, str]) -> None:
+    rows = list(csv.DictReader((reported[0] / "leaderboard.csv").open()))
+    new = ["avg_err_lo", "avg_err_hi", "worst_err_lo", "worst_err_hi", "avg_err_delta", "avg_err_delta_lo",
+           "avg_err_delta_hi", "worst_err_delta", "worst_err_delta_lo", "worst_err_delta_hi"]
+    assert {f"{t}_{c}" for t in ALL_THREATS for c in new} | {"baseline", "rank"} <= set(rows[0])
+    group_a = [r for r in rows if r["epochs"] == "2"]
+    base = next(r for r in group_a if r["label"] == "pgd-at")
+    assert {r["baseline"] for r in rows} == {"pgd-at"}
+    for t in ALL_THREATS:
+        assert base[f"{t}_avg_err_delta"] == base[f"{t}_worst_err_delta_hi"] == "0.000000"
+        for r in group_a:
+            for stat in ("avg", "worst"):
+                lo, mean, hi = (float(r[f"{t}_{stat}_err{s}"]) for s in ("_lo", "", "_hi"))
+                assert lo <= mean <= hi and (stat == "worst" or hi - lo > 0.01), (r["label"], t, stat)
+                delta = float(r[f"{t}_{stat}_err_delta"])
+                assert delta == pytest.approx(mean - float(base[f"{t}_{stat}_err"]), abs=2e-6)
+                assert float(r[f"{t}_{stat}_err_delta_lo"]) <= delta <= float(r[f"{t}_{stat}_err_delta_hi"])
+    fairat = next(r for r in group_a if r["label"] == "fairat")  # accuracy level 0.75 / 0.70 vs 0.55 / 0.60
+    assert float(fairat["clean_avg_err_delta_hi"]) < 0
+    no_outcomes = next(r for r in rows if r["label"] == "my_method")
+    assert no_outcomes["pgd20_avg_err"] != "" and no_outcomes["pgd20_avg_err_lo"] == ""
+    assert no_outcomes["pgd20_avg_err_delta"] == "" and no_outcomes["rank"] in {"1", "2"}
+
+
+def test_tables_show_intervals_marks_and_tied_ranks(reported: tuple[Path, str, str]) -> None:
+    results, out, _ = reported
+    assert "| AutoAttack Δavg | AutoAttack Δworst |" in out and "| baseline | baseline |" in out
+    board = build_report(results)
+    a = board.groups[0]
+    fairat = next(r for r in a.rows if r.label == "fairat")
+    ci = fairat.threats["clean"].ci
+    assert ci.avg_delta.significant
+    line = next(line for line in out.splitlines() if line.startswith(f"| {fairat.rank} | fairat |"))
+    assert f"{100 * ci.avg.lo:.1f}, {100 * ci.avg.hi:.1f}]" in line and " †" in line
+    # ranks: the best row and every row whose interval overlaps its interval share rank 1
+    worst = [r.threats[a.sort_threat].ci.worst for r in a.rows]
+    best = min(range(len(worst)), key=lambda i: a.rows[i].threats[a.sort_threat].worst.mean)
+    for row, w in zip(a.rows, worst):
+        assert (row.rank == 1) == (w.lo <= worst[best].hi and worst[best].lo <= w.hi), row.label
+    assert [r.rank for r in a.rows] == sorted(r.rank for r in a.rows)
+    tex = (results / "leaderboard.tex").read_text()
+    assert r"$\Delta$Avg & $\Delta$Worst" in tex and r"{\scriptsize $[" in tex and "^{\\dagger}" in tex
+    html = (results / "index.html").read_text()
+    assert 'data-key="autoattack_worst_delta"' in html and "95% bootstrap intervals" in html
+
+
+def test_a_run_without_outcomes_is_reported_without_intervals_and_named(reported: tuple[Path, str, str]) -> None:
+    results, out, err = reported
+    assert "warning: runs/run8/metrics.json: no outcomes.csv.gz" in err
+    cells = next(line for line in out.splitlines() if "| my_method |" in line).strip("| ").split(" | ")
+    assert not any("[" in c for c in cells) and cells.count("-") == 6  # Δavg, Δworst of its 3 threats
+    assert "runs/run8/metrics.json" in (results / "index.html").read_text()
+
+
+def test_baseline_option_and_a_baseline_in_no_group(results: Path, capsys: pytest.CaptureFixture) -> None:
+    board = build_report(results, "trades")
+    a, b = board.groups
+    assert (a.baseline, b.baseline) == ("trades", None)
+    trades = next(r for r in a.rows if r.label == "trades")
+    assert trades.threats["pgd20"].ci.avg_delta == Delta(0.0, 0.0, 0.0)
+    assert all(r.threats["pgd20"].ci is None or r.threats["pgd20"].ci.worst_delta is None for r in b.rows)
+    assert (b.key.label(), "no trades row, so no comparisons with a baseline (--baseline picks one)") \
+        in board.warnings
+    assert run_cli(["report", "--results", str(results), "--baseline", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --baseline nope is not a method of any group")
+    assert all(m in err[0] for m in ("pgd-at", "trades (beta=3)", "fairat", "my_method"))
+    assert not (results / "leaderboard.md").exists()
+
+
+def test_outcomes_that_disagree_with_metrics_skip_the_run(results: Path) -> None:
+    shutil.rmtree(results / "runs" / "zcopy")  # a copy of run0's metrics.json, used once run0 is skipped
+    path = results / "runs" / "run0" / OUTCOMES_FILE
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    first = lines[1].split(",")
+    first[2] = "1" if first[2] == "0" else "0"  # one clean outcome flipped (robust ones stay legal)
+    first[3:] = ["0" if v else v for v in first[3:]]
+    lines[1] = ",".join(first)
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+    board = build_report(results)
+    skipped = dict(board.skipped)
+    assert "runs/run0/metrics.json" in skipped and "not what the rows give" in skipped["runs/run0/metrics.json"]
+    pgd = next(r for r in board.groups[0].rows if r.label == "pgd-at")
+    assert pgd.seeds == [1] and pgd.threats["clean"].ci is not None
+
+
+def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(results: Path) -> None:
+    group = build_report(results).groups[0]
+    fig = tradeoff_figure(group)
+    ax = fig.axes[0]
+    t = group.sort_threat
+    points = [(100 * r.threats[t].avg.mean, 100 * r.threats[t].worst.mean) for r in group.rows]
+    marks = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.lines[0].get_xydata()[0].tolist() for c in marks] == [pytest.approx(p) for p in points]
+    assert all(c.has_xerr and c.has_yerr for c in marks)
+    for c, row in zip(marks, group.rows):  # the cross spans the row's two intervals
+        (xs, _), (_, ys) = (seg.get_segments()[0].T for seg in c.lines[2])
+        ci = row.threats[t].ci
+        assert sorted(xs) == pytest.approx([100 * ci.avg.lo, 100 * ci.avg.hi])
+        assert sorted(ys) == pytest.approx([100 * ci.worst.lo, 100 * ci.worst.hi])
+    assert [x.get_text() for x in ax.texts] == [legend_label(r) for r in group.rows]
+    front = next(line for line in ax.lines if line.get_label() == "Pareto front").get_xydata()
+    on_front = {tuple(p) for p in front.tolist()}
+    for i in pareto_front(points):
+        assert tuple(points[i]) in on_front
+    assert "AutoAttack" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
+    assert pareto_front([(1, 5), (2, 2), (3, 3), (1, 5), (0.5, 9)]) == [4, 0, 3, 1]
+
+
+def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:
+    """The page, loaded in an iframe of a probe page, shows each group's trade-off image decoded."""
+    results = reported[0]
+    shutil.copyfile(results / "index.html", tmp_path / "index.html")
+    (tmp_path / "probe.html").write_text(
+        '<!DOCTYPE html><html><body><iframe id="f" src="index.html" style="width:1280px;height:900px">'
+        '</iframe><pre id="out"></pre><script>window.addEventListener("load", function () {'
+        ' var doc = document.getElementById("f").contentDocument, out = [];'
+        ' doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
+        '  out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
+        '            Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });'
+        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
+    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
+                    (tmp_path / "probe.html").as_uri()).stdout
+    shown = [found.split("|") for found in re.findall(r"IMG\|[^\n<]*", dom)]
+    board = build_leaderboard(results)
+    png = (results / "figures").glob("*_tradeoff.png")
+    sizes = sorted(_png_size(p) for p in png)
+    assert len(shown) == len(board.groups) == len(sizes)
+    assert sorted((int(w), int(h)) for _, _, w, h, _, _ in shown) == sizes
+    for _, complete, w, _, on_page, alt in shown:
+        assert complete == "true" and int(on_page) > 300 and alt.startswith("trade-off: average vs worst-class")

@@ -140,7 +140,9 @@ def to_markdown(board: Leaderboard) -> str:
                   "| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
                   "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols)]
         for row in group.rows:
-            lines.append(f"| {rank_text(row)} | " + " | ".join(md_escape(c.cell(row)[0]) for c in cols) + " |")
+            # numeric cells are built here from numbers (their brackets are intervals, not links)
+            lines.append(f"| {rank_text(row)} | " + " | ".join(c.cell(row)[0] if c.numeric else md_escape(c.cell(row)[0])
+                                                              for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
