@@ -27,7 +27,6 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 import fairbench.report.model as report_module
 from fairbench.cli import main
