@@ -140,17 +140,21 @@ def resume_cmd(
 @app.command("report")
 def report_cmd(
     results: str = typer.Option("results", help="results folder: reads every metrics.json under it"),
+    baseline: Optional[str] = typer.Option(None, help="method (or row label) every other row is "
+                                           "compared with [default: pgd-at, where a group has it]"),
 ) -> None:
-    """Leaderboard tables, class-wise charts and index.html from the runs' metrics.json files."""
+    """Leaderboard tables, charts and index.html from the runs' metrics.json and outcomes files."""
     from pathlib import Path
 
-    from fairbench.report import build_leaderboard, write_report
+    from fairbench.report.command import build_report, write_report
 
-    board = build_leaderboard(Path(results))
+    board = build_report(Path(results), baseline)
     if board.skipped:
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:
             typer.echo(f"  {path}: {why}", err=True)
+    for path, why in board.warnings:
+        typer.echo(f"warning: {path}: {why}", err=True)
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")

@@ -43,6 +43,7 @@ class DatasetSpec:
     crop_padding: int
     hflip: bool
     load: Callable[[str, Path, bool], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
+    test_size: int | None = None  # images in the test split; bounds result files' image indices
 
     @property
     def num_classes(self) -> int:
@@ -280,7 +281,7 @@ def cifar10() -> DatasetSpec:
     """CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes; the FairAT paper's data set."""
     return DatasetSpec("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD,
                        eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR10", "cifar10"))
+                       load=_torchvision_cifar("CIFAR10", "cifar10"), test_size=10_000)
 
 
 @register_dataset("cifar100")
@@ -288,7 +289,7 @@ def cifar100() -> DatasetSpec:
     """CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes."""
     return DatasetSpec("cifar100", _cifar100_classes(), (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD,
                        eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR100", "cifar100"))
+                       load=_torchvision_cifar("CIFAR100", "cifar100"), test_size=10_000)
 
 
 @register_dataset("fashion-mnist")
@@ -296,4 +297,4 @@ def fashion_mnist() -> DatasetSpec:
     """Fashion-MNIST (Xiao et al. 2017), 28x28 grey, 10 classes; 'shirt' is the hard class."""
     return DatasetSpec("fashion-mnist", FASHION_MNIST_CLASSES, (1, 28, 28), (0.2860,), (0.3530,),
                        eps=0.1, step_size=0.025, crop_padding=2, hflip=False,
-                       load=_load_fashion_mnist)
+                       load=_load_fashion_mnist, test_size=10_000)
