@@ -172,7 +172,7 @@ def sweep_cmd(
                                           "one per core)"),
     partition: Optional[str] = typer.Option(None, help="slurm: partition"),
     time: Optional[str] = typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)"),
-    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per run (default 1, 0 for "
+    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for "
                                                "--device cpu)"),
     cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per run"),
     mem: Optional[str] = typer.Option(None, help="slurm: memory per run, e.g. 32G"),

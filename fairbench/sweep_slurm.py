@@ -42,8 +42,9 @@ def check_slurm(partition: str | None, time_limit: str | None, gpus_per_run: int
     if time_limit is None:
         raise FairbenchError("--launcher slurm needs --time, each run's time limit (e.g. 90 or 4:00:00 or "
                              "1-00:00:00); a run that reaches it is checkpointed and requeued")
-    if gpus_per_run is not None and gpus_per_run < 0:
-        raise FairbenchError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
+    if gpus_per_run is not None and not 0 <= gpus_per_run <= 1:
+        raise FairbenchError(f"--gpus-per-run must be 0 or 1, got {gpus_per_run}: a sweep runs each run as one "
+                             f"process; a run on several GPUs is a torchrun job (README, Scaling)")
     if cpus_per_run is not None and cpus_per_run < 1:
         raise FairbenchError(f"--cpus-per-run must be >= 1, got {cpus_per_run}")
     if mem is not None and not re.fullmatch(r"\d+(\.\d+)?[KMGT]?B?", mem.strip(), re.IGNORECASE):

@@ -76,10 +76,14 @@ def test_a_2x2_sweep_lands_four_results_and_a_second_submission_trains_nothing(
 def test_a_cancelled_task_finishes_when_the_sweep_is_submitted_again(
         fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    args = ["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=30), *SLURM]
+    args = ["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=60), *SLURM]
     assert cli(args) == 0
     job = submitted_job(out)
     wait_until(lambda: any(epoch_lines(d) >= 1 for d in run_dirs(out)))
+    capsys.readouterr()
+    assert cli(args) == 2  # a second submission while the array runs would run its runs twice
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "still has 1 task(s)" in err and f"scancel {job}" in err, err
     subprocess.run(["scancel", job], check=True)
     wait_until(lambda: not queued(job))
     (run_dir,) = run_dirs(out)
