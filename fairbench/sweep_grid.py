@@ -77,7 +77,7 @@ def split_list(text: str | None) -> list[str]:
 def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption]) -> list[PlannedRun]:
     """Every run of the grid, validated the way `fairbench run` validates one, before any starts.
 
-    ``run_options`` maps each `fairbench run` option name to its flags (see `run_option_flags`).
+    ``run_options`` maps each `fairbench run` option name to its flags (`fairbench.cli.run_options`).
     A ``param_grid`` parameter multiplies the runs of the methods that have it; one that no method
     of the grid has is an error, and so is a grid that names one run twice.
     """
@@ -93,17 +93,17 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
         if given.get(name):
             raise FairbenchError(f"fairbench sweep sets --{name.replace('_', '-')} itself; use {instead}")
     fields = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Params)} for m in spec.methods}
-    _check_axes(spec, fields, run_options)
+    option_grid = _check_axes(spec, fields, run_options)
     runs: list[PlannedRun] = []
     seen: dict[str, tuple] = {}
-    option_points = list(itertools.product(*spec.option_grid.values()))
+    option_points = list(itertools.product(*option_grid.values()))
     for seed, method, options in itertools.product(spec.seeds, spec.methods, option_points):
         names = [n for n in spec.param_grid if n in fields[method]]
         for values in itertools.product(*(spec.param_grid[n] for n in names)):
-            coords = (("method", method), ("seed", str(seed)), *zip(spec.option_grid, options),
+            coords = (("method", method), ("seed", str(seed)), *zip(option_grid, options),
                       *zip(names, values))
             argv = list(spec.run_args)
-            for name, value in zip(spec.option_grid, options):
+            for name, value in zip(option_grid, options):
                 argv += [run_options[name].flag, value]
             argv += ["--method", method, "--seed", str(seed)]
             for name, value in zip(names, values):
@@ -114,12 +114,13 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
                                      f"and {_coords(coords)}); drop one of the values")
             seen[cfg.run_id] = coords
             runs.append(PlannedRun(cfg.run_id, tuple(argv), coords, cfg.epochs, cfg.out, cfg.device))
-    if len({r.out for r in runs}) > 1:
-        raise FairbenchError("a sweep writes to one results folder; --out cannot vary in the grid")
     return runs
 
 
-def _check_axes(spec: GridSpec, fields: dict[str, set[str]], run_options: dict[str, RunOption]) -> None:
+def _check_axes(spec: GridSpec, fields: dict[str, set[str]],
+                run_options: dict[str, RunOption]) -> dict[str, list[str]]:
+    """Check both grids; returns the option grid by option name (``train-per-class`` ->
+    ``train_per_class``)."""
     for name, values in spec.param_grid.items():
         if not values:
             raise FairbenchError(f"the grid is empty: --param-grid {name}= gives no value")
@@ -137,7 +138,7 @@ def _check_axes(spec: GridSpec, fields: dict[str, set[str]], run_options: dict[s
             raise FairbenchError(f"--grid {name}: not a `fairbench run` option that can vary{hint}")
         if run_options[key].is_flag:
             raise FairbenchError(f"--grid {name}: a true/false flag cannot vary in the grid")
-    spec.option_grid = {k.replace("-", "_"): v for k, v in spec.option_grid.items()}
+    return {k.replace("-", "_"): v for k, v in spec.option_grid.items()}
 
 
 def _did_you_mean(name: str, choices: Any) -> str:
@@ -163,8 +164,7 @@ def load_sweep_file(path: Path, run_options: dict[str, RunOption]) -> GridSpec:
     spec.methods = _str_list(data.get("methods", []), f"{where}: methods")
     if "seeds" in data:
         seeds = data["seeds"]
-        spec.seeds = (parse_seeds(seeds) if isinstance(seeds, str)
-                      else [s for s in _list(seeds, f"{where}: seeds") if _is_seed(s, where)])
+        spec.seeds = parse_seeds(seeds) if isinstance(seeds, str) else [_seed(s, where) for s in _list(seeds)]
     for table in ("run", "params", "param-grid", "grid"):
         if not isinstance(data.get(table, {}), dict):
             raise FairbenchError(f"{where}: [{table}] must be a table of name = value")
@@ -173,9 +173,9 @@ def load_sweep_file(path: Path, run_options: dict[str, RunOption]) -> GridSpec:
     for name, value in data.get("params", {}).items():
         spec.run_args += ["--param", f"{name}={_scalar(value, f'{where}: params.{name}')}"]
     for name, values in data.get("param-grid", {}).items():
-        spec.param_grid[name] = [_scalar(v, f"{where}: param-grid.{name}") for v in _list(values, where)]
+        spec.param_grid[name] = [_scalar(v, f"{where}: param-grid.{name}") for v in _list(values)]
     for name, values in data.get("grid", {}).items():
-        spec.option_grid[name] = [_scalar(v, f"{where}: grid.{name}") for v in _list(values, where)]
+        spec.option_grid[name] = [_scalar(v, f"{where}: grid.{name}") for v in _list(values)]
     return spec
 
 
@@ -235,17 +235,17 @@ def _scalar(value: Any, where: str) -> str:
     raise FairbenchError(f"{where} must be a number, a string or true/false, got {type(value).__name__}")
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
 def _str_list(value: Any, where: str) -> list[str]:
-    return split_list(value) if isinstance(value, str) else [_scalar(v, where) for v in _list(value, where)]
+    return split_list(value) if isinstance(value, str) else [_scalar(v, where) for v in _list(value)]
 
 
-def _is_seed(value: Any, where: str) -> bool:
+def _seed(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise FairbenchError(f"{where}: seeds must be whole numbers >= 0, got {value!r:.40}")
-    return True
+    return value
 
 
