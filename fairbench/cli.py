@@ -71,11 +71,17 @@ def run_cmd(
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
     weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(None, help="piecewise (default) or cosine"),
+    schedule: Optional[str] = typer.Option(None, help="piecewise (default), cosine or constant"),
+    augment: Optional[str] = typer.Option(
+        None, help="training augmentation: standard (the data set's, default) or none"),
     param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
     train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
     val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),
     eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
+    aa_per_class: Optional[int] = typer.Option(
+        None, help="run AutoAttack on the first K evaluated test images per class only"),
+    select: Optional[str] = typer.Option(
+        None, help="model selection: last (default) or best-val (PGD-10 on the validation split)"),
     eval_batch_size: Optional[int] = typer.Option(
         None, help="batch of the evaluation and of methods' scoring passes (default 500 CUDA, 128 CPU)"),
     attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
@@ -101,13 +107,15 @@ def run_cmd(
             stop_after_epoch=stop_after_epoch)
 
 
+# `fairbench run` options that are not RunConfig fields as they are (or not fields at all)
+_NOT_PLAIN_FIELDS = ("method", "seed", "param", "out", "compile", "download", "preset", "attacks", "resume",
+                     "stop_after_epoch", "progress")
+
+
 def config_from_run_options(o: dict[str, Any]) -> RunConfig:
     """The RunConfig that `fairbench run`'s parsed options (``ctx.params``) describe."""
-    values = dict(PRESETS[_check_preset(o["preset"])]) if o["preset"] else {}
-    names = ("arch", "dataset", "epochs", "batch_size", "eps", "step_size", "attack_steps", "lr", "momentum",
-             "weight_decay", "schedule", "train_per_class", "val_per_class", "eval_per_class",
-             "eval_batch_size", "device", "data_dir", "amp", "channels_last", "run_id")
-    cli = {k: o[k] for k in names}
+    values = dict(PRESETS[_check_preset(o["preset"])], preset=o["preset"]) if o["preset"] else {}
+    cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
     cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
     values.update({k: v for k, v in cli.items() if v is not None})
     values.setdefault("dataset", "cifar10")
