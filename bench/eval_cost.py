@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fairbench.config import RunConfig, default_eval_batch_size
+from fairbench.config import PRESETS, RunConfig, default_eval_batch_size
 from fairbench.data import Split, get_dataset, load_split, per_class_indices, to_float
 import fairbench.evaluate as ev
 from fairbench.evaluate import CHUNK_SIZE, evaluate_outcomes
@@ -92,15 +92,18 @@ def trained_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
     if args.checkpoint is not None:
         load_model_state(model, load_checkpoint(args.checkpoint), str(args.checkpoint))
         return model.eval(), f"checkpoint {args.checkpoint}"
+    recipe = PRESETS["fmnist-standard"] | dict(  # its training, shortened; no selection
+        epochs=args.epochs, train_per_class=args.train_per_class, val_per_class=None,
+        select="last", aa_per_class=None, eval_per_class=1, attacks=("clean",))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = RunConfig(method="pgd-at", arch=ARCH, dataset=DATASET, epochs=args.epochs, lr=0.05,
-                        train_per_class=args.train_per_class, eval_per_class=1, attacks=("clean",),
-                        device="cpu", out=tmp, run_id="bench", seed=0, data_dir=args.data_dir)
+        cfg = RunConfig(method="pgd-at", out=tmp, run_id="bench", seed=0, data_dir=args.data_dir,
+                        preset="fmnist-standard", **recipe)
         t0 = time.perf_counter()
         run_dir = run(cfg, progress=False, echo=lambda _m: None)
         load_model_state(model, load_checkpoint(run_dir / CHECKPOINT_FILE), "bench checkpoint")
-    return model.eval(), (f"PGD-AT {args.epochs} epoch(s) on {args.train_per_class}/class "
-                          f"through fairbench run ({time.perf_counter() - t0:.0f}s)")
+    return model.eval(), (f"PGD-AT, fmnist-standard's recipe for {args.epochs} epoch(s) on "
+                          f"{args.train_per_class}/class through fairbench run "
+                          f"({time.perf_counter() - t0:.0f}s)")
 
 
 class PassCounter:
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     batch_size = args.batch_size or default_eval_batch_size("cpu")
-    test = load_split(spec, "test", args.data_dir, download=False)
+    test = load_split(spec, "test", args.data_dir)
     test = test.subset(per_class_indices(test.labels, args.n_per_class, spec.num_classes))
     sizes = [int(s) for s in args.sizes.split(",")]
     fb_budget, f_budget = budget(spec.num_classes)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{'  <- best' if key == best else ''}")
     for label, which, total in (("CPU", 0, cpu), ("wall", 1, wall)):
         limit = limit_seconds(times[best], fb, fwd, which)
-        per_robust = total / max(n_robust, 1)
+        per_robust = total / n_robust if n_robust else float("nan")
         print(f"by {label:<4}: AutoAttack {total:.1f}s = {per_robust:.3f}s per robust image, "
               f"{100 * total / len(test):.1f}s per 100 test images; limit of the counted passes "
               f"{limit:.1f}s; ratio {total / limit:.3f}; ratio/budget "
