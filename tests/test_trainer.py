@@ -215,3 +215,40 @@ def test_per_example_loss_scores_in_index_order_without_touching_the_model(tmp_p
         expected = F.cross_entropy(model(x), trainer.train.labels[indices], reduction="none")
     assert not losses.requires_grad
     assert torch.allclose(losses, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- no host data in the hot loop
+
+HOST_CONSTRUCTORS = ("tensor", "as_tensor", "asarray", "from_numpy", "scalar_tensor")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])  # randaugment / affine-erase
+def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """One training step of FairAT on TRADES (standard augmentation, the hard-example policy, the KL
+    attack, the loss, the update) makes no tensor from Python or NumPy data: on a GPU each would be
+    a host-to-device copy, and a sync, in every step (issue 15: randaugment built one per call)."""
+    from fairbench.method import EpochPlan
+    from fairbench.registry import METHODS
+
+    spec = get_dataset(dataset)
+    cfg = RunConfig(method="fairat", arch="small-cnn", dataset=dataset, epochs=1, batch_size=8,
+                    attack_steps=2, params={"base": "trades"}).resolve(spec.eps, spec.step_size)
+    method_cls = METHODS.get("fairat")
+    method = method_cls(method_cls.Params(base="trades"), cfg)
+    train = Split(torch.randint(0, 256, (8, *spec.shape), dtype=torch.uint8), torch.arange(8) % 10)
+    trainer = Trainer(cfg, spec, create_model("small-cnn", spec), method, train, None, tmp_path,
+                      DistInfo(), torch.device("cpu"), progress=False)
+    plan = EpochPlan(torch.arange(8), torch.arange(8) % 2 == 0, torch.full((8,), cfg.eps), torch.ones(8))
+    made = []
+    for name in HOST_CONSTRUCTORS:
+        real = getattr(torch, name)
+
+        def spy(data, *args, _real=real, _name=name, **kwargs):
+            if not isinstance(data, torch.Tensor):
+                made.append(_name)
+            return _real(data, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    trainer.train_step(plan, 0)
+    assert made == []
