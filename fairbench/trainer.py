@@ -313,6 +313,7 @@ class Trainer:
         check_resumable(state, path, self.cfg)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
+        self._match_parameter_layout()
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
         self._restore_rng(state)
@@ -322,6 +323,18 @@ class Trainer:
         self._mid_epoch = state.get("mid_epoch")
         self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
         self.dist.on_main(self._drop_later_log_lines)
+
+    def _match_parameter_layout(self) -> None:
+        """Give each optimizer buffer its parameter's memory layout (strides).
+
+        ``--channels-last`` is not a training field, so a run may resume under the other setting:
+        the checkpoint's momentum buffers are then NCHW for channels-last weights (or the reverse),
+        and the fused SGD used on CUDA, which assumes matching strides, applies a wrong update.
+        """
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
 
     def _drop_later_log_lines(self) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""
