@@ -16,7 +16,7 @@ import torch
 from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
+from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
 from fairbench.evaluate import attack_settings, evaluate, format_table
@@ -75,12 +75,12 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
 
-def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device
+def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
               ) -> tuple[Split, Split | None, Split, torch.Tensor]:
     """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
-    and the test images' positions in the full test set (kept with the evaluation's outcomes)."""
-    train_full = load_split(spec, "train", cfg.data_dir, cfg.download)
-    test = load_split(spec, "test", cfg.data_dir, cfg.download)
+    and the test images' positions in the full test set (kept with the evaluation's outcomes).
+    Under torchrun the processes download in turn (`load_splits`)."""
+    train_full, test = load_splits(spec, ("train", "test"), cfg.data_dir, cfg.download, dist or DistInfo())
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
     test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
                     if cfg.eval_per_class else torch.arange(len(test)))
@@ -141,7 +141,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
-    train, val, test, test_indices = load_data(cfg, spec, device)
+    train, val, test, test_indices = load_data(cfg, spec, device, dist)
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
