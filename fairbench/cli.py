@@ -89,6 +89,8 @@ def run_cmd(
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
     channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
+    sync_bn: bool = typer.Option(False, help="under torchrun on GPUs: batch norm over the global "
+                                 "batch (SyncBatchNorm), not each process's share"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
@@ -104,7 +106,7 @@ def run_cmd(
     values.setdefault("dataset", "cifar10")
     values.setdefault("arch", "preact18")
     cfg = RunConfig(method=method, seed=seed, params=parse_param_options(param), out=out,
-                    compile=compile, download=download, **values)
+                    compile=compile, download=download, sync_bn=sync_bn, **values)
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
         from fairbench.runner import run
 

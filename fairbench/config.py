@@ -57,6 +57,7 @@ class RunConfig:
     channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -116,7 +117,10 @@ class RunConfig:
                 raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in TRAINING_FIELDS}
+        d = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        if self.sync_bn:  # only when set, so the hash (and id) of every run without it is unchanged
+            d["sync_bn"] = True
+        return d
 
     def training_hash(self) -> str:
         blob = json.dumps(self.training_dict(), sort_keys=True, default=str)

@@ -26,7 +26,7 @@ THREAT_NAMES = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
 ROBUST_PRECEDENCE = ("autoattack", "union", "pgd20", "clean")
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                  "attack_steps", "val_per_class")
+                  "attack_steps", "val_per_class", "bn_batch")
 FINISHED = (None, "complete", "completed", "finished", "done")
 
 
@@ -55,7 +55,12 @@ class Run:
     @property
     def training(self) -> dict[str, Any]:
         training = self.data.get("training")
-        return training if isinstance(training, dict) else {}
+        training = dict(training) if isinstance(training, dict) else {}
+        if "bn_batch" not in training and _is_count(training.get("batch_size")):
+            # runs written before bn_batch was recorded: plain DDP split the batch norm per process
+            world = (self.data.get("timing") or {}).get("world_size")
+            training["bn_batch"] = training["batch_size"] // (world if _is_count(world) else 1)
+        return training
 
     @property
     def seed(self) -> Any:
@@ -185,6 +190,10 @@ def _check_usable(data: dict[str, Any]) -> None:
                 and m.get("worst_class") in classes):
             raise FairbenchError(f"metrics.{name} lacks per_class/avg/worst/worst_class/std for "
                                  f"{len(classes)} classes")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _finite(v: Any) -> bool:

@@ -53,6 +53,10 @@ class Trainer:
         # Channels-last by default on every device: on the CPU (oneDNN) it is as fast as NCHW for
         # the ResNets and 1.3x faster for small-cnn, whose NCHW max-pool is slow (bench/README.md).
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
+        if cfg.sync_bn and dist.enabled:
+            if device.type != "cuda":
+                raise FairbenchError("--sync-bn: SyncBatchNorm runs on GPUs only; drop it on the CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same root, parameters kept
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -88,6 +92,11 @@ class Trainer:
             wrapped = torch.compile(wrapped, dynamic=False)
             attack = torch.compile(model, dynamic=False)
         return wrapped, attack
+
+    @property
+    def bn_batch(self) -> int:
+        """Images per batch-norm batch in training: each process's share under DDP, unless --sync-bn."""
+        return self.cfg.batch_size if self.cfg.sync_bn else self.cfg.batch_size // self.dist.world_size
 
     # ------------------------------------------------------------------ epochs
 

@@ -163,6 +163,8 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert sum(ddp_metrics["metrics"]["pgd20"]["n_per_class"]) == 50  # every test image, once
     assert ddp_metrics["timing"]["world_size"] == 2
+    assert {k: ddp_metrics["training"][k] for k in ("sync_bn", "world_size", "bn_batch")} == \
+        {"sync_bn": False, "world_size": 2, "bn_batch": 20}  # batch norm saw each process's 20 images
     ddp_log, single_log = load_log(ddp_dir), load_log(single_dir)
     assert [r["epoch"] for r in ddp_log] == [r["epoch"] for r in single_log] == [1, 2]
     assert [r["examples"] for r in ddp_log] == [150, 150]  # the ranks' shards cover the epoch

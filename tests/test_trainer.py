@@ -278,3 +278,18 @@ def test_resume_under_the_other_memory_layout_converts_the_momentum(tmp_path: Pa
 
     for fused, plain in zip(one_step(True), one_step(False)):
         assert torch.allclose(fused, plain, atol=1e-6)
+
+
+def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path) -> None:
+    """--sync-bn joins the training hash only when set: every existing run keeps its id and resumes
+    (the hash below is main's before the option existed). SyncBatchNorm runs on GPUs only."""
+    cfg = RunConfig(method="trades", arch="preact18", dataset="cifar10").resolve(8 / 255, 2 / 255)
+    assert cfg.training_hash() == "b76f279c"
+    synced = RunConfig(method="trades", arch="preact18", dataset="cifar10", sync_bn=True)
+    assert synced.resolve(8 / 255, 2 / 255).training_hash() != "b76f279c"
+    values = dict(method="clean-ce", arch="small-cnn", dataset="fashion-mnist", batch_size=10, sync_bn=True)
+    cfg = RunConfig(**values).resolve(SPEC.eps, SPEC.step_size)
+    train = Split(torch.zeros(30, 1, 28, 28, dtype=torch.uint8), torch.arange(30) % 10)
+    with pytest.raises(FairbenchError, match="--sync-bn: SyncBatchNorm runs on GPUs only"):
+        Trainer(cfg, SPEC, create_model("small-cnn", SPEC), CleanCE(None, cfg), train, None, tmp_path,
+                DistInfo(0, 2), torch.device("cpu"), progress=False)
