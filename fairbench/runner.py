@@ -17,9 +17,9 @@ from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.distributed import DistInfo, cuda_index, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, format_table
+from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
@@ -97,7 +97,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "git": git}
+            "device": f"{device.type}: {name}", "git": git, "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -116,7 +116,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         dist = init_distributed(device.type)
         stop.announce = dist.is_main
         if device.type == "cuda" and dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+            device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
             torch.cuda.set_device(device)
         try:
             return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
@@ -214,7 +214,7 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
         "threat": {"norm": "Linf", "eps": cfg.eps},
         "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "sync_bn": cfg.sync_bn,
                                            "world_size": trainer.dist.world_size,
-                                           "bn_batch": trainer.bn_batch},
+                                           "bn_batch": trainer.bn_batch, "amp": trainer.amp},
         "classes": list(spec.classes),
         "metrics": metrics,
         "attack_settings": attack_settings(cfg.eps, cfg.attacks, cfg.seed),

@@ -34,6 +34,17 @@ def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
 
 
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default only on a GPU that computes bf16 natively (Ampere and later); an
+    older one emulates it, slower than fp32."""
+    if device.type != "cuda":
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation (and never counted emulation)
+        return bool(torch.cuda.is_bf16_supported())
+
+
 class Trainer:
     """SGD with momentum over each epoch's `EpochPlan`; checkpoints after every epoch."""
 
@@ -49,7 +60,7 @@ class Trainer:
         self.cfg, self.spec, self.method, self.dist = cfg, spec, method, dist
         self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
         self.progress = progress and dist.is_main
-        self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        self.amp = cfg.amp if cfg.amp is not None else default_amp(device)
         # Channels-last by default on every device: on the CPU (oneDNN) it is as fast as NCHW for
         # the ResNets and 1.3x faster for small-cnn, whose NCHW max-pool is slow (bench/README.md).
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True

@@ -218,6 +218,9 @@ def test_sync_bn_is_recorded_with_the_batch_norm_batch(fmnist_dir: Path, tmp_pat
     for flag, run_id in (("--sync-bn", "s"), ("--no-sync-bn", "p")):
         assert cli(["run", *TINY, "--attacks", "clean", flag, "--data-dir", str(fmnist_dir),
                     "--out", str(tmp_path), "--run-id", run_id]) == 0
-        training = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())["training"]
+        metrics = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())
+        training = metrics["training"]
         assert (training["sync_bn"], training["world_size"], training["bn_batch"]) == (flag == "--sync-bn", 1, 25)
+        assert training["amp"] is False  # bf16 autocast: on CUDA with native bf16 only
+        assert metrics["env"]["eval_backend"] == {"cudnn_benchmark": False, "tf32": False}
     assert json.loads((tmp_path / "runs" / "s" / "config.json").read_text())["sync_bn"] is True

@@ -322,3 +322,15 @@ def test_one_process_downloads_the_others_wait_and_only_read(tmp_path: Path, fai
     assert [(c[1], c[2]) for c in first] == [("train", True), ("test", True)]
     assert [(c[1], c[2]) for c in second] == [("train", False), ("test", False)]
     assert min(c[3] for c in second) >= max(c[4] for c in first)
+
+
+def test_each_process_finds_its_gpu() -> None:
+    """torchrun: GPU LOCAL_RANK; a scheduler that shows each task one GPU: GPU 0 (cuda:LOCAL_RANK
+    failed there); more processes than visible GPUs otherwise: one clear error."""
+    from fairbench.distributed import cuda_index
+    from fairbench.errors import FairbenchError
+
+    assert [cuda_index(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert [cuda_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
+    with pytest.raises(FairbenchError, match="LOCAL_RANK is 3 but this process sees 2 GPUs"):
+        cuda_index(3, 2)

@@ -293,3 +293,21 @@ def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path)
     with pytest.raises(FairbenchError, match="--sync-bn: SyncBatchNorm runs on GPUs only"):
         Trainer(cfg, SPEC, create_model("small-cnn", SPEC), CleanCE(None, cfg), train, None, tmp_path,
                 DistInfo(0, 2), torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("device, native, expected", [("cpu", True, False), ("cuda", True, True),
+                                                     ("cuda", False, False)])
+def test_bf16_autocast_by_default_only_where_bf16_is_native(monkeypatch, device: str, native: bool,
+                                                           expected: bool) -> None:
+    """A V100 or T4 emulates bf16 (slower than fp32): no autocast there unless --amp asks."""
+    from fairbench.trainer import default_amp
+
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert default_amp(torch.device(device)) is expected
+    assert asked == ([False] if device == "cuda" else [])
