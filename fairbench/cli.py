@@ -70,7 +70,7 @@ def run_cmd(
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
     weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(None, help="piecewise (default) or cosine"),
+    schedule: Optional[str] = typer.Option(None, help="piecewise (default), cosine or constant"),
     param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
     train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
     val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),

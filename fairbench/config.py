@@ -15,7 +15,7 @@ from typing import Any
 from fairbench.errors import FairbenchError
 
 THREATS = ("clean", "pgd20", "autoattack")
-SCHEDULES = ("piecewise", "cosine")
+SCHEDULES = ("piecewise", "cosine", "constant")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
@@ -42,7 +42,7 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; or cosine
+    schedule: str = "piecewise"  # lr, /10 at 50% and 75% of the epochs; cosine; constant (fine-tuning)
     params: dict[str, Any] = field(default_factory=dict)
     train_per_class: int | None = None
     val_per_class: int | None = None

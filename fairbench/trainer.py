@@ -28,9 +28,12 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in a
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
-    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol) or cosine."""
+    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol), cosine, or
+    constant (fine-tuning a trained model, as FRL's authors do at lr 1e-3)."""
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    if schedule == "constant":
+        return 1.0
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
 
 

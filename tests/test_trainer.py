@@ -63,6 +63,7 @@ def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
 
 @pytest.mark.parametrize("schedule, expected", [
     ("piecewise", [0.1, 0.1, 0.01, 0.001]),
+    ("constant", [0.1, 0.1, 0.1, 0.1]),
     ("cosine", [0.1, 0.1 * (0.5 + 0.5 ** 1.5), 0.05, 0.1 * (0.5 - 0.5 ** 1.5)]),
 ])
 def test_trainer_applies_the_schedule(tmp_path: Path, schedule: str, expected: list[float]) -> None:
