@@ -8,6 +8,7 @@ import json
 import math
 import re
 import types
+from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/
 TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size", "seed", "eps",
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
+# Training fields added after runs were committed, with their defaults (see `training_dict`).
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "sync_bn": False}
+SELECT_RULES = ("last", "best-val")
 
 
 @dataclass
@@ -57,6 +61,9 @@ class RunConfig:
     channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
+    preset: str | None = None  # the --preset the run started from (recorded, not applied again)
+    aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
+    select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
     sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
@@ -98,8 +105,16 @@ class RunConfig:
              f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
              f"with '.'), got '{self.run_id}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (self.select in SELECT_RULES,
+             f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
+            (self.select != "best-val" or bool(self.val_per_class),
+             "--select best-val needs a validation split: pass --val-per-class K"),
+            (self.aa_per_class is None or self.eval_per_class is None
+             or self.aa_per_class <= self.eval_per_class,
+             f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "
+             f"images per class (--eval-per-class)"),
         ]
-        for name in ("train_per_class", "val_per_class", "eval_per_class"):
+        for name in ("train_per_class", "val_per_class", "eval_per_class", "aa_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
@@ -117,9 +132,11 @@ class RunConfig:
                 raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
+        """The fields that define what is trained and kept; fields added later appear only when
+        they differ from their default, so older runs keep their ids and stay resumable."""
         d = {k: getattr(self, k) for k in TRAINING_FIELDS}
-        if self.sync_bn:  # only when set, so the hash (and id) of every run without it is unchanged
-            d["sync_bn"] = True
+        d.update({k: getattr(self, k) for k, default in LATER_TRAINING_FIELDS.items()
+                  if getattr(self, k) != default})
         return d
 
     def training_hash(self) -> str:
@@ -132,6 +149,15 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attacks"] = list(self.attacks)
+        return d
+
+    def portable_dict(self) -> dict[str, Any]:
+        """What config.json records: no path of the machine that made it (the output folder is
+        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        d = self.to_dict()
+        del d["out"]
+        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
+            d["data_dir"] = None
         return d
 
     @classmethod
