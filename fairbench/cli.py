@@ -96,6 +96,8 @@ def run_cmd(
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
     channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
+    sync_bn: bool = typer.Option(False, help="under torchrun on GPUs: batch norm over the global "
+                                 "batch (SyncBatchNorm), not each process's share"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""

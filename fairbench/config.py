@@ -27,7 +27,7 @@ TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size"
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
 # Training fields added after runs were committed, with their defaults (see `training_dict`).
-LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard"}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard", "sync_bn": False}
 SELECT_RULES = ("last", "best-val")
 
 
@@ -66,6 +66,7 @@ class RunConfig:
     aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
     select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
     augment: str = "standard"  # the data set's standard training augmentation, or none
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""

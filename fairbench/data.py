@@ -108,6 +108,32 @@ def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None
     return Split(images.contiguous(), labels.long())
 
 
+def load_splits(spec: DatasetSpec, names: tuple[str, ...], data_dir: str | os.PathLike | None,
+                download: bool, dist: "DistInfo") -> list[Split]:
+    """`load_split` for each name; under torchrun one process per machine may download, in turn.
+
+    Rank 0 loads first (downloading what is missing), then local rank 0 of every other machine
+    (whose data folder may be its own disk), then every other process, which never downloads: no
+    two processes write the same folder at once. Each turn ends with a collective that also
+    carries a failure, so an `error:` on the downloading rank stops every rank with that message.
+    """
+    if not dist.enabled:
+        return [load_split(spec, name, data_dir, download) for name in names]
+    turn = 0 if dist.is_main else 1 if dist.local_rank == 0 else 2
+    splits: list[Split] = []
+    for current in range(3):
+        failure = None
+        if turn == current:
+            try:
+                splits = [load_split(spec, name, data_dir, download and turn < 2) for name in names]
+            except FairbenchError as exc:
+                failure = str(exc)
+        failures = [f for f in dist.all_gather_object(failure) if f is not None]
+        if failures:
+            raise FairbenchError(failures[0])
+    return splits
+
+
 def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int = 0) -> torch.Tensor:
     """Indices of the first ``k`` examples of each class after skipping the first ``skip`` of each.
 
