@@ -220,6 +220,8 @@ def sweep_cmd(
     spec.option_grid.update(dict(sweep_grid.parse_axis(item, "--grid") for item in grid))
     runs = sweep_grid.expand(spec, parse_run_args, options)
     sweep.launch(runs, opts, minutes, typer.echo)
+    if dry_run:
+        return
     if report and not (launcher == "slurm" and not wait):
         report_cmd(results=runs[0].out)
     elif report:

@@ -55,13 +55,13 @@ def test_param_grid_multiplies_only_the_methods_that_have_it(fmnist_dir: Path, t
                                                              capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     assert cli(["sweep", "--methods", "pgd-at,fairat", "--seeds", "0-1", "--param-grid", "fraction=0.1,0.2",
-                *tiny_args(fmnist_dir, out), "--dry-run"]) == 0
+                *tiny_args(fmnist_dir, out), "--dry-run", "--report"]) == 0
     printed = capsys.readouterr().out
     ids = planned_ids(printed)
     assert len(ids) == 6 and len(set(ids)) == 6  # per seed: pgd-at once, fairat twice
     assert sum(i.startswith("pgd-at_") for i in ids) == 2
     assert "6 new" in printed and "dry run: nothing started" in printed
-    assert not out.exists()  # a dry run writes nothing
+    assert not out.exists()  # a dry run writes nothing, and --report does not run on it
 
 
 def test_sweep_files_in_toml_and_yaml_give_the_grid_of_the_flags(fmnist_dir: Path, tmp_path: Path,
