@@ -8,16 +8,17 @@ import json
 import math
 import re
 import types
+from pathlib import Path
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
 
 THREATS = ("clean", "pgd20", "autoattack")
-SCHEDULES = ("piecewise", "cosine")  # piecewise also as "piecewise:M1,M2,..." (see `milestones`)
+SCHEDULES = ("piecewise", "cosine", "constant")  # piecewise also as "piecewise:M1,M2,..." (`milestones`)
 DEFAULT_MILESTONES = (0.5, 0.75)  # FairAT / FRL: /10 at 50% and 75% of the epochs
+AUGMENTS = ("standard", "none")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
@@ -26,6 +27,10 @@ RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/
 TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size", "seed", "eps",
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
+# Training fields added after runs were committed, with their defaults (see `training_dict`).
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard", "sync_bn": False,
+                                         "ema": None}
+SELECT_RULES = ("last", "best-val")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; or cosine
+    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; cosine; or constant
     params: dict[str, Any] = field(default_factory=dict)
     train_per_class: int | None = None
     val_per_class: int | None = None
@@ -59,6 +64,11 @@ class RunConfig:
     channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
+    preset: str | None = None  # the --preset the run started from (recorded, not applied again)
+    aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
+    select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
+    augment: str = "standard"  # the data set's standard training augmentation, or none
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
     ema: float | None = None  # decay of a per-epoch EMA of the weights, evaluated instead of them
     init_from: str | None = None  # a finished run's folder whose weights this run starts from
     init_source: dict[str, Any] | None = None  # filled in from init_from: that run's id, config, ...
@@ -94,9 +104,10 @@ class RunConfig:
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.weight_decay < math.inf,
              f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
-            (self.schedule == "cosine" or milestones(self.schedule) is not None,
+            (self.schedule in ("cosine", "constant") or milestones(self.schedule) is not None,
              f"--schedule must be piecewise, piecewise:M1,M2,... (increasing fractions of the run in "
-             f"(0, 1), at each of which the learning rate drops /10) or cosine, got '{self.schedule}'"),
+             f"(0, 1), at each of which the learning rate drops /10), cosine or constant, got "
+             f"'{self.schedule}'"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), got {self.ema}"),
             (self.init_from is None or bool(self.init_from.strip()), "--init-from is empty"),
             (DEVICE_PATTERN.fullmatch(self.device) is not None,
@@ -105,8 +116,18 @@ class RunConfig:
              f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
              f"with '.'), got '{self.run_id}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (self.augment in AUGMENTS,
+             f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
+            (self.select in SELECT_RULES,
+             f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
+            (self.select != "best-val" or bool(self.val_per_class),
+             "--select best-val needs a validation split: pass --val-per-class K"),
+            (self.aa_per_class is None or self.eval_per_class is None
+             or self.aa_per_class <= self.eval_per_class,
+             f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "
+             f"images per class (--eval-per-class)"),
         ]
-        for name in ("train_per_class", "val_per_class", "eval_per_class"):
+        for name in ("train_per_class", "val_per_class", "eval_per_class", "aa_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
@@ -124,15 +145,15 @@ class RunConfig:
                 raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
-        """The fields that change what is trained. ``ema`` and ``init_from`` (as the source run's
-        folder name, the same on every machine) appear only when set, so that runs without them
-        keep the run ids and checkpoint hashes they always had."""
-        fields = {k: getattr(self, k) for k in TRAINING_FIELDS}
-        if self.ema is not None:
-            fields["ema"] = self.ema
+        """The fields that define what is trained and kept; fields added later appear only when
+        they differ from their default, so older runs keep their ids and stay resumable.
+        ``init_from`` appears as the source run's folder name, the same on every machine."""
+        d = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        d.update({k: getattr(self, k) for k, default in LATER_TRAINING_FIELDS.items()
+                  if getattr(self, k) != default})
         if self.init_from is not None:
-            fields["init_from"] = Path(self.init_from).name
-        return fields
+            d["init_from"] = Path(self.init_from).name
+        return d
 
     def training_hash(self) -> str:
         blob = json.dumps(self.training_dict(), sort_keys=True, default=str)
@@ -144,6 +165,15 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attacks"] = list(self.attacks)
+        return d
+
+    def portable_dict(self) -> dict[str, Any]:
+        """What config.json records: no path of the machine that made it (the output folder is
+        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        d = self.to_dict()
+        del d["out"]
+        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
+            d["data_dir"] = None
         return d
 
     @classmethod
@@ -225,8 +255,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
-    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
-                            lr=0.05, schedule="piecewise", val_per_class=500, device="cpu"),
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=4, batch_size=128,
+                            lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
+                            val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # Each 2023-24 robust-fairness paper's CIFAR-10 setting, as closely as fairbench's protocol
     # allows (docs/paper-presets.md lists what differs and the published numbers to compare with).
     # CFA (Wei et al., CVPR 2023): PreAct ResNet-18, 200 epochs, /10 at 100 and 150, 98% of the

@@ -21,8 +21,9 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import attack_settings, evaluate, format_table, stages
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
-from fairbench.results import (METRICS_FILE, SCHEMA_VERSION, atomic_write_json, ensure_writable,
-                               load_checkpoint, sha256_file)
+from fairbench.results import (METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION, atomic_write_bytes,
+                               atomic_write_json, ensure_writable, load_checkpoint,
+                               outcomes_csv_gz, sha256_file)
 from fairbench.runner import environment, resolve_device
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -122,6 +123,7 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
         # another evaluation of this model (other eps, attacks or images) may have written here:
         # if this one is killed, its result must not look current
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
 
     dist.on_main(claim_folder)
     test = load_split(spec, "test", opts.data_dir)
@@ -130,7 +132,7 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
     test = test.subset(indices).to(device)
     say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
         f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
-    metrics, seconds = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
+    metrics, seconds, outcomes = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
                                 batch_size=opts.batch_size, dist=dist, progress=say, seed=opts.seed,
                                 state_dir=run_dir / "eval_state", indices=indices)
 
@@ -149,6 +151,7 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
                        "world_size": dist.world_size},
             "env": environment(device), "checkpoint": source["checkpoint"],
         }
+        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(indices, test.labels, outcomes))
         atomic_write_json(run_dir / METRICS_FILE, record)
 
     dist.on_main(write)

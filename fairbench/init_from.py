@@ -1,5 +1,6 @@
 """``--init-from RUN_DIR``: start a run from the weights of a finished fairbench run (FAAL fine-tunes
-a robust model; FRL's authors warm-start from one).
+a robust model; FRL's authors warm-start from one). ``--init-from FILE`` takes a checkpoint made
+elsewhere instead (FRL's ``hot_start.pt``): any state_dict, checked against the architecture only.
 
 The source folder must hold the run's ``config.json`` and ``checkpoint.pt`` with training finished.
 Committed results carry no checkpoint (results/README.md), so a committed run can be a source only
@@ -31,8 +32,11 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     assert cfg.init_from is not None
     folder = Path(cfg.init_from)
     where = f"--init-from {cfg.init_from}"
+    if folder.is_file():
+        return _read_file(folder, where)
     if not folder.is_dir():
-        raise FairbenchError(f"{where}: no such folder (give a run folder, RESULTS/runs/<run-id>)")
+        raise FairbenchError(f"{where}: no such folder or file (give a run folder, RESULTS/runs/<run-id>, "
+                             f"or a checkpoint file)")
     source = _source_config(folder, where)
     differ = [f"{key} '{source.get(key)}' (this run: '{getattr(cfg, key)}')"
               for key in ("arch", "dataset") if source.get(key) != getattr(cfg, key)]
@@ -56,11 +60,24 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     weights = unwrap_state_dict(state)  # the averaged weights, when the source kept an average
     averaged = isinstance(state.get("averaged"), dict) and int(state["averaged"].get("n_averaged", 0)) > 0
     prior = source.get("init_source") or {}
+    before = prior.get("budget_epochs", 0)
     record = {"run_dir": str(folder), "run_id": source.get("run_id", folder.name),
               "method": source.get("method"), "epochs": epochs,
-              "budget_epochs": epochs + int(prior.get("budget_epochs", 0)),
+              "budget_epochs": epochs + before if isinstance(before, int) else None,
               "weights": "averaged" if averaged else "last",
-              "checkpoint_sha256": sha256_file(ckpt), "config": source}
+              "checkpoint_sha256": sha256_file(ckpt),
+              # its own source is named, not nested: a chain of runs stays a flat record
+              "config": {k: v for k, v in source.items() if k != "init_source"}
+              | {"init_source": prior.get("run_id") or prior.get("file")}}
+    return weights, record
+
+
+def _read_file(path: Path, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint made elsewhere: its weights (``{'state_dict': ...}`` / ``{'model': ...}``
+    wrappers and DDP prefixes accepted); the architecture is checked when they are loaded."""
+    weights = unwrap_state_dict(load_checkpoint(path))
+    record = {"file": str(path), "run_id": None, "method": None, "epochs": None, "budget_epochs": None,
+              "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
     return weights, record
 
 

@@ -16,18 +16,19 @@ import torch
 from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
+from fairbench.distributed import DistInfo, cuda_index, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, format_table
+from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.init_from import read_init_source
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import METHODS, MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, SCHEMA_VERSION,
-                               atomic_write_json, atomic_write_text, check_metrics, ensure_free_space,
-                               ensure_writable, remove_stale_temps, run_lock, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, OUTCOMES_FILE,
+                               SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                               check_metrics, ensure_free_space, ensure_writable, outcomes_csv_gz,
+                               remove_stale_temps, run_lock, sha256_file)
 from fairbench.trainer import Trainer
 
 
@@ -79,12 +80,12 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
 
-def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device
+def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
               ) -> tuple[Split, Split | None, Split, torch.Tensor]:
     """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
-    and the test images' positions in the full test set (kept with the evaluation's outcomes)."""
-    train_full = load_split(spec, "train", cfg.data_dir, cfg.download)
-    test = load_split(spec, "test", cfg.data_dir, cfg.download)
+    and the test images' positions in the full test set (kept with the evaluation's outcomes).
+    Under torchrun the processes download in turn (`load_splits`)."""
+    train_full, test = load_splits(spec, ("train", "test"), cfg.data_dir, cfg.download, dist or DistInfo())
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
     test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
                     if cfg.eval_per_class else torch.arange(len(test)))
@@ -101,7 +102,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "git": git}
+            "device": f"{device.type}: {name}", "git": git, "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -120,7 +121,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         dist = init_distributed(device.type)
         stop.announce = dist.is_main
         if device.type == "cuda" and dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+            device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
             torch.cuda.set_device(device)
         try:
             return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
@@ -145,7 +146,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
-    train, val, test, test_indices = load_data(cfg, spec, device)
+    train, val, test, test_indices = load_data(cfg, spec, device, dist)
     model = create_model(cfg.arch, spec).to(device)
     if cfg.init_from is not None and not (resume and has_checkpoint):  # a resume has it in its checkpoint
         weights, source = read_init_source(cfg)
@@ -186,8 +187,9 @@ def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) ->
 def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     """Clear what a crash may have left, record the config, and make sure no old result looks current."""
     remove_stale_temps(run_dir)
-    atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    atomic_write_json(run_dir / CONFIG_FILE, cfg.portable_dict())
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
     if not resuming:  # a fresh start: no epoch records from an earlier attempt
         atomic_write_text(run_dir / LOG_FILE, "")
 
@@ -199,17 +201,31 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
     # run was resumed: a resumed run reports the same metrics as an uninterrupted one.
     seed_everything(cfg.seed + dist.rank)
     t0 = time.perf_counter()
-    metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
-                                batch_size=cfg.eval_batch_size, dist=dist, progress=say, seed=cfg.seed,
-                                state_dir=run_dir / "eval_state", indices=test_indices)
+    selected = trainer.select_weights()
+    if cfg.select != "last":
+        say(f"--select {cfg.select}: evaluating the weights of epoch {selected}")
+    metrics, seconds, outcomes = evaluate(
+        model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks, batch_size=cfg.eval_batch_size,
+        dist=dist, progress=say, seed=cfg.seed, state_dir=run_dir / "eval_state",
+        indices=test_indices, subsets=threat_subsets(cfg, spec, test))
 
     def write() -> None:
-        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
+        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir)
+                               | {"selected_epoch": selected})
+        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(test_indices, test.labels, outcomes))
         atomic_write_json(run_dir / METRICS_FILE, record)
 
     dist.on_main(write)
     say(format_table(metrics, spec.classes))
     say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
+
+
+def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, torch.Tensor]:
+    """AutoAttack on the first ``--aa-per-class`` evaluated images of each class (a fixed,
+    class-balanced subset); every other threat on all of them."""
+    if not cfg.aa_per_class or "autoattack" not in cfg.attacks:
+        return {}
+    return {"autoattack": per_class_indices(test.labels, cfg.aa_per_class, spec.num_classes)}
 
 
 def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
@@ -219,19 +235,26 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
     ckpt = run_dir / CHECKPOINT_FILE
     return {
         "schema_version": SCHEMA_VERSION,
-        "run_id": cfg.run_id, "method": cfg.method, "params": cfg.params,
+        "run_id": cfg.run_id, "method": cfg.method, "params": cfg.params, "preset": cfg.preset,
+        "select": cfg.select,
         "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
         "threat": {"norm": "Linf", "eps": cfg.eps},
-        "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class},
+        "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class,
+                                           "aa_per_class": cfg.aa_per_class, "sync_bn": cfg.sync_bn,
+                                           "world_size": trainer.dist.world_size,
+                                           "bn_batch": trainer.bn_batch, "amp": trainer.amp},
         "classes": list(spec.classes),
         "metrics": metrics,
-        "attack_settings": attack_settings(cfg.eps, cfg.attacks, cfg.seed),
+        "attack_settings": attack_settings(
+            cfg.eps, cfg.attacks, cfg.seed,
+            {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
         "timing": {"train_s": round(trainer.train_seconds, 3),
                    "eval_s": {k: round(v, 3) for k, v in seconds.items()},
                    "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
                    "world_size": trainer.dist.world_size},
         "env": environment(device),
         "checkpoint": {"file": CHECKPOINT_FILE, "sha256": sha256_file(ckpt) if ckpt.exists() else None},
-        "ema": trainer.averaging.record() if trainer.averaging is not None else None,
+        "ema": trainer.averaging.decay if trainer.averaging is not None else None,
+        "averaging": trainer.averaging.record() if trainer.averaging is not None else None,
         "init_from": cfg.init_source,
     }

@@ -20,6 +20,7 @@ from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
+from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -32,11 +33,25 @@ PIECEWISE_FACTORS = (1.0, 0.1, 0.01, 0.001, 0.0001)  # written out: 0.1 ** 2 is 
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
     """Piecewise (x0.1 at each milestone: 50% and 75% of the epochs by default, as in the FairAT/FRL
-    protocol; ``piecewise:0.75,0.9`` sets others) or cosine."""
+    protocol; ``piecewise:0.75,0.9`` sets others), cosine, or constant (fine-tuning, as FRL's
+    authors do at lr 1e-3; then an E-epoch run is exactly the first E epochs of a longer one)."""
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     passed = sum(epoch >= m * epochs for m in milestones(schedule) or ())
     return PIECEWISE_FACTORS[passed]
+
+
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default only on a GPU that computes bf16 natively (Ampere and later); an
+    older one emulates it, slower than fp32."""
+    if device.type != "cuda":
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation (and never counted emulation)
+        return bool(torch.cuda.is_bf16_supported())
 
 
 class Trainer:
@@ -54,10 +69,14 @@ class Trainer:
         self.cfg, self.spec, self.method, self.dist = cfg, spec, method, dist
         self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
         self.progress = progress and dist.is_main
-        self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        self.amp = cfg.amp if cfg.amp is not None else default_amp(device)
         # Channels-last by default on every device: on the CPU (oneDNN) it is as fast as NCHW for
         # the ResNets and 1.3x faster for small-cnn, whose NCHW max-pool is slow (bench/README.md).
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
+        if cfg.sync_bn and dist.enabled:
+            if device.type != "cuda":
+                raise FairbenchError("--sync-bn: SyncBatchNorm runs on GPUs only; drop it on the CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same root, parameters kept
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -77,6 +96,8 @@ class Trainer:
         self.watch = LossWatch(device, dist)
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
         self._kept = "no checkpoint has been written yet"
+        self.selector = (BestValSelector(cfg, val, spec.num_classes, dist, device)
+                         if cfg.select == "best-val" and val is not None else None)
 
     def _wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
@@ -94,6 +115,11 @@ class Trainer:
             wrapped = torch.compile(wrapped, dynamic=False)
             attack = torch.compile(model, dynamic=False)
         return wrapped, attack
+
+    @property
+    def bn_batch(self) -> int:
+        """Images per batch-norm batch in training: each process's share under DDP, unless --sync-bn."""
+        return self.cfg.batch_size if self.cfg.sync_bn else self.cfg.batch_size // self.dist.world_size
 
     def _weight_average(self, model: nn.Module) -> WeightAverage | None:
         """The method's own average (CFA's FAWA), else ``--ema``'s, else none."""
@@ -134,6 +160,8 @@ class Trainer:
         last = self.cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, self.cfg.epochs)
         for epoch in range(self.start_epoch, last):
             record = self.train_epoch(epoch)
+            if self.selector is not None:
+                record.update(self.selector.after_epoch(self.eval_model(), epoch))  # the average, if any
             # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
             # the other order could lose the line of an epoch the checkpoint says is done
             self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))
@@ -142,6 +170,12 @@ class Trainer:
                 raise Preempted(f"stopped by {self._signal()} after epoch {epoch + 1}; "
                                 f"{self._kept}; rerun with --resume to continue")
         return max(self.start_epoch, last) >= self.cfg.epochs
+
+    def select_weights(self) -> int:
+        """Load the weights the `--select` rule keeps into the model to evaluate (`eval_model`:
+        the weight average when averaging is on, which is also what the rule scored); returns
+        their epoch."""
+        return self.selector.apply(self.eval_model()) if self.selector is not None else self.cfg.epochs
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
         plan = self._plan_from_main(plan)
@@ -228,7 +262,7 @@ class Trainer:
 
     def train_step(self, batch: EpochPlan, epoch: int) -> torch.Tensor:
         images = self.train.images[batch.indices]
-        x = standard_augment(self.spec, images)
+        x = standard_augment(self.spec, images) if self.cfg.augment == "standard" else to_float(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
@@ -327,6 +361,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "method": self.method.state_dict(),
+            "selection": self.selector.state_dict() if self.selector is not None else None,
             "rng": rngs[0],
             "rng_ranks": rngs,
             "train_seconds": self.train_seconds,
@@ -352,6 +387,7 @@ class Trainer:
         check_resumable(state, path, self.cfg)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
+        self._match_parameter_layout()
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
         for stats in self.method.class_stats():  # rank 0 saved the run's sums: the others start at 0
@@ -361,6 +397,11 @@ class Trainer:
         if isinstance(state.get("init_source"), dict):  # what the run started from, for its records
             self.cfg = dataclasses.replace(self.cfg, init_source=state["init_source"])
         self._restore_buffers(state)
+        if self.selector is not None:
+            if not isinstance(state.get("selection"), dict):
+                raise FairbenchError(f"{path} holds no --select best-val state; it was not made "
+                                     f"by this config")
+            self.selector.load_state_dict(state["selection"])
         self._restore_rng(state)
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -368,6 +409,18 @@ class Trainer:
         self._mid_epoch = state.get("mid_epoch")
         self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
         self.dist.on_main(self._drop_later_log_lines)
+
+    def _match_parameter_layout(self) -> None:
+        """Give each optimizer buffer its parameter's memory layout (strides).
+
+        ``--channels-last`` is not a training field, so a run may resume under the other setting:
+        the checkpoint's momentum buffers are then NCHW for channels-last weights (or the reverse),
+        and the fused SGD used on CUDA, which assumes matching strides, applies a wrong update.
+        """
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
 
     def _drop_later_log_lines(self) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""

@@ -102,7 +102,9 @@ def test_method_gate_averages_only_the_accepted_epochs(gated_method, fmnist_dir:
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["averaged"]["accepted"] for r in log] == [False, True, False, True]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["ema"] == {"decay": 0.5, "source": "test-every-other", "updates": 2, "evaluated": "averaged"}
+    assert metrics["ema"] == 0.5
+    assert metrics["averaging"] == {"decay": 0.5, "source": "test-every-other", "updates": 2,
+                                    "evaluated": "averaged"}
 
 
 def test_ema_run_evaluates_its_average_and_resumes_it_exactly(fmnist_dir: Path, tmp_path: Path,
@@ -122,7 +124,7 @@ def test_ema_run_evaluates_its_average_and_resumes_it_exactly(fmnist_dir: Path, 
         if v.is_floating_point():
             assert torch.allclose(v, expected[k], atol=1e-6), k
     metrics = json.loads((whole / "runs" / "r" / "metrics.json").read_text())
-    assert metrics["ema"]["updates"] == 4 and metrics["training"]["ema"] == 0.8
+    assert metrics["averaging"]["updates"] == 4 and metrics["ema"] == metrics["training"]["ema"] == 0.8
     # `fairbench eval` of the run's checkpoint evaluates the same (averaged) weights
     code, err = cli(["eval", "--checkpoint", str(whole / "runs" / "r" / "checkpoint.pt"), "--arch", "small-cnn",
                      "--dataset", "fashion-mnist", "--n-per-class", "3", "--attacks", "clean",

@@ -83,7 +83,7 @@ def test_balanced_subset_has_exactly_k_per_class(data: dict[str, Split], mlp: nn
     assert torch.bincount(labels[idx], minlength=10).tolist() == [7] * 10
     for c in range(10):  # the first 7 of each class, not the first N images
         assert torch.equal(idx[labels[idx] == c], torch.nonzero(labels == c).flatten()[:7])
-    metrics, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
+    metrics, _, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
                           progress=lambda m: None)
     assert metrics["clean"]["n_per_class"] == [5] * 10
 
@@ -142,7 +142,7 @@ def test_standard_model_is_not_robust(data: dict[str, Split]) -> None:
     """
     torch.manual_seed(0)
     model = train_clean(create_model("small-cnn", SPEC), data["train"], steps=300, lr=0.05)
-    metrics, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
+    metrics, _, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
                           progress=lambda m: None)
     assert metrics["clean"]["avg"] >= 0.6
     for threat in ("pgd20", "autoattack", "union"):
@@ -261,3 +261,143 @@ def test_settings_and_table() -> None:
     assert "union" in table.splitlines()[0]
     assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == \
         [["worst", "class", "shirt", "sandal"]]
+
+
+def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() -> None:
+    """On a GPU the trainer turns cuDNN autotuning on and TF32 convolutions are torch's default:
+    the evaluator turns both off while it runs (AutoAttack's shapes keep changing; its fp32 must be
+    fp32) and gives the trainer's settings back after. The flags can be set on any machine."""
+    backends = torch.backends
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                         backends.cuda.matmul.fp32_precision))
+            return torch.zeros(x.shape[0], 10) + x.flatten(1)[:, :1]
+
+    before = (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision)
+    backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = True, "tf32"
+    backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        split = Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4))
+        evaluate(Spy(), split, SPEC.classes, eps=EPS, attacks=("clean", "pgd20"), progress=lambda _m: None)
+        assert seen and set(seen) == {(False, "ieee", "ieee")}
+        assert (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                backends.cuda.matmul.fp32_precision) == (True, "tf32", "tf32")
+    finally:
+        backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = before[:2]
+        backends.cuda.matmul.fp32_precision = before[2]
+    assert ev.EVAL_BACKEND == {"cudnn_benchmark": False, "tf32": False}  # what env.eval_backend records
+
+
+def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Split], reference) -> None:
+    """AutoAttack on a class-balanced subset: -1 elsewhere; union only where every threat ran."""
+    split = data["test3"]
+    pos = per_class_indices(split.labels, 1, SPEC.num_classes)
+    calls: list[int] = []
+    real = ev.autoattack_correct
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]))
+        return real(*args, **kwargs)
+
+    ev_aa = ev.autoattack_correct
+    ev.autoattack_correct = counting
+    try:
+        out, _ = evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, chunk_size=10,
+                                   progress=lambda m: None, subsets={"autoattack": pos})
+    finally:
+        ev.autoattack_correct = ev_aa
+    assert sum(calls) == len(pos), "AutoAttack saw only the subset"
+    outside = torch.ones(len(split), dtype=torch.bool)
+    outside[pos] = False
+    (full, _), _ = reference
+    assert torch.equal(out["clean"], full["clean"]) and torch.equal(out["pgd20"], full["pgd20"])
+    assert (out["autoattack"][outside] == -1).all() and (out["union"][outside] == -1).all()
+    assert set(out["autoattack"][pos].tolist()) <= {0, 1}
+    expect_union = ((out["clean"][pos] == 1) & (out["pgd20"][pos] == 1) & (out["autoattack"][pos] == 1))
+    assert torch.equal(out["union"][pos] == 1, expect_union)
+    metrics = ev.summarize_outcomes(out, split.labels, SPEC.classes)
+    assert metrics["autoattack"]["n_per_class"] == [1] * 10
+    assert metrics["pgd20"]["n_per_class"] == torch.bincount(split.labels, minlength=10).tolist()
+    with pytest.raises(FairbenchError, match="clean"):
+        evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, subsets={"clean": pos})
+
+
+def test_outcomes_file_gives_the_metrics(mlp: nn.Module, data: dict[str, Split]) -> None:
+    """outcomes.csv.gz rows regroup into exactly metrics.json's per-class numbers; same bytes twice."""
+    import csv
+    import gzip
+    import io
+
+    from fairbench.results import outcomes_csv_gz
+
+    split = data["test3"]
+    indices = torch.arange(100, 100 + len(split))
+    pos = per_class_indices(split.labels, 2, SPEC.num_classes)
+    metrics, _, out = evaluate(mlp, split, SPEC.classes, eps=EPS, attacks=["clean", "pgd20"],
+                               progress=lambda m: None, subsets={"pgd20": pos})
+    blob = outcomes_csv_gz(indices, split.labels, out)
+    assert blob == outcomes_csv_gz(indices, split.labels, out)
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(blob).decode())))
+    assert list(rows[0]) == ["index", "label", "clean", "pgd20", "autoattack", "union"]
+    assert [int(r["index"]) for r in rows] == indices.tolist()
+    assert all(r["autoattack"] == "" for r in rows)
+    for threat in ("clean", "pgd20", "union"):
+        for c in range(10):
+            cells = [int(r[threat]) for r in rows if int(r["label"]) == c and r[threat] != ""]
+            assert len(cells) == metrics[threat]["n_per_class"][c]
+            assert sum(cells) / len(cells) == pytest.approx(metrics[threat]["per_class"][c], abs=1e-6)
+
+
+def _previous_feeding(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """How `autoattack_correct` fed AutoAttack before issue 11 (item 9): the chunk as given, the
+    evaluator's batch size, the model as it came (trainable weights, its own memory format)."""
+    from pyautoattack import AutoAttack
+
+    adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device=x.device, seed=7)
+    with ev.aa_logging(lambda m: None):
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return (y_adv == y) & ev.clean_correct(model, x_adv, y)
+
+
+def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, Split]) -> None:
+    """Frozen weights, channels-last and even batches change how fast AutoAttack runs, not what it
+    finds, wherever the batches stay the same: here every image the MLP gets right fits in one
+    batch both ways, and channels-last is a no-op for an MLP. (Where the old feeding left a short
+    last batch, even batches regroup the images; APGD's random starts and Square's square
+    positions are drawn per batch from the reseeded RNG, so an image on the edge may then fall
+    or survive differently: the same attack with other random draws.)"""
+    split, batch_size = data["test3"], 32
+    x, y = split.images.float() / 255, split.labels
+    assert int(ev.clean_correct(mlp, x, y).sum()) <= batch_size
+    with torch.random.fork_rng():
+        expected = _previous_feeding(mlp, x, y, batch_size)
+    assert any(p.grad is not None for p in mlp.parameters()), "FAB-T's .backward() filled .grad"
+    for p in mlp.parameters():
+        p.grad = None
+    with torch.random.fork_rng():
+        got = ev.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size,
+                                    progress=lambda m: None)
+    assert expected.any() and not expected.all()
+    assert torch.equal(got, expected)
+    assert all(p.requires_grad and p.grad is None for p in mlp.parameters())
+
+
+def test_attack_ready_restores_the_model() -> None:
+    """Inside: channels-last, no weight gradients (FAB-T's .backward() computes none); after,
+    even when the block fails: the old memory format, trainable weights, no .grad left."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 10))
+    conv = model[2].weight
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with pytest.raises(Killed):
+        with ev.attack_ready(model):
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            assert not any(p.requires_grad for p in model.parameters())
+            model(x).sum().backward()
+            assert x.grad is not None and all(p.grad is None for p in model.parameters())
+            raise Killed
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -80,7 +80,8 @@ def test_a_run_starts_from_the_weights_its_source_evaluated(sources, source: str
     assert record["run_id"] == source and record["method"] == "pgd-at" and record["epochs"] == 2
     assert record["budget_epochs"] == 2 and record["weights"] == ("averaged" if key == "averaged" else "last")
     assert record["checkpoint_sha256"] == sha256_file(sources[source] / "checkpoint.pt")
-    assert record["config"] == json.loads((sources[source] / "config.json").read_text())
+    source_config = json.loads((sources[source] / "config.json").read_text())
+    assert record["config"] == source_config | {"init_source": None}
     assert metrics["training"]["init_from"] == source and metrics["method"] == "faal"
 
 
@@ -90,9 +91,11 @@ def test_a_chain_of_runs_adds_up_its_budget(sources, tmp_path: Path, capsys) -> 
     assert cli(run_args(sources["data"], out, "b", "--init-from", str(out / "runs" / "a")), capsys)[0] == 0
     record = json.loads((out / "runs" / "b" / "metrics.json").read_text())["init_from"]
     assert record["run_id"] == "a" and record["budget_epochs"] == 4
+    assert record["config"]["init_source"] == "plain"  # the chain is named, not nested
 
 
-def test_resume_keeps_the_record_even_without_the_source(sources, tmp_path: Path, capsys) -> None:
+def test_resume_keeps_the_record_even_without_the_source(sources, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     source = tmp_path / "source"
     shutil.copytree(sources["plain"], source)
@@ -100,6 +103,7 @@ def test_resume_keeps_the_record_even_without_the_source(sources, tmp_path: Path
     args = run_args(sources["data"], parts, "r", "--init-from", str(source))
     assert cli(args + ["--stop-after-epoch", "1"], capsys)[0] == 0
     shutil.rmtree(source)  # a resume has the weights and the record in its checkpoint
+    monkeypatch.setenv("FAIRBENCH_DATA", str(sources["data"]))  # config.json keeps no absolute data path
     code, err = cli(["resume", str(parts / "runs" / "r"), "--no-progress"], capsys)
     assert code == 0, err
     a, b = (load_checkpoint(d / "runs" / "r" / "checkpoint.pt") for d in (whole, parts))

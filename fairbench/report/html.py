@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import base64
 import json
-from html import escape
+from html import escape as _escape
 
-from fairbench.report import Group, Leaderboard, Row, threat_name
-from fairbench.report_figures import figure_paths
-from fairbench.report_tables import LEGEND, columns, sort_note
+from fairbench.report.model import Group, Leaderboard, Row, threat_name
+from fairbench.report.figures import figure_paths, tradeoff_paths
+from fairbench.report.tables import LEGEND, columns, one_line, rank_text, sort_note
+
+
+def escape(text: object) -> str:
+    """Text for an HTML text node or a quoted attribute value (``&<>"'`` escaped), on one line."""
+    return _escape(one_line(str(text)), quote=True)
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
@@ -81,13 +86,14 @@ _JS = """
 def _run_config(row: Row) -> str:
     """Every run behind a row, each in its own details element (seed, id, path, full config)."""
     items = []
-    for run in sorted(row.runs, key=lambda r: (json.dumps(r.seed), r.path)):
-        d = run.data
-        config = {k: d.get(k) for k in ("run_id", "method", "params", "seed", "threat", "training",
-                                        "timing", "env", "checkpoint") if k in d}
-        summary = f"seed {run.seed} · {run.data['run_id']} · {run.path}"
+    for run in sorted(row.runs, key=lambda r: (r.seed, r.path)):
+        d = run.record.to_json()
+        config = {k: d.get(k) for k in ("run_id", "method", "params", "seed", "threat", "training", "preset",
+                                        "select", "ema", "init_from", "timing", "env", "checkpoint")}
+        summary = f"seed {run.seed} · {run.record.run_id} · {run.path}"
+        text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=True)  # newlines: only json's
         items.append(f"<details><summary>{escape(summary)}</summary>"
-                     f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre></details>")
+                     f"<pre>{_escape(text, quote=True)}</pre></details>")
     return "".join(items)
 
 
@@ -95,7 +101,7 @@ def _hover(row: Row) -> str:
     t = row.runs[0].training
     keys = ("epochs", "batch_size", "lr", "schedule", "eps", "step_size", "attack_steps",
             "train_per_class", "eval_per_class")
-    params = row.runs[0].data.get("params") or {}
+    params = row.runs[0].record.params
     return (f"{row.method} params {json.dumps(params, sort_keys=True)}; "
             + ", ".join(f"{k}={t[k]:.6g}" if isinstance(t.get(k), float) else f"{k}={t.get(k)}"
                         for k in keys if k in t) + f"; seeds {', '.join(map(str, row.seeds))}")
@@ -105,16 +111,17 @@ def _table(group: Group, slug: str) -> list[str]:
     cols = columns(group)
     default_key = f"{group.sort_threat}_worst"
     heads = ['<th data-key="rank">#</th>'] + [
-        f'<th data-key="{c.key}"' + ("" if c.numeric else ' class="text"')
+        f'<th data-key="{escape(c.key)}"' + ("" if c.numeric else ' class="text"')
         + (' aria-sort="ascending"' if c.key == default_key else "") + f">{escape(c.short or c.header)}</th>"
         for c in cols]
     spans = f'<th colspan="{1 + sum(c.threat is None for c in cols)}"></th>' + "".join(
         f'<th colspan="{sum(c.threat == t for c in cols)}" class="threat">{escape(threat_name(t))}</th>'
         for t in group.threats)
-    out = [f'<div class="scroll"><table class="leaderboard" id="t-{slug}">',
+    out = [f'<div class="scroll"><table class="leaderboard" id="t-{escape(slug)}">',
            f"<thead><tr>{spans}</tr><tr>" + "".join(heads) + "</tr></thead>"]
-    for rank, row in enumerate(group.rows, 1):
-        cells = [f'<td data-sort="{rank}">{rank}</td>']
+    for row in group.rows:
+        rank = "" if row.rank is None else row.rank
+        cells = [f'<td data-sort="{rank}">{rank_text(row)}</td>']
         for c in cols:
             text, key = c.cell(row)
             attrs = f' data-sort="{escape("" if key is None else str(key))}"'
@@ -127,16 +134,27 @@ def _table(group: Group, slug: str) -> list[str]:
     return out + ["</table></div>"]
 
 
+def _figure(png: str, svg: str, charts: dict[str, bytes], alt: str, caption: str, kind: str) -> list[str]:
+    if png not in charts:
+        return []
+    data = base64.b64encode(charts[png]).decode()
+    return [f'<figure class="{kind}"><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{escape(caption)} Files: <a href="{escape(png)}">PNG</a>, '
+            f'<a href="{escape(svg)}">SVG</a>.</figcaption></figure>']
+
+
 def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
-    out = ['<div class="charts">']
+    name = threat_name(group.sort_threat)
+    out = ['<div class="charts">'] + _figure(
+        *tradeoff_paths(slug), charts, f"trade-off: average vs worst-class {name} error",
+        f"Average against worst-class {name} error, one point per method (mean over seeds), its 95% "
+        f"bootstrap intervals as a cross (none for a row without outcomes); dashed: the Pareto front, "
+        f"the methods no other beats on both.", "tradeoff")
     for threat, (png, svg) in figure_paths(group, slug).items():
-        if png not in charts:
-            continue
-        data = base64.b64encode(charts[png]).decode()
         name = threat_name(threat)
-        out.append(f'<figure><img alt="{escape(name)} error per class" src="data:image/png;base64,{data}">'
-                   f'<figcaption>{escape(name)} error per class, mean over seeds, error bars: std over '
-                   f'seeds. Files: <a href="{png}">PNG</a>, <a href="{svg}">SVG</a>.</figcaption></figure>')
+        out += _figure(png, svg, charts, f"{name} error per class",
+                       f"{name} error per class, mean over seeds; error bars: 95% bootstrap intervals "
+                       f"(none for a row without outcomes).", "classwise")
     return out + ["</div>"]
 
 
@@ -147,13 +165,15 @@ def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> s
             f'<p class="note">{n_runs} runs from {board.n_files} metrics.json files. Click a column header '
             f'to sort; open a row\'s "configs" for every run\'s settings; hover a method for its '
             f'training settings.</p>']
-    if board.skipped:
-        items = "".join(f"<li><code>{escape(p)}</code>: {escape(why)}</li>" for p, why in board.skipped)
-        body.append(f'<div class="warn"><strong>Skipped {len(board.skipped)} file(s)</strong><ul>{items}</ul></div>')
-    body.append("<nav>" + "".join(f'<a href="#g-{s}">{escape(g.key.label())}</a>'
+    for title, notes in ((f"Skipped {len(board.skipped)} file(s)", board.skipped),
+                         (f"Warnings ({len(board.warnings)})", board.warnings)):
+        if notes:
+            items = "".join(f"<li><code>{escape(p)}</code>: {escape(why)}</li>" for p, why in notes)
+            body.append(f'<div class="warn"><strong>{escape(title)}</strong><ul>{items}</ul></div>')
+    body.append("<nav>" + "".join(f'<a href="#g-{escape(s)}">{escape(g.key.label())}</a>'
                                   for g, s in zip(board.groups, slugs)) + "</nav>")
     for group, slug in zip(board.groups, slugs):
-        body += [f'<section id="g-{slug}">', f"<h2>{escape(group.key.label())}</h2>",
+        body += [f'<section id="g-{escape(slug)}">', f"<h2>{escape(group.key.label())}</h2>",
                  f'<p class="note">{escape(sort_note(group))}</p>']
         body += _table(group, slug) + _charts(group, slug, charts) + ["</section>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
