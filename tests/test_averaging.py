@@ -146,3 +146,22 @@ def test_bad_averaging_is_one_error_line(extra: list[str], message: str, fmnist_
     code, err = cli(run_args(fmnist_dir, tmp_path / "out") + extra, capsys)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_best_val_selection_keeps_the_averaged_weights(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """With averaging on, --select best-val scores and keeps the average (what the run evaluates)."""
+    out, averaged = tmp_path / "out", []
+    args = run_args(fmnist_dir, out, "--ema", "0.5", "--select", "best-val", "--val-per-class", "2",
+                    epochs=3)
+    for epoch in (1, 2, 3):
+        resume = ["--resume"] if epoch > 1 else []
+        assert cli(args + resume + ["--stop-after-epoch", str(epoch)], capsys)[0] == 0
+        averaged.append(load_checkpoint(out / "runs" / "r" / "checkpoint.pt")["averaged"]["weights"])
+    code, err = cli(args + ["--resume"], capsys)
+    assert code == 0, err
+    state = load_checkpoint(out / "runs" / "r" / "checkpoint.pt")
+    best = state["selection"]["best_epoch"]
+    kept = state["selection"]["best_model"]
+    assert all(torch.equal(kept[k], averaged[best - 1][k]) for k in kept)
+    metrics = json.loads((out / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["selected_epoch"] == best and metrics["ema"] == 0.5
