@@ -176,12 +176,25 @@ def step_plan(trainer: Trainer, batch: int) -> EpochPlan:
                      torch.ones(batch, device=device))
 
 
-def check_host_syncs(device: torch.device, arch: str, tmp: Path) -> list[tuple[str, Check]]:
-    """Item 9: a FairAT+TRADES training step (augmentation, KL attack, loss, update) never syncs."""
-    trainer = make_trainer(device, arch, 128 if device.type == "cuda" else 16, tmp)
+# The 2023-24 methods' training steps (per-class statistics, early-stopped attacks, FAAL's
+# on-device solver), set where their class-wise machinery is on: CFA with a measured t and after
+# its `begin`, DAFA in its recording epoch (epoch 0 of a 1-epoch run).
+METHOD_STEPS = {"cfa": ({"fawa": "false"}, 1), "wat": ({}, 0), "bat": ({}, 0), "dafa": ({}, 0),
+                "faal": ({}, 0)}
+
+
+def check_host_syncs(device: torch.device, arch: str, tmp: Path, method: str = "fairat",
+                     params: dict | None = None, epoch: int = 0) -> list[tuple[str, Check]]:
+    """Item 9: a training step (FairAT+TRADES by default: augmentation, KL attack, loss, update)
+    never syncs; the same for each method of METHOD_STEPS (`check_method_host_syncs`)."""
+    trainer = make_trainer(device, arch, 128 if device.type == "cuda" else 16, tmp, method=method,
+                           params=params, **({"val_per_class": 2} if method == "wat" else {}))
+    if method == "cfa":
+        trainer.method.t = torch.linspace(0.2, 0.8, 10)
     plan = step_plan(trainer, trainer.cfg.batch_size)
     for step in range(2):  # warm-up: cuDNN autotuning, lazy initialisation
-        trainer.watch.record(step, trainer.train_step(plan, 0))
+        trainer.watch.record(step, trainer.train_step(plan, epoch))
+    label = "" if method == "fairat" else f"[{method}]"
     if device.type != "cuda":
         made: list[str] = []
         real = torch.tensor
@@ -193,23 +206,30 @@ def check_host_syncs(device: torch.device, arch: str, tmp: Path) -> list[tuple[s
 
         torch.tensor = spy
         try:
-            trainer.train_step(plan, 0)
+            trainer.train_step(plan, epoch)
         finally:
             torch.tensor = real
-        return [("host-syncs-per-step", ("PASS" if not made else "FAIL",
+        return [(f"host-syncs-per-step{label}", ("PASS" if not made else "FAIL",
                  f"{len(made)} torch.tensor calls on host data in one step (CPU stand-in)", "0"))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for step in range(5):
-                trainer.watch.record(step, trainer.train_step(plan, 0))
+                trainer.watch.record(step, trainer.train_step(plan, epoch))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message).splitlines()[0][:100] for w in caught if "synchroniz" in str(w.message)]
-    return [("host-syncs-per-step", ("PASS" if not syncs else "FAIL",
-             f"{len(syncs)} synchronizing CUDA calls in 5 FairAT+TRADES steps"
+    what = "FairAT+TRADES" if method == "fairat" else method
+    return [(f"host-syncs-per-step{label}", ("PASS" if not syncs else "FAIL",
+             f"{len(syncs)} synchronizing CUDA calls in 5 {what} steps"
              + (f", first: {syncs[0]}" if syncs else ""), "0 (torch.cuda.set_sync_debug_mode)"))]
+
+
+def check_method_host_syncs(device: torch.device, arch: str, tmp: Path) -> list[tuple[str, Check]]:
+    """`check_host_syncs` for each method of METHOD_STEPS."""
+    return [line for method, (params, epoch) in METHOD_STEPS.items()
+            for line in check_host_syncs(device, arch, tmp / method, method, params, epoch)]
 
 
 def check_resume_layouts(device: torch.device, tmp: Path) -> list[tuple[str, Check]]:
@@ -347,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[Callable[[], list[tuple[str, Check]]]] = [
             lambda: check_attack_precision(device, "preact18" if gpu else "small-cnn", 200 if gpu else 30),
             lambda: check_host_syncs(device, "preact18" if gpu else "small-cnn", tmp / "syncs"),
+            lambda: check_method_host_syncs(device, "preact18" if gpu else "small-cnn", tmp / "method-syncs"),
             lambda: check_resume_layouts(device, tmp),
             lambda: check_compiled_backward(device, "preact18" if gpu else "small-cnn", gpu and not args.quick),
             lambda: check_trades_step(device, ("preact18" if args.quick else "wrn-28-10") if gpu else "small-cnn",

@@ -75,8 +75,8 @@ def dro_class_weights(a: torch.Tensor, r: float) -> torch.Tensor:
     spread = a.max() - a.min()
     flat = spread <= 1e-12 * (1 + a.abs().max())
     z = (a - a.max()) / torch.where(flat, torch.ones_like(spread), spread)  # in [-1, 0], max 0
-    lo = torch.tensor(-LOG_T_RANGE, dtype=torch.float64, device=a.device)
-    hi = torch.tensor(LOG_T_RANGE, dtype=torch.float64, device=a.device)
+    lo = torch.full((), -LOG_T_RANGE, dtype=torch.float64, device=a.device)  # filled on the device
+    hi = torch.full((), LOG_T_RANGE, dtype=torch.float64, device=a.device)
     grid = torch.linspace(0, 1, POINTS, dtype=torch.float64, device=a.device)
     for _ in range(ROUNDS):  # KL falls as log t grows: keep the bracket around KL = r
         points = lo + (hi - lo) * grid

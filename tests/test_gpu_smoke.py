@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
     lambda tmp: gpu_smoke.check_host_syncs(CPU, "small-cnn", tmp),
     lambda tmp: gpu_smoke.check_resume_layouts(CPU, tmp),
     lambda tmp: gpu_smoke.check_compiled_backward(CPU, "small-cnn", time_inductor=False),
-], ids=["attack-precision", "host-syncs", "resume-layouts", "compiled-backward"])
+    lambda tmp: gpu_smoke.check_method_host_syncs(CPU, "small-cnn", tmp),
+], ids=["attack-precision", "host-syncs", "resume-layouts", "compiled-backward", "method-host-syncs"])
 def test_cpu_runnable_checks_pass(check, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(gpu_smoke, "PER_CLASS", 8)  # tiny synthetic splits: seconds, not minutes
     lines = check(tmp_path)
