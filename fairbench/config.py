@@ -105,9 +105,8 @@ class RunConfig:
             (0 <= self.weight_decay < math.inf,
              f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
             (self.schedule in ("cosine", "constant") or milestones(self.schedule) is not None,
-             f"--schedule must be piecewise, piecewise:M1,M2,... (increasing fractions of the run in "
-             f"(0, 1), at each of which the learning rate drops /10), cosine or constant, got "
-             f"'{self.schedule}'"),
+             f"--schedule must be piecewise, piecewise:M1,M2,..., cosine or constant (M1 < M2 < ...: "
+             f"fractions of the run in (0, 1) where the learning rate drops /10), got '{self.schedule}'"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), got {self.ema}"),
             (self.init_from is None or bool(self.init_from.strip()), "--init-from is empty"),
             (DEVICE_PATTERN.fullmatch(self.device) is not None,

@@ -650,7 +650,7 @@ BAD_RUN_OPTIONS = [
     (["--weight-decay", "-1e-4"], "--weight-decay must be a finite number >= 0"),
     (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
-    (["--schedule", "linear"], "--schedule must be one of piecewise, cosine"),
+    (["--schedule", "linear"], "--schedule must be piecewise, piecewise:M1,M2,..., cosine or constant"),
     (["--param", "beta=1"], "unknown parameter 'beta' for method 'pgd-at'"),
     (["--param", "beta"], "--param expects name=value"),
     (["--param", "=1"], "--param expects name=value"),
