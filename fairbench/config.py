@@ -8,7 +8,6 @@ import json
 import math
 import re
 import types
-from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,12 +155,11 @@ class RunConfig:
         return d
 
     def portable_dict(self) -> dict[str, Any]:
-        """What config.json records: no path of the machine that made it (the output folder is
-        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        """What config.json records: no output folder (it is where the file lies), so a committed
+        run carries no path of the machine that made it. ``--data-dir`` stays as given (None by
+        default): `fairbench resume` needs it to find the same data."""
         d = self.to_dict()
         del d["out"]
-        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
-            d["data_dir"] = None
         return d
 
     @classmethod
