@@ -52,13 +52,22 @@ def unwrap_state_dict(state: dict) -> dict:
 
 
 def load_model_state(model: nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``model`` or say exactly which keys or shapes do not match."""
+    """Load ``state`` into ``model`` or say exactly which keys, values or shapes do not fit.
+
+    Every value must be a dense tensor with data, of the model's kind (floating point for a
+    floating-point weight, not complex): `load_state_dict` would raise a traceback on anything
+    else, or quietly cast a bool or complex tensor into the weights.
+    """
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise FairbenchError(f"{source} is not a state_dict: key {bad_keys[0]!r:.40} is not a string")
     state = unwrap_state_dict(state)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
+    problems = {k: _value_problem(state[k], v) for k, v in expected.items() if k in state}
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and not problems[k] and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -68,7 +77,24 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (checkpoint vs model, e.g. {'; '.join(wrong[:3])})")
         raise FairbenchError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+    for name, problem in problems.items():
+        if problem:
+            raise FairbenchError(f"{source} is not a state_dict of this architecture: '{name}' {problem}")
     model.load_state_dict(state)
+
+
+def _value_problem(value: object, want: torch.Tensor) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"is of type {type(value).__name__}, not a tensor"
+    if value.is_quantized or value.is_nested or value.layout != torch.strided:
+        kind = ("quantized" if value.is_quantized else "nested" if value.is_nested
+                else str(value.layout).replace("torch.", ""))
+        return f"is a {kind} tensor, not a dense one"
+    if value.is_meta:
+        return "is a meta tensor (no data)"
+    if value.is_complex() or value.is_floating_point() != want.is_floating_point():
+        return f"is {value.dtype}, the model holds {want.dtype}"
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:
