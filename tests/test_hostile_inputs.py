@@ -187,6 +187,8 @@ def _first_conv(state: dict) -> str:
     (lambda s: {**s, _first_conv(s): s[_first_conv(s)].bool()}, "torch.bool"),
     (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to(torch.complex64)}, "torch.complex64"),
     (lambda s: {**s, 7: torch.zeros(1)}, "key 7 is not a string"),
+    (lambda s: {"state_dict": {**s, (1, 2): torch.zeros(1)}}, "key (1, 2) is not a string"),
+    (lambda s: {**s, f"module.{_first_conv(s)}": s[_first_conv(s)]}, "twice"),
     (lambda s: {**s, "epoch": 3, "note": "hi"}, "2 unexpected keys (e.g. epoch, note)"),
 ])
 def test_eval_refuses_a_state_dict_that_is_not_one(spoil, fragment: str, fmnist_dir: Path, tmp_path: Path,

@@ -36,17 +36,25 @@ def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
 
 
-def unwrap_state_dict(state: dict) -> dict:
-    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes."""
+def unwrap_state_dict(state: dict, source: str = "checkpoint") -> dict:
+    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes.
+
+    Keys must be strings, and distinct once stripped (``module.a`` and ``a`` both: which one?).
+    """
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
             break
     out = {}
     for name, value in state.items():
+        if not isinstance(name, str):
+            raise FairbenchError(f"{source} is not a state_dict: key {name!r:.40} is not a string")
+        original = name
         for prefix in ("module.", "_orig_mod."):
             while name.startswith(prefix):
                 name = name[len(prefix):]
+        if name in out:
+            raise FairbenchError(f"{source} holds '{name}' twice (as '{original}' too)")
         out[name] = value
     return out
 
@@ -58,10 +66,7 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
     floating-point weight, not complex): `load_state_dict` would raise a traceback on anything
     else, or quietly cast a bool or complex tensor into the weights.
     """
-    bad_keys = [k for k in state if not isinstance(k, str)]
-    if bad_keys:
-        raise FairbenchError(f"{source} is not a state_dict: key {bad_keys[0]!r:.40} is not a string")
-    state = unwrap_state_dict(state)
+    state = unwrap_state_dict(state, source)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
