@@ -70,11 +70,17 @@ def run_cmd(
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
     weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(None, help="piecewise (default) or cosine"),
+    schedule: Optional[str] = typer.Option(None, help="piecewise (default), cosine or constant"),
+    augment: Optional[str] = typer.Option(
+        None, help="training augmentation: standard (the data set's, default) or none"),
     param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
     train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
     val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),
     eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
+    aa_per_class: Optional[int] = typer.Option(
+        None, help="run AutoAttack on the first K evaluated test images per class only"),
+    select: Optional[str] = typer.Option(
+        None, help="model selection: last (default) or best-val (PGD-10 on the validation split)"),
     eval_batch_size: Optional[int] = typer.Option(
         None, help="batch of the evaluation and of methods' scoring passes (default 500 CUDA, 128 CPU)"),
     attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
@@ -92,12 +98,13 @@ def run_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
-    values = dict(PRESETS[_check_preset(preset)]) if preset else {}
+    values = dict(PRESETS[_check_preset(preset)], preset=preset) if preset else {}
     cli = dict(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, eps=eps,
                step_size=step_size, attack_steps=attack_steps, lr=lr, momentum=momentum,
-               weight_decay=weight_decay, schedule=schedule, train_per_class=train_per_class,
+               weight_decay=weight_decay, schedule=schedule, augment=augment,
+               train_per_class=train_per_class,
                val_per_class=val_per_class, eval_per_class=eval_per_class,
-               eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
+               aa_per_class=aa_per_class, select=select, eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
                channels_last=channels_last, run_id=run_id,
                attacks=parse_attacks(attacks) if attacks is not None else None)
     values.update({k: v for k, v in cli.items() if v is not None})

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import types
+from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from fairbench.errors import FairbenchError
 
 THREATS = ("clean", "pgd20", "autoattack")
-SCHEDULES = ("piecewise", "cosine")
+SCHEDULES = ("piecewise", "cosine", "constant")
+AUGMENTS = ("standard", "none")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]*")  # one folder name: no '/', no leading '.'
@@ -26,6 +28,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # the optimizer applies --lr and --weight-d
 TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size", "seed", "eps",
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
+# Training fields added after runs were committed, with their defaults (see `training_dict`).
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard"}
+SELECT_RULES = ("last", "best-val")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; or cosine
+    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; cosine; or constant
     params: dict[str, Any] = field(default_factory=dict)
     train_per_class: int | None = None
     val_per_class: int | None = None
@@ -59,6 +64,10 @@ class RunConfig:
     channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
     compile: bool = False
     download: bool = True
+    preset: str | None = None  # the --preset the run started from (recorded, not applied again)
+    aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
+    select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
+    augment: str = "standard"  # the data set's standard training augmentation, or none
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -99,8 +108,18 @@ class RunConfig:
             (DEVICE_PATTERN.fullmatch(self.device) is not None,
              f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (self.augment in AUGMENTS,
+             f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
+            (self.select in SELECT_RULES,
+             f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
+            (self.select != "best-val" or bool(self.val_per_class),
+             "--select best-val needs a validation split: pass --val-per-class K"),
+            (self.aa_per_class is None or self.eval_per_class is None
+             or self.aa_per_class <= self.eval_per_class,
+             f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "
+             f"images per class (--eval-per-class)"),
         ]
-        for name in ("train_per_class", "val_per_class", "eval_per_class"):
+        for name in ("train_per_class", "val_per_class", "eval_per_class", "aa_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
@@ -120,7 +139,12 @@ class RunConfig:
                 raise FairbenchError(f"config field '{f}' must be {_type_name(hint)}, got {value!r:.60}")
 
     def training_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in TRAINING_FIELDS}
+        """The fields that define what is trained and kept; fields added later appear only when
+        they differ from their default, so older runs keep their ids and stay resumable."""
+        d = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        d.update({k: getattr(self, k) for k, default in LATER_TRAINING_FIELDS.items()
+                  if getattr(self, k) != default})
+        return d
 
     def training_hash(self) -> str:
         blob = json.dumps(self.training_dict(), sort_keys=True, default=str)
@@ -132,6 +156,15 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attacks"] = list(self.attacks)
+        return d
+
+    def portable_dict(self) -> dict[str, Any]:
+        """What config.json records: no path of the machine that made it (the output folder is
+        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        d = self.to_dict()
+        del d["out"]
+        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
+            d["data_dir"] = None
         return d
 
     @classmethod
@@ -212,7 +245,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
     "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
-                            lr=0.05, schedule="piecewise", val_per_class=500, device="cpu"),
+                            lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
+                            val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
                        train_per_class=1000, eval_per_class=50, device="cpu"),

@@ -58,12 +58,12 @@ class StageProgress:
 class EvalState:
     """Loads and saves `StageProgress` per threat; a no-op when ``state_dir`` is None."""
 
-    def __init__(self, state_dir: Path | None, key_parts: dict[str, Any], n: int,
+    def __init__(self, state_dir: Path | None, key_parts: dict[str, Any],
                  indices: torch.Tensor, dist: DistInfo, device: torch.device,
                  progress: Callable[[str], None]) -> None:
         self.dir = Path(state_dir) if state_dir is not None else None
         self.base = json.dumps(key_parts, sort_keys=True, default=str)
-        self.n, self.indices, self.dist, self.device = n, indices.cpu(), dist, device
+        self.indices, self.dist, self.device = indices.cpu(), dist, device
         self.progress = progress
 
     def key(self, threat: str, settings: dict[str, Any]) -> str:
@@ -73,10 +73,10 @@ class EvalState:
     def path(self, threat: str) -> Path | None:
         return self.dir / f"{threat}.pt" if self.dir is not None else None
 
-    def load(self, threat: str, settings: dict[str, Any]) -> StageProgress:
-        """Rank 0 reads the file; every rank gets the same progress."""
-        fresh = StageProgress(torch.zeros(self.n, dtype=torch.bool, device=self.device), 0, 0.0)
-        found = self._read(threat, settings) if self.dist.is_main else None
+    def load(self, threat: str, settings: dict[str, Any], n: int) -> StageProgress:
+        """Rank 0 reads the file; every rank gets the same progress. ``n``: the threat's examples."""
+        fresh = StageProgress(torch.zeros(n, dtype=torch.bool, device=self.device), 0, 0.0)
+        found = self._read(threat, settings, n) if self.dist.is_main else None
         got = found or fresh
         if self.dist.enabled:  # one decision for all ranks, so nobody skips work another does
             done = self.dist.broadcast(torch.tensor([got.done], dtype=torch.int64, device=self.device))
@@ -85,7 +85,7 @@ class EvalState:
             got = StageProgress(flags.bool(), int(done), float(secs))
         return got
 
-    def _read(self, threat: str, settings: dict[str, Any]) -> StageProgress | None:
+    def _read(self, threat: str, settings: dict[str, Any], n: int) -> StageProgress | None:
         path = self.path(threat)
         if path is None or not path.exists():
             return None
@@ -96,13 +96,13 @@ class EvalState:
             return None
         ok = (isinstance(state, dict) and state.get("format") == STATE_FORMAT
               and state.get("key") == self.key(threat, settings)
-              and isinstance(state.get("correct"), torch.Tensor) and state["correct"].numel() == self.n)
+              and isinstance(state.get("correct"), torch.Tensor) and state["correct"].numel() == n)
         if not ok:
             self.progress(f"{threat}: saved state was made for other weights, data or settings; "
                           f"starting over")
             return None
         done = int(state["done"])
-        self.progress(f"{threat}: resuming after {done}/{self.n} examples")
+        self.progress(f"{threat}: resuming after {done}/{n} examples")
         return StageProgress(state["correct"].bool().to(self.device), done, float(state["seconds"]))
 
     def save(self, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
@@ -117,4 +117,4 @@ class EvalState:
         atomic_torch_save(path, {"format": STATE_FORMAT, "key": self.key(threat, settings),
                                  "threat": threat, "indices": self.indices,
                                  "correct": stage.correct.cpu(), "done": stage.done,
-                                 "n": self.n, "seconds": stage.seconds})
+                                 "n": len(stage.correct), "seconds": stage.seconds})

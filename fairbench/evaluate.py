@@ -25,6 +25,7 @@ same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from contextlib import contextmanager
@@ -91,8 +92,12 @@ def stages(attacks: Sequence[str]) -> list[str]:
     return ["clean"] + [t for t in THREATS if t != "clean" and t in attacks]
 
 
-def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0) -> dict[str, dict[str, Any]]:
-    """What each threat ran with; stored in metrics.json and part of the resume key."""
+def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0,
+                    per_class: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """What each threat ran with; stored in metrics.json and part of the resume key.
+
+    ``per_class`` names the threats run on a class-balanced subset (the first K test images of
+    each class) and their K."""
     settings: dict[str, dict[str, Any]] = {"clean": {}}
     for threat in stages(attacks)[1:]:
         if threat == "pgd20":
@@ -104,6 +109,9 @@ def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0) -> dict[s
             settings[threat] = {"norm": "Linf", "eps": eps, "version": AA_VERSION,
                                 "attacks": list(AA_ATTACKS), "seed": seed,
                                 "library": f"pyautoattack {pyautoattack.__version__}"}
+    for threat, k in (per_class or {}).items():
+        if threat in settings and threat != "clean":
+            settings[threat]["per_class"] = k
     if len(settings) > 1:
         settings["union"] = {"of": list(settings)}
     return settings
@@ -201,7 +209,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settings: dict[str, Any],
                 chunk_size: int, seed: int, dist: DistInfo, progress: Progress) -> StageProgress:
     """Evaluate every chunk not yet done; save the outcomes after each one."""
-    stage = state.load(threat, settings)
+    stage = state.load(threat, settings, len(split))
     n = len(split)
     for c, start in enumerate(range(0, n, chunk_size)):
         stop = min(start + chunk_size, n)
@@ -222,52 +230,86 @@ def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settin
 def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Sequence[str],
                       batch_size: int = 500, dist: DistInfo | None = None,
                       progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
-                      indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE
+                      indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE,
+                      subsets: dict[str, torch.Tensor] | None = None
                       ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Per-example outcomes (bool, one per example of ``split``) for each threat, and wall times.
+    """Per-example outcomes for each threat, and wall times.
 
-    ``clean`` is always included, and ``union`` when an attack ran; see the module docstring.
-    With ``state_dir``, outcomes are saved per chunk and a rerun continues where a killed one
-    stopped. ``indices`` are the subset's positions in the full test set (kept with the outcomes).
+    An outcome is an int8 per example of ``split``: 1 (right under the threat), 0 (wrong), or
+    -1 (the threat was not run on it). ``subsets`` maps a threat to the positions in ``split`` it
+    runs on (e.g. AutoAttack on a class-balanced subset while clean and PGD-20 see every image);
+    a threat not named there runs on all of them. ``clean`` is always included and runs on all;
+    ``union`` (right under every threat run) is added when an attack ran, defined where every
+    threat ran. With ``state_dir``, outcomes are saved per chunk and a rerun continues where a
+    killed one stopped. ``indices`` are ``split``'s positions in the full test set.
     """
     dist = dist or DistInfo()
+    subsets = subsets or {}
+    if "clean" in subsets:
+        raise FairbenchError("clean accuracy runs on every evaluated image; it takes no subset")
     settings = attack_settings(eps, attacks, seed)
     device = split.labels.device
     indices = torch.arange(len(split)) if indices is None else indices.cpu()
     key = {"chunk_size": chunk_size, "batch_size": batch_size, "world_size": dist.world_size}
     if state_dir is not None and dist.is_main:
         key["fingerprint"] = fingerprint(model, split.images, split.labels, indices)
-    state = EvalState(state_dir, key, len(split), indices, dist, device, progress)
-    correct: dict[str, torch.Tensor] = {}
+    state = EvalState(state_dir, key, indices, dist, device, progress)
+    outcomes: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     with eval_mode(model):
         for threat in stages(attacks):
+            pos = subsets.get(threat)
+            pos = torch.arange(len(split), device=device) if pos is None else pos.to(device)
+            part = split.subset(pos)
+            part_settings = settings[threat] | ({"positions": _positions_hash(pos)}
+                                                if threat in subsets else {})
             fn = _threat_fn(threat, model, eps, batch_size, progress)
-            stage = _run_threat(threat, fn, split, state, settings[threat], chunk_size, seed, dist, progress)
-            correct[threat] = stage.correct if threat == "clean" else stage.correct & correct["clean"]
-            seconds[threat] = stage.seconds
-            progress(f"{threat}: {float(correct[threat].float().mean()):.4f} accuracy "
+            stage = _run_threat(threat, fn, part, state, part_settings, chunk_size, seed, dist, progress)
+            out = torch.full((len(split),), -1, dtype=torch.int8, device=device)
+            ok = stage.correct if threat == "clean" else stage.correct & (outcomes["clean"][pos] == 1)
+            out[pos] = ok.to(torch.int8)
+            outcomes[threat], seconds[threat] = out, stage.seconds
+            progress(f"{threat}: {float(ok.float().mean()):.4f} accuracy on {len(pos)} images "
                      f"({seconds[threat]:.1f}s)")
-    if len(correct) > 1:
-        correct["union"] = torch.stack(list(correct.values())).all(0)
-    return correct, seconds
+    if len(outcomes) > 1:
+        outcomes["union"] = union_of(list(outcomes.values()))
+    return outcomes, seconds
+
+
+def union_of(outcomes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right under every threat (1), wrong under one (0), or -1 where a threat was not run."""
+    stacked = torch.stack(list(outcomes))
+    return torch.where((stacked >= 0).all(0), (stacked == 1).all(0).to(torch.int8),
+                       torch.full_like(stacked[0], -1))
+
+
+def _positions_hash(pos: torch.Tensor) -> str:
+    return hashlib.sha256(pos.cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def summarize_outcomes(outcomes: dict[str, torch.Tensor], labels: torch.Tensor,
+                       classes: Sequence[str]) -> dict[str, Any]:
+    """`summarize` of each threat over the images it was run on."""
+    return {t: summarize(o[o >= 0] == 1, labels[o >= 0], classes) for t, o in outcomes.items()}
 
 
 def evaluate(model: nn.Module, split: Split, classes: Sequence[str], *, eps: float,
              attacks: Sequence[str], batch_size: int = 500, dist: DistInfo | None = None,
              progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
-             indices: torch.Tensor | None = None,
-             chunk_size: int = CHUNK_SIZE) -> tuple[dict[str, Any], dict[str, float]]:
+             indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE,
+             subsets: dict[str, torch.Tensor] | None = None
+             ) -> tuple[dict[str, Any], dict[str, float], dict[str, torch.Tensor]]:
     """Evaluate ``model`` on ``split`` under each threat in ``attacks``, per class.
 
-    Returns ``(metrics, seconds)``: a `summarize` per threat (``clean`` always, ``union`` when an
-    attack ran) and each threat's wall time (summed over resumed runs). The options are
-    `evaluate_outcomes`'s.
+    Returns ``(metrics, seconds, outcomes)``: a `summarize` per threat (``clean`` always,
+    ``union`` when an attack ran), each threat's wall time (summed over resumed runs), and the
+    per-example outcomes they were computed from. The options are `evaluate_outcomes`'s.
     """
-    correct, seconds = evaluate_outcomes(model, split, eps=eps, attacks=attacks, batch_size=batch_size,
-                                         dist=dist, progress=progress, seed=seed, state_dir=state_dir,
-                                         indices=indices, chunk_size=chunk_size)
-    return {t: summarize(c, split.labels, classes) for t, c in correct.items()}, seconds
+    outcomes, seconds = evaluate_outcomes(model, split, eps=eps, attacks=attacks,
+                                          batch_size=batch_size, dist=dist, progress=progress,
+                                          seed=seed, state_dir=state_dir, indices=indices,
+                                          chunk_size=chunk_size, subsets=subsets)
+    return summarize_outcomes(outcomes, split.labels, classes), seconds, outcomes
 
 
 def format_table(metrics: dict[str, Any], classes: Sequence[str]) -> str:

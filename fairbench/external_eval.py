@@ -23,9 +23,9 @@ from fairbench.evaluate import attack_settings, evaluate, format_table, stages
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SCHEMA_VERSION,
-                               atomic_write_json, ensure_writable, load_checkpoint, load_metrics,
-                               make_run_folder, run_lock, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION,
+                               atomic_write_bytes, atomic_write_json, ensure_writable, load_checkpoint,
+                               load_metrics, make_run_folder, outcomes_csv_gz, run_lock, sha256_file)
 from fairbench.runner import environment, resolve_device
 
 # A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
@@ -150,15 +150,17 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
                        "world_size": dist.world_size},
             "env": environment(device), "checkpoint": source["checkpoint"],
         }
+        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(indices, test.labels, outcomes))
         atomic_write_json(run_dir / METRICS_FILE, record)
 
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder until its result is written
         dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))
         say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
             f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
-        metrics, seconds = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
-                                    batch_size=opts.batch_size, dist=dist, progress=say, seed=opts.seed,
-                                    state_dir=run_dir / "eval_state", indices=indices)
+        metrics, seconds, outcomes = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
+                                              batch_size=opts.batch_size, dist=dist, progress=say,
+                                              seed=opts.seed, state_dir=run_dir / "eval_state",
+                                              indices=indices)
         dist.on_main(write)
     say(format_table(metrics, spec.classes))
     say(f"wrote {run_dir / METRICS_FILE}")
@@ -179,6 +181,7 @@ def claim_folder(run_dir: Path, source: dict[str, Any], dataset: str, lock: cont
                              f"pass another --run-id")
     ensure_writable(run_dir)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
 
 
 def other_run(run_dir: Path, source: dict[str, Any], dataset: str) -> str | None:

@@ -7,6 +7,7 @@ and ``metrics.json``, the single source of truth for the leaderboard.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import torch
 from fairbench.errors import FairbenchError
 
 SCHEMA_VERSION = 1
+OUTCOMES_FILE = "outcomes.csv.gz"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -83,6 +85,22 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+OUTCOME_COLUMNS = ("clean", "pgd20", "autoattack", "union")
+
+
+def outcomes_csv_gz(indices: torch.Tensor, labels: torch.Tensor,
+                    outcomes: dict[str, torch.Tensor]) -> bytes:
+    """``outcomes.csv.gz``: one row per evaluated test image, ``index,label,clean,pgd20,autoattack,
+    union``; 1/0, empty where the threat was not run (outcome -1, or a threat not in the run).
+    Gzip with mtime 0, so the same outcomes give the same bytes."""
+    cols = [outcomes[c].cpu().tolist() if c in outcomes else None for c in OUTCOME_COLUMNS]
+    lines = ["index,label," + ",".join(OUTCOME_COLUMNS)]
+    for row, (i, y) in enumerate(zip(indices.cpu().tolist(), labels.cpu().tolist())):
+        cells = ["" if col is None or col[row] < 0 else str(col[row]) for col in cols]
+        lines.append(f"{i},{y}," + ",".join(cells))
+    return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

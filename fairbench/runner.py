@@ -24,9 +24,10 @@ from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
 from fairbench.registry import METHODS, MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, SCHEMA_VERSION,
-                               atomic_write_json, atomic_write_text, check_metrics, ensure_free_space,
-                               ensure_writable, make_run_folder, remove_stale_temps, run_lock, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, OUTCOMES_FILE,
+                               SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                               check_metrics, ensure_free_space, ensure_writable, make_run_folder,
+                               outcomes_csv_gz, remove_stale_temps, run_lock, sha256_file)
 from fairbench.trainer import Trainer
 
 
@@ -176,8 +177,9 @@ def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) ->
 def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     """Clear what a crash may have left, record the config, and make sure no old result looks current."""
     remove_stale_temps(run_dir)
-    atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    atomic_write_json(run_dir / CONFIG_FILE, cfg.portable_dict())
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
     if not resuming:  # a fresh start: no epoch records from an earlier attempt
         atomic_write_text(run_dir / LOG_FILE, "")
 
@@ -189,17 +191,31 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
     # run was resumed: a resumed run reports the same metrics as an uninterrupted one.
     seed_everything(cfg.seed + dist.rank)
     t0 = time.perf_counter()
-    metrics, seconds = evaluate(model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks,
-                                batch_size=cfg.eval_batch_size, dist=dist, progress=say, seed=cfg.seed,
-                                state_dir=run_dir / "eval_state", indices=test_indices)
+    selected = trainer.select_weights()
+    if cfg.select != "last":
+        say(f"--select {cfg.select}: evaluating the weights of epoch {selected}")
+    metrics, seconds, outcomes = evaluate(
+        model, test, spec.classes, eps=cfg.eps, attacks=cfg.attacks, batch_size=cfg.eval_batch_size,
+        dist=dist, progress=say, seed=cfg.seed, state_dir=run_dir / "eval_state",
+        indices=test_indices, subsets=threat_subsets(cfg, spec, test))
 
     def write() -> None:
-        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir))
+        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir)
+                               | {"selected_epoch": selected})
+        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(test_indices, test.labels, outcomes))
         atomic_write_json(run_dir / METRICS_FILE, record)
 
     dist.on_main(write)
     say(format_table(metrics, spec.classes))
     say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
+
+
+def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, torch.Tensor]:
+    """AutoAttack on the first ``--aa-per-class`` evaluated images of each class (a fixed,
+    class-balanced subset); every other threat on all of them."""
+    if not cfg.aa_per_class or "autoattack" not in cfg.attacks:
+        return {}
+    return {"autoattack": per_class_indices(test.labels, cfg.aa_per_class, spec.num_classes)}
 
 
 def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
@@ -209,13 +225,17 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
     ckpt = run_dir / CHECKPOINT_FILE
     return {
         "schema_version": SCHEMA_VERSION,
-        "run_id": cfg.run_id, "method": cfg.method, "params": cfg.params,
+        "run_id": cfg.run_id, "method": cfg.method, "params": cfg.params, "preset": cfg.preset,
+        "select": cfg.select,
         "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
         "threat": {"norm": "Linf", "eps": cfg.eps},
-        "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class},
+        "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class,
+                                           "aa_per_class": cfg.aa_per_class},
         "classes": list(spec.classes),
         "metrics": metrics,
-        "attack_settings": attack_settings(cfg.eps, cfg.attacks, cfg.seed),
+        "attack_settings": attack_settings(
+            cfg.eps, cfg.attacks, cfg.seed,
+            {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
         "timing": {"train_s": round(trainer.train_seconds, 3),
                    "eval_s": {k: round(v, 3) for k, v in seconds.items()},
                    "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),

@@ -18,6 +18,7 @@ from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
+from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
@@ -28,7 +29,10 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in a
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
-    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol) or cosine."""
+    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol), cosine, or
+    constant (then an E-epoch run is exactly the first E epochs of a longer one)."""
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
@@ -71,6 +75,8 @@ class Trainer:
         self.watch = LossWatch(device, dist)
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
         self._kept = "no checkpoint has been written yet"
+        self.selector = (BestValSelector(cfg, val, spec.num_classes, dist, device)
+                         if cfg.select == "best-val" and val is not None else None)
 
     def _wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
@@ -106,6 +112,8 @@ class Trainer:
         last = self.cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, self.cfg.epochs)
         for epoch in range(self.start_epoch, last):
             record = self.train_epoch(epoch)
+            if self.selector is not None:
+                record.update(self.selector.after_epoch(self.model, epoch))
             # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
             # the other order could lose the line of an epoch the checkpoint says is done
             self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))
@@ -114,6 +122,10 @@ class Trainer:
                 raise Preempted(f"stopped by {self._signal()} after epoch {epoch + 1}; "
                                 f"{self._kept}; rerun with --resume to continue")
         return max(self.start_epoch, last) >= self.cfg.epochs
+
+    def select_weights(self) -> int:
+        """Load the weights the `--select` rule keeps into the model; returns their epoch."""
+        return self.selector.apply(self.model) if self.selector is not None else self.cfg.epochs
 
     def _complete_plan(self, plan: EpochPlan) -> EpochPlan:
         plan = self._plan_from_main(plan)
@@ -203,7 +215,7 @@ class Trainer:
 
     def train_step(self, batch: EpochPlan, epoch: int) -> torch.Tensor:
         images = self.train.images[batch.indices]
-        x = standard_augment(self.spec, images)
+        x = standard_augment(self.spec, images) if self.cfg.augment == "standard" else to_float(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
@@ -296,6 +308,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "method": self.method.state_dict(),
+            "selection": self.selector.state_dict() if self.selector is not None else None,
             "rng": rngs[0],
             "rng_ranks": rngs,
             "train_seconds": self.train_seconds,
@@ -319,6 +332,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        if self.selector is not None:
+            if not isinstance(state.get("selection"), dict):
+                raise FairbenchError(f"{path} holds no --select best-val state; it was not made "
+                                     f"by this config")
+            self.selector.load_state_dict(state["selection"])
         self._restore_rng(state)
         self.start_epoch = int(state["epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))

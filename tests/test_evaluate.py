@@ -83,7 +83,7 @@ def test_balanced_subset_has_exactly_k_per_class(data: dict[str, Split], mlp: nn
     assert torch.bincount(labels[idx], minlength=10).tolist() == [7] * 10
     for c in range(10):  # the first 7 of each class, not the first N images
         assert torch.equal(idx[labels[idx] == c], torch.nonzero(labels == c).flatten()[:7])
-    metrics, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
+    metrics, _, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
                           progress=lambda m: None)
     assert metrics["clean"]["n_per_class"] == [5] * 10
 
@@ -142,7 +142,7 @@ def test_standard_model_is_not_robust(data: dict[str, Split]) -> None:
     """
     torch.manual_seed(0)
     model = train_clean(create_model("small-cnn", SPEC), data["train"], steps=300, lr=0.05)
-    metrics, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
+    metrics, _, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
                           progress=lambda m: None)
     assert metrics["clean"]["avg"] >= 0.6
     for threat in ("pgd20", "autoattack", "union"):
@@ -261,3 +261,63 @@ def test_settings_and_table() -> None:
     assert "union" in table.splitlines()[0]
     assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == \
         [["worst", "class", "shirt", "sandal"]]
+
+
+def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Split], reference) -> None:
+    """AutoAttack on a class-balanced subset: -1 elsewhere; union only where every threat ran."""
+    split = data["test3"]
+    pos = per_class_indices(split.labels, 1, SPEC.num_classes)
+    calls: list[int] = []
+    real = ev.autoattack_correct
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]))
+        return real(*args, **kwargs)
+
+    ev_aa = ev.autoattack_correct
+    ev.autoattack_correct = counting
+    try:
+        out, _ = evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, chunk_size=10,
+                                   progress=lambda m: None, subsets={"autoattack": pos})
+    finally:
+        ev.autoattack_correct = ev_aa
+    assert sum(calls) == len(pos), "AutoAttack saw only the subset"
+    outside = torch.ones(len(split), dtype=torch.bool)
+    outside[pos] = False
+    (full, _), _ = reference
+    assert torch.equal(out["clean"], full["clean"]) and torch.equal(out["pgd20"], full["pgd20"])
+    assert (out["autoattack"][outside] == -1).all() and (out["union"][outside] == -1).all()
+    assert set(out["autoattack"][pos].tolist()) <= {0, 1}
+    expect_union = ((out["clean"][pos] == 1) & (out["pgd20"][pos] == 1) & (out["autoattack"][pos] == 1))
+    assert torch.equal(out["union"][pos] == 1, expect_union)
+    metrics = ev.summarize_outcomes(out, split.labels, SPEC.classes)
+    assert metrics["autoattack"]["n_per_class"] == [1] * 10
+    assert metrics["pgd20"]["n_per_class"] == torch.bincount(split.labels, minlength=10).tolist()
+    with pytest.raises(FairbenchError, match="clean"):
+        evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, subsets={"clean": pos})
+
+
+def test_outcomes_file_gives_the_metrics(mlp: nn.Module, data: dict[str, Split]) -> None:
+    """outcomes.csv.gz rows regroup into exactly metrics.json's per-class numbers; same bytes twice."""
+    import csv
+    import gzip
+    import io
+
+    from fairbench.results import outcomes_csv_gz
+
+    split = data["test3"]
+    indices = torch.arange(100, 100 + len(split))
+    pos = per_class_indices(split.labels, 2, SPEC.num_classes)
+    metrics, _, out = evaluate(mlp, split, SPEC.classes, eps=EPS, attacks=["clean", "pgd20"],
+                               progress=lambda m: None, subsets={"pgd20": pos})
+    blob = outcomes_csv_gz(indices, split.labels, out)
+    assert blob == outcomes_csv_gz(indices, split.labels, out)
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(blob).decode())))
+    assert list(rows[0]) == ["index", "label", "clean", "pgd20", "autoattack", "union"]
+    assert [int(r["index"]) for r in rows] == indices.tolist()
+    assert all(r["autoattack"] == "" for r in rows)
+    for threat in ("clean", "pgd20", "union"):
+        for c in range(10):
+            cells = [int(r[threat]) for r in rows if int(r["label"]) == c and r[threat] != ""]
+            assert len(cells) == metrics[threat]["n_per_class"][c]
+            assert sum(cells) / len(cells) == pytest.approx(metrics[threat]["per_class"][c], abs=1e-6)
