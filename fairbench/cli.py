@@ -234,7 +234,7 @@ def sweep_cmd(
     if dry_run:
         return
     if report and not (launcher == "slurm" and not wait):
-        report_cmd(results=runs[0].out)
+        report_cmd(results=runs[0].out, baseline=None)
     elif report:
         typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
                    f"are done (or pass --wait)", err=True)

@@ -88,13 +88,21 @@ def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split:
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """``--data-dir``, else ``$FAIRBENCH_DATA``, else the user cache folder."""
+    """``--data-dir``, else ``$FAIRBENCH_DATA``, else the user cache folder.
+
+    One that exists but is not a folder is an error: the loaders would look past it and take
+    another copy of the data set (Debian's, say) without a word.
+    """
     if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get("FAIRBENCH_DATA"):
-        return Path(os.environ["FAIRBENCH_DATA"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "fairbench" / "data"
+        root, name = Path(data_dir).expanduser(), "--data-dir"
+    elif os.environ.get("FAIRBENCH_DATA"):
+        root, name = Path(os.environ["FAIRBENCH_DATA"]).expanduser(), "$FAIRBENCH_DATA"
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root, name = Path(cache) / "fairbench" / "data", "the data folder"
+    if root.exists() and not root.is_dir():
+        raise FairbenchError(f"{name} {root} is not a folder")
+    return root
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -23,7 +23,7 @@ import torch
 from fairbench.checkpoint import REQUIRED_KEYS
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
-from fairbench.models import unwrap_state_dict
+from fairbench.models import has_average, unwrap_state_dict
 from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, sha256_file
 
 
@@ -57,8 +57,8 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
         raise FairbenchError(f"{where} is not a finished run: its checkpoint is after epoch "
                              f"{state['epoch']} of {epochs}; finish it first (fairbench resume "
                              f"{cfg.init_from})")
-    weights = unwrap_state_dict(state)  # the averaged weights, when the source kept an average
-    averaged = isinstance(state.get("averaged"), dict) and int(state["averaged"].get("n_averaged", 0)) > 0
+    weights = unwrap_state_dict(state, f"{where}: {ckpt}")  # its average, when it kept one
+    averaged = has_average(state)
     prior = source.get("init_source") or {}
     before = prior.get("budget_epochs", 0)
     record = {"run_dir": str(folder), "run_id": source.get("run_id", folder.name),
@@ -75,7 +75,7 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
 def _read_file(path: Path, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A checkpoint made elsewhere: its weights (``{'state_dict': ...}`` / ``{'model': ...}``
     wrappers and DDP prefixes accepted); the architecture is checked when they are loaded."""
-    weights = unwrap_state_dict(load_checkpoint(path))
+    weights = unwrap_state_dict(load_checkpoint(path), where)
     record = {"file": str(path), "run_id": None, "method": None, "epochs": None, "budget_epochs": None,
               "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
     return weights, record

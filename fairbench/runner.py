@@ -27,8 +27,8 @@ from fairbench.models import create_model, load_model_state
 from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, OUTCOMES_FILE,
                                SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                               check_metrics, ensure_free_space, ensure_writable, outcomes_csv_gz,
-                               remove_stale_temps, run_lock, sha256_file)
+                               check_metrics, ensure_free_space, ensure_writable, make_run_folder,
+                               outcomes_csv_gz, remove_stale_temps, run_lock, sha256_file)
 from fairbench.trainer import Trainer
 
 
@@ -180,7 +180,7 @@ def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) ->
     """Make the run folder, with room for ``need_bytes``, and hold its lock in ``lock`` (rank 0)."""
     ensure_writable(run_dir.parent)
     ensure_free_space(run_dir.parent, need_bytes)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_folder(run_dir)
     lock.enter_context(run_lock(run_dir))
 
 

@@ -22,7 +22,7 @@ from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
 from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
                                atomic_write_text, load_checkpoint, read_jsonl)
@@ -209,6 +209,10 @@ class Trainer:
                 loss_sum = mid["loss_sum"].to(self.device)
         else:
             full = self._complete_plan(self.method.plan_epoch(ctx))
+            if len(full) > MAX_PLAN_FACTOR * len(ctx.train):  # what `Method.plan_factor` bounds
+                raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
+                                     f"more than {MAX_PLAN_FACTOR}x the {len(ctx.train)} training "
+                                     f"examples (its plan_factor must bound its parameters)")
             if len(full) < self.cfg.batch_size:
                 raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
                                      f"fewer than one batch of {self.cfg.batch_size}")

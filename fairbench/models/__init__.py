@@ -39,32 +39,52 @@ def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
 
 
-def unwrap_state_dict(state: dict) -> dict:
+def has_average(state: dict) -> bool:
+    """Whether ``state`` is a fairbench checkpoint holding a weight average of at least one epoch."""
+    averaged = state.get("averaged")
+    if not isinstance(averaged, dict) or not isinstance(averaged.get("weights"), dict):
+        return False
+    n = averaged.get("n_averaged")
+    if isinstance(n, torch.Tensor) and n.numel() == 1 and not n.is_floating_point() and not n.is_complex():
+        return int(n) > 0
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
+
+
+def unwrap_state_dict(state: dict, source: str = "checkpoint") -> dict:
     """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes.
 
+    Keys must be strings, and distinct once stripped (``module.a`` and ``a`` both: which one?).
     A fairbench checkpoint with a weight average (``--ema``, CFA's FAWA) gives its averaged weights:
     those are what its run evaluated.
     """
-    averaged = state.get("averaged")
-    if isinstance(averaged, dict) and isinstance(averaged.get("weights"), dict) \
-            and int(averaged.get("n_averaged", 0)) > 0:
-        state = averaged["weights"]
+    if has_average(state):
+        state = state["averaged"]["weights"]
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
             break
     out = {}
     for name, value in state.items():
+        if not isinstance(name, str):
+            raise FairbenchError(f"{source} is not a state_dict: key {name!r:.40} is not a string")
+        original = name
         for prefix in ("module.", "_orig_mod."):
             while name.startswith(prefix):
                 name = name[len(prefix):]
+        if name in out:
+            raise FairbenchError(f"{source} holds '{name}' twice (as '{original}' too)")
         out[name] = value
     return out
 
 
 def load_model_state(model: nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``model`` or say exactly which keys or shapes do not match."""
-    state = unwrap_state_dict(state)
+    """Load ``state`` into ``model`` or say exactly which keys, values or shapes do not fit.
+
+    Every value must be a dense tensor with data, of the model's kind (floating point for a
+    floating-point weight, not complex): `load_state_dict` would raise a traceback on anything
+    else, or quietly cast a bool or complex tensor into the weights.
+    """
+    state = unwrap_state_dict(state, source)
     expected = model.state_dict()
     if is_kuangliu_layout(state):  # FRL's hot_start.pt
         if "1.layer4.1.conv2.weight" not in expected or "1.bn.weight" in expected:
@@ -74,8 +94,9 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
         state = from_kuangliu_layout(state, {k[2:]: v for k, v in expected.items() if k.startswith("0.")})
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
+    problems = {k: _value_problem(state[k], v) for k, v in expected.items() if k in state}
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and not problems[k] and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -85,7 +106,24 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (checkpoint vs model, e.g. {'; '.join(wrong[:3])})")
         raise FairbenchError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+    for name, problem in problems.items():
+        if problem:
+            raise FairbenchError(f"{source} is not a state_dict of this architecture: '{name}' {problem}")
     model.load_state_dict(state)
+
+
+def _value_problem(value: object, want: torch.Tensor) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"is of type {type(value).__name__}, not a tensor"
+    if value.is_quantized or value.is_nested or value.layout != torch.strided:
+        kind = ("quantized" if value.is_quantized else "nested" if value.is_nested
+                else str(value.layout).replace("torch.", ""))
+        return f"is a {kind} tensor, not a dense one"
+    if value.is_meta:
+        return "is a meta tensor (no data)"
+    if value.is_complex() or value.is_floating_point() != want.is_floating_point():
+        return f"is {value.dtype}, the model holds {want.dtype}"
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:

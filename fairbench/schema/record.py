@@ -79,6 +79,7 @@ class RunRecord:
     metrics: dict[str, ThreatMetrics]
     preset: str | None = None
     select: str = "last"  # model selection: the last epoch's weights or the best on validation
+    selected_epoch: int | None = None  # the epoch whose weights were evaluated (None: not recorded)
     ema: float | None = None  # weight averaging (decay); None: none
     init_from: str | dict[str, Any] | None = None  # the run (or file) this one started from: its record
     averaging: dict[str, Any] | None = None  # who averaged (--ema or a method), updates, what was evaluated

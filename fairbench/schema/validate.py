@@ -116,6 +116,9 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     preset = data.get("preset")
     need(preset is None or _is_name(preset), "'preset'", "is not a name or null")
     need(data.get("select", "last") in SELECT_RULES, "'select'", f"is not one of {', '.join(SELECT_RULES)}")
+    selected = data.get("selected_epoch")
+    need(selected is None or (_is_int(selected) and 0 <= selected <= (epochs or 0)), "'selected_epoch'",
+         "is not an epoch of the run or null")
     ema = data.get("ema")
     need(ema is None or (_is_number(ema) and 0 <= ema < 1), "'ema'", "is not a decay in [0, 1) or null")
     init_from = data.get("init_from")
@@ -130,7 +133,8 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
         run_id=run_id, method=data["method"], params=params, arch=data["arch"], dataset=dataset,
         seed=data["seed"], epochs=epochs, threat=ThreatModel(threat.get("norm", "Linf"), float(threat["eps"])),
         training=training, classes=tuple(classes), metrics=metrics, preset=preset,
-        select=data.get("select", "last"), ema=ema, init_from=init_from, averaging=data.get("averaging"),
+        select=data.get("select", "last"), selected_epoch=selected, ema=ema, init_from=init_from,
+        averaging=data.get("averaging"),
         attack_settings=data.get("attack_settings") or {}, evaluation=data.get("evaluation"),
         timing=data.get("timing") or {}, env=data.get("env") or {}, checkpoint=data.get("checkpoint") or {})
 
