@@ -9,6 +9,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
