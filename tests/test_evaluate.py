@@ -263,6 +263,34 @@ def test_settings_and_table() -> None:
         [["worst", "class", "shirt", "sandal"]]
 
 
+def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() -> None:
+    """On a GPU the trainer turns cuDNN autotuning on and TF32 convolutions are torch's default:
+    the evaluator turns both off while it runs (AutoAttack's shapes keep changing; its fp32 must be
+    fp32) and gives the trainer's settings back after. The flags can be set on any machine."""
+    backends = torch.backends
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                         backends.cuda.matmul.fp32_precision))
+            return torch.zeros(x.shape[0], 10) + x.flatten(1)[:, :1]
+
+    before = (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision)
+    backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = True, "tf32"
+    backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        split = Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4))
+        evaluate(Spy(), split, SPEC.classes, eps=EPS, attacks=("clean", "pgd20"), progress=lambda _m: None)
+        assert seen and set(seen) == {(False, "ieee", "ieee")}
+        assert (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                backends.cuda.matmul.fp32_precision) == (True, "tf32", "tf32")
+    finally:
+        backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = before[:2]
+        backends.cuda.matmul.fp32_precision = before[2]
+    assert ev.EVAL_BACKEND == {"cudnn_benchmark": False, "tf32": False}  # what env.eval_backend records
+
+
 def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Split], reference) -> None:
     """AutoAttack on a class-balanced subset: -1 elsewhere; union only where every threat ran."""
     split = data["test3"]
