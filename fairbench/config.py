@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import types
-from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size"
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
 # Training fields added after runs were committed, with their defaults (see `training_dict`).
-LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard"}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard", "sync_bn": False}
 SELECT_RULES = ("last", "best-val")
 
 
@@ -68,6 +67,7 @@ class RunConfig:
     aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
     select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
     augment: str = "standard"  # the data set's standard training augmentation, or none
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -159,12 +159,11 @@ class RunConfig:
         return d
 
     def portable_dict(self) -> dict[str, Any]:
-        """What config.json records: no path of the machine that made it (the output folder is
-        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        """What config.json records: no output folder (it is where the file lies), so a committed
+        run carries no path of the machine that made it. ``--data-dir`` stays as given (None by
+        default): `fairbench resume` needs it to find the same data."""
         d = self.to_dict()
         del d["out"]
-        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
-            d["data_dir"] = None
         return d
 
     @classmethod
@@ -184,15 +183,18 @@ class RunConfig:
         return cfg
 
 
-def check_run_id(run_id: str) -> str:
-    """The one rule for a run folder's name, for `fairbench run` and `fairbench eval` alike.
+def is_run_id(run_id: object) -> bool:
+    """The one rule for a run folder's name (`fairbench run`, `fairbench eval`, a metrics.json's
+    ``run_id``): letters, digits (any script) and ``. _ - + =``, not starting with ``.``, the whole
+    string (``fullmatch``: a trailing newline is refused too), at most `MAX_RUN_ID_BYTES` bytes in
+    UTF-8."""
+    return (isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
+            and len(run_id.encode("utf-8")) <= MAX_RUN_ID_BYTES)
 
-    Letters, digits (any script) and ``. _ - + =``, not starting with ``.``, the whole string
-    (``fullmatch``: a trailing newline is refused too), at most `MAX_RUN_ID_BYTES` bytes in UTF-8.
-    Returns ``run_id``; raises `FairbenchError` otherwise.
-    """
-    if not (isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
-            and len(run_id.encode("utf-8")) <= MAX_RUN_ID_BYTES):
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is one (`is_run_id`); else FairbenchError naming the rule."""
+    if not is_run_id(run_id):
         raise FairbenchError(f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', "
                              f"not starting with '.'; at most {MAX_RUN_ID_BYTES} bytes in UTF-8), "
                              f"got {run_id!r:.80}")
@@ -244,7 +246,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
-    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=4, batch_size=128,
                             lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
                             val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.

@@ -43,6 +43,7 @@ class DatasetSpec:
     crop_padding: int
     hflip: bool
     load: Callable[[str, Path, bool], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
+    test_size: int | None = None  # images in the test split; bounds result files' image indices
 
     @property
     def num_classes(self) -> int:
@@ -113,6 +114,32 @@ def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None
     """Load a whole split as uint8 CPU tensors (move it with `Split.to`)."""
     images, labels = spec.load(split, data_root(data_dir), download)
     return Split(images.contiguous(), labels.long())
+
+
+def load_splits(spec: DatasetSpec, names: tuple[str, ...], data_dir: str | os.PathLike | None,
+                download: bool, dist: "DistInfo") -> list[Split]:
+    """`load_split` for each name; under torchrun one process per machine may download, in turn.
+
+    Rank 0 loads first (downloading what is missing), then local rank 0 of every other machine
+    (whose data folder may be its own disk), then every other process, which never downloads: no
+    two processes write the same folder at once. Each turn ends with a collective that also
+    carries a failure, so an `error:` on the downloading rank stops every rank with that message.
+    """
+    if not dist.enabled:
+        return [load_split(spec, name, data_dir, download) for name in names]
+    turn = 0 if dist.is_main else 1 if dist.local_rank == 0 else 2
+    splits: list[Split] = []
+    for current in range(3):
+        failure = None
+        if turn == current:
+            try:
+                splits = [load_split(spec, name, data_dir, download and turn < 2) for name in names]
+            except FairbenchError as exc:
+                failure = str(exc)
+        failures = [f for f in dist.all_gather_object(failure) if f is not None]
+        if failures:
+            raise FairbenchError(failures[0])
+    return splits
 
 
 def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int = 0) -> torch.Tensor:
@@ -288,7 +315,7 @@ def cifar10() -> DatasetSpec:
     """CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes; the FairAT paper's data set."""
     return DatasetSpec("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD,
                        eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR10", "cifar10"))
+                       load=_torchvision_cifar("CIFAR10", "cifar10"), test_size=10_000)
 
 
 @register_dataset("cifar100")
@@ -296,7 +323,7 @@ def cifar100() -> DatasetSpec:
     """CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes."""
     return DatasetSpec("cifar100", _cifar100_classes(), (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD,
                        eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR100", "cifar100"))
+                       load=_torchvision_cifar("CIFAR100", "cifar100"), test_size=10_000)
 
 
 @register_dataset("fashion-mnist")
@@ -304,4 +331,4 @@ def fashion_mnist() -> DatasetSpec:
     """Fashion-MNIST (Xiao et al. 2017), 28x28 grey, 10 classes; 'shirt' is the hard class."""
     return DatasetSpec("fashion-mnist", FASHION_MNIST_CLASSES, (1, 28, 28), (0.2860,), (0.3530,),
                        eps=0.1, step_size=0.025, crop_padding=2, hflip=False,
-                       load=_load_fashion_mnist)
+                       load=_load_fashion_mnist, test_size=10_000)

@@ -17,6 +17,11 @@ What one example's outcome means (every number in metrics.json is grouped from t
 Hence, per example and per class: pgd20 <= clean, autoattack <= clean, union <= each.
 Per-class numbers come from grouping by label (`summarize`); no attack is rerun per class.
 
+The evaluation runs with cuDNN autotuning and TF32 off (`exact_fp32`; recorded in metrics.json's
+``env.eval_backend``): AutoAttack's batch shapes change all the time, so autotuning would re-time
+its kernels for every new shape, and with TF32 an "fp32" evaluation would run its convolutions
+with 10-bit mantissas.
+
 Every chunk of examples runs inside ``torch.random.fork_rng`` with a seed derived from ``seed``
 (pyautoattack reseeds the global RNG), so evaluations are reproducible, the caller's RNG is left
 alone, and a killed evaluation resumed from ``state_dir`` (see `fairbench.eval_state`) gives the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +53,7 @@ AA_VERSION = "standard"
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # what pyautoattack's standard version runs
 CHUNK_SIZE = 1000  # examples per saved chunk: the most work a killed evaluation loses per threat
 BOUND_TOL = 1e-5
+EVAL_BACKEND = {"cudnn_benchmark": False, "tf32": False}  # what `exact_fp32` sets; kept in env
 
 Progress = Callable[[str], None]
 BatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -133,7 +140,15 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
 
 def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                        seed: int, batch_size: int, progress: Progress) -> torch.Tensor:
-    """Standard L-inf AutoAttack on ``x`` (fp32, eval mode); True where it found no adversarial."""
+    """Standard L-inf AutoAttack on ``x`` (fp32, eval mode); True where it found no adversarial.
+
+    The attack is pyautoattack's, unchanged; only how it is fed is chosen for speed
+    (bench/README.md): the model runs channels-last with frozen weights (`attack_ready`), and
+    AutoAttack's batches are even. It attacks the images the model gets right in batches of
+    the size it is given, last one short; a remainder of a few images would spend each robust
+    image's 7,858 passes at a batch size where the per-call overhead dominates, so the size
+    passed is the one that splits those images into as many batches, evenly.
+    """
     from pyautoattack import AutoAttack
 
     if len(y) == 0:
@@ -142,13 +157,39 @@ def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     if odd:
         raise FairbenchError(f"AutoAttack runs in fp32; the model has {sorted(map(str, odd))} weights")
     adversary = AutoAttack(model, norm="Linf", eps=eps, version=AA_VERSION, device=x.device, seed=seed)
-    with aa_logging(progress), torch.autocast(x.device.type, enabled=False):
-        x_adv, y_adv = adversary.run_standard_evaluation(x.float(), y, batch_size=batch_size)
+    predict = _in_batches(lambda a, b: clean_correct(model, a, b), batch_size)
+    with attack_ready(model), aa_logging(progress), torch.autocast(x.device.type, enabled=False):
+        right = int(predict(x, y).sum())  # what AutoAttack will attack, in ceil(right / batch_size) batches
+        even = math.ceil(right / math.ceil(right / batch_size)) if right else batch_size
+        x_adv, y_adv = adversary.run_standard_evaluation(x.float(), y, batch_size=even)
+        again = predict(x_adv, y)
     if (x_adv - x).abs().amax() > eps + BOUND_TOL or x_adv.min() < 0 or x_adv.max() > 1:
         raise RuntimeError("AutoAttack returned images outside the eps-ball or [0, 1]")
-    again = torch.cat([clean_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
-                       for i in range(0, len(y), batch_size)])
     return (y_adv == y) & again
+
+
+@contextmanager
+def attack_ready(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` channels-last with frozen weights for the block; restore both after.
+
+    Frozen weights: FAB-T takes its input gradients with ``.backward()``, which would also
+    compute (and leave behind in ``.grad``) every weight's gradient, a third more work per
+    step. Channels-last: the trainer's default memory format, 2x faster on the CPU for the
+    testbed network; a model loaded by ``fairbench eval`` arrives in NCHW. Neither changes a
+    value AutoAttack computes beyond floating-point rounding of the convolutions.
+    """
+    saved = [(t, t.data) for t in [*model.parameters(), *model.buffers()]]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        model.to(memory_format=torch.channels_last)
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class _ProgressHandler(logging.Handler):
@@ -196,6 +237,26 @@ def _threat_fn(threat: str, model: nn.Module, eps: float, batch_size: int,
         return lambda x, y, seed: _in_batches(lambda a, b: pgd_correct(model, a, b, eps), batch_size)(x, y)
     return lambda x, y, seed: autoattack_correct(model, x, y, eps=eps, seed=seed,
                                                  batch_size=batch_size, progress=progress)
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """cuDNN autotuning off and fp32 convolutions and matmuls in full precision (no TF32) for the
+    block; the previous settings are restored after. The flags do nothing on a CPU."""
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv"):  # torch >= 2.9: the legacy allow_tf32 flags must not be mixed in
+        flags = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+    flags.append((backends.cudnn, "benchmark", False))
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    try:
+        for owner, name, value in flags:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 @contextmanager
@@ -256,7 +317,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
     state = EvalState(state_dir, key, indices, dist, device, progress)
     outcomes: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
-    with eval_mode(model):
+    with eval_mode(model), exact_fp32():
         for threat in stages(attacks):
             pos = subsets.get(threat)
             pos = torch.arange(len(split), device=device) if pos is None else pos.to(device)

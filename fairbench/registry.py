@@ -1,4 +1,4 @@
-"""Registries for methods, architectures and data sets, filled by decorators (timm-style).
+"""Registries for methods, architectures, data sets and threats, filled by decorators (timm-style).
 
 Built-in methods live in the top-level ``methods/`` folder (installed as ``fairbench.methods``)
 and third-party packages can add methods through the entry-point group ``fairbench.methods``.
@@ -122,10 +122,16 @@ def _load_datasets() -> None:
     importlib.import_module("fairbench.data")
 
 
+def _load_threats() -> None:
+    importlib.import_module("fairbench.threats")
+
+
 METHODS: Registry[Any] = Registry("method", _load_methods)
 MODELS: Registry[Callable[..., Any]] = Registry("architecture", _load_models)
 DATASETS: Registry[Any] = Registry("dataset", _load_datasets)
+THREATS: Registry[Any] = Registry("threat", _load_threats)
 
 register_method = METHODS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
+register_threat = THREATS.register

@@ -16,10 +16,10 @@ import torch
 from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
+from fairbench.distributed import DistInfo, cuda_index, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, format_table
+from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
@@ -76,12 +76,12 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
 
-def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device
+def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
               ) -> tuple[Split, Split | None, Split, torch.Tensor]:
     """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
-    and the test images' positions in the full test set (kept with the evaluation's outcomes)."""
-    train_full = load_split(spec, "train", cfg.data_dir, cfg.download)
-    test = load_split(spec, "test", cfg.data_dir, cfg.download)
+    and the test images' positions in the full test set (kept with the evaluation's outcomes).
+    Under torchrun the processes download in turn (`load_splits`)."""
+    train_full, test = load_splits(spec, ("train", "test"), cfg.data_dir, cfg.download, dist or DistInfo())
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
     test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
                     if cfg.eval_per_class else torch.arange(len(test)))
@@ -98,7 +98,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "git": git}
+            "device": f"{device.type}: {name}", "git": git, "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -117,7 +117,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         dist = init_distributed(device.type)
         stop.announce = dist.is_main
         if device.type == "cuda" and dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+            device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
             torch.cuda.set_device(device)
         try:
             return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
@@ -142,7 +142,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
-    train, val, test, test_indices = load_data(cfg, spec, device)
+    train, val, test, test_indices = load_data(cfg, spec, device, dist)
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
@@ -230,7 +230,9 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
         "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
         "threat": {"norm": "Linf", "eps": cfg.eps},
         "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class,
-                                           "aa_per_class": cfg.aa_per_class},
+                                           "aa_per_class": cfg.aa_per_class, "sync_bn": cfg.sync_bn,
+                                           "world_size": trainer.dist.world_size,
+                                           "bn_batch": trainer.bn_batch, "amp": trainer.amp},
         "classes": list(spec.classes),
         "metrics": metrics,
         "attack_settings": attack_settings(

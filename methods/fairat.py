@@ -34,6 +34,10 @@ exposed as a parameter with a documented default:
 - ``base``: ``pgd-at`` (Madry; "an improvement of vanilla adversarial training") or ``trades``
   (with ``beta``), both from `fairbench.losses`.
 
+Inputs: the model takes [0, 1] images and normalizes them by the data set's mean and std in its
+first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616); what the authors used is not
+public. The augmentation works on the [0, 1] images, before the attack.
+
 Each epoch logs ``n_hard`` and ``hard_per_class`` (by class name) to log.jsonl. The method keeps no
 state beyond the model: a resumed run rescoring with the restored model selects the same examples.
 """

@@ -1,6 +1,7 @@
 """Architecture registry: ``create_model(name, spec)`` builds a model for a data set.
 
-Every model takes inputs in [0, 1]; the data set's normalization is the model's first layer.
+Every model takes inputs in [0, 1]; the data set's normalization is the model's first layer
+(an identity one for an architecture whose network says ``raw_inputs``, as ``preact18-frl``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
     """Build architecture ``name`` for data set ``spec``: Normalize followed by the network."""
     build = MODELS.get(name)
     net = build(num_classes=spec.num_classes, in_channels=spec.shape[0])
+    if getattr(net, "raw_inputs", False):
+        return nn.Sequential(Normalize((0.0,) * spec.shape[0], (1.0,) * spec.shape[0]), net)
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
 
 
@@ -68,6 +71,12 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
     """
     state = unwrap_state_dict(state, source)
     expected = model.state_dict()
+    if is_kuangliu_layout(state):  # FRL's hot_start.pt
+        if "1.layer4.1.conv2.weight" not in expected or "1.bn.weight" in expected:
+            raise FairbenchError(f"{source} is a PreAct ResNet-18 in the layout of FRL's code (no input "
+                                 f"normalization, no batch norm + ReLU before the pooling), not this "
+                                 f"architecture; load it with --arch preact18-frl, which is that network")
+        state = from_kuangliu_layout(state, {k[2:]: v for k, v in expected.items() if k.startswith("0.")})
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     problems = {k: _value_problem(state[k], v) for k, v in expected.items() if k in state}
@@ -108,3 +117,4 @@ def count_parameters(model: nn.Module) -> int:
 
 # importing the modules registers the architectures
 from fairbench.models import preact_resnet, small_cnn, testbed_cnn, wide_resnet  # noqa: E402,F401
+from fairbench.models.preact_resnet import from_kuangliu_layout, is_kuangliu_layout  # noqa: E402

@@ -1,0 +1,124 @@
+"""`fairbench report`: write the leaderboard's tables, charts and page into the results folder.
+
+The top of the report package: it builds the model (`model`) and hands it to the renderers
+(`tables`, `figures`, `html`); nothing in the package imports this module.
+
+The report touches only what it owns: it writes only the files named by `OUTPUT` (fixed names and
+`slug`-named charts in ``figures/``) inside the results folder, refuses a ``figures`` that is a
+symlink or not a folder, and removes only files that its own manifest (`MANIFEST`) says it wrote
+last time and that still hold the bytes it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from fairbench.errors import FairbenchError
+from fairbench.report.figures import figure_paths, group_slugs, render_chart, render_tradeoff, tradeoff_paths
+from fairbench.report.html import to_html
+from fairbench.report.intervals import add_intervals
+from fairbench.report.model import Leaderboard, build_leaderboard
+from fairbench.report.tables import to_csv, to_latex, to_markdown
+from fairbench.results import atomic_write_bytes, ensure_writable
+from fairbench.schema import read_regular
+
+__all__ = ["build_leaderboard", "build_report", "write_report"]
+
+
+MANIFEST = ".fairbench-report.json"
+MANIFEST_FORMAT = 1
+OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
+
+
+def build_report(results_dir: Path, baseline: str | None = None) -> Leaderboard:
+    """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks."""
+    return add_intervals(build_leaderboard(results_dir), baseline)
+
+
+def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
+    """Every output file's bytes by its path relative to the results folder, and the Markdown."""
+    outputs: dict[str, bytes] = {}
+    charts: dict[str, bytes] = {}
+    slugs = group_slugs(board)
+    for group, stem in zip(board.groups, slugs):
+        png, svg = tradeoff_paths(stem)
+        outputs[png], outputs[svg] = render_tradeoff(group)
+        charts[png] = outputs[png]
+        for threat, (png, svg) in figure_paths(group, stem).items():
+            outputs[png], outputs[svg] = render_chart(group, threat)
+            charts[png] = outputs[png]
+    markdown = to_markdown(board)
+    outputs["leaderboard.md"] = markdown.encode()
+    outputs["leaderboard.csv"] = to_csv(board).encode()
+    outputs["leaderboard.tex"] = to_latex(board).encode()
+    outputs["index.html"] = to_html(board, slugs, charts).encode()
+    bad = [rel for rel in outputs if not OUTPUT.fullmatch(rel)]
+    if bad:  # a bug, not bad input: file names are built from slugs
+        raise AssertionError(f"report output names outside the allow-list: {bad}")
+    return outputs, markdown
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def previous_outputs(results_dir: Path) -> dict[str, str]:
+    """What the last report wrote (path -> sha256), from its manifest; {} if there is none usable."""
+    path = results_dir / MANIFEST
+    if not os.path.lexists(path):
+        return {}
+    try:
+        doc = json.loads(read_regular(path, 1 << 20))
+    except (FairbenchError, ValueError, RecursionError):
+        return {}
+    files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(files, dict):
+        return {}
+    return {rel: sha for rel, sha in files.items()
+            if isinstance(rel, str) and OUTPUT.fullmatch(rel) and isinstance(sha, str)}
+
+
+def _still_ours(path: Path, sha: str) -> bool:
+    """A regular file (not a symlink) that still holds the bytes the report wrote."""
+    try:
+        return path.is_file() and not path.is_symlink() and _sha256(read_regular(path, 64 << 20)) == sha
+    except FairbenchError:
+        return False
+
+
+def _check_folders(results_dir: Path) -> None:
+    figures = results_dir / "figures"
+    if figures.is_symlink() or (os.path.lexists(figures) and not figures.is_dir()):
+        raise FairbenchError(f"{figures} is a symlink or not a folder; the report writes only inside "
+                             f"{results_dir}: remove or rename it")
+    ensure_writable(figures)  # one clear line, not an OSError halfway through
+
+
+def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[Leaderboard, str, list[Path]]:
+    """Write every output for ``board`` (default: `build_report` of ``results_dir``) into ``results_dir``,
+    then remove the outputs of the previous report that this one did not write again.
+
+    Returns the leaderboard, its Markdown and the files written.
+    """
+    results_dir = Path(results_dir)
+    board = board if board is not None else build_report(results_dir)
+    if not board.groups:
+        raise FairbenchError(f"no usable metrics.json under {results_dir} "
+                             f"({board.n_files} found, {len(board.skipped)} skipped)")
+    outputs, markdown = render(board)
+    _check_folders(results_dir)
+    previous = previous_outputs(results_dir)
+    written = []
+    for rel in sorted(outputs):
+        atomic_write_bytes(results_dir / rel, outputs[rel])
+        written.append(results_dir / rel)
+    manifest = {"format": MANIFEST_FORMAT, "files": {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}}
+    atomic_write_bytes(results_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    for rel, sha in sorted(previous.items()):  # charts of groups that are gone
+        if rel not in outputs and _still_ours(results_dir / rel, sha):
+            (results_dir / rel).unlink()
+    return board, markdown, written

@@ -1,0 +1,350 @@
+"""The leaderboard's data model: runs read from metrics.json files, grouped and aggregated over seeds.
+
+Runs are grouped by data set, architecture, threat model and training budget; inside a group there
+is one row per method (and non-default parameters), aggregated over seeds. A file that cannot be
+used (unreadable, unknown schema, unfinished run) is listed as skipped and never stops the report.
+The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
+metadata. This module is the bottom of the report package (it imports only the pure `stats`);
+`intervals` adds the bootstrap from the runs' outcomes, rendering lives in `tables`, `figures`
+and `html`, the command that writes them in `command`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from fairbench.errors import FairbenchError
+from fairbench.report.stats import RowStats, tied_ranks
+from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
+                              read_outcomes, threat_columns)
+from fairbench.threats import threat_label
+
+# Training settings outside the group's budget: shown in a row's label when they vary in the group.
+EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
+                  "attack_steps", "val_per_class", "bn_batch")
+
+
+def threat_name(threat: str) -> str:
+    """The label people read for a (validated, hence registered) threat name."""
+    return threat_label(threat)
+
+
+def robust_precedence() -> tuple[str, ...]:
+    """A group is sorted by the worst-class error under the first of these that every row has:
+    the strongest registered attack, then the union, then the other attacks, then clean."""
+    from fairbench.threats import get_threat
+
+    attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
+    return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
+                                                               if t != UNION and t not in attacks)
+
+
+def fmt_value(value: Any) -> str:
+    """A parameter value as a person reads it (floats without binary noise)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """One validated result: ``path`` (of its metrics.json, relative to the results folder, POSIX),
+    its record, and its per-example outcomes (None for results written before outcomes existed)."""
+
+    path: str
+    record: RunRecord
+    outcomes: Outcomes | None = None
+
+    @property
+    def training(self) -> dict[str, Any]:
+        training = dict(self.record.training)
+        if "bn_batch" not in training and _is_count(training.get("batch_size")):
+            # runs written before bn_batch was recorded: plain DDP split the batch norm per process
+            world = (self.record.timing or {}).get("world_size")
+            training["bn_batch"] = training["batch_size"] // (world if _is_count(world) else 1)
+        return training
+
+    @property
+    def seed(self) -> int:
+        return self.record.seed
+
+    def identity(self) -> tuple[str, str, str]:
+        """What makes two runs the same experiment up to the seed (inside one group)."""
+        extra = {k: self.training.get(k) for k in EXTRA_TRAINING}
+        return self.record.method, _canon(self.record.params), _canon(extra)
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """Data set, architecture, threat model and training budget: runs compared in one table."""
+
+    dataset: str
+    arch: str
+    norm: str
+    eps: float
+    epochs: int | None
+    train_per_class: int | None
+    eval_per_class: int | None
+    classes: tuple[str, ...]
+    select: str = "last"
+
+    @classmethod
+    def of(cls, run: Run) -> "GroupKey":
+        r, t = run.record, run.training
+        return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), t.get("epochs", r.epochs),
+                   t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select)
+
+    def label(self) -> str:
+        eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
+            else f"{self.eps:g}"
+        train = f"{self.train_per_class} train/class" if self.train_per_class else "full train set"
+        test = f"{self.eval_per_class} test/class" if self.eval_per_class else "full test set"
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
+            else "epochs unknown"
+        select = "" if self.select == "last" else f" · {self.select} selection"
+        return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}{select}"
+
+    def slug(self) -> str:
+        text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
+                f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
+                + ("" if self.select == "last" else f"_{self.select}"))
+        return slug(text)
+
+    def sort_key(self) -> tuple:
+        return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
+                self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select)
+
+
+SLUG_MAX = 80
+
+
+def slug(text: str) -> str:
+    """A file-name stem from the allow-list ``[a-z0-9._-]``: at most `SLUG_MAX` characters, never
+    starting with ``.`` or ``-`` (so never ``..``, a hidden file or an option), never empty."""
+    out = "".join(c if c in "abcdefghijklmnopqrstuvwxyz0123456789._-" else "-" for c in text.lower())
+    out = out[:SLUG_MAX].lstrip(".-")
+    return out or "x"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over seeds (``std`` is None for a single seed)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, agg: pd.Series) -> "Stat | None":
+        """From a row of ``.agg(["mean", "std", "count"])`` (NaN values were left out)."""
+        if not agg["count"]:
+            return None
+        return cls(float(agg["mean"]), None if agg["count"] < 2 else float(agg["std"]), int(agg["count"]))
+
+
+@dataclass(frozen=True)
+class ThreatSummary:
+    """One row's errors under one threat, aggregated over the row's seeds."""
+
+    avg: Stat
+    worst: Stat
+    spread: Stat
+    worst_class: str  # the class that is worst in most seeds
+    worst_class_votes: int  # in how many seeds it is the worst
+    per_class: tuple[Stat | None, ...]  # error per class, for the charts
+    ci: RowStats | None = None  # bootstrap intervals from the outcomes (`report.intervals`)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    method: str
+    runs: tuple[Run, ...]
+    threats: dict[str, ThreatSummary]
+    rank: int | None = None  # None: the row lacks the threat the group is ranked by
+
+    @property
+    def seeds(self) -> list[Any]:
+        return sorted((r.seed for r in self.runs), key=_canon)
+
+
+@dataclass(frozen=True)
+class Group:
+    key: GroupKey
+    threats: tuple[str, ...]
+    sort_threat: str
+    rows: tuple[Row, ...]
+    baseline: str | None = None  # the label of the row the others are compared with
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    groups: tuple[Group, ...]
+    skipped: tuple[tuple[str, str], ...]  # (path, reason): files the report could not use
+    n_files: int
+    warnings: tuple[tuple[str, str], ...] = ()  # (path, what): runs used, with something missing
+
+
+def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]], int]:
+    """Every usable result under ``results_dir`` (sorted by path), the skipped files with why, the
+    runs used without outcomes, and how many metrics.json files there were."""
+    runs, skipped, warnings, seen = [], [], [], {}
+    paths = find_metrics(results_dir)
+    for path in paths:
+        rel = printable(path.relative_to(results_dir).as_posix())
+        try:
+            record = read_metrics(path)
+            outcomes = read_outcomes(path.parent / OUTCOMES_FILE, record)
+        except FairbenchError as exc:
+            why = str(exc).replace(f"{path.parent}/", "").removeprefix(f"{path.name}: ")
+            skipped.append((rel, printable(why)))
+            continue
+        run = Run(rel, record, outcomes)
+        dup = (GroupKey.of(run), run.identity(), run.seed)
+        if dup in seen:
+            skipped.append((rel, f"same experiment and seed as {seen[dup]}"))
+            continue
+        seen[dup] = rel
+        if outcomes is None:
+            warnings.append((rel, f"no {OUTCOMES_FILE}: reported without intervals"))
+        runs.append(run)
+    return runs, skipped, warnings, len(paths)
+
+
+TIDY = ["run", "threat", "class_index", "error", "avg_err", "worst_err", "spread", "worst_class"]
+
+
+def tidy(runs: Sequence[Run]) -> pd.DataFrame:
+    """The leaderboard's data: one row per run, threat and class (``run`` is a position in
+    ``runs``); a class's error, and the run's average and worst-class error and spread."""
+    return pd.DataFrame([(i, t, j, 1 - acc, 1 - m.avg, 1 - m.worst, m.std, m.worst_class)
+                         for i, run in enumerate(runs) for t, m in run.record.metrics.items()
+                         for j, acc in enumerate(m.per_class)], columns=TIDY)
+
+
+def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: Sequence[str]
+                   ) -> dict[tuple[int, str], ThreatSummary]:
+    """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
+    data = data.assign(row=[row_of_run[i] for i in data["run"]])
+    per_run = data.drop_duplicates(["run", "threat"])
+    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(["mean", "std", "count"])
+    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(["mean", "std", "count"])
+    votes = per_run.groupby(["row", "threat"])["worst_class"].value_counts()
+    out = {}
+    for (row, threat), stats in over_seeds.iterrows():
+        classes = [Stat.of(c) for _, c in per_class.loc[(row, threat)].iterrows()]
+        counts = votes.loc[(row, threat)]
+        err = {name: (c.mean if c else -1.0) for name, c in zip(class_names, classes)}  # breaks ties
+        worst = max(counts.index, key=lambda c: (counts[c], err[c], c))
+        out[row, threat] = ThreatSummary(Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]),
+                                         Stat.of(stats["spread"]), worst, int(counts[worst]), tuple(classes))
+    return out
+
+
+def _method_defaults(method: str) -> dict[str, Any] | None:
+    from fairbench.registry import METHODS
+
+    try:
+        return METHODS.entry(method).params
+    except FairbenchError:  # results of a method that is not installed here
+        return None
+
+
+def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, str, str], str]:
+    """Method name plus the parameters and training settings that tell the rows apart."""
+    varying = [f for f in EXTRA_TRAINING if len({_canon(rs[0].training.get(f)) for rs in buckets.values()}) > 1]
+    labels: dict[tuple[str, str, str], str] = {}
+    for ident, rs in buckets.items():
+        method, params = ident[0], rs[0].record.params
+        defaults = _method_defaults(method)
+        if defaults is None:  # unknown defaults: show what varies between this method's rows
+            same = [b[0].record.params for i, b in buckets.items() if i[0] == method]
+            shown = [k for k in sorted(params) if len({_canon(p.get(k)) for p in same}) > 1]
+        else:
+            shown = [k for k in sorted(params) if k not in defaults or _canon(params[k]) != _canon(defaults[k])]
+        parts = [f"{k}={fmt_value(params[k])}" for k in shown]
+        parts += [f"{f}={fmt_value(rs[0].training.get(f))}" for f in varying]
+        label = method + (f" ({', '.join(parts)})" if parts else "")
+        n = sum(1 for other in labels.values() if other == label or other.startswith(label + " #"))
+        labels[ident] = label if n == 0 else f"{label} #{n + 1}"
+    return labels
+
+
+def ordered_threats(names: Iterable[str]) -> tuple[str, ...]:
+    names = set(names)
+    return tuple(t for t in threat_columns() if t in names)
+
+
+def build_group(key: GroupKey, runs: list[Run]) -> Group:
+    """One table: rows aggregated over seeds, sorted by worst-class robust error."""
+    buckets: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        buckets.setdefault(run.identity(), []).append(run)
+    labels = _labels(buckets)
+    ordered = [r for rs in buckets.values() for r in rs]
+    row_of_run = [i for i, rs in enumerate(buckets.values()) for _ in rs]
+    summaries = summarize_rows(tidy(ordered), row_of_run, key.classes)
+    threats = ordered_threats(t for _, t in summaries)
+    rows = [Row(labels[ident], ident[0], tuple(rs), {t: summaries[i, t] for t in threats if (i, t) in summaries})
+            for i, (ident, rs) in enumerate(buckets.items())]
+    in_all = [t for t in robust_precedence() if all(t in row.threats for row in rows)]
+    in_any = [t for t in robust_precedence() if any(t in row.threats for row in rows)]
+    sort_threat = (in_all or in_any or [threats[0]])[0]
+
+    return rank_rows(Group(key, threats, sort_threat, tuple(rows)))
+
+
+def rank_rows(group: Group) -> Group:
+    """The group with its rows ranked and sorted by worst-class error under its sort threat.
+
+    Ranks admit ties (`stats.tied_ranks`): a row whose interval (``ThreatSummary.ci``) overlaps the
+    best row's shares its rank; rows without intervals tie only on equal values. Rows are sorted by
+    rank, then worst-class error, average error and label; rows without the threat come last.
+    """
+    def value(row: Row, field: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s, field).mean if s else None
+
+    def bound(row: Row, end: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s.ci.worst, end) if s and s.ci else None
+
+    rows = group.rows
+    ranks = tied_ranks([value(r, "worst") for r in rows], [bound(r, "lo") for r in rows],
+                       [bound(r, "hi") for r in rows])
+    ranked = [replace(row, rank=rank) for row, rank in zip(rows, ranks)]
+    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, "worst") or 0.0, value(r, "avg") or 0.0,
+                               r.label))
+    return replace(group, rows=tuple(ranked))
+
+
+def build_leaderboard(results_dir: Path) -> Leaderboard:
+    """Read every result under ``results_dir`` and aggregate; reads only, never writes."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FairbenchError(f"results folder {results_dir} does not exist; run `fairbench run` first "
+                             f"or pass --results DIR")
+    runs, skipped, warnings, n_files = load_runs(results_dir)
+    by_key: dict[GroupKey, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(GroupKey.of(run), []).append(run)
+    groups = tuple(build_group(k, by_key[k]) for k in sorted(by_key, key=GroupKey.sort_key))
+    return Leaderboard(groups, tuple(skipped), n_files, tuple(warnings))

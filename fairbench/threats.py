@@ -1,0 +1,180 @@
+"""Registered threats: what each threat of the evaluation runs, and how it decides each example.
+
+A threat is one small class registered with ``@register_threat(name)``: the label people read,
+the settings it records in metrics.json, and `Threat.decider`, which says for a chunk of
+examples whether the model is right on each under that threat. ``union`` is not registered: it is
+derived per example (right under every threat that ran on it, `fairbench.schema.derive_union`).
+Adding a threat (an L2 PGD, say) is one registration here; the evaluator, the results schema
+and the report take their threat names from this registry.
+
+What one example's outcome means:
+
+- ``clean``: the prediction on the unperturbed image is right.
+- ``pgd20``: clean-correct AND still right after PGD-20 (random start, step eps/4, CE loss),
+  fairbench's one PGD (`fairbench.attacks.pgd`).
+- ``autoattack``: clean-correct AND AutoAttack (pyautoattack, standard version: APGD-CE, APGD-T,
+  FAB-T, Square) found no adversarial example: the label it returns (``y_adv``) is right and its
+  returned image, predicted again, is still right. This is AutoAttack's *own* outcome, not combined
+  with PGD-20: AutoAttack is stronger in aggregate but not per example.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from fairbench.attacks import pgd
+from fairbench.errors import FairbenchError
+from fairbench.registry import THREATS, register_threat
+
+UNION = "union"
+UNION_LABEL = "union"
+PGD_EVAL_STEPS = 20
+AA_VERSION = "standard"
+AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # what pyautoattack's standard version runs
+BOUND_TOL = 1e-5
+
+Progress = Callable[[str], None]
+BatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, seed) -> correct
+
+
+class Threat:
+    """One threat: ``name`` (the registry's), ``label`` for tables, ``order`` of its column,
+    ``attack`` (False only for clean: an attack's outcome counts only on clean-correct examples)."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    attack: ClassVar[bool] = True
+
+    def settings(self, eps: float, seed: int) -> dict[str, Any]:
+        """What this threat runs with: stored in metrics.json and part of the evaluation's resume key."""
+        return {}
+
+    def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
+        """``fn(x, y, seed) -> bool tensor``: whether ``model`` is right on each example of a chunk."""
+        raise NotImplementedError
+
+
+def threat_names() -> list[str]:
+    """Every registered threat, in column order."""
+    return sorted(THREATS.names(), key=lambda n: (THREATS.get(n).order, n))
+
+
+def get_threat(name: str) -> Threat:
+    return THREATS.get(name)()
+
+
+def threat_label(name: str) -> str:
+    """The label people read (``PGD-20``); ``union`` for the derived one."""
+    return UNION_LABEL if name == UNION else THREATS.get(name).label
+
+
+def in_batches(fn: BatchFn, batch_size: int) -> BatchFn:
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        outs = [fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool, device=y.device)
+
+    return run
+
+
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Whether the model's prediction on each (unperturbed) input is right."""
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+@register_threat("clean")
+class Clean(Threat):
+    """The unperturbed test image."""
+
+    name, label, order, attack = "clean", "clean", 0, False
+
+    def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
+        return lambda x, y, seed: in_batches(lambda a, b: clean_correct(model, a, b), batch_size)(x, y)
+
+
+@register_threat("pgd20")
+class PGD20(Threat):
+    """PGD-20 (L-inf, random start, step eps/4, CE loss): the standard evaluation of AT papers."""
+
+    name, label, order = "pgd20", "PGD-20", 10
+
+    def settings(self, eps: float, seed: int) -> dict[str, Any]:
+        return {"norm": "Linf", "eps": eps, "steps": PGD_EVAL_STEPS, "step_size": eps / 4,
+                "random_start": True, "loss": "ce", "seed": seed}
+
+    def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
+        def correct(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            x_adv = pgd(model, a, b, eps=eps, step_size=eps / 4, steps=PGD_EVAL_STEPS)
+            return clean_correct(model, x_adv, b)
+
+        return lambda x, y, seed: in_batches(correct, batch_size)(x, y)
+
+
+@register_threat("autoattack")
+class AutoAttack(Threat):
+    """AutoAttack, standard version (pyautoattack: APGD-CE, APGD-T, FAB-T, Square), L-inf."""
+
+    name, label, order = "autoattack", "AutoAttack", 20
+
+    def settings(self, eps: float, seed: int) -> dict[str, Any]:
+        import pyautoattack
+
+        return {"norm": "Linf", "eps": eps, "version": AA_VERSION, "attacks": list(AA_ATTACKS),
+                "seed": seed, "library": f"pyautoattack {pyautoattack.__version__}"}
+
+    def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
+        return lambda x, y, seed: autoattack_correct(model, x, y, eps=eps, seed=seed,
+                                                     batch_size=batch_size, progress=progress)
+
+
+def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                       seed: int, batch_size: int, progress: Progress) -> torch.Tensor:
+    """Standard L-inf AutoAttack on ``x`` (fp32, eval mode); True where it found no adversarial."""
+    from pyautoattack import AutoAttack as Adversary
+
+    if len(y) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=y.device)
+    odd = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+    if odd:
+        raise FairbenchError(f"AutoAttack runs in fp32; the model has {sorted(map(str, odd))} weights")
+    adversary = Adversary(model, norm="Linf", eps=eps, version=AA_VERSION, device=x.device, seed=seed)
+    with aa_logging(progress), torch.autocast(x.device.type, enabled=False):
+        x_adv, y_adv = adversary.run_standard_evaluation(x.float(), y, batch_size=batch_size)
+    if (x_adv - x).abs().amax() > eps + BOUND_TOL or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError("AutoAttack returned images outside the eps-ball or [0, 1]")
+    again = torch.cat([clean_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
+                       for i in range(0, len(y), batch_size)])
+    return (y_adv == y) & again
+
+
+class _ProgressHandler(logging.Handler):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.DEBUG)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress(f"  autoattack: {record.getMessage()}")
+
+
+@contextmanager
+def aa_logging(progress: Progress) -> Iterator[None]:
+    """Show pyautoattack's ``auto-attack`` logger (it logs at DEBUG) through ``progress``."""
+    logger = logging.getLogger("auto-attack")
+    handler = _ProgressHandler(progress)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate

@@ -1,0 +1,403 @@
+"""`fairbench report` on result files from strangers (issue 14): a folder of hostile files beside
+valid runs. Nothing is written outside the results folder, nothing the report did not make is
+removed, the page holds no element or attribute that fairbench did not write, the .tex no line,
+valid runs still appear, and every hostile file is skipped with the file and the field named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fairbench.cli import main
+from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
+from fairbench.report.command import MANIFEST
+from fairbench.schema import build_record, make_outcomes, outcomes_bytes, write_run
+
+PER_CLASS = 12
+XSS = '"><img src=x onerror=document.body.dataset.pwned=1>'
+TEX = "\\input{/etc/passwd}"
+
+
+def good_run(method: str, seed: int, level: float = 0.7, attacks: bool = True):
+    """A valid record and its outcomes (clean and PGD-20 on all images, AutoAttack on half)."""
+    rng = np.random.default_rng(seed + 100 * len(method))
+    labels = np.repeat(np.arange(10), PER_CLASS)
+    clean = rng.random(labels.size) < level + 0.2
+    pgd = clean & (rng.random(labels.size) < level)
+    aa = pgd & (rng.random(labels.size) < 0.9)
+    correct = {"clean": clean, "pgd20": pgd, "autoattack": aa} if attacks else {"clean": clean}
+    outcomes = make_outcomes(np.arange(labels.size) * 3, labels, correct,
+                             ran={"autoattack": np.arange(labels.size) % 2 == 0})
+    record = build_record(run_id=f"{re.sub(r'[^A-Za-z0-9]', '-', method)[:40]}-{seed}", method=method,
+                          params={}, arch="small-cnn", dataset="fashion-mnist", seed=seed, epochs=2, eps=0.1,
+                          training={"epochs": 2, "train_per_class": 50, "eval_per_class": None}, outcomes=outcomes)
+    return record, outcomes
+
+
+def put(root: Path, name: str, doc, outcomes: bytes | None = None) -> Path:
+    folder = root / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    if outcomes is not None:
+        (folder / "outcomes.csv.gz").write_bytes(outcomes)
+    return folder
+
+
+def valid_folder(root: Path) -> dict:
+    """Two methods x two seeds with outcomes, one run without (older results), one broken file."""
+    for method in ("pgd-at", "trades"):
+        for seed in (0, 1):
+            record, outcomes = good_run(method, seed)
+            folder = root / "runs" / f"good-{method}-{seed}"
+            folder.mkdir(parents=True)
+            write_run(folder, record, outcomes)
+    record, _ = good_run("fairat", 0)
+    put(root, "older-fairat", record.to_json())
+    put(root, "broken", '{"schema_version": 1, "run_id": "x", "metr')
+    return record.to_json()
+
+
+def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
+    """Hostile files beside valid ones; returns {run folder: the field its skip reason must name}."""
+    base = valid_folder(root)
+    skipped = {}
+
+    def bad(name: str, field: str, change=None, text: str | None = None, outcomes: bytes | None = None) -> Path:
+        doc = copy.deepcopy(base)
+        if change:
+            change(doc)
+        skipped[name] = field
+        return put(root, name, text if text is not None else doc, outcomes)
+
+    # 1. a threat name that would script the page; 2. one that would write outside the folder
+    bad("threat-xss", "metrics", lambda d: d["metrics"].__setitem__(XSS, d["metrics"].pop("pgd20")))
+    bad("threat-path", "metrics", lambda d: d["metrics"].__setitem__("x/../../../ESCAPED", d["metrics"].pop("pgd20")))
+    (root / "figures" / "x").mkdir(parents=True)
+    # 4. LaTeX / Markdown injection through names that are not names
+    bad("dataset-tex", "'dataset'", lambda d: d.__setitem__("dataset", f"fmnist\n{TEX}\n"))
+    bad("method-newline", "'method'", lambda d: d.__setitem__("method", f"evil\n| a | b |\n<script>x</script>\n{TEX}"))
+    bad("params-newline", "params.p", lambda d: d["params"].__setitem__("p", f"x\n{TEX}"))
+    # 5. mathtext in a class name, an epoch count whose file name would be too long
+    bad("class-mathtext", "'classes'", lambda d: d["classes"].__setitem__(6, "$\\foo{$"))
+    bad("epochs-huge", "training.epochs", lambda d: d["training"].__setitem__("epochs", 10**300))
+    bad("run-id-path", "run_id", lambda d: d.__setitem__("run_id", "../../etc"))
+    bad("nan-accuracy", "metrics.clean.avg", lambda d: d["metrics"]["clean"].__setitem__("avg", float("nan")))
+    bad("worst-wrong", "metrics.clean.worst", lambda d: d["metrics"]["clean"].__setitem__("worst", 0.0))
+    bad("short-list", "metrics.pgd20.per_class", lambda d: d["metrics"]["pgd20"]["per_class"].pop())
+    bad("unknown-field", "unknown field", lambda d: d.__setitem__("extra", "<script>"))
+    # 6. unbounded reads: a FIFO, /dev/zero, a long list, a large file, a gzip bomb
+    fifo = root / "runs" / "fifo"
+    fifo.mkdir(parents=True)
+    os.mkfifo(fifo / "metrics.json")
+    skipped["fifo"] = "not a regular file"
+    (root / "runs" / "zero").mkdir()
+    (root / "runs" / "zero" / "metrics.json").symlink_to("/dev/zero")
+    skipped["zero"] = "symlink"
+    bad("long-list", "metrics.clean.per_class", lambda d: d["metrics"]["clean"].__setitem__("per_class", [0.5] * 100_000))
+    bad("large", "bytes", lambda d: d["env"].__setitem__("pad", "x" * 900) or d["env"].update(
+        {f"k{i}": "y" * 900 for i in range(1200)}))
+    record, outcomes = good_run("pgd-at", 7)
+    bomb = gzip.compress(b"index,label,clean\n" + b"0" * (80 << 20), mtime=0)
+    bad("gzip-bomb", "decompressed", text=json.dumps(record.to_json()), outcomes=bomb)
+    # outcomes that disagree with metrics.json, outcomes that are a FIFO
+    record, outcomes = good_run("pgd-at", 8)
+    flipped = outcomes.results["pgd20"].copy()
+    flipped[np.flatnonzero(flipped == 1)[0]] = 0
+    disagree = type(outcomes)(outcomes.index, outcomes.label, {**outcomes.results, "pgd20": flipped})
+    bad("outcomes-disagree", "outcomes.csv.gz", text=json.dumps(record.to_json()), outcomes=outcomes_bytes(disagree))
+    record, _ = good_run("pgd-at", 9)
+    os.mkfifo(bad("outcomes-fifo", "not a regular file", text=json.dumps(record.to_json())) / "outcomes.csv.gz")
+    # a run folder that is a symlink out of the results folder (its run must not appear)
+    record, outcomes = good_run("outsider", 0)
+    (outside / "run").mkdir(parents=True)
+    write_run(outside / "run", record, outcomes)
+    (root / "runs" / "linked").symlink_to(outside / "run")
+    # a user's own chart, and a forged manifest naming it and files that are not report outputs
+    (root / "figures" / "my_paper_plot.png").write_bytes(b"mine")
+    (root / MANIFEST).write_text(json.dumps({"format": 1, "files": {
+        "figures/my_paper_plot.png": hashlib.sha256(b"not mine").hexdigest(),
+        "runs/good-pgd-at-0/metrics.json": "0" * 64, "../outside.txt": "0" * 64, "/etc/passwd": "0" * 64}}))
+    return skipped
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (symlinks as their target, FIFOs by kind), not following links."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[rel] = "dir" if p.is_dir() else "special"
+    return out
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One report over the hostile folder; the world around it snapshotted before and after."""
+    world = tmp_path_factory.mktemp("world")
+    results, outside = world / "a" / "b" / "results", world / "outside"
+    results.mkdir(parents=True)
+    outside.mkdir()
+    (world / "a" / "keep.txt").write_text("keep")
+    expected = hostile_folder(results, outside)
+    before = snapshot(world)
+    t0 = time.perf_counter()
+    code, out, err = cli(["report", "--results", str(results)])
+    seconds = time.perf_counter() - t0
+    return {"world": world, "results": results, "expected": expected, "before": before,
+            "after": snapshot(world), "code": code, "out": out, "err": err, "seconds": seconds}
+
+
+def test_hostile_files_are_skipped_naming_the_field(hostile: dict) -> None:
+    assert hostile["code"] == 0, hostile["err"]
+    err = hostile["err"]
+    for name, field in hostile["expected"].items():
+        line = next((line for line in err.splitlines() if line.startswith(f"  runs/{name}/")), None)
+        assert line is not None, (name, err)
+        assert field in line, (name, field, line)
+    assert "runs/older-fairat/metrics.json: no outcomes.csv.gz: reported without intervals" in err
+    assert "outsider" not in err + hostile["out"]  # the symlinked folder is never read
+
+
+def test_valid_runs_beside_hostile_ones_still_appear(hostile: dict) -> None:
+    rows = list(csv.DictReader((hostile["results"] / "leaderboard.csv").open()))
+    assert sorted((r["label"], r["n_seeds"]) for r in rows) == [("fairat", "1"), ("pgd-at", "2"), ("trades", "2")]
+    assert (hostile["results"] / "index.html").read_text().count('<tr class="row">') == 3
+
+
+def test_unbounded_reads_are_refused_quickly(hostile: dict) -> None:
+    """Defect 6: a FIFO, /dev/zero, a 100k-item list, a 2 MB file and a gzip bomb cost nothing."""
+    assert hostile["seconds"] < 60
+
+
+def test_nothing_written_outside_the_results_folder(hostile: dict) -> None:
+    """Defect 2: outside the results folder nothing is added, changed or removed."""
+    prefix = hostile["results"].relative_to(hostile["world"]).as_posix() + "/"
+    outside = lambda snap: {k: v for k, v in snap.items() if not k.startswith(prefix)}  # noqa: E731
+    assert outside(hostile["after"]) == outside(hostile["before"])
+    assert not [p for p in hostile["world"].rglob("*ESCAPED*")]
+
+
+def test_nothing_removed_that_the_report_did_not_make(hostile: dict) -> None:
+    """Defect 3: every file that was there is still there, unchanged, except the report's own outputs."""
+    ours = re.compile(r"leaderboard\.(md|csv|tex)|index\.html|\.fairbench-report\.json|figures/[a-z0-9._-]+\.(png|svg)")
+    prefix = hostile["results"].relative_to(hostile["world"]).as_posix() + "/"
+    for rel, digest in hostile["before"].items():
+        inner = rel.removeprefix(prefix)
+        if not ours.fullmatch(inner) or inner == "figures/my_paper_plot.png":
+            assert hostile["after"].get(rel) == digest, rel
+
+
+def test_figures_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    results, target = tmp_path / "results", tmp_path / "elsewhere"
+    valid_folder(results)
+    target.mkdir()
+    (target / "precious.png").write_bytes(b"precious")
+    (results / "figures").symlink_to(target)
+    code, _, err = cli(["report", "--results", str(results)])
+    assert code == 2 and "error: " in err and "figures is a symlink or not a folder" in err
+    assert [p.name for p in target.iterdir()] == ["precious.png"]
+    assert not (results / "index.html").exists()
+
+
+class _Tags(HTMLParser):
+    """Every (tag, attribute name) in a page, and every script's and image's source."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: set[tuple[str, str]] = set()
+        self.scripts = 0
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.pairs.add((tag, ""))
+        self.pairs.update((tag, name) for name, _ in attrs)
+        self.scripts += tag == "script"
+        self.srcs += [v or "" for name, v in attrs if name in ("src", "href") and tag != "a"]
+
+
+def _dom(page: Path, profile: Path) -> _Tags:
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("chromium is not installed: `apt-get install chromium` (scripts/setup.sh does it as root)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "data-pwned" not in dom
+    tags = _Tags()
+    tags.feed(dom)
+    return tags
+
+
+def test_page_holds_only_what_fairbench_writes(hostile: dict, tmp_path: Path) -> None:
+    """Defect 1: the hostile page, run by Chromium, has no element or attribute that the page of
+    the valid runs alone does not have, one script (ours), and images only from data URIs."""
+    clean = tmp_path / "clean"
+    valid_folder(clean)
+    assert cli(["report", "--results", str(clean)])[0] == 0
+    baseline = _dom(clean / "index.html", tmp_path / "p1")
+    page = _dom(hostile["results"] / "index.html", tmp_path / "p2")
+    assert page.pairs <= baseline.pairs, page.pairs - baseline.pairs
+    assert page.scripts == 1 and all(s.startswith("data:image/png;base64,") for s in page.srcs)
+    assert 'data-pwned' not in (hostile["results"] / "index.html").read_text()
+
+
+ESCAPES = {"\\textbackslash", "\\textasciitilde", "\\textasciicircum"}
+# template lines whose shape depends on the group (threats, a baseline's two extra columns) but hold no data
+ALLOWED_TEX = re.compile(r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
+                         r"|\\begin\{tabular\}\{[rl ]+\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
+
+
+def _tex_lines_from_fairbench(tex: str, baseline: str) -> list[str]:
+    """The lines of ``tex`` that are neither fixed lines of fairbench's nor its templates."""
+    fixed = set(baseline.splitlines())
+    return [line for line in tex.splitlines() if line not in fixed and not ALLOWED_TEX.fullmatch(line)]
+
+
+def test_tex_and_markdown_hold_no_injected_line(hostile: dict, tmp_path: Path) -> None:
+    """Defect 4: names with LaTeX commands, HTML and pipes are escaped; none starts a line."""
+    results = hostile["results"]
+    clean = tmp_path / "clean"
+    valid_folder(clean)
+    cli(["report", "--results", str(clean)])
+    tex = (results / "leaderboard.tex").read_text()
+    assert not _tex_lines_from_fairbench(tex, (clean / "leaderboard.tex").read_text())
+    commands = set(re.findall(r"\\[A-Za-z]+", tex))
+    assert commands <= ESCAPES | set(re.findall(r"\\[A-Za-z]+", (clean / "leaderboard.tex").read_text()))
+    assert "\\input" not in tex
+
+
+def _accepted_names(root: Path) -> None:
+    """Runs whose names are printable but hostile: accepted, and escaped wherever they appear."""
+    for i, method in enumerate(["<script>document.body.dataset.pwned=2</script>|x|", "$\\foo{$ \\input{x} %c",
+                                "[link](javascript:alert(1)) `code` & &amp;", "=HYPERLINK(\"http://x\")"]):
+        record, outcomes = good_run(method, 0)
+        doc = record.to_json()
+        doc["arch"] = XSS if i == 0 else "a|b\\c"
+        doc["params"] = {"p": "</pre><script>document.body.dataset.pwned=3</script>", "q": TEX}
+        doc["env"] = {"x": "</details><img src=x onerror=document.body.dataset.pwned=4>"}
+        put(root, f"names-{i}", doc, outcomes_bytes(outcomes))
+
+
+def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:
+    """Defects 1, 4, 5: accepted names with HTML, LaTeX, Markdown, mathtext and formulas render inert."""
+    results = tmp_path / "results"
+    valid_folder(results)
+    _accepted_names(results)
+    code, out, err = cli(["report", "--results", str(results)])
+    assert code == 0, err
+    md = (results / "leaderboard.md").read_text()
+    assert "<" not in md.replace("&lt;", "") and "\\input" not in md.replace("\\\\input", "")
+    cells = 0
+    for line in md.splitlines():  # every row has its own table's (its header's) number of cells
+        if line.startswith("| # |"):
+            cells = len(re.findall(r"(?<!\\)\|", line))
+        elif line.startswith("| "):
+            assert len(re.findall(r"(?<!\\)\|", line.replace("\\\\", ""))) == cells, line
+    tex = (results / "leaderboard.tex").read_text()
+    clean = tmp_path / "clean"
+    valid_folder(clean)
+    cli(["report", "--results", str(clean)])
+    assert not _tex_lines_from_fairbench(tex, (clean / "leaderboard.tex").read_text())
+    assert set(re.findall(r"\\[A-Za-z]+", tex)) <= ESCAPES | set(
+        re.findall(r"\\[A-Za-z]+", (clean / "leaderboard.tex").read_text()))
+    for line in (results / "leaderboard.csv").read_text().splitlines()[1:]:
+        assert not re.search(r"(^|,)[=+@-]", line.replace(",-,", ",")), line  # no cell starts a formula
+    page = _dom(results / "index.html", tmp_path / "p")
+    baseline = _dom(clean / "index.html", tmp_path / "p0")
+    assert page.pairs <= baseline.pairs and page.scripts == 1
+    svg = next((results / "figures").glob("*_clean.svg")).read_text()
+    assert "$\\foo{$" in svg.replace("&lt;", "<")  # the dollar signs are text, not mathtext
+
+
+# ---------------------------------------------------------------- fuzz: metrics.json fields
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | st.sampled_from(
+    [XSS, TEX, "$\\foo{$", "a\nb", "|", "../../x", "", "%", "\x1b[31m"])
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+                      max_leaves=5)
+
+
+def _paths(doc, prefix=()):
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else []
+    out = []
+    for key, value in items:
+        out += [prefix + (key,)] + _paths(value, prefix + (key,))
+    return out
+
+
+FUZZ_BASE = None
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_metrics_fields_through_the_report(data: st.DataObject) -> None:
+    """Any field of a metrics.json replaced, deleted or renamed: `fairbench report` exits 0 with
+    the valid run reported (and the changed one reported or skipped), never a traceback. Clean
+    accuracy only: one chart per group keeps an example under a second."""
+    global FUZZ_BASE
+    if FUZZ_BASE is None:
+        record, outcomes = good_run("pgd-at", 0, attacks=False)
+        FUZZ_BASE = (record.to_json(), outcomes_bytes(outcomes))
+    doc = copy.deepcopy(FUZZ_BASE[0])
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        how = data.draw(st.sampled_from(["replace", "delete", "rename"]))
+        if how == "delete" or (how == "rename" and isinstance(parent, dict)):
+            value = parent.pop(path[-1]) if isinstance(parent, dict) else parent.pop(path[-1])
+            if how == "rename":
+                parent[data.draw(TEXT)] = value
+        else:
+            parent[path[-1]] = data.draw(VALUES)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "results"
+        other, outcomes = good_run("trades", 1, attacks=False)
+        put(root, "valid", other.to_json(), outcomes_bytes(outcomes))
+        try:
+            text = json.dumps(doc)
+        except (ValueError, TypeError):
+            return
+        put(root, "fuzzed", text, FUZZ_BASE[1])
+        code, out, err = cli(["report", "--results", str(root)])
+        assert code == 0, err
+        assert "Traceback" not in err and "trades" in out
