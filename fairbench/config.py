@@ -195,15 +195,18 @@ class RunConfig:
         return cfg
 
 
-def check_run_id(run_id: str) -> str:
-    """The one rule for a run folder's name, for `fairbench run` and `fairbench eval` alike.
+def is_run_id(run_id: object) -> bool:
+    """The one rule for a run folder's name (`fairbench run`, `fairbench eval`, a metrics.json's
+    ``run_id``): letters, digits (any script) and ``. _ - + =``, not starting with ``.``, the whole
+    string (``fullmatch``: a trailing newline is refused too), at most `MAX_RUN_ID_BYTES` bytes in
+    UTF-8."""
+    return (isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
+            and len(run_id.encode("utf-8")) <= MAX_RUN_ID_BYTES)
 
-    Letters, digits (any script) and ``. _ - + =``, not starting with ``.``, the whole string
-    (``fullmatch``: a trailing newline is refused too), at most `MAX_RUN_ID_BYTES` bytes in UTF-8.
-    Returns ``run_id``; raises `FairbenchError` otherwise.
-    """
-    if not (isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
-            and len(run_id.encode("utf-8")) <= MAX_RUN_ID_BYTES):
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is one (`is_run_id`); else FairbenchError naming the rule."""
+    if not is_run_id(run_id):
         raise FairbenchError(f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', "
                              f"not starting with '.'; at most {MAX_RUN_ID_BYTES} bytes in UTF-8), "
                              f"got {run_id!r:.80}")

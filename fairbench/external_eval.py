@@ -25,8 +25,9 @@ from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION,
                                atomic_write_bytes, atomic_write_json, ensure_writable, load_checkpoint,
-                               load_metrics, make_run_folder, outcomes_csv_gz, run_lock, sha256_file)
+                               make_run_folder, outcomes_csv_gz, run_lock, sha256_file)
 from fairbench.runner import environment, resolve_device
+from fairbench.schema import read_metrics
 
 # A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
 # and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
@@ -198,13 +199,11 @@ def other_run(run_dir: Path, source: dict[str, Any], dataset: str) -> str | None
     path = run_dir / METRICS_FILE
     if not path.exists() and not path.is_symlink():
         return None
-    if not path.is_file():
-        return f"holds a {METRICS_FILE} that is not a regular file"
     try:
-        data = load_metrics(path)
-    except FairbenchError:
-        return f"holds a {METRICS_FILE} that is not a readable result"
-    theirs = (data["method"], data["arch"], data["dataset"], data.get("checkpoint", {}).get("sha256"))
+        record = read_metrics(path)  # a regular file of bounded size, validated
+    except FairbenchError as exc:
+        return f"holds a {METRICS_FILE} that is not a readable result ({' '.join(str(exc).split())[:200]})"
+    theirs = (record.method, record.arch, record.dataset, record.checkpoint.get("sha256"))
     ours = (source["method"], source["arch"], dataset, source["checkpoint"]["sha256"])
     if theirs != ours:
         return (f"holds the result of another run ({theirs[0]!r:.60} {theirs[1]!r:.40} on "

@@ -98,6 +98,18 @@ def test_eval_refuses_a_folder_that_holds_another_run(held: dict[str, str], frag
     assert files_under(run_dir) == before
 
 
+def test_eval_does_not_wait_on_a_fifo_named_metrics_json(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    import os
+
+    run_dir = tmp_path / "out" / "runs" / "base"
+    run_dir.mkdir(parents=True)
+    os.mkfifo(run_dir / "metrics.json")
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "base"), capsys)
+    one_error(code, err, "holds a metrics.json that is not a readable result")
+    assert (run_dir / "metrics.json").is_fifo()
+
+
 def test_eval_takes_the_run_folder_lock(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     """Defect 7: eval wrote into a folder that a running training held."""
     run_dir = tmp_path / "out" / "runs" / "base"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.config import RUN_ID_PATTERN
+from fairbench.config import is_run_id
 from fairbench.errors import FairbenchError
 from fairbench.schema.record import (FINISHED, METRICS_FILE, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS, MAX_SETTING_TEXT, MAX_TEXT,
                                      NORMS, SCHEMA_VERSION, SELECT_RULES, TOL, UNION, Outcomes, RunRecord,
@@ -90,7 +90,7 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     for key in ("method", "arch"):
         need(_is_name(data.get(key)), f"'{key}'", f"is missing or not a name (printable, 1 to {MAX_TEXT} characters)")
     run_id = data.get("run_id")
-    need(isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None, "'run_id'",
+    need(is_run_id(run_id), "'run_id'",
          "is missing or not a folder name (letters, digits, . _ - + =)")
     dataset = data.get("dataset")
     need(isinstance(dataset, str) and bool(dataset), "'dataset'", "is missing or not a string")
