@@ -470,6 +470,19 @@ def test_outcomes_that_disagree_with_metrics_skip_the_run(results: Path) -> None
     assert pgd.seeds == [1] and pgd.threats["clean"].ci is not None
 
 
+def test_class_wise_error_bars_are_the_intervals(results: Path) -> None:
+    a, b = build_report(results).groups
+    for group in (a, b):
+        ax = class_wise_figure(group, "pgd20").axes[0]
+        for bars, row in zip([c for c in ax.containers if isinstance(c, BarContainer)], group.rows):
+            ci = row.threats["pgd20"].ci
+            if ci is None:  # my_method: no outcomes, no error bars
+                assert bars.errorbar is None and row.label == "my_method"
+                continue
+            ends = [sorted(seg[:, 1]) for seg in bars.errorbar.lines[2][0].get_segments()]
+            assert ends == [pytest.approx([100 * c.lo, 100 * c.hi]) for c in ci.per_class]
+
+
 def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(results: Path) -> None:
     group = build_report(results).groups[0]
     fig = tradeoff_figure(group)
