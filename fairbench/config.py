@@ -15,7 +15,6 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-THREATS = ("clean", "pgd20", "autoattack")
 SCHEDULES = ("piecewise", "cosine")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
@@ -81,6 +80,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
+        from fairbench.threats import threat_names
+
+        threats = threat_names()
         self.check_types()
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -103,7 +105,7 @@ class RunConfig:
             (self.run_id is None or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
              f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
              f"with '.'), got '{self.run_id}'"),
-            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
             (self.select in SELECT_RULES,
              f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
             (self.select != "best-val" or bool(self.val_per_class),
@@ -117,8 +119,8 @@ class RunConfig:
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
-        bad = [a for a in self.attacks if a not in THREATS]
-        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(THREATS)}"))
+        bad = [a for a in self.attacks if a not in threats]
+        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(threats)}"))
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)

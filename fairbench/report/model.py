@@ -1,8 +1,11 @@
-"""The leaderboard's data model: runs read from metrics.json files, grouped and aggregated over seeds.
+"""The leaderboard's data model: runs read through the results schema, grouped, aggregated over seeds.
 
-Runs are grouped by data set, architecture, threat model and training budget; inside a group there
-is one row per method (and non-default parameters), aggregated over seeds. A file that cannot be
-used (unreadable, unknown schema, unfinished run) is listed as skipped and never stops the report.
+Runs are grouped by data set, architecture, threat model, training budget and model-selection rule;
+inside a group there is one row per method (and non-default parameters), aggregated over seeds
+with pandas from a tidy table of per-run, per-class errors (`tidy`). A file that the schema's
+validator refuses (unreadable, invalid, unfinished, outcomes that disagree) is listed as skipped
+with the file and the field, and never stops the report; a run without outcomes is used and
+listed in ``warnings``.
 The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
 metadata. This module is the bottom of the report package: it imports nothing from it; rendering
 lives in `tables`, `figures` and `html`, the command that writes them in `command`.
@@ -20,7 +23,7 @@ import pandas as pd
 from fairbench.errors import FairbenchError
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
-from fairbench.threats import threat_label
+from fairbench.threats import get_threat, threat_label
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
@@ -35,8 +38,6 @@ def threat_name(threat: str) -> str:
 def robust_precedence() -> tuple[str, ...]:
     """A group is sorted by the worst-class error under the first of these that every row has:
     the strongest registered attack, then the union, then the other attacks, then clean."""
-    from fairbench.threats import get_threat
-
     attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
     return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
                                                                if t != UNION and t not in attacks)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.config import RUN_ID_PATTERN
+from fairbench.config import RUN_ID_PATTERN, SELECT_RULES
 from fairbench.errors import FairbenchError
 from fairbench.schema.record import (FINISHED, METRICS_FILE, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS, MAX_SETTING_TEXT, MAX_TEXT,
-                                     NORMS, SCHEMA_VERSION, SELECT_RULES, TOL, UNION, Outcomes, RunRecord,
+                                     NORMS, SCHEMA_VERSION, TOL, UNION, Outcomes, RunRecord,
                                      ThreatMetrics, ThreatModel, dataset_spec, derive_union,
                                      metrics_from_outcomes, short, test_size, threat_columns)
 
@@ -116,6 +116,9 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     preset = data.get("preset")
     need(preset is None or _is_name(preset), "'preset'", "is not a name or null")
     need(data.get("select", "last") in SELECT_RULES, "'select'", f"is not one of {', '.join(SELECT_RULES)}")
+    selected = data.get("selected_epoch")
+    need(selected is None or (_is_int(selected) and 0 <= selected <= MAX_EPOCHS), "'selected_epoch'",
+         f"is not a whole number in [0, {MAX_EPOCHS}] or null")
     ema = data.get("ema")
     need(ema is None or (_is_number(ema) and 0 <= ema < 1), "'ema'", "is not a decay in [0, 1) or null")
     init_from = data.get("init_from")
@@ -129,7 +132,7 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
         run_id=run_id, method=data["method"], params=params, arch=data["arch"], dataset=dataset,
         seed=data["seed"], epochs=epochs, threat=ThreatModel(threat.get("norm", "Linf"), float(threat["eps"])),
         training=training, classes=tuple(classes), metrics=metrics, preset=preset,
-        select=data.get("select", "last"), ema=ema, init_from=init_from,
+        select=data.get("select", "last"), selected_epoch=selected, ema=ema, init_from=init_from,
         attack_settings=data.get("attack_settings") or {}, evaluation=data.get("evaluation"),
         timing=data.get("timing") or {}, env=data.get("env") or {}, checkpoint=data.get("checkpoint") or {})
 
