@@ -71,7 +71,9 @@ def run_cmd(
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
     weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(None, help="piecewise (default) or cosine"),
+    schedule: Optional[str] = typer.Option(None, help="piecewise (default), cosine or constant"),
+    augment: Optional[str] = typer.Option(
+        None, help="training augmentation: standard (the data set's, default) or none"),
     param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
     train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
     val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),
@@ -100,7 +102,8 @@ def run_cmd(
     values = dict(PRESETS[_check_preset(preset)], preset=preset) if preset else {}
     cli = dict(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, eps=eps,
                step_size=step_size, attack_steps=attack_steps, lr=lr, momentum=momentum,
-               weight_decay=weight_decay, schedule=schedule, train_per_class=train_per_class,
+               weight_decay=weight_decay, schedule=schedule, augment=augment,
+               train_per_class=train_per_class,
                val_per_class=val_per_class, eval_per_class=eval_per_class,
                aa_per_class=aa_per_class, select=select, eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
                channels_last=channels_last, run_id=run_id,

@@ -15,7 +15,8 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-SCHEDULES = ("piecewise", "cosine")
+SCHEDULES = ("piecewise", "cosine", "constant")
+AUGMENTS = ("standard", "none")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
@@ -25,7 +26,7 @@ TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size"
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
 # Training fields added after runs were committed, with their defaults (see `training_dict`).
-LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last"}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard"}
 SELECT_RULES = ("last", "best-val")
 
 
@@ -45,7 +46,7 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; or cosine
+    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; cosine; or constant
     params: dict[str, Any] = field(default_factory=dict)
     train_per_class: int | None = None
     val_per_class: int | None = None
@@ -63,6 +64,7 @@ class RunConfig:
     preset: str | None = None  # the --preset the run started from (recorded, not applied again)
     aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
     select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
+    augment: str = "standard"  # the data set's standard training augmentation, or none
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -106,6 +108,8 @@ class RunConfig:
              f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
              f"with '.'), got '{self.run_id}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
+            (self.augment in AUGMENTS,
+             f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
             (self.select in SELECT_RULES,
              f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
             (self.select != "best-val" or bool(self.val_per_class),
@@ -224,7 +228,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
     "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
-                            lr=0.05, schedule="piecewise", val_per_class=500, device="cpu"),
+                            lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
+                            val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
                        train_per_class=1000, eval_per_class=50, device="cpu"),

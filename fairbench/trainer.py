@@ -29,7 +29,10 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in a
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
-    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol) or cosine."""
+    """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol), cosine, or
+    constant (then an E-epoch run is exactly the first E epochs of a longer one)."""
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
@@ -208,7 +211,7 @@ class Trainer:
 
     def train_step(self, batch: EpochPlan, epoch: int) -> torch.Tensor:
         images = self.train.images[batch.indices]
-        x = standard_augment(self.spec, images)
+        x = standard_augment(self.spec, images) if self.cfg.augment == "standard" else to_float(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
