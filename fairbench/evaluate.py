@@ -30,7 +30,7 @@ from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import EvalState, StageProgress, fingerprint
 from fairbench.schema import UNION, derive_union, metrics_from_outcomes, make_outcomes
-from fairbench.threats import ChunkFn, Progress, clean_correct, get_threat, threat_names
+from fairbench.threats import CLEAN, ChunkFn, Progress, clean_correct, get_threat, threat_names
 
 __all__ = ["clean_correct", "evaluate", "evaluate_outcomes", "per_class_accuracy", "stages"]
 CHUNK_SIZE = 1000  # examples per saved chunk: the most work a killed evaluation loses per threat
@@ -118,7 +118,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
     """
     dist = dist or DistInfo()
     subsets = subsets or {}
-    if "clean" in subsets:
+    if CLEAN in subsets:
         raise FairbenchError("clean accuracy runs on every evaluated image; it takes no subset")
     settings = attack_settings(eps, attacks, seed)
     device = split.labels.device
@@ -139,7 +139,9 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
             fn = get_threat(threat).decider(model, eps=eps, batch_size=batch_size, progress=progress)
             stage = _run_threat(threat, fn, part, state, part_settings, chunk_size, seed, dist, progress)
             out = torch.full((len(split),), -1, dtype=torch.int8, device=device)
-            ok = stage.correct & (outcomes["clean"][pos] == 1) if get_threat(threat).attack else stage.correct
+            ok = stage.correct
+            if get_threat(threat).attack:  # an attack's outcome counts only where clean is right
+                ok = ok & (outcomes[CLEAN][pos] == 1)
             out[pos] = ok.to(torch.int8)
             outcomes[threat], seconds[threat] = out, stage.seconds
             progress(f"{threat}: {float(ok.float().mean()):.4f} accuracy on {len(pos)} images "

@@ -26,7 +26,8 @@ from fairbench.models import create_model
 from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json, atomic_write_text,
                                ensure_free_space, ensure_writable, remove_stale_temps, run_lock, sha256_file)
-from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes, write_run
+from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
+                              write_run)
 from fairbench.trainer import Trainer
 
 

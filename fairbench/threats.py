@@ -31,6 +31,7 @@ from fairbench.attacks import pgd
 from fairbench.errors import FairbenchError
 from fairbench.registry import THREATS, register_threat
 
+CLEAN = "clean"  # the threat that is no attack: every attack's outcome counts only where it is right
 UNION = "union"
 UNION_LABEL = "union"
 PGD_EVAL_STEPS = 20

@@ -232,8 +232,9 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
     """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
     data = data.assign(row=[row_of_run[i] for i in data["run"]])
     per_run = data.drop_duplicates(["run", "threat"])
-    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(["mean", "std", "count"])
-    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(["mean", "std", "count"])
+    stats = ["mean", "std", "count"]
+    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(stats)
+    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(stats)
     votes = per_run.groupby(["row", "threat"])["worst_class"].value_counts()
     out = {}
     for (row, threat), stats in over_seeds.iterrows():
