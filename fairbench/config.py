@@ -227,7 +227,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
-    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=4, batch_size=128,
                             lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
                             val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
