@@ -15,7 +15,6 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-THREATS = ("clean", "pgd20", "autoattack")
 SCHEDULES = ("piecewise", "cosine", "constant")
 AUGMENTS = ("standard", "none")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
@@ -83,6 +82,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
+        from fairbench.threats import threat_names
+
+        threats = threat_names()
         self.check_types()
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -105,7 +107,7 @@ class RunConfig:
             (self.run_id is None or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
              f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
              f"with '.'), got '{self.run_id}'"),
-            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
             (self.augment in AUGMENTS,
              f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
             (self.select in SELECT_RULES,
@@ -121,8 +123,8 @@ class RunConfig:
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
-        bad = [a for a in self.attacks if a not in THREATS]
-        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(THREATS)}"))
+        bad = [a for a in self.attacks if a not in threats]
+        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(threats)}"))
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
@@ -225,7 +227,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. The epochs come from the learning curve in results/README.md.
-    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=4, batch_size=128,
                             lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
                             val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.

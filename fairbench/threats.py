@@ -31,6 +31,7 @@ from fairbench.attacks import pgd
 from fairbench.errors import FairbenchError
 from fairbench.registry import THREATS, register_threat
 
+CLEAN = "clean"  # the threat that is no attack: every attack's outcome counts only where it is right
 UNION = "union"
 UNION_LABEL = "union"
 PGD_EVAL_STEPS = 20
@@ -110,11 +111,13 @@ class PGD20(Threat):
                 "random_start": True, "loss": "ce", "seed": seed}
 
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
-        def correct(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            x_adv = pgd(model, a, b, eps=eps, step_size=eps / 4, steps=PGD_EVAL_STEPS)
-            return clean_correct(model, x_adv, b)
+        return lambda x, y, seed: in_batches(lambda a, b: pgd_correct(model, a, b, eps), batch_size)(x, y)
 
-        return lambda x, y, seed: in_batches(correct, batch_size)(x, y)
+
+def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """PGD-20, random start, step eps/4, CE: the standard evaluation of AT papers."""
+    x_adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=PGD_EVAL_STEPS)
+    return clean_correct(model, x_adv, y)
 
 
 @register_threat("autoattack")

@@ -73,7 +73,7 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
     (run_dir,) = (out / "runs").iterdir()
     assert run_dir.name.startswith("pgd-at_small-cnn_fashion-mnist_seed0_")
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "log.jsonl", "checkpoint.pt",
-                                                   "metrics.json", "eval_state"}
+                                                   "metrics.json", "outcomes.csv.gz", "eval_state"}
 
     config = json.loads((run_dir / "config.json").read_text())
     resolved = (config["method"], config["eps"], config["step_size"], config["attack_steps"])
