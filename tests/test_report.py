@@ -69,13 +69,14 @@ def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, 
     key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
     labels = np.arange(10).repeat(N_PER_CLASS)
-    correct, ran = {}, {}
+    subset = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS
+    correct = {}
     for i, threat in enumerate(t for t in threats if t != UNION):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
         draw = rng.random(len(labels)) < p[labels]
         correct[threat] = draw if threat == "clean" else draw & correct["clean"]
-        ran[threat] = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS if threat == "autoattack" else None
-    return make_outcomes(np.arange(len(labels)), labels, correct, ran)
+    columns = {t: np.where(subset, c, -1) if t == "autoattack" else c for t, c in correct.items()}
+    return make_outcomes(np.arange(len(labels)), labels, columns)
 
 
 def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
