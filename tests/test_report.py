@@ -1,13 +1,15 @@
 """`fairbench report`: grouping, seed aggregation, sorting, skipped files, charts, purity, HTML.
 
-The metrics.json files are synthetic but built with the evaluator's own `summarize` and the
-config's own `training_dict`, so they have exactly the shape real runs write.
+The results are synthetic per-example outcomes (AutoAttack on a class-balanced subset, as the
+standard protocol runs it), summarized and written by the schema's own builders, with the config's
+own `training_dict`, so metrics.json and outcomes.csv.gz have exactly the shape real runs write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import hashlib
 import json
@@ -21,19 +23,21 @@ from typing import Iterator
 
 import matplotlib.image
 import numpy as np
-from matplotlib.container import BarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 import fairbench.report.model as report_module
 from fairbench.cli import main
 from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
-from fairbench.schema import SCHEMA_VERSION, summarize
+from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, make_outcomes, metrics_from_outcomes,
+                              outcomes_bytes)
+from fairbench.report.command import build_report
 from fairbench.report.model import build_leaderboard
-from fairbench.report.figures import class_wise_figure, render_chart
+from fairbench.report.figures import class_wise_figure, legend_label, pareto_front, render_chart, tradeoff_figure
+from fairbench.report.stats import Delta
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
 
@@ -49,23 +53,37 @@ RUNS = [
     ("pgd-at", {}, 0, 4, ("clean", "pgd20", "union"), 0.50),
     ("my_method", {}, 0, 4, ("clean", "pgd20", "union"), 0.80),
 ]
+NO_OUTCOMES = {8}  # older results: my_method's run has no outcomes.csv.gz
 BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
        "runs/unfinished/metrics.json": "unfinished", "runs/running/metrics.json": "unfinished",
        "runs/zcopy/metrics.json": "same experiment and seed"}
 
 
-def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
-    """A metrics.json document with per-class accuracy drawn around ``level`` (robust < clean)."""
-    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
-                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+AA_PER_CLASS = 10  # AutoAttack (and so union) runs on the first 10 test images of each class
+
+
+def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> Outcomes:
+    """Per-example outcomes drawn around accuracy ``level``, robust < clean per example (each attack
+    keeps a clean-correct image right with some probability); AutoAttack runs on the first
+    `AA_PER_CLASS` test images of each class; union is derived."""
     key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
-    labels = torch.arange(10).repeat_interleave(N_PER_CLASS)
-    metrics = {}
-    for i, threat in enumerate(threats):
+    labels = np.arange(10).repeat(N_PER_CLASS)
+    correct, ran = {}, {}
+    for i, threat in enumerate(t for t in threats if t != UNION):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
-        correct = torch.from_numpy(rng.random(len(labels)) < p[labels.numpy()])
-        metrics[threat] = summarize(correct, labels, CLASSES).to_json()
+        draw = rng.random(len(labels)) < p[labels]
+        correct[threat] = draw if threat == "clean" else draw & correct["clean"]
+        ran[threat] = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS if threat == "autoattack" else None
+    return make_outcomes(np.arange(len(labels)), labels, correct, ran)
+
+
+def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
+    """A metrics.json document: the schema's metrics of `simulate`'s outcomes."""
+    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
+                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+    outcomes = simulate(method, params, seed, epochs, threats, level)
+    metrics = {t: m.to_json() for t, m in metrics_from_outcomes(outcomes, CLASSES).items()}
     return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
             "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
             "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
@@ -88,6 +106,8 @@ def write_results(root: Path) -> Path:
         folder = root / "runs" / f"run{i}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(record(*spec), indent=2))
+        if i not in NO_OUTCOMES:
+            (folder / OUTCOMES_FILE).write_bytes(outcomes_bytes(simulate(*spec)))
     bad = {"broken": '{"schema_version": 1, "run_id": "x", "metr',
            "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
            "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
@@ -140,7 +160,7 @@ def test_groups_rows_and_seed_aggregates(results: Path) -> None:
     s = pgd.threats["autoattack"]
     assert s.worst.mean == pytest.approx(np.mean(worst)) and s.worst.std == pytest.approx(np.std(worst, ddof=1))
     assert s.avg.mean == pytest.approx(np.mean([1 - np.mean(m["per_class"]) for m in aa]))
-    assert s.spread.mean == pytest.approx(np.mean([np.std(m["per_class"]) for m in aa]))
+    assert s.spread.mean == pytest.approx(np.mean([np.std(m["per_class"]) for m in aa]), abs=1e-6)
     per_class = np.mean([[1 - v for v in m["per_class"]] for m in aa], axis=0)
     assert [x.mean for x in s.per_class] == pytest.approx(list(per_class))
     assert s.worst_class in {m["worst_class"] for m in aa}
@@ -153,8 +173,11 @@ def test_sorted_by_worst_class_robust_error(results: Path) -> None:
     assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20", "union")
     assert (a.sort_threat, b.sort_threat) == ("autoattack", "union")
     for group in (a, b):
-        worst = [r.threats[group.sort_threat].worst.mean for r in group.rows]
+        worst = [(r.threats[group.sort_threat].worst.mean, r.threats[group.sort_threat].avg.mean)
+                 for r in group.rows]
         assert worst == sorted(worst) and len(set(worst)) == len(worst)
+        # without intervals (no outcomes read), only equal worst-class errors tie
+        assert [r.rank for r in group.rows] == [1 + [w for w, _ in worst].index(w) for w, _ in worst]
 
 
 def test_bad_files_are_listed_and_skipped(reported: tuple[Path, str, str]) -> None:
@@ -175,7 +198,7 @@ def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, 
     assert len(table_rows) == 6
     assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
     figures = sorted(p.name for p in (results / "figures").iterdir())
-    assert len(figures) == 2 * (4 + 3)
+    assert len(figures) == 2 * (4 + 3 + 2)  # per group: a chart per threat and the trade-off figure
     assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
     assert (results / "index.html").stat().st_size > 10_000
 
@@ -197,7 +220,7 @@ def test_latex_is_booktabs_and_escaped(reported: tuple[Path, str, str]) -> None:
     tex = (results / "leaderboard.tex").read_text()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
         assert tex.count(rule) == 2, rule
-    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){15-18}" in tex
+    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){22-27}" in tex
     assert tex_escape("a_b & 5% #1 {x}") == r"a\_b \& 5\% \#1 \{x\}"
 
 
@@ -280,7 +303,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
         shown = [float(c[keys.index("clean_avg")]) for c in cells]
         assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
-    assert dom.count("data:image/png;base64,") == 4 + 3
+    assert dom.count("data:image/png;base64,") == 4 + 3 + 2
     shot = tmp_path / "shot.png"
     _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
@@ -344,10 +367,11 @@ def test_charts_of_groups_that_are_gone_are_removed(results: Path) -> None:
 
 
 def test_report_package_imports_point_down() -> None:
-    """model at the bottom, renderers above it, the command on top; no module imports one above it."""
+    """stats (pure numpy) at the bottom, then model, intervals, renderers and the command on top; no
+    module imports one above it, and stats imports nothing of the package."""
     import ast
 
-    layers = {"model": 0, "figures": 1, "tables": 1, "html": 2, "command": 3}
+    layers = {"stats": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "html": 4, "command": 5}
     package = Path(report_module.__file__).parent
     init = ast.parse((package / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -356,3 +380,156 @@ def test_report_package_imports_point_down() -> None:
         imported = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree)
                     if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("fairbench.report.")}
         assert all(layers[m] < level for m in imported), (name, imported)
+
+
+# ---------------------------------------------------------------- intervals, comparisons, ranks (issue 11)
+
+def test_csv_holds_intervals_and_differences_from_the_baseline(reported: tuple[Path, str, str]) -> None:
+    rows = list(csv.DictReader((reported[0] / "leaderboard.csv").open()))
+    new = ["avg_err_lo", "avg_err_hi", "worst_err_lo", "worst_err_hi", "avg_err_delta", "avg_err_delta_lo",
+           "avg_err_delta_hi", "worst_err_delta", "worst_err_delta_lo", "worst_err_delta_hi"]
+    assert {f"{t}_{c}" for t in ALL_THREATS for c in new} | {"baseline", "rank"} <= set(rows[0])
+    group_a = [r for r in rows if r["epochs"] == "2"]
+    base = next(r for r in group_a if r["label"] == "pgd-at")
+    assert {r["baseline"] for r in rows} == {"pgd-at"}
+    for t in ALL_THREATS:
+        assert base[f"{t}_avg_err_delta"] == base[f"{t}_worst_err_delta_hi"] == "0.000000"
+        for r in group_a:
+            for stat in ("avg", "worst"):
+                lo, mean, hi = (float(r[f"{t}_{stat}_err{s}"]) for s in ("_lo", "", "_hi"))
+                assert lo <= mean <= hi and (stat == "worst" or hi - lo > 0.01), (r["label"], t, stat)
+                delta = float(r[f"{t}_{stat}_err_delta"])
+                assert delta == pytest.approx(mean - float(base[f"{t}_{stat}_err"]), abs=2e-6)
+                assert float(r[f"{t}_{stat}_err_delta_lo"]) <= delta <= float(r[f"{t}_{stat}_err_delta_hi"])
+    fairat = next(r for r in group_a if r["label"] == "fairat")  # accuracy level 0.75 / 0.70 vs 0.55 / 0.60
+    assert float(fairat["clean_avg_err_delta_hi"]) < 0
+    no_outcomes = next(r for r in rows if r["label"] == "my_method")
+    assert no_outcomes["pgd20_avg_err"] != "" and no_outcomes["pgd20_avg_err_lo"] == ""
+    assert no_outcomes["pgd20_avg_err_delta"] == "" and no_outcomes["rank"] in {"1", "2"}
+
+
+def test_tables_show_intervals_marks_and_tied_ranks(reported: tuple[Path, str, str]) -> None:
+    results, out, _ = reported
+    assert "| AutoAttack Δavg | AutoAttack Δworst |" in out and "| baseline | baseline |" in out
+    board = build_report(results)
+    a = board.groups[0]
+    fairat = next(r for r in a.rows if r.label == "fairat")
+    ci = fairat.threats["clean"].ci
+    assert ci.avg_delta.significant
+    line = next(line for line in out.splitlines() if line.startswith(f"| {fairat.rank} | fairat |"))
+    assert f"{100 * ci.avg.lo:.1f}, {100 * ci.avg.hi:.1f}]" in line and " †" in line
+    # ranks: the best row and every row whose interval overlaps its interval share rank 1
+    worst = [r.threats[a.sort_threat].ci.worst for r in a.rows]
+    best = min(range(len(worst)), key=lambda i: a.rows[i].threats[a.sort_threat].worst.mean)
+    for row, w in zip(a.rows, worst):
+        assert (row.rank == 1) == (w.lo <= worst[best].hi and worst[best].lo <= w.hi), row.label
+    assert [r.rank for r in a.rows] == sorted(r.rank for r in a.rows)
+    tex = (results / "leaderboard.tex").read_text()
+    assert r"$\Delta$Avg & $\Delta$Worst" in tex and r"{\scriptsize $[" in tex and "^{\\dagger}" in tex
+    html = (results / "index.html").read_text()
+    assert 'data-key="autoattack_worst_delta"' in html and "95% bootstrap intervals" in html
+
+
+def test_a_run_without_outcomes_is_reported_without_intervals_and_named(reported: tuple[Path, str, str]) -> None:
+    results, out, err = reported
+    assert "warning: runs/run8/metrics.json: no outcomes.csv.gz" in err
+    cells = next(line for line in out.splitlines() if "| my_method |" in line).strip("| ").split(" | ")
+    assert not any("[" in c for c in cells) and cells.count("-") == 6  # Δavg, Δworst of its 3 threats
+    assert "runs/run8/metrics.json" in (results / "index.html").read_text()
+
+
+def test_baseline_option_and_a_baseline_in_no_group(results: Path, capsys: pytest.CaptureFixture) -> None:
+    board = build_report(results, "trades")
+    a, b = board.groups
+    assert (a.baseline, b.baseline) == ("trades", None)
+    trades = next(r for r in a.rows if r.label == "trades")
+    assert trades.threats["pgd20"].ci.avg_delta == Delta(0.0, 0.0, 0.0)
+    assert all(r.threats["pgd20"].ci is None or r.threats["pgd20"].ci.worst_delta is None for r in b.rows)
+    assert (b.key.label(), "no trades row, so no comparisons with a baseline (--baseline picks one)") \
+        in board.warnings
+    assert run_cli(["report", "--results", str(results), "--baseline", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --baseline nope is not a method of any group")
+    assert all(m in err[0] for m in ("pgd-at", "trades (beta=3)", "fairat", "my_method"))
+    assert not (results / "leaderboard.md").exists()
+
+
+def test_outcomes_that_disagree_with_metrics_skip_the_run(results: Path) -> None:
+    shutil.rmtree(results / "runs" / "zcopy")  # a copy of run0's metrics.json, used once run0 is skipped
+    path = results / "runs" / "run0" / OUTCOMES_FILE
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    first = lines[1].split(",")
+    first[2] = "1" if first[2] == "0" else "0"  # one clean outcome flipped (robust ones stay legal)
+    first[3:] = ["0" if v else v for v in first[3:]]
+    lines[1] = ",".join(first)
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+    board = build_report(results)
+    skipped = dict(board.skipped)
+    assert "runs/run0/metrics.json" in skipped and "not what the rows give" in skipped["runs/run0/metrics.json"]
+    pgd = next(r for r in board.groups[0].rows if r.label == "pgd-at")
+    assert pgd.seeds == [1] and pgd.threats["clean"].ci is not None
+
+
+def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(results: Path) -> None:
+    group = build_report(results).groups[0]
+    fig = tradeoff_figure(group)
+    ax = fig.axes[0]
+    t = group.sort_threat
+    points = [(100 * r.threats[t].avg.mean, 100 * r.threats[t].worst.mean) for r in group.rows]
+    marks = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.lines[0].get_xydata()[0].tolist() for c in marks] == [pytest.approx(p) for p in points]
+    assert all(c.has_xerr and c.has_yerr for c in marks)
+    for c, row in zip(marks, group.rows):  # the cross spans the row's two intervals
+        (xs, _), (_, ys) = (seg.get_segments()[0].T for seg in c.lines[2])
+        ci = row.threats[t].ci
+        assert sorted(xs) == pytest.approx([100 * ci.avg.lo, 100 * ci.avg.hi])
+        assert sorted(ys) == pytest.approx([100 * ci.worst.lo, 100 * ci.worst.hi])
+    assert [x.get_text() for x in ax.texts] == [legend_label(r) for r in group.rows]
+    front = next(line for line in ax.lines if line.get_label() == "Pareto front").get_xydata()
+    on_front = {tuple(p) for p in front.tolist()}
+    for i in pareto_front(points):
+        assert tuple(points[i]) in on_front
+    assert "AutoAttack" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
+    assert pareto_front([(1, 5), (2, 2), (3, 3), (1, 5), (0.5, 9)]) == [4, 0, 3, 1]
+
+
+def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:
+    """The page, loaded in an iframe of a probe page, shows each group's trade-off image decoded."""
+    results = reported[0]
+    shutil.copyfile(results / "index.html", tmp_path / "index.html")
+    (tmp_path / "probe.html").write_text(
+        '<!DOCTYPE html><html><body><iframe id="f" src="index.html" style="width:1280px;height:900px">'
+        '</iframe><pre id="out"></pre><script>window.addEventListener("load", function () {'
+        ' var doc = document.getElementById("f").contentDocument, out = [];'
+        ' doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
+        '  out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
+        '            Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });'
+        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
+    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
+                    (tmp_path / "probe.html").as_uri()).stdout
+    shown = [found.split("|") for found in re.findall(r"IMG\|[^\n<]*", dom)]
+    board = build_leaderboard(results)
+    png = (results / "figures").glob("*_tradeoff.png")
+    sizes = sorted(_png_size(p) for p in png)
+    assert len(shown) == len(board.groups) == len(sizes)
+    assert sorted((int(w), int(h)) for _, _, w, h, _, _ in shown) == sizes
+    for _, complete, w, _, on_page, alt in shown:
+        assert complete == "true" and int(on_page) > 300 and alt.startswith("trade-off: average vs worst-class")
+
+
+def test_runs_with_another_batch_norm_batch_are_separate_rows(tmp_path: Path) -> None:
+    """Plain DDP normalises each process's share of the batch (16 images on 8 GPUs): such a run is
+    not the same experiment as a one-process run, so it gets its own row, labelled. A run written
+    before bn_batch was recorded gets it from its batch size and world size."""
+    one = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55)
+    eight = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55) | {"timing": {"train_s": 1.0, "world_size": 8}}
+    synced = json.loads(json.dumps(eight)) | {"seed": 1}
+    synced["training"] |= {"seed": 1, "sync_bn": True, "world_size": 8, "bn_batch": 128}
+    for name, doc in (("one", one), ("eight", eight), ("synced", synced)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(doc))
+    board = build_leaderboard(tmp_path)
+    assert not board.skipped
+    (group,) = board.groups
+    rows = {r.label: r.seeds for r in group.rows}
+    assert rows == {"pgd-at (bn_batch=128)": [0, 1], "pgd-at (bn_batch=16)": [0]}  # synced joins one

@@ -18,18 +18,25 @@ import re
 from pathlib import Path
 
 from fairbench.errors import FairbenchError
-from fairbench.report.figures import figure_paths, group_slugs, render_chart
+from fairbench.report.figures import figure_paths, group_slugs, render_chart, render_tradeoff, tradeoff_paths
 from fairbench.report.html import to_html
+from fairbench.report.intervals import add_intervals
 from fairbench.report.model import Leaderboard, build_leaderboard
 from fairbench.report.tables import to_csv, to_latex, to_markdown
 from fairbench.results import atomic_write_bytes, ensure_writable
 from fairbench.schema import read_regular
 
-__all__ = ["build_leaderboard", "write_report"]
+__all__ = ["build_leaderboard", "build_report", "write_report"]
+
 
 MANIFEST = ".fairbench-report.json"
 MANIFEST_FORMAT = 1
 OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
+
+
+def build_report(results_dir: Path, baseline: str | None = None) -> Leaderboard:
+    """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks."""
+    return add_intervals(build_leaderboard(results_dir), baseline)
 
 
 def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
@@ -38,6 +45,9 @@ def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
     charts: dict[str, bytes] = {}
     slugs = group_slugs(board)
     for group, stem in zip(board.groups, slugs):
+        png, svg = tradeoff_paths(stem)
+        outputs[png], outputs[svg] = render_tradeoff(group)
+        charts[png] = outputs[png]
         for threat, (png, svg) in figure_paths(group, stem).items():
             outputs[png], outputs[svg] = render_chart(group, threat)
             charts[png] = outputs[png]
@@ -89,13 +99,13 @@ def _check_folders(results_dir: Path) -> None:
 
 
 def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[Leaderboard, str, list[Path]]:
-    """Write every output for ``board`` (default: built from ``results_dir``) into ``results_dir``,
+    """Write every output for ``board`` (default: `build_report` of ``results_dir``) into ``results_dir``,
     then remove the outputs of the previous report that this one did not write again.
 
     Returns the leaderboard, its Markdown and the files written.
     """
     results_dir = Path(results_dir)
-    board = board if board is not None else build_leaderboard(results_dir)
+    board = board if board is not None else build_report(results_dir)
     if not board.groups:
         raise FairbenchError(f"no usable metrics.json under {results_dir} "
                              f"({board.n_files} found, {len(board.skipped)} skipped)")

@@ -1,4 +1,5 @@
-"""Class-wise error bar charts (as in the FairAT paper's figure): classes on x, one bar per method.
+"""Class-wise error bar charts (as in the FairAT paper's figure): classes on x, one bar per method;
+and the trade-off figure: average against worst-class robust error, one point per method.
 
 Figures are drawn on a bare `matplotlib.figure.Figure` (Agg, no pyplot state) and saved with the
 metadata that would change between runs (date, software version, random SVG ids) fixed or
@@ -8,11 +9,13 @@ removed, so the same leaderboard always gives the same bytes.
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import matplotlib
 from matplotlib.figure import Figure
 
 from fairbench.report.model import Group, Leaderboard, Row, slug, threat_name
+from fairbench.report.stats import Interval
 
 # text.parse_math off: a "$" in a class or method name is a dollar sign, never mathtext
 _RC = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
@@ -50,8 +53,19 @@ def legend_label(row: Row) -> str:
     return f"{row.label} ({n} seed{'s' if n != 1 else ''})"
 
 
+def _class_errors(row: Row, threat: str) -> tuple[list[float], list[list[float]] | None]:
+    """Bar heights (%) and, when the row has intervals, their asymmetric error bars (%)."""
+    s = row.threats[threat]
+    heights = [100 * st.mean if st else float("nan") for st in s.per_class]
+    if s.ci is None:
+        return heights, None
+    low = [max(0.0, h - 100 * ci.lo) if ci.lo == ci.lo else 0.0 for h, ci in zip(heights, s.ci.per_class)]
+    high = [max(0.0, 100 * ci.hi - h) if ci.hi == ci.hi else 0.0 for h, ci in zip(heights, s.ci.per_class)]
+    return heights, [low, high]
+
+
 def class_wise_figure(group: Group, threat: str) -> Figure:
-    """Grouped bars: per class (by name), one bar per row of ``group``; error bars = std over seeds."""
+    """Grouped bars: per class (by name), one bar per row of ``group``; error bars = 95% intervals."""
     classes = group.key.classes
     rows = [r for r in group.rows if threat in r.threats]
     k, n = len(classes), max(1, len(rows))
@@ -59,12 +73,10 @@ def class_wise_figure(group: Group, threat: str) -> Figure:
     ax = fig.add_subplot()
     width = 0.8 / n
     for i, (row, color) in enumerate(zip(rows, _colors(len(rows)))):
-        stats = row.threats[threat].per_class
-        heights = [100 * s.mean if s else float("nan") for s in stats]
-        errors = [100 * s.std if s and s.std is not None else 0.0 for s in stats]
+        heights, errors = _class_errors(row, threat)
         offsets = [c + (i - (n - 1) / 2) * width for c in range(k)]
         ax.bar(offsets, heights, width, color=color, label=legend_label(row),
-               yerr=errors if any(errors) else None, capsize=2 if k <= 20 else 0,
+               yerr=errors, capsize=2 if k <= 20 else 0,
                error_kw={"elinewidth": 0.8, "ecolor": "0.2"})
     ax.set_xticks(range(k), classes, rotation=30 if k > 6 else 0, ha="right" if k > 6 else "center",
                   fontsize=9 if k <= 20 else 6)
@@ -80,11 +92,75 @@ def class_wise_figure(group: Group, threat: str) -> Figure:
     return fig
 
 
-def render_chart(group: Group, threat: str) -> tuple[bytes, bytes]:
-    """The chart as (PNG bytes, SVG bytes), byte-identical for the same group."""
+def tradeoff_paths(slug: str) -> tuple[str, str]:
+    """The PNG and SVG paths of a group's trade-off figure, relative to the results folder."""
+    return f"figures/{slug}_tradeoff.png", f"figures/{slug}_tradeoff.svg"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (<= in both errors, < in one), sorted by x then y."""
+    front = [i for i, (x, y) in enumerate(points)
+             if not any(a <= x and b <= y and (a, b) != (x, y) for a, b in points)]
+    return sorted(front, key=lambda i: (points[i], i))
+
+
+def _span(value: float, ci: Interval | None) -> list[list[float]] | None:
+    """Asymmetric error bar (%) from a bootstrap interval, none without one."""
+    if ci is None:
+        return None
+    return [[max(0.0, value - 100 * ci.lo)], [max(0.0, 100 * ci.hi - value)]]
+
+
+def tradeoff_figure(group: Group) -> Figure:
+    """Average (x) against worst-class (y) error under the group's sort threat: one point per row,
+    its 95% intervals as a cross, and the Pareto front (the rows no other row beats on both)."""
+    threat = group.sort_threat
+    rows = [r for r in group.rows if threat in r.threats]
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    points = [(100 * r.threats[threat].avg.mean, 100 * r.threats[threat].worst.mean) for r in rows]
+    for row, (x, y), color in zip(rows, points, _colors(len(rows))):
+        ci = row.threats[threat].ci
+        ax.errorbar([x], [y], xerr=_span(x, ci.avg if ci else None), yerr=_span(y, ci.worst if ci else None),
+                    fmt="o", color=color, markersize=5, capsize=3, elinewidth=1.0)
+        ax.annotate(legend_label(row), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
+                    color="0.15")
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    front = [points[i] for i in pareto_front(points)]
+    if front:  # the edge of what the front's methods beat: a staircase from the top to the right edge
+        xs, ys = [front[0][0]], [y1]
+        for (x, y), (nx, _) in zip(front, front[1:] + [(x1, None)]):
+            xs += [x, nx]
+            ys += [y, y]
+        ax.plot(xs, ys, color="0.35", linestyle="--", linewidth=1.0, label="Pareto front", zorder=0)
+    ax.plot([x0, x1], [x0, x1], color="0.7", linestyle=":", linewidth=1.0, label="worst = average", zorder=0)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    name = threat_name(threat)
+    ax.set_xlabel(f"average {name} error (%)")
+    ax.set_ylabel(f"worst-class {name} error (%)")
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(f"{name} error: average vs worst class (mean over seeds, 95% intervals)\n"
+                 f"{group.key.label()}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    return fig
+
+
+def _render(fig_fn: Callable[[], Figure]) -> tuple[bytes, bytes]:
     with matplotlib.rc_context(_RC):
-        fig = class_wise_figure(group, threat)
+        fig = fig_fn()
         png, svg = io.BytesIO(), io.BytesIO()
         fig.savefig(png, format="png", dpi=DPI, metadata=_PNG_META)
         fig.savefig(svg, format="svg", metadata=_SVG_META)
     return png.getvalue(), svg.getvalue()
+
+
+def render_chart(group: Group, threat: str) -> tuple[bytes, bytes]:
+    """The class-wise chart as (PNG bytes, SVG bytes), byte-identical for the same group."""
+    return _render(lambda: class_wise_figure(group, threat))
+
+
+def render_tradeoff(group: Group) -> tuple[bytes, bytes]:
+    """The trade-off figure as (PNG bytes, SVG bytes), byte-identical for the same group."""
+    return _render(lambda: tradeoff_figure(group))

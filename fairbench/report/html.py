@@ -12,8 +12,8 @@ import json
 from html import escape as _escape
 
 from fairbench.report.model import Group, Leaderboard, Row, threat_name
-from fairbench.report.figures import figure_paths
-from fairbench.report.tables import LEGEND, columns, one_line, sort_note
+from fairbench.report.figures import figure_paths, tradeoff_paths
+from fairbench.report.tables import LEGEND, columns, one_line, rank_text, sort_note
 
 
 def escape(text: object) -> str:
@@ -119,8 +119,9 @@ def _table(group: Group, slug: str) -> list[str]:
         for t in group.threats)
     out = [f'<div class="scroll"><table class="leaderboard" id="t-{escape(slug)}">',
            f"<thead><tr>{spans}</tr><tr>" + "".join(heads) + "</tr></thead>"]
-    for rank, row in enumerate(group.rows, 1):
-        cells = [f'<td data-sort="{rank}">{rank}</td>']
+    for row in group.rows:
+        rank = "" if row.rank is None else row.rank
+        cells = [f'<td data-sort="{rank}">{rank_text(row)}</td>']
         for c in cols:
             text, key = c.cell(row)
             attrs = f' data-sort="{escape("" if key is None else str(key))}"'
@@ -133,17 +134,27 @@ def _table(group: Group, slug: str) -> list[str]:
     return out + ["</table></div>"]
 
 
+def _figure(png: str, svg: str, charts: dict[str, bytes], alt: str, caption: str, kind: str) -> list[str]:
+    if png not in charts:
+        return []
+    data = base64.b64encode(charts[png]).decode()
+    return [f'<figure class="{kind}"><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{escape(caption)} Files: <a href="{escape(png)}">PNG</a>, '
+            f'<a href="{escape(svg)}">SVG</a>.</figcaption></figure>']
+
+
 def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
-    out = ['<div class="charts">']
+    name = threat_name(group.sort_threat)
+    out = ['<div class="charts">'] + _figure(
+        *tradeoff_paths(slug), charts, f"trade-off: average vs worst-class {name} error",
+        f"Average against worst-class {name} error, one point per method (mean over seeds), its 95% "
+        f"bootstrap intervals as a cross (none for a row without outcomes); dashed: the Pareto front, "
+        f"the methods no other beats on both.", "tradeoff")
     for threat, (png, svg) in figure_paths(group, slug).items():
-        if png not in charts:
-            continue
-        data = base64.b64encode(charts[png]).decode()
         name = threat_name(threat)
-        out.append(f'<figure><img alt="{escape(name)} error per class" src="data:image/png;base64,{data}">'
-                   f'<figcaption>{escape(name)} error per class, mean over seeds, error bars: std over '
-                   f'seeds. Files: <a href="{escape(png)}">PNG</a>, <a href="{escape(svg)}">SVG</a>.'
-                   f'</figcaption></figure>')
+        out += _figure(png, svg, charts, f"{name} error per class",
+                       f"{name} error per class, mean over seeds; error bars: 95% bootstrap intervals "
+                       f"(none for a row without outcomes).", "classwise")
     return out + ["</div>"]
 
 
@@ -155,7 +166,7 @@ def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> s
             f'to sort; open a row\'s "configs" for every run\'s settings; hover a method for its '
             f'training settings.</p>']
     for title, notes in ((f"Skipped {len(board.skipped)} file(s)", board.skipped),
-                         (f"{len(board.warnings)} run(s) without per-example outcomes", board.warnings)):
+                         (f"Warnings ({len(board.warnings)})", board.warnings)):
         if notes:
             items = "".join(f"<li><code>{escape(p)}</code>: {escape(why)}</li>" for p, why in notes)
             body.append(f'<div class="warn"><strong>{escape(title)}</strong><ul>{items}</ul></div>')

@@ -7,27 +7,29 @@ validator refuses (unreadable, invalid, unfinished, outcomes that disagree) is l
 with the file and the field, and never stops the report; a run without outcomes is used and
 listed in ``warnings``.
 The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
-metadata. This module is the bottom of the report package: it imports nothing from it; rendering
-lives in `tables`, `figures` and `html`, the command that writes them in `command`.
+metadata. This module is the bottom of the report package (it imports only the pure `stats`);
+`intervals` adds the bootstrap from the runs' outcomes, rendering lives in `tables`, `figures`
+and `html`, the command that writes them in `command`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from fairbench.errors import FairbenchError
+from fairbench.report.stats import RowStats, tied_ranks
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
 from fairbench.threats import get_threat, threat_label
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                  "attack_steps", "val_per_class")
+                  "attack_steps", "val_per_class", "bn_batch")
 
 
 def threat_name(threat: str) -> str:
@@ -59,6 +61,10 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 @dataclass(frozen=True)
 class Run:
     """One validated result: ``path`` (of its metrics.json, relative to the results folder, POSIX),
@@ -70,7 +76,12 @@ class Run:
 
     @property
     def training(self) -> dict[str, Any]:
-        return self.record.training
+        training = dict(self.record.training)
+        if "bn_batch" not in training and _is_count(training.get("batch_size")):
+            # runs written before bn_batch was recorded: plain DDP split the batch norm per process
+            world = (self.record.timing or {}).get("world_size")
+            training["bn_batch"] = training["batch_size"] // (world if _is_count(world) else 1)
+        return training
 
     @property
     def seed(self) -> int:
@@ -160,6 +171,7 @@ class ThreatSummary:
     worst_class: str  # the class that is worst in most seeds
     worst_class_votes: int  # in how many seeds it is the worst
     per_class: tuple[Stat | None, ...]  # error per class, for the charts
+    ci: RowStats | None = None  # bootstrap intervals from the outcomes (`report.intervals`)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,7 @@ class Row:
     method: str
     runs: tuple[Run, ...]
     threats: dict[str, ThreatSummary]
+    rank: int | None = None  # None: the row lacks the threat the group is ranked by
 
     @property
     def seeds(self) -> list[Any]:
@@ -180,6 +193,7 @@ class Group:
     threats: tuple[str, ...]
     sort_threat: str
     rows: tuple[Row, ...]
+    baseline: str | None = None  # the label of the row the others are compared with
 
 
 @dataclass(frozen=True)
@@ -297,11 +311,31 @@ def build_group(key: GroupKey, runs: list[Run]) -> Group:
     in_any = [t for t in robust_precedence() if any(t in row.threats for row in rows)]
     sort_threat = (in_all or in_any or [threats[0]])[0]
 
-    def order(row: Row) -> tuple:
-        s = row.threats.get(sort_threat)
-        return (s is None, s.worst.mean if s else 0.0, s.avg.mean if s else 0.0, row.label)
+    return rank_rows(Group(key, threats, sort_threat, tuple(rows)))
 
-    return Group(key, threats, sort_threat, tuple(sorted(rows, key=order)))
+
+def rank_rows(group: Group) -> Group:
+    """The group with its rows ranked and sorted by worst-class error under its sort threat.
+
+    Ranks admit ties (`stats.tied_ranks`): a row whose interval (``ThreatSummary.ci``) overlaps the
+    best row's shares its rank; rows without intervals tie only on equal values. Rows are sorted by
+    rank, then worst-class error, average error and label; rows without the threat come last.
+    """
+    def value(row: Row, field: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s, field).mean if s else None
+
+    def bound(row: Row, end: str) -> float | None:
+        s = row.threats.get(group.sort_threat)
+        return getattr(s.ci.worst, end) if s and s.ci else None
+
+    rows = group.rows
+    ranks = tied_ranks([value(r, "worst") for r in rows], [bound(r, "lo") for r in rows],
+                       [bound(r, "hi") for r in rows])
+    ranked = [replace(row, rank=rank) for row, rank in zip(rows, ranks)]
+    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, "worst") or 0.0, value(r, "avg") or 0.0,
+                               r.label))
+    return replace(group, rows=tuple(ranked))
 
 
 def build_leaderboard(results_dir: Path) -> Leaderboard:
