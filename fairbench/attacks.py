@@ -2,6 +2,12 @@
 
 ``eps`` and ``step_size`` may be floats or per-example tensors; the objective is cross-entropy
 (Madry / PGD-AT) or KL to the clean prediction (TRADES, Zhang et al. 2019).
+
+The attack decides its own numerics, whatever context it is called in: it runs in fp32 with
+autocast disabled (a method's loss runs under bf16 autocast on a GPU, and the KL attack's
+gradient is mostly bf16 rounding noise there: issue 15), and it differentiates with respect to the
+input alone, with the parameters frozen for its duration (a compiled model otherwise computes
+every weight gradient in each of the attack's backward passes).
 """
 
 from __future__ import annotations
@@ -20,11 +26,32 @@ TRADES_INIT_STD = 0.001  # TRADES starts its KL attack from x + 0.001 * N(0, I)
 
 
 def _per_example(value: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A float or N-vector as an N×1×1×1 tensor on x's device, in fp32."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
+    """A float or N-vector as an N×1×1×1 tensor on x's device, in fp32 (a float is filled on the
+    device: no host-to-device copy)."""
+    if isinstance(value, torch.Tensor):
+        t = value.to(device=x.device, dtype=torch.float32)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+    else:
+        t = torch.full((x.shape[0],), float(value), dtype=torch.float32, device=x.device)
     return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@contextmanager
+def input_gradient_only(model: nn.Module) -> Iterator[None]:
+    """Freeze the parameters that require a gradient for the block, and unfreeze them after.
+
+    Eager autograd computes only the gradients asked for; a compiled model's backward computes one
+    for every input that requires it, so without this each attack step would also compute all the
+    weight gradients (about 50% more backward work) and throw them away.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @contextmanager
@@ -65,15 +92,17 @@ def pgd(
 
     Returns detached adversarial inputs in [0, 1] with ``|x_adv - x| <= eps`` per example.
     ``objective='kl'`` maximizes KL(f(x) || f(x')) against ``clean_logits`` (computed if not given).
-    Model parameters' ``.grad`` are never touched.
+    Runs in fp32 whatever the autocast context; model parameters' ``.grad`` are never touched and
+    no weight gradient is computed.
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if objective == "ce" and y is None:
         raise ValueError("the CE objective needs labels y")
-    x = x.detach()
+    x = x.detach().float()
     eps_t, step_t = _per_example(eps, x), _per_example(step_size, x)
-    with eval_mode(model, use_eval_mode), torch.enable_grad():  # also when called under no_grad
+    with (eval_mode(model, use_eval_mode), input_gradient_only(model),
+          torch.autocast(x.device.type, enabled=False), torch.enable_grad()):  # also under no_grad
         clean_probs = None
         if objective == "kl":
             if clean_logits is None:

@@ -18,6 +18,7 @@ Policies (`POLICIES`):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -147,7 +148,6 @@ def _geometric_theta(op: torch.Tensor, mag: torch.Tensor, sign: torch.Tensor,
 def randaugment(x: torch.Tensor, num_ops: int = 2, generator: Generator = None) -> torch.Tensor:
     """Apply ``num_ops`` operations drawn per example from `OPS`, each with a random magnitude."""
     n = x.shape[0]
-    geometric = torch.tensor([OPS.index(g) for g in GEOMETRIC], device=x.device)
     for _ in range(num_ops):
         op = torch.randint(0, len(OPS), (n,), device=x.device, generator=generator)
         mag, sign = _rand(n, x, generator), _sign(n, x, generator)
@@ -163,7 +163,8 @@ def randaugment(x: torch.Tensor, num_ops: int = 2, generator: Generator = None) 
         for name, fn in candidates.items():
             out = torch.where(_bc(op == OPS.index(name)), fn(x), out)
         theta = _geometric_theta(op, mag, sign, x, generator)
-        x = torch.where(_bc(torch.isin(op, geometric)), affine(x, theta), out)
+        is_geometric = functools.reduce(torch.logical_or, [op == OPS.index(g) for g in GEOMETRIC])
+        x = torch.where(_bc(is_geometric), affine(x, theta), out)
     return x
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -58,6 +58,7 @@ def list_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     method: str = typer.Option("pgd-at", help="training method (see `fairbench list`)"),
     arch: Optional[str] = typer.Option(None, help="architecture: preact18, wrn-28-10, small-cnn, ..."),
     dataset: Optional[str] = typer.Option(None, help="cifar10, cifar100 or fashion-mnist"),
@@ -96,28 +97,34 @@ def run_cmd(
     amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
     channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
     compile: bool = typer.Option(False, help="torch.compile the model"),
+    sync_bn: bool = typer.Option(False, help="under torchrun on GPUs: batch norm over the global "
+                                 "batch (SyncBatchNorm), not each process's share"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
-    values = dict(PRESETS[_check_preset(preset)], preset=preset) if preset else {}
-    cli = dict(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, eps=eps,
-               step_size=step_size, attack_steps=attack_steps, lr=lr, momentum=momentum,
-               weight_decay=weight_decay, schedule=schedule, augment=augment,
-               train_per_class=train_per_class,
-               val_per_class=val_per_class, eval_per_class=eval_per_class,
-               aa_per_class=aa_per_class, select=select, eval_batch_size=eval_batch_size, device=device, data_dir=data_dir, amp=amp,
-               channels_last=channels_last, run_id=run_id,
-               attacks=parse_attacks(attacks) if attacks is not None else None)
-    values.update({k: v for k, v in cli.items() if v is not None})
-    values.setdefault("dataset", "cifar10")
-    values.setdefault("arch", "preact18")
-    cfg = RunConfig(method=method, seed=seed, params=parse_param_options(param), out=out,
-                    compile=compile, download=download, **values)
+    cfg = config_from_run_options(ctx.params)
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
         from fairbench.runner import run
 
         run(cfg, resume=resume, progress=progress, echo=typer.echo,
             stop_after_epoch=stop_after_epoch)
+
+
+# `fairbench run` options that are not RunConfig fields as they are (or not fields at all)
+_NOT_PLAIN_FIELDS = ("method", "seed", "param", "out", "compile", "download", "preset", "attacks", "resume",
+                     "stop_after_epoch", "progress")
+
+
+def config_from_run_options(o: dict[str, Any]) -> RunConfig:
+    """The RunConfig that `fairbench run`'s parsed options (``ctx.params``) describe."""
+    values = dict(PRESETS[_check_preset(o["preset"])], preset=o["preset"]) if o["preset"] else {}
+    cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
+    cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
+    values.update({k: v for k, v in cli.items() if v is not None})
+    values.setdefault("dataset", "cifar10")
+    values.setdefault("arch", "preact18")
+    return RunConfig(method=o["method"], seed=o["seed"], params=parse_param_options(o["param"]),
+                     out=o["out"], compile=o["compile"], download=o["download"], **values)
 
 
 @app.command("resume")
@@ -161,6 +168,91 @@ def report_cmd(
     figures = sum(1 for p in written if p.parent.name == "figures")
     typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/index.html and {figures} "
                f"figures in {results}/figures/", err=True)
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep_cmd(
+    ctx: typer.Context,
+    methods: Optional[str] = typer.Option(None, help="comma list of methods, e.g. pgd-at,trades"),
+    seeds: Optional[str] = typer.Option(None, help="seeds: 0-2, or 0,1,5 (default 0)"),
+    param_grid: List[str] = typer.Option(
+        [], help="method parameter with several values, name=v1,v2 (repeatable); multiplies the runs "
+                 "of the methods that have it"),
+    grid: List[str] = typer.Option(
+        [], help="`fairbench run` option with several values, name=v1,v2 (repeatable), e.g. "
+                 "arch=small-cnn,testbed-cnn"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="sweep file (TOML, or YAML)"),
+    launcher: str = typer.Option("local", help="local (this machine) or slurm (a job array)"),
+    workers: Optional[int] = typer.Option(None, help="local: runs at once (default: one per GPU, else "
+                                          "one per core)"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
+    time: Optional[str] = typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)"),
+    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for "
+                                               "--device cpu)"),
+    cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per run"),
+    mem: Optional[str] = typer.Option(None, help="slurm: memory per run, e.g. 32G"),
+    wait: bool = typer.Option(False, help="slurm: follow the job array until it ends, then summarize"),
+    dry_run: bool = typer.Option(False, help="print the grid and stop"),
+    retry_failed: bool = typer.Option(False, help="run again the runs that failed in an earlier sweep"),
+    report: bool = typer.Option(False, help="run `fairbench report` on the results folder at the end"),
+    status: Optional[Path] = typer.Option(None, help="show where the sweep in this results folder stands"),
+) -> None:
+    """Run a grid of runs (methods x seeds x parameters); any `fairbench run` option is passed on.
+
+    Finished runs are skipped and stopped ones resumed, so running the same sweep again continues it.
+    """
+    from fairbench import sweep, sweep_grid
+
+    if status is not None:
+        sweep.show_status(status, typer.echo)
+        return
+    opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
+                               wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
+                               cpus_per_run=cpus_per_run, mem=mem)
+    minutes = opts.check()
+    options = run_options()
+    spec = sweep_grid.load_sweep_file(file, options) if file is not None else sweep_grid.GridSpec()
+    spec.run_args += list(ctx.args)
+    if methods is not None:
+        spec.methods = sweep_grid.split_list(methods)
+    if seeds is not None:
+        spec.seeds = sweep_grid.parse_seeds(seeds)
+    spec.param_grid.update(dict(sweep_grid.parse_axis(item, "--param-grid") for item in param_grid))
+    spec.option_grid.update(dict(sweep_grid.parse_axis(item, "--grid") for item in grid))
+    runs = sweep_grid.expand(spec, parse_run_args, options)
+    sweep.launch(runs, opts, minutes, typer.echo)
+    if dry_run:
+        return
+    if report and not (launcher == "slurm" and not wait):
+        report_cmd(results=runs[0].out, baseline=None)
+    elif report:
+        typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
+                   f"are done (or pass --wait)", err=True)
+
+
+def _run_click_command() -> Any:
+    return typer.main.get_command(app).get_command(None, "run")  # type: ignore[attr-defined]
+
+
+def run_options() -> dict[str, Any]:
+    """`fairbench run`'s options by name, for sweeps: their flag and, for a true/false one, its --no- form."""
+    from fairbench.sweep_grid import RunOption
+
+    table = {}
+    for p in _run_click_command().params:
+        if p.opts and p.opts[0].startswith("--"):
+            table[p.name] = RunOption(p.opts[0], p.secondary_opts[0] if p.secondary_opts else None,
+                                      bool(getattr(p, "is_flag", False)))
+    return table
+
+
+def parse_run_args(argv: list[str]) -> tuple[RunConfig, dict[str, bool]]:
+    """Parse `fairbench run` arguments with run's own parser: the RunConfig they describe, and which
+    options were given explicitly."""
+    command = _run_click_command()
+    ctx = command.make_context("fairbench run", list(argv))
+    given = {name: ctx.get_parameter_source(name).name == "COMMANDLINE" for name in ctx.params}
+    return config_from_run_options(ctx.params), given
 
 
 @app.command("eval")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import types
-from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +17,17 @@ SCHEDULES = ("piecewise", "cosine", "constant")
 AUGMENTS = ("standard", "none")
 MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts it too
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]{0,199}")  # one folder name: no '/', no leading '.'
+RUN_ID_PATTERN = re.compile(r"[\w+=-][\w.+=-]*")  # one folder name: no '/', no leading '.'
+MAX_RUN_ID_BYTES = 200  # in UTF-8: a file name may hold 255 bytes, and temporary names add a suffix
+MAX_ATTACK_STEPS = 1000  # a training step must end: SIGTERM waits for it (RELIABILITY.md, promise 3)
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer applies --lr and --weight-decay in float32
 
 # Fields that change what is trained; the run id and the resume check hash them.
 TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size", "seed", "eps",
                    "step_size", "attack_steps", "lr", "momentum", "weight_decay", "schedule",
                    "train_per_class", "val_per_class")
 # Training fields added after runs were committed, with their defaults (see `training_dict`).
-LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard"}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard", "sync_bn": False}
 SELECT_RULES = ("last", "best-val")
 
 
@@ -65,6 +66,7 @@ class RunConfig:
     aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
     select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
     augment: str = "standard"  # the data set's standard training augmentation, or none
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -95,18 +97,18 @@ class RunConfig:
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.step_size is None or 0 < self.step_size <= 1,
              f"--step-size must be in (0, 1], got {self.step_size}"),
-            (self.attack_steps >= 1, f"--attack-steps must be >= 1, got {self.attack_steps}"),
-            (0 < self.lr < math.inf, f"--lr must be a finite number > 0, got {self.lr}"),
+            (1 <= self.attack_steps <= MAX_ATTACK_STEPS,
+             f"--attack-steps must be >= 1 and at most {MAX_ATTACK_STEPS}, got {self.attack_steps}"),
+            (0 < self.lr <= FLOAT32_MAX,
+             f"--lr must be a finite number > 0 (at most {FLOAT32_MAX:.3g}, float32), got {self.lr}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (0 <= self.weight_decay < math.inf,
-             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay <= FLOAT32_MAX,
+             f"--weight-decay must be a finite number >= 0 (at most {FLOAT32_MAX:.3g}, float32), "
+             f"got {self.weight_decay}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, "
                                          f"got '{self.schedule}'"),
             (DEVICE_PATTERN.fullmatch(self.device) is not None,
              f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
-            (self.run_id is None or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
-             f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', not starting "
-             f"with '.'), got '{self.run_id}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
             (self.augment in AUGMENTS,
              f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
@@ -128,6 +130,8 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
+        if self.run_id is not None:
+            check_run_id(self.run_id)
 
     def check_types(self) -> None:
         """Every field has its declared type (a config.json edited by hand may not)."""
@@ -157,12 +161,11 @@ class RunConfig:
         return d
 
     def portable_dict(self) -> dict[str, Any]:
-        """What config.json records: no path of the machine that made it (the output folder is
-        where the file lies; an absolute --data-dir is dropped), so committed runs are portable."""
+        """What config.json records: no output folder (it is where the file lies), so a committed
+        run carries no path of the machine that made it. ``--data-dir`` stays as given (None by
+        default): `fairbench resume` needs it to find the same data."""
         d = self.to_dict()
         del d["out"]
-        if d["data_dir"] is not None and Path(d["data_dir"]).expanduser().is_absolute():
-            d["data_dir"] = None
         return d
 
     @classmethod
@@ -180,6 +183,21 @@ class RunConfig:
             raise FairbenchError(f"config: {exc}") from None
         cfg.check_types()
         return cfg
+
+
+def check_run_id(run_id: str) -> str:
+    """The one rule for a run folder's name, for `fairbench run` and `fairbench eval` alike.
+
+    Letters, digits (any script) and ``. _ - + =``, not starting with ``.``, the whole string
+    (``fullmatch``: a trailing newline is refused too), at most `MAX_RUN_ID_BYTES` bytes in UTF-8.
+    Returns ``run_id``; raises `FairbenchError` otherwise.
+    """
+    if not (isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
+            and len(run_id.encode("utf-8")) <= MAX_RUN_ID_BYTES):
+        raise FairbenchError(f"--run-id must be a folder name (letters, digits, . _ - + =; no '/', "
+                             f"not starting with '.'; at most {MAX_RUN_ID_BYTES} bytes in UTF-8), "
+                             f"got {run_id!r:.80}")
+    return run_id
 
 
 def _field_types() -> dict[str, Any]:

@@ -88,13 +88,21 @@ def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split:
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """``--data-dir``, else ``$FAIRBENCH_DATA``, else the user cache folder."""
+    """``--data-dir``, else ``$FAIRBENCH_DATA``, else the user cache folder.
+
+    One that exists but is not a folder is an error: the loaders would look past it and take
+    another copy of the data set (Debian's, say) without a word.
+    """
     if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get("FAIRBENCH_DATA"):
-        return Path(os.environ["FAIRBENCH_DATA"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "fairbench" / "data"
+        root, name = Path(data_dir).expanduser(), "--data-dir"
+    elif os.environ.get("FAIRBENCH_DATA"):
+        root, name = Path(os.environ["FAIRBENCH_DATA"]).expanduser(), "$FAIRBENCH_DATA"
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root, name = Path(cache) / "fairbench" / "data", "the data folder"
+    if root.exists() and not root.is_dir():
+        raise FairbenchError(f"{name} {root} is not a folder")
+    return root
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -106,6 +114,32 @@ def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None
     """Load a whole split as uint8 CPU tensors (move it with `Split.to`)."""
     images, labels = spec.load(split, data_root(data_dir), download)
     return Split(images.contiguous(), labels.long())
+
+
+def load_splits(spec: DatasetSpec, names: tuple[str, ...], data_dir: str | os.PathLike | None,
+                download: bool, dist: "DistInfo") -> list[Split]:
+    """`load_split` for each name; under torchrun one process per machine may download, in turn.
+
+    Rank 0 loads first (downloading what is missing), then local rank 0 of every other machine
+    (whose data folder may be its own disk), then every other process, which never downloads: no
+    two processes write the same folder at once. Each turn ends with a collective that also
+    carries a failure, so an `error:` on the downloading rank stops every rank with that message.
+    """
+    if not dist.enabled:
+        return [load_split(spec, name, data_dir, download) for name in names]
+    turn = 0 if dist.is_main else 1 if dist.local_rank == 0 else 2
+    splits: list[Split] = []
+    for current in range(3):
+        failure = None
+        if turn == current:
+            try:
+                splits = [load_split(spec, name, data_dir, download and turn < 2) for name in names]
+            except FairbenchError as exc:
+                failure = str(exc)
+        failures = [f for f in dist.all_gather_object(failure) if f is not None]
+        if failures:
+            raise FairbenchError(failures[0])
+    return splits
 
 
 def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int = 0) -> torch.Tensor:

@@ -123,6 +123,21 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of the process with ``local_rank`` among the ``visible`` ones.
+
+    torchrun on a machine: GPU ``local_rank``. A scheduler that shows each task its own GPU
+    (Slurm's ``--gpus-per-task=1``, CUDA_VISIBLE_DEVICES set per task): GPU 0, whatever the rank.
+    """
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise FairbenchError(f"LOCAL_RANK is {local_rank} but this process sees {visible} GPUs "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                         f"start at most {visible} processes per machine, or show each one GPU")
+
+
 def shutdown_distributed() -> None:
     """Leave the process group; meant for a ``finally`` block around the whole run.
 

@@ -7,6 +7,11 @@ pgd20 <= clean, autoattack <= clean, union <= each. Per-class numbers come from 
 per-example outcomes by label (`fairbench.schema.metrics_from_outcomes`); no attack is rerun per
 class.
 
+The evaluation runs with cuDNN autotuning and TF32 off (`exact_fp32`; recorded in metrics.json's
+``env.eval_backend``): AutoAttack's batch shapes change all the time, so autotuning would re-time
+its kernels for every new shape, and with TF32 an "fp32" evaluation would run its convolutions
+with 10-bit mantissas.
+
 Every chunk of examples runs inside ``torch.random.fork_rng`` with a seed derived from ``seed``
 (pyautoattack reseeds the global RNG), so evaluations are reproducible, the caller's RNG is left
 alone, and a killed evaluation resumed from ``state_dir`` (see `fairbench.eval_state`) gives the
@@ -34,6 +39,7 @@ from fairbench.threats import CLEAN, ChunkFn, Progress, clean_correct, get_threa
 
 __all__ = ["clean_correct", "evaluate", "evaluate_outcomes", "per_class_accuracy", "stages"]
 CHUNK_SIZE = 1000  # examples per saved chunk: the most work a killed evaluation loses per threat
+EVAL_BACKEND = {"cudnn_benchmark": False, "tf32": False}  # what `exact_fp32` sets; kept in env
 
 
 def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int
@@ -69,6 +75,26 @@ def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0,
     if len(settings) > 1:
         settings[UNION] = {"of": list(settings)}
     return settings
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """cuDNN autotuning off and fp32 convolutions and matmuls in full precision (no TF32) for the
+    block; the previous settings are restored after. The flags do nothing on a CPU."""
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv"):  # torch >= 2.9: the legacy allow_tf32 flags must not be mixed in
+        flags = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+    flags.append((backends.cudnn, "benchmark", False))
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    try:
+        for owner, name, value in flags:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 @contextmanager
@@ -129,7 +155,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
     state = EvalState(state_dir, key, indices, dist, device, progress)
     outcomes: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
-    with eval_mode(model):
+    with eval_mode(model), exact_fp32():
         for threat in stages(attacks):
             pos = subsets.get(threat)
             pos = torch.arange(len(split), device=device) if pos is None else pos.to(device)

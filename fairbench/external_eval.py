@@ -7,7 +7,7 @@ Rerunning the same command continues a killed evaluation (outcomes are kept in t
 
 from __future__ import annotations
 
-import re
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,17 +15,24 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices
+from fairbench.config import MAX_SEED, check_run_id
+from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
 from fairbench.evaluate import attack_settings, evaluate, format_table, stages
+from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
-from fairbench.results import ensure_writable, load_checkpoint, sha256_file
-from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, build_record, make_outcomes, write_run
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, ensure_writable, load_checkpoint, make_run_folder,
+                               run_lock, sha256_file)
+from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, build_record, make_outcomes, read_metrics, write_run
 from fairbench.runner import environment, resolve_device
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
+# and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
+# before it is read.
+MAX_CHECKPOINT_FACTOR = 16
+CHECKPOINT_SLACK = 64 * 2**20
 
 
 @dataclass
@@ -60,12 +67,13 @@ class EvalOptions:
              f"--n-per-class must be >= 1, got {self.n_per_class}"),
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.run_id is None or bool(RUN_ID.match(self.run_id)),
-             f"--run-id may hold letters, digits and . _ + - only, got '{self.run_id}'"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
+        if self.run_id is not None:
+            check_run_id(self.run_id)
         stages(self.attacks)
         if self.arch is not None and self.robustbench is None:
             MODELS.get(self.arch)
@@ -84,10 +92,9 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
                        "checkpoint": {"file": files[0].name if files else None,
                                       "sha256": sha256_file(files[0]) if files else None}}
     path = Path(opts.checkpoint)
-    state = load_checkpoint(path)
-    if not isinstance(state, dict):
-        raise FairbenchError(f"{path} holds a {type(state).__name__}, not a state_dict")
     model = create_model(opts.arch, spec)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state = load_checkpoint(path, max_bytes=MAX_CHECKPOINT_FACTOR * weights + CHECKPOINT_SLACK)
     load_model_state(model, state, str(path))
     return model, {"method": "external", "arch": opts.arch, "params": {"source": "checkpoint"},
                    "checkpoint": {"file": "".join(c if c.isprintable() else "?" for c in path.name),
@@ -115,26 +122,19 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
     model = model.to(device).eval()
     eps = spec.eps if opts.eps is None else opts.eps
     sha = source["checkpoint"]["sha256"] or "nofile"
-    run_id = opts.run_id or f"{source['method'].replace(':', '-')}_{source['arch']}_{spec.name}_{sha[:8]}"
+    run_id = check_run_id(opts.run_id if opts.run_id is not None else
+                          f"{source['method'].replace(':', '-')}_{source['arch']}_{spec.name}_{sha[:8]}")
     run_dir = Path(opts.out) / "runs" / run_id
-
-    def claim_folder() -> None:
-        ensure_writable(run_dir)
-        # another evaluation of this model (other eps, attacks or images) may have written here:
-        # if this one is killed, its result must not look current
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
-
-    dist.on_main(claim_folder)
     test = load_split(spec, "test", opts.data_dir)
     indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
                if opts.n_per_class else torch.arange(len(test)))
     test = test.subset(indices).to(device)
-    say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
-        f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
-    metrics, seconds, outcomes = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
-                                batch_size=opts.batch_size, dist=dist, progress=say, seed=opts.seed,
-                                state_dir=run_dir / "eval_state", indices=indices)
+    # as training does after every epoch: NaN or infinite weights would give chance-level accuracies
+    # that look like a result
+    what = not_finite(model, to_float(test.images[:opts.batch_size]), dist)
+    if what:
+        raise FairbenchError(f"{opts.checkpoint or opts.robustbench}: the model's {what}; its "
+                             f"accuracies would mean nothing, so it is not evaluated")
 
     def write() -> None:
         rows = make_outcomes(indices, test.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
@@ -148,7 +148,60 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
             env=environment(device), checkpoint=source["checkpoint"])
         write_run(run_dir, record, rows)
 
-    dist.on_main(write)
+    with contextlib.ExitStack() as lock:  # rank 0 holds the run folder until its result is written
+        dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))
+        say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
+            f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
+        metrics, seconds, outcomes = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
+                                              batch_size=opts.batch_size, dist=dist, progress=say,
+                                              seed=opts.seed, state_dir=run_dir / "eval_state",
+                                              indices=indices)
+        dist.on_main(write)
     say(format_table(metrics, spec.classes))
     say(f"wrote {run_dir / METRICS_FILE}")
     return run_dir
+
+
+def claim_folder(run_dir: Path, source: dict[str, Any], dataset: str, lock: contextlib.ExitStack) -> None:
+    """Make the run folder and hold its lock in ``lock`` (the lock `fairbench run` takes), refuse a
+    folder that holds another run, and remove this model's earlier result (another evaluation of
+    it, with other eps, attacks or images, may have written here: if this one is killed, that
+    result must not look current)."""
+    ensure_writable(run_dir.parent)
+    make_run_folder(run_dir)
+    lock.enter_context(run_lock(run_dir))
+    other = other_run(run_dir, source, dataset)
+    if other:
+        raise FairbenchError(f"{run_dir} {other}; `fairbench eval` never replaces another run: "
+                             f"pass another --run-id")
+    ensure_writable(run_dir)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
+
+
+def other_run(run_dir: Path, source: dict[str, Any], dataset: str) -> str | None:
+    """What in ``run_dir`` belongs to a run other than this model's evaluation (None: nothing).
+
+    A training run leaves its config.json from its start on and its checkpoint; a result
+    (metrics.json) is this model's when it names the same method, architecture, data set and
+    checkpoint sha256.
+    """
+    if (run_dir / CONFIG_FILE).exists():
+        return f"holds a run of `fairbench run` (its {CONFIG_FILE})"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return f"holds a training checkpoint ({CHECKPOINT_FILE})"
+    path = run_dir / METRICS_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():
+        return f"holds a {METRICS_FILE} that is not a regular file"
+    try:
+        record = read_metrics(path)
+    except FairbenchError:
+        return f"holds a {METRICS_FILE} that is not a readable result"
+    theirs = (record.method, record.arch, record.dataset, record.checkpoint.get("sha256"))
+    ours = (source["method"], source["arch"], dataset, source["checkpoint"]["sha256"])
+    if theirs != ours:
+        return (f"holds the result of another run ({theirs[0]!r:.60} {theirs[1]!r:.40} on "
+                f"{theirs[2]!r:.40}, checkpoint sha256 {str(theirs[3])[:8]!r})")
+    return None

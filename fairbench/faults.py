@@ -70,17 +70,29 @@ def check_weights(model: nn.Module, x: torch.Tensor, dist: DistInfo, epoch: int,
     not finite.
 
     A step's loss is computed before its update, so `LossWatch` never sees what the epoch's last
-    update did: it can leave NaN weights, or finite ones (1e36) whose outputs overflow to NaN. Every
-    parameter and buffer, one forward pass in eval mode (as evaluation sees the model) and one host
-    sync per epoch; the ranks agree on the verdict, so they all stop or none does.
+    update did: it can leave NaN weights, or finite ones (1e36) whose outputs overflow to NaN.
+    One forward pass and one host sync per epoch (`not_finite`).
+    """
+    what = not_finite(model, x, dist)
+    if what:
+        raise Diverged(f"training diverged after epoch {epoch + 1}: the model's {what}; {kept}. "
+                       f"{RESTART}")
+
+
+def not_finite(model: nn.Module, x: torch.Tensor, dist: DistInfo) -> str | None:
+    """What of ``model`` is not finite: "weights are not finite", "outputs are not finite (...)" on
+    ``x``, or None when all is finite. Also `fairbench eval`'s check of weights from elsewhere.
+
+    Every parameter and buffer, one forward pass in eval mode (as evaluation sees the model) and
+    one host sync; the ranks agree on the verdict, so they all stop or none does.
     """
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.numel()]
     with torch.no_grad(), eval_mode(model):
         largest = torch.stack([t.abs().max() for t in tensors]).max()  # NaN or inf if any weight is
         bad = torch.stack([~torch.isfinite(largest), ~torch.isfinite(model(x)).all()]).float()
     bad_weights, bad_outputs = dist.all_reduce_sum(bad).tolist()
-    if bad_weights or bad_outputs:
-        what = ("weights are not finite" if bad_weights else
-                f"outputs are not finite (its largest weight is {float(largest):.3g})")
-        raise Diverged(f"training diverged after epoch {epoch + 1}: the model's {what}; {kept}. "
-                       f"{RESTART}")
+    if bad_weights:
+        return "weights are not finite"
+    if bad_outputs:
+        return f"outputs are not finite (its largest weight is {float(largest):.3g})"
+    return None

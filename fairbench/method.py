@@ -102,6 +102,9 @@ class BatchContext:
     spec: "DatasetSpec"
 
 
+MAX_PLAN_FACTOR = 16  # an epoch's plan holds at most this many times the training set's examples
+
+
 @dataclass
 class NoParams:
     """A method without hyperparameters."""
@@ -116,6 +119,16 @@ class Method:
     def __init__(self, params: Any, config: "RunConfig") -> None:
         self.params = params
         self.config = config
+
+    @classmethod
+    def plan_factor(cls, params: Any) -> float:
+        """The largest epoch plan ``params`` can make, as a multiple of the training set, for a
+        training set of any size (the default plan: 1).
+
+        A method whose parameters repeat examples says so here: `parse_params` refuses parameters
+        over `MAX_PLAN_FACTOR` before anything runs, and the trainer refuses a larger plan.
+        """
+        return 1.0
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
         return EpochPlan(torch.arange(len(ctx.train), device=ctx.device))
@@ -152,6 +165,11 @@ def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
     validate = getattr(params, "validate", None)
     if callable(validate):
         validate()
+    factor = method_cls.plan_factor(params)
+    if not factor <= MAX_PLAN_FACTOR:  # NaN too
+        given = ", ".join(f"{k}={v}" for k, v in raw.items())
+        raise FairbenchError(f"{method_cls.name}: these parameters ({given}) plan up to {factor:.4g}x the "
+                             f"training set per epoch; at most {MAX_PLAN_FACTOR}x is allowed")
     return params
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -145,6 +146,18 @@ def ensure_writable(folder: Path) -> None:
         raise FairbenchError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
 
 
+def make_run_folder(run_dir: Path) -> None:
+    """Create ``run_dir`` in its (existing) parent; a file in its place, or a folder that cannot be
+    made (a path too long, no permission), is one clear error."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FairbenchError(f"{run_dir} is a file, not a run folder; pass another --run-id")
+    try:
+        run_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise FairbenchError(f"cannot make run folder {run_dir}: {exc.strerror or exc}") from None
+
+
 def ensure_free_space(folder: Path, need_bytes: int) -> None:
     """Refuse to start when ``folder``'s file system cannot hold ``need_bytes`` more."""
     try:
@@ -183,11 +196,24 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+MAX_INFLATION = 4  # torch.save stores its records uncompressed; a deflated archive (a zip bomb)
+# may expand ~1000x when read, so a checkpoint's records may hold at most this many times its size
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    max_bytes: int | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused.
+
+    Only a regular file is opened (a FIFO would hang, a device never end); one larger than
+    ``max_bytes``, or whose records would expand to more than `MAX_INFLATION` times its size (or
+    ``max_bytes``), is refused before it is read.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FairbenchError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise FairbenchError(f"{path} is not a regular file, so not a checkpoint")
+    _check_checkpoint_size(path, max_bytes)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -196,3 +222,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict):
         raise FairbenchError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict")
     return state
+
+
+def _check_checkpoint_size(path: Path, max_bytes: int | None) -> None:
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise FairbenchError(f"{path} is {size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.1f} MiB "
+                             f"a checkpoint of this model can need")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip archive (the legacy format), or a broken one: torch.load says what is wrong
+    limit = MAX_INFLATION * size + 2**20
+    if max_bytes is not None:
+        limit = min(limit, max_bytes)
+    if expanded > limit:
+        raise FairbenchError(f"{path} expands to {expanded / 2**20:.1f} MiB from a {size / 2**20:.1f} MiB "
+                             f"file (a compressed archive, which torch.save never writes); not loaded")

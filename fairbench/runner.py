@@ -16,16 +16,17 @@ import torch
 from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, get_dataset, load_split, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
+from fairbench.distributed import DistInfo, cuda_index, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, format_table
+from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
 from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json, atomic_write_text,
-                               ensure_free_space, ensure_writable, remove_stale_temps, run_lock, sha256_file)
+                               ensure_free_space, ensure_writable, make_run_folder, remove_stale_temps, run_lock,
+                               sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
                               write_run)
 from fairbench.trainer import Trainer
@@ -76,12 +77,12 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
     return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
 
 
-def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device
+def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
               ) -> tuple[Split, Split | None, Split, torch.Tensor]:
     """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
-    and the test images' positions in the full test set (kept with the evaluation's outcomes)."""
-    train_full = load_split(spec, "train", cfg.data_dir, cfg.download)
-    test = load_split(spec, "test", cfg.data_dir, cfg.download)
+    and the test images' positions in the full test set (kept with the evaluation's outcomes).
+    Under torchrun the processes download in turn (`load_splits`)."""
+    train_full, test = load_splits(spec, ("train", "test"), cfg.data_dir, cfg.download, dist or DistInfo())
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
     test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
                     if cfg.eval_per_class else torch.arange(len(test)))
@@ -98,7 +99,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "git": git}
+            "device": f"{device.type}: {name}", "git": git, "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -117,7 +118,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         dist = init_distributed(device.type)
         stop.announce = dist.is_main
         if device.type == "cuda" and dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+            device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
             torch.cuda.set_device(device)
         try:
             return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
@@ -142,7 +143,7 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
         raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
     seed_everything(cfg.seed + dist.rank)
-    train, val, test, test_indices = load_data(cfg, spec, device)
+    train, val, test, test_indices = load_data(cfg, spec, device, dist)
     model = create_model(cfg.arch, spec).to(device)
     method = method_cls(params, cfg)
     trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
@@ -170,7 +171,7 @@ def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) ->
     """Make the run folder, with room for ``need_bytes``, and hold its lock in ``lock`` (rank 0)."""
     ensure_writable(run_dir.parent)
     ensure_free_space(run_dir.parent, need_bytes)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_folder(run_dir)
     lock.enter_context(run_lock(run_dir))
 
 
@@ -224,7 +225,9 @@ def metrics_record(cfg: RunConfig, spec: DatasetSpec, outcomes: Outcomes, second
         run_id=cfg.run_id, method=cfg.method, params=cfg.params, arch=cfg.arch, dataset=cfg.dataset,
         seed=cfg.seed, epochs=cfg.epochs, eps=cfg.eps, outcomes=outcomes, preset=cfg.preset,
         select=cfg.select, selected_epoch=selected,
-        training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class},
+        training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class,
+                                        "sync_bn": cfg.sync_bn, "world_size": trainer.dist.world_size,
+                                        "bn_batch": trainer.bn_batch, "amp": trainer.amp},
         attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed,
                                         {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
         timing={"train_s": round(trainer.train_seconds, 3),

@@ -20,7 +20,7 @@ from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
 from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
                                atomic_write_text, load_checkpoint, read_jsonl)
@@ -30,12 +30,24 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in a
 
 def lr_factor(epoch: int, epochs: int, schedule: str) -> float:
     """Piecewise (x0.1 at 50% and 75% of the epochs, as in the FairAT/FRL protocol), cosine, or
-    constant (then an E-epoch run is exactly the first E epochs of a longer one)."""
+    constant (fine-tuning, as FRL's authors do at lr 1e-3; then an E-epoch run is exactly the first
+    E epochs of a longer one)."""
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return 0.01 if epoch >= 0.75 * epochs else 0.1 if epoch >= 0.5 * epochs else 1.0
+
+
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default only on a GPU that computes bf16 natively (Ampere and later); an
+    older one emulates it, slower than fp32."""
+    if device.type != "cuda":
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation (and never counted emulation)
+        return bool(torch.cuda.is_bf16_supported())
 
 
 class Trainer:
@@ -53,10 +65,14 @@ class Trainer:
         self.cfg, self.spec, self.method, self.dist = cfg, spec, method, dist
         self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
         self.progress = progress and dist.is_main
-        self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        self.amp = cfg.amp if cfg.amp is not None else default_amp(device)
         # Channels-last by default on every device: on the CPU (oneDNN) it is as fast as NCHW for
         # the ResNets and 1.3x faster for small-cnn, whose NCHW max-pool is slow (bench/README.md).
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
+        if cfg.sync_bn and dist.enabled:
+            if device.type != "cuda":
+                raise FairbenchError("--sync-bn: SyncBatchNorm runs on GPUs only; drop it on the CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same root, parameters kept
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -94,6 +110,11 @@ class Trainer:
             wrapped = torch.compile(wrapped, dynamic=False)
             attack = torch.compile(model, dynamic=False)
         return wrapped, attack
+
+    @property
+    def bn_batch(self) -> int:
+        """Images per batch-norm batch in training: each process's share under DDP, unless --sync-bn."""
+        return self.cfg.batch_size if self.cfg.sync_bn else self.cfg.batch_size // self.dist.world_size
 
     # ------------------------------------------------------------------ epochs
 
@@ -159,6 +180,10 @@ class Trainer:
                 loss_sum = mid["loss_sum"].to(self.device)
         else:
             full = self._complete_plan(self.method.plan_epoch(ctx))
+            if len(full) > MAX_PLAN_FACTOR * len(ctx.train):  # what `Method.plan_factor` bounds
+                raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
+                                     f"more than {MAX_PLAN_FACTOR}x the {len(ctx.train)} training "
+                                     f"examples (its plan_factor must bound its parameters)")
             if len(full) < self.cfg.batch_size:
                 raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
                                      f"fewer than one batch of {self.cfg.batch_size}")
@@ -326,6 +351,7 @@ class Trainer:
         check_resumable(state, path, self.cfg)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
+        self._match_parameter_layout()
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
         if self.selector is not None:
@@ -340,6 +366,18 @@ class Trainer:
         self._mid_epoch = state.get("mid_epoch")
         self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
         self.dist.on_main(self._drop_later_log_lines)
+
+    def _match_parameter_layout(self) -> None:
+        """Give each optimizer buffer its parameter's memory layout (strides).
+
+        ``--channels-last`` is not a training field, so a run may resume under the other setting:
+        the checkpoint's momentum buffers are then NCHW for channels-last weights (or the reverse),
+        and the fused SGD used on CUDA, which assumes matching strides, applies a wrong update.
+        """
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
 
     def _drop_later_log_lines(self) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""

@@ -28,9 +28,15 @@ exposed as a parameter with a documented default:
 - ``copies`` augmented copies per hard example (default 1) and ``keep_original`` (default false):
   epoch M's set is the non-hard examples, the augmented copies of the hard ones, and the hard
   originals if kept. With the defaults the epoch size is unchanged; hard examples are replaced by
-  augmented versions.
+  augmented versions. ``copies`` (plus one if ``keep_original``) is at most the core's bound on an
+  epoch's size (`fairbench.method.MAX_PLAN_FACTOR`, 16x the training set), since every example
+  may be hard.
 - ``base``: ``pgd-at`` (Madry; "an improvement of vanilla adversarial training") or ``trades``
   (with ``beta``), both from `fairbench.losses`.
+
+Inputs: the model takes [0, 1] images and normalizes them by the data set's mean and std in its
+first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616); what the authors used is not
+public. The augmentation works on the [0, 1] images, before the attack.
 
 Each epoch logs ``n_hard`` and ``hard_per_class`` (by class name) to log.jsonl. The method keeps no
 state beyond the model: a resumed run rescoring with the restored model selects the same examples.
@@ -108,6 +114,12 @@ class FairAT(Method):
             for ok, message in checks:
                 if not ok:
                     raise FairbenchError(f"fairat: {message}")
+
+    @classmethod
+    def plan_factor(cls, params: "FairAT.Params") -> float:
+        # every example may be hard (selection=threshold, or a set so small that the top fraction
+        # rounds up to all of it): each then gives `copies` entries, plus its original if kept
+        return float(params.copies + params.keep_original)
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
         if ctx.epoch == 0:  # no model of a previous epoch yet: the plain set

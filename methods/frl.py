@@ -20,12 +20,46 @@ authors' ``frl_train`` in utils_frl*.py). At the start of every FRL epoch:
    remargin eps multiplier ``m_i = clip(exp(2 * lam_eps_i), 0.98, eps_cap)``.
 4. One epoch on the training split: each example gets its class's eps ``m_i * eps`` (the
    `EpochPlan`'s per-example eps), the TRADES KL attack with that eps, and the loss
-   ``sum(w_nat * CE) / sum(w_nat) + beta * sum(w_bndy * KL) / sum(w_bndy)`` over the batch.
+   ``sum(w_nat * CE) / sum(w_nat) + beta * sum(w_bndy * KL) / sum(w_bndy)`` over the batch
+   (frl-rm: ``normalization=joint``, below).
 
 Reweight updates lam_nat and lam_bndy; Remargin updates lam_nat and lam_eps (the KL weights stay
-uniform; utils_frl1.py); both update all three. Defaults are the argparse defaults of the
-authors' newest scripts (frlrw.py and frlrmrw.py at commit 8e6429a; frlrm.py exists only at
-18d1177): see each variant's Params.
+uniform; utils_frl1.py); both update all three.
+
+Defaults (each variant's Params) are the argparse defaults of the authors' newest scripts at the
+repository's HEAD (a80547d): ``frlrw.py`` and ``frlrmrw.py``, where two commits of 2022-04-27
+(5f58bc7, bd2b279) set ``--beta`` to 1.5 in both (it was 1.0 and 2.0 at 8e6429a). The newest
+values are used because they are the authors' last word in runnable form (the paper's text was
+not checked against them here). ``frlrm.py`` exists only up to 18d1177 (deleted in 674a1df,
+before that change): frl-rm keeps its values, beta 1.0 and lim 0.3.
+
+The authors' protocol, and how to run it here:
+
+- They load a pre-trained robust PreActResNet-18 (``hot_start.pt``, linked from their readme) and
+  fine-tune it with FRL from the first epoch: SGD lr 1e-3, momentum 0.9, wd 5e-4, batch 128, 40
+  epochs for rw and rwrm (MultiStepLR milestones 40 and 80, so the lr stays 1e-3 throughout), 120
+  for rm (milestones 40, 80: 1e-3, then 1e-4 from epoch 41 and 1e-5 from epoch 81). Here::
+
+      fairbench run --method frl-rw --arch preact18-frl --dataset cifar10 --val-per-class 300 \
+          --param pretrained=hot_start.pt --param warmup_fraction=0 \
+          --lr 0.001 --schedule constant --epochs 40
+
+  ``preact18-frl`` is their network (no input normalization, no final BN+ReLU) and loads their
+  file; a hot start trained by fairbench (any finished run's ``checkpoint.pt``) works with
+  ``--arch`` of that run. frl-rm's two lr drops at epochs 40 and 80 have no schedule here
+  (``piecewise`` drops at 50% and 75%); ``--schedule constant --epochs 40`` is its first stage.
+- Without ``pretrained`` (the default, one self-contained run): the first ``warmup_fraction`` of
+  the run (default 0.75) trains with FRL's loss at uniform weights and eps (TRADES with FRL's
+  beta), which stands in for the hot start, and the FRL updates run in the rest. With the default
+  piecewise schedule that is the last quarter, entirely at lr/100 (1e-3 with the default lr 0.1:
+  the authors' fine-tuning lr), after a warm-up through lr 0.1 and 0.01. It is shorter than the
+  authors' 40 epochs (25 of 100). (Before issue 15 the default was 0.5: the FRL phase ran at 0.01
+  then 0.001.) ``pretrained`` with a warm-up is refused: fine-tuning starts FRL at once.
+
+Inputs: fairbench's models take images in [0, 1] and normalize them by the data set's mean and
+std in their first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616), except
+``preact18-frl``, which like the authors' code sees the raw [0, 1] pixels (their loader's
+``Normalize`` is commented out). The attack works in [0, 1] pixel space either way.
 
 Choices and departures, with their reasons:
 
@@ -33,16 +67,20 @@ Choices and departures, with their reasons:
   as it is then, exactly where the authors measure (so a pre-trained model already gets non-zero
   multipliers in the first FRL epoch). A resumed run repeats this measurement from the restored
   model and RNG, so the multipliers (the method's state) continue exactly.
-- Warm start: the authors fine-tune a pre-trained robust model (``hot_start.pt``) with lr 1e-3.
-  Here ``pretrained`` loads such a checkpoint before the first epoch; otherwise the first
-  ``warmup_fraction`` of the run is plain training with FRL's loss at uniform weights and eps
-  (TRADES with FRL's beta), and the FRL updates run in the rest (with the default piecewise
-  schedule, the low-learning-rate half). Optimizer and schedule are the run's.
+- Validation split: the first ``--val-per-class`` images of each class; the authors hold out the
+  last 300 of each class (indices 4700-4999 of the class's images), train on the first 4700.
 - Attack step: the core's per-example rule, step = m_i * step_size (eps_i / 4 by default). The
-  authors' older files use a fixed 2/255, the newest RWRM the batch's largest eps_i / 4.
-- Remargin loss normalization: frlrm.py (older snapshot only) divides the summed weighted loss by
-  ``sum(w_nat + w_bndy)``; every variant here uses the newest form above.
+  authors' rw and rm files use a fixed 2/255 whatever the class's eps, the newest RWRM the batch's
+  largest eps_i / 4. Start x + 0.001·N(0, I), as theirs (clipped to the ball and [0, 1] here).
+- Loss normalization (``normalization``): ``separate`` is the newest code's (utils_frl.py,
+  utils_frl2.py) ``sum(w_nat CE) / sum(w_nat) + beta * sum(w_bndy KL) / sum(w_bndy)``; ``joint``
+  is frlrm.py's (utils_frl1.py) ``sum(w_nat CE + beta * w_bndy KL) / sum(w_nat + w_bndy)``. The
+  class weights sum to 1 over classes, so on a class-balanced batch both weight sums are about
+  N/10 and the joint loss is about half the separate one: half the gradient, the same direction
+  per term. Each variant defaults to its own official code's form (frl-rm: joint).
 - Batch norm: clean and adversarial batches get separate forwards, as in the authors' code.
+- Precision: the attack runs in fp32 whatever the run's autocast (the core's PGD); the authors
+  train in fp32 throughout.
 """
 
 from __future__ import annotations
@@ -67,16 +105,20 @@ VAL_PGD_STEPS = 20  # the authors' validation attack (configs1)
 EPS_FLOOR = 0.98  # lower clip of the remargin multiplier (cost_sensitive in utils_frl*.py)
 
 
+NORMALIZATIONS = ("separate", "joint")
+
+
 @dataclass
 class ReweightParams:
-    beta: float = 1.0  # weight of the boundary (KL) term
+    beta: float = 1.5  # weight of the boundary (KL) term; frlrw.py since 5f58bc7 (1.0 before)
     tau_nat: float = 0.1  # fairness constraint on the natural error (bound0)
     tau_bndy: float = 0.1  # fairness constraint on the boundary error (bound1)
     rate: float = 0.05  # multiplier step (rate1)
     lim: float = 0.5  # cap on the sum of each multiplier vector
     rate_halving_epochs: int = 40  # halve `rate` every this many FRL epochs (0: never)
-    warmup_fraction: float = 0.5  # first part of the run trained without FRL updates
-    pretrained: str = ""  # checkpoint to start from (then usually warmup_fraction=0)
+    warmup_fraction: float = 0.75  # first part of the run trained without FRL updates (from scratch)
+    pretrained: str = ""  # a trained model to fine-tune (the authors' protocol; warmup_fraction=0)
+    normalization: str = "separate"  # each term over its own weights, or "joint" (see the docstring)
 
     def validate(self) -> None:
         checks = [
@@ -88,6 +130,11 @@ class ReweightParams:
             (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
             (not self.pretrained or Path(self.pretrained).is_file(),
              f"pretrained checkpoint '{self.pretrained}' does not exist"),
+            (not self.pretrained or self.warmup_fraction == 0,
+             "pretrained= fine-tunes a trained model with FRL from the first epoch (the authors' "
+             "protocol): add --param warmup_fraction=0"),
+            (self.normalization in NORMALIZATIONS,
+             f"normalization must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalization}'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -96,7 +143,9 @@ class ReweightParams:
 
 @dataclass
 class RemarginParams(ReweightParams):
+    beta: float = 1.0  # frlrm.py at 18d1177 (deleted before the authors moved the others to 1.5)
     lim: float = 0.3  # frlrm.py's default
+    normalization: str = "joint"  # frlrm.py / utils_frl1.py: one sum over both terms' weights
     rate_eps: float = 0.1  # step of the eps multiplier (rate2)
     eps_cap: float = 2.5  # largest eps multiplier (utils_frl1.py)
 
@@ -110,7 +159,8 @@ class RemarginParams(ReweightParams):
 
 @dataclass
 class ReweightRemarginParams(RemarginParams):
-    beta: float = 2.0  # frlrmrw.py at 8e6429a
+    beta: float = 1.5  # frlrmrw.py since bd2b279 (2.0 before)
+    normalization: str = "separate"  # utils_frl2.py
     tau_nat: float = 0.07
     tau_bndy: float = 0.07
     lim: float = 0.5
@@ -226,8 +276,10 @@ class FRL(Method):
         natural, boundary = trades_terms(ctx)
         w_nat, w_bndy = self._weights(ctx.y.device)
         w_nat, w_bndy = w_nat[ctx.y] * ctx.weight, w_bndy[ctx.y] * ctx.weight
-        return ((w_nat * natural).sum() / w_nat.sum()
-                + self.params.beta * (w_bndy * boundary).sum() / w_bndy.sum())
+        beta = self.params.beta
+        if self.params.normalization == "joint":  # about half the "separate" loss: see the docstring
+            return (w_nat * natural + beta * w_bndy * boundary).sum() / (w_nat + w_bndy).sum()
+        return (w_nat * natural).sum() / w_nat.sum() + beta * (w_bndy * boundary).sum() / w_bndy.sum()
 
     def _log_values(self, errors: ValidationErrors, classes: tuple[str, ...]) -> dict[str, Any]:
         named = lambda t: {c: round(float(v), 5) for c, v in zip(classes, t)}  # noqa: E731

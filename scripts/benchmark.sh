@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The mini-benchmark: every registered method on Fashion-MNIST with the small CNN on the CPU, a
-# short budget and the same seed(s), then `fairbench report`. Extra arguments go to every
-# `fairbench run` (e.g. --out DIR, --device cuda, --param ...); the report reads the same --out.
+# short budget and the same seed(s), as one `fairbench sweep` (WORKERS runs at once), then
+# `fairbench report`. Extra arguments go to the sweep, so to every run (e.g. --out DIR,
+# --val-per-class K, --param ...); the report reads the same --out.
 #
 #   scripts/benchmark.sh                         # defaults below, into results/
 #   EPOCHS=1 TRAIN_PER_CLASS=50 EVAL_PER_CLASS=50 ATTACKS=clean,pgd20 scripts/benchmark.sh --out /tmp/b
 #
-# Rerunning is safe: a finished run (its metrics.json exists) is skipped, a killed one resumes.
+# Rerunning is safe: a finished run (its metrics.json exists) is skipped, a stopped one resumes,
+# one that failed is retried with --retry-failed. Each run's output is in <out>/sweep/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,23 +19,11 @@ EVAL_PER_CLASS="${EVAL_PER_CLASS:-200}"       # test images per class
 SEEDS="${SEEDS:-0}"                           # space-separated, e.g. "0 1"
 ATTACKS="${ATTACKS:-clean,pgd20,autoattack}"  # threats evaluated after training
 METHODS="${METHODS:-}"                        # space-separated; empty: every registered method
+WORKERS="${WORKERS:-2}"                       # runs at once (each gets cores / WORKERS threads)
 PY="${PY:-.venv/bin/python}"                  # the environment's python (make setup creates .venv)
 DATASET=fashion-mnist
 ARCH=small-cnn
 DEVICE="${DEVICE:-cpu}"
-
-# the folder the runs go to (--out DIR / --out=DIR among the extra arguments, else results), and
-# the other extra arguments, which change what is trained and so get their own run ids
-OUT=results
-training_args=()
-prev=""
-for arg in "$@"; do
-    if [ "$prev" = "--out" ]; then OUT="$arg"
-    elif [[ "$arg" == --out=* ]]; then OUT="${arg#--out=}"
-    elif [ "$arg" != "--out" ]; then training_args+=("$arg")
-    fi
-    prev="$arg"
-done
 
 if [ ! -x "$PY" ]; then
     echo "error: no python at $PY; run 'make setup' (or set PY=/path/to/python)" >&2
@@ -42,26 +32,13 @@ fi
 if [ -z "$METHODS" ]; then
     METHODS="$("$PY" -c 'from fairbench.registry import METHODS; print(" ".join(METHODS.names()))')"
 fi
-tag=""
-[ ${#training_args[@]} -gt 0 ] && tag="_$(printf '%s\0' "${training_args[@]}" | sha256sum | cut -c1-8)"
+read -r -a methods <<< "$METHODS"
+read -r -a seeds <<< "$SEEDS"
+methods_list="$(IFS=,; echo "${methods[*]}")"
+seeds_list="$(IFS=,; echo "${seeds[*]}")"
 
 start=$SECONDS
-for method in $METHODS; do
-    for seed in $SEEDS; do
-        run_id="bench_${method}_${ARCH}_${DATASET}_e${EPOCHS}_n${TRAIN_PER_CLASS}-${EVAL_PER_CLASS}_seed${seed}${tag}"
-        run_dir="$OUT/runs/$run_id"
-        if [ -f "$run_dir/metrics.json" ]; then
-            echo "== $run_id: done, skipped"
-            continue
-        fi
-        resume=()
-        [ -f "$run_dir/checkpoint.pt" ] && resume=(--resume)
-        echo "== $run_id"
-        "$PY" -m fairbench run --method "$method" --arch "$ARCH" --dataset "$DATASET" \
-            --epochs "$EPOCHS" --train-per-class "$TRAIN_PER_CLASS" --eval-per-class "$EVAL_PER_CLASS" \
-            --attacks "$ATTACKS" --seed "$seed" --device "$DEVICE" --run-id "$run_id" --no-progress \
-            "${resume[@]}" "$@"
-    done
-done
-echo "== runs took $((SECONDS - start))s"
-"$PY" -m fairbench report --results "$OUT"
+"$PY" -m fairbench sweep --methods "$methods_list" --seeds "$seeds_list" --workers "$WORKERS" \
+    --arch "$ARCH" --dataset "$DATASET" --epochs "$EPOCHS" --train-per-class "$TRAIN_PER_CLASS" \
+    --eval-per-class "$EVAL_PER_CLASS" --attacks "$ATTACKS" --device "$DEVICE" --report "$@"
+echo "== sweep and report took $((SECONDS - start))s"

@@ -210,3 +210,17 @@ def test_resume_with_a_checkpoint_of_another_arch(fmnist_dir: Path, tmp_path: Pa
     assert cli([*common, "--arch", "preact18", "--resume"]) == 2
     assert_one_error_line(capsys, "different config", "arch ('small-cnn' in the checkpoint, 'preact18' now)")
     assert {p: p.read_bytes() for p in files_under(out)} == before  # config.json etc. untouched
+
+
+def test_sync_bn_is_recorded_with_the_batch_norm_batch(fmnist_dir: Path, tmp_path: Path) -> None:
+    """--sync-bn reaches the config and metrics.json records it with the world size and the number
+    of images each batch norm normalises over (one process here: the whole batch either way)."""
+    for flag, run_id in (("--sync-bn", "s"), ("--no-sync-bn", "p")):
+        assert cli(["run", *TINY, "--attacks", "clean", flag, "--data-dir", str(fmnist_dir),
+                    "--out", str(tmp_path), "--run-id", run_id]) == 0
+        metrics = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())
+        training = metrics["training"]
+        assert (training["sync_bn"], training["world_size"], training["bn_batch"]) == (flag == "--sync-bn", 1, 25)
+        assert training["amp"] is False  # bf16 autocast: on CUDA with native bf16 only
+        assert metrics["env"]["eval_backend"] == {"cudnn_benchmark": False, "tf32": False}
+    assert json.loads((tmp_path / "runs" / "s" / "config.json").read_text())["sync_bn"] is True

@@ -163,6 +163,8 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, tmp
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert sum(ddp_metrics["metrics"]["pgd20"]["n_per_class"]) == 50  # every test image, once
     assert ddp_metrics["timing"]["world_size"] == 2
+    assert {k: ddp_metrics["training"][k] for k in ("sync_bn", "world_size", "bn_batch")} == \
+        {"sync_bn": False, "world_size": 2, "bn_batch": 20}  # batch norm saw each process's 20 images
     ddp_log, single_log = load_log(ddp_dir), load_log(single_dir)
     assert [r["epoch"] for r in ddp_log] == [r["epoch"] for r in single_log] == [1, 2]
     assert [r["examples"] for r in ddp_log] == [150, 150]  # the ranks' shards cover the epoch
@@ -256,3 +258,79 @@ def test_map_sharded_gathers_every_example_in_order(tmp_path: Path) -> None:
     for n, (two, one) in out.items():
         assert two == one
         assert [row[1] for row in one] == list(range(int(n)))[::-1]
+
+
+DOWNLOAD_SCRIPT = '''
+import json, os, sys, time
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from fairbench.data import DatasetSpec, load_splits
+from fairbench.distributed import init_distributed
+from fairbench.errors import FairbenchError
+
+log, root = Path(sys.argv[1]), sys.argv[2]
+rank = int(os.environ["RANK"])
+
+def load(split, folder, download):  # a stand-in for torchvision: download = write the files
+    start = time.time()
+    done = folder / "standin.done"
+    if os.environ.get("FAIL") and download:
+        raise FairbenchError("standin: the download failed")
+    if download and not done.exists():
+        time.sleep(0.3)
+        folder.mkdir(parents=True, exist_ok=True)
+        done.write_text("x")
+    elif not done.exists():
+        raise FairbenchError("standin: missing")
+    with open(log, "a") as f:
+        f.write(json.dumps([rank, split, download, start, time.time()]) + "\\n")
+    return torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+
+spec = DatasetSpec("standin", ("a", "b"), (1, 2, 2), (0.0,), (1.0,), 0.1, 0.025, 0, False, load)
+info = init_distributed("cpu")
+try:
+    load_splits(spec, ("train", "test"), root, True, info)
+    outcome = "ok"
+except FairbenchError as exc:
+    outcome = str(exc)
+Path(f"{log}.rank{rank}").write_text(outcome)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_one_process_downloads_the_others_wait_and_only_read(tmp_path: Path, fail: bool) -> None:
+    """Under torchrun, rank 0 downloads first; rank 1 loads after it is done and never downloads
+    (before, every rank downloaded into the same folder at once). A failed download stops both
+    ranks with the downloading rank's message."""
+    script, log = tmp_path / "download.py", tmp_path / "log.jsonl"
+    script.write_text(DOWNLOAD_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(log), str(tmp_path / "data")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **({"FAIL": "1"} if fail else {}))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outcomes = [Path(f"{log}.rank{r}").read_text() for r in (0, 1)]
+    if fail:
+        assert outcomes == ["standin: the download failed"] * 2
+        return
+    assert outcomes == ["ok", "ok"]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    first = [c for c in calls if c[0] == 0]
+    second = [c for c in calls if c[0] == 1]
+    assert [(c[1], c[2]) for c in first] == [("train", True), ("test", True)]
+    assert [(c[1], c[2]) for c in second] == [("train", False), ("test", False)]
+    assert min(c[3] for c in second) >= max(c[4] for c in first)
+
+
+def test_each_process_finds_its_gpu() -> None:
+    """torchrun: GPU LOCAL_RANK; a scheduler that shows each task one GPU: GPU 0 (cuda:LOCAL_RANK
+    failed there); more processes than visible GPUs otherwise: one clear error."""
+    from fairbench.distributed import cuda_index
+    from fairbench.errors import FairbenchError
+
+    assert [cuda_index(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert [cuda_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
+    with pytest.raises(FairbenchError, match="LOCAL_RANK is 3 but this process sees 2 GPUs"):
+        cuda_index(3, 2)

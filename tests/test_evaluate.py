@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fairbench.evaluate as ev
 import fairbench.threats as threats
 from fairbench.data import Split, get_dataset, load_split, per_class_indices
 from fairbench.errors import FairbenchError
@@ -264,6 +265,34 @@ def test_settings_and_table() -> None:
         [["worst", "class", "shirt", "sandal"]]
 
 
+def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() -> None:
+    """On a GPU the trainer turns cuDNN autotuning on and TF32 convolutions are torch's default:
+    the evaluator turns both off while it runs (AutoAttack's shapes keep changing; its fp32 must be
+    fp32) and gives the trainer's settings back after. The flags can be set on any machine."""
+    backends = torch.backends
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                         backends.cuda.matmul.fp32_precision))
+            return torch.zeros(x.shape[0], 10) + x.flatten(1)[:, :1]
+
+    before = (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision)
+    backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = True, "tf32"
+    backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        split = Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4))
+        evaluate(Spy(), split, SPEC.classes, eps=EPS, attacks=("clean", "pgd20"), progress=lambda _m: None)
+        assert seen and set(seen) == {(False, "ieee", "ieee")}
+        assert (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
+                backends.cuda.matmul.fp32_precision) == (True, "tf32", "tf32")
+    finally:
+        backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = before[:2]
+        backends.cuda.matmul.fp32_precision = before[2]
+    assert ev.EVAL_BACKEND == {"cudnn_benchmark": False, "tf32": False}  # what env.eval_backend records
+
+
 def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Split], reference) -> None:
     """AutoAttack on a class-balanced subset: -1 elsewhere; union only where every threat ran."""
     split = data["test3"]
@@ -321,3 +350,55 @@ def test_outcomes_file_gives_the_metrics(mlp: nn.Module, data: dict[str, Split])
             cells = [int(r[threat]) for r in rows if int(r["label"]) == c and r[threat] != ""]
             assert len(cells) == metrics[threat]["n_per_class"][c]
             assert sum(cells) / len(cells) == pytest.approx(metrics[threat]["per_class"][c], abs=1e-6)
+
+
+def _previous_feeding(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """How `autoattack_correct` fed AutoAttack before issue 11 (item 9): the chunk as given, the
+    evaluator's batch size, the model as it came (trainable weights, its own memory format)."""
+    from pyautoattack import AutoAttack
+
+    adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device=x.device, seed=7)
+    with threats.aa_logging(lambda m: None):
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return (y_adv == y) & threats.clean_correct(model, x_adv, y)
+
+
+def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, Split]) -> None:
+    """Frozen weights, channels-last and even batches change how fast AutoAttack runs, not what it
+    finds, wherever the batches stay the same: here every image the MLP gets right fits in one
+    batch both ways, and channels-last is a no-op for an MLP. (Where the old feeding left a short
+    last batch, even batches regroup the images; APGD's random starts and Square's square
+    positions are drawn per batch from the reseeded RNG, so an image on the edge may then fall
+    or survive differently: the same attack with other random draws.)"""
+    split, batch_size = data["test3"], 32
+    x, y = split.images.float() / 255, split.labels
+    assert int(threats.clean_correct(mlp, x, y).sum()) <= batch_size
+    with torch.random.fork_rng():
+        expected = _previous_feeding(mlp, x, y, batch_size)
+    assert any(p.grad is not None for p in mlp.parameters()), "FAB-T's .backward() filled .grad"
+    for p in mlp.parameters():
+        p.grad = None
+    with torch.random.fork_rng():
+        got = threats.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size,
+                                    progress=lambda m: None)
+    assert expected.any() and not expected.all()
+    assert torch.equal(got, expected)
+    assert all(p.requires_grad and p.grad is None for p in mlp.parameters())
+
+
+def test_attack_ready_restores_the_model() -> None:
+    """Inside: channels-last, no weight gradients (FAB-T's .backward() computes none); after,
+    even when the block fails: the old memory format, trainable weights, no .grad left."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 10))
+    conv = model[2].weight
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with pytest.raises(Killed):
+        with threats.attack_ready(model):
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            assert not any(p.requires_grad for p in model.parameters())
+            model(x).sum().backward()
+            assert x.grad is not None and all(p.grad is None for p in model.parameters())
+            raise Killed
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -18,7 +18,8 @@ from fairbench.models import create_model
 from fairbench.results import atomic_torch_save, read_jsonl
 from fairbench.trainer import Trainer
 from fairbench.methods.frl import ValidationErrors, class_weights
-from methods_helpers import CENTRES, SPEC, MeanGreyModel, bars, build, epoch_ctx, grey_split, resolved
+from methods_helpers import (CENTRES, SPEC, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split,
+                             resolved)
 
 FRL_NAMES = ("frl-rw", "frl-rm", "frl-rwrm")
 
@@ -116,7 +117,7 @@ def test_pretrained_checkpoint_is_loaded_before_the_first_epoch(tmp_path: Path) 
     torch.manual_seed(0)
     source = create_model("small-cnn", SPEC)
     atomic_torch_save(tmp_path / "hot_start.pt", {"model": source.state_dict()})
-    method = build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt"), "warmup_fraction": "0.5"},
+    method = build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt"), "warmup_fraction": "0"},
                    val_per_class=5)
     target = create_model("small-cnn", SPEC)
     split = bars(2)
@@ -142,6 +143,7 @@ def test_bad_pretrained_checkpoint_fails_before_the_run_writes(content, message:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
               "--epochs", "1", "--val-per-class", "2", "--param", f"pretrained={path}",
+              "--param", "warmup_fraction=0",
               "--data-dir", str(fmnist_dir), "--out", str(out), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and message in err, err
@@ -183,7 +185,51 @@ def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:
     ("frl-rw", {"lim": "1"}, "lim"), ("frl-rw", {"rate": "0"}, "rate"),
     ("frl-rw", {"warmup_fraction": "1"}, "warmup_fraction"), ("frl-rm", {"eps_cap": "0.5"}, "eps_cap"),
     ("frl-rw", {"eps_cap": "2"}, "unknown parameter 'eps_cap'"),  # reweight has no remargin knobs
+    ("frl-rm", {"normalization": "sum"}, "normalization must be one of separate, joint"),
 ])
 def test_bad_params_are_clear_errors(name: str, params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build(name, params, val_per_class=5)
+
+
+def test_pretrained_with_a_warmup_is_refused(tmp_path: Path) -> None:
+    """Fine-tuning a trained model runs FRL from the first epoch (the authors' protocol); the
+    from-scratch warm-up (default 0.75 of the run) would first train it on as plain TRADES."""
+    atomic_torch_save(tmp_path / "hot_start.pt", create_model("small-cnn", SPEC).state_dict())
+    with pytest.raises(FairbenchError, match="add --param warmup_fraction=0"):
+        build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt")}, val_per_class=5)
+
+
+@pytest.mark.parametrize("name, beta, lim, normalization", [
+    ("frl-rw", 1.5, 0.5, "separate"),    # frlrw.py at a80547d (beta 1.5 since 5f58bc7)
+    ("frl-rm", 1.0, 0.3, "joint"),       # frlrm.py at 18d1177, its last version
+    ("frl-rwrm", 1.5, 0.5, "separate"),  # frlrmrw.py at a80547d (beta 1.5 since bd2b279)
+])
+def test_defaults_are_the_authors_newest(name: str, beta: float, lim: float, normalization: str) -> None:
+    p = build(name, val_per_class=5).params
+    assert (p.beta, p.lim, p.normalization, p.warmup_fraction) == (beta, lim, normalization, 0.75)
+
+
+@pytest.mark.parametrize("normalization", ["separate", "joint"])
+def test_loss_normalization(monkeypatch, normalization: str) -> None:
+    """separate: sum(w_nat CE)/sum(w_nat) + beta sum(w_bndy KL)/sum(w_bndy) (utils_frl.py,
+    utils_frl2.py); joint: sum(w_nat CE + beta w_bndy KL)/sum(w_nat + w_bndy) (frlrm.py). With
+    uniform weights on a balanced batch the joint loss is exactly half the separate one."""
+    import fairbench.methods.frl as frl
+
+    natural, boundary = torch.arange(1.0, 11.0), torch.linspace(0.1, 2.0, 10)
+    monkeypatch.setattr(frl, "trades_terms", lambda ctx: (natural, boundary))
+    method = build("frl-rwrm", {"normalization": normalization, "beta": "2"}, val_per_class=5)
+    x, y = torch.zeros(10, 1, 28, 28), torch.arange(10)
+    uniform = method.loss(batch_ctx(MeanGreyModel(), x, y, 0.1))
+    separate = natural.mean() + 2 * boundary.mean()
+    assert torch.allclose(uniform, separate if normalization == "separate" else separate / 2)
+
+    method.lam_nat = torch.tensor([0.3] + [0.0] * 9)
+    method.lam_bndy = torch.tensor([0.0] * 9 + [0.2])
+    method._device_weights = None
+    w_nat, w_bndy = class_weights(method.lam_nat), class_weights(method.lam_bndy)
+    expected = ((w_nat * natural).sum() / w_nat.sum() + 2 * (w_bndy * boundary).sum() / w_bndy.sum()
+                if normalization == "separate" else
+                (w_nat * natural + 2 * w_bndy * boundary).sum() / (w_nat + w_bndy).sum())
+    assert torch.allclose(method.loss(batch_ctx(MeanGreyModel(), x, y, 0.1)), expected)

@@ -13,7 +13,8 @@ from fairbench.models import Normalize, count_parameters, create_model, load_mod
 # WRN-28-10 and WRN-34-10 as in Zagoruyko & Komodakis / TRADES (36,479,194 and 46,160,474);
 # PreAct ResNet-18 as in kuangliu/pytorch-cifar (11,171,146) plus the final BN before pooling
 # that the adversarial-training code bases add (1,024).
-STANDARD_COUNTS = {"preact18": 11_172_170, "wrn-28-10": 36_479_194, "wrn-34-10": 46_160_474}
+STANDARD_COUNTS = {"preact18": 11_172_170, "wrn-28-10": 36_479_194, "wrn-34-10": 46_160_474,
+                   "preact18-frl": 11_171_146}
 
 
 @pytest.mark.parametrize("arch, count", sorted(STANDARD_COUNTS.items()))
@@ -107,3 +108,67 @@ def test_load_model_state_reports_missing_and_unexpected_keys() -> None:
     with pytest.raises(FairbenchError, match=r"1 missing keys \(e.g. 1.classifier.2.bias\).*"
                                              r"1 unexpected keys \(e.g. 1.extra.weight\)"):
         load_model_state(target, state, "x.pt")
+
+
+# ---------------------------------------------------------------- FRL's checkpoints
+
+class AuthorsBlock(torch.nn.Module):
+    """A pre-activation block with the module names of FRL's pre_resnet.py (kuangliu's layout)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if hasattr(self, "shortcut") else x
+        return self.conv2(torch.relu(self.bn2(self.conv1(out)))) + skip
+
+
+class AuthorsPreActResNet18(torch.nn.Module):
+    """FRL's network as its code defines it: raw [0, 1] inputs, no BN+ReLU before the pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        widths, cin = (64, 128, 256, 512), 64
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", torch.nn.Sequential(AuthorsBlock(cin, width, stride),
+                                                               AuthorsBlock(width, width, 1)))
+            cin = width
+        self.linear = torch.nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return self.linear(torch.nn.functional.avg_pool2d(out, 4).flatten(1))
+
+
+def authors_checkpoint() -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    net = AuthorsPreActResNet18()
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(16, 3, 32, 32))  # batch-norm running statistics that are not the defaults
+    return net.eval(), net.state_dict()
+
+
+def test_frl_authors_checkpoint_loads_into_preact18_frl_and_computes_the_same_function() -> None:
+    authors, state = authors_checkpoint()
+    model = create_model("preact18-frl", get_dataset("cifar10")).eval()
+    load_model_state(model, state, "hot_start.pt")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), authors(x), atol=1e-5)
+    assert torch.equal(model[0].mean.flatten(), torch.zeros(3)) and torch.equal(model[0].std.flatten(), torch.ones(3))
+
+
+@pytest.mark.parametrize("arch", ["preact18", "wrn-28-10"])
+def test_frl_authors_checkpoint_into_another_architecture_is_one_clear_error(arch: str) -> None:
+    _, state = authors_checkpoint()
+    with pytest.raises(FairbenchError, match=r"layout of FRL's code .* --arch preact18-frl"):
+        load_model_state(create_model(arch, get_dataset("cifar10")), {"state_dict": state}, "hot_start.pt")

@@ -529,3 +529,21 @@ def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path
     assert sorted((int(w), int(h)) for _, _, w, h, _, _ in shown) == sizes
     for _, complete, w, _, on_page, alt in shown:
         assert complete == "true" and int(on_page) > 300 and alt.startswith("trade-off: average vs worst-class")
+
+
+def test_runs_with_another_batch_norm_batch_are_separate_rows(tmp_path: Path) -> None:
+    """Plain DDP normalises each process's share of the batch (16 images on 8 GPUs): such a run is
+    not the same experiment as a one-process run, so it gets its own row, labelled. A run written
+    before bn_batch was recorded gets it from its batch size and world size."""
+    one = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55)
+    eight = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55) | {"timing": {"train_s": 1.0, "world_size": 8}}
+    synced = json.loads(json.dumps(eight)) | {"seed": 1}
+    synced["training"] |= {"seed": 1, "sync_bn": True, "world_size": 8, "bn_batch": 128}
+    for name, doc in (("one", one), ("eight", eight), ("synced", synced)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(doc))
+    board = build_leaderboard(tmp_path)
+    assert not board.skipped
+    (group,) = board.groups
+    rows = {r.label: r.seeds for r in group.rows}
+    assert rows == {"pgd-at (bn_batch=128)": [0, 1], "pgd-at (bn_batch=16)": [0]}  # synced joins one

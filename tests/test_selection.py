@@ -102,11 +102,11 @@ def test_selector_scores_per_class_worst_plus_average() -> None:
 def test_run_records_the_preset_outcomes_and_no_machine_path(fmnist_dir: Path, tmp_path: Path,
                                                              monkeypatch) -> None:
     monkeypatch.setitem(PRESETS, "tiny", dict(dataset="fashion-mnist", arch="small-cnn"))
-    cfg = _cfg(fmnist_dir, tmp_path, select="last", epochs=1, preset="tiny", aa_per_class=None)
+    cfg = _cfg(fmnist_dir, tmp_path / "results", select="last", epochs=1, preset="tiny", aa_per_class=None)
     run_dir = run(cfg, **QUIET)
     config = json.loads((run_dir / "config.json").read_text())
-    assert "out" not in config and config["data_dir"] is None and config["preset"] == "tiny"
-    assert str(tmp_path) not in (run_dir / "config.json").read_text()
+    assert "out" not in config and config["preset"] == "tiny"
+    assert str(tmp_path / "results") not in (run_dir / "config.json").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["preset"] == "tiny" and metrics["select"] == "last"
     rows = gzip.decompress((run_dir / "outcomes.csv.gz").read_bytes()).decode().splitlines()

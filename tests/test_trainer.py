@@ -63,6 +63,7 @@ def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
 
 @pytest.mark.parametrize("schedule, expected", [
     ("piecewise", [0.1, 0.1, 0.01, 0.001]),
+    ("constant", [0.1, 0.1, 0.1, 0.1]),
     ("cosine", [0.1, 0.1 * (0.5 + 0.5 ** 1.5), 0.05, 0.1 * (0.5 - 0.5 ** 1.5)]),
 ])
 def test_trainer_applies_the_schedule(tmp_path: Path, schedule: str, expected: list[float]) -> None:
@@ -215,3 +216,99 @@ def test_per_example_loss_scores_in_index_order_without_touching_the_model(tmp_p
         expected = F.cross_entropy(model(x), trainer.train.labels[indices], reduction="none")
     assert not losses.requires_grad
     assert torch.allclose(losses, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- no host data in the hot loop
+
+HOST_CONSTRUCTORS = ("tensor", "as_tensor", "asarray", "from_numpy", "scalar_tensor")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])  # randaugment / affine-erase
+def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """One training step of FairAT on TRADES (standard augmentation, the hard-example policy, the KL
+    attack, the loss, the update) makes no tensor from Python or NumPy data: on a GPU each would be
+    a host-to-device copy, and a sync, in every step (issue 15: randaugment built one per call)."""
+    from fairbench.method import EpochPlan
+    from fairbench.registry import METHODS
+
+    spec = get_dataset(dataset)
+    cfg = RunConfig(method="fairat", arch="small-cnn", dataset=dataset, epochs=1, batch_size=8,
+                    attack_steps=2, params={"base": "trades"}).resolve(spec.eps, spec.step_size)
+    method_cls = METHODS.get("fairat")
+    method = method_cls(method_cls.Params(base="trades"), cfg)
+    train = Split(torch.randint(0, 256, (8, *spec.shape), dtype=torch.uint8), torch.arange(8) % 10)
+    trainer = Trainer(cfg, spec, create_model("small-cnn", spec), method, train, None, tmp_path,
+                      DistInfo(), torch.device("cpu"), progress=False)
+    plan = EpochPlan(torch.arange(8), torch.arange(8) % 2 == 0, torch.full((8,), cfg.eps), torch.ones(8))
+    made = []
+    for name in HOST_CONSTRUCTORS:
+        real = getattr(torch, name)
+
+        def spy(data, *args, _real=real, _name=name, **kwargs):
+            if not isinstance(data, torch.Tensor):
+                made.append(_name)
+            return _real(data, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    trainer.train_step(plan, 0)
+    assert made == []
+
+
+@pytest.mark.parametrize("before, after", [(False, True), (True, False)])
+def test_resume_under_the_other_memory_layout_converts_the_momentum(tmp_path: Path, before: bool,
+                                                                    after: bool) -> None:
+    """A checkpoint written without channels-last, resumed with it (or the reverse): every momentum
+    buffer takes its weight's strides. With NCHW buffers on channels-last weights, the fused SGD
+    that CUDA runs gives a wrong update (up to 0.47 off with the CPU fused kernel)."""
+    tiny_trainer(tmp_path, channels_last=before).fit(stop_after_epoch=1)
+    trainer = tiny_trainer(tmp_path, channels_last=after)
+    trainer.resume()
+    params = [p for p in trainer.model.parameters() if p.ndim == 4]
+    buffers = [trainer.optimizer.state[p]["momentum_buffer"] for p in params]
+    assert [b.stride() for b in buffers] == [p.stride() for p in params]
+
+    def one_step(fused: bool) -> list[torch.Tensor]:
+        copies = [p.detach().clone().requires_grad_() for p in params]  # clone keeps the layout
+        opt = torch.optim.SGD(copies, lr=0.1, momentum=0.9, fused=fused)
+        for copy, buf in zip(copies, buffers):
+            copy.grad = torch.ones_like(copy)
+            opt.state[copy]["momentum_buffer"] = buf.clone()
+        opt.step()
+        return copies
+
+    for fused, plain in zip(one_step(True), one_step(False)):
+        assert torch.allclose(fused, plain, atol=1e-6)
+
+
+def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path) -> None:
+    """--sync-bn joins the training hash only when set: every existing run keeps its id and resumes
+    (the hash below is main's before the option existed). SyncBatchNorm runs on GPUs only."""
+    cfg = RunConfig(method="trades", arch="preact18", dataset="cifar10").resolve(8 / 255, 2 / 255)
+    assert cfg.training_hash() == "b76f279c"
+    synced = RunConfig(method="trades", arch="preact18", dataset="cifar10", sync_bn=True)
+    assert synced.resolve(8 / 255, 2 / 255).training_hash() != "b76f279c"
+    values = dict(method="clean-ce", arch="small-cnn", dataset="fashion-mnist", batch_size=10, sync_bn=True)
+    cfg = RunConfig(**values).resolve(SPEC.eps, SPEC.step_size)
+    train = Split(torch.zeros(30, 1, 28, 28, dtype=torch.uint8), torch.arange(30) % 10)
+    with pytest.raises(FairbenchError, match="--sync-bn: SyncBatchNorm runs on GPUs only"):
+        Trainer(cfg, SPEC, create_model("small-cnn", SPEC), CleanCE(None, cfg), train, None, tmp_path,
+                DistInfo(0, 2), torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("device, native, expected", [("cpu", True, False), ("cuda", True, True),
+                                                     ("cuda", False, False)])
+def test_bf16_autocast_by_default_only_where_bf16_is_native(monkeypatch, device: str, native: bool,
+                                                           expected: bool) -> None:
+    """A V100 or T4 emulates bf16 (slower than fp32): no autocast there unless --amp asks."""
+    from fairbench.trainer import default_amp
+
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert default_amp(torch.device(device)) is expected
+    assert asked == ([False] if device == "cuda" else [])

@@ -1,6 +1,7 @@
 """Architecture registry: ``create_model(name, spec)`` builds a model for a data set.
 
-Every model takes inputs in [0, 1]; the data set's normalization is the model's first layer.
+Every model takes inputs in [0, 1]; the data set's normalization is the model's first layer
+(an identity one for an architecture whose network says ``raw_inputs``, as ``preact18-frl``).
 """
 
 from __future__ import annotations
@@ -33,32 +34,54 @@ def create_model(name: str, spec: "DatasetSpec") -> nn.Module:
     """Build architecture ``name`` for data set ``spec``: Normalize followed by the network."""
     build = MODELS.get(name)
     net = build(num_classes=spec.num_classes, in_channels=spec.shape[0])
+    if getattr(net, "raw_inputs", False):
+        return nn.Sequential(Normalize((0.0,) * spec.shape[0], (1.0,) * spec.shape[0]), net)
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
 
 
-def unwrap_state_dict(state: dict) -> dict:
-    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes."""
+def unwrap_state_dict(state: dict, source: str = "checkpoint") -> dict:
+    """Accept ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and strip DDP/compile prefixes.
+
+    Keys must be strings, and distinct once stripped (``module.a`` and ``a`` both: which one?).
+    """
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
             break
     out = {}
     for name, value in state.items():
+        if not isinstance(name, str):
+            raise FairbenchError(f"{source} is not a state_dict: key {name!r:.40} is not a string")
+        original = name
         for prefix in ("module.", "_orig_mod."):
             while name.startswith(prefix):
                 name = name[len(prefix):]
+        if name in out:
+            raise FairbenchError(f"{source} holds '{name}' twice (as '{original}' too)")
         out[name] = value
     return out
 
 
 def load_model_state(model: nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``model`` or say exactly which keys or shapes do not match."""
-    state = unwrap_state_dict(state)
+    """Load ``state`` into ``model`` or say exactly which keys, values or shapes do not fit.
+
+    Every value must be a dense tensor with data, of the model's kind (floating point for a
+    floating-point weight, not complex): `load_state_dict` would raise a traceback on anything
+    else, or quietly cast a bool or complex tensor into the weights.
+    """
+    state = unwrap_state_dict(state, source)
     expected = model.state_dict()
+    if is_kuangliu_layout(state):  # FRL's hot_start.pt
+        if "1.layer4.1.conv2.weight" not in expected or "1.bn.weight" in expected:
+            raise FairbenchError(f"{source} is a PreAct ResNet-18 in the layout of FRL's code (no input "
+                                 f"normalization, no batch norm + ReLU before the pooling), not this "
+                                 f"architecture; load it with --arch preact18-frl, which is that network")
+        state = from_kuangliu_layout(state, {k[2:]: v for k, v in expected.items() if k.startswith("0.")})
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
+    problems = {k: _value_problem(state[k], v) for k, v in expected.items() if k in state}
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and not problems[k] and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -68,7 +91,24 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (checkpoint vs model, e.g. {'; '.join(wrong[:3])})")
         raise FairbenchError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+    for name, problem in problems.items():
+        if problem:
+            raise FairbenchError(f"{source} is not a state_dict of this architecture: '{name}' {problem}")
     model.load_state_dict(state)
+
+
+def _value_problem(value: object, want: torch.Tensor) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"is of type {type(value).__name__}, not a tensor"
+    if value.is_quantized or value.is_nested or value.layout != torch.strided:
+        kind = ("quantized" if value.is_quantized else "nested" if value.is_nested
+                else str(value.layout).replace("torch.", ""))
+        return f"is a {kind} tensor, not a dense one"
+    if value.is_meta:
+        return "is a meta tensor (no data)"
+    if value.is_complex() or value.is_floating_point() != want.is_floating_point():
+        return f"is {value.dtype}, the model holds {want.dtype}"
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -77,3 +117,4 @@ def count_parameters(model: nn.Module) -> int:
 
 # importing the modules registers the architectures
 from fairbench.models import preact_resnet, small_cnn, testbed_cnn, wide_resnet  # noqa: E402,F401
+from fairbench.models.preact_resnet import from_kuangliu_layout, is_kuangliu_layout  # noqa: E402

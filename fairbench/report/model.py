@@ -29,7 +29,7 @@ from fairbench.threats import get_threat, threat_label
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                  "attack_steps", "val_per_class")
+                  "attack_steps", "val_per_class", "bn_batch")
 
 
 def threat_name(threat: str) -> str:
@@ -61,6 +61,10 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 @dataclass(frozen=True)
 class Run:
     """One validated result: ``path`` (of its metrics.json, relative to the results folder, POSIX),
@@ -72,7 +76,12 @@ class Run:
 
     @property
     def training(self) -> dict[str, Any]:
-        return self.record.training
+        training = dict(self.record.training)
+        if "bn_batch" not in training and _is_count(training.get("batch_size")):
+            # runs written before bn_batch was recorded: plain DDP split the batch norm per process
+            world = (self.record.timing or {}).get("world_size")
+            training["bn_batch"] = training["batch_size"] // (world if _is_count(world) else 1)
+        return training
 
     @property
     def seed(self) -> int:

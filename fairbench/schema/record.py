@@ -78,7 +78,7 @@ class RunRecord:
     metrics: dict[str, ThreatMetrics]
     preset: str | None = None
     select: str = "last"  # model selection: the last epoch's weights or the best on validation
-    selected_epoch: int | None = None  # the epoch whose weights were evaluated
+    selected_epoch: int | None = None  # the epoch whose weights were evaluated (None: not recorded)
     ema: float | None = None  # weight averaging (decay); None: none
     init_from: str | None = None  # the run this one was initialised from
     attack_settings: dict[str, Any] = field(default_factory=dict)

@@ -119,8 +119,8 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     need(preset is None or _is_name(preset), "'preset'", "is not a name or null")
     need(data.get("select", "last") in SELECT_RULES, "'select'", f"is not one of {', '.join(SELECT_RULES)}")
     selected = data.get("selected_epoch")
-    need(selected is None or (_is_int(selected) and 0 <= selected <= MAX_EPOCHS), "'selected_epoch'",
-         f"is not a whole number in [0, {MAX_EPOCHS}] or null")
+    need(selected is None or (_is_int(selected) and 0 <= selected <= (epochs or 0)), "'selected_epoch'",
+         "is not an epoch of the run or null")
     ema = data.get("ema")
     need(ema is None or (_is_number(ema) and 0 <= ema < 1), "'ema'", "is not a decay in [0, 1) or null")
     init_from = data.get("init_from")

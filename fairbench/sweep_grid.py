@@ -1,0 +1,251 @@
+"""The grid of a sweep: methods x seeds x method parameters x `fairbench run` options, from flags
+or a sweep file (TOML, or YAML), expanded into runs with the ids `fairbench run` gives them and
+validated the way `fairbench run` validates one, before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fairbench.errors import FairbenchError
+from fairbench.sweep_plan import PlannedRun
+
+# `fairbench run` options a sweep sets itself, with what to use instead
+OWN_OPTIONS = {"method": "--methods", "seed": "--seeds", "run_id": "the grid (runs get the ids "
+               "`fairbench run` gives them)", "resume": "nothing (a sweep resumes a run that has a "
+               "checkpoint by itself)", "stop_after_epoch": "a plain `fairbench run`"}
+FILE_KEYS = ("methods", "seeds", "run", "params", "param-grid", "grid")
+
+# parse_run(argv) -> (RunConfig, {option name: explicitly given?}), from `fairbench run`'s parser
+ParseRun = Callable[[list[str]], "tuple[Any, dict[str, bool]]"]
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One `fairbench run` option: its flag, the ``--no-`` form of a true/false flag."""
+
+    flag: str
+    negative: str | None = None
+    is_flag: bool = False
+
+
+@dataclass
+class GridSpec:
+    """What to expand: the axes, and the `fairbench run` arguments every run shares."""
+
+
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    param_grid: dict[str, list[str]] = field(default_factory=dict)   # method parameters
+    option_grid: dict[str, list[str]] = field(default_factory=dict)  # `fairbench run` options
+    run_args: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-2`` or ``0,1,5`` or ``0-2,7`` as a list of seeds, in order."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise FairbenchError(f"--seeds expects seeds like 0-2 or 0,1,5, got {text!r:.60}")
+        seeds.extend(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return seeds
+
+
+def parse_axis(item: str, flag: str) -> tuple[str, list[str]]:
+    """``name=v1,v2`` as (name, [v1, v2])."""
+    name, sep, values = item.partition("=")
+    name = name.strip().lstrip("-")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*", name):
+        raise FairbenchError(f"{flag} expects name=value1,value2, got {item!r:.60}")
+    return name, [v.strip() for v in values.split(",") if v.strip()]
+
+
+def split_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption]) -> list[PlannedRun]:
+    """Every run of the grid, validated the way `fairbench run` validates one, before any starts.
+
+    ``run_options`` maps each `fairbench run` option name to its flags (`fairbench.cli.run_options`).
+    A ``param_grid`` parameter multiplies the runs of the methods that have it; one that no method
+    of the grid has is an error, and so is a grid that names one run twice.
+    """
+    from fairbench.registry import METHODS
+    from fairbench.runner import prepare
+
+    if not spec.methods:
+        raise FairbenchError("the grid is empty: --methods (or `methods` in the sweep file) names no method")
+    if not spec.seeds:
+        raise FairbenchError("the grid is empty: --seeds names no seed")
+    _, given = parse_run(spec.run_args)
+    for name, instead in OWN_OPTIONS.items():
+        if given.get(name):
+            raise FairbenchError(f"fairbench sweep sets --{name.replace('_', '-')} itself; use {instead}")
+    fields = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Params)} for m in spec.methods}
+    option_grid = _check_axes(spec, fields, run_options)
+    runs: list[PlannedRun] = []
+    seen: dict[str, tuple] = {}
+    option_points = list(itertools.product(*option_grid.values()))
+    for seed, method, options in itertools.product(spec.seeds, spec.methods, option_points):
+        names = [n for n in spec.param_grid if n in fields[method]]
+        for values in itertools.product(*(spec.param_grid[n] for n in names)):
+            coords = (("method", method), ("seed", str(seed)), *zip(option_grid, options),
+                      *zip(names, values))
+            argv = list(spec.run_args)
+            for name, value in zip(option_grid, options):
+                argv += [run_options[name].flag, value]
+            argv += ["--method", method, "--seed", str(seed)]
+            for name, value in zip(names, values):
+                argv += ["--param", f"{name}={value}"]
+            cfg = prepare(parse_run(argv)[0])[0]
+            if cfg.run_id in seen:
+                raise FairbenchError(f"the grid gives run {cfg.run_id} twice ({_coords(seen[cfg.run_id])} "
+                                     f"and {_coords(coords)}); drop one of the values")
+            seen[cfg.run_id] = coords
+            runs.append(PlannedRun(cfg.run_id, tuple(argv), coords, cfg.epochs, cfg.out, cfg.device))
+    return runs
+
+
+def _check_axes(spec: GridSpec, fields: dict[str, set[str]],
+                run_options: dict[str, RunOption]) -> dict[str, list[str]]:
+    """Check both grids; returns the option grid by option name (``train-per-class`` ->
+    ``train_per_class``)."""
+    for name, values in spec.param_grid.items():
+        if not values:
+            raise FairbenchError(f"the grid is empty: --param-grid {name}= gives no value")
+        if not any(name in f for f in fields.values()):
+            known = "; ".join(f"{m}: {', '.join(sorted(f)) or 'none'}" for m, f in fields.items())
+            raise FairbenchError(f"unknown parameter '{name}' in --param-grid: no method of the grid "
+                                 f"has it ({known})")
+    for name, values in spec.option_grid.items():
+        if not values:
+            raise FairbenchError(f"the grid is empty: --grid {name}= gives no value")
+        key = name.replace("-", "_")
+        if key not in run_options or key in OWN_OPTIONS or key in ("param", "out"):
+            hint = {"method": " (use --methods)", "seed": " (use --seeds)", "param": " (use --param-grid)",
+                    "out": " (a sweep writes to one results folder)"}.get(key, _did_you_mean(key, run_options))
+            raise FairbenchError(f"--grid {name}: not a `fairbench run` option that can vary{hint}")
+        if run_options[key].is_flag:
+            raise FairbenchError(f"--grid {name}: a true/false flag cannot vary in the grid")
+    return {k.replace("-", "_"): v for k, v in spec.option_grid.items()}
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0].replace('_', '-')}'?)" if close else ""
+
+
+def _coords(coords: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in coords)
+
+
+# ------------------------------------------------------------------------------ sweep files
+
+def load_sweep_file(path: Path, run_options: dict[str, RunOption]) -> GridSpec:
+    """A sweep file (TOML; YAML when it ends in .yaml/.yml) as a GridSpec; unknown keys are errors."""
+    data = _read_sweep_file(Path(path))
+    where = str(path)
+    for key in data:
+        if key not in FILE_KEYS:
+            raise FairbenchError(f"{where}: unknown key '{key}'{_did_you_mean(key, FILE_KEYS)}; "
+                                 f"a sweep file has {', '.join(FILE_KEYS)}")
+    spec = GridSpec()
+    spec.methods = _str_list(data.get("methods", []), f"{where}: methods")
+    if "seeds" in data:
+        seeds = data["seeds"]
+        spec.seeds = parse_seeds(seeds) if isinstance(seeds, str) else [_seed(s, where) for s in _list(seeds)]
+    for table in ("run", "params", "param-grid", "grid"):
+        if not isinstance(data.get(table, {}), dict):
+            raise FairbenchError(f"{where}: [{table}] must be a table of name = value")
+    for name, value in data.get("run", {}).items():
+        spec.run_args += _run_option_args(name, value, run_options, where)
+    for name, value in data.get("params", {}).items():
+        spec.run_args += ["--param", f"{name}={_scalar(value, f'{where}: params.{name}')}"]
+    for name, values in data.get("param-grid", {}).items():
+        spec.param_grid[name] = [_scalar(v, f"{where}: param-grid.{name}") for v in _list(values)]
+    for name, values in data.get("grid", {}).items():
+        spec.option_grid[name] = [_scalar(v, f"{where}: grid.{name}") for v in _list(values)]
+    return spec
+
+
+def _read_sweep_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FairbenchError(f"cannot read sweep file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise FairbenchError(f"{path}: reading a YAML sweep file needs PyYAML (pip install pyyaml); "
+                                 f"or write it in TOML") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise FairbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    else:
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise FairbenchError(f"{path}: not valid TOML ({exc})") from None
+    if not isinstance(data, dict):
+        raise FairbenchError(f"{path}: a sweep file is a table of keys ({', '.join(FILE_KEYS)})")
+    return data
+
+
+def _run_option_args(name: str, value: Any, run_options: dict[str, RunOption], where: str) -> list[str]:
+    key = name.replace("-", "_")
+    if key not in run_options:
+        raise FairbenchError(f"{where}: unknown key 'run.{name}'{_did_you_mean(key, run_options)}; [run] "
+                             f"takes `fairbench run` options")
+    option = run_options[key]
+    if key == "param":
+        raise FairbenchError(f"{where}: give method parameters in [params], not run.param")
+    if option.is_flag:
+        if not isinstance(value, bool):
+            raise FairbenchError(f"{where}: run.{name} is true or false, got {value!r:.40}")
+        if not value and option.negative is None:
+            raise FairbenchError(f"{where}: run.{name} is a flag: it can only be true")
+        return [option.flag if value else str(option.negative)]
+    if key == "attacks" and isinstance(value, list):
+        value = ",".join(_scalar(v, f"{where}: run.attacks") for v in value)
+    return [option.flag, _scalar(value, f"{where}: run.{name}")]
+
+
+def _scalar(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise FairbenchError(f"{where} must be a number, a string or true/false, got {type(value).__name__}")
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    return split_list(value) if isinstance(value, str) else [_scalar(v, where) for v in _list(value)]
+
+
+def _seed(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FairbenchError(f"{where}: seeds must be whole numbers >= 0, got {value!r:.40}")
+    return value
+
+

@@ -1,0 +1,195 @@
+"""The local launcher: N runs at once on this machine, each one `python -m fairbench run` process.
+
+On a CPU each run gets its share of the cores (``OMP_NUM_THREADS`` = cores / workers: torch sizes
+its thread pool from it); with GPUs each run sees one (``CUDA_VISIBLE_DEVICES``), round-robin when
+there are more workers than GPUs. A run that fails does not stop the others. SIGTERM or a first
+Ctrl-C stops the sweep cleanly: every running run gets SIGTERM, checkpoints and exits 75, and the
+sweep exits 75 (run it again to continue); a second Ctrl-C kills them at once (their last
+checkpoint is kept). A run process also gets SIGTERM if the sweep process dies (Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from fairbench.sweep_plan import PlannedRun, open_log, outcome, write_status
+
+POLL_S = 0.2
+
+
+@dataclass
+class Job:
+    """One run as the launcher sees it."""
+
+    run: PlannedRun
+    resume: bool
+    state: str = "pending"  # pending, running, done, failed, stopped
+    proc: subprocess.Popen | None = None
+    log: IO[bytes] | None = None
+    slot: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.monotonic()) - self.started
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus(runs: list[PlannedRun]) -> list[str]:
+    """The GPUs the runs will use (their CUDA_VISIBLE_DEVICES names); empty for CPU runs."""
+    if all(r.device == "cpu" for r in runs):
+        return []
+    import torch
+
+    n = torch.cuda.device_count()
+    if n == 0:
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in listed.split(",") if x.strip()] if listed else [str(i) for i in range(n)]
+    return ids[:n]
+
+
+def default_workers(gpus: list[str]) -> int:
+    return len(gpus) or cpu_count()
+
+
+def slot_env(slot: int, workers: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of the run in worker slot ``slot``: its thread budget and its GPU."""
+    env = dict(os.environ)
+    threads = str(max(1, cpu_count() // workers))
+    if "OMP_NUM_THREADS" not in os.environ:  # a budget set by the user is kept
+        env["OMP_NUM_THREADS"] = threads
+        env["MKL_NUM_THREADS"] = threads
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Signals:
+    """SIGINT/SIGTERM to the sweep: counted here, acted on by the pool's loop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.name = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.name = signal.Signals(signum).name
+        if self.count == 1:
+            sys.stderr.write(f"\n{self.name}: stopping the running runs (each saves a checkpoint); "
+                             f"Ctrl-C again to kill them at once\n")
+
+
+class Pool:
+    """Runs jobs on ``workers`` slots; ``display`` is told whenever anything changes."""
+
+    def __init__(self, sweep: Path, jobs: list[Job], workers: int, gpus: list[str], display: Any) -> None:
+        self.sweep, self.jobs, self.workers, self.gpus, self.display = sweep, jobs, workers, gpus, display
+        self.stopping = False
+
+    def run(self) -> _Signals:
+        pending = deque(self.jobs)
+        free = deque(range(self.workers))
+        running: list[Job] = []
+        with _Signals() as signals:
+            forwarded = killed = False
+            while pending or running:
+                if signals.count and not forwarded:
+                    self.stopping = True
+                    self._signal_all(running, signal.SIGTERM)
+                    forwarded = True
+                if signals.count > 1 and not killed:
+                    self._signal_all(running, signal.SIGKILL)
+                    killed = True
+                while free and pending and not signals.count:
+                    job = pending.popleft()
+                    self._start(job, free.popleft())
+                    if job.state == "running":
+                        running.append(job)
+                    else:
+                        free.append(job.slot)
+                for job in [j for j in running if j.proc is not None and j.proc.poll() is not None]:
+                    self._finish(job)
+                    running.remove(job)
+                    free.append(job.slot)
+                self.display.refresh()
+                time.sleep(POLL_S)
+        return signals
+
+    def _start(self, job: Job, slot: int) -> None:
+        command = job.run.command(job.resume)
+        job.slot = slot
+        job.started = time.monotonic()
+        job.log = open_log(self.sweep, job.run, command, f"local slot {slot}")
+        try:
+            job.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
+                env=slot_env(slot, self.workers, self.gpus), start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        except OSError as exc:
+            job.log.write(f"error: cannot start {command[0]}: {exc}\n".encode())
+            self._end(job, "failed", None)
+            return
+        job.state = "running"
+        write_status(self.sweep, job.run.run_id, "running", launcher="local", pid=job.proc.pid)
+        self.display.event(job.run.run_id, "started")
+
+    def _finish(self, job: Job) -> None:
+        code = job.proc.returncode
+        if code < 0:  # killed by a signal: ours (the sweep was stopped), or someone else's
+            self._end(job, "stopped" if self.stopping else "failed", code)
+        else:
+            self._end(job, outcome(job.run, code), code)
+
+    def _end(self, job: Job, state: str, code: int | None) -> None:
+        job.state, job.exit_code, job.ended = state, code, time.monotonic()
+        if job.log is not None:
+            job.log.close()
+        write_status(self.sweep, job.run.run_id, state, launcher="local", exit_code=code,
+                     seconds=round(job.elapsed() or 0.0, 1))
+        self.display.event(job.run.run_id, state)
+
+    @staticmethod
+    def _signal_all(running: list[Job], sig: int) -> None:
+        for job in running:
+            try:
+                job.proc.send_signal(sig)
+            except (OSError, AttributeError):
+                pass

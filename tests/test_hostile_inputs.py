@@ -1,0 +1,385 @@
+"""`fairbench eval` and `fairbench run` on hostile inputs (issue 14, defects 7-10 and more).
+
+A checkpoint, a run-id or a method parameter from someone else: every bad one is one `error:` line
+(exit 2) before anything is written, and `eval` never takes over a folder that holds another run.
+RELIABILITY.md, "`fairbench eval` and checkpoints from others", points here.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairbench.cli import main
+from fairbench import config, method
+from fairbench.config import RunConfig
+from fairbench.data import get_dataset
+from fairbench.errors import FairbenchError
+from fairbench.method import Method, parse_params
+from fairbench.models import create_model
+from fairbench.results import load_checkpoint, run_lock
+
+LONG_UTF8_ID = "日" * 100  # 100 characters, 300 bytes: longer than a file name may be
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = 0 if exc.code is None else int(exc.code)
+    return code, capsys.readouterr().err
+
+
+def one_error(code: int, err: str, fragment: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+
+
+def small_cnn_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return create_model("small-cnn", get_dataset("fashion-mnist")).state_dict()
+
+
+def save(state: object, path: Path) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def eval_args(checkpoint: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "--checkpoint", str(checkpoint), "--arch", "small-cnn", "--dataset", "fashion-mnist",
+            "--attacks", "clean", "--n-per-class", "1", "--data-dir", str(data), "--out", str(out),
+            "--device", "cpu", "--batch-size", "10", *extra]
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- 7. eval never takes over a run
+
+def metrics_of(method: str, sha: str, run_id: str = "base") -> dict:
+    """A valid metrics.json document of a run of ``method`` whose checkpoint has hash ``sha``."""
+    classes = list(get_dataset("fashion-mnist").classes)
+    block = {"per_class": [0.5] * 10, "n_per_class": [2] * 10, "avg": 0.5, "worst": 0.5,
+             "worst_class": classes[0], "best": 0.5, "best_class": classes[0], "std": 0.0}
+    return {"schema_version": 1, "run_id": run_id, "method": method, "params": {}, "arch": "small-cnn",
+            "dataset": "fashion-mnist", "seed": 0, "epochs": 3, "threat": {"norm": "Linf", "eps": 0.1},
+            "classes": classes, "metrics": {"clean": block}, "checkpoint": {"file": "x.pt", "sha256": sha}}
+
+
+@pytest.mark.parametrize("held, fragment", [
+    ({"config.json": "{}", "checkpoint.pt": "", "metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))},
+     "holds a run of `fairbench run` (its config.json)"),
+    ({"config.json": "{}", "log.jsonl": ""}, "holds a run of `fairbench run` (its config.json)"),
+    ({"checkpoint.pt": ""}, "holds a training checkpoint (checkpoint.pt)"),
+    ({"metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))}, "holds the result of another run"),
+    ({"metrics.json": json.dumps(metrics_of("external", "0" * 64))}, "holds the result of another run"),
+    ({"metrics.json": "{not json"}, "holds a metrics.json that is not"),
+])
+def test_eval_refuses_a_folder_that_holds_another_run(held: dict[str, str], fragment: str,
+                                                      fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """Defect 7: `eval --run-id base` replaced a finished PGD-AT run's metrics.json."""
+    run_dir = tmp_path / "out" / "runs" / "base"
+    run_dir.mkdir(parents=True)
+    for name, text in held.items():
+        (run_dir / name).write_text(text)
+    before = files_under(run_dir)
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "base"), capsys)
+    one_error(code, err, fragment)
+    assert "--run-id" in err
+    assert files_under(run_dir) == before
+
+
+def test_eval_takes_the_run_folder_lock(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """Defect 7: eval wrote into a folder that a running training held."""
+    run_dir = tmp_path / "out" / "runs" / "base"
+    run_dir.mkdir(parents=True)
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    with run_lock(run_dir):
+        code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "base"), capsys)
+    one_error(code, err, "another fairbench process is using")
+    assert files_under(run_dir) == {}
+
+
+def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path, capsys,
+                                                monkeypatch) -> None:
+    import fairbench.external_eval as ee
+
+    seen: list[str] = []
+    real = ee.evaluate
+
+    def evaluate_while_a_run_tries(*args, **kwargs):
+        try:
+            with run_lock(tmp_path / "out" / "runs" / "base"):
+                seen.append("lock was free")
+        except FairbenchError as exc:
+            seen.append(str(exc))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ee, "evaluate", evaluate_while_a_run_tries)
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "base"), capsys)
+    assert code == 0, err
+    assert len(seen) == 1 and "another fairbench process is using" in seen[0]
+
+
+def test_eval_of_the_same_model_may_replace_its_own_result_but_not_anothers(
+        fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    a = save(small_cnn_state(), tmp_path / "a.pt")
+    b = save({k: v + 1 if v.is_floating_point() else v for k, v in small_cnn_state().items()},
+             tmp_path / "b.pt")
+    out = tmp_path / "out"
+    assert cli(eval_args(a, fmnist_dir, out, "--run-id", "x"), capsys)[0] == 0
+    path = out / "runs" / "x" / "metrics.json"
+    first = path.read_bytes()
+    assert cli(eval_args(a, fmnist_dir, out, "--run-id", "x", "--n-per-class", "2"), capsys)[0] == 0
+    assert json.loads(path.read_bytes())["evaluation"] != json.loads(first)["evaluation"]
+    kept = path.read_bytes()
+    code, err = cli(eval_args(b, fmnist_dir, out, "--run-id", "x"), capsys)
+    one_error(code, err, "holds the result of another run")
+    assert path.read_bytes() == kept
+
+
+# ---------------------------------------------------------------- 8. weights that are not finite
+
+def _scaled(state: dict, factor: float) -> dict:
+    return {k: v * factor if v.is_floating_point() and k != "0.std" else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in s.items()}, "weights are not finite"),
+    (lambda s: {**s, "1.classifier.2.bias": torch.full_like(s["1.classifier.2.bias"], float("inf"))},
+     "weights are not finite"),
+    (lambda s: {**s, "1.features.0.1.running_var": torch.full_like(s["1.features.0.1.running_var"],
+                                                                   float("nan"))},
+     "weights are not finite"),
+    (lambda s: _scaled(s, 1e30), "outputs are not finite"),
+])
+def test_eval_refuses_weights_that_are_not_finite(spoil, fragment: str, fmnist_dir: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    """Defect 8: NaN weights evaluated to 10% accuracy with exit 0."""
+    ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out"), capsys)
+    one_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- 9. tracebacks become one line
+
+def _first_conv(state: dict) -> str:
+    return next(k for k, v in state.items() if v.dim() == 4)
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda s: {k: 3 for k in s}, "is of type int, not a tensor"),
+    (lambda s: {**s, _first_conv(s): {"w": s[_first_conv(s)]}}, "is of type dict, not a tensor"),
+    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to_sparse()}, "is a sparse"),
+    (lambda s: {**s, _first_conv(s): torch.empty_like(s[_first_conv(s)], device="meta")}, "no data"),
+    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].bool()}, "torch.bool"),
+    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to(torch.complex64)}, "torch.complex64"),
+    (lambda s: {**s, 7: torch.zeros(1)}, "key 7 is not a string"),
+    (lambda s: {"state_dict": {**s, (1, 2): torch.zeros(1)}}, "key (1, 2) is not a string"),
+    (lambda s: {**s, f"module.{_first_conv(s)}": s[_first_conv(s)]}, "twice"),
+    (lambda s: {**s, "epoch": 3, "note": "hi"}, "2 unexpected keys (e.g. epoch, note)"),
+])
+def test_eval_refuses_a_state_dict_that_is_not_one(spoil, fragment: str, fmnist_dir: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """Defect 9: a state_dict of ints (and other non-tensors) raised a traceback."""
+    ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out"), capsys)
+    one_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_half_precision_and_wrapped_checkpoints_still_load(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    state = {k: v.half() if v.is_floating_point() else v for k, v in small_cnn_state().items()}
+    ckpt = save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "h.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out"), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("run_id", [LONG_UTF8_ID, "a" * 201, "abc\n", "abc\r", "\nabc", "a/b", "..",
+                                    ".hidden", "a\x00b", "a b", ""])
+def test_one_run_id_rule_for_run_and_eval(run_id: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """Defects 9 and 10: a 300-byte run-id crashed `run`; `eval` took 'abc\\n'. One rule, both commands."""
+    with pytest.raises(FairbenchError, match="--run-id must be a folder name"):
+        config.check_run_id(run_id)
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", run_id), capsys)
+    one_error(code, err, "--run-id must be a folder name")
+    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                     "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
+                     "--run-id", run_id, "--no-progress"], capsys)
+    one_error(code, err, "--run-id must be a folder name")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("run_id", ["a" * 200, "日" * 66, "fairat_preact18_cifar10_seed0_1a2b3c4d", "r+1=2",
+                                    "Ωmega-1", "-dash"])
+def test_good_run_ids_pass(run_id: str) -> None:
+    assert config.check_run_id(run_id) == run_id
+    RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", run_id=run_id).validate()
+
+
+def test_plan_size_is_bounded_when_params_are_parsed(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """Defect 9: `--param copies=1000000000` was accepted and crashed at epoch 2 allocating 480 GB."""
+    from fairbench.registry import METHODS
+
+    fairat = METHODS.get("fairat")
+    with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):
+        parse_params(fairat, {"copies": "1000000000"})
+    with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):  # every example hard
+        parse_params(fairat, {"selection": "threshold", "copies": str(method.MAX_PLAN_FACTOR),
+                              "keep_original": "true"})
+    assert parse_params(fairat, {"selection": "threshold", "copies": str(method.MAX_PLAN_FACTOR)}).copies == 16
+    with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):  # a small set
+        parse_params(fairat, {"fraction": "0.1", "copies": str(method.MAX_PLAN_FACTOR + 1)})  # may be all hard
+    code, err = cli(["run", "--method", "fairat", "--param", "copies=1000000000", "--arch", "small-cnn",
+                     "--dataset", "fashion-mnist", "--epochs", "2", "--data-dir", str(fmnist_dir),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"], capsys)
+    one_error(code, err, "copies")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_method_that_declares_no_plan_size_gets_the_core_bound() -> None:
+    """A future method whose parameter multiplies the epoch: `plan_factor` is where it says so, and
+    the core refuses it at parse time; the default (1x) is what the base class plans."""
+    from dataclasses import dataclass
+
+    class Repeat(Method):
+        name = "repeat-test"
+
+        @dataclass
+        class Params:
+            times: int = 1
+
+        @classmethod
+        def plan_factor(cls, params) -> float:
+            return float(params.times)
+
+    assert Method.plan_factor(None) == 1.0
+    assert parse_params(Repeat, {"times": str(method.MAX_PLAN_FACTOR)}).times == method.MAX_PLAN_FACTOR
+    with pytest.raises(FairbenchError, match="repeat-test"):
+        parse_params(Repeat, {"times": str(method.MAX_PLAN_FACTOR + 1)})
+
+
+def test_trainer_refuses_a_plan_larger_than_the_bound(fmnist_dir: Path, tmp_path: Path, capsys,
+                                                      monkeypatch) -> None:
+    """The backstop for a method that planned more than it declared: one line, not an allocation."""
+    from fairbench.method import EpochPlan
+    from fairbench.registry import METHODS
+
+    pgd = METHODS.get("pgd-at")
+    monkeypatch.setattr(pgd, "plan_epoch", lambda self, ctx: EpochPlan(
+        torch.arange(len(ctx.train), device=ctx.device).repeat(method.MAX_PLAN_FACTOR + 1)))
+    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                     "--train-per-class", "2", "--batch-size", "10", "--attacks", "clean", "--attack-steps", "1",
+                     "--data-dir", str(fmnist_dir),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"], capsys)
+    one_error(code, err, "planned 340 examples")
+
+
+# ---------------------------------------------------------------- more hostile inputs
+
+def test_checkpoint_that_inflates_is_refused(tmp_path: Path) -> None:
+    """A deflated archive expands ~1000x (a zip bomb); torch.save writes stored records only."""
+    plain = save({"w": torch.zeros(2_000_000)}, tmp_path / "plain.pt")
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < plain.stat().st_size / 50
+    with pytest.raises(FairbenchError, match="expands to"):
+        load_checkpoint(bomb)
+    assert load_checkpoint(plain)["w"].numel() == 2_000_000
+
+
+def test_eval_refuses_a_checkpoint_far_larger_than_its_architecture(fmnist_dir: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    huge = tmp_path / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(200 * 2**20)  # sparse: 200 MiB on paper, nothing on disk
+    code, err = cli(eval_args(huge, fmnist_dir, tmp_path / "out"), capsys)
+    one_error(code, err, "200.0 MiB, more than the")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: d, "is not a regular file"),
+    (lambda d: (d / "fifo.pt", __import__("os").mkfifo(d / "fifo.pt"))[0], "is not a regular file"),
+    (lambda d: d / "missing.pt", "no checkpoint at"),
+])
+def test_eval_checkpoint_that_is_not_a_file(make, fragment: str, fmnist_dir: Path, tmp_path: Path,
+                                            capsys) -> None:
+    code, err = cli(eval_args(make(tmp_path), fmnist_dir, tmp_path / "out"), capsys)
+    one_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_data_dir_that_is_a_file_is_refused(command: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    """A --data-dir that is a file was ignored: another copy of the data set was used silently."""
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+    if command == "eval":
+        args = eval_args(save(small_cnn_state(), tmp_path / "ck.pt"), not_a_folder, tmp_path / "out")
+    else:
+        args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                "--data-dir", str(not_a_folder), "--out", str(tmp_path / "out"), "--device", "cpu",
+                "--no-progress"]
+    code, err = cli(args, capsys)
+    one_error(code, err, "is not a folder")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    (["--seed", str(2**70)], "--seed must be in [0, 4294967295]"),
+])
+def test_bad_eval_seed_is_one_error(extra: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path,
+                                    capsys) -> None:
+    ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", *extra), capsys)
+    one_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--lr", "1e300"], "--lr must be a finite number > 0"),
+    (["--weight-decay", "1e300"], "--weight-decay must be a finite number >= 0"),
+    (["--attack-steps", str(10**20)], "--attack-steps must be >= 1 and at most 1000"),
+])
+def test_run_values_that_crash_or_never_stop_are_refused(extra: list[str], fragment: str, fmnist_dir: Path,
+                                                         tmp_path: Path, capsys) -> None:
+    """--lr 1e300 overflowed float32 at the first step (a traceback); --attack-steps 10**20 made a
+    step that never ends, so SIGTERM (which waits for the step) could not stop the run."""
+    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                     "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
+                     "--no-progress", *extra], capsys)
+    one_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / "r").write_text("mine")
+    if command == "eval":
+        args = eval_args(save(small_cnn_state(), tmp_path / "ck.pt"), fmnist_dir, tmp_path / "out",
+                         "--run-id", "r")
+    else:
+        args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
+                "--run-id", "r", "--no-progress"]
+    code, err = cli(args, capsys)
+    one_error(code, err, "is a file, not a run folder")
+    assert (tmp_path / "out" / "runs" / "r").read_text() == "mine"
