@@ -48,7 +48,7 @@ from torch import nn
 
 from fairbench.config import PRESETS, RunConfig, default_eval_batch_size
 from fairbench.data import Split, get_dataset, load_split, per_class_indices, to_float
-import fairbench.evaluate as ev
+import fairbench.threats as threats
 from fairbench.evaluate import CHUNK_SIZE, evaluate_outcomes
 from fairbench.models import create_model, load_model_state
 from fairbench.results import CHECKPOINT_FILE, load_checkpoint
@@ -123,17 +123,17 @@ class PassCounter:
 
 
 def previous_autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                                seed: int, batch_size: int, progress: ev.Progress) -> torch.Tensor:
-    """`fairbench.evaluate.autoattack_correct` before issue 11 (item 9): the same attack, fed the
+                                seed: int, batch_size: int, progress: threats.Progress) -> torch.Tensor:
+    """`fairbench.threats.autoattack_correct` before issue 11 (item 9): the same attack, fed the
     whole chunk at the evaluator's batch size (a short last batch), the model as it came
     (trainable weights, so FAB-T's ``.backward()`` also computed weight gradients; its own
     memory format)."""
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=x.device, seed=seed)
-    with ev.aa_logging(progress), torch.autocast(x.device.type, enabled=False):
+    with threats.aa_logging(progress), torch.autocast(x.device.type, enabled=False):
         x_adv, y_adv = adversary.run_standard_evaluation(x.float(), y, batch_size=batch_size)
-    again = torch.cat([ev.clean_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
+    again = torch.cat([threats.clean_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
                        for i in range(0, len(y), batch_size)])
     return (y_adv == y) & again
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     fb_budget, f_budget = budget(spec.num_classes)
     if args.feeding == "previous":  # the evaluator looks the function up at each call
-        ev.autoattack_correct = previous_autoattack_correct
+        threats.autoattack_correct = previous_autoattack_correct
 
     before = pass_table(model, to_float(test.images), sizes)
     outcomes, counted, (wall, cpu) = measure(model, test, args, batch_size)

@@ -32,7 +32,7 @@ from fairbench.evaluate import exact_fp32
 from fairbench.method import EpochPlan, parse_params
 from fairbench.models import create_model
 from fairbench.registry import DATASETS, METHODS, register_dataset
-from fairbench.results import load_metrics
+from fairbench.schema import read_metrics
 from fairbench.runner import run
 from fairbench.trainer import Trainer
 
@@ -334,7 +334,7 @@ def check_short_run(device: torch.device, arch: str, eval_per_class: int, tmp: P
     t0 = time.perf_counter()
     run(cfg, stop_after_epoch=1, **quiet)
     run_dir = run(cfg, resume=True, **quiet)
-    metrics = load_metrics(run_dir / "metrics.json")
+    metrics = read_metrics(run_dir / "metrics.json").to_json()
     seconds = time.perf_counter() - t0
     m = metrics["metrics"]
     ok = (set(m) == {"clean", "pgd20", "autoattack", "union"}

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def val_pass(ctx: EpochContext) -> Callable[[], object]:
-    """FRL's validation primitive itself (methods/frl.py): clean and PGD-20 errors per class."""
+    """FRL's validation primitive itself (fairbench/methods/frl.py): clean and PGD-20 errors per class."""
     from fairbench.methods.frl import validation_errors
 
     return lambda: validation_errors(ctx, ctx.config.eps, ctx.config.step_size)

@@ -40,7 +40,7 @@ def write_runs(root: Path, methods: int, seeds: int, per_class: int, aa_per_clas
             pgd = clean & (rng.random(labels.size) < level)
             aa = pgd & (rng.random(labels.size) < 0.95)
             outcomes = make_outcomes(np.arange(labels.size), labels,
-                                     {"clean": clean, "pgd20": pgd, "autoattack": aa}, ran={"autoattack": subset})
+                                     {"clean": clean, "pgd20": pgd, "autoattack": np.where(subset, aa, -1)})
             record = build_record(run_id=f"{method}-{seed}", method=method, params={}, arch="testbed-cnn",
                                   dataset="fashion-mnist", seed=seed, epochs=8, eps=0.1,
                                   training={"epochs": 8, "train_per_class": None, "eval_per_class": None},

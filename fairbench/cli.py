@@ -41,10 +41,11 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 @app.command("list")
 def list_cmd() -> None:
-    """List the registered methods, architectures and data sets with their parameters."""
-    from fairbench.registry import DATASETS, METHODS, MODELS
+    """List the registered methods, architectures, data sets and threats with their parameters."""
+    from fairbench.registry import DATASETS, METHODS, MODELS, THREATS
 
-    registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS))
+    registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
+                  ("threats", THREATS))
     width = max(len(e.name) for _, r in registries for e in r.entries())
     for title, registry in registries:
         typer.echo(f"{title}:")

@@ -14,7 +14,6 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-THREATS = ("clean", "pgd20", "autoattack")
 SCHEDULES = ("piecewise", "cosine", "constant")  # piecewise also as "piecewise:M1,M2,..." (`milestones`)
 DEFAULT_MILESTONES = (0.5, 0.75)  # FairAT / FRL: /10 at 50% and 75% of the epochs
 AUGMENTS = ("standard", "none")
@@ -91,6 +90,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
+        from fairbench.threats import threat_names
+
+        threats = threat_names()
         self.check_types()
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -116,7 +118,7 @@ class RunConfig:
             (self.init_from is None or bool(self.init_from.strip()), "--init-from is empty"),
             (DEVICE_PATTERN.fullmatch(self.device) is not None,
              f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
-            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(THREATS)),
+            (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
             (self.augment in AUGMENTS,
              f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
             (self.select in SELECT_RULES,
@@ -132,8 +134,8 @@ class RunConfig:
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
-        bad = [a for a in self.attacks if a not in THREATS]
-        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(THREATS)}"))
+        bad = [a for a in self.attacks if a not in threats]
+        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(threats)}"))
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)

@@ -23,11 +23,10 @@ from fairbench.evaluate import attack_settings, evaluate, format_table, stages
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION,
-                               atomic_write_bytes, atomic_write_json, ensure_writable, load_checkpoint,
-                               make_run_folder, outcomes_csv_gz, run_lock, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, ensure_writable, load_checkpoint, make_run_folder,
+                               run_lock, sha256_file)
+from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, build_record, make_outcomes, read_metrics, write_run
 from fairbench.runner import environment, resolve_device
-from fairbench.schema import read_metrics
 
 # A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
 # and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
@@ -98,7 +97,8 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
     state = load_checkpoint(path, max_bytes=MAX_CHECKPOINT_FACTOR * weights + CHECKPOINT_SLACK)
     load_model_state(model, state, str(path))
     return model, {"method": "external", "arch": opts.arch, "params": {"source": "checkpoint"},
-                   "checkpoint": {"file": path.name, "sha256": sha256_file(path)}}
+                   "checkpoint": {"file": "".join(c if c.isprintable() else "?" for c in path.name),
+                                  "sha256": sha256_file(path)}}
 
 
 def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
@@ -137,22 +137,16 @@ def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: 
                              f"accuracies would mean nothing, so it is not evaluated")
 
     def write() -> None:
-        record = {
-            "schema_version": SCHEMA_VERSION, "run_id": run_id, "method": source["method"],
-            "params": source["params"], "arch": source["arch"], "dataset": spec.name,
-            # epochs 0 (the schema wants a whole number): not trained by fairbench; the report
-            # reads the budget from "training", where the epochs are unknown (None)
-            "seed": opts.seed, "epochs": 0, "threat": {"norm": "Linf", "eps": eps},
-            "training": {"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class},
-            "evaluation": {"n": len(test), "batch_size": opts.batch_size},
-            "classes": list(spec.classes), "metrics": metrics,
-            "attack_settings": attack_settings(eps, opts.attacks, opts.seed),
-            "timing": {"eval_s": {k: round(v, 3) for k, v in seconds.items()},
-                       "world_size": dist.world_size},
-            "env": environment(device), "checkpoint": source["checkpoint"],
-        }
-        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(indices, test.labels, outcomes))
-        atomic_write_json(run_dir / METRICS_FILE, record)
+        rows = make_outcomes(indices, test.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
+        record = build_record(
+            run_id=run_id, method=source["method"], params=source["params"], arch=source["arch"],
+            dataset=spec.name, seed=opts.seed, epochs=None, eps=eps, outcomes=rows,  # not trained here
+            training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class},
+            evaluation={"n": len(test), "batch_size": opts.batch_size},
+            attack_settings=attack_settings(eps, opts.attacks, opts.seed),
+            timing={"eval_s": {k: round(v, 3) for k, v in seconds.items()}, "world_size": dist.world_size},
+            env=environment(device), checkpoint=source["checkpoint"])
+        write_run(run_dir, record, rows)
 
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder until its result is written
         dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))

@@ -1,6 +1,6 @@
 """The method interface: what a training method may decide, and what the core gives it.
 
-A method is one class in ``methods/``, registered with ``@register_method(name)``. It declares its
+A method is one class in ``fairbench/methods/``, registered with ``@register_method(name)``. It declares its
 hyperparameters in a nested ``Params`` dataclass (the paper's defaults), plans each epoch
 (`EpochPlan`), computes the batch loss from the shared attack and base losses, and updates its own
 state at the end of each epoch. Everything else (data, loop, attack, checkpoints) is the core's.

@@ -1,6 +1,6 @@
 """Registries for methods, architectures, data sets and threats, filled by decorators (timm-style).
 
-Built-in methods live in the top-level ``methods/`` folder (installed as ``fairbench.methods``)
+Built-in methods live in ``fairbench/methods/`` (the package ``fairbench.methods``)
 and third-party packages can add methods through the entry-point group ``fairbench.methods``.
 """
 

@@ -1,17 +1,15 @@
-"""Run folders, the metrics.json schema, and atomic writes (temp file in the same folder + rename).
+"""Run folders, checkpoints, locks and atomic writes (temp file in the same folder + rename).
 
-``results/runs/<run-id>/`` holds ``config.json``, ``log.jsonl``, ``checkpoint.pt`` (not committed)
-and ``metrics.json``, the single source of truth for the leaderboard.
+``results/runs/<run-id>/`` holds ``config.json``, ``log.jsonl``, ``checkpoint.pt`` (not committed),
+and the run's results, ``metrics.json`` and ``outcomes.csv.gz`` (their schema: `fairbench.schema`).
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -24,9 +22,6 @@ import torch
 
 from fairbench.errors import FairbenchError
 
-SCHEMA_VERSION = 1
-OUTCOMES_FILE = "outcomes.csv.gz"
-METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -85,22 +80,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-OUTCOME_COLUMNS = ("clean", "pgd20", "autoattack", "union")
-
-
-def outcomes_csv_gz(indices: torch.Tensor, labels: torch.Tensor,
-                    outcomes: dict[str, torch.Tensor]) -> bytes:
-    """``outcomes.csv.gz``: one row per evaluated test image, ``index,label,clean,pgd20,autoattack,
-    union``; 1/0, empty where the threat was not run (outcome -1, or a threat not in the run).
-    Gzip with mtime 0, so the same outcomes give the same bytes."""
-    cols = [outcomes[c].cpu().tolist() if c in outcomes else None for c in OUTCOME_COLUMNS]
-    lines = ["index,label," + ",".join(OUTCOME_COLUMNS)]
-    for row, (i, y) in enumerate(zip(indices.cpu().tolist(), labels.cpu().tolist())):
-        cells = ["" if col is None or col[row] < 0 else str(col[row]) for col in cols]
-        lines.append(f"{i},{y}," + ",".join(cells))
-    return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -261,97 +240,3 @@ def _check_checkpoint_size(path: Path, max_bytes: int | None) -> None:
     if expanded > limit:
         raise FairbenchError(f"{path} expands to {expanded / 2**20:.1f} MiB from a {size / 2**20:.1f} MiB "
                              f"file (a compressed archive, which torch.save never writes); not loaded")
-
-
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Read and check one metrics.json; raises FairbenchError when it is not a usable result."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FairbenchError(f"{path}: unreadable ({exc})") from None
-    return parse_metrics(text, str(path))
-
-
-def parse_metrics(text: str, source: str = METRICS_FILE) -> dict[str, Any]:
-    """Parse and check a metrics.json document (see `check_metrics`)."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError, huge ints
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FairbenchError(f"{source}: unreadable, not valid JSON ({first[:200]})") from None
-    return check_metrics(data, source)
-
-
-def check_metrics(data: Any, source: str = METRICS_FILE) -> dict[str, Any]:
-    """Check every field the leaderboard reads; raises FairbenchError naming the first bad one.
-
-    Structure only: whether a run is finished (threats evaluated, status) is the report's call.
-    """
-    def need(ok: bool, where: str, what: str) -> None:
-        if not ok:
-            raise FairbenchError(f"{source}: {where} {what}")
-
-    if not isinstance(data, dict):
-        raise FairbenchError(f"{source}: not a JSON object")
-    version = data.get("schema_version")
-    need(_is_int(version) and version == SCHEMA_VERSION, "unknown schema_version",
-         f"{_short(version)} (this fairbench reads {SCHEMA_VERSION})")
-    for key in ("run_id", "method", "arch", "dataset"):
-        need(isinstance(data.get(key), str) and bool(data[key]), f"'{key}'", "is missing or not a non-empty string")
-    for key in ("seed", "epochs"):
-        need(_is_int(data.get(key)) and data[key] >= 0, f"'{key}'", "is missing or not a non-negative integer")
-    for key in ("params", "threat", "metrics"):
-        need(isinstance(data.get(key), dict), f"'{key}'", "is missing or not an object")
-    for key in ("training", "timing", "env", "checkpoint"):
-        need(isinstance(data.get(key, {}), dict), f"'{key}'", "is not an object")
-    eps = data["threat"].get("eps")
-    need(_is_number(eps) and 0 < eps <= 1, "threat.eps", f"is {_short(eps)}, not in (0, 1]")
-    classes = data.get("classes")
-    need(isinstance(classes, list) and bool(classes) and all(isinstance(c, str) for c in classes)
-         and len(set(classes)) == len(classes), "'classes'", "is not a list of distinct class names")
-    for threat, block in data["metrics"].items():
-        _check_threat(block, classes, f"metrics.{threat}", need)
-    return data
-
-
-def _check_threat(block: Any, classes: list[str], where: str, need: Any) -> None:
-    """One threat's per-class summary: fractions in [0, 1], one per class, and its summary fields."""
-    need(isinstance(block, dict), where, "is not an object")
-    k = len(classes)
-    counts = block.get("n_per_class")
-    need(isinstance(counts, list) and len(counts) == k and all(_is_int(c) and c >= 0 for c in counts),
-         f"{where}.n_per_class", f"is not a list of {k} non-negative integers")
-    for key in ("per_class", "per_class_error"):
-        if key == "per_class_error" and key not in block:
-            continue  # optional
-        values = block.get(key)
-        need(isinstance(values, list) and len(values) == k, f"{where}.{key}",
-             f"is not a list of {k} numbers (one per class)")
-        for i, (v, n) in enumerate(zip(values, counts)):  # a class without test examples has NaN
-            need(_is_fraction(v) or (n == 0 and _is_number(v) and math.isnan(v)),
-                 f"{where}.{key}[{i}]", f"is {_short(v)}, not a fraction in [0, 1]")
-    for key in ("avg", "worst", "best", "std"):
-        need(_is_fraction(block.get(key)), f"{where}.{key}", f"is {_short(block.get(key))}, not in [0, 1]")
-    for key in ("worst_class", "best_class"):
-        need(block.get(key) in classes, f"{where}.{key}", f"is {_short(block.get(key))}, not one of the classes")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_fraction(v: Any) -> bool:
-    return _is_number(v) and 0 <= v <= 1  # NaN fails both comparisons
-
-
-def _short(v: Any) -> str:
-    text = repr(v) if not isinstance(v, (list, dict)) else type(v).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def find_metrics(results_dir: Path) -> list[Path]:
-    return sorted(Path(results_dir).glob(f"**/{METRICS_FILE}"))

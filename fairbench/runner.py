@@ -25,10 +25,11 @@ from fairbench.method import Method, parse_params
 from fairbench.init_from import read_init_source
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import METHODS, MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, OUTCOMES_FILE,
-                               SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                               check_metrics, ensure_free_space, ensure_writable, make_run_folder,
-                               outcomes_csv_gz, remove_stale_temps, run_lock, sha256_file)
+from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json, atomic_write_text,
+                               ensure_free_space, ensure_writable, make_run_folder, remove_stale_temps, run_lock,
+                               sha256_file)
+from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
+                              write_run)
 from fairbench.trainer import Trainer
 
 
@@ -210,10 +211,8 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
         indices=test_indices, subsets=threat_subsets(cfg, spec, test))
 
     def write() -> None:
-        record = check_metrics(metrics_record(cfg, spec, metrics, seconds, trainer, device, run_dir)
-                               | {"selected_epoch": selected})
-        atomic_write_bytes(run_dir / OUTCOMES_FILE, outcomes_csv_gz(test_indices, test.labels, outcomes))
-        atomic_write_json(run_dir / METRICS_FILE, record)
+        rows = make_outcomes(test_indices, test.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
+        write_run(run_dir, metrics_record(cfg, spec, rows, seconds, trainer, device, run_dir, selected), rows)
 
     dist.on_main(write)
     say(format_table(metrics, spec.classes))
@@ -228,33 +227,25 @@ def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, 
     return {"autoattack": per_class_indices(test.labels, cfg.aa_per_class, spec.num_classes)}
 
 
-def metrics_record(cfg: RunConfig, spec: DatasetSpec, metrics: dict[str, Any],
-                   seconds: dict[str, float], trainer: Trainer, device: torch.device,
-                   run_dir: Path) -> dict[str, Any]:
-    """The metrics.json document (schema in DESIGN.md); everything the leaderboard needs."""
+def metrics_record(cfg: RunConfig, spec: DatasetSpec, outcomes: Outcomes, seconds: dict[str, float],
+                   trainer: Trainer, device: torch.device, run_dir: Path, selected: int) -> RunRecord:
+    """The run's metrics.json record (`fairbench.schema`): its numbers come from ``outcomes``."""
     ckpt = run_dir / CHECKPOINT_FILE
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": cfg.run_id, "method": cfg.method, "params": cfg.params, "preset": cfg.preset,
-        "select": cfg.select,
-        "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
-        "threat": {"norm": "Linf", "eps": cfg.eps},
-        "training": cfg.training_dict() | {"eval_per_class": cfg.eval_per_class,
-                                           "aa_per_class": cfg.aa_per_class, "sync_bn": cfg.sync_bn,
-                                           "world_size": trainer.dist.world_size,
-                                           "bn_batch": trainer.bn_batch, "amp": trainer.amp},
-        "classes": list(spec.classes),
-        "metrics": metrics,
-        "attack_settings": attack_settings(
-            cfg.eps, cfg.attacks, cfg.seed,
-            {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
-        "timing": {"train_s": round(trainer.train_seconds, 3),
-                   "eval_s": {k: round(v, 3) for k, v in seconds.items()},
-                   "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
-                   "world_size": trainer.dist.world_size},
-        "env": environment(device),
-        "checkpoint": {"file": CHECKPOINT_FILE, "sha256": sha256_file(ckpt) if ckpt.exists() else None},
-        "ema": trainer.averaging.decay if trainer.averaging is not None else None,
-        "averaging": trainer.averaging.record() if trainer.averaging is not None else None,
-        "init_from": cfg.init_source,
-    }
+    return build_record(
+        run_id=cfg.run_id, method=cfg.method, params=cfg.params, arch=cfg.arch, dataset=cfg.dataset,
+        seed=cfg.seed, epochs=cfg.epochs, eps=cfg.eps, outcomes=outcomes, preset=cfg.preset,
+        select=cfg.select, selected_epoch=selected,
+        training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class,
+                                        "sync_bn": cfg.sync_bn, "world_size": trainer.dist.world_size,
+                                        "bn_batch": trainer.bn_batch, "amp": trainer.amp},
+        attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed,
+                                        {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
+        timing={"train_s": round(trainer.train_seconds, 3),
+                "eval_s": {k: round(v, 3) for k, v in seconds.items()},
+                "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
+                "world_size": trainer.dist.world_size},
+        env=environment(device),
+        checkpoint={"file": CHECKPOINT_FILE, "sha256": sha256_file(ckpt) if ckpt.exists() else None},
+        ema=trainer.averaging.decay if trainer.averaging is not None else None,
+        averaging=trainer.averaging.record() if trainer.averaging is not None else None,
+        init_from=cfg.init_source)

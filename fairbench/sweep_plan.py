@@ -63,13 +63,13 @@ def sweep_dir(out: str | Path) -> Path:
 
 def is_done(run_dir: Path) -> bool:
     """A finished run: its metrics.json is there and passes the schema check."""
-    from fairbench.results import METRICS_FILE, load_metrics
+    from fairbench.schema import METRICS_FILE, read_metrics
 
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return False
     try:
-        load_metrics(path)
+        read_metrics(path)
     except FairbenchError:
         return False
     return True

@@ -14,7 +14,8 @@ import torch
 from fairbench.cli import main
 from fairbench.data import CIFAR10_CLASSES, get_dataset
 from fairbench.models import create_model
-from fairbench.results import load_metrics, sha256_file
+from fairbench.results import sha256_file
+from fairbench.schema import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +52,13 @@ def test_eval_checkpoint_writes_metrics_and_resumes(fmnist_dir: Path, tmp_path: 
     code, out, err = cli(args, capsys)
     assert code == 0, err
     [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
-    data = load_metrics(path)
+    data = read_metrics(path).to_json()
     assert data["schema_version"] == 1 and data["method"] == "external" and data["arch"] == "small-cnn"
     assert set(data["metrics"]) == {"clean", "pgd20", "union"}
     assert data["metrics"]["clean"]["n_per_class"] == [2] * 10
-    assert data["epochs"] == 0 and data["training"] == {"epochs": None, "train_per_class": None,
-                                                        "eval_per_class": 2}
+    assert data["epochs"] is None and data["training"] == {"epochs": None, "train_per_class": None,
+                                                           "eval_per_class": 2}  # not trained here
+    assert (path.parent / "outcomes.csv.gz").is_file()
     assert data["threat"] == {"norm": "Linf", "eps": 0.1}
     assert data["attack_settings"]["pgd20"]["steps"] == 20
     assert set(data["timing"]["eval_s"]) == {"clean", "pgd20"}
@@ -145,7 +147,7 @@ def test_robustbench_zoo_model_per_class(tmp_path: Path, capsys, monkeypatch) ->
                           "--out", str(tmp_path / "results"), "--device", "cpu"], capsys)
     assert code == 0, err
     [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
-    data = load_metrics(path)
+    data = read_metrics(path).to_json()
     assert data["method"] == "robustbench:Wong2020Fast" and data["dataset"] == "cifar10"
     assert data["params"]["threat_model"] == "Linf"
     assert data["threat"]["eps"] == pytest.approx(8 / 255)
@@ -171,7 +173,7 @@ def test_robustbench_malicious_file_is_refused(tmp_path: Path, capsys) -> None:
 
 def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """`fairbench run --resume` after training finished but evaluation was killed: only the rest runs."""
-    import fairbench.evaluate as ev
+    import fairbench.threats as threats
 
     class Killed(Exception):
         pass
@@ -183,17 +185,17 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
             "--epochs", "1", "--batch-size", "50", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
             "--run-id", "r", "--no-progress", "--device", "cpu", "--attacks", "clean,pgd20",
             "--eval-per-class", "3"]
-    monkeypatch.setattr(ev, "pgd_correct", killed)
+    monkeypatch.setattr(threats, "pgd_correct", killed)
     with pytest.raises(Killed):
         main(args)
     monkeypatch.undo()
     calls: list[int] = []
-    real_clean = ev.clean_correct
-    monkeypatch.setattr(ev, "clean_correct", lambda *a: calls.append(1) or real_clean(*a))
+    real_clean = threats.clean_correct
+    monkeypatch.setattr(threats, "clean_correct", lambda *a: calls.append(1) or real_clean(*a))
     code, out, err = cli(args + ["--resume"], capsys)
     assert code == 0, err
     assert "clean: resuming after 30/30 examples" in out
-    data = load_metrics(tmp_path / "runs" / "r" / "metrics.json")
+    data = read_metrics(tmp_path / "runs" / "r" / "metrics.json").to_json()
     assert set(data["metrics"]) == {"clean", "pgd20", "union"}
     assert data["attack_settings"]["pgd20"]["seed"] == 0
     # one batch of 30: clean_correct ran once, inside PGD-20; the saved clean stage was reused
@@ -213,7 +215,7 @@ def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_pat
                                                          monkeypatch) -> None:
     """Evaluating the same checkpoint again with other settings writes to the same folder: while it
     runs (and if it is killed) the earlier metrics.json must not be there to look current."""
-    import fairbench.evaluate as ev
+    import fairbench.threats as threats
 
     ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
     args = ["eval", "--checkpoint", str(ckpt), "--arch", "small-cnn", "--dataset", "fashion-mnist",
@@ -228,7 +230,7 @@ def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_pat
     def killed(*a, **k):
         raise Killed
 
-    monkeypatch.setattr(ev, "pgd_correct", killed)
+    monkeypatch.setattr(threats, "pgd_correct", killed)
     with pytest.raises(Killed):
         main(args + ["--eps", "0.2"])
     assert not path.exists()

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import fairbench.evaluate as ev
+import fairbench.threats as threats
 from fairbench.data import Split, get_dataset, load_split, per_class_indices
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, evaluate_outcomes, format_table, summarize
+from fairbench.evaluate import attack_settings, evaluate, evaluate_outcomes, format_table
+from fairbench.schema import make_outcomes, metrics_from_outcomes, outcomes_bytes, summarize
 from fairbench.models import create_model
 
 SPEC = get_dataset("fashion-mnist")
@@ -99,7 +101,7 @@ def test_counts_weighted_average_and_invariants(reference, data: dict[str, Split
         assert not (correct["union"] & ~correct[threat]).any(), f"union exceeds {threat}"
     assert torch.equal(correct["union"], correct["pgd20"] & correct["autoattack"])
     for threat, c in correct.items():
-        m = summarize(c, labels, SPEC.classes)
+        m = summarize(c, labels, SPEC.classes).to_json()
         n, acc = torch.tensor(m["n_per_class"]), torch.tensor(m["per_class"], dtype=torch.float64)
         assert int(n.sum()) == len(labels) == 30
         assert float((acc * n).sum() / n.sum()) == pytest.approx(m["avg"], abs=1e-6)
@@ -108,7 +110,7 @@ def test_counts_weighted_average_and_invariants(reference, data: dict[str, Split
         assert m["per_class"][SPEC.classes.index(m["worst_class"])] == m["worst"]
         assert m["per_class_error"] == [pytest.approx(1 - a) for a in m["per_class"]]
         assert m["std"] == pytest.approx(float(acc.std(unbiased=False)), abs=1e-5)
-    per_class = {t: summarize(correct[t], labels, SPEC.classes)["per_class"] for t in correct}
+    per_class = {t: summarize(correct[t], labels, SPEC.classes).per_class for t in correct}
     for i in range(10):
         assert per_class["union"][i] <= min(per_class[t][i] for t in ALL)
         assert per_class["autoattack"][i] <= per_class["clean"][i]
@@ -159,13 +161,13 @@ def _raise(*args, **kwargs):
 
 def test_killed_after_pgd_resumes_without_pgd(mlp, data, reference, tmp_path, monkeypatch) -> None:
     state_dir = tmp_path / "eval_state"
-    monkeypatch.setattr(ev, "autoattack_correct", _raise)
+    monkeypatch.setattr(threats, "autoattack_correct", _raise)
     with pytest.raises(Killed):
         evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, state_dir=state_dir,
                           progress=lambda m: None)
     assert {p.name for p in state_dir.iterdir()} == {"clean.pt", "pgd20.pt"}
     monkeypatch.undo()
-    monkeypatch.setattr(ev, "pgd_correct", _raise)  # PGD must not run again
+    monkeypatch.setattr(threats, "pgd_correct", _raise)  # PGD must not run again
     correct, seconds = evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10,
                                          state_dir=state_dir, progress=lambda m: None)
     (expected, _), _ = reference
@@ -175,7 +177,7 @@ def test_killed_after_pgd_resumes_without_pgd(mlp, data, reference, tmp_path, mo
 
 
 def test_killed_inside_autoattack_resumes_at_next_chunk(mlp, data, reference, tmp_path, monkeypatch) -> None:
-    real = ev.autoattack_correct
+    real = threats.autoattack_correct
     calls: list[int] = []
     kill_at = [2]
 
@@ -185,13 +187,13 @@ def test_killed_inside_autoattack_resumes_at_next_chunk(mlp, data, reference, tm
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "autoattack_correct", flaky)
+    monkeypatch.setattr(threats, "autoattack_correct", flaky)
     kwargs = dict(eps=EPS, attacks=ALL, chunk_size=10, state_dir=tmp_path / "s", progress=lambda m: None)
     with pytest.raises(Killed):
         evaluate_outcomes(mlp, data["test3"], **kwargs)
     calls.clear()
     kill_at[0] = 0
-    monkeypatch.setattr(ev, "pgd_correct", _raise)
+    monkeypatch.setattr(threats, "pgd_correct", _raise)
     correct, _ = evaluate_outcomes(mlp, data["test3"], **kwargs)
     assert calls == [10, 10], "only the two unfinished chunks of 10 ran again"
     (expected, _), _ = reference
@@ -202,8 +204,8 @@ def test_killed_inside_autoattack_resumes_at_next_chunk(mlp, data, reference, tm
 def test_saved_state_for_other_settings_or_weights_is_not_reused(mlp, data, tmp_path, monkeypatch) -> None:
     split, state_dir = data["test3"], tmp_path / "s"
     calls: list[int] = []
-    real = ev.pgd_correct
-    monkeypatch.setattr(ev, "pgd_correct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = threats.pgd_correct
+    monkeypatch.setattr(threats, "pgd_correct", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def run(model: nn.Module, eps: float) -> dict[str, torch.Tensor]:
         calls.clear()
@@ -256,8 +258,8 @@ def test_settings_and_table() -> None:
     assert settings["union"]["of"] == ["clean", "pgd20", "autoattack"]
     labels = torch.arange(10).repeat(2)
     c = labels != 6
-    table = format_table({"clean": summarize(c, labels, SPEC.classes),
-                          "union": summarize(c & (labels < 5), labels, SPEC.classes)}, SPEC.classes)
+    table = format_table({"clean": summarize(c, labels, SPEC.classes).to_json(),
+                          "union": summarize(c & (labels < 5), labels, SPEC.classes).to_json()}, SPEC.classes)
     assert "union" in table.splitlines()[0]
     assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == \
         [["worst", "class", "shirt", "sandal"]]
@@ -296,19 +298,19 @@ def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Sp
     split = data["test3"]
     pos = per_class_indices(split.labels, 1, SPEC.num_classes)
     calls: list[int] = []
-    real = ev.autoattack_correct
+    real = threats.autoattack_correct
 
     def counting(*args, **kwargs):
         calls.append(len(args[2]))
         return real(*args, **kwargs)
 
-    ev_aa = ev.autoattack_correct
-    ev.autoattack_correct = counting
+    ev_aa = threats.autoattack_correct
+    threats.autoattack_correct = counting
     try:
         out, _ = evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, chunk_size=10,
                                    progress=lambda m: None, subsets={"autoattack": pos})
     finally:
-        ev.autoattack_correct = ev_aa
+        threats.autoattack_correct = ev_aa
     assert sum(calls) == len(pos), "AutoAttack saw only the subset"
     outside = torch.ones(len(split), dtype=torch.bool)
     outside[pos] = False
@@ -318,7 +320,8 @@ def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Sp
     assert set(out["autoattack"][pos].tolist()) <= {0, 1}
     expect_union = ((out["clean"][pos] == 1) & (out["pgd20"][pos] == 1) & (out["autoattack"][pos] == 1))
     assert torch.equal(out["union"][pos] == 1, expect_union)
-    metrics = ev.summarize_outcomes(out, split.labels, SPEC.classes)
+    metrics = {t: m.to_json() for t, m in
+               metrics_from_outcomes(make_outcomes(torch.arange(len(split)), split.labels, out), SPEC.classes).items()}
     assert metrics["autoattack"]["n_per_class"] == [1] * 10
     assert metrics["pgd20"]["n_per_class"] == torch.bincount(split.labels, minlength=10).tolist()
     with pytest.raises(FairbenchError, match="clean"):
@@ -331,15 +334,13 @@ def test_outcomes_file_gives_the_metrics(mlp: nn.Module, data: dict[str, Split])
     import gzip
     import io
 
-    from fairbench.results import outcomes_csv_gz
-
     split = data["test3"]
     indices = torch.arange(100, 100 + len(split))
     pos = per_class_indices(split.labels, 2, SPEC.num_classes)
     metrics, _, out = evaluate(mlp, split, SPEC.classes, eps=EPS, attacks=["clean", "pgd20"],
                                progress=lambda m: None, subsets={"pgd20": pos})
-    blob = outcomes_csv_gz(indices, split.labels, out)
-    assert blob == outcomes_csv_gz(indices, split.labels, out)
+    blob = outcomes_bytes(make_outcomes(indices, split.labels, out))
+    assert blob == outcomes_bytes(make_outcomes(indices, split.labels, out))
     rows = list(csv.DictReader(io.StringIO(gzip.decompress(blob).decode())))
     assert list(rows[0]) == ["index", "label", "clean", "pgd20", "autoattack", "union"]
     assert [int(r["index"]) for r in rows] == indices.tolist()
@@ -357,9 +358,9 @@ def _previous_feeding(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device=x.device, seed=7)
-    with ev.aa_logging(lambda m: None):
+    with threats.aa_logging(lambda m: None):
         x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return (y_adv == y) & ev.clean_correct(model, x_adv, y)
+    return (y_adv == y) & threats.clean_correct(model, x_adv, y)
 
 
 def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, Split]) -> None:
@@ -371,14 +372,14 @@ def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, S
     or survive differently: the same attack with other random draws.)"""
     split, batch_size = data["test3"], 32
     x, y = split.images.float() / 255, split.labels
-    assert int(ev.clean_correct(mlp, x, y).sum()) <= batch_size
+    assert int(threats.clean_correct(mlp, x, y).sum()) <= batch_size
     with torch.random.fork_rng():
         expected = _previous_feeding(mlp, x, y, batch_size)
     assert any(p.grad is not None for p in mlp.parameters()), "FAB-T's .backward() filled .grad"
     for p in mlp.parameters():
         p.grad = None
     with torch.random.fork_rng():
-        got = ev.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size,
+        got = threats.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size,
                                     progress=lambda m: None)
     assert expected.any() and not expected.all()
     assert torch.equal(got, expected)
@@ -393,7 +394,7 @@ def test_attack_ready_restores_the_model() -> None:
     conv = model[2].weight
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     with pytest.raises(Killed):
-        with ev.attack_ready(model):
+        with threats.attack_ready(model):
             assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
             assert not any(p.requires_grad for p in model.parameters())
             model(x).sum().backward()

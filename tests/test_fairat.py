@@ -1,4 +1,4 @@
-"""FairAT (methods/fairat.py): hard-example selection, epoch plan, augmentation mask, log."""
+"""FairAT (fairbench/methods/fairat.py): hard-example selection, epoch plan, augmentation mask, log."""
 
 from __future__ import annotations
 

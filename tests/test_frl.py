@@ -1,4 +1,4 @@
-"""FRL (methods/frl.py): multiplier updates, class weights, remargin eps, warm start, resume."""
+"""FRL (fairbench/methods/frl.py): multiplier updates, class weights, remargin eps, warm start, resume."""
 
 from __future__ import annotations
 

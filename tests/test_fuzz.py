@@ -20,8 +20,8 @@ from fairbench.cli import parse_param_options
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.method import Method, coerce, parse_params
-from fairbench.results import check_metrics, load_metrics, parse_metrics
-from test_reliability import valid_metrics
+from fairbench.schema import parse_metrics, read_metrics, validate
+from test_schema import valid_metrics
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -88,14 +88,13 @@ def test_fuzz_metrics_any_json(value: Any) -> None:
 @given(mutated_metrics())
 def test_fuzz_metrics_mutated(doc: dict) -> None:
     """Accepted documents really hold what the leaderboard reads: fractions, one per class."""
-    out = only_fairbench_errors(check_metrics, copy.deepcopy(doc))
+    out = only_fairbench_errors(validate, copy.deepcopy(doc))
     if out is not None:
-        k = len(out["classes"])
-        for block in out["metrics"].values():
-            assert len(block["per_class"]) == k
-            assert all(isinstance(v, (int, float)) and (0 <= v <= 1 or math.isnan(v))
-                       for v in block["per_class"])
-            assert block["worst_class"] in out["classes"]
+        k = len(out.classes)
+        for block in out.metrics.values():
+            assert len(block.per_class) == k == len(block.n_per_class)
+            assert all(isinstance(v, float) and (0 <= v <= 1 or math.isnan(v)) for v in block.per_class)
+            assert block.worst_class in out.classes
 
 
 @FUZZ
@@ -104,11 +103,11 @@ def test_fuzz_metrics_file_bytes(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "metrics.json"
         path.write_bytes(data)
-        only_fairbench_errors(load_metrics, path)
+        only_fairbench_errors(read_metrics, path)
 
 
 def test_valid_metrics_pass() -> None:
-    assert check_metrics(valid_metrics())["run_id"] == "r"
+    assert validate(valid_metrics()).run_id == "r"
 
 
 # ---------------------------------------------------------------- --param name=value

@@ -12,7 +12,7 @@ from fairbench.cli import main
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.models import create_model
-from fairbench.registry import DATASETS, METHODS, MODELS, Registry, register_method
+from fairbench.registry import DATASETS, METHODS, MODELS, THREATS, Registry, register_method
 
 PLUGIN_MODULE = "fairbench_toy_plugin"
 
@@ -21,6 +21,7 @@ PLUGIN_MODULE = "fairbench_toy_plugin"
     (METHODS, "method", "pgd-at"),
     (MODELS, "architecture", "preact18"),
     (DATASETS, "dataset", "fashion-mnist"),
+    (THREATS, "threat", "pgd20"),
 ])
 def test_unknown_name_lists_every_valid_name(registry: Registry, kind: str, known: str) -> None:
     with pytest.raises(FairbenchError) as exc:
@@ -62,7 +63,7 @@ def list_output(capsys: pytest.CaptureFixture) -> list[str]:
 
 def test_list_shows_each_entry_with_its_summary(capsys: pytest.CaptureFixture) -> None:
     lines = list_output(capsys)
-    for registry in (METHODS, MODELS, DATASETS):
+    for registry in (METHODS, MODELS, DATASETS, THREATS):
         for entry in registry.entries():
             assert entry.summary, f"{registry.kind} '{entry.name}' has no docstring summary"
             assert any(line.split() and line.split()[0] == entry.name and entry.summary in line

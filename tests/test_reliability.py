@@ -553,65 +553,7 @@ def test_cut_log_line_and_temps_in_eval_state_are_cleared_on_resume(small_data: 
     assert not list(run_dir.rglob("*.tmp"))
 
 
-def valid_metrics() -> dict:
-    classes = ["a", "b", "c"]
-    block = {"per_class": [0.5, 1.0, 0.0], "per_class_error": [0.5, 0.0, 1.0], "n_per_class": [2, 2, 2],
-             "avg": 0.5, "worst": 0.0, "worst_class": "c", "best": 1.0, "best_class": "b", "std": 0.408248}
-    return {"schema_version": 1, "run_id": "r", "method": "pgd-at", "params": {}, "arch": "small-cnn",
-            "dataset": "x", "seed": 0, "epochs": 1, "threat": {"norm": "Linf", "eps": 0.1},
-            "classes": classes, "metrics": {"clean": block, "pgd20": dict(block)}, "timing": {}}
-
-
-def _set(doc: dict, dotted: str, value) -> dict:
-    *parents, last = dotted.split(".")
-    node = doc
-    for key in parents:
-        node = node[key]
-    if value is KeyError:
-        del node[last]
-    else:
-        node[last] = value
-    return doc
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("schema_version", 2, "unknown schema_version 2 (this fairbench reads 1)"),
-    ("schema_version", True, "unknown schema_version True"),
-    ("run_id", KeyError, "'run_id' is missing"),
-    ("method", 3, "'method' is missing or not a non-empty string"),
-    ("seed", "0", "'seed' is missing or not a non-negative integer"),
-    ("threat.eps", 2.0, "threat.eps is 2.0, not in (0, 1]"),
-    ("classes", ["a", "a", "c"], "'classes' is not a list of distinct class names"),
-    ("metrics", [], "'metrics' is missing or not an object"),
-    ("metrics.clean.per_class", [0.5, 1.5, 0.0], "metrics.clean.per_class[1] is 1.5, not a fraction"),
-    ("metrics.clean.per_class", [0.5, 1.0], "metrics.clean.per_class is not a list of 3 numbers"),
-    ("metrics.pgd20.per_class", [0.5, "1.0", 0.0], "metrics.pgd20.per_class[1] is '1.0'"),
-    ("metrics.pgd20.per_class", [0.5, float("nan"), 0.0], "metrics.pgd20.per_class[1] is nan"),
-    ("metrics.clean.n_per_class", [2, -1, 2], "metrics.clean.n_per_class is not a list of 3"),
-    ("metrics.clean.avg", None, "metrics.clean.avg is None, not in [0, 1]"),
-    ("metrics.clean.worst_class", "z", "metrics.clean.worst_class is 'z', not one of the classes"),
-    ("metrics.pgd20", [], "metrics.pgd20 is not an object"),
-    ("timing", [], "'timing' is not an object"),
-])
-def test_malformed_metrics_are_reported(tmp_path: Path, field: str, value, message: str) -> None:
-    """Promise 5: wrong types and values are named by field, for `report` to skip the file."""
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps(_set(valid_metrics(), field, value)))
-    with pytest.raises(FairbenchError) as exc:
-        results.load_metrics(path)
-    assert str(exc.value).startswith(f"{path}: ") and message in str(exc.value)
-
-
-def test_truncated_or_binary_metrics_are_reported(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    text = json.dumps(valid_metrics())
-    assert results.load_metrics(_write(path, text))["run_id"] == "r"
-    for bad in (text[: len(text) // 2], "", "[" * 100_000, "1" * 5000):
-        with pytest.raises(FairbenchError, match="unreadable, not valid JSON|: not a JSON object"):
-            results.load_metrics(_write(path, bad))
-    path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(FairbenchError, match="unreadable"):
-        results.load_metrics(path)
+# Promise 5 (malformed result files are named by field): tests/test_schema.py.
 
 
 def _write(path: Path, text: str) -> Path:

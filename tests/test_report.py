@@ -69,13 +69,14 @@ def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, 
     key = json.dumps([method, params, seed, epochs], sort_keys=True).encode()
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
     labels = np.arange(10).repeat(N_PER_CLASS)
-    correct, ran = {}, {}
+    subset = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS
+    correct = {}
     for i, threat in enumerate(t for t in threats if t != UNION):
         p = np.clip(level + 0.3 - 0.12 * i + rng.uniform(-0.25, 0.25, size=10), 0.0, 1.0)
         draw = rng.random(len(labels)) < p[labels]
         correct[threat] = draw if threat == "clean" else draw & correct["clean"]
-        ran[threat] = np.arange(len(labels)) % N_PER_CLASS < AA_PER_CLASS if threat == "autoattack" else None
-    return make_outcomes(np.arange(len(labels)), labels, correct, ran)
+    columns = {t: np.where(subset, c, -1) if t == "autoattack" else c for t, c in correct.items()}
+    return make_outcomes(np.arange(len(labels)), labels, columns)
 
 
 def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
@@ -468,6 +469,19 @@ def test_outcomes_that_disagree_with_metrics_skip_the_run(results: Path) -> None
     assert "runs/run0/metrics.json" in skipped and "not what the rows give" in skipped["runs/run0/metrics.json"]
     pgd = next(r for r in board.groups[0].rows if r.label == "pgd-at")
     assert pgd.seeds == [1] and pgd.threats["clean"].ci is not None
+
+
+def test_class_wise_error_bars_are_the_intervals(results: Path) -> None:
+    a, b = build_report(results).groups
+    for group in (a, b):
+        ax = class_wise_figure(group, "pgd20").axes[0]
+        for bars, row in zip([c for c in ax.containers if isinstance(c, BarContainer)], group.rows):
+            ci = row.threats["pgd20"].ci
+            if ci is None:  # my_method: no outcomes, no error bars
+                assert bars.errorbar is None and row.label == "my_method"
+                continue
+            ends = [sorted(seg[:, 1]) for seg in bars.errorbar.lines[2][0].get_segments()]
+            assert ends == [pytest.approx([100 * c.lo, 100 * c.hi]) for c in ci.per_class]
 
 
 def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(results: Path) -> None:

@@ -1,4 +1,4 @@
-"""TRADES (methods/trades.py) and the TRADES base terms (fairbench/losses.py)."""
+"""TRADES (fairbench/methods/trades.py) and the TRADES base terms (fairbench/losses.py)."""
 
 from __future__ import annotations
 

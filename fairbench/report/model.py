@@ -1,8 +1,11 @@
-"""The leaderboard's data model: runs read from metrics.json files, grouped and aggregated over seeds.
+"""The leaderboard's data model: runs read through the results schema, grouped, aggregated over seeds.
 
-Runs are grouped by data set, architecture, threat model and training budget; inside a group there
-is one row per method (and non-default parameters), aggregated over seeds. A file that cannot be
-used (unreadable, unknown schema, unfinished run) is listed as skipped and never stops the report.
+Runs are grouped by data set, architecture, threat model, training budget and model-selection rule;
+inside a group there is one row per method (and non-default parameters), aggregated over seeds
+with pandas from a tidy table of per-run, per-class errors (`tidy`). A file that the schema's
+validator refuses (unreadable, invalid, unfinished, outcomes that disagree) is listed as skipped
+with the file and the field, and never stops the report; a run without outcomes is used and
+listed in ``warnings``.
 The same inputs always give byte-identical outputs: no timestamps, sorted inputs, fixed figure
 metadata. This module is the bottom of the report package (it imports only the pure `stats`);
 `intervals` adds the bootstrap from the runs' outcomes, rendering lives in `tables`, `figures`
@@ -22,7 +25,7 @@ from fairbench.errors import FairbenchError
 from fairbench.report.stats import RowStats, tied_ranks
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
-from fairbench.threats import threat_label
+from fairbench.threats import get_threat, threat_label
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
@@ -37,8 +40,6 @@ def threat_name(threat: str) -> str:
 def robust_precedence() -> tuple[str, ...]:
     """A group is sorted by the worst-class error under the first of these that every row has:
     the strongest registered attack, then the union, then the other attacks, then clean."""
-    from fairbench.threats import get_threat
-
     attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
     return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
                                                                if t != UNION and t not in attacks)
@@ -245,8 +246,9 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
     """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
     data = data.assign(row=[row_of_run[i] for i in data["run"]])
     per_run = data.drop_duplicates(["run", "threat"])
-    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(["mean", "std", "count"])
-    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(["mean", "std", "count"])
+    stats = ["mean", "std", "count"]
+    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(stats)
+    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(stats)
     votes = per_run.groupby(["row", "threat"])["worst_class"].value_counts()
     out = {}
     for (row, threat), stats in over_seeds.iterrows():

@@ -26,7 +26,6 @@ MAX_EPOCHS = 100_000
 MAX_COUNT = 10_000_000  # test images per class, training images per class
 MAX_PARAMS = 100  # entries of 'params' or 'training'
 MAX_TEST_SIZE = 10_000_000  # when a data set does not say how large its test split is
-SELECT_RULES = ("last", "best-val")
 NORMS = ("Linf", "L2", "L1")
 FINISHED = (None, "complete", "completed", "finished", "done")
 UNION = "union"
@@ -163,23 +162,15 @@ def metrics_from_outcomes(outcomes: Outcomes, classes: Sequence[str]) -> dict[st
             for t, v in outcomes.results.items() if (v >= 0).any()}
 
 
-def make_outcomes(index: Any, label: Any, correct: dict[str, Any],
-                  ran: dict[str, Any] | None = None) -> Outcomes:
-    """Outcomes from per-threat bool arrays over the same examples; ``ran[t]`` marks the examples
-    threat ``t`` was run on (default: all). ``union`` is derived: right under every threat that
-    ran on the example, on the examples every threat that ran on any example ran on."""
+def make_outcomes(index: Any, label: Any, results: dict[str, Any]) -> Outcomes:
+    """Outcomes from per-threat columns over the same examples (arrays or CPU tensors): 1 right,
+    0 wrong, -1 not run (a bool column: run on every example). ``union`` is derived when absent."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     label = np.asarray(label, dtype=np.int64).reshape(-1)
-    ran = ran or {}
-    results: dict[str, np.ndarray] = {}
-    for t in threat_columns():
-        if t == UNION or t not in correct:
-            continue
-        mask = np.ones(len(index), bool) if ran.get(t) is None else np.asarray(ran[t], bool).reshape(-1)
-        results[t] = np.where(mask, np.asarray(correct[t], bool).reshape(-1), -1).astype(np.int8)
-    if len(results) > 1:
-        results[UNION] = derive_union(results)
-    return Outcomes(index, label, results)
+    cols = {t: np.asarray(results[t]).astype(np.int8).reshape(-1) for t in threat_columns() if t in results}
+    if len(cols) > 1 and UNION not in cols:
+        cols[UNION] = derive_union(cols)
+    return Outcomes(index, label, cols)
 
 
 def derive_union(results: dict[str, np.ndarray]) -> np.ndarray:

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.config import is_run_id
+from fairbench.config import SELECT_RULES, is_run_id
 from fairbench.errors import FairbenchError
-from fairbench.schema.record import (FINISHED, METRICS_FILE, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS, MAX_SETTING_TEXT, MAX_TEXT,
-                                     NORMS, SCHEMA_VERSION, SELECT_RULES, TOL, UNION, Outcomes, RunRecord,
+from fairbench.schema.record import (FINISHED, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS, MAX_SETTING_TEXT, MAX_TEXT,
+                                     METRICS_FILE, NORMS, SCHEMA_VERSION, TOL, UNION, Outcomes, RunRecord,
                                      ThreatMetrics, ThreatModel, dataset_spec, derive_union,
                                      metrics_from_outcomes, short, test_size, threat_columns)
+from fairbench.threats import CLEAN, threat_names
 
 
 def check_outcomes(outcomes: Outcomes, record: RunRecord, source: str) -> None:
@@ -39,11 +40,11 @@ def check_outcomes(outcomes: Outcomes, record: RunRecord, source: str) -> None:
     need(len(np.unique(outcomes.index)) == n, "an image appears twice")
     need(bool(((outcomes.label >= 0) & (outcomes.label < k)).all()), f"a label outside 0..{k - 1}")
     res = outcomes.results
-    need("clean" in res and bool((res["clean"] >= 0).all()), "the clean column is not filled on every row")
+    need(CLEAN in res and bool((res[CLEAN] >= 0).all()), "the clean column is not filled on every row")
     for t, v in res.items():
         need(v.shape == (n,), f"column {t} has {v.shape[0]} values for {n} rows")
-        if t not in (UNION, "clean"):
-            need(not ((v == 1) & (res["clean"] != 1)).any(), f"{t} is right where clean is wrong")
+        if t not in (UNION, CLEAN):
+            need(not ((v == 1) & (res[CLEAN] != 1)).any(), f"{t} is right where clean is wrong")
     attacks = [t for t in res if t != UNION]
     if len(attacks) > 1:
         need(UNION in res and np.array_equal(res[UNION], derive_union(res)),
@@ -88,7 +89,8 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     need(not unknown, "unknown field(s)", short(", ".join(unknown)))
     need(data.get("status") in FINISHED, "'status'", f"is {short(data.get('status'))}: an unfinished run")
     for key in ("method", "arch"):
-        need(_is_name(data.get(key)), f"'{key}'", f"is missing or not a name (printable, 1 to {MAX_TEXT} characters)")
+        need(_is_name(data.get(key)), f"'{key}'",
+             f"is missing or not a name (printable, 1 to {MAX_TEXT} characters)")
     run_id = data.get("run_id")
     need(is_run_id(run_id), "'run_id'",
          "is missing or not a folder name (letters, digits, . _ - + =)")
@@ -184,15 +186,13 @@ def _check_training(value: Any, c: _Checker) -> dict[str, Any]:
 
 
 def _check_metrics(value: Any, classes: list[str], c: _Checker) -> dict[str, ThreatMetrics]:
-    from fairbench.threats import threat_names
-
     known = threat_columns()
     c.need(isinstance(value, dict), "'metrics'", "is missing or not an object")
     c.need(bool(value), "'metrics'", "is empty: an unfinished run (no threat evaluated)")
     bad = [t for t in value if t not in known]
     c.need(not bad, "'metrics'", f"has threat(s) {short(', '.join(map(str, bad)))} that are not registered "
                                  f"(known: {', '.join(known)})")
-    c.need("clean" in value, "'metrics'", "has no clean accuracy")
+    c.need(CLEAN in value, "'metrics'", "has no clean accuracy")
     attacks = [t for t in value if t in threat_names()]
     c.need((UNION in value) == (len(attacks) > 1), "metrics.union",
            "must be present exactly when more than one threat was evaluated")
@@ -212,7 +212,8 @@ def _check_threat(block: Any, classes: list[str], where: str, c: _Checker) -> Th
          f"{where}.n_per_class", f"is not a list of {k} whole numbers in [0, {MAX_COUNT}]")
     need(sum(counts) > 0, f"{where}.n_per_class", "counts no example")
     acc = block.get("per_class")
-    need(isinstance(acc, list) and len(acc) == k, f"{where}.per_class", f"is not a list of {k} numbers (one per class)")
+    need(isinstance(acc, list) and len(acc) == k, f"{where}.per_class",
+         f"is not a list of {k} numbers (one per class)")
     for i, (v, n) in enumerate(zip(acc, counts)):  # a class without test examples has NaN
         need(_is_fraction(v) if n else (_is_number(v) and math.isnan(v)), f"{where}.per_class[{i}]",
              f"is {short(v)}, not a fraction in [0, 1]" if n else f"is {short(v)}, not NaN (no examples)")
@@ -230,7 +231,8 @@ def _check_threat(block: Any, classes: list[str], where: str, c: _Checker) -> Th
     expect = {"avg": float(present @ weights / weights.sum()), "worst": float(present.min()),
               "best": float(present.max()), "std": float(present.std())}
     for key, v in expect.items():
-        need(abs(block[key] - v) <= 2 * TOL, f"{where}.{key}", f"is {block[key]}, but the per-class numbers give {v:.6f}")
+        need(abs(block[key] - v) <= 2 * TOL, f"{where}.{key}",
+             f"is {block[key]}, but the per-class numbers give {v:.6f}")
     for key in ("worst", "best"):
         i = classes.index(block[f"{key}_class"])
         need(counts[i] > 0 and abs(acc[i] - block[key]) <= TOL, f"{where}.{key}_class",
