@@ -73,8 +73,8 @@ def method_hooks(name: str, base: RunConfig, ctx: EpochContext) -> Callable[[], 
     except FairbenchError as exc:
         return str(exc)
     method = method_cls(params, cfg)
-    method_ctx = EpochContext(ctx.epoch, ctx.epochs, ctx.model, ctx.spec, ctx.train, ctx.val, cfg,
-                              ctx.device, ctx.dist)
+    method_ctx = EpochContext(epoch=ctx.epoch, epochs=ctx.epochs, model=ctx.model, spec=ctx.spec,
+                              train=ctx.train, val=ctx.val, config=cfg, device=ctx.device, dist=ctx.dist)
 
     def run() -> None:
         method.plan_epoch(method_ctx)

@@ -50,9 +50,9 @@ class EpochPlan:
         return EpochPlan(self.indices[positions], pick(self.augment), pick(self.eps), pick(self.weight))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochContext:
-    """What a method sees at the start and end of an epoch."""
+    """What a method sees at the start and end of an epoch (built with keyword arguments only)."""
 
     epoch: int  # 0-based
     epochs: int
@@ -87,9 +87,9 @@ class EpochContext:
             return self.map_batches(ce, split, indices)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BatchContext:
-    """One training batch: inputs already augmented, float in [0, 1]."""
+    """One training batch: inputs already augmented, float in [0, 1] (keyword arguments only)."""
 
     model: nn.Module  # the training model (DDP-wrapped under torchrun): use it for the loss forward
     attack_model: nn.Module  # the bare model: use it for attacks

@@ -146,8 +146,9 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
 
     def epoch_context(self, epoch: int) -> EpochContext:
-        return EpochContext(epoch, self.cfg.epochs, self.model, self.spec, self.train, self.val,
-                            self.cfg, self.device, self.dist)
+        return EpochContext(epoch=epoch, epochs=self.cfg.epochs, model=self.model, spec=self.spec,
+                            train=self.train, val=self.val, config=self.cfg, device=self.device,
+                            dist=self.dist)
 
     def fit(self, stop_after_epoch: int | None = None, stop: StopSignals | None = None) -> bool:
         """Train to the configured epoch count, or stop once ``stop_after_epoch`` epochs are done.
@@ -269,9 +270,11 @@ class Trainer:
         x = standard_augment(self.spec, images) if self.cfg.augment == "standard" else to_float(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = BatchContext(self.train_model, self.attack_model, x, self.train.labels[batch.indices],
-                           batch.eps, batch.eps * (self.cfg.step_size / self.cfg.eps),
-                           self.cfg.attack_steps, batch.weight, epoch, self.spec, dist=self.dist)
+        ctx = BatchContext(model=self.train_model, attack_model=self.attack_model, x=x,
+                           y=self.train.labels[batch.indices], eps=batch.eps,
+                           step_size=batch.eps * (self.cfg.step_size / self.cfg.eps),
+                           steps=self.cfg.attack_steps, weight=batch.weight, epoch=epoch, spec=self.spec,
+                           dist=self.dist)
         if batch.augment is not None:
             ctx.x = self.method.augment(ctx, batch.augment)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -68,12 +68,13 @@ def build(method: str, params: dict[str, Any] | None = None, **overrides: Any) -
 
 def epoch_ctx(method: Method, model: nn.Module, train: Split, val: Split | None, epoch: int,
               epochs: int = 10) -> EpochContext:
-    return EpochContext(epoch, epochs, model, SPEC, train, val, method.config, torch.device("cpu"),
-                        DistInfo())
+    return EpochContext(epoch=epoch, epochs=epochs, model=model, spec=SPEC, train=train, val=val,
+                        config=method.config, device=torch.device("cpu"), dist=DistInfo())
 
 
 def batch_ctx(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 3,
               epoch: int = 0) -> BatchContext:
     n = x.shape[0]
-    return BatchContext(model, model, x, y, torch.full((n,), eps), torch.full((n,), eps / 4), steps,
-                        torch.ones(n), epoch, SPEC)
+    return BatchContext(model=model, attack_model=model, x=x, y=y, eps=torch.full((n,), eps),
+                        step_size=torch.full((n,), eps / 4), steps=steps, weight=torch.ones(n), epoch=epoch,
+                        spec=SPEC)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fairbench.cli import main
+from fairbench.method import BatchContext, EpochContext
 from fairbench.registry import METHODS
 from methods_helpers import bars, batch_ctx, build
 
@@ -33,6 +34,13 @@ def test_list_shows_every_method_with_params_and_defaults(capsys: pytest.Capture
             assert f"{param}={default!r}" in lines[row + 1], (name, param)
     assert "beta=6.0" in lines[[ln.split()[:1] for ln in lines].index(["trades"]) + 1]
     assert "fraction=0.2" in lines[[ln.split()[:1] for ln in lines].index(["fairat"]) + 1]
+
+
+@pytest.mark.parametrize("context", [BatchContext, EpochContext])
+def test_contexts_are_built_with_keywords_only(context: type) -> None:
+    """A field added to a context cannot shift the others: positional construction is refused."""
+    with pytest.raises(TypeError, match="positional"):
+        context(*range(len(context.__dataclass_fields__)))
 
 
 @pytest.mark.parametrize("name", METHODS.names())
