@@ -165,8 +165,10 @@ def make_trainer(device: torch.device, arch: str, batch: int, tmp: Path, method:
     method_cls = METHODS.get(method)
     images, labels = synthetic("train", Path("."), False)
     torch.manual_seed(0)
-    return Trainer(cfg, s, create_model(arch, s).to(device), method_cls(parse_params(method_cls, params), cfg),
-                   Split(images, labels).to(device), None, tmp, DistInfo(), device, progress=False)
+    return Trainer(cfg, spec=s, model=create_model(arch, s).to(device),
+                   method=method_cls(parse_params(method_cls, params), cfg),
+                   train=Split(images, labels).to(device), val=None, run_dir=tmp, dist=DistInfo(), device=device,
+                   progress=False)
 
 
 def step_plan(trainer: Trainer, batch: int) -> EpochPlan:

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         train, val = train_val_split(full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
         train, val = train.to(device), val.to(device)
         model = create_model(cfg.arch, spec).to(device)
-        trainer = Trainer(cfg, spec, model, method_cls(params, cfg), train, val, Path(tmp), DistInfo(),
-                          device, progress=False)
+        trainer = Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=train, val=val,
+                          run_dir=Path(tmp), dist=DistInfo(), device=device, progress=False)
         ctx = trainer.epoch_context(cfg.epochs - 1)
         jobs: dict[str, Callable[[], object]] = {
             "pgd-at epoch": lambda: trainer.train_epoch(0),

@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = Path(tmp) / "runs" / "bench"
         run_dir.mkdir(parents=True)
         model = create_model(cfg.arch, spec).to(device)
-        trainer = Trainer(cfg, spec, model, method_cls(params, cfg), train, None, run_dir,
-                          DistInfo(), device, progress=True)
+        trainer = Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=train, val=None,
+                          run_dir=run_dir, dist=DistInfo(), device=device, progress=True)
         trainer_epoch = make_trainer_epoch(trainer)
         contenders = {"limit": make_limit(cfg, spec, train, trainer, device),
                       "trainer": trainer_epoch,

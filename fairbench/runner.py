@@ -125,13 +125,14 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
             device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
             torch.cuda.set_device(device)
         try:
-            return _run(cfg, spec, method_cls, params, device, dist, resume, progress, echo, stop,
-                        stop_after_epoch)
+            return _run(cfg, spec=spec, method_cls=method_cls, params=params, device=device, dist=dist,
+                        resume=resume, progress=progress, echo=echo, stop=stop,
+                        stop_after_epoch=stop_after_epoch)
         finally:
             shutdown_distributed()
 
 
-def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: Any,
+def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params: Any,
          device: torch.device, dist: DistInfo, resume: bool, progress: bool,
          echo: Callable[[str], None], stop: StopSignals, stop_after_epoch: int | None) -> Path:
     run_dir = Path(cfg.out) / "runs" / str(cfg.run_id)
@@ -154,7 +155,8 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
         load_model_state(model, weights, f"--init-from {cfg.init_from}")
         cfg = dataclasses.replace(cfg, init_source=source)
     method = method_cls(params, cfg)
-    trainer = Trainer(cfg, spec, model, method, train, val, run_dir, dist, device, progress)
+    trainer = Trainer(cfg, spec=spec, model=model, method=method, train=train, val=val, run_dir=run_dir,
+                      dist=dist, device=device, progress=progress)
     with contextlib.ExitStack() as lock:  # every input is valid: only now is anything written
         dist.on_main(lambda: _claim_folder(run_dir, 2 * checkpoint_bytes(model), lock))
         if resume and has_checkpoint:  # before any write: a refused checkpoint changes nothing
@@ -172,8 +174,8 @@ def _run(cfg: RunConfig, spec: DatasetSpec, method_cls: type[Method], params: An
         if not finished:
             say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
             return run_dir
-        _evaluate_and_write(cfg, spec, trainer.eval_model(), test, test_indices, trainer, device, dist,
-                            run_dir, say)
+        _evaluate_and_write(cfg, spec=spec, model=trainer.eval_model(), test=test, test_indices=test_indices,
+                            trainer=trainer, device=device, dist=dist, run_dir=run_dir, say=say)
     return run_dir
 
 
@@ -195,7 +197,7 @@ def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
         atomic_write_text(run_dir / LOG_FILE, "")
 
 
-def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Module, test: Split,
+def _evaluate_and_write(cfg: RunConfig, *, spec: DatasetSpec, model: torch.nn.Module, test: Split,
                         test_indices: torch.Tensor, trainer: Trainer, device: torch.device,
                         dist: DistInfo, run_dir: Path, say: Callable[[str], None]) -> None:
     # Seeded here so the attacks' random starts do not depend on whether (or where) the
@@ -212,7 +214,9 @@ def _evaluate_and_write(cfg: RunConfig, spec: DatasetSpec, model: torch.nn.Modul
 
     def write() -> None:
         rows = make_outcomes(test_indices, test.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
-        write_run(run_dir, metrics_record(cfg, spec, rows, seconds, trainer, device, run_dir, selected), rows)
+        record = metrics_record(cfg, spec=spec, outcomes=rows, seconds=seconds, trainer=trainer,
+                                device=device, run_dir=run_dir, selected=selected)
+        write_run(run_dir, record, rows)
 
     dist.on_main(write)
     say(format_table(metrics, spec.classes))
@@ -227,7 +231,7 @@ def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, 
     return {"autoattack": per_class_indices(test.labels, cfg.aa_per_class, spec.num_classes)}
 
 
-def metrics_record(cfg: RunConfig, spec: DatasetSpec, outcomes: Outcomes, seconds: dict[str, float],
+def metrics_record(cfg: RunConfig, *, spec: DatasetSpec, outcomes: Outcomes, seconds: dict[str, float],
                    trainer: Trainer, device: torch.device, run_dir: Path, selected: int) -> RunRecord:
     """The run's metrics.json record (`fairbench.schema`): its numbers come from ``outcomes``."""
     ckpt = run_dir / CHECKPOINT_FILE

@@ -57,7 +57,7 @@ def default_amp(device: torch.device) -> bool:
 class Trainer:
     """SGD with momentum over each epoch's `EpochPlan`; checkpoints after every epoch."""
 
-    def __init__(self, cfg: RunConfig, spec: DatasetSpec, model: nn.Module, method: Method,
+    def __init__(self, cfg: RunConfig, *, spec: DatasetSpec, model: nn.Module, method: Method,
                  train: Split, val: Split | None, run_dir: Path, dist: DistInfo,
                  device: torch.device, progress: bool = True) -> None:
         if cfg.batch_size % dist.world_size:

@@ -169,8 +169,9 @@ def _trainer(run_dir: Path, epochs: int) -> Trainer:
     seed_everything(cfg.seed)
     spec: DatasetSpec = SPEC
     model = create_model("small-cnn", spec)
-    return Trainer(cfg, spec, model, method_cls(params, cfg), bars(5, seed=1), bars(2, seed=2),
-                   run_dir, DistInfo(), torch.device("cpu"), progress=False)
+    return Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=bars(5, seed=1),
+                   val=bars(2, seed=2), run_dir=run_dir, dist=DistInfo(), device=torch.device("cpu"),
+                   progress=False)
 
 
 def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:

@@ -74,8 +74,8 @@ def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
                   torch.arange(30) % 10)
     torch.manual_seed(0)
     model = create_model("small-cnn", SPEC)
-    return Trainer(cfg, SPEC, model, CleanCE(None, cfg), train, None, tmp_path, DistInfo(),
-                   torch.device("cpu"), progress=False)
+    return Trainer(cfg, spec=SPEC, model=model, method=CleanCE(None, cfg), train=train, val=None,
+                   run_dir=tmp_path, dist=DistInfo(), device=torch.device("cpu"), progress=False)
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -257,8 +257,8 @@ def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tm
     method_cls = METHODS.get("fairat")
     method = method_cls(method_cls.Params(base="trades"), cfg)
     train = Split(torch.randint(0, 256, (8, *spec.shape), dtype=torch.uint8), torch.arange(8) % 10)
-    trainer = Trainer(cfg, spec, create_model("small-cnn", spec), method, train, None, tmp_path,
-                      DistInfo(), torch.device("cpu"), progress=False)
+    trainer = Trainer(cfg, spec=spec, model=create_model("small-cnn", spec), method=method, train=train,
+                      val=None, run_dir=tmp_path, dist=DistInfo(), device=torch.device("cpu"), progress=False)
     plan = EpochPlan(torch.arange(8), torch.arange(8) % 2 == 0, torch.full((8,), cfg.eps), torch.ones(8))
     made = []
     for name in HOST_CONSTRUCTORS:
@@ -311,8 +311,8 @@ def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path)
     cfg = RunConfig(**values).resolve(SPEC.eps, SPEC.step_size)
     train = Split(torch.zeros(30, 1, 28, 28, dtype=torch.uint8), torch.arange(30) % 10)
     with pytest.raises(FairbenchError, match="--sync-bn: SyncBatchNorm runs on GPUs only"):
-        Trainer(cfg, SPEC, create_model("small-cnn", SPEC), CleanCE(None, cfg), train, None, tmp_path,
-                DistInfo(0, 2), torch.device("cpu"), progress=False)
+        Trainer(cfg, spec=SPEC, model=create_model("small-cnn", SPEC), method=CleanCE(None, cfg), train=train,
+                val=None, run_dir=tmp_path, dist=DistInfo(0, 2), device=torch.device("cpu"), progress=False)
 
 
 @pytest.mark.parametrize("device, native, expected", [("cpu", True, False), ("cuda", True, True),
