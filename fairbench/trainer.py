@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -13,8 +11,7 @@ import torch
 from torch import nn
 
 from fairbench.averaging import WeightAverage
-from fairbench.checkpoint import (CHECKPOINT_FORMAT, check_resumable, checkpoint_position, rng_state,
-                                  seed_everything, set_rng_state)
+from fairbench.checkpoint import Checkpointer
 from fairbench.config import RunConfig, milestones
 from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
@@ -23,9 +20,7 @@ from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
 from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
-from fairbench.models import load_model_state
-from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
-                               atomic_write_text, load_checkpoint, read_jsonl)
+from fairbench.results import LOG_FILE, append_jsonl
 
 LOG_EVERY = 20  # steps between progress-bar refreshes (the only host syncs in an epoch)
 PIECEWISE_FACTORS = (1.0, 0.1, 0.01, 0.001, 0.0001)  # written out: 0.1 ** 2 is not 0.01
@@ -95,9 +90,11 @@ class Trainer:
         self.stop: StopSignals | None = None
         self.watch = LossWatch(device, dist)
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
-        self._kept = "no checkpoint has been written yet"
         self.selector = (BestValSelector(cfg, val, spec.num_classes, dist, device)
                          if cfg.select == "best-val" and val is not None else None)
+        self.checkpoints = Checkpointer(run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, method=method, selector=self.selector,
+                                        averaging=self.averaging, dist=dist, device=device)
 
     def _wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
@@ -339,121 +336,20 @@ class Trainer:
         raise Preempted(f"stopped by {self._signal()} in epoch {ctx.epoch + 1} after step {step} "
                         f"of {steps}; {self._kept}; rerun with --resume to continue")
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (fairbench.checkpoint)
+
+    @property
+    def _kept(self) -> str:
+        """Which checkpoint a failure now leaves behind, for its message."""
+        return self.checkpoints.kept
 
     def save_checkpoint(self, epochs_done: int, mid_epoch: dict[str, Any] | None = None) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
-        where = checkpoint_position(epochs_done, mid_epoch)
-        rngs = self.dist.all_gather_object(rng_state(self.device))  # every rank's, for exact DDP resume
-        for stats in self.method.class_stats():  # the saved method state is rank 0's: give it the run's sums
-            stats.fold_into_main(self.dist, self.device)
-        if mid_epoch is not None and self.dist.enabled:  # inside an epoch each rank's batch-norm
-            # statistics are its own (DDP syncs them at the next forward, after the next attack)
-            own = {k: v.detach().cpu().clone() for k, v in self.model.named_buffers()}
-            mid_epoch = dict(mid_epoch, buffer_ranks=self.dist.all_gather_object(own))
-        path = self.run_dir / CHECKPOINT_FILE
-        self.dist.on_main(lambda: self._write_checkpoint(path, where, epochs_done, rngs, mid_epoch))
-        self._kept = f"the last good checkpoint {path} ({where}) is kept"
-
-    def _write_checkpoint(self, path: Path, where: str, epochs_done: int, rngs: list[dict[str, Any]],
-                          mid_epoch: dict[str, Any] | None) -> None:
-        """Rank 0's part of `save_checkpoint` (every rank holds the same model and optimizer)."""
-        state = {
-            "format_version": CHECKPOINT_FORMAT,
-            "config": self.cfg.training_dict(),
-            "config_hash": self.cfg.training_hash(),
-            "arch": self.cfg.arch,
-            "epoch": epochs_done,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "method": self.method.state_dict(),
-            "selection": self.selector.state_dict() if self.selector is not None else None,
-            "rng": rngs[0],
-            "rng_ranks": rngs,
-            "train_seconds": self.train_seconds,
-            "images_seen": self.images_seen,
-        }
-        if mid_epoch is not None:
-            state["mid_epoch"] = mid_epoch
-        if self.averaging is not None:
-            state["averaged"] = self.averaging.state_dict()
-        if self.cfg.init_source is not None:
-            state["init_source"] = self.cfg.init_source
-        try:
-            atomic_torch_save(path, state)
-        except FairbenchError as exc:  # disk full, quota, ...: the previous file is untouched
-            raise FairbenchError(f"checkpoint ({where}) not saved: {exc}; {self._kept}") from None
+        self.checkpoints.save(self.cfg, epochs_done, train_seconds=self.train_seconds,
+                              images_seen=self.images_seen, mid_epoch=mid_epoch)
 
     def resume(self) -> None:
         """Continue from the run folder's checkpoint; refuses one made with another config."""
-        path = self.run_dir / CHECKPOINT_FILE
-        if not path.is_file():
-            raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
-        state = load_checkpoint(path, map_location=self.device)
-        check_resumable(state, path, self.cfg)
-        load_model_state(self.model, state["model"], str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._match_parameter_layout()
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
-        for stats in self.method.class_stats():  # rank 0 saved the run's sums: the others start at 0
-            stats.zero_unless_main(self.dist)
-        if self.averaging is not None:
-            self.averaging.load_state_dict(state["averaged"], str(path))
-        if isinstance(state.get("init_source"), dict):  # what the run started from, for its records
-            self.cfg = dataclasses.replace(self.cfg, init_source=state["init_source"])
-        self._restore_buffers(state)
-        if self.selector is not None:
-            if not isinstance(state.get("selection"), dict):
-                raise FairbenchError(f"{path} holds no --select best-val state; it was not made "
-                                     f"by this config")
-            self.selector.load_state_dict(state["selection"])
-        self._restore_rng(state)
-        self.start_epoch = int(state["epoch"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.images_seen = int(state.get("images_seen", 0))
-        self._mid_epoch = state.get("mid_epoch")
-        self._kept = f"the last good checkpoint {path} ({checkpoint_position(self.start_epoch, self._mid_epoch)}) is kept"
-        self.dist.on_main(self._drop_later_log_lines)
-
-    def _match_parameter_layout(self) -> None:
-        """Give each optimizer buffer its parameter's memory layout (strides).
-
-        ``--channels-last`` is not a training field, so a run may resume under the other setting:
-        the checkpoint's momentum buffers are then NCHW for channels-last weights (or the reverse),
-        and the fused SGD used on CUDA, which assumes matching strides, applies a wrong update.
-        """
-        for param, state in self.optimizer.state.items():
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    state[key] = torch.empty_like(param).copy_(value)
-
-    def _drop_later_log_lines(self) -> None:
-        """Epochs logged after the checkpoint was written are redone: their lines go."""
-        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
-        atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
-
-    def _restore_buffers(self, state: dict[str, Any]) -> None:
-        """Inside an epoch, with the same number of processes: each rank's own batch-norm statistics."""
-        ranks = (state.get("mid_epoch") or {}).get("buffer_ranks")
-        if isinstance(ranks, list) and len(ranks) == self.dist.world_size:
-            buffers = dict(self.model.named_buffers())
-            for name, value in ranks[self.dist.rank].items():
-                buffers[name].copy_(value)
-
-    def _restore_rng(self, state: dict[str, Any]) -> None:
-        """Same number of processes: each rank continues its own RNG streams exactly.
-
-        Another number: rank 0 continues its stream and every other rank starts fresh streams
-        seeded from (seed, epoch, rank); the epoch's plan is split differently anyway.
-        """
-        ranks = state.get("rng_ranks") or [state["rng"]]
-        if len(ranks) == self.dist.world_size or self.dist.is_main:
-            set_rng_state(ranks[self.dist.rank], self.device)
-        else:
-            seed_everything(self.cfg.seed + 1_000_003 * int(state["epoch"]) + self.dist.rank)
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record) + "\n"
+        resumed = self.checkpoints.resume(self.cfg)
+        self.cfg, self.start_epoch, self._mid_epoch = resumed.cfg, resumed.start_epoch, resumed.mid_epoch
+        self.train_seconds, self.images_seen = resumed.train_seconds, resumed.images_seen
