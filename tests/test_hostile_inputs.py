@@ -395,3 +395,41 @@ def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir:
     code, err = cli(args, capsys)
     one_error(code, err, "is a file, not a run folder")
     assert (tmp_path / "out" / "runs" / "r").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- run: the folder is judged under its lock
+
+def tiny_run_args(data: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs",
+            str(epochs), "--batch-size", "50", "--attack-steps", "1", "--attacks", "clean", "--data-dir",
+            str(data), "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("resume, written", [(False, ("checkpoint.pt", "metrics.json")),
+                                             (False, ("metrics.json",)),
+                                             (True, ("checkpoint.pt",))])
+def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, written: tuple[str, ...],
+                                                              fmnist_dir: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    """`run` looks at the folder before loading the data (a quick error) and again under the lock:
+    another process may finish a run there meanwhile, whose metrics.json a fresh start would delete
+    (and whose checkpoint a start "from the beginning" would overwrite)."""
+    from fairbench import runner
+
+    run_dir = tmp_path / "out" / "runs" / "r"
+    if resume:  # a run started but stopped before its first checkpoint
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text("{}")
+    real = runner.load_data
+
+    def other_process_finishes_meanwhile(*args, **kwargs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in written:
+            (run_dir / name).write_text(f"the other run's {name}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "load_data", other_process_finishes_meanwhile)
+    code, err = cli(tiny_run_args(fmnist_dir, tmp_path / "out", *(["--resume"] if resume else [])), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert {name: (run_dir / name).read_text() for name in written} == {
+        name: f"the other run's {name}" for name in written}
