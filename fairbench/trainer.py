@@ -24,6 +24,7 @@ from fairbench.selection import BestValSelector
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.models import load_model_state
+from fairbench.resume_check import check_resume_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, append_jsonl, atomic_torch_save,
                                atomic_write_text, load_checkpoint, read_jsonl)
 
@@ -389,6 +390,8 @@ class Trainer:
             raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
         state = load_checkpoint(path, map_location=self.device)
         check_resumable(state, path, self.cfg)
+        check_resume_state(state, path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                           method=self.method, epochs=self.cfg.epochs, n_train=len(self.train), device=self.device)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self._match_parameter_layout()

@@ -433,3 +433,116 @@ def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, writ
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert {name: (run_dir / name).read_text() for name in written} == {
         name: f"the other run's {name}" for name in written}
+
+
+# ---------------------------------------------------------------- run --resume: a checkpoint it did not write
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Runs of pgd-at and dafa (a method with state) stopped after epoch 1 of 2, with checkpoints."""
+    import contextlib
+    import io
+    from conftest import make_fashion_mnist
+
+    root = tmp_path_factory.mktemp("stopped")
+    data = make_fashion_mnist(root / "fmnist")
+    runs = {"data": data}
+    for name in ("pgd-at", "dafa"):
+        args = tiny_run_args(data, root / name, "--stop-after-epoch", "1", epochs=2)
+        args[args.index("pgd-at")] = name
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(args)
+        runs[name] = root / name
+    return runs
+
+
+def _spoil_mid_epoch(**change):
+    """A valid preempted epoch (every training example once, at step 1) with ``change`` applied."""
+    def spoil(state: dict) -> None:
+        mid = {"step": 1, "plan": {"indices": torch.arange(300), "augment": None, "eps": torch.full((300,), 0.1),
+                                   "weight": torch.ones(300)},
+               "log": {}, "loss_sum": torch.tensor(1.0), "seconds": 0.5}
+        for key, value in change.items():
+            target, _, leaf = key.rpartition(".")
+            (mid[target] if target else mid)[leaf] = value
+        state["mid_epoch"] = mid
+    return spoil
+
+
+def _set(path: str, value):
+    def spoil(state: dict) -> None:
+        *parents, leaf = path.split("/")
+        target = state
+        for key in parents:
+            target = target[int(key) if isinstance(target, list) or key.isdigit() else key]
+        target[int(leaf) if leaf.isdigit() else leaf] = value
+    return spoil
+
+
+HOSTILE_CHECKPOINTS = [
+    ("pgd-at", _set("epoch", "x"), "its epoch"),
+    ("pgd-at", _set("train_seconds", "x"), "its train_seconds"),
+    ("pgd-at", _set("rng_ranks/0/torch", [1, 2, 3]), "its rng"),
+    ("pgd-at", _set("rng_ranks/0/python", ["a"] * 625), "its rng"),
+    ("pgd-at", _set("rng", {"python": 1}), "its rng"),
+    ("pgd-at", _set("optimizer/state/0/momentum_buffer", torch.zeros(3)), "its optimizer"),
+    ("pgd-at", _set("optimizer/param_groups", "x"), "its optimizer"),
+    ("pgd-at", _set("optimizer/param_groups/0/lr", "fast"), "its optimizer"),
+    ("pgd-at", _set("scheduler", {"optimizer": 1}), "its scheduler"),
+    ("pgd-at", _set("scheduler/last_epoch", "x"), "its scheduler"),
+    ("pgd-at", _set("method", {"x": 1}), "its method"),
+    ("dafa", _set("method/probs/sums", torch.zeros(3, 3)), "its method"),
+    ("dafa", _set("method/weights", [1, 2]), "its method"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.indices": torch.arange(300) + 10**6}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.indices": torch.arange(300.0)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.weight": torch.ones(7)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.eps": None}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(loss_sum="x"), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(step="x"), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(log={"epoch": "x"}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(log={"t": torch.ones(2)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(buffer_ranks=[{"nope": torch.ones(1)}]), "its mid_epoch"),
+]
+
+
+@pytest.mark.parametrize("method_name, spoil, fragment", HOSTILE_CHECKPOINTS)
+def test_resume_refuses_a_checkpoint_it_cannot_continue(method_name: str, spoil, fragment: str,
+                                                        stopped_runs: dict, tmp_path: Path, capsys) -> None:
+    """A checkpoint in a run folder that this run did not write (types, shapes and ranges that do not
+    fit): one `error:` line naming the part, and no file changes. Before, each was a traceback
+    (some epochs later), a silently wrong run, or a log.jsonl record with a foreign epoch."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs[method_name], out)
+    ckpt = out / "runs" / "r" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    spoil(state)
+    torch.save(state, ckpt)
+    before = files_under(out)
+    args = tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2)
+    args[args.index("pgd-at")] = method_name
+    code, err = cli(args, capsys)
+    one_error(code, err, fragment)
+    assert "cannot resume from this checkpoint" in err
+    assert files_under(out) == before
+
+
+@pytest.mark.parametrize("method_name, spoil", [("pgd-at", lambda s: None), ("dafa", lambda s: None),
+                                                ("pgd-at", _spoil_mid_epoch())])
+def test_resume_accepts_the_checkpoints_it_writes(method_name: str, spoil, stopped_runs: dict, tmp_path: Path,
+                                                  capsys) -> None:
+    """The other side of the check above: its own checkpoints (and a preempted epoch) resume."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs[method_name], out)
+    ckpt = out / "runs" / "r" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    spoil(state)
+    torch.save(state, ckpt)
+    args = tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2)
+    args[args.index("pgd-at")] = method_name
+    code, err = cli(args, capsys)
+    assert code == 0, err
+    assert (out / "runs" / "r" / "metrics.json").exists()
