@@ -336,7 +336,8 @@ def _accepted_names(root: Path) -> None:
         doc["arch"] = XSS if i == 0 else "a|b\\c"
         doc["params"] = {"p": "</pre><script>document.body.dataset.pwned=3</script>", "q": TEX}
         doc["env"] = {"x": "</details><img src=x onerror=document.body.dataset.pwned=4>"}
-        put(root, f"names-{i}", doc, outcomes_bytes(outcomes))
+        folder = f"{XSS}\n{TEX}\x1b[31m" if i == 1 else f"names-{i}"  # a folder name is data too
+        put(root, folder, doc, outcomes_bytes(outcomes))
 
 
 def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:
