@@ -431,7 +431,8 @@ class Trainer:
 
     def _drop_later_log_lines(self) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""
-        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= self.start_epoch]
+        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE)
+                if isinstance(r.get("epoch", 0), int) and r.get("epoch", 0) <= self.start_epoch]
         atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
 
     def _restore_buffers(self, state: dict[str, Any]) -> None:

@@ -546,3 +546,31 @@ def test_resume_accepts_the_checkpoints_it_writes(method_name: str, spoil, stopp
     code, err = cli(args, capsys)
     assert code == 0, err
     assert (out / "runs" / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("log", ["[1]\n", '{"epoch": "x"}\n', "[" * 100_000 + "\n", "fifo", "symlink"])
+def test_resume_reads_any_log_without_a_traceback(log: str, stopped_runs: dict, tmp_path: Path, capsys) -> None:
+    """A log.jsonl that fairbench did not write (lines that are not records, a foreign epoch, deep
+    nesting, a FIFO, a symlink out of the folder): the resume drops what is not a record of an
+    epoch it keeps, never hangs, and never writes through the link."""
+    import os
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs["pgd-at"], out)
+    path = out / "runs" / "r" / "log.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.unlink()
+    if log == "fifo":
+        os.mkfifo(path)
+    elif log == "symlink":
+        (tmp_path / "elsewhere.jsonl").write_text(first + "\n")
+        path.symlink_to(tmp_path / "elsewhere.jsonl")
+    else:
+        path.write_text(first + "\n" + log)
+    code, err = cli(tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2), capsys)
+    assert code == 0, err
+    epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+    assert epochs == ([2] if log in ("fifo", "symlink") else [1, 2]) and not path.is_symlink()
+    if log == "symlink":
+        assert (tmp_path / "elsewhere.jsonl").read_text() == first + "\n"
