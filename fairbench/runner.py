@@ -29,7 +29,7 @@ from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_wr
                                ensure_free_space, ensure_writable, make_run_folder, remove_stale_temps, run_lock,
                                sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
-                              write_run)
+                              read_regular, write_run)
 from fairbench.trainer import Trainer
 
 
@@ -44,6 +44,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def config_from_run_dir(run_dir: Path) -> RunConfig:
     """The config a run folder was started with (its config.json), for `fairbench resume`."""
     run_dir = Path(run_dir)
@@ -53,7 +56,7 @@ def config_from_run_dir(run_dir: Path) -> RunConfig:
     if run_dir.resolve().parent.name != "runs":
         raise FairbenchError(f"{run_dir}: a run folder lives in RESULTS/runs/<run-id>")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES))  # a regular file, bounded: it may not be ours
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FairbenchError(f"{path}: unreadable ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
