@@ -125,7 +125,7 @@ class RunConfig:
              f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
             (self.select != "best-val" or bool(self.val_per_class),
              "--select best-val needs a validation split: pass --val-per-class K"),
-            (self.aa_per_class is None or self.eval_per_class is None
+            (self.aa_per_class is None or self.eval_per_class is None or "autoattack" not in self.attacks
              or self.aa_per_class <= self.eval_per_class,
              f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "
              f"images per class (--eval-per-class)"),

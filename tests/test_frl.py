@@ -246,3 +246,12 @@ def test_loss_normalization(monkeypatch, normalization: str) -> None:
                 if normalization == "separate" else
                 (w_nat * natural + 2 * w_bndy * boundary).sum() / (w_nat + w_bndy).sum())
     assert torch.allclose(method.loss(batch_ctx(MeanGreyModel(), x, y, 0.1)), expected)
+
+
+def test_the_authors_frl_rm_schedule_is_a_piecewise_schedule() -> None:
+    """frlrm.py fine-tunes 120 epochs, MultiStepLR milestones 40 and 80 (0-based epoch indices):
+    ``--schedule piecewise:0.3333,0.6666`` (the docstring's command) drops at exactly those."""
+    from fairbench.trainer import lr_factor
+
+    factors = [lr_factor(e, 120, "piecewise:0.3333,0.6666") for e in range(120)]
+    assert factors == [1.0] * 40 + [0.1] * 40 + [0.01] * 40

@@ -564,3 +564,41 @@ def test_weight_averaging_and_a_starting_run_make_their_own_rows(tmp_path: Path)
     (group,) = board.groups
     assert sorted(row.label for row in group.rows) == ["pgd-at (ema=0.85)", "pgd-at (ema=None)"]
     assert not board.skipped
+
+
+def test_a_fine_tuning_run_joins_its_sources_table_one_row_over_seeds(tmp_path: Path) -> None:
+    """FAAL fine-tunes a finished run (--init-from): it is compared with the runs trained like its
+    source (the group's budget is the source's), its seeds share one row although each starts from
+    another source folder, the row says what it adds, and its own recipe (lr, epochs) does not
+    label the rows trained from scratch."""
+    docs = {}
+    for seed in (0, 1):
+        docs[f"base{seed}"] = record("pgd-at", {}, seed, 4, ALL_THREATS, 0.55)
+        tuned = record("faal", {}, seed, 2, ALL_THREATS, 0.6)
+        tuned["training"] |= {"lr": 0.005, "schedule": "piecewise:0.5",
+                              "init_from": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc"}
+        tuned["init_from"] = {"run_id": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc", "method": "pgd-at",
+                              "epochs": 4, "budget_epochs": 4}
+        docs[f"faal{seed}"] = tuned | {"run_id": f"faal-{seed}"}
+    for name, doc in docs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(doc))
+    board = build_leaderboard(tmp_path)
+    assert not board.skipped
+    (group,) = board.groups
+    assert group.key.epochs == 4
+    assert {r.label: r.seeds for r in group.rows} == {"pgd-at": [0, 1], "faal (from pgd-at, 4+2 epochs)": [0, 1]}
+
+
+def test_the_group_says_how_many_images_autoattack_ran_on(tmp_path: Path) -> None:
+    """AutoAttack on a subset is part of the protocol: the table's title says so, and runs whose
+    subsets differ are not ranked in one table."""
+    for name, aa in (("a", AA_PER_CLASS), ("b", 5)):
+        doc = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55) | {"run_id": name}
+        doc["training"] |= {"aa_per_class": aa}
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(doc))
+    board = build_leaderboard(tmp_path)
+    labels = sorted(g.key.label() for g in board.groups)
+    assert len(labels) == 2 and f"(AutoAttack: {AA_PER_CLASS}/class)" in labels[0] + labels[1]
+    assert all("AutoAttack: 5/class" in lab or f"AutoAttack: {AA_PER_CLASS}/class" in lab for lab in labels)

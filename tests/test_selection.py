@@ -71,6 +71,8 @@ def test_select_bad_input() -> None:
         RunConfig(**base, select="best-val").validate()
     with pytest.raises(FairbenchError, match="--aa-per-class 60 is more than the 50"):
         RunConfig(**base, eval_per_class=50, aa_per_class=60).validate()
+    # without AutoAttack the subset is never used: a preset's --aa-per-class does not stand in the way
+    RunConfig(**base, eval_per_class=5, aa_per_class=50, attacks=("clean", "pgd20")).validate()
 
 
 def test_select_last_keeps_old_run_ids() -> None:

@@ -48,9 +48,10 @@ The authors' protocol, and how to run it here:
   file; a hot start trained by fairbench is ``--init-from RUN_DIR`` (a finished run's folder, with
   ``--arch`` of that run). ``--init-from`` is the core's one way to start from trained weights
   (`fairbench.init_from`: weights_only, checked against the architecture, recorded in
-  config.json and metrics.json); the ``pretrained`` parameter now only says so. frl-rm's two lr
-  drops at epochs 40 and 80 have no schedule here
-  (``piecewise`` drops at 50% and 75%); ``--schedule constant --epochs 40`` is its first stage.
+  config.json and metrics.json); the ``pretrained`` parameter now only says so. frl-rm's 120
+  epochs with drops after epochs 40 and 80 are ``--method frl-rm --epochs 120 --schedule
+  piecewise:0.3333,0.6666`` (the lr drops /10 at the first epoch index >= M * epochs: indices 40
+  and 80, i.e. from epochs 41 and 81 as in the code; ``tests/test_frl.py`` checks the schedule).
 - Without ``--init-from`` (the default, one self-contained run): the first ``warmup_fraction`` of
   the run (default 0.75) trains with FRL's loss at uniform weights and eps (TRADES with FRL's
   beta), which stands in for the hot start, and the FRL updates run in the rest. With the default

@@ -87,9 +87,28 @@ class Run:
     def seed(self) -> int:
         return self.record.seed
 
+    @property
+    def source(self) -> dict[str, Any] | None:
+        """For a run that fine-tunes another (``--init-from``): the source's method and training
+        budget in epochs (its own and its sources'), else None. A source that is a bare file
+        has neither (None values)."""
+        start = self.record.init_from
+        if start is None:
+            return None
+        if not isinstance(start, dict):  # a bare path, as early records kept it
+            return {"method": None, "budget_epochs": None}
+        method, budget = start.get("method"), start.get("budget_epochs")
+        named = isinstance(method, str) and 0 < len(method) <= 64 and method.isprintable()
+        return {"method": method if named else None,
+                "budget_epochs": budget if _is_count(budget) else None}
+
     def identity(self) -> tuple[str, str, str]:
-        """What makes two runs the same experiment up to the seed (inside one group)."""
+        """What makes two runs the same experiment up to the seed (inside one group). A fine-tuning
+        run is identified by its source's method and budget, not by the source run itself (whose
+        folder differs from seed to seed)."""
         extra = {k: self.training.get(k) for k in EXTRA_TRAINING}
+        if self.source is not None:
+            extra["init_from"] = self.source
         return self.record.method, _canon(self.record.params), _canon(extra)
 
 
@@ -106,18 +125,28 @@ class GroupKey:
     eval_per_class: int | None
     classes: tuple[str, ...]
     select: str = "last"
+    aa_per_class: int | None = None  # AutoAttack on this many of the evaluated images per class
 
     @classmethod
     def of(cls, run: Run) -> "GroupKey":
+        """A run that fine-tunes another is compared with the runs trained like its source: its
+        group's budget is the source's (the row's label shows the epochs it adds)."""
         r, t = run.record, run.training
-        return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), t.get("epochs", r.epochs),
-                   t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select)
+        epochs = t.get("epochs", r.epochs)
+        if run.source is not None and run.source["budget_epochs"] is not None:
+            epochs = run.source["budget_epochs"]
+        aa = t.get("aa_per_class") if "autoattack" in r.metrics else None
+        return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), epochs,
+                   t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select,
+                   aa if _is_count(aa) else None)
 
     def label(self) -> str:
         eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
             else f"{self.eps:g}"
         train = f"{self.train_per_class} train/class" if self.train_per_class else "full train set"
         test = f"{self.eval_per_class} test/class" if self.eval_per_class else "full test set"
+        if self.aa_per_class is not None:
+            test += f" (AutoAttack: {self.aa_per_class}/class)"
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
             else "epochs unknown"
         select = "" if self.select == "last" else f" · {self.select} selection"
@@ -126,12 +155,14 @@ class GroupKey:
     def slug(self) -> str:
         text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
                 f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
+                + ("" if self.aa_per_class is None else f"_aa{self.aa_per_class}")
                 + ("" if self.select == "last" else f"_{self.select}"))
         return slug(text)
 
     def sort_key(self) -> tuple:
         return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
-                self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select)
+                self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select,
+                self.aa_per_class or 0)
 
 
 SLUG_MAX = 80
@@ -270,11 +301,29 @@ def _method_defaults(method: str) -> dict[str, Any] | None:
         return None
 
 
+def fine_tuning_label(run: Run) -> str:
+    """How a fine-tuning run was made, e.g. ``from pgd-at, 4+2 epochs``."""
+    source = run.source or {}
+    method = source.get("method") or "a checkpoint file"
+    own = run.training.get("epochs", run.record.epochs)
+    before = source.get("budget_epochs")
+    budget = f"{before}+{own} epochs" if before is not None and isinstance(own, int) else f"+{own} epochs"
+    return f"from {method}, {budget}"
+
+
 def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, str, str], str]:
     """Method name plus the parameters and training settings that tell the rows apart."""
-    varying = [f for f in EXTRA_TRAINING if len({_canon(rs[0].training.get(f)) for rs in buckets.values()}) > 1]
+    # a fine-tuning run's own recipe (lr, schedule, ...) is told apart only from other fine-tuning
+    # runs; the rows trained from scratch are compared among themselves
+    def varying_among(fine_tuning: bool) -> list[str]:
+        same = [rs[0] for rs in buckets.values() if (rs[0].source is not None) == fine_tuning]
+        return [f for f in EXTRA_TRAINING if f != "init_from"
+                and len({_canon(r.training.get(f)) for r in same}) > 1]
+
+    varying_of = {False: varying_among(False), True: varying_among(True)}
     labels: dict[tuple[str, str, str], str] = {}
     for ident, rs in buckets.items():
+        varying = varying_of[rs[0].source is not None]
         method, params = ident[0], rs[0].record.params
         defaults = _method_defaults(method)
         if defaults is None:  # unknown defaults: show what varies between this method's rows
@@ -284,6 +333,8 @@ def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, s
             shown = [k for k in sorted(params) if k not in defaults or _canon(params[k]) != _canon(defaults[k])]
         parts = [f"{k}={fmt_value(params[k])}" for k in shown]
         parts += [f"{f}={fmt_value(rs[0].training.get(f))}" for f in varying]
+        if rs[0].source is not None:
+            parts.append(fine_tuning_label(rs[0]))
         label = method + (f" ({', '.join(parts)})" if parts else "")
         n = sum(1 for other in labels.values() if other == label or other.startswith(label + " #"))
         labels[ident] = label if n == 0 else f"{label} #{n + 1}"
