@@ -1,5 +1,6 @@
-"""A run's training checkpoint: what it holds (every RNG stream, its format, its checks), and the
-`Checkpointer` that writes it after each epoch (or at a signal) and resumes from it exactly.
+"""A run's training checkpoint: what it holds (every state, with every RNG stream of `fairbench.rng`),
+its format and checks, and the `Checkpointer` that writes it after each epoch (or at a signal) and
+resumes from it exactly.
 
 The `Trainer` hands its pieces (model, optimizer, scheduler, method, ...) to a `Checkpointer` and
 calls it, so the loop itself stays about training. Nothing here imports the trainer.
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.models import load_model_state
+from fairbench.resume_check import check_resume_state
 from fairbench.results import (CHECKPOINT_FILE, LOG_FILE, atomic_torch_save, atomic_write_text, load_checkpoint,
                                read_jsonl)
+from fairbench.rng import rng_state, seed_everything, set_rng_state  # runner and tests import them from here
 
 if TYPE_CHECKING:
     from fairbench.averaging import WeightAverage
@@ -34,44 +35,6 @@ if TYPE_CHECKING:
 # (the weight average) and "init_source" (the run it started from)
 CHECKPOINT_FORMAT = 3
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "method", "rng", "epoch")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Every RNG the run draws from, in types that ``torch.load(weights_only=True)`` accepts.
-
-    Of CUDA, only ``device``'s generator (the current device by default): under torchrun each rank
-    draws on its own GPU, and a checkpoint must resume on a machine with fewer GPUs.
-    """
-    np_state = np.random.get_state()
-    state = {
-        "python": list(random.getstate()[1]) + [random.getstate()[0]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state(device if device is not None and device.type == "cuda"
-                                                 else "cuda")
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Restore `rng_state`; its tensors may come back on the GPU (``map_location``), RNGs want them on the CPU."""
-    py = state["python"]
-    random.setstate((py[-1], tuple(py[:-1]), None))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device if device is not None and device.type == "cuda"
-                                 else "cuda")
 
 
 def check_resumable(state: dict[str, Any], path: Path, cfg: RunConfig) -> None:
@@ -174,13 +137,16 @@ class Checkpointer:
         except FairbenchError as exc:  # disk full, quota, ...: the previous file is untouched
             raise FairbenchError(f"checkpoint ({where}) not saved: {exc}; {self.kept}") from None
 
-    def resume(self, cfg: RunConfig) -> Resumed:
-        """Load the run folder's checkpoint into the pieces; refuses one made with another config."""
+    def resume(self, cfg: RunConfig, *, n_train: int) -> Resumed:
+        """Load the run folder's checkpoint into the pieces; refuses one made with another config, or
+        one whose states do not fit this run's (`fairbench.resume_check`; ``n_train`` training examples)."""
         path = self.path
         if not path.is_file():
             raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
         state = load_checkpoint(path, map_location=self.device)
         check_resumable(state, path, cfg)
+        check_resume_state(state, path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                           method=self.method, epochs=cfg.epochs, n_train=n_train, device=self.device)
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self._match_parameter_layout()
@@ -221,7 +187,8 @@ class Checkpointer:
 
     def _drop_later_log_lines(self, epochs_done: int) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""
-        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE) if r.get("epoch", 0) <= epochs_done]
+        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE)
+                if isinstance(r.get("epoch", 0), int) and r.get("epoch", 0) <= epochs_done]
         atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
 
     def _restore_buffers(self, state: dict[str, Any]) -> None:

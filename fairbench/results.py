@@ -118,15 +118,26 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         raise FairbenchError(f"cannot append to {path}: {exc.strerror or exc}") from None
 
 
+MAX_LOG_BYTES = 64 << 20  # a log has a line per epoch: far less than this
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).exists():
+    """The JSON objects of a ``.jsonl`` file, one a line; lines that are not one (a line cut by a
+    crash, or anything else) are skipped. Only a regular file is read (a FIFO, a device or a
+    symlink reads as empty: the trainer replaces it), of at most `MAX_LOG_BYTES`."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
         return []
+    if path.stat().st_size > MAX_LOG_BYTES:
+        raise FairbenchError(f"{path}: more than {MAX_LOG_BYTES} bytes; not a log fairbench wrote")
     records = []
-    for line in Path(path).read_text(errors="replace").splitlines():  # a cut line may be any bytes
+    for line in path.read_text(errors="replace").splitlines():  # a cut line may be any bytes
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

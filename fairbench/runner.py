@@ -29,7 +29,7 @@ from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_wr
                                ensure_free_space, ensure_writable, make_run_folder, remove_stale_temps, run_lock,
                                sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
-                              write_run)
+                              read_regular, write_run)
 from fairbench.trainer import Trainer
 
 
@@ -44,6 +44,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def config_from_run_dir(run_dir: Path) -> RunConfig:
     """The config a run folder was started with (its config.json), for `fairbench resume`."""
     run_dir = Path(run_dir)
@@ -53,7 +56,7 @@ def config_from_run_dir(run_dir: Path) -> RunConfig:
     if run_dir.resolve().parent.name != "runs":
         raise FairbenchError(f"{run_dir}: a run folder lives in RESULTS/runs/<run-id>")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES))  # a regular file, bounded: it may not be ours
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FairbenchError(f"{path}: unreadable ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
@@ -137,16 +140,7 @@ def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params:
          echo: Callable[[str], None], stop: StopSignals, stop_after_epoch: int | None) -> Path:
     run_dir = Path(cfg.out) / "runs" / str(cfg.run_id)
     say = echo if dist.is_main else (lambda _msg: None)
-    has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
-    if not resume and has_checkpoint:
-        raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
-                             f"or --run-id to start another")
-    if not has_checkpoint and (run_dir / METRICS_FILE).exists():  # e.g. committed results (no .pt)
-        raise FairbenchError(f"{run_dir} holds a finished run (its {METRICS_FILE}) and no checkpoint "
-                             f"to continue from; pass --run-id to start another, or delete the folder "
-                             f"to redo it")
-    if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
-        raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
+    has_checkpoint = folder_state(run_dir, resume)  # early, before loading data; again under the lock
     seed_everything(cfg.seed + dist.rank)
     train, val, test, test_indices = load_data(cfg, spec, device, dist)
     model = create_model(cfg.arch, spec).to(device)
@@ -158,7 +152,7 @@ def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params:
     trainer = Trainer(cfg, spec=spec, model=model, method=method, train=train, val=val, run_dir=run_dir,
                       dist=dist, device=device, progress=progress)
     with contextlib.ExitStack() as lock:  # every input is valid: only now is anything written
-        dist.on_main(lambda: _claim_folder(run_dir, 2 * checkpoint_bytes(model), lock))
+        dist.on_main(lambda: _claim_folder(run_dir, 2 * checkpoint_bytes(model), lock, resume, has_checkpoint))
         if resume and has_checkpoint:  # before any write: a refused checkpoint changes nothing
             trainer.resume()
             cfg = trainer.cfg  # with the record of the run it started from, if any
@@ -179,12 +173,35 @@ def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params:
     return run_dir
 
 
-def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack) -> None:
-    """Make the run folder, with room for ``need_bytes``, and hold its lock in ``lock`` (rank 0)."""
+def folder_state(run_dir: Path, resume: bool) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to continue; refuses a folder this command must not
+    touch (a run without --resume, a finished run without its checkpoint, --resume of nothing)."""
+    has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
+    if not resume and has_checkpoint:
+        raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
+                             f"or --run-id to start another")
+    if not has_checkpoint and (run_dir / METRICS_FILE).exists():  # e.g. committed results (no .pt)
+        raise FairbenchError(f"{run_dir} holds a finished run (its {METRICS_FILE}) and no checkpoint "
+                             f"to continue from; pass --run-id to start another, or delete the folder "
+                             f"to redo it")
+    if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
+        raise FairbenchError(f"--resume: no checkpoint in {run_dir}, and no run was started there")
+    return has_checkpoint
+
+
+def _claim_folder(run_dir: Path, need_bytes: int, lock: contextlib.ExitStack, resume: bool,
+                  had_checkpoint: bool) -> None:
+    """Make the run folder, with room for ``need_bytes``, and hold its lock in ``lock`` (rank 0).
+
+    The folder is looked at again once the lock is held: what was seen before loading the data is
+    only a hint, as another process may have written the folder since (finished a run there)."""
     ensure_writable(run_dir.parent)
     ensure_free_space(run_dir.parent, need_bytes)
     make_run_folder(run_dir)
     lock.enter_context(run_lock(run_dir))
+    if folder_state(run_dir, resume) != had_checkpoint:
+        raise FairbenchError(f"{run_dir} changed while this run was starting (another process wrote "
+                             f"a checkpoint there, or removed it); run the command again")
 
 
 def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:

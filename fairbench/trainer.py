@@ -350,6 +350,6 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the run folder's checkpoint; refuses one made with another config."""
-        resumed = self.checkpoints.resume(self.cfg)
+        resumed = self.checkpoints.resume(self.cfg, n_train=len(self.train))
         self.cfg, self.start_epoch, self._mid_epoch = resumed.cfg, resumed.start_epoch, resumed.mid_epoch
         self.train_seconds, self.images_seen = resumed.train_seconds, resumed.images_seen

@@ -60,7 +60,7 @@ def test_resume_restores_every_piece_and_drops_later_log_lines(tmp_path: Path) -
 
     resumed_pieces = pieces(tmp_path, seed=1)
     torch.manual_seed(99)
-    resumed = resumed_pieces.resume(CFG)
+    resumed = resumed_pieces.resume(CFG, n_train=100)
 
     assert (resumed.start_epoch, resumed.train_seconds, resumed.images_seen) == (2, 1.5, 64)
     assert resumed.mid_epoch is None and resumed.cfg == CFG

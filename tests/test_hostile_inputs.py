@@ -395,3 +395,182 @@ def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir:
     code, err = cli(args, capsys)
     one_error(code, err, "is a file, not a run folder")
     assert (tmp_path / "out" / "runs" / "r").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- run: the folder is judged under its lock
+
+def tiny_run_args(data: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs",
+            str(epochs), "--batch-size", "50", "--attack-steps", "1", "--attacks", "clean", "--data-dir",
+            str(data), "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("resume, written", [(False, ("checkpoint.pt", "metrics.json")),
+                                             (False, ("metrics.json",)),
+                                             (True, ("checkpoint.pt",))])
+def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, written: tuple[str, ...],
+                                                              fmnist_dir: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    """`run` looks at the folder before loading the data (a quick error) and again under the lock:
+    another process may finish a run there meanwhile, whose metrics.json a fresh start would delete
+    (and whose checkpoint a start "from the beginning" would overwrite)."""
+    from fairbench import runner
+
+    run_dir = tmp_path / "out" / "runs" / "r"
+    if resume:  # a run started but stopped before its first checkpoint
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text("{}")
+    real = runner.load_data
+
+    def other_process_finishes_meanwhile(*args, **kwargs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in written:
+            (run_dir / name).write_text(f"the other run's {name}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "load_data", other_process_finishes_meanwhile)
+    code, err = cli(tiny_run_args(fmnist_dir, tmp_path / "out", *(["--resume"] if resume else [])), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert {name: (run_dir / name).read_text() for name in written} == {
+        name: f"the other run's {name}" for name in written}
+
+
+# ---------------------------------------------------------------- run --resume: a checkpoint it did not write
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Runs of pgd-at and dafa (a method with state) stopped after epoch 1 of 2, with checkpoints."""
+    import contextlib
+    import io
+    from conftest import make_fashion_mnist
+
+    root = tmp_path_factory.mktemp("stopped")
+    data = make_fashion_mnist(root / "fmnist")
+    runs = {"data": data}
+    for name in ("pgd-at", "dafa"):
+        args = tiny_run_args(data, root / name, "--stop-after-epoch", "1", epochs=2)
+        args[args.index("pgd-at")] = name
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(args)
+        runs[name] = root / name
+    return runs
+
+
+def _spoil_mid_epoch(**change):
+    """A valid preempted epoch (every training example once, at step 1) with ``change`` applied."""
+    def spoil(state: dict) -> None:
+        mid = {"step": 1, "plan": {"indices": torch.arange(300), "augment": None, "eps": torch.full((300,), 0.1),
+                                   "weight": torch.ones(300)},
+               "log": {}, "loss_sum": torch.tensor(1.0), "seconds": 0.5}
+        for key, value in change.items():
+            target, _, leaf = key.rpartition(".")
+            (mid[target] if target else mid)[leaf] = value
+        state["mid_epoch"] = mid
+    return spoil
+
+
+def _set(path: str, value):
+    def spoil(state: dict) -> None:
+        *parents, leaf = path.split("/")
+        target = state
+        for key in parents:
+            target = target[int(key) if isinstance(target, list) or key.isdigit() else key]
+        target[int(leaf) if leaf.isdigit() else leaf] = value
+    return spoil
+
+
+HOSTILE_CHECKPOINTS = [
+    ("pgd-at", _set("epoch", "x"), "its epoch"),
+    ("pgd-at", _set("train_seconds", "x"), "its train_seconds"),
+    ("pgd-at", _set("rng_ranks/0/torch", [1, 2, 3]), "its rng"),
+    ("pgd-at", _set("rng_ranks/0/python", ["a"] * 625), "its rng"),
+    ("pgd-at", _set("rng", {"python": 1}), "its rng"),
+    ("pgd-at", _set("optimizer/state/0/momentum_buffer", torch.zeros(3)), "its optimizer"),
+    ("pgd-at", _set("optimizer/param_groups", "x"), "its optimizer"),
+    ("pgd-at", _set("optimizer/param_groups/0/lr", "fast"), "its optimizer"),
+    ("pgd-at", _set("scheduler", {"optimizer": 1}), "its scheduler"),
+    ("pgd-at", _set("scheduler/last_epoch", "x"), "its scheduler"),
+    ("pgd-at", _set("method", {"x": 1}), "its method"),
+    ("dafa", _set("method/probs/sums", torch.zeros(3, 3)), "its method"),
+    ("dafa", _set("method/weights", [1, 2]), "its method"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.indices": torch.arange(300) + 10**6}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.indices": torch.arange(300.0)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.weight": torch.ones(7)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(**{"plan.eps": None}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(loss_sum="x"), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(step="x"), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(log={"epoch": "x"}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(log={"t": torch.ones(2)}), "its mid_epoch"),
+    ("pgd-at", _spoil_mid_epoch(buffer_ranks=[{"nope": torch.ones(1)}]), "its mid_epoch"),
+]
+
+
+@pytest.mark.parametrize("method_name, spoil, fragment", HOSTILE_CHECKPOINTS)
+def test_resume_refuses_a_checkpoint_it_cannot_continue(method_name: str, spoil, fragment: str,
+                                                        stopped_runs: dict, tmp_path: Path, capsys) -> None:
+    """A checkpoint in a run folder that this run did not write (types, shapes and ranges that do not
+    fit): one `error:` line naming the part, and no file changes. Before, each was a traceback
+    (some epochs later), a silently wrong run, or a log.jsonl record with a foreign epoch."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs[method_name], out)
+    ckpt = out / "runs" / "r" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    spoil(state)
+    torch.save(state, ckpt)
+    before = files_under(out)
+    args = tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2)
+    args[args.index("pgd-at")] = method_name
+    code, err = cli(args, capsys)
+    one_error(code, err, fragment)
+    assert "cannot resume from this checkpoint" in err
+    assert files_under(out) == before
+
+
+@pytest.mark.parametrize("method_name, spoil", [("pgd-at", lambda s: None), ("dafa", lambda s: None),
+                                                ("pgd-at", _spoil_mid_epoch())])
+def test_resume_accepts_the_checkpoints_it_writes(method_name: str, spoil, stopped_runs: dict, tmp_path: Path,
+                                                  capsys) -> None:
+    """The other side of the check above: its own checkpoints (and a preempted epoch) resume."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs[method_name], out)
+    ckpt = out / "runs" / "r" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    spoil(state)
+    torch.save(state, ckpt)
+    args = tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2)
+    args[args.index("pgd-at")] = method_name
+    code, err = cli(args, capsys)
+    assert code == 0, err
+    assert (out / "runs" / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("log", ["[1]\n", '{"epoch": "x"}\n', "[" * 100_000 + "\n", "fifo", "symlink"])
+def test_resume_reads_any_log_without_a_traceback(log: str, stopped_runs: dict, tmp_path: Path, capsys) -> None:
+    """A log.jsonl that fairbench did not write (lines that are not records, a foreign epoch, deep
+    nesting, a FIFO, a symlink out of the folder): the resume drops what is not a record of an
+    epoch it keeps, never hangs, and never writes through the link."""
+    import os
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(stopped_runs["pgd-at"], out)
+    path = out / "runs" / "r" / "log.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.unlink()
+    if log == "fifo":
+        os.mkfifo(path)
+    elif log == "symlink":
+        (tmp_path / "elsewhere.jsonl").write_text(first + "\n")
+        path.symlink_to(tmp_path / "elsewhere.jsonl")
+    else:
+        path.write_text(first + "\n" + log)
+    code, err = cli(tiny_run_args(stopped_runs["data"], out, "--resume", epochs=2), capsys)
+    assert code == 0, err
+    epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+    assert epochs == ([2] if log in ("fifo", "symlink") else [1, 2]) and not path.is_symlink()
+    if log == "symlink":
+        assert (tmp_path / "elsewhere.jsonl").read_text() == first + "\n"

@@ -561,6 +561,12 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _link(path: Path, target: Path) -> Path:
+    target.write_text("{}")
+    path.symlink_to(target)
+    return path
+
+
 # ---------------------------------------------------------------- bad input everywhere
 
 BAD_RUN_OPTIONS = [
@@ -644,6 +650,8 @@ def test_bad_run_option_is_one_error_line_and_writes_nothing(extra: list[str], m
     (lambda d: _write(d / "config.json", '{"method": "pgd-at", "arch": "small-cnn", "dataset": '
                       '"fashion-mnist", "epochs": "3"}').parent, "config field 'epochs' must be int"),
     (lambda d: _write(d / "config.json", '{"bogus": 1}').parent, "config has unknown fields: bogus"),
+    (lambda d: _write(d / "config.json", " " * (2 << 20) + "{}").parent, "more than the 1048576"),
+    (lambda d: _link(d / "config.json", d.parent / "elsewhere.json").parent, "config.json: unreadable (a symlink)"),
 ])
 def test_resume_command_refuses_bad_run_folders(tmp_path: Path, capsys, make, message: str) -> None:
     run_dir = tmp_path / "results" / "runs" / "r"

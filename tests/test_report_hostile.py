@@ -131,6 +131,11 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     (outside / "run").mkdir(parents=True)
     write_run(outside / "run", record, outcomes)
     (root / "runs" / "linked").symlink_to(outside / "run")
+    # outputs that are symlinks out of the folder: replaced by the report's own files, never written through
+    (outside / "mine.md").write_text("mine")
+    (root / "leaderboard.md").symlink_to(outside / "mine.md")
+    (outside / "mine.png").write_bytes(b"mine")
+    (root / "figures" / "fashion-mnist_small-cnn_linf-0.1_e2_tr50_teall_clean.png").symlink_to(outside / "mine.png")
     # a user's own chart, and a forged manifest naming it and files that are not report outputs
     (root / "figures" / "my_paper_plot.png").write_bytes(b"mine")
     (root / MANIFEST).write_text(json.dumps({"format": 1, "files": {
@@ -223,6 +228,25 @@ def test_nothing_removed_that_the_report_did_not_make(hostile: dict) -> None:
             assert hostile["after"].get(rel) == digest, rel
 
 
+def test_outputs_that_were_symlinks_are_the_reports_own_files(hostile: dict) -> None:
+    """A leaderboard.md or chart that is a symlink out of the folder is replaced, not written through."""
+    chart = hostile["results"] / "figures" / "fashion-mnist_small-cnn_linf-0.1_e2_tr50_teall_clean.png"
+    for path in (hostile["results"] / "leaderboard.md", chart):
+        assert path.is_file() and not path.is_symlink(), path
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    assert (hostile["world"] / "outside" / "mine.md").read_text() == "mine"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_file_names_are_allow_listed_slugs(text: str) -> None:
+    """Every file name the report makes comes from `slug`: [a-z0-9._-], at most 80 characters,
+    never empty, never starting with "." or "-" (so never "..", a hidden file or an option)."""
+    from fairbench.report.model import slug
+
+    assert re.fullmatch(r"[a-z0-9_][a-z0-9._-]{0,79}", slug(text)), slug(text)
+
+
 def test_figures_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
     results, target = tmp_path / "results", tmp_path / "elsewhere"
     valid_folder(results)
@@ -312,7 +336,8 @@ def _accepted_names(root: Path) -> None:
         doc["arch"] = XSS if i == 0 else "a|b\\c"
         doc["params"] = {"p": "</pre><script>document.body.dataset.pwned=3</script>", "q": TEX}
         doc["env"] = {"x": "</details><img src=x onerror=document.body.dataset.pwned=4>"}
-        put(root, f"names-{i}", doc, outcomes_bytes(outcomes))
+        folder = f"{XSS}\n{TEX}\x1b[31m" if i == 1 else f"names-{i}"  # a folder name is data too
+        put(root, folder, doc, outcomes_bytes(outcomes))
 
 
 def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:

@@ -96,6 +96,16 @@ def _set(doc: dict, dotted: str, value) -> dict:
     ("metrics.clean.extra", 1, "metrics.clean has unknown field(s) 'extra'"),
     ("metrics.pgd20", [], "metrics.pgd20 is not an object"),
     ("timing", [], "'timing' is not an object"),
+    ("threat", {"norm": "Linf", "eps": 0.1, "x": 1}, "'threat' is missing or not an object of norm and eps"),
+    ("training", [1], "'training' is not an object"),
+    ("training", {"params": {"p": [float("nan")]}}, "training.params.p is"),
+    ("init_from", 3, "'init_from' is not a record, a path or null"),
+    ("init_from", "a\nb", "'init_from' is not a record, a path or null"),
+    ("init_from", {"run_id": "<script>\n"}, "init_from.run_id is"),
+    ("averaging", "x", "'averaging' is not an object"),
+    ("attack_settings", {"pgd20": {"steps": 10**30}}, "attack_settings.pgd20.steps is"),
+    ("evaluation", {"k": list(range(1000))}, "evaluation.k is nested deeper than allowed or has more than"),
+    ("checkpoint", {"sha256": "a\x1b[31m"}, "checkpoint.sha256 is"),
 ])
 def test_every_field_is_checked_and_named(tmp_path: Path, field: str, value, message: str) -> None:
     """Every field the report reads is checked before use; a failure names the file and the field."""
