@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fairbench.attacks import eval_mode, pgd
-from fairbench.config import SELECT_RULES, RunConfig  # noqa: F401 (re-exported)
+from fairbench.config import RunConfig
 from fairbench.data import Split, map_sharded
 from fairbench.distributed import DistInfo
 from fairbench.evaluate import per_class_accuracy, seeded

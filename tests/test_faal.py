@@ -9,7 +9,6 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fairbench.cli import main
 from fairbench.errors import FairbenchError
