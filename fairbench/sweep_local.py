@@ -74,7 +74,9 @@ def slot_env(slot: int, workers: int, gpus: list[str]) -> dict[str, str]:
     """The environment of the run in worker slot ``slot``: its thread budget and its GPU."""
     env = dict(os.environ)
     threads = str(max(1, cpu_count() // workers))
-    if "OMP_NUM_THREADS" not in os.environ:  # a budget set by the user is kept
+    # a budget set by the user is kept; an empty value is none (OpenMP ignores it, and each run
+    # would take every core: two workers on 2 cores ran 7x slower than one after another)
+    if not os.environ.get("OMP_NUM_THREADS", "").strip():
         env["OMP_NUM_THREADS"] = threads
         env["MKL_NUM_THREADS"] = threads
     if gpus:

@@ -250,6 +250,8 @@ def test_each_worker_gets_its_share_of_the_cores_and_one_gpu(monkeypatch: pytest
     assert sweep_local.default_workers(["0", "1"]) == 2 and sweep_local.default_workers([]) == 8
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a budget the user set is kept
     assert sweep_local.slot_env(0, 2, [])["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty is no budget: each run gets its share
+    assert sweep_local.slot_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, sweep_local.cpu_count() // 2))
 
 
 def test_worker_threads_reach_torch_in_the_run_process(monkeypatch: pytest.MonkeyPatch) -> None:
