@@ -12,21 +12,11 @@ import torch
 from torch import nn
 
 from fairbench.averaging import WeightAverage
-from fairbench.cli import main
 from fairbench.losses import pgd_at_terms, weighted_mean
 from fairbench.method import BatchContext, EpochContext, Method
 from fairbench.registry import METHODS, register_method
 from fairbench.results import load_checkpoint
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    return code, capsys.readouterr().err
+from cli_helpers import cli
 
 
 def test_ema_by_hand_with_batch_norm_statistics() -> None:

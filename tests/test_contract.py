@@ -25,18 +25,9 @@ from fairbench.registry import METHODS
 from fairbench.results import load_checkpoint
 from fairbench.signals import EXIT_PREEMPTED
 from fairbench.trainer import Trainer
+from cli_helpers import cli
 
 EPOCHS = 3
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,9 @@ from fairbench.errors import FairbenchError
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
 from fairbench.results import load_checkpoint, run_lock
+from cli_helpers import cli
 
 LONG_UTF8_ID = "日" * 100  # 100 characters, 300 bytes: longer than a file name may be
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    return code, capsys.readouterr().err
 
 
 def one_error(code: int, err: str, fragment: str) -> None:

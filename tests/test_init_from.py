@@ -14,16 +14,7 @@ from conftest import make_fashion_mnist
 from fairbench.cli import main
 from fairbench.results import load_checkpoint, sha256_file
 from fairbench.trainer import Trainer
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    return code, capsys.readouterr().err
+from cli_helpers import cli
 
 
 def run_args(data: Path, out: Path, run_id: str, *extra: str, method: str = "pgd-at") -> list[str]:

@@ -22,13 +22,13 @@ import torch
 
 from conftest import make_fashion_mnist
 from fairbench import results
-from fairbench.cli import main
 from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_terms, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.registry import METHODS, register_method
 from fairbench.results import load_checkpoint
 from fairbench.signals import EXIT_PREEMPTED
+from cli_helpers import cli
 
 EPOCHS = 4
 
@@ -40,17 +40,6 @@ def run_args(data: Path, out: Path, *extra: str, epochs: int = EPOCHS, method: s
             "--epochs", str(epochs), "--batch-size", "32", "--attack-steps", str(attack_steps),
             "--data-dir", str(data), "--out", str(out), "--run-id", "r", "--attacks", attacks,
             "--device", "cpu", "--no-progress", *extra]
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run the CLI in this process; returns (exit code, stderr)."""
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    return code, capsys.readouterr().err
 
 
 def read_log(run_dir: Path) -> list[dict]:
