@@ -174,10 +174,15 @@ class RunConfig:
 
     def portable_dict(self) -> dict[str, Any]:
         """What config.json records: no output folder (it is where the file lies), so a committed
-        run carries no path of the machine that made it. ``--data-dir`` stays as given (None by
-        default): `fairbench resume` needs it to find the same data."""
+        run carries no path of the machine that made it. ``--init-from`` is recorded relative to
+        the results folder (``runs/<run-id>``) when the source lies in it, as a fine-tuning run's
+        source does when both were made with the same ``--out`` (`fairbench resume` resolves it
+        there again); a source elsewhere keeps its absolute path. ``--data-dir`` stays as given
+        (None by default): `fairbench resume` needs it to find the same data."""
         d = self.to_dict()
         del d["out"]
+        if self.init_from is not None:
+            d["init_from"] = results_relative(self.init_from, self.out)
         return d
 
     @classmethod
@@ -195,6 +200,16 @@ class RunConfig:
             raise FairbenchError(f"config: {exc}") from None
         cfg.check_types()
         return cfg
+
+
+def results_relative(path: str | Path, out: str | Path) -> str:
+    """``path`` relative to the results folder ``out`` (POSIX separators) when it lies inside it,
+    else its absolute path: what a committed file may record of another run's folder."""
+    where = Path(path).resolve()
+    try:
+        return where.relative_to(Path(out).resolve()).as_posix()
+    except ValueError:
+        return str(where)
 
 
 def is_run_id(run_id: object) -> bool:

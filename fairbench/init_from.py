@@ -8,8 +8,9 @@ on the machine that trained it, or after rerunning it. The checkpoint is loaded 
 ``weights_only=True``; its architecture and data set must be this run's. The weights taken are the
 ones the source run evaluated (its weight average, when it kept one). What this run records of its
 source (``init_source`` in config.json, ``init_from`` in metrics.json): the source's run id, method,
-whole config, checkpoint sha256, and the training budget behind the weights (its epochs, plus those
-of the run it started from, if any).
+whole config, checkpoint sha256, the training budget behind the weights (its epochs, plus those of
+the run it started from, if any), and its folder, relative to this run's results folder when it lies
+there (``runs/<run-id>``: no path of the machine that made it; `RunConfig.portable_dict`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from fairbench.checkpoint import REQUIRED_KEYS
-from fairbench.config import RunConfig
+from fairbench.config import RunConfig, results_relative
 from fairbench.errors import FairbenchError
 from fairbench.models import has_average, unwrap_state_dict
 from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, sha256_file
@@ -33,7 +34,7 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     folder = Path(cfg.init_from)
     where = f"--init-from {cfg.init_from}"
     if folder.is_file():
-        return _read_file(folder, where)
+        return _read_file(folder, where, cfg.out)
     if not folder.is_dir():
         raise FairbenchError(f"{where}: no such folder or file (give a run folder, RESULTS/runs/<run-id>, "
                              f"or a checkpoint file)")
@@ -61,7 +62,7 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     averaged = has_average(state)
     prior = source.get("init_source") or {}
     before = prior.get("budget_epochs", 0)
-    record = {"run_dir": str(folder), "run_id": source.get("run_id", folder.name),
+    record = {"run_dir": results_relative(folder, cfg.out), "run_id": source.get("run_id", folder.name),
               "method": source.get("method"), "epochs": epochs,
               "budget_epochs": epochs + before if isinstance(before, int) else None,
               "weights": "averaged" if averaged else "last",
@@ -72,11 +73,11 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     return weights, record
 
 
-def _read_file(path: Path, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_file(path: Path, where: str, out: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A checkpoint made elsewhere: its weights (``{'state_dict': ...}`` / ``{'model': ...}``
     wrappers and DDP prefixes accepted); the architecture is checked when they are loaded."""
     weights = unwrap_state_dict(load_checkpoint(path), where)
-    record = {"file": str(path), "run_id": None, "method": None, "epochs": None, "budget_epochs": None,
+    record = {"file": results_relative(path, out), "run_id": None, "method": None, "epochs": None, "budget_epochs": None,
               "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
     return weights, record
 

@@ -62,7 +62,11 @@ def config_from_run_dir(run_dir: Path) -> RunConfig:
     if not isinstance(data, dict):
         raise FairbenchError(f"{path}: not a JSON object")
     cfg = RunConfig.from_dict(data)
-    return dataclasses.replace(cfg, out=str(run_dir.resolve().parent.parent), run_id=run_dir.resolve().name)
+    out = run_dir.resolve().parent.parent
+    init_from = cfg.init_from
+    if init_from is not None and not Path(init_from).is_absolute():  # recorded relative to the results folder
+        init_from = str(out / init_from)
+    return dataclasses.replace(cfg, out=str(out), run_id=run_dir.resolve().name, init_from=init_from)
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:

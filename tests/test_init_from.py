@@ -85,6 +85,30 @@ def test_a_chain_of_runs_adds_up_its_budget(sources, tmp_path: Path, capsys) -> 
     assert record["config"]["init_source"] == "plain"  # the chain is named, not nested
 
 
+def test_committed_files_name_a_source_in_the_same_results_folder_relative_to_it(sources, tmp_path: Path,
+                                                                               capsys) -> None:
+    """A fine-tuning run made with its source's --out records ``runs/<id>``, not a machine path, and a
+    moved results folder still resumes from it; a source elsewhere keeps its absolute path."""
+    out = tmp_path / "out"
+    assert cli(run_args(sources["data"], out, "a", "--init-from", str(sources["plain"])), capsys)[0] == 0
+    outside = json.loads((out / "runs" / "a" / "config.json").read_text())
+    assert outside["init_from"] == str(sources["plain"].resolve())
+    assert cli(run_args(sources["data"], out, "b", "--init-from", str(out / "runs" / "a"),
+                        "--stop-after-epoch", "1"), capsys)[0] == 0
+    config = json.loads((out / "runs" / "b" / "config.json").read_text())
+    assert config["init_from"] == "runs/a" and config["init_source"]["run_dir"] == "runs/a"
+    assert str(tmp_path) not in (out / "runs" / "b" / "config.json").read_text()
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    (moved / "runs" / "b" / "checkpoint.pt").unlink()  # stopped before its first checkpoint: needs the source
+    code, err = cli(["resume", str(moved / "runs" / "b"), "--no-progress"], capsys)
+    assert code == 0, err
+    metrics = json.loads((moved / "runs" / "b" / "metrics.json").read_text())
+    assert metrics["init_from"]["run_dir"] == "runs/a" and metrics["init_from"]["run_id"] == "a"
+    assert str(tmp_path) not in (moved / "runs" / "b" / "metrics.json").read_text()
+
+
 def test_resume_keeps_the_record_even_without_the_source(sources, tmp_path: Path, capsys) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     source = tmp_path / "source"
