@@ -10,7 +10,8 @@ each into a fresh results folder:
 It prints each wall time, the ratio sweep(2 workers) / one-after-another (goal on a 2-core machine:
 <= 0.6), and the launcher's overhead per run: process start and imports of `fairbench run` (the
 median of 3 bare `python -c 'import fairbench.cli, fairbench.runner'`), and what the sweep adds on
-top of that ((sweep --workers 1 - one after another) / N).
+top of that ((sweep --workers 1 - one after another) / N; negative when the sweep's runs, forked
+from a server that imported torch once, start faster than fresh processes).
 
     python bench/sweep_speed.py --runs 6
 """

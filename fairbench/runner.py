@@ -110,7 +110,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "git": git, "eval_backend": dict(EVAL_BACKEND)}
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "git": git,
+            "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,

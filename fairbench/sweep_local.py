@@ -1,6 +1,10 @@
-"""The local launcher: N runs at once on this machine, each one `python -m fairbench run` process.
+"""The local launcher: N runs at once on this machine, each one `fairbench run` process.
 
-On a CPU each run gets its share of the cores (``OMP_NUM_THREADS`` = cores / workers: torch sizes
+Each run is a process of its own (a crash or a leak stays in it), forked from a server that has
+imported fairbench and torch once (`multiprocessing`'s forkserver, preloaded), so a run starts
+without paying Python's start and torch's import again (bench/README.md: the launcher's cost per
+run). The server only imports: it never runs a torch operation, so no thread pool or CUDA context
+is forked. Where there is no forkserver (Windows) each run is spawned afresh. On a CPU each run gets its share of the cores (``OMP_NUM_THREADS`` = cores / workers: torch sizes
 its thread pool from it); with GPUs each run sees one (``CUDA_VISIBLE_DEVICES``), round-robin when
 there are more workers than GPUs. A run that fails does not stop the others. SIGTERM or a first
 Ctrl-C stops the sweep cleanly: every running run gets SIGTERM, checkpoints and exits 75, and the
@@ -10,9 +14,9 @@ checkpoint is kept). A run process also gets SIGTERM if the sweep process dies (
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from fairbench.sweep_plan import PlannedRun, open_log, outcome, write_status
+from fairbench.sweep_plan import PlannedRun, log_path, open_log, outcome, write_status
 
 POLL_S = 0.2
 
@@ -32,7 +36,7 @@ class Job:
     run: PlannedRun
     resume: bool
     state: str = "pending"  # pending, running, done, failed, stopped
-    proc: subprocess.Popen | None = None
+    proc: "RunProcess | None" = None
     log: IO[bytes] | None = None
     slot: int | None = None
     started: float | None = None
@@ -85,13 +89,82 @@ def slot_env(slot: int, workers: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+PRELOAD = ["fairbench.cli", "fairbench.runner"]  # what `fairbench run` imports, torch with it
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    """The multiprocessing context runs start from: a preloaded forkserver where there is one."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(PRELOAD)
+        else:
+            _CONTEXT = multiprocessing.get_context("spawn")
+    return _CONTEXT
+
+
+def run_child(argv: list[str], log: str, env: dict[str, str]) -> None:
+    """A run's process: its own session, its slot's environment and thread budget, output to
+    its log, then `fairbench run` as the command line would (its exit code is the process's)."""
+    os.setsid()  # the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
+    if sys.platform.startswith("linux"):
+        _die_with_parent()  # the forkserver's death (it follows the sweep's) sends SIGTERM
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(line_buffering=True)
+    os.environ.clear()
+    os.environ.update(env)
+    import torch
+
+    threads = env.get("OMP_NUM_THREADS", "").strip()
+    if threads.isdigit() and int(threads) > 0:  # the pool was sized at import, in the server
+        torch.set_num_threads(int(threads))
+    from fairbench.cli import main
+
+    main(argv)
+
+
+class RunProcess:
+    """A started run as the pool needs it: Popen's poll, returncode, send_signal and pid."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.pid: int = process.pid
+
+    def poll(self) -> int | None:
+        return self.process.exitcode  # negative: killed by that signal, as Popen's
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.pid, sig)
+
+
+def start_run(argv: list[str], log: Path, env: dict[str, str]) -> RunProcess:
+    process = _context().Process(target=run_child, args=(argv, str(log), env), daemon=False)
+    process.start()
+    return RunProcess(process)
 
 
 class _Signals:
@@ -161,12 +234,10 @@ class Pool:
         job.started = time.monotonic()
         job.log = open_log(self.sweep, job.run, command, f"local slot {slot}")
         try:
-            job.proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
-                env=slot_env(slot, self.workers, self.gpus), start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            job.proc = start_run(job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
+                                 slot_env(slot, self.workers, self.gpus))
         except OSError as exc:
-            job.log.write(f"error: cannot start {command[0]}: {exc}\n".encode())
+            job.log.write(f"error: cannot start the run's process: {exc}\n".encode())
             self._end(job, "failed", None)
             return
         job.state = "running"

@@ -41,9 +41,12 @@ class PlannedRun:
     def run_dir(self) -> Path:
         return Path(self.out) / "runs" / self.run_id
 
+    def args(self, resume: bool) -> list[str]:
+        """The `fairbench run` command line (without the program)."""
+        return ["run", *self.argv, "--run-id", self.run_id, "--no-progress", *(["--resume"] if resume else [])]
+
     def command(self, resume: bool, python: str | None = None) -> list[str]:
-        return [python or sys.executable, "-m", "fairbench", "run", *self.argv, "--run-id",
-                self.run_id, "--no-progress", *(["--resume"] if resume else [])]
+        return [python or sys.executable, "-m", "fairbench", *self.args(resume)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "argv": list(self.argv), "coords": [list(c) for c in self.coords],

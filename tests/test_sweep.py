@@ -4,6 +4,7 @@ worker pool, failures, signals and the live table. (Slurm: tests/test_sweep_slur
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -254,16 +255,22 @@ def test_each_worker_gets_its_share_of_the_cores_and_one_gpu(monkeypatch: pytest
     assert sweep_local.slot_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, sweep_local.cpu_count() // 2))
 
 
-def test_worker_threads_reach_torch_in_the_run_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-    import sys
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    workers = sweep_local.cpu_count()  # torch never takes more threads than cores: 1 each is the test
-    env = sweep_local.slot_env(0, workers, [])
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "1"
+@pytest.mark.parametrize("budget, workers, expected", [(None, "cores", 1), ("3", "2", 3)])
+def test_worker_threads_reach_torch_in_the_run_process(budget: str | None, workers: str, expected: int,
+                                                       fmnist_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs start from a server that imported torch before any budget was known: each run's own
+    torch still takes its slot's threads (cores / workers, or the user's OMP_NUM_THREADS), as
+    its metrics.json records."""
+    if budget is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", budget)
+    n = str(sweep_local.cpu_count()) if workers == "cores" else workers
+    out = tmp_path / "out"
+    assert cli(["sweep", "--methods", "pgd-at", "--seeds", "0-1", *tiny_args(fmnist_dir, out), "--workers", n]) == 0
+    threads = [json.loads((d / "metrics.json").read_text())["env"]["threads"] for d in run_dirs(out)]
+    assert threads == [expected, expected]
 
 
 def test_live_table_shows_each_run_with_its_progress(tmp_path: Path) -> None:
