@@ -4,20 +4,25 @@ Each run is a process of its own (a crash or a leak stays in it), forked from a 
 imported fairbench and torch once (`multiprocessing`'s forkserver, preloaded), so a run starts
 without paying Python's start and torch's import again (bench/README.md: the launcher's cost per
 run). The server only imports: it never runs a torch operation, so no thread pool or CUDA context
-is forked. Where there is no forkserver (Windows) each run is spawned afresh. On a CPU each run gets its share of the cores (``OMP_NUM_THREADS`` = cores / workers: torch sizes
-its thread pool from it); with GPUs each run sees one (``CUDA_VISIBLE_DEVICES``), round-robin when
-there are more workers than GPUs. A run that fails does not stop the others. SIGTERM or a first
-Ctrl-C stops the sweep cleanly: every running run gets SIGTERM, checkpoints and exits 75, and the
-sweep exits 75 (run it again to continue); a second Ctrl-C kills them at once (their last
-checkpoint is kept). A run process also gets SIGTERM if the sweep process dies (Linux).
+is forked. Where there is no forkserver (Windows) each run is spawned afresh.
+
+On a CPU each run gets its share of the cores (cores / workers threads, or the user's
+``OMP_NUM_THREADS``: `torch.set_num_threads` in the run's process, since torch sized its pool in
+the server); with GPUs each run sees one (``CUDA_VISIBLE_DEVICES``), round-robin when there are
+more workers than GPUs. A run that fails does not stop the others. SIGTERM or a first Ctrl-C
+stops the sweep cleanly: every running run gets SIGTERM, checkpoints and exits 75, and the sweep
+exits 75 (run it again to continue); a second Ctrl-C kills them at once (their last checkpoint is
+kept). A run also gets SIGTERM if the sweep process dies (Linux: `_stop_with`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -89,13 +94,28 @@ def slot_env(slot: int, workers: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
+def _stop_with(sweep_pid: int) -> None:
+    """SIGTERM to this run (checkpoint, exit 75) when the sweep process dies, however it dies.
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    The run's parent is the forkserver, not the sweep, and the forkserver outlives the sweep while
+    a run it started lives (each run holds the server's keep-alive pipe), so PR_SET_PDEATHSIG
+    cannot tell. A daemon thread waits on a pidfd of the sweep instead (Linux 5.3+; elsewhere a
+    run outlives a killed sweep, and a later sweep leaves it alone while it holds its run's lock)."""
+    if not hasattr(os, "pidfd_open"):
+        return
+    try:
+        pidfd = os.pidfd_open(sweep_pid)
+    except ProcessLookupError:  # gone already
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except OSError:  # no pidfd in this kernel
+        return
+
+    def wait() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="stop-with-sweep", daemon=True).start()
 
 
 PRELOAD = ["fairbench.cli", "fairbench.runner"]  # what `fairbench run` imports, torch with it
@@ -114,12 +134,10 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def run_child(argv: list[str], log: str, env: dict[str, str]) -> None:
+def run_child(argv: list[str], log: str, env: dict[str, str], sweep_pid: int) -> None:
     """A run's process: its own session, its slot's environment and thread budget, output to
     its log, then `fairbench run` as the command line would (its exit code is the process's)."""
     os.setsid()  # the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
-    if sys.platform.startswith("linux"):
-        _die_with_parent()  # the forkserver's death (it follows the sweep's) sends SIGTERM
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -139,6 +157,7 @@ def run_child(argv: list[str], log: str, env: dict[str, str]) -> None:
         torch.set_num_threads(int(threads))
     from fairbench.cli import main
 
+    _stop_with(sweep_pid)  # after the imports: fairbench run's SIGTERM handler is set up in main
     main(argv)
 
 
@@ -162,7 +181,7 @@ class RunProcess:
 
 
 def start_run(argv: list[str], log: Path, env: dict[str, str]) -> RunProcess:
-    process = _context().Process(target=run_child, args=(argv, str(log), env), daemon=False)
+    process = _context().Process(target=run_child, args=(argv, str(log), env, os.getpid()), daemon=False)
     process.start()
     return RunProcess(process)
 

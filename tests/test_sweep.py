@@ -218,6 +218,40 @@ def test_sigterm_stops_the_sweep_with_checkpoints_and_the_next_sweep_resumes(
     assert "resuming" in (out / "sweep" / "logs" / f"{run_dir.name}.log").read_text()
 
 
+def _alive(pid: int) -> bool:
+    """A process that still runs (a zombie nobody reaped counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux's /proc and PR_SET_PDEATHSIG")
+def test_a_killed_sweep_takes_its_runs_with_it_and_they_keep_a_checkpoint(
+        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """SIGKILL to the sweep: no run is left training on its own. The server the runs were forked
+    from exits with the sweep, and each run gets SIGTERM (checkpoint, exit 75)."""
+    out = tmp_path / "out"
+    proc = sweep_process(["--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=30)])
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not any(epoch_lines(d) for d in run_dirs(out)):
+        time.sleep(0.05)
+    assert proc.poll() is None and any(epoch_lines(d) for d in run_dirs(out)), "the run never got going"
+    (run_dir,) = run_dirs(out)
+    pid = status(out, run_dir.name)["pid"]
+    assert _alive(pid)
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the run outlived its sweep"
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "metrics.json").exists()
+    assert cli(["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=30)]) == 0
+    assert "resume from epoch" in capsys.readouterr().out and finished(out) == [run_dir.name]
+
+
 def test_a_second_sweep_on_the_folder_refuses_and_a_busy_run_is_left_alone(
         fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
