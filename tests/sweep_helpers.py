@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairbench.cli import main
+from cli_helpers import exit_code
 
 
 def tiny_args(data: Path, out: Path, epochs: int = 1, attacks: str = "clean") -> list[str]:
@@ -17,13 +17,7 @@ def tiny_args(data: Path, out: Path, epochs: int = 1, attacks: str = "clean") ->
             "--device", "cpu", "--data-dir", str(data), "--no-download", "--out", str(out)]
 
 
-def cli(args: list[str]) -> int:
-    """The console entry point in this process; returns the exit status."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0
+cli = exit_code  # the console entry point in this process; returns the exit status
 
 
 def sweep_process(args: list[str]) -> subprocess.Popen:

@@ -9,23 +9,17 @@ import pytest
 import torch
 
 import fairbench.data as data
-from fairbench.cli import main
 from fairbench.method import EpochContext, Method
 from fairbench.results import load_checkpoint, sha256_file
 from fairbench.methods.pgd_at import PGDAT
+from cli_helpers import exit_code
 
 TINY = ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "25",
         "--train-per-class", "5", "--eval-per-class", "2", "--attack-steps", "1", "--device", "cpu",
         "--no-progress"]
 
 
-def cli(args: list[str]) -> int:
-    """Run the console entry point in this process; returns the exit status."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0
+cli = exit_code
 
 
 def files_under(folder: Path) -> list[Path]:

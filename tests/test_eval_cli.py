@@ -16,6 +16,7 @@ from fairbench.data import CIFAR10_CLASSES, get_dataset
 from fairbench.models import create_model
 from fairbench.results import sha256_file
 from fairbench.schema import read_metrics
+from cli_helpers import cli_out
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +27,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = cli_out
 
 
 def small_cnn_checkpoint(path: Path) -> Path:

@@ -12,16 +12,13 @@ from fairbench.cli import main
 from fairbench.method import BatchContext, EpochContext
 from fairbench.registry import METHODS
 from methods_helpers import bars, batch_ctx, build
+from cli_helpers import run_ok
 
 NEW_METHODS = ("trades", "frl-rw", "frl-rm", "frl-rwrm", "fairat")
 VAL = {"val_per_class": 5}  # FRL holds out a validation split
 
 
-def run_cli(args: list[str]) -> None:
-    try:
-        main(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"exit {exc.code}"
+run_cli = run_ok
 
 
 def test_list_shows_every_method_with_params_and_defaults(capsys: pytest.CaptureFixture) -> None:

@@ -29,7 +29,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fairbench.report.model as report_module
-from fairbench.cli import main
 from fairbench.config import RunConfig
 from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
 from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, make_outcomes, metrics_from_outcomes,
@@ -40,6 +39,7 @@ from fairbench.report.figures import class_wise_figure, legend_label, pareto_fro
 from fairbench.report.stats import Delta
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
+from cli_helpers import exit_code
 
 N_PER_CLASS = 20
 ALL_THREATS = ("clean", "pgd20", "autoattack", "union")
@@ -139,12 +139,7 @@ def stored(root: Path) -> list[dict]:
     return [json.loads((root / "runs" / f"run{i}" / "metrics.json").read_text()) for i in range(len(RUNS))]
 
 
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+run_cli = exit_code
 
 
 def test_groups_rows_and_seed_aggregates(results: Path) -> None:

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairbench.cli import main
 from fairbench.report.command import MANIFEST
 from fairbench.errors import FairbenchError
 from fairbench.schema import build_record, make_outcomes, outcomes_bytes, read_metrics, read_outcomes, write_run
+from cli_helpers import exit_code
 
 PER_CLASS = 12
 XSS = '"><img src=x onerror=document.body.dataset.pwned=1>'
@@ -147,11 +147,7 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
 def cli(args: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
+        code = exit_code(args)
     return code, out.getvalue(), err.getvalue()
 
 

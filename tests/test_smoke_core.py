@@ -8,13 +8,10 @@ from pathlib import Path
 from fairbench.cli import main
 
 import pytest
+from cli_helpers import run_ok
 
 
-def run_cli(args: list[str]) -> None:
-    try:
-        main(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"exit {exc.code}"
+run_cli = run_ok
 
 
 def test_run_writes_every_file(fmnist_dir: Path, tmp_path: Path) -> None:
