@@ -77,8 +77,8 @@ def _read_file(path: Path, where: str, out: str) -> tuple[dict[str, torch.Tensor
     """A checkpoint made elsewhere: its weights (``{'state_dict': ...}`` / ``{'model': ...}``
     wrappers and DDP prefixes accepted); the architecture is checked when they are loaded."""
     weights = unwrap_state_dict(load_checkpoint(path), where)
-    record = {"file": results_relative(path, out), "run_id": None, "method": None, "epochs": None, "budget_epochs": None,
-              "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
+    record = {"file": results_relative(path, out), "run_id": None, "method": None, "epochs": None,
+              "budget_epochs": None, "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
     return weights, record
 
 

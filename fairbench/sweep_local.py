@@ -137,7 +137,8 @@ def _context() -> Any:
 def run_child(argv: list[str], log: str, env: dict[str, str], sweep_pid: int) -> None:
     """A run's process: its own session, its slot's environment and thread budget, output to
     its log, then `fairbench run` as the command line would (its exit code is the process's)."""
-    os.setsid()  # the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
+    if hasattr(os, "setsid"):  # POSIX: the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
+        os.setsid()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
