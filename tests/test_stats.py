@@ -84,6 +84,14 @@ def test_a_3_point_shift_at_1000_images_per_class_is_detected() -> None:
     assert better.worst.hi > base.worst.lo
 
 
+def test_a_bound_that_is_0_up_to_rounding_is_not_significant() -> None:
+    """Float noise in a difference of error rates (a bound at -1e-17 where it is 0) is no evidence;
+    one image of difference in 3 seeds x 10,000 images is."""
+    assert not Delta(-0.028, -0.0567, -1e-17).significant
+    assert not Delta(0.028, 1e-17, 0.0567).significant
+    assert Delta(-0.028, -0.0567, -1 / 30000).significant and Delta(0.028, 1 / 30000, 0.0567).significant
+
+
 def test_identical_methods_are_not_flagged() -> None:
     labels, wrong, rows = simulate(np.random.default_rng(2), 200, [(TRUE_ERR, 3)])
     doubled = np.concatenate([wrong, wrong])
