@@ -9,6 +9,7 @@ removed, so the same leaderboard always gives the same bytes.
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Callable
 
 import matplotlib
@@ -141,8 +142,8 @@ def tradeoff_figure(group: Group) -> Figure:
     ax.set_ylabel(f"worst-class {name} error (%)")
     ax.grid(alpha=0.3)
     ax.set_axisbelow(True)
-    ax.set_title(f"{name} error: average vs worst class (mean over seeds, 95% intervals)\n"
-                 f"{group.key.label()}", fontsize=9)
+    label = textwrap.fill(group.key.label(), 95)  # a long group label would run off the figure
+    ax.set_title(f"{name} error: average vs worst class (mean over seeds, 95% intervals)\n{label}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     return fig
 
