@@ -227,11 +227,12 @@ def _alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux's /proc and PR_SET_PDEATHSIG")
+@pytest.mark.skipif(not (Path("/proc").is_dir() and hasattr(os, "pidfd_open")),
+                    reason="needs Linux's /proc and pidfd (sweep_local._stop_with)")
 def test_a_killed_sweep_takes_its_runs_with_it_and_they_keep_a_checkpoint(
         fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """SIGKILL to the sweep: no run is left training on its own. The server the runs were forked
-    from exits with the sweep, and each run gets SIGTERM (checkpoint, exit 75)."""
+    """SIGKILL to the sweep: no run is left training on its own. Each run watches its sweep (the
+    forkserver it was forked from outlives the sweep) and gets SIGTERM (checkpoint, exit 75)."""
     out = tmp_path / "out"
     proc = sweep_process(["--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=30)])
     deadline = time.monotonic() + 600
