@@ -249,10 +249,9 @@ class Pool:
         return signals
 
     def _start(self, job: Job, slot: int) -> None:
-        command = job.run.command(job.resume)
         job.slot = slot
         job.started = time.monotonic()
-        job.log = open_log(self.sweep, job.run, command, f"local slot {slot}")
+        job.log = open_log(self.sweep, job.run, job.resume, f"local slot {slot}")
         try:
             job.proc = start_run(job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
                                  slot_env(slot, self.workers, self.gpus))

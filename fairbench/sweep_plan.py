@@ -131,13 +131,14 @@ def log_path(sweep: Path, run_id: str) -> Path:
     return sweep / "logs" / f"{run_id}.log"
 
 
-def open_log(sweep: Path, run: PlannedRun, command: list[str], where: str) -> Any:
-    """The run's log file, opened for appending, with a header line for this attempt."""
+def open_log(sweep: Path, run: PlannedRun, resume: bool, where: str) -> Any:
+    """The run's log file, opened for appending, with a header line for this attempt (where it
+    runs and its `fairbench run` command line)."""
     path = log_path(sweep, run.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "ab")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    f.write(f"=== {stamp} {where}: fairbench {' '.join(command[3:])}\n".encode())
+    f.write(f"=== {stamp} {where}: fairbench {' '.join(run.args(resume))}\n".encode())
     f.flush()
     return f
 

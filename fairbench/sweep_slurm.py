@@ -94,9 +94,10 @@ class SweepTask:
         if is_done(run.run_dir):
             write_status(sweep, run.run_id, "done", launcher="slurm", job=job)
             return "done"
-        command = run.command(is_started(run.run_dir))
+        resume = is_started(run.run_dir)
+        command = run.command(resume)
         t0 = time.monotonic()
-        with open_log(sweep, run, command, f"slurm job {job} on {socket.gethostname()}") as log:
+        with open_log(sweep, run, resume, f"slurm job {job} on {socket.gethostname()}") as log:
             write_status(sweep, run.run_id, "running", launcher="slurm", job=job)
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, env=task_env(),
