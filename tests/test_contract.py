@@ -20,12 +20,11 @@ import pytest
 import torch
 
 from conftest import make_fashion_mnist
-from fairbench.cli import main
 from fairbench.registry import METHODS
 from fairbench.results import load_checkpoint
 from fairbench.signals import EXIT_PREEMPTED
 from fairbench.trainer import Trainer
-from cli_helpers import cli
+from cli_helpers import cli, run_ok
 
 EPOCHS = 3
 
@@ -48,10 +47,7 @@ def run_args(data: Path, out: Path, method: str, *extra: str, run_id: str = "r")
 def source(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished pgd-at run for the methods that fine-tune one."""
     out = tmp_path_factory.mktemp("source")
-    try:
-        main(run_args(data, out, "pgd-at"))
-    except SystemExit as exc:
-        assert exc.code in (0, None)
+    run_ok(run_args(data, out, "pgd-at"))
     return out / "runs" / "r"
 
 

@@ -22,8 +22,8 @@ import torch
 
 from conftest import make_fashion_mnist
 from fairbench import results
-from fairbench.cli import main
 from fairbench.registry import METHODS as REGISTRY
+from cli_helpers import run_ok
 
 WRAPPER = '''
 import os, sys
@@ -112,11 +112,7 @@ def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expec
     return proc.stdout + proc.stderr if expect else proc.stdout
 
 
-def run_in_process(args: list[str]) -> None:
-    try:
-        main(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"exit {exc.code}"
+run_in_process = run_ok
 
 
 def shape(obj: Any) -> Any:

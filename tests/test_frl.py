@@ -21,6 +21,7 @@ from fairbench.trainer import Trainer
 from fairbench.methods.frl import ValidationErrors, class_weights
 from methods_helpers import (CENTRES, SPEC, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split,
                              resolved)
+from cli_helpers import cli
 
 FRL_NAMES = ("frl-rw", "frl-rm", "frl-rwrm")
 
@@ -130,10 +131,8 @@ def test_a_hot_start_file_is_loaded_through_init_from(fmnist_dir: Path, tmp_path
                  "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--run-id", "r",
                  "--device", "cpu", "--no-progress", "--init-from", str(tmp_path / "hot_start.pt"),
                  "--param", "warmup_fraction=0"]
-    try:
-        main(main_args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), capsys.readouterr().err
+    code, err = cli(main_args, capsys)
+    assert code == 0, err
     assert all(torch.equal(v, seen[0][k]) for k, v in source.state_dict().items())
     record = json.loads((tmp_path / "out" / "runs" / "r" / "metrics.json").read_text())["init_from"]
     assert record["file"] == str(tmp_path / "hot_start.pt") and record["weights"] == "file"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fairbench.cli import main
+from cli_helpers import cli_out
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.models import create_model
@@ -54,11 +54,9 @@ def test_registering_a_second_object_under_a_taken_name_fails() -> None:
 
 
 def list_output(capsys: pytest.CaptureFixture) -> list[str]:
-    try:
-        main(["list"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    return capsys.readouterr().out.splitlines()
+    code, out, _ = cli_out(["list"], capsys)
+    assert code == 0
+    return out.splitlines()
 
 
 def test_list_shows_each_entry_with_its_summary(capsys: pytest.CaptureFixture) -> None:
