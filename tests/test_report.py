@@ -23,7 +23,9 @@ from typing import Iterator
 
 import matplotlib.image
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.figure import Figure
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,7 +37,8 @@ from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, ma
                               outcomes_bytes)
 from fairbench.report.command import build_report
 from fairbench.report.model import build_leaderboard
-from fairbench.report.figures import class_wise_figure, legend_label, pareto_front, render_chart, tradeoff_figure
+from fairbench.report.figures import (_overlap, _place_labels, class_wise_figure, legend_label, pareto_front,
+                                      render_chart, tradeoff_figure)
 from fairbench.report.stats import Delta
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
@@ -500,6 +503,25 @@ def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(r
         assert tuple(points[i]) in on_front
     assert "AutoAttack" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
     assert pareto_front([(1, 5), (2, 2), (3, 3), (1, 5), (0.5, 9)]) == [4, 0, 3, 1]
+
+
+def test_tradeoff_labels_do_not_cover_each_other() -> None:
+    """Four methods at almost the same point: each label goes to a free side of the point."""
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    points = [(30.0, 60.0), (30.2, 60.1), (29.9, 59.8), (30.1, 59.9), (45.0, 90.0)]
+    ax.plot(*zip(*points), "o")
+    ax.set_xlim(20, 50)
+    ax.set_ylim(40, 100)
+    legend = ax.legend(["a"], loc="lower right")
+    labels = [f"method-{i} (3 seeds)" for i in range(len(points))]
+    _place_labels(fig, ax, points, labels, legend)
+    assert [t.get_text() for t in ax.texts] == labels
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    for i, a in enumerate(boxes):
+        assert all(_overlap(a, b) == 0 for b in boxes[i + 1:]), labels[i]
+        assert _overlap(a, legend.get_window_extent(renderer)) == 0
 
 
 def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:

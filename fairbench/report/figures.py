@@ -13,7 +13,9 @@ import textwrap
 from typing import Callable
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from fairbench.report.model import Group, Leaderboard, Row, slug, threat_name
 from fairbench.report.stats import Interval
@@ -124,8 +126,6 @@ def tradeoff_figure(group: Group) -> Figure:
         ci = row.threats[threat].ci
         ax.errorbar([x], [y], xerr=_span(x, ci.avg if ci else None), yerr=_span(y, ci.worst if ci else None),
                     fmt="o", color=color, markersize=5, capsize=3, elinewidth=1.0)
-        ax.annotate(legend_label(row), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
-                    color="0.15")
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     front = [points[i] for i in pareto_front(points)]
     if front:  # the edge of what the front's methods beat: a staircase from the top to the right edge
@@ -144,8 +144,49 @@ def tradeoff_figure(group: Group) -> Figure:
     ax.set_axisbelow(True)
     label = textwrap.fill(group.key.label(), 95)  # a long group label would run off the figure
     ax.set_title(f"{name} error: average vs worst class (mean over seeds, 95% intervals)\n{label}", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    legend = ax.legend(loc="lower right", fontsize=8, frameon=False)
+    _place_labels(fig, ax, points, [legend_label(r) for r in rows], legend)
     return fig
+
+
+# where a point's label may go, in points from the point: (dx, dy, horizontal, vertical alignment);
+# the first that overlaps nothing is taken
+_LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
+                (-5, -4, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"))
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: list[str], legend) -> None:
+    """Label each point where its text covers the least of the other labels, the points, the legend
+    and the space outside the axes (greedy, in row order, so the same rows give the same figure)."""
+    canvas = FigureCanvasAgg(fig)  # a bare Figure has no renderer to measure text with
+    fig.draw_without_rendering()  # runs the layout: display coordinates below are final
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = renderer.points_to_pixels(4.0)
+    taken = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in ax.transData.transform(points)]
+    taken.append(legend.get_window_extent(renderer))
+    for (x, y), label in zip(points, labels):
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                               fontsize=8, color="0.15")
+            box = text.get_window_extent(renderer)
+            text.remove()
+            cost = sum(_overlap(box, b) for b in taken) + box.width * box.height - _overlap(box, frame)
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy, ha, va), box)
+            if cost == 0:
+                break
+        (dx, dy, ha, va), box = best[1], best[2]
+        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
+                    color="0.15")
+        taken.append(box)
 
 
 def _render(fig_fn: Callable[[], Figure]) -> tuple[bytes, bytes]:
