@@ -22,7 +22,9 @@ LEGEND = ("Errors in %, mean over seeds [95% bootstrap interval: seeds and test 
           "(k/n: in k of n seeds); *spread*: std of the per-class errors. *Δ*: difference from the "
           "group's baseline row (paired bootstrap over the same seeds and test images); † where its "
           "interval excludes 0. *#*: rank by worst-class robust error; a row whose interval overlaps "
-          "the best one's shares its rank.")
+          "the best one's shares its rank. *union*: an image is robust only if every attack run on it "
+          "fails; counted on the images every attack ran on (the AutoAttack subset where AutoAttack ran "
+          "on fewer than the others).")
 MARK = "†"  # a difference whose interval excludes 0
 
 
