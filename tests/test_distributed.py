@@ -112,9 +112,6 @@ def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expec
     return proc.stdout + proc.stderr if expect else proc.stdout
 
 
-run_in_process = run_ok
-
-
 def shape(obj: Any) -> Any:
     """A JSON document's keys, recursively (values dropped)."""
     if isinstance(obj, dict):
@@ -143,7 +140,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def source(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished single-process pgd-at run, for the methods that fine-tune one."""
     out = tmp_path_factory.mktemp("source")
-    run_in_process(run_args(data_dir, out))
+    run_ok(run_args(data_dir, out))
     return out / "runs" / "r"
 
 
@@ -174,7 +171,7 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, sou
     assert_same_weights(rank0, {k: v.contiguous() for k, v in checkpoint["model"].items()})
     assert output.count("wrote ") == 1 and output.count("training ") == 1  # rank 0 alone prints
 
-    run_in_process(method_args(data_dir, tmp_path / "single", method, source))
+    run_ok(method_args(data_dir, tmp_path / "single", method, source))
     single_dir = tmp_path / "single" / "runs" / "r"
     assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
     for name in ("metrics.json", "config.json"):
@@ -208,7 +205,7 @@ def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: P
     assert [r["epoch"] for r in load_log(run_dir)] == [1, 2]
 
     # one process picks up the same checkpoint and finishes the run
-    run_in_process(run_args(data_dir, tmp_path / "copy") + ["--resume"])
+    run_ok(run_args(data_dir, tmp_path / "copy") + ["--resume"])
     copy_dir = tmp_path / "copy" / "runs" / "r"
     assert [r["epoch"] for r in load_log(copy_dir)] == [1, 2]
     metrics = json.loads((copy_dir / "metrics.json").read_text())

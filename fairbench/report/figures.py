@@ -172,21 +172,21 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: li
     taken = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in ax.transData.transform(points)]
     taken.append(legend.get_window_extent(renderer))
     for (x, y), label in zip(points, labels):
-        best = None
+        best = None  # (cost, text, its box): the text kept so far; the others are removed
         for dx, dy, ha, va in _LABEL_SPOTS:
             text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                                fontsize=8, color="0.15")
             box = text.get_window_extent(renderer)
-            text.remove()
             cost = sum(_overlap(box, b) for b in taken) + box.width * box.height - _overlap(box, frame)
-            if best is None or cost < best[0]:
-                best = (cost, (dx, dy, ha, va), box)
+            if best is not None and cost >= best[0]:
+                text.remove()
+                continue
+            if best is not None:
+                best[1].remove()
+            best = (cost, text, box)
             if cost == 0:
                 break
-        (dx, dy, ha, va), box = best[1], best[2]
-        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                    color="0.15")
-        taken.append(box)
+        taken.append(best[2])
 
 
 def _render(fig_fn: Callable[[], Figure]) -> tuple[bytes, bytes]:
