@@ -291,10 +291,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The standard CPU protocol (issue 11, results/README.md): the testbed network on the whole
     # Fashion-MNIST training set less a fixed class-balanced validation split (500 per class),
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
-    # class-balanced subset. The epochs come from the learning curve in results/README.md.
-    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=4, batch_size=128,
-                            lr=0.05, schedule="constant", weight_decay=0.0, augment="none",
-                            val_per_class=500, select="best-val", aa_per_class=50, device="cpu"),
+    # class-balanced subset. lr 0.05, /10 for the last quarter of the epochs, the last weights
+    # evaluated; 8 epochs. The recipe and E come from the learning curves in results/README.md
+    # (until session 7: 4 epochs at a constant lr with --select best-val, which missed issue 11's
+    # average target; that leaderboard is kept as its own group).
+    "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
+                            lr=0.05, schedule="piecewise:0.75", weight_decay=0.0, augment="none",
+                            val_per_class=500, select="last", aa_per_class=50, device="cpu"),
     # Each 2023-24 robust-fairness paper's CIFAR-10 setting, as closely as fairbench's protocol
     # allows (docs/paper-presets.md lists what differs and the published numbers to compare with).
     # CFA (Wei et al., CVPR 2023): PreAct ResNet-18, 200 epochs, /10 at 100 and 150, 98% of the
