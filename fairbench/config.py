@@ -293,8 +293,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PGD-10 at eps 0.1, clean and PGD-20 on all 10,000 test images, AutoAttack on a fixed
     # class-balanced subset. lr 0.05, /10 for the last quarter of the epochs, the last weights
     # evaluated; 8 epochs. The recipe and E come from the learning curves in results/README.md
-    # (until session 7: 4 epochs at a constant lr with --select best-val, which missed issue 11's
-    # average target; that leaderboard is kept as its own group).
+    # (earlier runs trained 4 epochs at a constant lr with --select best-val, which missed issue
+    # 11's average target; results/ keeps that leaderboard as its own group).
     "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
                             lr=0.05, schedule="piecewise:0.75", weight_decay=0.0, augment="none",
                             val_per_class=500, select="last", aa_per_class=50, device="cpu"),
