@@ -35,6 +35,16 @@ Departures, with their reasons:
   trained model is evaluated until one epoch is accepted (metrics.json ``ema.evaluated`` says which).
 - The TRADES base reuses the clean training forward for the KL target (the code runs it twice;
   in train mode both give the same logits) and attacks in fp32 with the core's PGD.
+
+Two rules of the code are per epoch, or per unit of loss, and are kept as they are; in a run much
+shorter than the code's 200 epochs they weigh differently, so read a short run's CFA row with them:
+
+- FAWA's decay is per epoch: the first accepted epoch keeps alpha**(n - 1) of the average after n
+  accepted epochs. Over the code's 200 epochs the average is the last few low-lr epochs; in an
+  8-epoch run accepted from epoch 4 on, epoch 4's weights (before the lr drop) are 52% of it.
+  ``--param alpha=...`` shortens it.
+- The normalized TRADES loss is 1 / (1 + beta) of TRADES' (1/7 at beta 6), so at the same lr
+  CFA's SGD steps are that much smaller than TRADES' (the code pairs it with lr 0.1).
 """
 
 from __future__ import annotations
