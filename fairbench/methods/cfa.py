@@ -42,7 +42,7 @@ shorter than the code's 200 epochs they weigh differently, so read a short run's
 - FAWA's decay is per epoch: the first accepted epoch keeps alpha**(n - 1) of the average after n
   accepted epochs. Over the code's 200 epochs the average is the last few low-lr epochs; in an
   8-epoch run accepted from epoch 4 on, epoch 4's weights (before the lr drop) are 52% of it.
-  ``--param alpha=...`` shortens it.
+  A smaller ``--param alpha=...`` shortens it.
 - The normalized TRADES loss is 1 / (1 + beta) of TRADES' (1/7 at beta 6), so at the same lr
   CFA's SGD steps are that much smaller than TRADES' (the code pairs it with lr 0.1).
 """

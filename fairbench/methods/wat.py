@@ -32,8 +32,7 @@ eta is per epoch and the costs add up, so two classes' weights are exp(eta * n *
 n epochs with a cost gap g per epoch: the weights sharpen with the length of the run. In an
 8-epoch ``fmnist-standard`` run (seed 0) the last epoch trains with weights from 0.64 (ankle boot)
 to 1.41 (shirt); over the code's 100 epochs the same gap would put the weight almost wholly on the
-worst classes. Kept as in the code;
-``--param eta=...`` changes it.
+worst classes. Kept as in the code; ``--param eta=...`` changes it.
 """
 
 from __future__ import annotations
