@@ -45,6 +45,9 @@ shorter than the code's 200 epochs they weigh differently, so read a short run's
   A smaller ``--param alpha=...`` shortens it.
 - The normalized TRADES loss is 1 / (1 + beta) of TRADES' (1/7 at beta 6), so at the same lr
   CFA's SGD steps are that much smaller than TRADES' (the code pairs it with lr 0.1).
+
+results/README.md ("CFA's average cost, taken apart") measures what each costs in the 8-epoch
+``fmnist-standard`` protocol, against CCM and CCR's own effect.
 """
 
 from __future__ import annotations
