@@ -49,13 +49,16 @@ for name, where in ROWS.items():
         out = outcomes(m, o if o is not None else m.parent / "outcomes.csv.gz")
         if index is None:
             index, labels = out.index, out.label
-        assert np.array_equal(out.index, index), f"{m}: not the same test images"
-        assert (out.results["pgd20"] >= 0).all(), f"{m}: PGD-20 not run on every image"
+        if not np.array_equal(out.index, index):
+            raise SystemExit(f"{m}: not evaluated on the same test images as the rows before it")
+        if not (out.results["pgd20"] >= 0).all():
+            raise SystemExit(f"{m}: PGD-20 was not run on every test image")
         rows[-1].append(len(wrong))
         wrong.append(out.results["pgd20"] == 0)
 wrong = np.stack(wrong)
 names = list(ROWS)
-print("PGD-20 error in %, 95% intervals; each step against the row above it (paired bootstrap)")
+print("PGD-20 error in %, 95% intervals; each step against the row above it (paired bootstrap;"
+      " * where its interval excludes 0)")
 for i, name in enumerate(names):
     st = bootstrap_threat(labels, wrong, rows, n_classes=10, baseline=max(i - 1, 0), seed=0)[i]
     line = (f"{name:44s} avg {100 * st.avg.value:5.1f} [{100 * st.avg.lo:5.1f}, {100 * st.avg.hi:5.1f}]"
