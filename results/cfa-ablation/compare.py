@@ -3,58 +3,62 @@
 Rows (3 seeds each, the same 10,000 test images): PGD-AT, TRADES, CFA with CCM, CCR and FAWA off
 (the official code's normalized TRADES, `ntrades-seedS`), CFA's last weights without the FAWA
 average (`last-seedS`: `fairbench eval` of the leaderboard run's unaveraged weights), and CFA as
-on the leaderboard (FAWA). Each step is compared with the row before it by the report's paired
-bootstrap (`fairbench.report.stats`). Run from the repository root:
+on the leaderboard (FAWA). The leaderboard's rows are read through the report's own model and pool
+(`fairbench.report.model`, `.intervals`); each step is compared with the row before it by the
+report's paired bootstrap (`fairbench.report.stats`). Run from the repository root:
     python results/cfa-ablation/compare.py
 """
 
-import glob
-import json
 from pathlib import Path
 
 import numpy as np
 
+from fairbench.report.intervals import pool
+from fairbench.report.model import build_leaderboard
 from fairbench.report.stats import bootstrap_threat
 from fairbench.schema import read_metrics, read_outcomes
 
 HERE = Path(__file__).parent
+GROUP = "fashion-mnist_testbed-cnn_linf-0.1_e8_trall_teall_aa50"  # the fmnist-standard leaderboard
+SEEDS = (0, 1, 2)
+
+board = {g.key.slug(): g for g in build_leaderboard(Path("results")).groups}
+if GROUP not in board:
+    raise SystemExit(f"no group {GROUP} under results/ (run from the repository root)")
+leaderboard = {row.label: sorted(row.runs, key=lambda r: r.seed) for row in board[GROUP].rows}
 
 
-def leaderboard_run(method: str, seed: int) -> Path:
-    for f in sorted(glob.glob(f"results/runs/{method}_testbed-cnn_fashion-mnist_seed{seed}_*/metrics.json")):
-        m = json.loads(Path(f).read_text())
-        if m.get("preset") == "fmnist-standard" and m["epochs"] == 8 and m.get("init_from") is None:
-            return Path(f)
-    raise SystemExit(f"no fmnist-standard run of {method} seed {seed} under results/runs")
+def leaderboard_row(label: str) -> list:
+    runs = leaderboard.get(label, [])
+    if [r.seed for r in runs] != list(SEEDS):
+        raise SystemExit(f"{GROUP}: row {label} has seeds {[r.seed for r in runs]}, not {list(SEEDS)}")
+    if any(r.outcomes is None for r in runs):
+        raise SystemExit(f"{GROUP}: a run of row {label} has no outcomes.csv.gz")
+    return [r.outcomes for r in runs]
 
 
-def outcomes(metrics: Path, outcomes_file: Path):
-    return read_outcomes(outcomes_file, read_metrics(metrics))
+def renamed(name: str) -> list:
+    return [read_outcomes(HERE / f"outcomes-{name}-seed{s}.csv.gz", read_metrics(HERE / f"metrics-{name}-seed{s}.json"))
+            for s in SEEDS]
 
 
 ROWS = {
-    "pgd-at": lambda s: (leaderboard_run("pgd-at", s), None),
-    "trades": lambda s: (leaderboard_run("trades", s), None),
-    "cfa, ccm ccr fawa off (normalized TRADES)": lambda s: (HERE / f"metrics-ntrades-seed{s}.json",
-                                                          HERE / f"outcomes-ntrades-seed{s}.csv.gz"),
-    "cfa, last weights (no FAWA average)": lambda s: (HERE / f"metrics-last-seed{s}.json",
-                                                     HERE / f"outcomes-last-seed{s}.csv.gz"),
-    "cfa (leaderboard: FAWA average)": lambda s: (leaderboard_run("cfa", s), None),
+    "pgd-at": leaderboard_row("pgd-at"),
+    "trades": leaderboard_row("trades"),
+    "cfa, ccm ccr fawa off (normalized TRADES)": renamed("ntrades"),
+    "cfa, last weights (no FAWA average)": renamed("last"),
+    "cfa (leaderboard: FAWA average)": leaderboard_row("cfa"),
 }
-wrong, labels, index, rows = [], None, None, []
-for name, where in ROWS.items():
-    rows.append([])
-    for seed in (0, 1, 2):
-        m, o = where(seed)
-        out = outcomes(m, o if o is not None else m.parent / "outcomes.csv.gz")
+index, labels, wrong, rows = None, None, [], []
+for name, outcomes in ROWS.items():
+    rows.append(list(range(len(wrong), len(wrong) + len(outcomes))))
+    for out in outcomes:
+        idx, lab, bad = pool(out, "pgd20")
         if index is None:
-            index, labels = out.index, out.label
-        if not np.array_equal(out.index, index):
-            raise SystemExit(f"{m}: not evaluated on the same test images as the rows before it")
-        if not (out.results["pgd20"] >= 0).all():
-            raise SystemExit(f"{m}: PGD-20 was not run on every test image")
-        rows[-1].append(len(wrong))
-        wrong.append(out.results["pgd20"] == 0)
+            index, labels = idx, lab
+        if len(idx) != len(out) or not np.array_equal(idx, index):
+            raise SystemExit(f"{name}: PGD-20 was not run on the same test images as the rows before it")
+        wrong.append(bad)
 wrong = np.stack(wrong)
 names = list(ROWS)
 print("PGD-20 error in %, 95% intervals; each step against the row above it (paired bootstrap;"
