@@ -1,12 +1,15 @@
 """Registries for methods, architectures, data sets and threats, filled by decorators (timm-style).
 
-Built-in methods live in ``fairbench/methods/`` (the package ``fairbench.methods``)
-and third-party packages can add methods through the entry-point group ``fairbench.methods``.
+Built-in methods live in ``fairbench/methods/`` (the package ``fairbench.methods``), built-in
+architectures in ``fairbench/models/``; third-party packages add methods through the entry-point
+group ``fairbench.methods`` and architectures through ``fairbench.models`` (CONTRIBUTING.md).
+An unknown name is one error that lists the valid ones and the closest (`did_you_mean`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import pkgutil
@@ -30,8 +33,26 @@ class Entry:
 
 
 def _summary(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The docstring's first paragraph as one line: whole sentences, never cut at a line break."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def did_you_mean(name: object, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to ``name``, or ``""``: the one
+    hint every unknown name gets (methods, architectures, data sets, threats, presets)."""
+    close = difflib.get_close_matches(str(name).lower(), [str(c) for c in choices], n=1, cutoff=0.6)
+    if not close:  # a name written without its hyphen (pgdat for pgd-at) or with another case
+        squeezed = {str(c).replace("-", "").replace("_", "").lower(): str(c) for c in choices}
+        hit = squeezed.get(str(name).replace("-", "").replace("_", "").lower())
+        close = [hit] if hit else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_name(kind: str, name: object, choices: Any) -> str:
+    """The message for an unknown name: the closest valid one, then every valid one."""
+    valid = ", ".join(sorted(str(c) for c in choices)) or "(none registered)"
+    return f"unknown {kind} '{str(name)[:80]}'{did_you_mean(name, choices)}; valid {kind}s: {valid}"
 
 
 def _params(obj: Any) -> dict[str, Any]:
@@ -92,8 +113,7 @@ class Registry(Generic[T]):
     def entry(self, name: str) -> Entry:
         self._ensure_loaded()
         if name not in self._entries:
-            valid = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise FairbenchError(f"unknown {self.kind} '{name}'; valid {self.kind}s: {valid}")
+            raise FairbenchError(unknown_name(self.kind, name, self._entries))
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -104,6 +124,15 @@ class Registry(Generic[T]):
         return [self._entries[n] for n in self.names()]
 
 
+def _load_plugins(group: str, kind: str) -> None:
+    """Import every module of the entry-point group ``group``; its decorators register what it adds."""
+    for ep in entry_points(group=group):
+        try:
+            ep.load()
+        except Exception as exc:  # say which installed package is broken, in one line
+            raise FairbenchError(f"{kind} plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+
+
 def _load_methods() -> None:
     """Import every built-in method module, then every `fairbench.methods` entry point."""
     import fairbench.methods as builtin
@@ -111,11 +140,7 @@ def _load_methods() -> None:
     for info in pkgutil.iter_modules(builtin.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{builtin.__name__}.{info.name}")
-    for ep in entry_points(group="fairbench.methods"):
-        try:
-            ep.load()
-        except Exception as exc:  # say which installed package is broken, in one line
-            raise FairbenchError(f"method plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+    _load_plugins("fairbench.methods", "method")
 
 
 def _check_method(name: str, obj: Any) -> None:
@@ -136,7 +161,9 @@ def _check_method(name: str, obj: Any) -> None:
 
 
 def _load_models() -> None:
+    """The built-in architectures, then every `fairbench.models` entry point."""
     importlib.import_module("fairbench.models")
+    _load_plugins("fairbench.models", "architecture")
 
 
 def _load_datasets() -> None:
