@@ -305,18 +305,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cfa-cifar10": dict(method="cfa", params={"base": "trades"}, dataset="cifar10", arch="preact18",
                         epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="piecewise",
                         val_per_class=100),
-    # WAT (Li & Liu, AAAI 2023): ResNet-18 (here PreAct ResNet-18), 100 epochs, /10 at 75 and 90,
-    # weight decay 2e-4, the last 300 training images per class for validation (here the first 300).
+    # WAT, BAT and DAFA: their codes' eps 0.031 and step 0.007 on raw-pixel inputs (not 8/255 and
+    # 2/255), and their lr drops "at epoch 75" counted from 1, i.e. at 0-based epoch 74, which is
+    # what piecewise:0.74 gives (the lr drops at the first 0-based epoch >= M * epochs).
+    # WAT (Li & Liu, AAAI 2023): ResNet-18 (here PreAct ResNet-18), 100 epochs, /10 from epochs 75
+    # and 90, weight decay 2e-4, the last 300 training images per class for validation (here the first 300).
     "wat-cifar10": dict(method="wat", dataset="cifar10", arch="preact18", epochs=100, batch_size=128,
-                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.75,0.9", val_per_class=300),
-    # BAT (Sun et al., AAAI 2023): ResNet-18 (here PreAct ResNet-18), /10 at epochs 75 and 90,
-    # weight decay 2e-4 (its script's 200 epochs run at lr 1e-4 after epoch 100: cut to 100 here).
+                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.74,0.89", val_per_class=300,
+                        eps=0.031, step_size=0.007),
+    # BAT (Sun et al., AAAI 2023): ResNet-18 (here PreAct ResNet-18), /10 from epochs 75, 90 and 100,
+    # weight decay 2e-4; the first 100 of its script's 200 epochs (the rest run at lr 1e-4).
     "bat-cifar10": dict(method="bat", dataset="cifar10", arch="preact18", epochs=100, batch_size=128,
-                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.75,0.9"),
-    # DAFA (Lee et al., ICLR 2024): ResNet-18 (here PreAct ResNet-18), 110 epochs, /10 at 100 and
-    # 105, weight decay 5e-4, TRADES warm-up for 70 epochs (no Nesterov momentum here).
+                        lr=0.1, weight_decay=2e-4, schedule="piecewise:0.74,0.89,0.99",
+                        eps=0.031, step_size=0.007),
+    # DAFA (Lee et al., ICLR 2024): ResNet-18 (here PreAct ResNet-18), 110 epochs, /10 from epochs 100
+    # and 105, weight decay 5e-4, TRADES warm-up for 70 epochs (no Nesterov momentum here).
     "dafa-cifar10": dict(method="dafa", dataset="cifar10", arch="preact18", epochs=110, batch_size=128,
-                         lr=0.1, weight_decay=5e-4, schedule="piecewise:0.90909,0.954545"),
+                         lr=0.1, weight_decay=5e-4, schedule="piecewise:0.9,0.94545",
+                         eps=0.031, step_size=0.007),
     # FAAL (Zhang et al., CVPR 2024): fine-tunes a finished PreAct ResNet-18 PGD-AT run for 2 epochs,
     # lr 0.01 then 0.001 (pass --init-from RUN_DIR, e.g. a `--preset paper-cifar10` pgd-at run).
     "faal-cifar10": dict(method="faal", dataset="cifar10", arch="preact18", epochs=2, batch_size=128,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fairbench.checkpoint import rng_state, seed_everything, set_rng_state
-from fairbench.config import RunConfig
+from fairbench.config import PRESETS, RunConfig
 from fairbench.data import Split, get_dataset
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
@@ -34,13 +34,28 @@ def test_piecewise_schedule_divides_by_ten_at_half_and_three_quarters() -> None:
     assert lrs[75:] == pytest.approx([0.001] * 25)
 
 
-def test_piecewise_milestones_of_the_paper_presets() -> None:
-    """WAT/BAT: /10 at epochs 75 and 90 of 100; DAFA: at 100 and 105 of 110; the default is exact
-    (0.01, not 0.1 ** 2, so that runs made before milestones existed are unchanged)."""
+def code_lr_factor(epoch: int, drops: tuple[int, ...]) -> float:
+    """The official codes' rule: epochs counted from 1 (WAT's loop calls its adjust_learning_rate
+    with epoch + 1; BAT's and DAFA's count from 1), /10 once the epoch reaches each drop."""
+    return 0.1 ** sum(epoch + 1 >= d for d in drops)
+
+
+@pytest.mark.parametrize("preset, drops", [("wat-cifar10", (75, 90)), ("bat-cifar10", (75, 90, 100)),
+                                           ("dafa-cifar10", (100, 105))])
+def test_paper_presets_drop_the_lr_at_the_same_epochs_as_their_codes(preset: str, drops: tuple) -> None:
+    """WAT: /10 at its epochs 75 and 90 (of 100); BAT: 75, 90 and 100 (the first 100 of its 200);
+    DAFA: 100 and 105 (of 110), i.e. at 0-based epochs 74 and 89, ..., not one epoch later."""
+    epochs, schedule = PRESETS[preset]["epochs"], PRESETS[preset]["schedule"]
+    ours = [lr_factor(e, epochs, schedule) for e in range(epochs)]
+    assert ours == pytest.approx([code_lr_factor(e, drops) for e in range(epochs)], rel=1e-12)
+    assert ours[drops[0] - 2] == 1.0 and ours[drops[0] - 1] == 0.1  # the first drop: 0-based epoch 74 / 99
+
+
+def test_piecewise_milestones_are_exact() -> None:
+    """The lr drops at the first 0-based epoch >= M * epochs; the default is exact (0.01, not
+    0.1 ** 2, so that runs made before milestones existed are unchanged)."""
     wat = [0.1 * lr_factor(e, 100, "piecewise:0.75,0.9") for e in (74, 75, 89, 90, 99)]
     assert wat == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001])
-    dafa = [lr_factor(e, 110, "piecewise:0.90909,0.954545") for e in (99, 100, 104, 105, 109)]
-    assert dafa == [1.0, 0.1, 0.1, 0.01, 0.01]
     assert lr_factor(99, 100, "piecewise") == 0.01 and lr_factor(50, 100, "piecewise") == 0.1
 
 
