@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fairbench.schema import summarize
-from fairbench.report.stats import N_RESAMPLES, Delta, bootstrap_threat, tied_ranks
+from fairbench.report.stats import N_RESAMPLES, Delta, bootstrap_threat, tied_ranks, wilson
 
 K = 10
 # True class errors: class 9 is clearly the worst, so the worst-class error has a known value.
@@ -96,7 +96,10 @@ def test_identical_methods_are_not_flagged() -> None:
     labels, wrong, rows = simulate(np.random.default_rng(2), 200, [(TRUE_ERR, 3)])
     doubled = np.concatenate([wrong, wrong])
     _, copy = bootstrap_threat(labels, doubled, [[0, 1, 2], [3, 4, 5]], n_classes=K, baseline=0)
-    assert copy.avg_delta == Delta(0.0, 0.0, 0.0) and copy.worst_delta == Delta(0.0, 0.0, 0.0)
+    # no image decided differently: 0 with the Wilson bound for 0 of n images differing, not [0, 0]
+    u_avg, u_worst = wilson(0, 3 * 200 * K)[1], wilson(0, 3 * 200)[1]
+    assert copy.avg_delta == Delta(0.0, -u_avg, u_avg) and copy.worst_delta == Delta(0.0, -u_worst, u_worst)
+    assert not copy.avg_delta.significant and not copy.worst_delta.significant
     # Two methods with the same true errors (independent seeds): flagged about 5% of the time.
     rng, draws, flagged = np.random.default_rng(3), 150, np.zeros(2)
     for k in range(draws):
@@ -132,10 +135,35 @@ def test_point_values_are_the_evaluators_numbers_averaged_over_seeds() -> None:
     assert row.avg.lo < row.avg.value < row.avg.hi and row.worst.lo <= row.worst.value <= row.worst.hi
 
 
-def test_a_run_that_gets_everything_right_has_a_zero_width_interval() -> None:
+def test_a_run_that_gets_everything_right_has_the_wilson_interval_not_zero_width() -> None:
     labels = np.repeat(np.arange(3), 20)
     row, = bootstrap_threat(labels, np.zeros((1, 60), bool), [[0]], n_classes=3, n_resamples=100)
-    assert (row.avg.value, row.avg.lo, row.avg.hi) == (0.0, 0.0, 0.0)
+    assert (row.avg.value, row.avg.lo) == (0.0, 0.0) and row.avg.hi == pytest.approx(wilson(0, 60)[1])
+    assert row.per_class[1].hi == pytest.approx(wilson(0, 20)[1]) and row.per_class[1].hi > row.avg.hi > 0.05
+
+
+def test_no_zero_width_interval_with_5_images_per_class() -> None:
+    """Issue 27: a model at chance that predicts one class (right on every image of class 9 only),
+    5 images per class: 90% average and 100% worst-class error, each with a real interval; its
+    difference from an identical model has one too."""
+    labels = np.repeat(np.arange(K), 5)
+    wrong = np.array([labels != 9, labels != 9])
+    a, b = bootstrap_threat(labels, wrong, [[0], [1]], n_classes=K, baseline=0, n_resamples=200)
+    assert b.avg.value == pytest.approx(0.9) and b.worst.value == 1.0
+    for iv in (b.avg, b.worst, b.per_class[0], b.per_class[9], b.avg_delta, b.worst_delta):
+        assert iv.hi - iv.lo > 0.02, iv
+        assert iv.lo <= iv.value <= iv.hi
+    assert b.avg.lo == pytest.approx(wilson(45, 50)[0]) and b.worst.lo == pytest.approx(wilson(5, 5)[0])
+    assert not b.avg_delta.significant and b.avg_delta.hi == pytest.approx(wilson(0, 50)[1])
+    assert a.avg_delta == Delta(0.0, 0.0, 0.0)  # the baseline against itself
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)  # the textbook value, 95%
+    lo, hi = wilson(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-3), pytest.approx(0.5962, abs=1e-3))
+    assert all(math.isnan(v) for v in wilson(0, 0))
 
 
 def test_bad_shapes_are_refused() -> None:

@@ -30,6 +30,16 @@ a row's interval covers its true error about 95% of the time with 1 or 5 seeds; 
 a difference's interval is about 1.5 times as wide as the difference's true spread (so it claims
 a difference less often than it could), and with one seed it is about right.
 
+**The floor for small samples.** A percentile bootstrap of a few images per class can have no
+width at all (5 images of a class, all wrong: every replicate is 100%). So every interval of an
+error is at least the Wilson score interval (`wilson`) of the wrong images it counts, pooled over
+the row's seeds: the interval reported is the hull of the two. For a class, k wrong of n images
+times S seeds; for the average error, all the images; for the worst-class error, each seed's worst
+class (its wrong images of its images). With hundreds of images per class the bootstrap is the
+wider one and the floor changes nothing. A difference whose bootstrap interval has no width (no
+image was decided differently) gets ``value ± u`` instead, u the Wilson upper bound for 0 of n
+images differing, n the smaller of the two rows' counts of the statistic (`zero_width_delta`).
+
 **A paired comparison** of a row with the baseline row is the replicate-by-replicate difference
 (row minus baseline) of the statistic, both computed on the same drawn images (and seed positions
 when the seed counts match); it is *significant* where the interval excludes 0.
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -125,6 +136,35 @@ def _run_stats(class_err: np.ndarray, n_per_class: np.ndarray) -> tuple[np.ndarr
     return avg, err.max(-1)
 
 
+def wilson(k: float, n: float, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of a proportion, k successes of n trials (never of zero width
+    for n >= 1); (nan, nan) for n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return (0.0 if k <= 0 else max(0.0, centre - half)), (1.0 if k >= n else min(1.0, centre + half))
+
+
+def _floored(value: float, lo: float, hi: float, k: float, n: float, level: float) -> Interval:
+    """The bootstrap interval [lo, hi] widened to hold the Wilson interval of k of n."""
+    if math.isnan(value):
+        return Interval(value, lo, hi)
+    w_lo, w_hi = wilson(k, n, level)
+    return Interval(value, min(lo, w_lo), max(hi, w_hi))
+
+
+def zero_width_delta(delta: Delta, n: float, level: float = LEVEL) -> Delta:
+    """``delta`` itself, or, when its interval has no width, ``value ± u``: u the Wilson upper bound
+    of 0 of ``n`` (no image was decided differently, so the true difference is within that)."""
+    if math.isnan(delta.value) or delta.hi - delta.lo > ZERO or n <= 0:
+        return delta
+    u = wilson(0, n, level)[1]
+    return Delta(delta.value, delta.value - u, delta.value + u)
+
+
 def _interval(value: float, replicates: np.ndarray, level: float) -> tuple[float, float, float]:
     if math.isnan(value):
         return value, math.nan, math.nan
@@ -158,7 +198,9 @@ def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Seque
     run_avg, run_worst = _run_stats(observed, n_per_class)
     rep_avg, rep_worst = _run_stats(replicates, n_per_class)
 
-    points, draws = [], []
+    wrong_count = np.rint(np.nan_to_num(observed) * n_per_class)  # (runs, classes), exact integers
+    worst_of_run = np.where(n_per_class > 0, np.nan_to_num(observed, nan=-1.0), -1.0).argmax(1)
+    points, draws, counts = [], [], []
     for runs in rows:
         runs = np.asarray(runs)
         picked = runs[(unit[:, :len(runs)] * len(runs)).astype(np.intp)]  # (B, S) run positions
@@ -166,17 +208,26 @@ def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Seque
         draws.append((np.take_along_axis(rep_avg, picked, 1).mean(1),
                       np.take_along_axis(rep_worst, picked, 1).mean(1), rep_class))
         points.append((run_avg[runs].mean(), run_worst[runs].mean(), observed[runs].mean(0)))
+        worst = worst_of_run[runs]
+        counts.append(((wrong_count[runs].sum(), n_per_class.sum() * len(runs)),  # (k, n): average
+                       (wrong_count[runs, worst].sum(), n_per_class[worst].sum()),  # worst class
+                       (wrong_count[runs].sum(0), n_per_class * len(runs))))  # per class
 
     stats = []
-    for runs, (avg, worst, per_class), (d_avg, d_worst, d_class) in zip(rows, points, draws):
-        classes = tuple(Interval(*_interval(per_class[c], d_class[:, c], level)) for c in range(n_classes))
+    for i, (runs, (avg, worst, per_class), (d_avg, d_worst, d_class), (c_avg, c_worst, c_class)) in \
+            enumerate(zip(rows, points, draws, counts)):
+        classes = tuple(_floored(*_interval(per_class[c], d_class[:, c], level), c_class[0][c], c_class[1][c], level)
+                        for c in range(n_classes))
         deltas: list[Delta | None] = [None, None]
         if baseline is not None:
-            b_points, b_draws = points[baseline], draws[baseline]
-            deltas = [Delta(*_interval(float(p - b_points[i]), d - b_draws[i], level))
-                      for i, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])]
-        stats.append(RowStats(len(runs), Interval(*_interval(avg, d_avg, level)),
-                              Interval(*_interval(worst, d_worst, level)), classes, *deltas))
+            b_points, b_draws, b_counts = points[baseline], draws[baseline], counts[baseline]
+            deltas = [Delta(*_interval(float(p - b_points[j]), d - b_draws[j], level))
+                      for j, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])]
+            if i != baseline:  # the baseline against itself is exactly 0
+                deltas = [zero_width_delta(d, min(c[1], b[1]), level)
+                          for d, c, b in zip(deltas, (c_avg, c_worst), b_counts)]
+        stats.append(RowStats(len(runs), _floored(*_interval(avg, d_avg, level), *c_avg, level),
+                              _floored(*_interval(worst, d_worst, level), *c_worst, level), classes, *deltas))
     return stats
 
 
