@@ -25,9 +25,18 @@ Departures, with their reasons:
 - The code's attacks drop stopped examples from the batch and return the rest shuffled, with
   labels and clean inputs kept aligned; here stopped examples are masked in place (same values,
   one order, no host sync).
-- The code's script trains 200 epochs with the learning rate /10 at epochs 75, 90 and 100; the
-  ``bat-cifar10`` preset runs 100 epochs with /10 at 75 and 90 (docs/paper-presets.md). Its model
-  is ResNet-18; fairbench has PreAct ResNet-18.
+- The code's script trains 200 epochs, counted from 1, with the learning rate /10 from epochs 75,
+  90 and 100 (0-based 74, 89 and 99). The ``bat-cifar10`` preset runs its first 100 epochs,
+  ``piecewise:0.74,0.89,0.99``: the last one at lr 1e-4 as the code's epoch 100 (its epochs
+  101-200 stay at 1e-4; until issue 25 the preset dropped at 0-based 75 and 90, one epoch late;
+  docs/paper-presets.md). Its model is ResNet-18; fairbench has PreAct ResNet-18.
+- Inputs: the code's loader has only ``ToTensor`` after the crop and flip, so the images reach its
+  network as raw [0, 1] pixels; whether its ResNet-18 normalizes them cannot be checked (the model
+  package is missing). fairbench's models take [0, 1] images and normalize them by the data set's
+  mean and std in their first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616). eps
+  and step are in [0, 1] pixel space in both: the code's 0.031 and 0.007, which the
+  ``bat-cifar10`` preset sets; without it a run has the data set's defaults (CIFAR-10: 8/255 and
+  2/255, 1.2% and 12% larger).
 - Model selection: fairbench evaluates the last epoch (or the run's selection rule, never the
   test set). The attacks run in fp32 (the core's PGD).
 """

@@ -20,6 +20,12 @@ Defaults are the paper's: lambda1 0.3 (the paper's TRADES value; 0.5 with PGD-AT
 README's example command uses), lambda2 0.5, alpha 0.85, delta 0.2 (the code's defaults are
 alpha 0.88, delta 0.24), beta 6, ``begin`` = 10 of the code's 200 epochs (5% of the run).
 
+Inputs: the code maps every input by CIFAR-10's mean and std (0.4914/0.4822/0.4465,
+0.2471/0.2435/0.2616; ``utils.normalize_cifar``) just before the network, with eps 8/255 and step
+2/255 in [0, 1] pixel space. fairbench's models take [0, 1] images and apply the same map (the data
+set's mean and std) in their first layer, so the network sees the same inputs, and the data set's
+default eps and step (which the ``cfa-cifar10`` preset keeps) are the code's.
+
 Departures, with their reasons:
 
 - t_k is class k's accuracy over its own training examples; the code divides class k's count by

@@ -30,9 +30,17 @@ Departures, with their reasons:
   second, global step and projects onto the global eps ball, which cancels the class-wise margin;
   here the PGD-AT base follows the paper (class-wise eps and step, the core's uniform start, where
   the code starts at x + 0.001 N(0, I)). The TRADES base, the paper's main setting, matches the code.
-- The code's optimizer is SGD with Nesterov momentum and its model ResNet-18; fairbench's SGD is
-  plain momentum and its nearest model PreAct ResNet-18 (the ``dafa-cifar10`` preset keeps the
-  110 epochs and the /10 at epochs 100 and 105).
+- The code's optimizer is SGD with Nesterov momentum (``train.py`` inverts the ``--nesterov`` flag,
+  so Nesterov is the default) and its model ResNet-18; fairbench's SGD is plain momentum and its
+  nearest model PreAct ResNet-18. The ``dafa-cifar10`` preset keeps the 110 epochs and the /10 from
+  epochs 100 and 105, which the code counts from 1: 0-based 99 and 104, ``piecewise:0.9,0.94545``
+  (until issue 25 the preset dropped at 0-based 100 and 105, one epoch late).
+- Inputs: the code's loader (``datasets.py``) has only ``ToTensor`` after the crop and flip, and its
+  ResNet-18 no normalization, so its network sees raw [0, 1] pixels; fairbench's models take [0, 1]
+  images and normalize them by the data set's mean and std in their first layer (CIFAR-10:
+  0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616). eps and step are in [0, 1] pixel space in both: the
+  code's 0.031 and 0.007 (and test eps 0.031), which the ``dafa-cifar10`` preset sets; without it a
+  run has the data set's defaults (CIFAR-10: 8/255 and 2/255, 1.2% and 12% larger).
 - The code reuses one clean forward in eval mode for the attack and one in train mode for the loss,
   as fairbench does; the attacks run in fp32 (the core's PGD).
 """

@@ -26,6 +26,14 @@ against CVXPY on random problems to 1e-5. Defined cases: all a_c equal (every ma
 classes equally frequent, or an all-zero batch) gives the uniform p; a class absent from the batch
 has a_c = 0 (it is not in the objective) and keeps the weight the ball gives it; p is never NaN.
 
+Inputs: the code's commands (its README and ``run_prn.py``: ``--normalization std``) map every input
+by CIFAR-10's mean and std (0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616; ``utils.normalize``) before
+the network, with eps 8/255 and step 2/255 in [0, 1] pixel space. fairbench's models take [0, 1]
+images and apply the same map (the data set's mean and std) in their first layer, so the network
+sees the same inputs, and the data set's default eps and step (which the ``faal-cifar10`` preset
+keeps) are the code's. The code's starting models (``PRN_PGD.pth``, ``PRN_TRADES.pth``) are not in
+its repository; a fairbench source run normalizes as its model does.
+
 Departures, with their reasons:
 
 - Under DDP the a_c of all ranks' shards are summed, so the weights are those of the whole

@@ -20,9 +20,18 @@ Departures, with their reasons:
   each class (the code holds out the last 300 per class and trains on 4,700), so every method trains
   on the same images. The costs are true class means; the code divides class sums by the number of
   validation batches times the batch size (the split's size rounded up to a whole batch) times K.
-- The code's learning rate drops at epochs 75 and 90 of 100 (``adjust_learning_rate(epoch + 1)``,
-  so one epoch early); that is the ``wat-cifar10`` preset's ``piecewise:0.75,0.9``. Its model is
-  ResNet-18; fairbench has PreAct ResNet-18 (docs/paper-presets.md).
+- The code's learning rate drops at epochs 75 and 90 of 100 counted from 1: its 0-based loop calls
+  ``adjust_learning_rate(epoch + 1)``, so the drops fall on 0-based epochs 74 and 89. The
+  ``wat-cifar10`` preset's ``piecewise:0.74,0.89`` does the same (fairbench drops at the first
+  0-based epoch >= M * epochs; until issue 25 the preset had ``0.75,0.9``, one epoch late). Its
+  model is ResNet-18; fairbench has PreAct ResNet-18 (docs/paper-presets.md).
+- Inputs: the code's loader has only ``ToTensor`` after the crop and flip, and its ResNet-18 no
+  normalization, so its network sees raw [0, 1] pixels; fairbench's models take [0, 1] images and
+  normalize them by the data set's mean and std in their first layer (CIFAR-10:
+  0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616), a fixed affine map in front of the first layer. eps
+  and step are in [0, 1] pixel space in both: the code's 0.031 and 0.007 (its validation attack's
+  too), which the ``wat-cifar10`` preset sets; without it a run has the data set's defaults
+  (CIFAR-10: 8/255 and 2/255, 1.2% and 12% larger).
 - Model selection: the code keeps a checkpoint every 3 epochs and reports the best on the test set;
   fairbench evaluates the last epoch (or the run's selection rule, never the test set).
 - As in the code, one clean forward serves both the CE and the KL target; the attacks are the
