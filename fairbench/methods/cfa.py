@@ -41,6 +41,21 @@ Departures, with their reasons:
   trained model is evaluated until one epoch is accepted (metrics.json ``ema.evaluated`` says which).
 - The TRADES base reuses the clean training forward for the KL target (the code runs it twice;
   in train mode both give the same logits) and attacks in fp32 with the core's PGD.
+- Batch-norm statistics: after each SGD step the code's ``train_epoch`` runs the clean batch through
+  the model once more, in train mode (for its clean-accuracy log), which moves the running
+  statistics. With the TRADES base the code's train-mode forwards per batch are clean (CE),
+  adversarial, clean (KL target), clean (log): at batch norm's momentum 0.1, clean batches make up
+  about 76% of the running statistics ((0.1 + 0.09 + 0.0729) / (1 - 0.9^4)), against about 47% in
+  fairbench, which runs clean then adversarial (0.09 / 0.19). With the PGD-AT base the code also
+  attacks in train mode (its ten PGD forwards move the statistics and take their gradients through
+  batch statistics; about 14% clean), where fairbench attacks in eval mode and trains on the
+  adversarial forward alone (0% clean). The running statistics are what the eval-mode attacks,
+  FAWA's validation and the evaluation see. Not matched: the core has no forward after the step,
+  and no switch imitating it was added. What it does to CFA's results is not measured: the
+  committed ``fmnist-standard`` rows cannot show it (``testbed-cnn`` has no batch norm); it concerns
+  the batch-norm networks (``preact18`` of ``cfa-cifar10``, ``small-cnn``), and a paired measurement
+  there needs such a switch and about a core-hour of runs, which the session that found it (issue
+  25) did not have.
 
 Two rules of the code are per epoch, or per unit of loss, and are kept as they are; in a run much
 shorter than the code's 200 epochs they weigh differently, so read a short run's CFA row with them:
