@@ -1,4 +1,9 @@
-"""The command line: ``fairbench list | run | resume | eval | report`` (typer).
+"""The command line: ``fairbench list | run | resume | eval | report | sweep`` (typer).
+
+One vocabulary: an option means the same thing under the same name in every command (``--eps``,
+``--eval-per-class``, ``--aa-per-class``, ``--eval-batch-size``, ``--attacks``, ``--no-download``);
+``--eps`` and ``--step-size`` take a number or a fraction (``8/255``); every table a person reads
+gives error in % (lower is better), as the report does.
 
 Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on stderr);
 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a checkpoint, so rerun with --resume;
@@ -7,18 +12,55 @@ Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on s
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from fairbench.config import PRESETS, RunConfig
+from fairbench.config import PRESET_DESCRIPTIONS, PRESETS, RunConfig
 from fairbench.errors import FairbenchError
+from fairbench.registry import unknown_name
 from fairbench.signals import Preempted, StopSignals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate robust-fairness methods; per-class leaderboards.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fairbench import __version__
+
+        typer.echo(f"fairbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print fairbench's version and exit"),
+) -> None:
+    """Train and evaluate robust-fairness methods; per-class leaderboards (error in %, lower is better)."""
+
+
+def parse_number(text: str) -> float:
+    """A number, or a fraction of two numbers (``8/255``, as papers write eps), as the float it
+    divides to (``8/255`` is recorded as 0.03137254901960784, exactly ``8 / 255`` in Python)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    raw = str(text).strip()
+    num, sep, den = raw.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(raw)
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(f"{raw[:40]!r} is not a number or a fraction such as 8/255") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{raw[:40]!r} is not a finite number")
+    return value
 
 
 def parse_param_options(options: list[str]) -> dict[str, str]:
@@ -40,20 +82,64 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """List the registered methods, architectures, data sets and threats with their parameters."""
+def list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document (for scripts): every "
+                                 "entry's whole summary and its parameters' exact defaults"),
+) -> None:
+    """List the registered methods, architectures, data sets, threats and presets with their parameters."""
     from fairbench.registry import DATASETS, METHODS, MODELS, THREATS
 
     registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
                   ("threats", THREATS))
-    width = max(len(e.name) for _, r in registries for e in r.entries())
+    if as_json:
+        doc: dict[str, Any] = {title: [{"name": e.name, "summary": e.summary, "params": _jsonable(e.params)}
+                                       for e in registry.entries()] for title, registry in registries}
+        doc["presets"] = [{"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""),
+                           "settings": _jsonable(settings)} for name, settings in PRESETS.items()]
+        typer.echo(json.dumps(doc, indent=2, allow_nan=False))
+        return
+    width = max(len(name) for name in [*PRESETS, *(e.name for _, r in registries for e in r.entries())])
+    indent = " " * (width + 4)
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
+
+    def show(name: str, text: str, params: dict[str, Any]) -> None:
+        typer.echo(textwrap.fill(f"  {name:<{width}}  {text}", columns, subsequent_indent=indent,
+                                 break_on_hyphens=False))
+        if params:
+            typer.echo(textwrap.fill(", ".join(f"{k}={_show_value(v)}" for k, v in params.items()), columns,
+                                     initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False))
+
     for title, registry in registries:
         typer.echo(f"{title}:")
         for entry in registry.entries():
-            typer.echo(f"  {entry.name:<{width}}  {entry.summary}")
-            if entry.params:
-                typer.echo(" " * (width + 4) + ", ".join(f"{k}={v!r}" for k, v in entry.params.items()))
-    typer.echo(f"presets: {', '.join(PRESETS)}")
+            show(entry.name, entry.summary, entry.params)
+    typer.echo("presets (--preset NAME; options given beside it win):")
+    for name, settings in PRESETS.items():
+        show(name, PRESET_DESCRIPTIONS.get(name, ""), settings)
+
+
+def _show_value(v: Any) -> str:
+    """A default as `fairbench list` prints it: floats to 4 significant digits (0.6364, 1e-05)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_show_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_show_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` as plain JSON: tuples as lists, a non-finite float or any other object as its text."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
 
 
 @app.command("run")
@@ -67,8 +153,11 @@ def run_cmd(
     epochs: Optional[int] = typer.Option(None, help="training epochs"),
     batch_size: Optional[int] = typer.Option(None, help="global batch size"),
     seed: int = typer.Option(0),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: 8/255 CIFAR, 0.1 Fashion-MNIST)"),
-    step_size: Optional[float] = typer.Option(None, help="PGD training step (default eps/4)"),
+    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
+                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    step_size: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                              help="PGD training step (default eps/4)"),
     attack_steps: Optional[int] = typer.Option(None, help="PGD training steps (default 10)"),
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
@@ -270,6 +359,10 @@ def parse_run_args(argv: list[str]) -> tuple[RunConfig, dict[str, bool]]:
 def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, help="state_dict or checkpoint file (any origin)"),
     arch: Optional[str] = typer.Option(None, help="architecture of --checkpoint (see `fairbench list`)"),
+    model: Optional[str] = typer.Option(
+        None, metavar="MODULE:FACTORY", help="any importable model instead of --arch: package.module:factory "
+        "returns it for inputs in [0, 1] (called with num_classes= and in_channels= when it takes them); "
+        "with --checkpoint, those weights are loaded into it"),
     dataset: str = typer.Option("cifar10", help="cifar10, cifar100 or fashion-mnist"),
     robustbench: Optional[str] = typer.Option(None, help="a RobustBench zoo model name instead of "
                                               "--checkpoint (needs the robustbench extra)"),
@@ -277,28 +370,44 @@ def eval_cmd(
     model_dir: Optional[str] = typer.Option(None, help="RobustBench model folder "
                                             "(default ~/.cache/fairbench/robustbench)"),
     attacks: str = typer.Option("clean,pgd20,autoattack", help="comma list of clean,pgd20,autoattack"),
-    n_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: 8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
+    n_per_class: Optional[int] = typer.Option(None, hidden=True),  # --eval-per-class's old name
+    aa_per_class: Optional[int] = typer.Option(
+        None, help="run AutoAttack on the first K evaluated test images per class only"),
+    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
+                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
     seed: int = typer.Option(0, help="seed of the attacks' random starts"),
-    batch_size: int = typer.Option(500, help="evaluation batch size"),
+    eval_batch_size: Optional[int] = typer.Option(None, help="evaluation batch size (default 500 CUDA, 128 CPU)"),
+    batch_size: Optional[int] = typer.Option(None, hidden=True),  # --eval-batch-size's old name
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     data_dir: Optional[str] = typer.Option(None, help="data root (else $FAIRBENCH_DATA, else ~/.cache)"),
+    download: bool = typer.Option(True, help="download a missing data set (--no-download: offline)"),
     out: str = typer.Option("results", help="results folder"),
     run_id: Optional[str] = typer.Option(None, help="run folder name (default: model, data set, sha256)"),
 ) -> None:
-    """Evaluate any state_dict, or a RobustBench model, per class; writes metrics.json."""
+    """Evaluate any state_dict, importable model or RobustBench model per class; writes metrics.json."""
     from fairbench.external_eval import EvalOptions, run_eval
 
-    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, robustbench=robustbench,
+    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, model=model, robustbench=robustbench,
                        threat_model=threat_model, model_dir=model_dir, attacks=parse_attacks(attacks),
-                       n_per_class=n_per_class, eps=eps, seed=seed, batch_size=batch_size,
-                       device=device, data_dir=data_dir, out=out, run_id=run_id)
+                       n_per_class=_one_of(eval_per_class, n_per_class, "--eval-per-class", "--n-per-class"),
+                       aa_per_class=aa_per_class, eps=eps, seed=seed,
+                       batch_size=_one_of(eval_batch_size, batch_size, "--eval-batch-size", "--batch-size"),
+                       device=device, data_dir=data_dir, download=download, out=out, run_id=run_id)
     run_eval(opts, echo=typer.echo)
+
+
+def _one_of(value: Any, old_value: Any, name: str, old_name: str) -> Any:
+    """An option given under its name or under its old, hidden one (kept so old commands still run)."""
+    if value is not None and old_value is not None:
+        raise FairbenchError(f"{old_name} is the old name of {name}: give {name} only")
+    return value if value is not None else old_value
 
 
 def _check_preset(name: str) -> str:
     if name not in PRESETS:
-        raise FairbenchError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+        raise FairbenchError(unknown_name("preset", name, PRESETS))
     return name
 
 

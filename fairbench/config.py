@@ -90,6 +90,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
+        from fairbench.registry import did_you_mean
         from fairbench.threats import threat_names
 
         threats = threat_names()
@@ -135,7 +136,8 @@ class RunConfig:
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
         bad = [a for a in self.attacks if a not in threats]
-        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(threats)}"))
+        checks.append((not bad, f"unknown attack(s) {', '.join(bad)}"
+                                f"{did_you_mean(bad[0], threats) if bad else ''}; valid: {', '.join(threats)}"))
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
@@ -330,4 +332,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A short Fashion-MNIST run that finishes on a 2-core CPU in minutes.
     "cpu-fmnist": dict(dataset="fashion-mnist", arch="small-cnn", epochs=5, batch_size=128,
                        train_per_class=1000, eval_per_class=50, device="cpu"),
+}
+
+# What `fairbench list` says of each preset (one line; the comments above say why).
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "paper-cifar10": "The FairAT / FRL protocol on CIFAR-10: 100 epochs, lr 0.1 /10 at 50% and 75%, "
+                     "the whole test set.",
+    "fmnist-standard": "The standard CPU protocol of results/: testbed-cnn on Fashion-MNIST, 8 epochs, "
+                       "500 validation images per class held out, PGD-20 on all 10,000 test images, "
+                       "AutoAttack on 50 per class.",
+    "cfa-cifar10": "CFA's CIFAR-10 setting (Wei et al., CVPR 2023): PreAct ResNet-18, 200 epochs, "
+                   "TRADES base; docs/paper-presets.md.",
+    "wat-cifar10": "WAT's CIFAR-10 setting (Li & Liu, AAAI 2023): PreAct ResNet-18, 100 epochs, "
+                   "300 validation images per class; docs/paper-presets.md.",
+    "bat-cifar10": "BAT's CIFAR-10 setting (Sun et al., AAAI 2023): PreAct ResNet-18, the first 100 "
+                   "epochs of its script's 200; docs/paper-presets.md.",
+    "dafa-cifar10": "DAFA's CIFAR-10 setting (Lee et al., ICLR 2024): PreAct ResNet-18, 110 epochs, "
+                    "TRADES warm-up for 70; docs/paper-presets.md.",
+    "faal-cifar10": "FAAL's CIFAR-10 setting (Zhang et al., CVPR 2024): fine-tunes a finished run "
+                    "(--init-from) for 2 epochs at lr 0.01; docs/paper-presets.md.",
+    "cpu-fmnist": "A short run that finishes on a 2-core CPU in minutes: small-cnn, Fashion-MNIST, "
+                  "5 epochs on 1,000 images per class, 50 test images per class.",
 }

@@ -34,6 +34,7 @@ from fairbench.data import Split, map_sharded
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import EvalState, StageProgress, fingerprint
+from fairbench.registry import did_you_mean
 from fairbench.schema import UNION, derive_union, metrics_from_outcomes, make_outcomes
 from fairbench.threats import CLEAN, ChunkFn, Progress, clean_correct, get_threat, threat_names
 
@@ -58,7 +59,8 @@ def stages(attacks: Sequence[str]) -> list[str]:
     names = threat_names()
     bad = [a for a in attacks if a not in names]
     if bad:
-        raise FairbenchError(f"unknown attack(s) {', '.join(bad)}; valid: {', '.join(names)}")
+        raise FairbenchError(f"unknown attack(s) {', '.join(bad)}{did_you_mean(bad[0], names)}; "
+                             f"valid: {', '.join(names)}")
     return [t for t in names if not get_threat(t).attack or t in attacks]
 
 
@@ -170,7 +172,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
                 ok = ok & (outcomes[CLEAN][pos] == 1)
             out[pos] = ok.to(torch.int8)
             outcomes[threat], seconds[threat] = out, stage.seconds
-            progress(f"{threat}: {float(ok.float().mean()):.4f} accuracy on {len(pos)} images "
+            progress(f"{threat}: {100 * (1 - float(ok.float().mean())):.1f}% error on {len(pos)} images "
                      f"({seconds[threat]:.1f}s)")
     if len(outcomes) > 1:
         union = derive_union({t: o.cpu().numpy() for t, o in outcomes.items()})
@@ -204,16 +206,24 @@ def evaluate(model: nn.Module, split: Split, classes: Sequence[str], *, eps: flo
 
 
 def format_table(metrics: dict[str, Any], classes: Sequence[str]) -> str:
-    """A per-class accuracy table for the terminal (one column per threat, union included)."""
+    """The per-class table the console shows after an evaluation, in the report's unit: error in %
+    (100 - accuracy; lower is better), one column per threat, union included. ``worst`` is the
+    highest class error, ``best`` the lowest; ``std`` is the spread of the class errors in points."""
     threats = list(metrics)
     width = max(12, max(len(c) for c in classes) + 2)
     col = max([12] + [len(str(metrics[t]["worst_class"])) + 2 for t in threats]
               + [len(str(metrics[t]["best_class"])) + 2 for t in threats])
-    lines = [f"{'class':<{width}}" + "".join(f"{t:>{col}}" for t in threats)]
+
+    def error(accuracy: float) -> str:
+        return f"{100 * (1 - accuracy):>{col}.1f}"
+
+    lines = [f"{'error (%)':<{width}}" + "".join(f"{t:>{col}}" for t in threats)]
     for i, name in enumerate(classes):
-        lines.append(f"{name:<{width}}" + "".join(f"{metrics[t]['per_class'][i]:>{col}.4f}" for t in threats))
-    for label, key, fmt in (("average", "avg", ".4f"), ("worst", "worst", ".4f"),
-                            ("worst class", "worst_class", ""), ("best", "best", ".4f"),
-                            ("best class", "best_class", ""), ("std", "std", ".4f")):
-        lines.append(f"{label:<{width}}" + "".join(f"{metrics[t][key]:>{col}{fmt}}" for t in threats))
+        lines.append(f"{name:<{width}}" + "".join(error(metrics[t]["per_class"][i]) for t in threats))
+    for label, key in (("average", "avg"), ("worst", "worst"), ("worst class", "worst_class"),
+                       ("best", "best"), ("best class", "best_class"), ("std", "std")):
+        cells = [f"{metrics[t][key]:>{col}}" if key.endswith("_class") else
+                 f"{100 * metrics[t][key]:>{col}.1f}" if key == "std" else error(metrics[t][key])
+                 for t in threats]
+        lines.append(f"{label:<{width}}" + "".join(cells))
     return "\n".join(lines)

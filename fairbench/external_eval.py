@@ -1,5 +1,7 @@
-"""``fairbench eval``: evaluate weights trained anywhere (a state_dict, or a RobustBench zoo model)
-per class with the one evaluator, and write ``<out>/runs/<run-id>/metrics.json``.
+"""``fairbench eval``: evaluate weights trained anywhere (a state_dict, any importable model, or a
+RobustBench zoo model) per class with the one evaluator, and write ``<out>/runs/<run-id>/metrics.json``.
+`evaluate_model` is that evaluation; the Python API (`fairbench.evaluate`, fairbench/api.py) calls it
+too, so both give the same record (`fairbench.schema.RunRecord`).
 
 Rerunning the same command continues a killed evaluation (outcomes are kept in the run folder's
 ``eval_state/``; see `fairbench.eval_state`).
@@ -8,6 +10,11 @@ Rerunning the same command continues a killed evaluation (outcomes are kept in t
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,17 +22,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fairbench.config import MAX_SEED, check_run_id
+from fairbench.config import MAX_SEED, check_run_id, default_eval_batch_size
 from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
+from fairbench.eval_state import fingerprint
 from fairbench.evaluate import attack_settings, evaluate, format_table, stages
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, ensure_writable, load_checkpoint, make_run_folder,
                                run_lock, sha256_file)
-from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, build_record, make_outcomes, read_metrics, write_run
+from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, RunRecord, build_record, make_outcomes, read_metrics,
+                              write_run)
 from fairbench.runner import environment, resolve_device
 
 # A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
@@ -42,31 +51,45 @@ class EvalOptions:
     dataset: str
     checkpoint: str | None = None
     arch: str | None = None
+    model: str | None = None  # package.module:factory
     robustbench: str | None = None
     threat_model: str = "Linf"
     model_dir: str | None = None
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
-    n_per_class: int | None = None
+    n_per_class: int | None = None  # --eval-per-class
+    aa_per_class: int | None = None
     eps: float | None = None
     seed: int = 0
-    batch_size: int = 500
+    batch_size: int | None = None  # --eval-batch-size; None: 500 on CUDA, 128 on the CPU
     device: str = "auto"
     data_dir: str | None = None
+    download: bool = True
     out: str = "results"
     run_id: str | None = None
 
     def validate(self) -> None:
         checks = [
-            ((self.checkpoint is None) != (self.robustbench is None),
+            (self.model is not None or (self.checkpoint is None) != (self.robustbench is None),
              "give exactly one of --checkpoint PATH or --robustbench MODEL_NAME"),
-            (self.robustbench is not None or self.arch is not None,
-             "--checkpoint needs --arch (see `fairbench list`)"),
-            (self.robustbench is None or self.arch is None,
-             "--arch is for --checkpoint; a RobustBench model brings its own architecture"),
+            (self.robustbench is not None or self.arch is not None or self.model is not None,
+             "--checkpoint needs --arch (see `fairbench list`) or --model package.module:factory"),
+            (self.robustbench is None or (self.arch is None and self.model is None),
+             "--arch and --model are for --checkpoint; a RobustBench model brings its own architecture"),
+            (self.arch is None or self.model is None, "give --arch NAME or --model package.module:factory, "
+             "not both"),
+            (self.model is None or FACTORY.fullmatch(self.model) is not None,
+             f"--model must be package.module:factory (Python names), got {self.model!r:.80}"),
             (self.n_per_class is None or self.n_per_class >= 1,
-             f"--n-per-class must be >= 1, got {self.n_per_class}"),
+             f"--eval-per-class must be >= 1, got {self.n_per_class}"),
+            (self.aa_per_class is None or self.aa_per_class >= 1,
+             f"--aa-per-class must be >= 1, got {self.aa_per_class}"),
+            (self.aa_per_class is None or self.n_per_class is None or "autoattack" not in self.attacks
+             or self.aa_per_class <= self.n_per_class,
+             f"--aa-per-class {self.aa_per_class} is more than the {self.n_per_class} evaluated "
+             f"images per class (--eval-per-class)"),
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1,
+             f"--eval-batch-size must be >= 1, got {self.batch_size}"),
             (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
         ]
         for ok, message in checks:
@@ -77,6 +100,46 @@ class EvalOptions:
         stages(self.attacks)
         if self.arch is not None and self.robustbench is None:
             MODELS.get(self.arch)
+
+
+# package.module:factory, the factory possibly an attribute path (module:Class.build)
+FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def model_from_factory(target: str, spec: DatasetSpec) -> nn.Module:
+    """The model ``package.module:factory`` returns, for inputs in [0, 1] (fairbench adds no
+    normalization): the factory is called with ``num_classes`` and ``in_channels`` when its
+    signature names them, else with no argument. The current folder is searched for the module
+    too, as ``python -m`` does."""
+    if FACTORY.fullmatch(target) is None:
+        raise FairbenchError(f"--model must be package.module:factory (Python names), got {target!r:.80}")
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise FairbenchError(f"--model {target}: cannot import {module_name} ({exc}); is it installed, "
+                             f"or in the current folder?") from None
+    except AttributeError:
+        raise FairbenchError(f"--model {target}: {module_name} has no {attr}") from None
+    if not callable(obj):
+        raise FairbenchError(f"--model {target}: {attr} is not callable (a factory that returns the model)")
+    try:
+        takes = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        takes = {}
+    wanted = {"num_classes": spec.num_classes, "in_channels": spec.shape[0]}
+    try:
+        model = obj(**{k: v for k, v in wanted.items() if k in takes})
+    except Exception as exc:  # someone else's code: say whose, in one line
+        raise FairbenchError(f"--model {target}: the factory failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise FairbenchError(f"--model {target}: the factory returned a {type(model).__name__}, not a "
+                             f"torch.nn.Module")
+    return model
 
 
 def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[str, Any]]:
@@ -91,12 +154,21 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
                                   "threat_model": opts.threat_model},
                        "checkpoint": {"file": files[0].name if files else None,
                                       "sha256": sha256_file(files[0]) if files else None}}
+    if opts.model is not None:
+        model = model_from_factory(opts.model, spec)
+        params = {"source": "factory", "factory": opts.model}
+    else:
+        model = create_model(opts.arch, spec)
+        params = {"source": "checkpoint"}
+    if opts.checkpoint is None:  # a factory's own weights: named by their hash
+        weights_sha = fingerprint(model, *(torch.zeros(0),) * 3)
+        return model, {"method": "external", "arch": opts.model, "params": params | {"weights_sha256": weights_sha},
+                       "checkpoint": {"file": None, "sha256": None}}
     path = Path(opts.checkpoint)
-    model = create_model(opts.arch, spec)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     state = load_checkpoint(path, max_bytes=MAX_CHECKPOINT_FACTOR * weights + CHECKPOINT_SLACK)
     load_model_state(model, state, str(path))
-    return model, {"method": "external", "arch": opts.arch, "params": {"source": "checkpoint"},
+    return model, {"method": "external", "arch": opts.arch or opts.model, "params": params,
                    "checkpoint": {"file": "".join(c if c.isprintable() else "?" for c in path.name),
                                   "sha256": sha256_file(path)}}
 
@@ -119,47 +191,74 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
 def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: DistInfo,
               say: Callable[[str], None]) -> Path:
     model, source = load_model(opts, spec)
+    run_dir, _ = evaluate_model(model, source, opts, spec, device, dist, say, write=True)
+    assert run_dir is not None
+    return run_dir
+
+
+def default_run_id(source: dict[str, Any], dataset: str) -> str:
+    """``<method>_<arch>_<dataset>_<sha256 of the weights' file, or of the weights>``, as a folder name."""
+    sha = source["checkpoint"]["sha256"] or source["params"].get("weights_sha256") or "nofile"
+    name = f"{source['method']}_{str(source['arch'])[:80]}_{dataset}_{sha[:8]}"
+    return re.sub(r"[^\w.+=-]", "-", name)
+
+
+def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, spec: DatasetSpec,
+                   device: torch.device, dist: DistInfo, say: Callable[[str], None], *, write: bool
+                   ) -> tuple[Path | None, RunRecord]:
+    """The evaluation of `fairbench eval` and of `fairbench.evaluate`: ``model`` (with ``source``,
+    what `load_model` records of its weights) on ``opts``' test images, per class, as the schema's
+    record. With ``write``, the record and its outcomes go to ``<out>/runs/<run-id>/`` (and a
+    killed evaluation continues from its ``eval_state/``); without, nothing is written anywhere."""
     model = model.to(device).eval()
     eps = spec.eps if opts.eps is None else opts.eps
-    sha = source["checkpoint"]["sha256"] or "nofile"
-    run_id = check_run_id(opts.run_id if opts.run_id is not None else
-                          f"{source['method'].replace(':', '-')}_{source['arch']}_{spec.name}_{sha[:8]}")
+    batch_size = opts.batch_size if opts.batch_size is not None else default_eval_batch_size(device.type)
+    run_id = check_run_id(opts.run_id if opts.run_id is not None else default_run_id(source, spec.name))
     run_dir = Path(opts.out) / "runs" / run_id
-    test = load_split(spec, "test", opts.data_dir)
+    test = load_split(spec, "test", opts.data_dir, download=opts.download)
     indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
                if opts.n_per_class else torch.arange(len(test)))
     test = test.subset(indices).to(device)
+    subsets = ({"autoattack": per_class_indices(test.labels, opts.aa_per_class, spec.num_classes)}
+               if opts.aa_per_class and "autoattack" in opts.attacks else {})
     # as training does after every epoch: NaN or infinite weights would give chance-level accuracies
     # that look like a result
-    what = not_finite(model, to_float(test.images[:opts.batch_size]), dist)
+    what = not_finite(model, to_float(test.images[:batch_size]), dist)
     if what:
-        raise FairbenchError(f"{opts.checkpoint or opts.robustbench}: the model's {what}; its "
-                             f"accuracies would mean nothing, so it is not evaluated")
+        raise FairbenchError(f"{opts.checkpoint or opts.robustbench or opts.model or 'the model'}: the model's "
+                             f"{what}; its accuracies would mean nothing, so it is not evaluated")
+    records: list[RunRecord] = []
 
-    def write() -> None:
+    def make_record() -> None:
         rows = make_outcomes(indices, test.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
         record = build_record(
             run_id=run_id, method=source["method"], params=source["params"], arch=source["arch"],
             dataset=spec.name, seed=opts.seed, epochs=None, eps=eps, outcomes=rows,  # not trained here
-            training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class},
-            evaluation={"n": len(test), "batch_size": opts.batch_size},
-            attack_settings=attack_settings(eps, opts.attacks, opts.seed),
+            training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class}
+            | ({"aa_per_class": opts.aa_per_class} if subsets else {}),
+            evaluation={"n": len(test), "batch_size": batch_size},
+            attack_settings=attack_settings(eps, opts.attacks, opts.seed,
+                                            {"autoattack": opts.aa_per_class} if subsets else None),
             timing={"eval_s": {k: round(v, 3) for k, v in seconds.items()}, "world_size": dist.world_size},
             env=environment(device), checkpoint=source["checkpoint"])
-        write_run(run_dir, record, rows)
+        if write:
+            write_run(run_dir, record, rows)
+        records.append(record)
 
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder until its result is written
-        dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))
+        if write:
+            dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))
         say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
-            f"eps {eps:.4f}, attacks {', '.join(stages(opts.attacks))}, device {device}")
+            f"eps {eps:.6g}, attacks {', '.join(stages(opts.attacks))}, device {device}")
         metrics, seconds, outcomes = evaluate(model, test, spec.classes, eps=eps, attacks=opts.attacks,
-                                              batch_size=opts.batch_size, dist=dist, progress=say,
-                                              seed=opts.seed, state_dir=run_dir / "eval_state",
-                                              indices=indices)
-        dist.on_main(write)
+                                              batch_size=batch_size, dist=dist, progress=say,
+                                              seed=opts.seed, state_dir=run_dir / "eval_state" if write else None,
+                                              indices=indices, subsets=subsets)
+        dist.on_main(make_record)
     say(format_table(metrics, spec.classes))
-    say(f"wrote {run_dir / METRICS_FILE}")
-    return run_dir
+    if write:
+        say(f"wrote {run_dir / METRICS_FILE}")
+    return (run_dir if write else None), records[0] if records else None  # type: ignore[return-value]
 
 
 def claim_folder(run_dir: Path, source: dict[str, Any], dataset: str, lock: contextlib.ExitStack) -> None:

@@ -92,7 +92,7 @@ def test_malicious_pickle_is_refused(fmnist_dir: Path, tmp_path: Path, capsys) -
     (["--arch", "small-cnn"], "exactly one of --checkpoint"),
     (["--checkpoint", "x.pt"], "--checkpoint needs --arch"),
     (["--checkpoint", "x.pt", "--arch", "small-cnn", "--attacks", "clean,fgsm"], "unknown attack(s) fgsm"),
-    (["--checkpoint", "x.pt", "--arch", "small-cnn", "--n-per-class", "0"], "--n-per-class must be >= 1"),
+    (["--checkpoint", "x.pt", "--arch", "small-cnn", "--n-per-class", "0"], "--eval-per-class must be >= 1"),
     (["--robustbench", "Wong2020Fast", "--threat-model", "L2"], "fairbench evaluates L-inf only"),
     (["--robustbench", "Wong2020Fsat"], "did you mean Wong2020Fast"),
 ])

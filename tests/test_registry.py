@@ -60,12 +60,14 @@ def list_output(capsys: pytest.CaptureFixture) -> list[str]:
 
 
 def test_list_shows_each_entry_with_its_summary(capsys: pytest.CaptureFixture) -> None:
+    """Each entry's line starts with its name and holds its whole summary (wrapped, never cut)."""
     lines = list_output(capsys)
+    text = " ".join(" ".join(lines).split())
     for registry in (METHODS, MODELS, DATASETS, THREATS):
         for entry in registry.entries():
             assert entry.summary, f"{registry.kind} '{entry.name}' has no docstring summary"
-            assert any(line.split() and line.split()[0] == entry.name and entry.summary in line
-                       for line in lines), f"{entry.name} missing from `fairbench list`"
+            assert any(line.split()[:1] == [entry.name] for line in lines), entry.name
+            assert f"{entry.name} {entry.summary}" in text, f"{entry.name}'s summary missing from `fairbench list`"
 
 
 # ---------------------------------------------------------------- third-party plugin
