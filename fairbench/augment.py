@@ -14,6 +14,8 @@ Policies (`POLICIES`):
 - ``affine-erase``: a random affine jitter (rotation, scale, translation, shear) of every example,
   then random erasing (Zhong et al., AAAI 2020) with probability 0.5. Meant for grey-scale
   Fashion-MNIST, where colour operations carry little meaning.
+- ``affine``: the same affine jitter without erasing: a grey-image policy that leaves no box of
+  noise, the mark by which an erased image is told from a plain one (FairAT's tuning space).
 """
 
 from __future__ import annotations
@@ -170,6 +172,11 @@ def randaugment(x: torch.Tensor, num_ops: int = 2, generator: Generator = None) 
 
 def affine_erase(x: torch.Tensor, generator: Generator = None, erase_p: float = 0.5) -> torch.Tensor:
     """Random affine jitter of every example, then random erasing with probability ``erase_p``."""
+    return random_erase(affine_jitter(x, generator), erase_p, generator)
+
+
+def affine_jitter(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Random affine jitter (rotation ±15°, scale 0.9-1.1, shear ±0.15, shift ±10%) of every example."""
     n = x.shape[0]
     u = lambda: _rand(n, x, generator)  # noqa: E731
     angle = torch.deg2rad((u() * 2 - 1) * 15)
@@ -178,8 +185,7 @@ def affine_erase(x: torch.Tensor, generator: Generator = None, erase_p: float = 
     theta = rotation_theta(angle) / scale[:, None, None]
     theta[:, 0, 1] += shear
     theta[:, :, 2] = (torch.stack([u(), u()], 1) * 2 - 1) * 0.2  # ±10% of the side
-    x = affine(x, theta)
-    return random_erase(x, erase_p, generator)
+    return affine(x, theta)
 
 
 def random_erase(x: torch.Tensor, p: float = 0.5, generator: Generator = None,
@@ -199,7 +205,7 @@ def random_erase(x: torch.Tensor, p: float = 0.5, generator: Generator = None,
 
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
-POLICIES: dict[str, Policy] = {"randaugment": randaugment, "affine-erase": affine_erase}
+POLICIES: dict[str, Policy] = {"randaugment": randaugment, "affine-erase": affine_erase, "affine": affine_jitter}
 
 
 def default_policy(channels: int) -> str:

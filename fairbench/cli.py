@@ -90,6 +90,11 @@ def run_cmd(
         None, help="run AutoAttack on the first K evaluated test images per class only"),
     select: Optional[str] = typer.Option(
         None, help="model selection: last (default) or best-val (PGD-10 on the validation split)"),
+    score_on: Optional[str] = typer.Option(
+        None, help="test (default), or validation: a tuning trial, scored on the validation split into "
+                   "validation.json; the test set is never loaded"),
+    tuning: Optional[str] = typer.Option(
+        None, hidden=True, help="set by `fairbench tune`: the study and trial a tuned row's run confirms (JSON)"),
     eval_batch_size: Optional[int] = typer.Option(
         None, help="batch of the evaluation and of methods' scoring passes (default 500 CUDA, 128 CPU)"),
     attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
@@ -119,7 +124,7 @@ def run_cmd(
 
 # `fairbench run` options that are not RunConfig fields as they are (or not fields at all)
 _NOT_PLAIN_FIELDS = ("method", "seed", "param", "out", "compile", "download", "preset", "attacks", "resume",
-                     "stop_after_epoch", "progress")
+                     "stop_after_epoch", "progress", "tuning")
 
 
 def config_from_run_options(o: dict[str, Any]) -> RunConfig:
@@ -127,6 +132,10 @@ def config_from_run_options(o: dict[str, Any]) -> RunConfig:
     values = dict(PRESETS[_check_preset(o["preset"])], preset=o["preset"]) if o["preset"] else {}
     cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
     cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
+    if o.get("tuning") is not None:
+        from fairbench.tune.record import parse_tuning
+
+        cli["tuning"] = parse_tuning(o["tuning"])
     values.update({k: v for k, v in cli.items() if v is not None})
     values.setdefault("dataset", "cifar10")
     values.setdefault("arch", "preact18")
@@ -239,6 +248,61 @@ def sweep_cmd(
     elif report:
         typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
                    f"are done (or pass --wait)", err=True)
+
+
+@app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune_cmd(
+    ctx: typer.Context,
+    methods: str = typer.Option(..., help="comma list of methods to tune, e.g. pgd-at,fairat"),
+    trials: int = typer.Option(..., help="trials per method (the same N for every method); trial 0 "
+                               "is the method's defaults, the rest are random draws"),
+    study: str = typer.Option("default", help="the study's name (a new name starts a new study)"),
+    tune_seed: int = typer.Option(0, help="seed of the draws"),
+    launcher: str = typer.Option("local", help="local (this machine) or slurm (a job array)"),
+    workers: Optional[int] = typer.Option(None, help="local: trials at once (default: one per GPU, else "
+                                          "one per core)"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
+    time: Optional[str] = typer.Option(None, help="slurm: each trial's time limit"),
+    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per trial, 0 or 1"),
+    cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per trial"),
+    mem: Optional[str] = typer.Option(None, help="slurm: memory per trial, e.g. 32G"),
+    wait: bool = typer.Option(False, help="slurm: follow the job array until it ends"),
+    dry_run: bool = typer.Option(False, help="print the draws and the trials, start nothing, record nothing"),
+    retry_failed: bool = typer.Option(False, help="run again the trials that failed before"),
+) -> None:
+    """Tune methods with the same budget: N seeded draws each, scored on validation only.
+
+    Any `fairbench run` option is passed on to every trial (e.g. --preset fmnist-standard); the
+    trials and the study land in --out (default results/tuning), with trials.csv, one row per
+    finished trial and the selected one of each finished study marked. Running the same command
+    again continues the study; changing its space, --trials or run options is refused.
+    """
+    from fairbench import sweep
+    from fairbench.tune import study as tune
+
+    opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
+                               wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
+                               cpus_per_run=cpus_per_run, mem=mem)
+    minutes = opts.check()
+    run_args = list(ctx.args)
+    if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):
+        run_args += ["--out", "results/tuning"]
+    out = parse_run_args(run_args)[0].out
+    spec = tune.StudySpec(name=study, trials=trials, seed=tune_seed, methods=tuple(split_methods(methods)),
+                          run_args=tuple(run_args), out=out)
+    runs, drawn = tune.plan_trials(spec, parse_run_args, persist=not dry_run)
+    typer.echo(tune.describe_trials(drawn))
+    sweep.launch(runs, opts, minutes, typer.echo)
+    if dry_run:
+        return
+    path, rows = tune.write_trials_csv(Path(out), study)
+    chosen = [f"{r['method']}: trial {r['trial']}" for r in rows if r["selected"]]
+    typer.echo(f"wrote {path} ({len(rows)} finished trial(s)"
+               + (f"; selected {', '.join(chosen)})" if chosen else ")"))
+
+
+def split_methods(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _run_click_command() -> Any:

@@ -32,6 +32,7 @@ TRAINING_FIELDS = ("method", "params", "arch", "dataset", "epochs", "batch_size"
 LATER_TRAINING_FIELDS: dict[str, Any] = {"select": "last", "augment": "standard", "sync_bn": False,
                                          "ema": None}
 SELECT_RULES = ("last", "best-val")
+SCORE_ON = ("test", "validation")  # where a run is scored: the test set, or (a tuning trial) validation only
 
 
 @dataclass
@@ -73,6 +74,11 @@ class RunConfig:
     ema: float | None = None  # decay of a per-epoch EMA of the weights, evaluated instead of them
     init_from: str | None = None  # a finished run's folder whose weights this run starts from
     init_source: dict[str, Any] | None = None  # filled in from init_from: that run's id, config, ...
+    # "validation": a tuning trial. Every epoch's PGD-10 validation score is logged, the kept
+    # weights are scored on the validation split into validation.json, and the test set is never
+    # loaded. Not a training field: a trial trains exactly as the same run scored on test.
+    score_on: str = "test"
+    tuning: dict[str, Any] | None = None  # a tuned row's run: the study and the trial it confirms
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
@@ -125,6 +131,10 @@ class RunConfig:
              f"--select must be one of {', '.join(SELECT_RULES)}, got '{self.select}'"),
             (self.select != "best-val" or bool(self.val_per_class),
              "--select best-val needs a validation split: pass --val-per-class K"),
+            (self.score_on in SCORE_ON,
+             f"--score-on must be one of {', '.join(SCORE_ON)}, got '{self.score_on}'"),
+            (self.score_on != "validation" or bool(self.val_per_class),
+             "--score-on validation needs a validation split: pass --val-per-class K"),
             (self.aa_per_class is None or self.eval_per_class is None or "autoattack" not in self.attacks
              or self.aa_per_class <= self.eval_per_class,
              f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "

@@ -120,6 +120,9 @@ class Method:
     """
 
     Params: ClassVar[type] = NoParams
+    # `fairbench tune`'s search space: {hyperparameter: distribution} (`fairbench.tune.space`), on
+    # top of the shared training space; None: the method cannot be tuned (`tune` says so)
+    space: ClassVar[dict[str, Any] | None] = None
     name: ClassVar[str] = ""
     requires_init: ClassVar[bool] = False
 

@@ -30,6 +30,7 @@ from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_wr
                                sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
                               read_regular, write_run)
+from fairbench.schema.validation import VALIDATION_FILE, build_validation
 from fairbench.trainer import Trainer
 
 
@@ -89,10 +90,15 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
 
 
 def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
-              ) -> tuple[Split, Split | None, Split, torch.Tensor]:
+              ) -> tuple[Split, Split | None, Split | None, torch.Tensor | None]:
     """Train (minus a class-balanced validation split) and test, as uint8 tensors on ``device``,
     and the test images' positions in the full test set (kept with the evaluation's outcomes).
+    A tuning trial (``score_on="validation"``) never loads the test set: (train, val, None, None).
     Under torchrun the processes download in turn (`load_splits`)."""
+    if cfg.score_on == "validation":
+        (train_full,) = load_splits(spec, ("train",), cfg.data_dir, cfg.download, dist or DistInfo())
+        train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
+        return train.to(device), (val.to(device) if val is not None else None), None, None
     train_full, test = load_splits(spec, ("train", "test"), cfg.data_dir, cfg.download, dist or DistInfo())
     train, val = train_val_split(train_full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
     test_indices = (per_class_indices(test.labels, cfg.eval_per_class, spec.num_classes)
@@ -173,6 +179,11 @@ def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params:
         if not finished:
             say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
             return run_dir
+        if cfg.score_on == "validation":
+            _score_validation_and_write(cfg, spec=spec, trainer=trainer, device=device, dist=dist,
+                                        run_dir=run_dir, say=say)
+            return run_dir
+        assert test is not None and test_indices is not None
         _evaluate_and_write(cfg, spec=spec, model=trainer.eval_model(), test=test, test_indices=test_indices,
                             trainer=trainer, device=device, dist=dist, run_dir=run_dir, say=say)
     return run_dir
@@ -185,8 +196,9 @@ def folder_state(run_dir: Path, resume: bool) -> bool:
     if not resume and has_checkpoint:
         raise FairbenchError(f"{run_dir} already holds a run; pass --resume to continue it "
                              f"or --run-id to start another")
-    if not has_checkpoint and (run_dir / METRICS_FILE).exists():  # e.g. committed results (no .pt)
-        raise FairbenchError(f"{run_dir} holds a finished run (its {METRICS_FILE}) and no checkpoint "
+    done = next((f for f in (METRICS_FILE, VALIDATION_FILE) if (run_dir / f).exists()), None)
+    if not has_checkpoint and done:  # e.g. committed results (no .pt)
+        raise FairbenchError(f"{run_dir} holds a finished run (its {done}) and no checkpoint "
                              f"to continue from; pass --run-id to start another, or delete the folder "
                              f"to redo it")
     if resume and not has_checkpoint and not (run_dir / CONFIG_FILE).exists():
@@ -215,6 +227,7 @@ def _start_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     atomic_write_json(run_dir / CONFIG_FILE, cfg.portable_dict())
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
     (run_dir / OUTCOMES_FILE).unlink(missing_ok=True)
+    (run_dir / VALIDATION_FILE).unlink(missing_ok=True)
     if not resuming:  # a fresh start: no epoch records from an earlier attempt
         atomic_write_text(run_dir / LOG_FILE, "")
 
@@ -245,6 +258,33 @@ def _evaluate_and_write(cfg: RunConfig, *, spec: DatasetSpec, model: torch.nn.Mo
     say(f"wrote {run_dir / METRICS_FILE} (evaluation {time.perf_counter() - t0:.1f}s)")
 
 
+def _score_validation_and_write(cfg: RunConfig, *, spec: DatasetSpec, trainer: Trainer,
+                                device: torch.device, dist: DistInfo, run_dir: Path,
+                                say: Callable[[str], None]) -> None:
+    """A tuning trial's end: score the kept weights on the validation split only (the `RULE` of
+    `fairbench.schema.validation`) and write validation.json; no test image is ever touched."""
+    selected = trainer.select_weights()
+    scorer = trainer.val_scorer or (trainer.selector.scorer if trainer.selector is not None else None)
+    if scorer is None:
+        raise FairbenchError("--score-on validation needs a validation split: pass --val-per-class K")
+    acc = scorer.robust_per_class(trainer.eval_model(), selected - 1)
+    counts = torch.bincount(scorer.val.labels.cpu(), minlength=spec.num_classes).tolist()
+    record = build_validation(
+        run_id=str(cfg.run_id), method=cfg.method, params=cfg.params, seed=cfg.seed, epochs=cfg.epochs,
+        selected_epoch=selected, training=cfg.training_dict(), classes=list(spec.classes),
+        n_per_class=counts, per_class=[float(a) for a in acc],
+        attack={"name": "pgd", "eps": cfg.eps, "step_size": cfg.step_size, "steps": cfg.attack_steps,
+                "init": "uniform", "seed_rule": "seed * 1000003 + 7919 * epoch"},
+        timing={"train_s": round(trainer.train_seconds, 3),
+                "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1)},
+        env=environment(device))
+    dist.on_main(lambda: atomic_write_json(run_dir / VALIDATION_FILE, record))
+    say(f"validation (PGD-{cfg.attack_steps} robust accuracy of epoch {selected}'s weights): average "
+        f"{record['avg']:.4f}, worst {record['worst']:.4f} ({record['worst_class']}), criterion "
+        f"{record['criterion']:.4f}")
+    say(f"wrote {run_dir / VALIDATION_FILE}")
+
+
 def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, torch.Tensor]:
     """AutoAttack on the first ``--aa-per-class`` evaluated images of each class (a fixed,
     class-balanced subset); every other threat on all of them."""
@@ -263,7 +303,8 @@ def metrics_record(cfg: RunConfig, *, spec: DatasetSpec, outcomes: Outcomes, sec
         select=cfg.select, selected_epoch=selected,
         training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class,
                                         "sync_bn": cfg.sync_bn, "world_size": trainer.dist.world_size,
-                                        "bn_batch": trainer.bn_batch, "amp": trainer.amp},
+                                        "bn_batch": trainer.bn_batch, "amp": trainer.amp}
+        | ({"tuning": cfg.tuning} if cfg.tuning is not None else {}),
         attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed,
                                         {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
         timing={"train_s": round(trainer.train_seconds, 3),

@@ -25,18 +25,18 @@ from fairbench.distributed import DistInfo
 from fairbench.evaluate import per_class_accuracy, seeded
 
 
-class BestValSelector:
-    """Scores the model on the validation split after each epoch and keeps the best weights."""
+class ValidationScorer:
+    """PGD-10 (the training attack) robust accuracy of each class on the validation split: what
+    ``best-val`` selects by and what a tuning trial (``score_on="validation"``) is scored by."""
 
     def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo,
                  device: torch.device) -> None:
         self.cfg, self.val, self.num_classes, self.dist, self.device = cfg, val, num_classes, dist, device
-        self.best_score = -float("inf")
-        self.best_epoch = 0
-        self.best_model: dict[str, torch.Tensor] | None = None
 
     def robust_per_class(self, model: nn.Module, epoch: int) -> torch.Tensor:
-        """PGD-10 validation robust accuracy of each class (float64)."""
+        """PGD-10 validation robust accuracy of each class (float64) of the weights after epoch
+        ``epoch`` (0-based): the random starts come from the run seed and the epoch, so the same
+        weights always get the same score."""
         cfg = self.cfg
 
         def robust(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -48,16 +48,33 @@ class BestValSelector:
             correct = map_sharded(robust, self.val, self.dist, cfg.eval_batch_size)
         return per_class_accuracy(correct, self.val.labels, self.num_classes)[0]
 
+    def log_record(self, acc: torch.Tensor) -> dict[str, Any]:
+        """The epoch's log.jsonl fields: average, worst class and each class (fractions)."""
+        return {"val_robust_avg": round(float(acc.mean()), 6), "val_robust_worst": round(float(acc.min()), 6),
+                "val_robust_per_class": [round(float(a), 6) for a in acc]}
+
+
+class BestValSelector:
+    """Scores the model on the validation split after each epoch and keeps the best weights."""
+
+    def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo,
+                 device: torch.device) -> None:
+        self.scorer = ValidationScorer(cfg, val, num_classes, dist, device)
+        self.best_score = -float("inf")
+        self.best_epoch = 0
+        self.best_model: dict[str, torch.Tensor] | None = None
+
+    def robust_per_class(self, model: nn.Module, epoch: int) -> torch.Tensor:
+        return self.scorer.robust_per_class(model, epoch)
+
     def after_epoch(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Score epoch ``epoch`` (0-based); keep its weights if they are the best so far."""
         acc = self.robust_per_class(model, epoch)
-        avg, worst = float(acc.mean()), float(acc.min())
-        score = avg + worst
+        score = float(acc.mean()) + float(acc.min())
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
             self.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return {"val_robust_avg": round(avg, 6), "val_robust_worst": round(worst, 6),
-                "selected_epoch": self.best_epoch}
+        return {**self.scorer.log_record(acc), "selected_epoch": self.best_epoch}
 
     def apply(self, model: nn.Module) -> int:
         """Load the kept weights into ``model``; returns their epoch."""

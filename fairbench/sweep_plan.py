@@ -65,17 +65,20 @@ def sweep_dir(out: str | Path) -> Path:
 
 
 def is_done(run_dir: Path) -> bool:
-    """A finished run: its metrics.json is there and passes the schema check."""
+    """A finished run: its metrics.json is there and passes the schema check (a tuning trial: its
+    validation.json passes `fairbench.schema.validation`'s check)."""
     from fairbench.schema import METRICS_FILE, read_metrics
+    from fairbench.schema.validation import VALIDATION_FILE, read_validation
 
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return False
-    try:
-        read_metrics(path)
-    except FairbenchError:
-        return False
-    return True
+    for name, read in ((METRICS_FILE, read_metrics), (VALIDATION_FILE, read_validation)):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                read(path)
+            except FairbenchError:
+                continue
+            return True
+    return False
 
 
 def is_started(run_dir: Path) -> bool:

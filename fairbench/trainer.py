@@ -17,7 +17,7 @@ from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
-from fairbench.selection import BestValSelector
+from fairbench.selection import BestValSelector, ValidationScorer
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.results import LOG_FILE, append_jsonl
@@ -92,6 +92,9 @@ class Trainer:
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
         self.selector = (BestValSelector(cfg, val, spec.num_classes, dist, device)
                          if cfg.select == "best-val" and val is not None else None)
+        # a tuning trial logs every epoch's validation score (the selector logs it under best-val)
+        self.val_scorer = (ValidationScorer(cfg, val, spec.num_classes, dist, device)
+                           if cfg.score_on == "validation" and val is not None else None)
         self.checkpoints = Checkpointer(run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, method=method, selector=self.selector,
                                         averaging=self.averaging, dist=dist, device=device)
@@ -160,6 +163,9 @@ class Trainer:
             record = self.train_epoch(epoch)
             if self.selector is not None:
                 record.update(self.selector.after_epoch(self.eval_model(), epoch))  # the average, if any
+            elif self.val_scorer is not None:
+                scorer = self.val_scorer
+                record.update(scorer.log_record(scorer.robust_per_class(self.eval_model(), epoch)))
             # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
             # the other order could lose the line of an epoch the checkpoint says is done
             self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))

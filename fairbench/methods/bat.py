@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ from fairbench.errors import FairbenchError
 from fairbench.losses import kl_per_example, weighted_mean
 from fairbench.method import BatchContext, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform
 
 LAST_CORRECT = EarlyStop("last-correct")
 FIRST_WRONG_TAU1 = EarlyStop("first-wrong", tau=1)
@@ -80,6 +82,8 @@ def bat_attacks(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
 class BAT(Method):
     """Sun et al. (AAAI 2023) BAT: CE at the last still-correct PGD iterate, TRADES' KL at the first
     wrong one (FAT, tau 1), both adversarial predictions pulled toward uniform."""
+
+    space: ClassVar[dict] = {"beta": LogUniform(1.0, 12.0)}  # `fairbench tune` (+ lr, weight decay)
 
     @dataclass
     class Params:

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -72,6 +72,7 @@ from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method, require_validation_split
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")
 
@@ -96,6 +97,12 @@ def fawa_accepts(val_accuracy: torch.Tensor, delta: float) -> bool:
 class CFA(Method):
     """Wei et al. (CVPR 2023) CFA: class-wise eps (CCM) and TRADES beta (CCR) from each class's
     training robust accuracy, and fairness-aware weight averaging (FAWA)."""
+
+    # `fairbench tune` (+ lr, weight decay): FAWA's decay, threshold and the start of CCM/CCR (the
+    # rules the code sets per epoch), and the calibration's lambdas
+    space: ClassVar[dict] = {"alpha": Uniform(0.5, 0.99), "delta": Uniform(0.0, 0.4),
+                             "begin_fraction": Uniform(0.0, 0.5), "lambda1": Uniform(0.1, 0.7),
+                             "lambda2": Uniform(0.2, 0.8), "beta": LogUniform(1.0, 12.0)}
 
     @dataclass
     class Params:

@@ -48,7 +48,7 @@ Departures, with their reasons:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -58,6 +58,7 @@ from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform, Uniform
 
 BASES = ("trades", "pgd-at")
 
@@ -76,6 +77,10 @@ def dafa_weights(similarity: torch.Tensor, lam: float) -> torch.Tensor:
 class DAFA(Method):
     """Lee et al. (ICLR 2024) DAFA: after a TRADES warm-up, class-wise eps, step and loss weights
     from how similar the classes are under attack."""
+
+    # `fairbench tune` (+ lr, weight decay): the share of the run before DAFA starts, and its lambda
+    space: ClassVar[dict] = {"warmup_fraction": Uniform(0.2, 0.8), "lam": Uniform(0.25, 2.0),
+                             "beta": LogUniform(1.0, 12.0)}
 
     @dataclass
     class Params:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -55,6 +56,7 @@ from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_outputs, trades_outputs
 from fairbench.method import BatchContext, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import Choice, LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")
 LOG_T_RANGE = 70.0  # mu - max(a) searched in [e^-70, e^70] for a normalized to spread 1
@@ -99,6 +101,11 @@ def dro_class_weights(a: torch.Tensor, r: float) -> torch.Tensor:
 class FAAL(Method):
     """Zhang et al. (CVPR 2024) FAAL: fine-tunes a finished robust run with class weights that
     maximize the batch's margin loss within a KL ball around uniform."""
+
+    # `fairbench tune`: the KL radius, and the fine-tuning's own lr and length (run options; the
+    # shared lr range is for training from scratch, so FAAL's replaces it)
+    space: ClassVar[dict] = {"r": Uniform(0.05, 1.0), "lr": LogUniform(0.0005, 0.05),
+                             "epochs": Choice(1, 2, 3, 4)}
 
     requires_init = True
 

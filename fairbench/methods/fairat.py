@@ -46,16 +46,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
+from fairbench.attacks import eval_mode, pgd
 from fairbench.augment import POLICIES, get_policy
 from fairbench.errors import FairbenchError
+from fairbench.evaluate import seeded
 from fairbench.losses import pgd_at_terms, trades_loss, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import Choice, LogUniform, Uniform
 
 SELECTIONS = ("fraction", "threshold")
+SCORES = ("clean", "adversarial")
 BASES = ("pgd-at", "trades")
 
 
@@ -67,6 +73,21 @@ def select_hard(losses: torch.Tensor, selection: str, fraction: float, threshold
     hard = torch.zeros(len(losses), dtype=torch.bool, device=losses.device)
     hard[torch.topk(losses, k, sorted=False).indices] = True
     return hard
+
+
+def adversarial_loss(ctx: EpochContext) -> torch.Tensor:
+    """Cross-entropy of each training example's PGD example (the training attack: the run's eps,
+    step and steps, uniform start) under the model in eval mode; the random starts come from their
+    own seed (run seed and epoch), so the training RNG streams are left as they were."""
+    model, cfg = ctx.model, ctx.config
+
+    def ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = pgd(model, x, y, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+        with torch.no_grad():
+            return F.cross_entropy(model(x_adv).float(), y, reduction="none")
+
+    with eval_mode(model), seeded(cfg.seed * 1_000_003 + 104_729 * (ctx.epoch + 1), ctx.device):
+        return ctx.map_batches(ce)
 
 
 def compose_plan(hard: torch.Tensor, copies: int, keep_original: bool) -> EpochPlan:
@@ -86,16 +107,26 @@ def compose_plan(hard: torch.Tensor, copies: int, keep_original: bool) -> EpochP
 class FairAT(Method):
     """Mou et al. (FCS 2025) FairAT: adversarial training that augments the hardest (highest-CE) examples."""
 
+    # `fairbench tune` (+ lr, weight decay): every assumption of the reconstruction is a knob
+    space: ClassVar[dict] = {
+        "keep_original": Choice(False, True), "copies": Choice(1, 2),
+        "selection": Choice("fraction", "threshold"), "fraction": Uniform(0.05, 0.5),
+        "threshold": LogUniform(0.1, 2.0), "augment": Choice("auto", "affine", "randaugment", "none"),
+        "score": Choice("clean", "adversarial"), "base": Choice("pgd-at", "trades"),
+        "beta": LogUniform(1.0, 12.0),
+    }
+
     @dataclass
     class Params:
         selection: str = "fraction"  # fraction | threshold
         fraction: float = 0.2  # top share of examples by CE (selection=fraction)
         threshold: float = math.log(2)  # CE above this is hard (selection=threshold)
-        augment: str = "auto"  # auto | randaugment | affine-erase
+        augment: str = "auto"  # auto | randaugment | affine-erase | affine | none (oversampling only)
         copies: int = 1  # augmented copies per hard example
         keep_original: bool = False  # keep the un-augmented hard example too
         base: str = "pgd-at"  # pgd-at | trades
         beta: float = 6.0  # TRADES' weight (base=trades)
+        score: str = "clean"  # clean | adversarial: the cross-entropy that ranks the examples
 
         def validate(self) -> None:
             checks = [
@@ -103,8 +134,9 @@ class FairAT(Method):
                                                f"got '{self.selection}'"),
                 (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
                 (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
-                (self.augment == "auto" or self.augment in POLICIES,
-                 f"augment must be one of auto, {', '.join(POLICIES)}, got '{self.augment}'"),
+                (self.augment in ("auto", "none") or self.augment in POLICIES,
+                 f"augment must be one of auto, none, {', '.join(POLICIES)}, got '{self.augment}'"),
+                (self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got '{self.score}'"),
                 (self.copies >= 1, f"copies must be >= 1, got {self.copies}"),
                 (self.base in BASES, f"base must be one of {', '.join(BASES)}, got '{self.base}'"),
                 (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
@@ -123,11 +155,13 @@ class FairAT(Method):
         if ctx.epoch == 0:  # no model of a previous epoch yet: the plain set
             return super().plan_epoch(ctx)
         p = self.params
-        hard = select_hard(ctx.per_example_loss(), p.selection, p.fraction, p.threshold)
+        losses = ctx.per_example_loss() if p.score == "clean" else adversarial_loss(ctx)
+        hard = select_hard(losses, p.selection, p.fraction, p.threshold)
         per_class = torch.bincount(ctx.train.labels[hard], minlength=ctx.spec.num_classes).tolist()
         ctx.log["n_hard"] = int(sum(per_class))
         ctx.log["hard_per_class"] = dict(zip(ctx.spec.classes, per_class))
-        return compose_plan(hard, p.copies, p.keep_original)
+        plan = compose_plan(hard, p.copies, p.keep_original)
+        return plan if p.augment != "none" else EpochPlan(plan.indices)  # oversampling alone
 
     def augment(self, ctx: BatchContext, mask: torch.Tensor) -> torch.Tensor:
         # The policy runs on the whole batch and a mask keeps it: no host sync for the hard count.

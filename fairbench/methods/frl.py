@@ -101,6 +101,7 @@ from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform, Uniform
 
 VAL_PGD_STEPS = 20  # the authors' validation attack (configs1)
 EPS_FLOOR = 0.98  # lower clip of the remargin multiplier (cost_sensitive in utils_frl*.py)
@@ -211,6 +212,13 @@ def validation_errors(ctx: EpochContext, eps: float, step_size: float) -> Valida
 class FRL(Method):
     """Shared FRL machinery; the registered variants choose which multipliers move."""
 
+    # `fairbench tune` (+ lr, weight decay): the warm-up share and the multipliers' step sizes, which
+    # decide how much of FRL's mechanism a short run keeps, its constraints and TRADES' beta
+    space: ClassVar[dict] = {"warmup_fraction": Uniform(0.0, 0.75), "rate": LogUniform(0.01, 0.5),
+                             "lim": Uniform(0.1, 0.9),
+                             "tau_nat": LogUniform(0.01, 0.2), "tau_bndy": LogUniform(0.01, 0.2),
+                             "beta": LogUniform(0.5, 8.0)}
+
     Params: ClassVar[type] = ReweightParams
     reweight_boundary: ClassVar[bool] = True
     remargin: ClassVar[bool] = False
@@ -307,6 +315,7 @@ class FRLRemargin(FRL):
 
     name = "frl-rm"
     Params = RemarginParams
+    space: ClassVar[dict] = {**FRL.space, "rate_eps": LogUniform(0.02, 1.0)}  # + the eps multiplier's step
     reweight_boundary = False
     remargin = True
 
@@ -317,4 +326,5 @@ class FRLReweightRemargin(FRL):
 
     name = "frl-rwrm"
     Params = ReweightRemarginParams
+    space: ClassVar[dict] = {**FRL.space, "rate_eps": LogUniform(0.02, 1.0)}  # + the eps multiplier's step
     remargin = True

@@ -12,6 +12,8 @@ Madry's CIFAR-10 code standardizes each image by its own mean and std instead.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from fairbench.losses import pgd_at_terms, weighted_mean
@@ -22,6 +24,9 @@ from fairbench.registry import register_method
 @register_method("pgd-at")
 class PGDAT(Method):
     """Madry et al. (ICLR 2018): cross-entropy on PGD-10 adversarial examples."""
+
+    # `fairbench tune`: only the shared training hyperparameters (fairbench.tune.space.TRAINING_SPACE)
+    space: ClassVar[dict] = {}
 
     def loss(self, ctx: BatchContext) -> torch.Tensor:
         return weighted_mean(pgd_at_terms(ctx), ctx.weight)

@@ -40,6 +40,7 @@ Choices and departures, with their reasons:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -47,11 +48,14 @@ from fairbench.errors import FairbenchError
 from fairbench.losses import trades_loss
 from fairbench.method import BatchContext, Method
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform
 
 
 @register_method("trades")
 class TRADES(Method):
     """Zhang et al. (ICML 2019): CE on clean inputs + beta * KL to PGD-KL adversarial inputs."""
+
+    space: ClassVar[dict] = {"beta": LogUniform(1.0, 12.0)}  # `fairbench tune` (+ lr, weight decay)
 
     @dataclass
     class Params:

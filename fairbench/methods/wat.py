@@ -47,7 +47,7 @@ worst classes. Kept as in the code; ``--param eta=...`` changes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ from fairbench.errors import FairbenchError
 from fairbench.losses import kl_per_example, trades_terms
 from fairbench.method import BatchContext, EpochContext, Method, require_validation_split
 from fairbench.registry import register_method
+from fairbench.tune.space import LogUniform
 
 
 def hedge_weights(cumulative_cost: torch.Tensor, eta: float) -> torch.Tensor:
@@ -93,6 +94,9 @@ def validation_costs(ctx: EpochContext, beta: float) -> torch.Tensor:
 class WAT(Method):
     """Li & Liu (AAAI 2023) WAT: TRADES reweighted by Hedge over the classes and the average,
     from validation costs after each epoch."""
+
+    # `fairbench tune` (+ lr, weight decay): Hedge's step, which sets how far the class weights move
+    space: ClassVar[dict] = {"eta": LogUniform(0.01, 1.0), "beta": LogUniform(1.0, 12.0)}
 
     @dataclass
     class Params:

@@ -1,0 +1,374 @@
+"""`fairbench tune`: one study per method, N trials each, scored on validation only.
+
+The protocol is DomainBed's (Gulrajani & Lopez-Paz, ICLR 2021): every method gets the same number
+of trials, drawn from the distribution it declares (`fairbench.tune.space`), and each method's
+trial with the best validation criterion is selected; nothing is chosen on test data.
+
+- **Draws.** Trial 0 of every study is the method's defaults (the paper's values and the
+  protocol's lr and weight decay, as DomainBed's hyperparameter seed 0 is its defaults); trials
+  1..N-1 are random draws. Each draw comes from Optuna's `RandomSampler` seeded by the study's
+  ``--tune-seed``, the method and the trial number, so a draw never depends on how many trials
+  were drawn before it, in this process or another: the same command prints the same draws, and an
+  interrupted study resumes without redrawing. The study lives in Optuna's journal file
+  (``<out>/study.journal``, file-locked, so the Slurm tasks' folder can hold it); it records the
+  space, N, the seed and the run options, and a change of any of them is refused.
+- **Trials** are `fairbench run` commands launched through the sweep's launchers (`fairbench.sweep`:
+  local pool or Slurm; done trials skipped, stopped ones resumed). Each trains at the protocol
+  (seed 0) with ``--score-on validation``: it logs every epoch's validation score and writes
+  validation.json, and never loads the test set.
+- **Selection**: the criterion is `fairbench.schema.validation.RULE` (validation average +
+  worst-class robust accuracy). ``trials.csv`` holds one row per finished trial; ``selected`` is 1
+  for the best trial of each method whose N trials are all finished (ties: the lower trial number).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from fairbench.errors import FairbenchError
+from fairbench.schema.validation import VALIDATION_FILE, read_validation
+from fairbench.tune.space import RUN_KEYS, Choice, Distribution, LogUniform, check_space, method_space
+
+STUDY_FILE = "study.journal"
+TRIALS_FILE = "trials.csv"
+MAX_TRIALS = 1000
+# `fairbench run` options a study sets itself, with what to use instead
+OWN_OPTIONS = {"method": "--methods", "seed": "nothing (a trial trains at seed 0)", "run_id": "nothing",
+               "resume": "nothing (a study resumes its stopped trials by itself)",
+               "stop_after_epoch": "a plain `fairbench run`", "score_on": "nothing (trials score on validation)",
+               "tuning": "nothing", "param": "the method's search space (`fairbench list`)"}
+
+# parse_run(argv) -> (RunConfig, {option: given?}): `fairbench run`'s own parser (from the CLI)
+ParseRun = Callable[[list[str]], "tuple[Any, dict[str, bool]]"]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: its method, number, drawn values (the space's keys) and run folder name."""
+
+    method: str
+    number: int
+    values: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method}_trial{self.number:02d}"
+
+    @property
+    def is_default(self) -> bool:
+        return self.number == 0
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What defines a study: its name, trial count, seed, methods and the run options shared by all."""
+
+    name: str
+    trials: int
+    seed: int
+    methods: tuple[str, ...]
+    run_args: tuple[str, ...]
+    out: str
+
+    def check(self) -> None:
+        if not 1 <= self.trials <= MAX_TRIALS:
+            raise FairbenchError(f"--trials must be in [1, {MAX_TRIALS}], got {self.trials}")
+        if not self.methods:
+            raise FairbenchError("--methods names no method")
+        if len(set(self.methods)) != len(self.methods):
+            raise FairbenchError(f"--methods names a method twice: {','.join(self.methods)}")
+        if not (0 < len(self.name) <= 100 and all(c.isalnum() or c in "._-+=" for c in self.name)):
+            raise FairbenchError(f"--study must be a short name (letters, digits, . _ - + =), got {self.name!r:.60}")
+
+
+# ----------------------------------------------------------------------------------- spaces
+
+def resolve_space(method: str, base_cfg: Any) -> tuple[dict[str, Distribution], dict[str, Any]]:
+    """The method's whole space and its defaults at this protocol (``base_cfg``: the run options
+    without the space's values), checked; one clear error for a method without a space."""
+    from fairbench.registry import METHODS
+
+    cls = METHODS.get(method)
+    space = method_space(cls)
+    if space is None:
+        raise FairbenchError(f"method '{method}' declares no search space, so `fairbench tune` cannot tune "
+                             f"it (it runs with `fairbench run`); add `space = {{...}}` beside its Params "
+                             f"(CONTRIBUTING.md)")
+    params = cls.Params()
+    run_defaults = {k: getattr(base_cfg, k) for k in RUN_KEYS}
+    check_space(method, space, params, run_defaults)
+    defaults = {k: (run_defaults[k] if k in RUN_KEYS else getattr(params, k)) for k in space}
+    return space, defaults
+
+
+def _optuna_distribution(dist: Distribution) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, Choice):
+        return CategoricalDistribution(list(dist.values))
+    log = isinstance(dist, LogUniform)
+    if dist.integer:
+        return IntDistribution(int(dist.low), int(dist.high), log=log)
+    return FloatDistribution(float(dist.low), float(dist.high), log=log)
+
+
+def trial_seed(seed: int, method: str, number: int) -> int:
+    """The sampler seed of one draw: from the study's seed, the method and the trial number only."""
+    digest = hashlib.sha256(f"{seed}/{method}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def space_signature(space: Mapping[str, Distribution]) -> list[list[str]]:
+    return [[name, repr(dist)] for name, dist in space.items()]
+
+
+# ----------------------------------------------------------------------------------- the study
+
+def _storage(folder: Path | None) -> Any:
+    import optuna
+
+    if folder is None:
+        return optuna.storages.InMemoryStorage()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
+
+
+def draw_trials(spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any],
+                persist: bool) -> list[TrialSpec]:
+    """The study's N trials of ``method``: read from its journal where drawn before, drawn (and
+    recorded when ``persist``) where not. A study started with another space, N, seed or run
+    options is refused."""
+    import optuna
+    from optuna.samplers import RandomSampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(spec.out)
+    journal = folder / STUDY_FILE
+    storage = _storage(folder if persist or journal.is_file() else None)
+    study_name = f"{spec.name}/{method}"
+    signature = json.dumps({"space": space_signature(space), "trials": spec.trials, "seed": spec.seed,
+                            "run_args": without_out(spec.run_args)}, sort_keys=True)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        study = None
+    if study is None:
+        if not persist:  # a dry run of a study not started: draw in memory, record nothing
+            storage = _storage(None)
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    sampler=RandomSampler(seed=spec.seed))
+        study.set_user_attr("signature", signature)
+    elif study.user_attrs.get("signature") != signature:
+        raise FairbenchError(f"study '{study_name}' in {journal} was started with another search space, "
+                             f"--trials, --tune-seed or run options; its trials stay as they are: start a "
+                             f"new study with --study OTHER_NAME (or --out another folder)")
+    distributions = {k: _optuna_distribution(d) for k, d in space.items()}
+    trials = study.get_trials(deepcopy=False)
+    for number in range(len(trials), spec.trials):
+        if number == 0:
+            study.enqueue_trial(defaults, skip_if_exists=False)
+        study.sampler = RandomSampler(seed=trial_seed(spec.seed, method, number))
+        study.ask(distributions)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:spec.trials]
+    return [TrialSpec(method, t.number, _typed(dict(t.params), space)) for t in trials]
+
+
+def without_out(run_args: Sequence[str]) -> list[str]:
+    """The run options that define a study's trials: all but --out (where the study lies, which may
+    move: trials run in a scratch folder are committed to results/tuning)."""
+    args, skip = [], False
+    for a in run_args:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            args.append(a)
+    return args
+
+
+def _typed(values: dict[str, Any], space: Mapping[str, Distribution]) -> dict[str, Any]:
+    """Optuna's values in the space's order, integers as int."""
+    out = {}
+    for name, dist in space.items():
+        v = values[name]
+        out[name] = int(v) if not isinstance(dist, Choice) and dist.integer else v
+    return out
+
+
+def record_results(spec: StudySpec, method: str, results: dict[int, float]) -> None:
+    """Tell the study each finished trial's criterion (idempotent)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=f"{spec.name}/{method}", storage=_storage(Path(spec.out)))
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in results and trial.state == TrialState.RUNNING:
+            study.tell(trial.number, results[trial.number])
+
+
+# ----------------------------------------------------------------------------------- runs
+
+def format_value(value: Any) -> str:
+    """A drawn value as `fairbench run` reads it back exactly (floats by repr)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_argv(spec: StudySpec, trial: TrialSpec) -> list[str]:
+    """The `fairbench run` arguments of one trial (the launcher adds --run-id and --resume)."""
+    argv = list(spec.run_args) + ["--method", trial.method, "--seed", "0", "--score-on", "validation"]
+    for name, value in trial.values.items():
+        if name in RUN_KEYS:
+            argv += [f"--{name.replace('_', '-')}", format_value(value)]
+        else:
+            argv += ["--param", f"{name}={format_value(value)}"]
+    return argv
+
+
+def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[list[Any], list[TrialSpec]]:
+    """Every trial of the study as a sweep's `PlannedRun`, validated the way `fairbench run`
+    validates one, before any starts; and the trials themselves."""
+    from fairbench.runner import prepare
+    from fairbench.sweep_plan import PlannedRun
+
+    spec.check()
+    base, given = parse_run(list(spec.run_args))
+    for name, instead in OWN_OPTIONS.items():
+        if given.get(name):
+            raise FairbenchError(f"fairbench tune sets --{name.replace('_', '-')} itself; use {instead}")
+    if base.val_per_class is None:
+        raise FairbenchError("tuning selects on the validation split: pass --val-per-class K "
+                             "(or a --preset that has one, e.g. fmnist-standard)")
+    runs, trials = [], []
+    for method in spec.methods:
+        space, defaults = resolve_space(method, dataclasses.replace(base, method=method))
+        for trial in draw_trials(spec, method, space, defaults, persist):
+            cfg = prepare(parse_run(trial_argv(spec, trial))[0])[0]
+            runs.append(PlannedRun(trial.run_id, tuple(trial_argv(spec, trial)),
+                                   (("method", method), ("trial", str(trial.number))),
+                                   cfg.epochs, spec.out, cfg.device))
+            trials.append(trial)
+    return runs, trials
+
+
+def describe_trials(trials: Sequence[TrialSpec]) -> str:
+    """The draws, one line per trial (what --dry-run prints)."""
+    lines = []
+    for t in trials:
+        values = " ".join(f"{k}={_short(v)}" for k, v in t.values.items())
+        lines.append(f"{t.run_id:<24} {'(defaults) ' if t.is_default else ''}{values}")
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else format_value(v)
+
+
+# ----------------------------------------------------------------------------------- trials.csv
+
+def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, Any]]:
+    """One row per finished trial, with ``selected`` set by `select`; unfinished trials are left out."""
+    rows = []
+    for t in trials:
+        path = Path(spec.out) / "runs" / t.run_id / VALIDATION_FILE
+        if not path.is_file():
+            continue
+        record = read_validation(path)
+        if record["run_id"] != t.run_id or record["method"] != t.method:
+            raise FairbenchError(f"{path}: its record names run {record['run_id']!r:.60}, not {t.run_id}")
+        rows.append({"method": t.method, "trial": t.number, "run_dir": f"runs/{t.run_id}",
+                     **{f"hp.{k}": v for k, v in t.values.items()},
+                     "val_avg_acc": record["avg"], "val_worst_acc": record["worst"],
+                     "criterion": record["criterion"], "selected": 0})
+    complete = {m for m in spec.methods
+                if sum(1 for r in rows if r["method"] == m) == spec.trials}
+    return select(rows, complete)
+
+
+def select(rows: list[dict[str, Any]], complete: set[str]) -> list[dict[str, Any]]:
+    """Mark the argmax of ``criterion`` of each method in ``complete`` (ties: the lowest trial)."""
+    out = [dict(r, selected=0) for r in rows]
+    for method in complete:
+        mine = [r for r in out if r["method"] == method and math.isfinite(r["criterion"])]
+        if mine:
+            best = max(mine, key=lambda r: (r["criterion"], -r["trial"]))
+            best["selected"] = 1
+    return out
+
+
+FIXED_COLUMNS = ("method", "trial", "run_dir")
+SCORE_COLUMNS = ("val_avg_acc", "val_worst_acc", "criterion", "selected")
+
+
+def trials_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """``method,trial,run_dir,hp.<name>...,val_avg_acc,val_worst_acc,criterion,selected``; the hp
+    columns are every method's space keys (sorted), empty where a method has no such key."""
+    hps = sorted({k for r in rows for k in r if k.startswith("hp.")})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*FIXED_COLUMNS, *hps, *SCORE_COLUMNS])
+    for r in sorted(rows, key=lambda r: (r["method"], r["trial"])):
+        writer.writerow([*(r[c] for c in FIXED_COLUMNS), *(_cell(r.get(h)) for h in hps),
+                         *(r[c] for c in SCORE_COLUMNS)])
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> str:
+    return "" if v is None else format_value(v)
+
+
+def study_trials(out: Path, name: str) -> tuple[list[TrialSpec], dict[str, int]]:
+    """Every trial drawn so far in every method's study called ``name`` in ``out``'s journal, and
+    each method's N (read back from the study's record)."""
+    import optuna
+
+    journal = Path(out) / STUDY_FILE
+    if not journal.is_file():
+        return [], {}
+    storage = _storage(Path(out))
+    trials, sizes = [], {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study_name, _, method = summary.study_name.rpartition("/")
+        if study_name != name:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        try:
+            sizes[method] = int(json.loads(study.user_attrs["signature"])["trials"])
+        except (KeyError, ValueError, TypeError):
+            raise FairbenchError(f"{journal}: study '{summary.study_name}' has no readable record") from None
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:sizes[method]]:
+            trials.append(TrialSpec(method, t.number, dict(t.params)))
+    return trials, sizes
+
+
+def write_trials_csv(out: Path, name: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Collect every finished trial of study ``name`` into ``out/trials.csv`` (atomically), tell
+    the studies their criteria; returns the file and its rows."""
+    from fairbench.results import atomic_write_text
+
+    trials, sizes = study_trials(out, name)
+    rows = []
+    for method in sorted(sizes):
+        mine = [t for t in trials if t.method == method]
+        spec = StudySpec(name, sizes[method], 0, (method,), (), str(out))
+        method_rows = trial_rows(spec, mine)
+        rows += method_rows
+        results = {r["trial"]: r["criterion"] for r in method_rows}
+        if results:
+            record_results(spec, method, results)
+    path = Path(out) / TRIALS_FILE
+    atomic_write_text(path, trials_csv(rows))
+    return path, rows
