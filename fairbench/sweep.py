@@ -2,7 +2,8 @@
 
 The grid (`fairbench.sweep_grid`) is expanded and checked, and printed, before anything starts;
 each run is then classified (`fairbench.sweep_plan`): done (a valid metrics.json: skipped), started
-(resumed with --resume), failed before (skipped unless --retry-failed), running in another process
+(resumed with --resume), done with other evaluation settings than the ones asked for now
+(evaluated again from its checkpoint with --reevaluate, else refused), failed before (skipped unless --retry-failed), running in another process
 (skipped), or new. The runs to do go to the local pool (`fairbench.sweep_local`) or to Slurm
 (`fairbench.sweep_slurm`); a summary ends the sweep, and the exit status is non-zero when a run
 failed. Running the same sweep again is always safe: it continues where the last one stopped.
@@ -19,15 +20,15 @@ from typing import Callable
 from fairbench.errors import FairbenchError
 from fairbench.signals import Preempted
 from fairbench.sweep_local import Job, Pool, cpu_count, default_workers, visible_gpus
-from fairbench.sweep_plan import (PlannedRun, classify, epochs_done, is_done, is_started,
-                                  last_error_line, log_path, read_plan, read_status, sweep_dir,
-                                  sweep_lock, write_plan)
+from fairbench.sweep_plan import (PlannedRun, classify, epochs_done, evaluated_otherwise, is_done,
+                                  check_logs, is_started, last_error_line, log_path, printable, read_plan,
+                                  read_status, sweep_dir, sweep_lock, write_plan)
 from fairbench.sweep_slurm import (active_tasks, check_slurm, refuse_if_active, slurm_state, submit,
                                    wait_for)
 from fairbench.sweep_view import Display, Row, count_states, render_text
 
 LAUNCHERS = ("local", "slurm")
-TODO = ("new", "resume")
+TODO = ("new", "resume", "reevaluate")
 SKIPPED = {"done": "done before", "failed": "failed before: --retry-failed runs it again",
            "busy": "running in another process"}
 
@@ -40,6 +41,7 @@ class LaunchOptions:
     workers: int | None = None
     dry_run: bool = False
     retry_failed: bool = False
+    reevaluate: bool = False
     wait: bool = False
     partition: str | None = None
     time: str | None = None
@@ -74,6 +76,7 @@ def launch(runs: list[PlannedRun], opts: LaunchOptions, minutes: int | None,
     todo = [r for r in runs if states[r.run_id] in TODO]
     echo(f"{len(runs)} run(s) in the grid: {_counts(states)}; results in {runs[0].out}/runs, "
          f"sweep files in {sweep}")
+    _check_reevaluation([r for r in runs if states[r.run_id] == "reevaluate"], opts.reevaluate)
     if opts.dry_run:
         echo("dry run: nothing started")
         return
@@ -83,7 +86,30 @@ def launch(runs: list[PlannedRun], opts: LaunchOptions, minutes: int | None,
         _launch_local(runs, todo, states, sweep, opts, echo)
 
 
+def _check_reevaluation(stale: list[PlannedRun], allowed: bool) -> None:
+    """Finished runs evaluated with other settings than the ones asked for: evaluated again from
+    their checkpoints with --reevaluate; without it, or without a checkpoint, one error line naming
+    them (skipping them would report their old numbers as the ones asked for)."""
+    from fairbench.results import CHECKPOINT_FILE
+
+    if not stale:
+        return
+    named = "; ".join(f"{r.run_id} ({evaluated_otherwise(r)})" for r in stale[:5])
+    more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+    if not allowed:
+        raise FairbenchError(f"{len(stale)} finished run(s) were evaluated with other settings than the ones "
+                             f"asked for: {named}{more}; pass --reevaluate to evaluate them again from their "
+                             f"checkpoints (their metrics.json is replaced), or ask for the settings they have")
+    lost = [r.run_id for r in stale if not (r.run_dir / CHECKPOINT_FILE).is_file()]
+    if lost:
+        raise FairbenchError(f"--reevaluate: {len(lost)} run(s) have no {CHECKPOINT_FILE} to evaluate again "
+                             f"from: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}; rerun them "
+                             f"under another --out, or ask for the settings they were evaluated with")
+
+
 def _note(run: PlannedRun, state: str) -> str:
+    if state == "reevaluate":
+        return f"evaluated with {evaluated_otherwise(run)}: evaluate again from its checkpoint"
     if state == "resume":
         return f"resume from epoch {epochs_done(run.run_dir)[0]}"
     return SKIPPED.get(state, "")
@@ -93,7 +119,7 @@ def _counts(states: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state] = counts.get(state, 0) + 1
-    words = {"new": "new", "resume": "to resume", "done": "done before (skipped)",
+    words = {"new": "new", "resume": "to resume", "reevaluate": "to evaluate again", "done": "done before (skipped)",
              "failed": "failed before (skipped)", "busy": "running elsewhere (skipped)"}
     return ", ".join(f"{n} {words[s]}" for s, n in counts.items())
 
@@ -104,8 +130,9 @@ def _launch_local(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
                   opts: LaunchOptions, echo: Callable[[str], None]) -> None:
     with sweep_lock(sweep):
         refuse_if_active(sweep)
+        check_logs(sweep, todo)
         write_plan(sweep, runs, "local")
-        jobs = {r.run_id: Job(r, states[r.run_id] == "resume") for r in todo}
+        jobs = {r.run_id: Job(r, states[r.run_id] in ("resume", "reevaluate")) for r in todo}
         signals = None
         if todo:
             gpus = visible_gpus(todo)
@@ -143,6 +170,7 @@ def _launch_slurm(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
                   opts: LaunchOptions, minutes: int, echo: Callable[[str], None]) -> None:
     with sweep_lock(sweep):
         refuse_if_active(sweep)
+        check_logs(sweep, todo)
         if todo:
             job = submit(runs, todo, sweep, minutes, partition=opts.partition, gpus_per_run=opts.gpus_per_run,
                          cpus_per_run=opts.cpus_per_run, mem=opts.mem)
@@ -223,7 +251,7 @@ def show_status(folder: Path, echo: Callable[[str], None]) -> None:
         rows = [_local_row(r, sweep) for r in runs]
         where = "local"
     echo(render_text(rows))
-    echo(f"sweep of {plan.get('created', '?')} ({where}): {count_states(rows)}; logs in {sweep}/logs/")
+    echo(f"sweep of {printable(plan.get('created', '?'))} ({where}): {count_states(rows)}; logs in {sweep}/logs/")
 
 
 def _local_row(run: PlannedRun, sweep: Path) -> Row:

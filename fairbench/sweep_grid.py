@@ -7,19 +7,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fairbench.config import MAX_SEED
 from fairbench.errors import FairbenchError
-from fairbench.sweep_plan import PlannedRun
+from fairbench.sweep_plan import PlannedRun, eval_settings
 
 # `fairbench run` options a sweep sets itself, with what to use instead
 OWN_OPTIONS = {"method": "--methods", "seed": "--seeds", "run_id": "the grid (runs get the ids "
                "`fairbench run` gives them)", "resume": "nothing (a sweep resumes a run that has a "
                "checkpoint by itself)", "stop_after_epoch": "a plain `fairbench run`"}
 FILE_KEYS = ("methods", "seeds", "run", "params", "param-grid", "grid")
+MAX_SEEDS = 1_000_000  # seeds one --seeds may list (the grid's own cap, --max-runs, is far lower)
+DEFAULT_MAX_RUNS = 1000  # runs a grid may have unless --max-runs raises it
 
 # parse_run(argv) -> (RunConfig, {option name: explicitly given?}), from `fairbench run`'s parser
 ParseRun = Callable[[list[str]], "tuple[Any, dict[str, bool]]"]
@@ -49,16 +53,27 @@ class GridSpec:
 # ------------------------------------------------------------------------------------ the grid
 
 def parse_seeds(text: str) -> list[int]:
-    """``0-2`` or ``0,1,5`` or ``0-2,7`` as a list of seeds, in order."""
-    seeds: list[int] = []
+    """``0-2`` or ``0,1,5`` or ``0-2,7`` as a list of seeds, in order. Each seed is one `fairbench run`
+    takes ([0, 2**32 - 1]); a list of more than `MAX_SEEDS` is refused before it is built (a range
+    like 0-99999999999 would not fit in memory)."""
+    parts: list[tuple[int, int]] = []
+    total = 0
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"(\d{1,20})(?:-(\d{1,20}))?", part)
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
             raise FairbenchError(f"--seeds expects seeds like 0-2 or 0,1,5, got {text!r:.60}")
-        seeds.extend(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
-    return seeds
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if last > MAX_SEED:
+            raise FairbenchError(f"--seeds: seed {last} is more than {MAX_SEED}, the largest seed "
+                                 f"`fairbench run` takes")
+        total += last - first + 1
+        if total > MAX_SEEDS:
+            raise FairbenchError(f"--seeds {text!s:.60} gives more than {MAX_SEEDS} seeds; a sweep of that "
+                                 f"many runs cannot be meant")
+        parts.append((first, last))
+    return [seed for first, last in parts for seed in range(first, last + 1)]
 
 
 def parse_axis(item: str, flag: str) -> tuple[str, list[str]]:
@@ -74,12 +89,19 @@ def split_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption]) -> list[PlannedRun]:
+def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption],
+           max_runs: int = DEFAULT_MAX_RUNS, echo: Callable[[str], None] | None = None) -> list[PlannedRun]:
     """Every run of the grid, validated the way `fairbench run` validates one, before any starts.
 
     ``run_options`` maps each `fairbench run` option name to its flags (`fairbench.cli.run_options`).
     A ``param_grid`` parameter multiplies the runs of the methods that have it; one that no method
-    of the grid has is an error, and so is a grid that names one run twice.
+    of the grid has is an error, and so is a grid that names one run twice. The grid's size is
+    counted (and given to ``echo``) before any run is built; more than ``max_runs`` is an error.
+
+    Runs that differ only in their seed share one config shape: each shape is parsed with `fairbench
+    run`'s parser and checked by `runner.prepare` once, and each seed's run is that config with its
+    seed (and the run id `fairbench run` gives it). The seed changes nothing that `prepare` checks
+    or fills in, so this is the config that parsing the seed's own command line gives.
     """
     from fairbench.registry import METHODS
     from fairbench.runner import prepare
@@ -88,33 +110,63 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
         raise FairbenchError("the grid is empty: --methods (or `methods` in the sweep file) names no method")
     if not spec.seeds:
         raise FairbenchError("the grid is empty: --seeds names no seed")
+    bad_seed = next((s for s in spec.seeds if isinstance(s, bool) or not isinstance(s, int)
+                     or not 0 <= s <= MAX_SEED), None)
+    if bad_seed is not None:
+        raise FairbenchError(f"seed {bad_seed!r:.40} is not a whole number in [0, {MAX_SEED}]")
     _, given = parse_run(spec.run_args)
     for name, instead in OWN_OPTIONS.items():
         if given.get(name):
             raise FairbenchError(f"fairbench sweep sets --{name.replace('_', '-')} itself; use {instead}")
     fields = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Params)} for m in spec.methods}
     option_grid = _check_axes(spec, fields, run_options)
-    runs: list[PlannedRun] = []
-    seen: dict[str, tuple] = {}
+    size = grid_size(spec, fields, option_grid)
+    if echo is not None:
+        echo(f"the grid has {size} run(s): {_size_text(spec, fields, option_grid)}")
+    if size > max_runs:
+        raise FairbenchError(f"the grid has {size} runs, more than --max-runs {max_runs}; check --seeds, "
+                             f"--param-grid and --grid, or pass --max-runs {size} to run them all")
     option_points = list(itertools.product(*option_grid.values()))
-    for seed, method, options in itertools.product(spec.seeds, spec.methods, option_points):
+    shapes = []  # (coords without the seed, argv without the seed, resolved config)
+    for method, options in itertools.product(spec.methods, option_points):
         names = [n for n in spec.param_grid if n in fields[method]]
         for values in itertools.product(*(spec.param_grid[n] for n in names)):
-            coords = (("method", method), ("seed", str(seed)), *zip(option_grid, options),
-                      *zip(names, values))
             argv = list(spec.run_args)
             for name, value in zip(option_grid, options):
                 argv += [run_options[name].flag, value]
-            argv += ["--method", method, "--seed", str(seed)]
+            argv += ["--method", method]
+            params = []
             for name, value in zip(names, values):
-                argv += ["--param", f"{name}={value}"]
-            cfg = prepare(parse_run(argv)[0])[0]
-            if cfg.run_id in seen:
-                raise FairbenchError(f"the grid gives run {cfg.run_id} twice ({_coords(seen[cfg.run_id])} "
+                params += ["--param", f"{name}={value}"]
+            cfg = prepare(parse_run([*argv, "--seed", str(spec.seeds[0]), *params])[0])[0]
+            shapes.append(((*zip(option_grid, options), *zip(names, values)), method, argv, params, cfg))
+    runs: list[PlannedRun] = []
+    seen: dict[str, tuple] = {}
+    for seed in spec.seeds:
+        for rest, method, argv, params, cfg in shapes:
+            coords = (("method", method), ("seed", str(seed)), *rest)
+            run_id = dataclasses.replace(cfg, seed=seed, run_id=None).default_run_id()
+            if run_id in seen:
+                raise FairbenchError(f"the grid gives run {run_id} twice ({_coords(seen[run_id])} "
                                      f"and {_coords(coords)}); drop one of the values")
-            seen[cfg.run_id] = coords
-            runs.append(PlannedRun(cfg.run_id, tuple(argv), coords, cfg.epochs, cfg.out, cfg.device))
+            seen[run_id] = coords
+            runs.append(PlannedRun(run_id, (*argv, "--seed", str(seed), *params), coords, cfg.epochs, cfg.out,
+                                   cfg.device, eval_settings(cfg)))
     return runs
+
+
+def grid_size(spec: GridSpec, fields: dict[str, set[str]], option_grid: dict[str, list[str]]) -> int:
+    """How many runs the grid has, counted without building them."""
+    per_method = sum(math.prod(len(spec.param_grid[n]) for n in spec.param_grid if n in fields[m])
+                     for m in spec.methods)
+    return len(spec.seeds) * per_method * math.prod(len(v) for v in option_grid.values())
+
+
+def _size_text(spec: GridSpec, fields: dict[str, set[str]], option_grid: dict[str, list[str]]) -> str:
+    parts = [f"{len(spec.methods)} method(s)", f"{len(spec.seeds)} seed(s)"]
+    parts += [f"{len(v)} {n}" for n, v in spec.param_grid.items()]
+    parts += [f"{len(v)} {n.replace('_', '-')}" for n, v in option_grid.items()]
+    return " x ".join(parts)
 
 
 def _check_axes(spec: GridSpec, fields: dict[str, set[str]],

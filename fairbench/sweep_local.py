@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from fairbench.sweep_plan import PlannedRun, log_path, open_log, outcome, write_status
+from fairbench.errors import FairbenchError
+from fairbench.sweep_plan import (PlannedRun, log_path, open_log, open_log_fd, outcome, printable,
+                                  write_status)
 
 POLL_S = 0.2
 
@@ -139,7 +141,7 @@ def run_child(argv: list[str], log: str, env: dict[str, str], sweep_pid: int) ->
     its log, then `fairbench run` as the command line would (its exit code is the process's)."""
     if hasattr(os, "setsid"):  # POSIX: the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
         os.setsid()
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    fd = open_log_fd(Path(log))  # never through a symlink put there since the sweep opened it
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(fd, 1)
@@ -251,7 +253,12 @@ class Pool:
     def _start(self, job: Job, slot: int) -> None:
         job.slot = slot
         job.started = time.monotonic()
-        job.log = open_log(self.sweep, job.run, job.resume, f"local slot {slot}")
+        try:
+            job.log = open_log(self.sweep, job.run, job.resume, f"local slot {slot}")
+        except FairbenchError as exc:  # its log became a symlink or a FIFO since the sweep looked
+            sys.stderr.write(f"error: {job.run.run_id} not started: {printable(exc)}\n")
+            self._end(job, "failed", None)
+            return
         try:
             job.proc = start_run(job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
                                  slot_env(slot, self.workers, self.gpus))

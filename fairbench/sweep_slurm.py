@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fairbench.errors import FairbenchError
-from fairbench.sweep_plan import (PlannedRun, is_done, is_started, last_error_line, open_log, outcome,
-                             read_plan, read_status, write_plan, write_status)
+from fairbench.sweep_plan import (PlannedRun, evaluated_otherwise, is_done, is_started, last_error_line,
+                                  open_log, outcome, read_plan, read_status, write_plan, write_status)
 
 SIGNAL_DELAY_S = 120   # SIGUSR2 this long before the time limit: time to checkpoint and requeue
 STOP_WAIT_S = 90       # how long a stopped run may take to write its checkpoint
@@ -91,7 +91,7 @@ class SweepTask:
 
     def __call__(self) -> str:
         run, sweep, job = self.run, Path(self.sweep), job_id()
-        if is_done(run.run_dir):
+        if is_done(run.run_dir) and not evaluated_otherwise(run):  # else: evaluated again (--reevaluate)
             write_status(sweep, run.run_id, "done", launcher="slurm", job=job)
             return "done"
         resume = is_started(run.run_dir)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from fairbench.sweep_plan import PlannedRun, epochs_done
+from fairbench.sweep_plan import PlannedRun, epochs_done, printable
 
 # states whose log.jsonl is not worth reading (nothing there, or nothing new)
 QUIET = ("new", "pending", "submitted", "not started")
@@ -54,7 +54,7 @@ def table_lines(rows: list[Row]) -> list[list[str]]:
     for i, row in enumerate(rows):
         coords = dict(row.run.coords)
         lines.append([str(i + 1), *[coords.get(a, "-") for a in axes], *row.cells(), row.run.run_id])
-    return lines
+    return [[printable(cell) for cell in line] for line in lines]  # cells may come from plan.json
 
 
 def render_text(rows: list[Row]) -> str:
@@ -98,7 +98,7 @@ class Display:
     def event(self, run_id: str, text: str) -> None:
         if self._live is None:
             stamp = format_seconds(time.monotonic() - self.t0)
-            self.stream.write(f"[{stamp:>7}] {text:<9} {run_id}\n")
+            self.stream.write(f"[{stamp:>7}] {printable(text):<9} {printable(run_id)}\n")
             self.stream.flush()
         else:
             self.refresh(force=True)
@@ -111,15 +111,16 @@ class Display:
 
     def _table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
+        from rich.text import Text
 
         rows = self.rows()
         lines = table_lines(rows)
         table = Table(title=f"fairbench sweep: {count_states(rows)}", title_justify="left")
         for name in lines[0]:
-            table.add_column(name, no_wrap=name == "run id")
+            table.add_column(Text(name), no_wrap=name == "run id")
         styles = {"running": "cyan", "done": "green", "failed": "red", "stopped": "yellow"}
         for row, cells in zip(rows, lines[1:]):
-            table.add_row(*cells, style=styles.get(row.state))
+            table.add_row(*map(Text, cells), style=styles.get(row.state))  # text, never rich markup
         return table
 
     def close(self) -> None:

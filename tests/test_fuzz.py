@@ -165,3 +165,70 @@ def test_fuzz_config_from_dict(changes: dict) -> None:
     cfg = only_fairbench_errors(RunConfig.from_dict, {**base, **changes})
     if cfg is not None:
         only_fairbench_errors(cfg.resolve, 0.1, 0.025)
+
+
+# ---------------------------------------------------------------- sweep files (issue 28, case 6)
+
+def _plan_doc() -> dict:
+    from fairbench.sweep_plan import PlannedRun
+
+    run = PlannedRun("pgd-at_small-cnn_fashion-mnist_seed0_0ee07036", ("--epochs", "1", "--method", "pgd-at"),
+                     (("method", "pgd-at"), ("seed", "0")), 1, "out", "cpu",
+                     {"attacks": ["clean"], "eval_per_class": 2, "aa_per_class": None})
+    return {"version": 1, "launcher": "slurm", "created": "2026-01-01T00:00:00", "runs": [run.to_dict()],
+            "slurm": {"job_id": "42", "tasks": {run.run_id: "42_0"}}}
+
+
+@st.composite
+def mutated_plans(draw: st.DrawFn) -> dict:
+    doc = _plan_doc()
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(doc)))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(json_values)
+    return doc
+
+
+@FUZZ
+@given(st.one_of(mutated_plans(), json_values))
+def test_fuzz_sweep_plan(doc: Any) -> None:
+    """A plan.json of anything: `read_plan` gives runs whose fields have their types, or one line."""
+    from fairbench.sweep_plan import read_plan
+    from fairbench.sweep_view import Row, render_text
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "sweep").mkdir()
+        (Path(folder) / "sweep" / "plan.json").write_text(json.dumps(doc))
+        got = only_fairbench_errors(read_plan, Path(folder))
+        if got is not None:
+            _, _, runs = got
+            assert all(type(r.epochs) is int and all(isinstance(a, str) for a in r.argv) for r in runs)
+            text = render_text([Row(r, "not started") for r in runs])
+            assert all(c.isprintable() for line in text.splitlines() for c in line)
+
+
+@FUZZ
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from(["state", "seconds", "pid", "host", "exit_code",
+                                                                "job", "time", "launcher"]), json_values)))
+def test_fuzz_sweep_status_file(doc: Any) -> None:
+    """A status file of anything: only fields of their type are kept, and the status table renders."""
+    from fairbench.sweep import _local_row
+    from fairbench.sweep_plan import STATUS_FIELDS, PlannedRun, read_status
+    from fairbench.sweep_slurm import slurm_state
+    from fairbench.sweep_view import Row, render_text
+
+    with tempfile.TemporaryDirectory() as folder:
+        sweep = Path(folder) / "sweep"
+        (sweep / "status").mkdir(parents=True)
+        run = PlannedRun.from_dict(_plan_doc()["runs"][0])
+        run = PlannedRun(run.run_id, run.argv, run.coords, run.epochs, folder, run.device, run.evaluation)
+        (sweep / "status" / f"{run.run_id}.json").write_text(json.dumps(doc))
+        status = read_status(sweep, run.run_id)
+        assert all(STATUS_FIELDS[k](v) for k, v in status.items())
+        rows = [_local_row(run, sweep), Row(run, *slurm_state(run, sweep, {}, {}))]
+        assert all(c.isprintable() for line in render_text(rows).splitlines() for c in line)

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -331,3 +332,176 @@ def test_the_sweep_file_in_the_readme_is_valid(tmp_path: Path, capsys: pytest.Ca
     ids = planned_ids(capsys.readouterr().out)
     assert len(ids) == 3 * 2 * (1 + 1 + 2)  # seeds x archs x (pgd-at, trades, fairat x 2 fractions)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------- issue 28: evaluation settings, absurd grids, hostile sweep files
+
+def test_a_finished_run_evaluated_otherwise_is_refused_or_evaluated_again(
+        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 28, case 1: other --attacks or --eval-per-class than a finished run was evaluated with
+    was skipped as "done before" with the old metrics. Now one error line names the run, the
+    settings and --reevaluate; with it the run is evaluated again from its checkpoint, not retrained."""
+    out = tmp_path / "out"
+    assert cli(["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out, attacks="clean,pgd20")]) == 0
+    (run_id,) = planned_ids(capsys.readouterr().out)
+    metrics = out / "runs" / run_id / "metrics.json"
+    before = metrics.read_bytes()
+    changed = [*tiny_args(fmnist_dir, out, attacks="clean"), "--eval-per-class", "3"]
+    assert cli(["sweep", "--methods", "pgd-at", *changed]) == 2
+    printed = capsys.readouterr()
+    one_error_line(printed.err, run_id, "--attacks clean,pgd20 (now clean)", "--eval-per-class 2 (now 3)",
+                   "--reevaluate")
+    assert metrics.read_bytes() == before and attempts(out, run_id) == 1
+    assert cli(["sweep", "--methods", "pgd-at", *changed, "--reevaluate"]) == 0
+    assert "1 to evaluate again" in capsys.readouterr().out
+    record = json.loads(metrics.read_text())
+    assert set(record["metrics"]) == {"clean"} and record["metrics"]["clean"]["n_per_class"] == [3] * 10
+    assert attempts(out, run_id) == 2 and epoch_lines(out / "runs" / run_id) == 1  # evaluated, not retrained
+    assert cli(["sweep", "--methods", "pgd-at", *changed]) == 0  # now it is what is asked for
+    assert "1 done before (skipped)" in capsys.readouterr().out
+    (out / "runs" / run_id / "checkpoint.pt").unlink()  # a committed result: nothing to evaluate again from
+    assert cli(["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out), "--reevaluate"]) == 2
+    one_error_line(capsys.readouterr().err, "no checkpoint.pt", run_id)
+
+
+def test_absurd_grids_are_one_error_line_and_the_size_comes_first(
+        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 28, case 7: --seeds 0-99999999999 ended in a MemoryError traceback; a large grid is
+    counted and refused before a run is built, and --max-runs raises the cap."""
+    out = tmp_path / "out"
+    for seeds, fragment in (("0-99999999999", "more than 4294967295"), ("0-1000000000", "more than 1000000 seeds"),
+                            ("5-4294967296", "more than 4294967295")):
+        assert cli(["sweep", "--methods", "pgd-at", "--seeds", seeds, *tiny_args(fmnist_dir, out)]) == 2
+        one_error_line(capsys.readouterr().err, fragment)
+    assert cli(["sweep", "--methods", "pgd-at,trades", "--seeds", "0-999", *tiny_args(fmnist_dir, out),
+                "--dry-run"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[0] == "the grid has 2000 run(s): 2 method(s) x 1000 seed(s)"
+    one_error_line(printed.err, "more than --max-runs 1000", "--max-runs 2000")
+    assert cli(["sweep", "--methods", "pgd-at,trades", "--seeds", "0-999", *tiny_args(fmnist_dir, out),
+                "--dry-run", "--max-runs", "2000"]) == 0
+    assert len(planned_ids(capsys.readouterr().out)) == 2000 and not out.exists()
+
+
+def test_checking_a_grid_costs_far_less_than_a_millisecond_a_run(fmnist_dir: Path, tmp_path: Path) -> None:
+    """Issue 28, case 7: a 20,000-run grid took 276 s to check (13.7 ms a run: `fairbench run`'s
+    parser and `prepare` for every run). Each config shape is checked once; the runs it gives
+    have the ids and command lines that parsing each run's own command line gives."""
+    from fairbench.cli import parse_run_args, run_options
+    from fairbench.runner import prepare
+    from fairbench.sweep_grid import GridSpec, expand
+
+    spec = GridSpec(methods=["pgd-at", "fairat"], seeds=list(range(5000)), param_grid={"fraction": ["0.1", "0.2"]},
+                    option_grid={"lr": ["0.1", "0.05"]}, run_args=tiny_args(fmnist_dir, tmp_path / "out"))
+    options = run_options()
+    expand(GridSpec(methods=["pgd-at"], run_args=spec.run_args), parse_run_args, options)  # imports
+    t0 = time.perf_counter()
+    runs = expand(spec, parse_run_args, options, max_runs=30_000)
+    per_run = (time.perf_counter() - t0) / len(runs)
+    assert len(runs) == 5000 * (2 + 4) and per_run < 0.25e-3, f"{per_run * 1e3:.3f} ms a run"
+    for run in runs[:7] + runs[-7:]:
+        cfg = prepare(parse_run_args(list(run.argv))[0])[0]
+        assert cfg.run_id == run.run_id and dict(run.coords)["seed"] == str(cfg.seed)
+        assert run.evaluation == {"attacks": ["clean"], "eval_per_class": 2, "aa_per_class": None}
+
+
+def _planned_sweep(fmnist_dir: Path, out: Path) -> tuple[Path, list[PlannedRun]]:
+    """A sweep folder with the plan of a 2-run grid (as a sweep writes it) and nothing run."""
+    from fairbench.cli import parse_run_args, run_options
+    from fairbench.sweep_grid import GridSpec, expand
+    from fairbench.sweep_plan import write_plan
+
+    runs = expand(GridSpec(methods=["pgd-at", "trades"], run_args=tiny_args(fmnist_dir, out)), parse_run_args,
+                  run_options())
+    write_plan(out / "sweep", runs, "local")
+    return out / "sweep", runs
+
+
+def _set_run_field(field: str, value) -> Callable[[dict], None]:
+    return lambda plan: plan["runs"][0].__setitem__(field, value)
+
+
+HOSTILE_PLANS = {
+    "epochs-1e999": ("text", lambda t: t.replace('"epochs": 1', '"epochs": 1e999', 1), "epochs"),
+    "argv-int": ("doc", _set_run_field("argv", 5), "argv"),
+    "coords-deep": ("doc", _set_run_field("coords", [[["a", "b"]]]), "coords"),
+    "nesting": ("text", lambda t: t.replace('"runs": [', '"runs": ' + "[" * 100_000 + "[", 1), "not JSON"),
+    "runs-missing": ("doc", lambda plan: plan.pop("runs"), "runs"),
+    "run-id-escape": ("doc", _set_run_field("run_id", "\x1b]0;pwned\x07"), "run_id"),
+    "coords-escape": ("doc", _set_run_field("coords", [["method", "\x1b[2J"]]), "coords"),
+    "created-escape": ("doc", lambda plan: plan.__setitem__("created", "\x1b[31mred"), "created"),
+    "slurm-job": ("doc", lambda plan: plan.update(launcher="slurm", slurm={"job_id": "-h", "tasks": {}}), "slurm"),
+    "huge-int": ("text", lambda t: t.replace('"epochs": 1', '"epochs": 1' + "0" * 5000, 1), "not JSON"),
+    "run-twice": ("doc", lambda plan: plan["runs"].append(plan["runs"][0]), "twice"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_PLANS))
+def test_status_of_a_hostile_plan_is_one_error_line(name: str, fmnist_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Issue 28, case 6: plan.json values of other types, 1e999, deep nesting and terminal escapes
+    gave tracebacks or reached the terminal raw."""
+    sweep, _ = _planned_sweep(fmnist_dir, tmp_path / "out")
+    how, change, fragment = HOSTILE_PLANS[name]
+    path = sweep / "plan.json"
+    if how == "text":
+        path.write_text(change(path.read_text()))
+    else:
+        plan = json.loads(path.read_text())
+        change(plan)
+        path.write_text(json.dumps(plan))
+    assert cli(["sweep", "--status", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys.readouterr().err, "plan.json", fragment)
+    assert "\x1b" not in line
+
+
+def test_hostile_status_files_and_logs_are_read_without_hanging_or_escapes(
+        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 28, case 6: a status file with `seconds: "abc"`, one that is a FIFO or a link to
+    /dev/zero, a log.jsonl line `{"epoch": "x"}`, a sweep log holding terminal escapes: `--status`
+    answers at once, without a traceback, a warning naming each file it ignored, no escape code."""
+    out = tmp_path / "out"
+    sweep, (a, b) = _planned_sweep(fmnist_dir, out)
+    (sweep / "status").mkdir()
+    (sweep / "status" / f"{a.run_id}.json").write_text(json.dumps(
+        {"state": "failed", "seconds": "abc", "exit_code": "2", "pid": [1]}))
+    os.mkfifo(sweep / "status" / f"{b.run_id}.json")
+    (sweep / "logs").mkdir()
+    (sweep / "logs" / f"{a.run_id}.log").write_text("error: \x1b]0;pwned\x07\x1b[2J bad\n")
+    for run in (a, b):
+        run.run_dir.mkdir(parents=True)
+        (run.run_dir / "config.json").write_text("{}")
+        (run.run_dir / "log.jsonl").write_text('{"epoch": "x"}\n{"epoch": 1e999, "images_per_s": "fast"}\n')
+    t0 = time.monotonic()
+    assert cli(["sweep", "--status", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert time.monotonic() - t0 < 30 and "\x1b" not in printed.out + printed.err
+    assert "error: ?]0;pwned??[2J bad" in printed.out  # the run's last error line, escaped
+    assert f"{b.run_id}.json: ignored (not a regular file)" in printed.err
+    (sweep / "status" / f"{b.run_id}.json").unlink()
+    (sweep / "status" / f"{b.run_id}.json").symlink_to("/dev/zero")
+    assert cli(["sweep", "--status", str(out)]) == 0
+    assert "symlink" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda sweep, run: (sweep / "status").write_text("a file"), "status is a symlink or not a folder"),
+    (lambda sweep, run: (sweep / "lock").mkdir(), "lock is a symlink or not a regular file"),
+    (lambda sweep, run: (sweep / "logs").symlink_to(sweep.parent.parent), "logs is a symlink or not a folder"),
+    (lambda sweep, run: ((sweep / "logs").mkdir(), (sweep / "logs" / f"{run.run_id}.log").symlink_to(
+        sweep.parent.parent / "outside.txt")), "symlinks or not regular files"),
+    (lambda sweep, run: ((sweep / "logs").mkdir(), os.mkfifo(sweep / "logs" / f"{run.run_id}.log")),
+     "symlinks or not regular files"),
+    (lambda sweep, run: os.mkfifo(sweep / "lock"), "lock is a symlink or not a regular file"),
+])
+def test_a_sweep_refuses_sweep_files_that_are_not_its_own_before_anything_starts(
+        spoil, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 28, case 6: `sweep/status` a file or `sweep/lock` a folder gave tracebacks; a sweep log
+    that is a symlink was appended through (a file outside the results folder was written)."""
+    out = tmp_path / "out"
+    sweep, (run, _) = _planned_sweep(fmnist_dir, out)
+    (tmp_path / "outside.txt").write_text("keep")
+    spoil(sweep, run)
+    assert cli(["sweep", "--methods", "pgd-at,trades", *tiny_args(fmnist_dir, out)]) == 2
+    one_error_line(capsys.readouterr().err, fragment)
+    assert not (out / "runs").exists() and (tmp_path / "outside.txt").read_text() == "keep"
