@@ -1,6 +1,48 @@
-"""fairbench: train and evaluate robust-fairness methods under one protocol."""
+"""fairbench: train and evaluate robust-fairness methods under one protocol.
+
+The Python API (`fairbench.api`) loads on first use, so ``import fairbench`` does not import torch
+(PEP 562)::
+
+    fairbench.evaluate(model, "fashion-mnist", eps=0.1, attacks="clean,pgd20", n_per_class=100)
+    fairbench.load_model(run_dir), fairbench.create_model(arch, dataset), fairbench.list_methods()
+
+``fairbench.evaluate`` is always that function, also once the evaluator module of the same name
+is loaded; the module is reached with ``from fairbench.evaluate import ...``.
+"""
+
+import sys
+import types
 
 from fairbench.errors import FairbenchError
 
 __version__ = "0.1.0"
-__all__ = ["FairbenchError", "__version__"]
+_API = ("evaluate", "load_model", "create_model", "list_methods")
+__all__ = ["FairbenchError", "__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from fairbench import api  # torch, on first use only
+
+        for api_name in _API:
+            globals()[api_name] = getattr(api, api_name)
+        return globals()[name]
+    raise AttributeError(f"module 'fairbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+class _Package(types.ModuleType):
+    """The package keeps the API's names when a submodule of the same name (the evaluator,
+    ``fairbench/evaluate.py``) is imported: Python would otherwise set the package attribute
+    ``evaluate`` to that module."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -37,11 +37,8 @@ from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, RunRecord, build_reco
                               write_run)
 from fairbench.runner import environment, resolve_device
 
-# A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
-# and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
-# before it is read.
-MAX_CHECKPOINT_FACTOR = 16
-CHECKPOINT_SLACK = 64 * 2**20
+# the bound on a checkpoint's size, shared with --init-from (a larger file is refused before it is read)
+from fairbench.init_from import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR  # noqa: E402
 
 
 @dataclass
@@ -68,6 +65,7 @@ class EvalOptions:
     run_id: str | None = None
 
     def validate(self) -> None:
+        """Every option: where the model comes from, then `validate_values`."""
         checks = [
             (self.model is not None or (self.checkpoint is None) != (self.robustbench is None),
              "give exactly one of --checkpoint PATH or --robustbench MODEL_NAME"),
@@ -79,6 +77,17 @@ class EvalOptions:
              "not both"),
             (self.model is None or FACTORY.fullmatch(self.model) is not None,
              f"--model must be package.module:factory (Python names), got {self.model!r:.80}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FairbenchError(message)
+        self.validate_values()
+        if self.arch is not None and self.robustbench is None:
+            MODELS.get(self.arch)
+
+    def validate_values(self) -> None:
+        """What is evaluated and where it is written (the Python API's checks too)."""
+        checks = [
             (self.n_per_class is None or self.n_per_class >= 1,
              f"--eval-per-class must be >= 1, got {self.n_per_class}"),
             (self.aa_per_class is None or self.aa_per_class >= 1,
@@ -98,8 +107,6 @@ class EvalOptions:
         if self.run_id is not None:
             check_run_id(self.run_id)
         stages(self.attacks)
-        if self.arch is not None and self.robustbench is None:
-            MODELS.get(self.arch)
 
 
 # package.module:factory, the factory possibly an attribute path (module:Class.build)
