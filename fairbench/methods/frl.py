@@ -60,6 +60,18 @@ The authors' protocol, and how to run it here:
   authors' 40 epochs (25 of 100). (Before issue 15 the default was 0.5: the FRL phase ran at 0.01
   then 0.001.) ``--init-from`` with a warm-up is refused: fine-tuning starts FRL at once.
 
+What 8 epochs leave of it. In the ``fmnist-standard`` protocol (8 epochs, ``piecewise:0.75``, the
+default ``warmup_fraction`` 0.75) FRL runs only epochs 7 and 8, both at lr 0.005, so its multipliers
+update twice. The committed logs (results/runs/frl-*/log.jsonl, the 8-epoch runs of all three
+variants, seeds 0-2) show how far that moves them: epoch 7 trains with class weights within
+0.098-0.112 and epoch 8 within 0.097-0.123 (uniform: 0.1; shirt's natural-error weight is the
+largest, 0.115-0.123 at epoch 8), and the remargin eps multiplier is at most 1.044 in epoch 7 and
+1.065 in epoch 8 (frl-rwrm; frl-rm at most 1.022), the smallest at the 0.98 floor. These rows
+therefore mostly measure TRADES with FRL's beta (1.5; frl-rm: beta 1.0 with the joint
+normalization's half gradient), not FRL's fairness constraints, which the authors enforce for
+40-120 epochs from a robust model. A smaller ``warmup_fraction`` or a larger ``rate`` /
+``rate_eps`` gives the mechanism room (issue 25's tuning searches them).
+
 Inputs: fairbench's models take images in [0, 1] and normalize them by the data set's mean and
 std in their first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616), except
 ``preact18-frl``, which like the authors' code sees the raw [0, 1] pixels (their loader's
