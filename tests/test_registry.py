@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli_helpers import cli_out
 from fairbench.data import get_dataset
@@ -165,3 +166,43 @@ def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pyte
     assert "mismatched" not in METHODS.names() and "not-a-method" not in METHODS.names()
     for name in METHODS.names():  # the built-ins carry their registered names
         assert METHODS.get(name).name == name
+
+
+# ---------------------------------------------------------------- a third-party architecture
+
+ARCH_MODULE = "fairbench_toy_arch"
+
+
+def test_entry_point_architecture_is_found_and_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A package adds an architecture through the entry-point group ``fairbench.models``."""
+    MODELS.names()  # the built-ins first, so the copy below holds them
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / f"{ARCH_MODULE}.py").write_text(textwrap.dedent('''
+        from torch import nn
+
+        from fairbench.registry import register_model
+
+
+        @register_model("toy-arch")
+        def toy_arch(*, num_classes, in_channels, width=16):
+            """A third-party test architecture: one linear layer."""
+            return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+    '''))
+    info = site / "fairbench_toy_arch-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fairbench-toy-arch\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[fairbench.models]\ntoy-arch = {ARCH_MODULE}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    monkeypatch.setattr(MODELS, "_loaded", False)
+    try:
+        assert "toy-arch" in MODELS.names() and "preact18" in MODELS.names()
+        assert MODELS.entry("toy-arch").params == {"width": 16}
+        model = create_model("toy-arch", get_dataset("fashion-mnist"))
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+        lines = list_output(capsys)
+        assert any(line.split()[:1] == ["toy-arch"] and "A third-party test architecture" in line for line in lines)
+    finally:
+        sys.modules.pop(ARCH_MODULE, None)
