@@ -565,3 +565,98 @@ def test_resume_reads_any_log_without_a_traceback(log: str, stopped_runs: dict, 
     assert epochs == ([2] if log in ("fifo", "symlink") else [1, 2]) and not path.is_symlink()
     if log == "symlink":
         assert (tmp_path / "elsewhere.jsonl").read_text() == first + "\n"
+
+
+# ---------------------------------------------------------------- issue 28, case 2: --init-from from anyone
+
+@pytest.fixture(scope="module")
+def finished_source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished pgd-at run (1 epoch) to start other runs from."""
+    import contextlib
+    import io
+    from conftest import make_fashion_mnist
+
+    root = tmp_path_factory.mktemp("source")
+    data = make_fashion_mnist(root / "fmnist")
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(tiny_run_args(data, root / "out"))
+    return {"data": data, "run": root / "out" / "runs" / "r"}
+
+
+def _edit_config(**changes):
+    def edit(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text()) | changes
+        (run / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+def _edit_checkpoint(change):
+    def edit(run: Path) -> None:
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        change(state)
+        torch.save(state, run / "checkpoint.pt")
+    return edit
+
+
+def _pad_checkpoint(run: Path) -> None:
+    with open(run / "checkpoint.pt", "r+b") as f:
+        f.truncate(400 * 2**20)  # sparse: 400 MB on paper, nothing on disk
+
+
+HOSTILE_SOURCES = {
+    "nested-too-deep": (_edit_config(params={"a": {"b": {"c": 1}}}), "init_from.config.params.a"),
+    "newline": (_edit_config(data_dir="/data\nx"), "init_from.config.data_dir"),
+    "too-long": (_edit_config(data_dir="d" * 1001), "init_from.config.data_dir"),
+    "too-many-keys": (_edit_config(**{f"k{i}": i for i in range(101)}), "more than 100 entries"),
+    "init-source-list": (_edit_config(init_source=[1, 2]), "init_source that is a list"),
+    "epochs-true": (_edit_config(epochs=True), "epochs True"),
+    "epochs-huge": (_edit_config(epochs=10**30), "not a whole number"),
+    "epoch-tensor": (_edit_checkpoint(lambda s: s.__setitem__("epoch", torch.tensor(1))), "epoch as a Tensor"),
+    "nan-weights": (_edit_checkpoint(lambda s: s["model"].update(
+        {k: torch.full_like(v, float("nan")) for k, v in s["model"].items() if v.is_floating_point()})),
+        "weights are not finite"),
+    "huge-weights": (_edit_checkpoint(lambda s: s["model"].update(
+        {k: v * 1e36 for k, v in s["model"].items() if v.is_floating_point() and k != "0.std"})),
+        "outputs are not finite"),
+    "400-mb": (_pad_checkpoint, "400.0 MiB, more than the"),
+    "config-fifo": (lambda run: ((run / "config.json").unlink(), __import__("os").mkfifo(run / "config.json")),
+                    "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_SOURCES))
+def test_init_from_refuses_a_source_before_training(name: str, finished_source: dict, tmp_path: Path,
+                                                    capsys) -> None:
+    """Issue 28, case 2: a source config the schema rejects was trained from and failed writing
+    metrics.json; a non-dict init_source or a tensor epoch gave tracebacks; NaN or 1e36 weights and
+    a 400 MB checkpoint were taken; `epochs: true` read as 1. Now one line, before anything is written."""
+    import shutil
+
+    spoil, fragment = HOSTILE_SOURCES[name]
+    source = tmp_path / "source"
+    shutil.copytree(finished_source["run"], source)
+    spoil(source)
+    code, err = cli(tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from", str(source)), capsys)
+    one_error(code, err, fragment)
+    assert "--init-from" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s.items()},
+     "weights are not finite"),
+    (lambda s: _scaled(s, 1e36), "outputs are not finite"),
+])
+def test_init_from_a_file_refuses_weights_that_are_not_finite(spoil, fragment: str, finished_source: dict,
+                                                              tmp_path: Path, capsys) -> None:
+    ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
+    code, err = cli(tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from", str(ckpt)), capsys)
+    one_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_init_from_a_valid_source_still_starts(finished_source: dict, tmp_path: Path, capsys) -> None:
+    code, err = cli(tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from",
+                                  str(finished_source["run"])), capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "runs" / "r" / "metrics.json").read_text())
+    assert record["init_from"]["run_id"] == "r" and record["init_from"]["budget_epochs"] == 1

@@ -16,10 +16,11 @@ from fairbench.schema.record import (FINISHED, MAX_METRICS_BYTES, MAX_OUTCOMES_B
                                      METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes,
                                      RunRecord, ThreatMetrics, ThreatModel, derive_union, make_outcomes,
                                      metrics_from_outcomes, summarize, threat_columns)
-from fairbench.schema.validate import check_outcomes, validate
+from fairbench.schema.validate import check_init_from, check_outcomes, validate
 
 __all__ = ["FINISHED", "MAX_METRICS_BYTES", "MAX_OUTCOMES_BYTES", "MAX_OUTCOMES_TEXT", "METRICS_FILE",
-           "OUTCOMES_FILE", "SCHEMA_VERSION", "UNION", "Outcomes", "RunRecord", "ThreatMetrics",
-           "ThreatModel", "build_record", "check_outcomes", "derive_union", "find_metrics", "make_outcomes",
-           "metrics_from_outcomes", "outcomes_bytes", "parse_metrics", "parse_outcomes", "read_metrics",
-           "read_outcomes", "read_regular", "summarize", "threat_columns", "validate", "write_run"]
+           "OUTCOMES_FILE", "SCHEMA_VERSION", "UNION", "Outcomes", "RunRecord", "ThreatMetrics", "ThreatModel",
+           "build_record", "check_init_from", "check_outcomes", "derive_union", "find_metrics",
+           "make_outcomes", "metrics_from_outcomes", "outcomes_bytes", "parse_metrics", "parse_outcomes",
+           "read_metrics", "read_outcomes", "read_regular", "summarize", "threat_columns", "validate",
+           "write_run"]

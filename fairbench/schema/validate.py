@@ -124,9 +124,8 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     ema = data.get("ema")
     need(ema is None or (_is_number(ema) and 0 <= ema < 1), "'ema'", "is not a decay in [0, 1) or null")
     init_from = data.get("init_from")
-    need(init_from is None or _is_name(init_from, 1000) or isinstance(init_from, dict), "'init_from'",
-         "is not a record, a path or null")
-    for key in ("attack_settings", "timing", "env", "checkpoint", "evaluation", "averaging", "init_from"):
+    _check_init_from(init_from, c)
+    for key in ("attack_settings", "timing", "env", "checkpoint", "evaluation", "averaging"):
         value = data.get(key)
         need(value is None or isinstance(value, dict), f"'{key}'", "is not an object")
         _check_free(value, key, 3, c)
@@ -139,6 +138,19 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
         averaging=data.get("averaging"),
         attack_settings=data.get("attack_settings") or {}, evaluation=data.get("evaluation"),
         timing=data.get("timing") or {}, env=data.get("env") or {}, checkpoint=data.get("checkpoint") or {})
+
+
+def check_init_from(value: Any, source: str) -> None:
+    """What a run records of the run it started from (metrics.json's ``init_from``), checked as
+    `validate` checks it; `--init-from` checks its source with it before training."""
+    _check_init_from(value, _Checker(source))
+
+
+def _check_init_from(value: Any, c: _Checker) -> None:
+    c.need(value is None or _is_name(value, 1000) or isinstance(value, dict), "'init_from'",
+           "is not a record, a path or null")
+    if isinstance(value, dict):
+        _check_free(value, "init_from", 3, c)
 
 
 def _check_settings(value: Any, where: str, c: _Checker) -> dict[str, Any]:
