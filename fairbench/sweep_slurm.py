@@ -44,7 +44,7 @@ def check_slurm(partition: str | None, time_limit: str | None, gpus_per_run: int
                              "1-00:00:00); a run that reaches it is checkpointed and requeued")
     if gpus_per_run is not None and not 0 <= gpus_per_run <= 1:
         raise FairbenchError(f"--gpus-per-run must be 0 or 1, got {gpus_per_run}: a sweep runs each run as one "
-                             f"process; a run on several GPUs is a torchrun job (README, Scaling)")
+                             f"process; a run on several GPUs is a torchrun job (docs/scaling.md)")
     if cpus_per_run is not None and cpus_per_run < 1:
         raise FairbenchError(f"--cpus-per-run must be >= 1, got {cpus_per_run}")
     if mem is not None and not re.fullmatch(r"\d+(\.\d+)?[KMGT]?B?", mem.strip(), re.IGNORECASE):

@@ -40,8 +40,11 @@ def one_error(err: str, *fragments: str) -> str:
 def test_version_is_the_package_version(capsys) -> None:
     code, out, _ = cli_out(["--version"], capsys)
     assert code == 0 and out == f"fairbench {fairbench.__version__}\n"
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert f'version = "{fairbench.__version__}"' in pyproject
+    root = Path(__file__).parents[1]
+    assert f'version = "{fairbench.__version__}"' in (root / "pyproject.toml").read_text()
+    assert f'version: "{fairbench.__version__}"' in (root / "CITATION.cff").read_text()
+    assert 'license = "MIT"' in (root / "pyproject.toml").read_text()
+    assert (root / "LICENSE").read_text().startswith("MIT License")
 
 
 def test_list_json_parses_with_whole_summaries_and_preset_descriptions(capsys) -> None:
