@@ -5,7 +5,6 @@ validated the way `fairbench run` validates one, before anything starts."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 import re
@@ -15,6 +14,7 @@ from typing import Any, Callable
 
 from fairbench.config import MAX_SEED
 from fairbench.errors import FairbenchError
+from fairbench.registry import did_you_mean
 from fairbench.sweep_plan import PlannedRun, eval_settings
 
 # `fairbench run` options a sweep sets itself, with what to use instead
@@ -194,8 +194,8 @@ def _check_axes(spec: GridSpec, fields: dict[str, set[str]],
 
 
 def _did_you_mean(name: str, choices: Any) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{close[0].replace('_', '-')}'?)" if close else ""
+    """The registry's hint (one rule for every unknown name), spelled as options are: with hyphens."""
+    return did_you_mean(name.replace("_", "-"), [str(c).replace("_", "-") for c in choices])
 
 
 def _coords(coords: tuple) -> str:
