@@ -6,6 +6,13 @@ file is written atomically and read with ``weights_only=True``; it is only reuse
 matches: a hash of the model's weights, the evaluated images and labels, the subset's indices,
 and every setting that can change an outcome (eps, attack settings, seed, batch and chunk size,
 number of processes). Anything else (other weights, a stale or unreadable file) starts over.
+
+The key can be recomputed by whoever has the weights and the data, so it does not tell who wrote a
+file: a file edited and planted in a run folder would be taken as it is (a made-up result). So each
+file also carries a tag (`fairbench.machine_key`: an HMAC under a secret of this machine's user) of
+its key and its outcomes; a file without a valid tag was not written by fairbench here and starts
+over too. `foreign_state` finds such files, for `fairbench eval`, which refuses a folder holding
+another's evaluation state.
 pyautoattack 0.2.0's own ``state_path`` resume does not return per-example outcomes, so
 fairbench keeps its own.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +31,53 @@ from torch import nn
 
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
-from fairbench.results import atomic_torch_save, load_checkpoint
+from fairbench.machine_key import has_tag, tag
+from fairbench.results import TEMP_SUFFIX, atomic_torch_save, load_checkpoint
 
 STATE_FORMAT = 1
+MAX_STATE_BYTES = 256 << 20  # a state file holds 9 bytes per example (its outcome and its index)
+
+
+def _tag_parts(state: dict[str, Any]) -> tuple[bytes, ...]:
+    """What a state file's tag covers: every field it holds."""
+    head = json.dumps({k: state.get(k) for k in ("format", "key", "threat", "done", "n", "seconds")},
+                      sort_keys=True, default=str)
+    tensors = [state.get(k) for k in ("correct", "indices")]
+    return (head.encode(), *(t.detach().cpu().contiguous().numpy().tobytes() if isinstance(t, torch.Tensor)
+                             and t.layout == torch.strided and t.device.type != "meta" else b"" for t in tensors))
+
+
+def written_here(state: Any) -> bool:
+    """Whether ``state`` (a loaded state file) carries this machine's tag of its contents."""
+    if not isinstance(state, dict):
+        return False
+    try:
+        return has_tag(state.get("tag"), *_tag_parts(state))
+    except (TypeError, RuntimeError, ValueError):
+        return False
+
+
+def foreign_state(state_dir: Path) -> str | None:
+    """What in ``state_dir`` fairbench did not write on this machine (None: nothing): anything but
+    state files that carry this machine's tag (temporary files of a write cut short aside)."""
+    state_dir = Path(state_dir)
+    if not os.path.lexists(state_dir):
+        return None
+    if state_dir.is_symlink() or not state_dir.is_dir():
+        return f"its {state_dir.name} is a symlink or not a folder"
+    for entry in sorted(state_dir.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file() \
+                and not entry.is_symlink():  # a write cut short: removed when the evaluation starts
+            continue
+        if entry.is_symlink() or not entry.is_file() or entry.suffix != ".pt":
+            return f"{state_dir.name}/{entry.name} is not a state file fairbench writes"
+        try:
+            state = load_checkpoint(entry, max_bytes=MAX_STATE_BYTES)
+        except FairbenchError:
+            return f"{state_dir.name}/{entry.name} is not a readable state file"
+        if not written_here(state):
+            return f"{state_dir.name}/{entry.name} was not written by fairbench on this machine"
+    return None
 
 
 def _update(h: "hashlib._Hash", t: torch.Tensor) -> None:
@@ -96,10 +148,15 @@ class EvalState:
             return None
         ok = (isinstance(state, dict) and state.get("format") == STATE_FORMAT
               and state.get("key") == self.key(threat, settings)
-              and isinstance(state.get("correct"), torch.Tensor) and state["correct"].numel() == n)
+              and isinstance(state.get("correct"), torch.Tensor) and state["correct"].numel() == n
+              and type(state.get("done")) is int and 0 <= state["done"] <= n
+              and isinstance(state.get("seconds"), float))
         if not ok:
             self.progress(f"{threat}: saved state was made for other weights, data or settings; "
                           f"starting over")
+            return None
+        if not written_here(state):
+            self.progress(f"{threat}: saved state was not written by fairbench on this machine; starting over")
             return None
         done = int(state["done"])
         self.progress(f"{threat}: resuming after {done}/{n} examples")
@@ -114,7 +171,11 @@ class EvalState:
 
     def _write(self, path: Path, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(path, {"format": STATE_FORMAT, "key": self.key(threat, settings),
-                                 "threat": threat, "indices": self.indices,
-                                 "correct": stage.correct.cpu(), "done": stage.done,
-                                 "n": len(stage.correct), "seconds": stage.seconds})
+        state = {"format": STATE_FORMAT, "key": self.key(threat, settings), "threat": threat,
+                 "indices": self.indices, "correct": stage.correct.cpu(), "done": int(stage.done),
+                 "n": len(stage.correct), "seconds": float(stage.seconds)}
+        try:
+            state["tag"] = tag(*_tag_parts(state))
+        except FairbenchError:  # no key here (an unwritable home): the state is saved, never resumed
+            state["tag"] = None
+        atomic_torch_save(path, state)

@@ -26,7 +26,7 @@ from fairbench.config import MAX_SEED, check_run_id, default_eval_batch_size
 from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
-from fairbench.eval_state import fingerprint
+from fairbench.eval_state import fingerprint, foreign_state
 from fairbench.evaluate import attack_settings, evaluate, format_table, stages
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
@@ -290,12 +290,16 @@ def other_run(run_dir: Path, source: dict[str, Any], dataset: str) -> str | None
 
     A training run leaves its config.json from its start on and its checkpoint; a result
     (metrics.json) is this model's when it names the same method, architecture, data set and
-    checkpoint sha256.
+    checkpoint sha256. Saved evaluation state (``eval_state/``) is this machine's when each file
+    carries its tag (`fairbench.eval_state.foreign_state`); any other is another's.
     """
     if (run_dir / CONFIG_FILE).exists():
         return f"holds a run of `fairbench run` (its {CONFIG_FILE})"
     if (run_dir / CHECKPOINT_FILE).exists():
         return f"holds a training checkpoint ({CHECKPOINT_FILE})"
+    foreign = foreign_state(run_dir / "eval_state")  # a planted one would make up the result
+    if foreign:
+        return f"holds evaluation state that is not this machine's evaluation's: {foreign}"
     path = run_dir / METRICS_FILE
     if not path.exists() and not path.is_symlink():
         return None

@@ -22,7 +22,7 @@ from fairbench.errors import FairbenchError
 from fairbench.method import Method, parse_params
 from fairbench.models import create_model
 from fairbench.results import load_checkpoint, run_lock
-from cli_helpers import cli
+from cli_helpers import cli, cli_out
 
 LONG_UTF8_ID = "日" * 100  # 100 characters, 300 bytes: longer than a file name may be
 
@@ -660,3 +660,70 @@ def test_init_from_a_valid_source_still_starts(finished_source: dict, tmp_path: 
     assert code == 0, err
     record = json.loads((tmp_path / "out" / "runs" / "r" / "metrics.json").read_text())
     assert record["init_from"]["run_id"] == "r" and record["init_from"]["budget_epochs"] == 1
+
+
+# ---------------------------------------------------------------- issue 28, case 3: planted evaluation state
+
+def _evaluated_state(fmnist_dir: Path, tmp_path: Path, monkeypatch, capsys) -> tuple[Path, dict]:
+    """eval on another machine (another key): its checkpoint and its saved state of the clean threat."""
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "their-machine"))
+    ckpt = save(small_cnn_state(), tmp_path / "model.pt")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "theirs", "--run-id", "x"), capsys)
+    assert code == 0, err
+    state = torch.load(tmp_path / "theirs" / "runs" / "x" / "eval_state" / "clean.pt", weights_only=True)
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "this-machine"))
+    return ckpt, state
+
+
+@pytest.mark.parametrize("forge", ["their-own-file", "edited-keeping-its-key", "no-tag", "not-a-state-file"])
+def test_eval_refuses_a_folder_holding_only_planted_evaluation_state(forge: str, fmnist_dir: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys) -> None:
+    """Issue 28, case 3: a saved state edited (keeping its key, which whoever made the checkpoint can
+    recompute) and placed as runs/<id>/eval_state/ in an otherwise empty folder was resumed from
+    ("resuming after 50/50") and its made-up accuracy reported. A folder holding state that
+    fairbench did not write on this machine is another's: refused, and nothing is written."""
+    ckpt, state = _evaluated_state(fmnist_dir, tmp_path, monkeypatch, capsys)
+    if forge == "edited-keeping-its-key":
+        state["correct"] = torch.ones_like(state["correct"])
+    elif forge == "no-tag":
+        del state["tag"]
+    planted = tmp_path / "out" / "runs" / "x" / "eval_state"
+    planted.mkdir(parents=True)
+    if forge == "not-a-state-file":
+        (planted / "notes.txt").write_text("hi")
+    else:
+        torch.save(state, planted / "clean.pt")
+    before = files_under(tmp_path / "out")
+    code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "x"), capsys)
+    one_error(code, err, "holds evaluation state that is not this machine's evaluation's")
+    assert files_under(tmp_path / "out") == before
+
+
+def test_saved_state_is_resumed_only_when_this_machine_wrote_it(tmp_path: Path, monkeypatch) -> None:
+    """The reader `fairbench run` and `eval` share: a state file with the right key but another
+    machine's tag (or an edited one) starts over; the one written here resumes."""
+    from fairbench.distributed import DistInfo
+    from fairbench.eval_state import EvalState, StageProgress
+
+    said: list[str] = []
+    correct = torch.tensor([True, False, True, True])
+    state = EvalState(tmp_path / "s", {"model": "m"}, torch.arange(4), DistInfo(), torch.device("cpu"), said.append)
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "their-machine"))
+    state.save("clean", {}, StageProgress(correct, 4, 1.0))
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "this-machine"))
+    assert state.load("clean", {}, 4).done == 0 and "not written by fairbench on this machine" in said[-1]
+    state.save("clean", {}, StageProgress(correct, 3, 1.0))
+    got = state.load("clean", {}, 4)
+    assert got.done == 3 and torch.equal(got.correct, correct) and "resuming after 3/4" in said[-1]
+    saved = torch.load(tmp_path / "s" / "clean.pt", weights_only=True)
+    saved["done"] = 4
+    torch.save(saved, tmp_path / "s" / "clean.pt")
+    assert state.load("clean", {}, 4).done == 0 and "not written by fairbench on this machine" in said[-1]
+
+
+def test_eval_still_resumes_its_own_state(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    ckpt = save(small_cnn_state(), tmp_path / "model.pt")
+    assert cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "x"), capsys)[0] == 0
+    (tmp_path / "out" / "runs" / "x" / "metrics.json").unlink()  # as if killed before writing it
+    code, out, err = cli_out(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "x"), capsys)
+    assert code == 0 and "clean: resuming after 10/10" in out + err, out + err
