@@ -1,4 +1,9 @@
-"""The command line: ``fairbench list | run | resume | eval | report`` (typer).
+"""The command line: ``fairbench list | run | resume | eval | report | sweep`` (typer).
+
+One vocabulary: an option means the same thing under the same name in every command (``--eps``,
+``--eval-per-class``, ``--aa-per-class``, ``--eval-batch-size``, ``--attacks``, ``--no-download``);
+``--eps`` and ``--step-size`` take a number or a fraction (``8/255``); every table a person reads
+gives error in % (lower is better), as the report does.
 
 Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on stderr);
 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a checkpoint, so rerun with --resume;
@@ -7,18 +12,55 @@ Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on s
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from fairbench.config import PRESETS, RunConfig
+from fairbench.config import PRESET_DESCRIPTIONS, PRESETS, RunConfig
 from fairbench.errors import FairbenchError
+from fairbench.registry import unknown_name
 from fairbench.signals import Preempted, StopSignals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate robust-fairness methods; per-class leaderboards.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fairbench import __version__
+
+        typer.echo(f"fairbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print fairbench's version and exit"),
+) -> None:
+    """Train and evaluate robust-fairness methods; per-class leaderboards (error in %, lower is better)."""
+
+
+def parse_number(text: str) -> float:
+    """A number, or a fraction of two numbers (``8/255``, as papers write eps), as the float it
+    divides to (``8/255`` is recorded as 0.03137254901960784, exactly ``8 / 255`` in Python)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    raw = str(text).strip()
+    num, sep, den = raw.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(raw)
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(f"{raw[:40]!r} is not a number or a fraction such as 8/255") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{raw[:40]!r} is not a finite number")
+    return value
 
 
 def parse_param_options(options: list[str]) -> dict[str, str]:
@@ -40,20 +82,64 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """List the registered methods, architectures, data sets and threats with their parameters."""
+def list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document (for scripts): every "
+                                 "entry's whole summary and its parameters' exact defaults"),
+) -> None:
+    """List the registered methods, architectures, data sets, threats and presets with their parameters."""
     from fairbench.registry import DATASETS, METHODS, MODELS, THREATS
 
     registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
                   ("threats", THREATS))
-    width = max(len(e.name) for _, r in registries for e in r.entries())
+    if as_json:
+        doc: dict[str, Any] = {title: [{"name": e.name, "summary": e.summary, "params": _jsonable(e.params)}
+                                       for e in registry.entries()] for title, registry in registries}
+        doc["presets"] = [{"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""),
+                           "settings": _jsonable(settings)} for name, settings in PRESETS.items()]
+        typer.echo(json.dumps(doc, indent=2, allow_nan=False))
+        return
+    width = max(len(name) for name in [*PRESETS, *(e.name for _, r in registries for e in r.entries())])
+    indent = " " * (width + 4)
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
+
+    def show(name: str, text: str, params: dict[str, Any]) -> None:
+        typer.echo(textwrap.fill(f"  {name:<{width}}  {text}", columns, subsequent_indent=indent,
+                                 break_on_hyphens=False))
+        if params:
+            typer.echo(textwrap.fill(", ".join(f"{k}={_show_value(v)}" for k, v in params.items()), columns,
+                                     initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False))
+
     for title, registry in registries:
         typer.echo(f"{title}:")
         for entry in registry.entries():
-            typer.echo(f"  {entry.name:<{width}}  {entry.summary}")
-            if entry.params:
-                typer.echo(" " * (width + 4) + ", ".join(f"{k}={v!r}" for k, v in entry.params.items()))
-    typer.echo(f"presets: {', '.join(PRESETS)}")
+            show(entry.name, entry.summary, entry.params)
+    typer.echo("presets (--preset NAME; options given beside it win):")
+    for name, settings in PRESETS.items():
+        show(name, PRESET_DESCRIPTIONS.get(name, ""), settings)
+
+
+def _show_value(v: Any) -> str:
+    """A default as `fairbench list` prints it: floats to 4 significant digits (0.6364, 1e-05)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_show_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_show_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` as plain JSON: tuples as lists, a non-finite float or any other object as its text."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
 
 
 @app.command("run")
@@ -67,8 +153,11 @@ def run_cmd(
     epochs: Optional[int] = typer.Option(None, help="training epochs"),
     batch_size: Optional[int] = typer.Option(None, help="global batch size"),
     seed: int = typer.Option(0),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: 8/255 CIFAR, 0.1 Fashion-MNIST)"),
-    step_size: Optional[float] = typer.Option(None, help="PGD training step (default eps/4)"),
+    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
+                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    step_size: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                              help="PGD training step (default eps/4)"),
     attack_steps: Optional[int] = typer.Option(None, help="PGD training steps (default 10)"),
     lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
@@ -90,6 +179,11 @@ def run_cmd(
         None, help="run AutoAttack on the first K evaluated test images per class only"),
     select: Optional[str] = typer.Option(
         None, help="model selection: last (default) or best-val (PGD-10 on the validation split)"),
+    score_on: Optional[str] = typer.Option(
+        None, help="test (default), or validation: a tuning trial, scored on the validation split into "
+                   "validation.json; the test set is never loaded"),
+    tuning: Optional[str] = typer.Option(
+        None, hidden=True, help="set by `fairbench tune`: the study and trial a tuned row's run confirms (JSON)"),
     eval_batch_size: Optional[int] = typer.Option(
         None, help="batch of the evaluation and of methods' scoring passes (default 500 CUDA, 128 CPU)"),
     attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
@@ -119,7 +213,7 @@ def run_cmd(
 
 # `fairbench run` options that are not RunConfig fields as they are (or not fields at all)
 _NOT_PLAIN_FIELDS = ("method", "seed", "param", "out", "compile", "download", "preset", "attacks", "resume",
-                     "stop_after_epoch", "progress")
+                     "stop_after_epoch", "progress", "tuning")
 
 
 def config_from_run_options(o: dict[str, Any]) -> RunConfig:
@@ -127,6 +221,10 @@ def config_from_run_options(o: dict[str, Any]) -> RunConfig:
     values = dict(PRESETS[_check_preset(o["preset"])], preset=o["preset"]) if o["preset"] else {}
     cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
     cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
+    if o.get("tuning") is not None:
+        from fairbench.tune.record import parse_tuning
+
+        cli["tuning"] = parse_tuning(o["tuning"])
     values.update({k: v for k, v in cli.items() if v is not None})
     values.setdefault("dataset", "cifar10")
     values.setdefault("arch", "preact18")
@@ -161,13 +259,17 @@ def report_cmd(
     results: str = typer.Option("results", help="results folder: reads every metrics.json under it"),
     baseline: Optional[str] = typer.Option(None, help="method (or row label) every other row is "
                                            "compared with [default: pgd-at, where a group has it]"),
+    rank_by: Optional[str] = typer.Option(None, "--rank-by", help="THREAT[:worst|avg] that ranks each group, "
+                                          "e.g. autoattack:worst [default: worst-class error under the "
+                                          "strongest attack run on every test image, pgd20 where AutoAttack "
+                                          "runs on a subset]"),
 ) -> None:
     """Leaderboard tables, charts and index.html from the runs' metrics.json and outcomes files."""
     from pathlib import Path
 
     from fairbench.report.command import build_report, write_report
 
-    board = build_report(Path(results), baseline)
+    board = build_report(Path(results), baseline, rank_by)
     if board.skipped:
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:
@@ -177,7 +279,7 @@ def report_cmd(
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")
-    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/index.html and {figures} "
+    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/leaderboard_long.csv, {results}/index.html and {figures} "
                f"figures in {results}/figures/", err=True)
 
 
@@ -239,10 +341,80 @@ def sweep_cmd(
     if dry_run:
         return
     if report and not (launcher == "slurm" and not wait):
-        report_cmd(results=runs[0].out, baseline=None)
+        report_cmd(results=runs[0].out, baseline=None, rank_by=None)
     elif report:
         typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
                    f"are done (or pass --wait)", err=True)
+
+
+@app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune_cmd(
+    ctx: typer.Context,
+    methods: str = typer.Option(..., help="comma list of methods to tune, e.g. pgd-at,fairat"),
+    trials: int = typer.Option(..., help="trials per method (the same N for every method); trial 0 "
+                               "is the method's defaults, the rest are random draws"),
+    study: str = typer.Option("default", help="the study's name (a new name starts a new study)"),
+    tune_seed: int = typer.Option(0, help="seed of the draws"),
+    launcher: str = typer.Option("local", help="local (this machine) or slurm (a job array)"),
+    workers: Optional[int] = typer.Option(None, help="local: trials at once (default: one per GPU, else "
+                                          "one per core)"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
+    time: Optional[str] = typer.Option(None, help="slurm: each trial's time limit"),
+    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per trial, 0 or 1"),
+    cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per trial"),
+    mem: Optional[str] = typer.Option(None, help="slurm: memory per trial, e.g. 32G"),
+    wait: bool = typer.Option(False, help="slurm: follow the job array until it ends"),
+    dry_run: bool = typer.Option(False, help="print the draws and the trials, start nothing, record nothing"),
+    retry_failed: bool = typer.Option(False, help="run again the trials that failed before"),
+    confirm: bool = typer.Option(False, help="run the tuned rows: each method's selected trial at --seeds, "
+                                 "scored on the test set in --confirm-out (seed 0: the selected trial itself)"),
+    seeds: str = typer.Option("0-2", help="--confirm: the tuned rows' seeds"),
+    confirm_out: Optional[str] = typer.Option(None, help="--confirm: results folder of the tuned rows "
+                                              "(default: the folder above --out, e.g. results)"),
+) -> None:
+    """Tune methods with the same budget: N seeded draws each, scored on validation only.
+
+    Any `fairbench run` option is passed on to every trial (e.g. --preset fmnist-standard); the
+    trials and the study land in --out (default results/tuning), with trials.csv, one row per
+    finished trial and the selected one of each finished study marked. Running the same command
+    again continues the study; changing its space, --trials or run options is refused.
+    """
+    from fairbench import sweep
+    from fairbench.tune import study as tune
+
+    opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
+                               wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
+                               cpus_per_run=cpus_per_run, mem=mem)
+    minutes = opts.check()
+    run_args = list(ctx.args)
+    if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):
+        run_args += ["--out", "results/tuning"]
+    out = parse_run_args(run_args)[0].out
+    spec = tune.StudySpec(name=study, trials=trials, seed=tune_seed, methods=tuple(split_methods(methods)),
+                          run_args=tuple(run_args), out=out)
+    if confirm:
+        from fairbench.sweep_grid import parse_seeds
+
+        where = confirm_out or str(Path(out).resolve().parent)
+        runs, seed0 = tune.confirm_runs(spec, parse_run_args, parse_seeds(seeds), where, typer.echo)
+        if not dry_run:
+            for trial, cfg in seed0:
+                tune.prepare_seed0(spec, trial, cfg, typer.echo)
+        sweep.launch(runs, opts, minutes, typer.echo)
+        return
+    runs, drawn = tune.plan_trials(spec, parse_run_args, persist=not dry_run)
+    typer.echo(tune.describe_trials(drawn))
+    sweep.launch(runs, opts, minutes, typer.echo)
+    if dry_run:
+        return
+    path, rows = tune.write_trials_csv(Path(out), study)
+    chosen = [f"{r['method']}: trial {r['trial']}" for r in rows if r["selected"]]
+    typer.echo(f"wrote {path} ({len(rows)} finished trial(s)"
+               + (f"; selected {', '.join(chosen)})" if chosen else ")"))
+
+
+def split_methods(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _run_click_command() -> Any:
@@ -274,6 +446,10 @@ def parse_run_args(argv: list[str]) -> tuple[RunConfig, dict[str, bool]]:
 def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, help="state_dict or checkpoint file (any origin)"),
     arch: Optional[str] = typer.Option(None, help="architecture of --checkpoint (see `fairbench list`)"),
+    model: Optional[str] = typer.Option(
+        None, metavar="MODULE:FACTORY", help="any importable model instead of --arch: package.module:factory "
+        "returns it for inputs in [0, 1] (called with num_classes= and in_channels= when it takes them); "
+        "with --checkpoint, those weights are loaded into it"),
     dataset: str = typer.Option("cifar10", help="cifar10, cifar100 or fashion-mnist"),
     robustbench: Optional[str] = typer.Option(None, help="a RobustBench zoo model name instead of "
                                               "--checkpoint (needs the robustbench extra)"),
@@ -281,28 +457,44 @@ def eval_cmd(
     model_dir: Optional[str] = typer.Option(None, help="RobustBench model folder "
                                             "(default ~/.cache/fairbench/robustbench)"),
     attacks: str = typer.Option("clean,pgd20,autoattack", help="comma list of clean,pgd20,autoattack"),
-    n_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: 8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
+    n_per_class: Optional[int] = typer.Option(None, hidden=True),  # --eval-per-class's old name
+    aa_per_class: Optional[int] = typer.Option(
+        None, help="run AutoAttack on the first K evaluated test images per class only"),
+    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
+                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
+                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
     seed: int = typer.Option(0, help="seed of the attacks' random starts"),
-    batch_size: int = typer.Option(500, help="evaluation batch size"),
+    eval_batch_size: Optional[int] = typer.Option(None, help="evaluation batch size (default 500 CUDA, 128 CPU)"),
+    batch_size: Optional[int] = typer.Option(None, hidden=True),  # --eval-batch-size's old name
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     data_dir: Optional[str] = typer.Option(None, help="data root (else $FAIRBENCH_DATA, else ~/.cache)"),
+    download: bool = typer.Option(True, help="download a missing data set (--no-download: offline)"),
     out: str = typer.Option("results", help="results folder"),
     run_id: Optional[str] = typer.Option(None, help="run folder name (default: model, data set, sha256)"),
 ) -> None:
-    """Evaluate any state_dict, or a RobustBench model, per class; writes metrics.json."""
+    """Evaluate any state_dict, importable model or RobustBench model per class; writes metrics.json."""
     from fairbench.external_eval import EvalOptions, run_eval
 
-    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, robustbench=robustbench,
+    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, model=model, robustbench=robustbench,
                        threat_model=threat_model, model_dir=model_dir, attacks=parse_attacks(attacks),
-                       n_per_class=n_per_class, eps=eps, seed=seed, batch_size=batch_size,
-                       device=device, data_dir=data_dir, out=out, run_id=run_id)
+                       n_per_class=_one_of(eval_per_class, n_per_class, "--eval-per-class", "--n-per-class"),
+                       aa_per_class=aa_per_class, eps=eps, seed=seed,
+                       batch_size=_one_of(eval_batch_size, batch_size, "--eval-batch-size", "--batch-size"),
+                       device=device, data_dir=data_dir, download=download, out=out, run_id=run_id)
     run_eval(opts, echo=typer.echo)
+
+
+def _one_of(value: Any, old_value: Any, name: str, old_name: str) -> Any:
+    """An option given under its name or under its old, hidden one (kept so old commands still run)."""
+    if value is not None and old_value is not None:
+        raise FairbenchError(f"{old_name} is the old name of {name}: give {name} only")
+    return value if value is not None else old_value
 
 
 def _check_preset(name: str) -> str:
     if name not in PRESETS:
-        raise FairbenchError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+        raise FairbenchError(unknown_name("preset", name, PRESETS))
     return name
 
 

@@ -304,7 +304,7 @@ def metrics_record(cfg: RunConfig, *, spec: DatasetSpec, outcomes: Outcomes, sec
         training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class,
                                         "sync_bn": cfg.sync_bn, "world_size": trainer.dist.world_size,
                                         "bn_batch": trainer.bn_batch, "amp": trainer.amp}
-        | ({"tuning": cfg.tuning} if cfg.tuning is not None else {}),
+        | {f"tuning_{k}": v for k, v in (cfg.tuning or {}).items()},  # flat: the schema keeps scalars
         attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed,
                                         {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
         timing={"train_s": round(trainer.train_seconds, 3),

@@ -229,7 +229,12 @@ def format_value(value: Any) -> str:
 
 def trial_argv(spec: StudySpec, trial: TrialSpec) -> list[str]:
     """The `fairbench run` arguments of one trial (the launcher adds --run-id and --resume)."""
-    argv = list(spec.run_args) + ["--method", trial.method, "--seed", "0", "--score-on", "validation"]
+    return run_argv(list(spec.run_args), trial, seed=0) + ["--score-on", "validation"]
+
+
+def run_argv(run_args: list[str], trial: TrialSpec, seed: int) -> list[str]:
+    """``run_args`` with the trial's method, seed and drawn values."""
+    argv = run_args + ["--method", trial.method, "--seed", str(seed)]
     for name, value in trial.values.items():
         if name in RUN_KEYS:
             argv += [f"--{name.replace('_', '-')}", format_value(value)]
@@ -372,3 +377,74 @@ def write_trials_csv(out: Path, name: str) -> tuple[Path, list[dict[str, Any]]]:
     path = Path(out) / TRIALS_FILE
     atomic_write_text(path, trials_csv(rows))
     return path, rows
+
+
+# ----------------------------------------------------------------------------------- the tuned row
+
+TUNED_RULE = "best-val"
+
+
+def tuned_run_id(method: str, study: str, seed: int) -> str:
+    return f"{method}_tuned-{study}_seed{seed}"
+
+
+def confirm_runs(spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], confirm_out: str,
+                 echo: Callable[[str], None]) -> tuple[list[Any], list[tuple[TrialSpec, Any]]]:
+    """The tuned row of each method: its selected trial's configuration at each seed, scored on
+    the test set in ``confirm_out`` (never in the trial's folder), each run recording its study
+    (``--tuning``). Seed 0 is the selected trial itself, as DomainBed reports the selected run:
+    `prepare_seed0` starts its folder from the trial's checkpoint. A method whose study has
+    unfinished trials is refused by name."""
+    from fairbench.runner import prepare
+    from fairbench.sweep_plan import PlannedRun
+
+    spec.check()
+    trials = [t for t in study_trials(Path(spec.out), spec.name)[0] if t.method in spec.methods]
+    rows = trial_rows(spec, trials)
+    runs, seed0 = [], []
+    args = without_out(spec.run_args) + ["--out", confirm_out]
+    for method in spec.methods:
+        chosen = [r for r in rows if r["method"] == method and r["selected"]]
+        if not chosen:
+            done = sum(1 for r in rows if r["method"] == method)
+            raise FairbenchError(f"--confirm: the study of {method} has {done} of {spec.trials} trials "
+                                 f"finished; run the study to its end first (the same command without --confirm)")
+        trial = next(t for t in trials if t.method == method and t.number == chosen[0]["trial"])
+        tuning = {"study": spec.name, "trials": spec.trials, "trial": trial.number, "rule": TUNED_RULE}
+        for seed in seeds:
+            argv = run_argv(list(args), trial, seed) + ["--tuning", json.dumps(tuning, sort_keys=True)]
+            run_id = tuned_run_id(method, spec.name, seed)
+            cfg = prepare(parse_run(argv)[0])[0]
+            runs.append(PlannedRun(run_id, tuple(argv), (("method", method), ("seed", str(seed)),
+                                                         ("trial", str(trial.number))),
+                                   cfg.epochs, confirm_out, cfg.device))
+            if seed == 0:
+                seed0.append((trial, dataclasses.replace(cfg, run_id=run_id)))
+        echo(f"{method}: trial {trial.number} selected (criterion {chosen[0]['criterion']:.4f})")
+    return runs, seed0
+
+
+def prepare_seed0(spec: StudySpec, trial: TrialSpec, cfg: Any, echo: Callable[[str], None]) -> None:
+    """Start the tuned row's seed-0 folder from the selected trial's checkpoint, so that seed 0 is
+    the selected run itself, evaluated on the test set (the sweep resumes it: every epoch is done,
+    so it only evaluates). The trial's folder is read, never written. Without the checkpoint (a
+    fresh clone: checkpoints are not committed) seed 0 trains again, which on the CPU gives the same
+    weights bit for bit."""
+    import shutil
+
+    from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json
+
+    source = Path(spec.out) / "runs" / trial.run_id
+    target = Path(cfg.out) / "runs" / str(cfg.run_id)
+    if target.exists():
+        return
+    if not (source / CHECKPOINT_FILE).is_file() or (source / CHECKPOINT_FILE).is_symlink():
+        echo(f"note: {source} has no checkpoint; {cfg.run_id} trains the selected configuration again")
+        return
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in (CHECKPOINT_FILE, LOG_FILE):
+        shutil.copyfile(source / name, partial / name, follow_symlinks=False)
+    atomic_write_json(partial / CONFIG_FILE, cfg.portable_dict())
+    partial.rename(target)  # the folder appears whole, or not at all
