@@ -15,6 +15,8 @@ and `html`, the command that writes them in `command`.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -126,6 +128,7 @@ class GroupKey:
     classes: tuple[str, ...]
     select: str = "last"
     aa_per_class: int | None = None  # AutoAttack on this many of the evaluated images per class
+    tuned: tuple[str, int] | None = None  # a tuned row's run: (study, trials per method); `tuned_of`
 
     @classmethod
     def of(cls, run: Run) -> "GroupKey":
@@ -138,7 +141,7 @@ class GroupKey:
         aa = t.get("aa_per_class") if "autoattack" in r.metrics else None
         return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), epochs,
                    t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select,
-                   aa if _is_count(aa) else None)
+                   aa if _is_count(aa) else None, tuned_of(t))
 
     def label(self) -> str:
         eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
@@ -150,19 +153,31 @@ class GroupKey:
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
             else "epochs unknown"
         select = "" if self.select == "last" else f" · {self.select} selection"
-        return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}{select}"
+        tuned = "" if self.tuned is None else \
+            f" · tuned ({self.tuned[1]} trials, validation selection; study {self.tuned[0]})"
+        return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}{select}{tuned}"
 
     def slug(self) -> str:
         text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
                 f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
                 + ("" if self.aa_per_class is None else f"_aa{self.aa_per_class}")
-                + ("" if self.select == "last" else f"_{self.select}"))
+                + ("" if self.select == "last" else f"_{self.select}")
+                + ("" if self.tuned is None else f"_tuned-{self.tuned[0]}"))
         return slug(text)
 
     def sort_key(self) -> tuple:
         return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
                 self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select,
-                self.aa_per_class or 0)
+                self.aa_per_class or 0, self.tuned or ("", 0))
+
+
+def tuned_of(training: dict[str, Any]) -> tuple[str, int] | None:
+    """(study, trials per method) of a tuned row's run (`fairbench tune --confirm` records them as
+    ``tuning_study`` and ``tuning_trials``), else None. Runs of one study and N form one group."""
+    study, trials = training.get("tuning_study"), training.get("tuning_trials")
+    if isinstance(study, str) and 0 < len(study) <= 100 and study.isprintable() and _is_count(trials):
+        return study, int(trials)
+    return None
 
 
 SLUG_MAX = 80
@@ -240,8 +255,12 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list
     runs used without outcomes, and how many metrics.json files there were."""
     runs, skipped, warnings, seen = [], [], [], {}
     paths = find_metrics(results_dir)
+    tainted = tainted_trials(results_dir)
     for path in paths:
         rel = printable(path.relative_to(results_dir).as_posix())
+        if path.parent in tainted:
+            skipped.append((rel, "a tuning trial's folder (it holds validation.json) must hold no test outcomes"))
+            continue
         try:
             record = read_metrics(path)
             outcomes = read_outcomes(path.parent / OUTCOMES_FILE, record)
@@ -250,6 +269,12 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list
             skipped.append((rel, printable(why)))
             continue
         run = Run(rel, record, outcomes)
+        if tainted and tuned_of(run.training) is not None:
+            first = printable(sorted(tainted)[0].relative_to(results_dir).as_posix())
+            skipped.append((rel, f"tuned groups are refused: the tuning trial {first} (and "
+                                 f"{len(tainted) - 1} more) holds test outcomes, so its selection may "
+                                 f"have seen the test set"))
+            continue
         dup = (GroupKey.of(run), run.identity(), run.seed)
         if dup in seen:
             skipped.append((rel, f"same experiment and seed as {seen[dup]}"))
@@ -261,7 +286,33 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list
     return runs, skipped, warnings, len(paths)
 
 
+TRIAL_FILE = "validation.json"  # fairbench.schema.validation.VALIDATION_FILE (a trial's record)
+TEST_OUTCOMES = ("metrics.json", OUTCOMES_FILE, "eval_state")
+
+
+def tainted_trials(results_dir: Path) -> set[Path]:
+    """The tuning trials' folders under ``results_dir`` (they hold validation.json) that also hold
+    test outcomes: a trial scores on validation only, so such a folder means the selection it fed
+    may have seen the test set. Never through a symlinked folder."""
+    found = set()
+    for folder, dirs, files in os.walk(results_dir, followlinks=False):
+        dirs.sort()
+        if TRIAL_FILE in files and any(name in files or name in dirs for name in TEST_OUTCOMES):
+            found.add(Path(folder))
+    return found
+
+
 TIDY = ["run", "threat", "class_index", "error", "avg_err", "worst_err", "spread", "worst_class"]
+TIE = 1e-9  # class errors closer than this tie for the worst (equal counts give equal floats)
+
+
+def tie_text(names: Sequence[str], n_classes: int) -> str:
+    """Classes tied for the worst as people read them: ``coat``, ``coat = shirt``, ``all 10 classes``."""
+    if len(names) == 1:
+        return names[0]
+    if len(names) == n_classes:
+        return f"all {n_classes} classes"
+    return " = ".join(names) if len(names) <= 3 else f"{' = '.join(names[:3])} = {len(names) - 3} more"
 
 
 def tidy(runs: Sequence[Run]) -> pd.DataFrame:
@@ -358,35 +409,55 @@ def build_group(key: GroupKey, runs: list[Run]) -> Group:
     threats = ordered_threats(t for _, t in summaries)
     rows = [Row(labels[ident], ident[0], tuple(rs), {t: summaries[i, t] for t in threats if (i, t) in summaries})
             for i, (ident, rs) in enumerate(buckets.items())]
-    in_all = [t for t in robust_precedence() if all(t in row.threats for row in rows)]
-    in_any = [t for t in robust_precedence() if any(t in row.threats for row in rows)]
-    sort_threat = (in_all or in_any or [threats[0]])[0]
-
-    return rank_rows(Group(key, threats, sort_threat, tuple(rows)))
+    sort_threat = default_rank_threat(rows) or threats[0]
+    return rank_rows(Group(key, threats, sort_threat, tuple(rows), check_threat=check_threat(threats, sort_threat),
+                           tier=group_tier(key, runs)))
 
 
 def rank_rows(group: Group) -> Group:
-    """The group with its rows ranked and sorted by worst-class error under its sort threat.
+    """The group with its rows ranked and sorted by its statistic (``sort_stat``: worst-class or
+    average error) under its sort threat.
 
     Ranks admit ties (`stats.tied_ranks`): a row whose interval (``ThreatSummary.ci``) overlaps the
     best row's shares its rank; rows without intervals tie only on equal values. Rows are sorted by
-    rank, then worst-class error, average error and label; rows without the threat come last.
+    rank, then the ranked statistic, the other one and label; rows without the threat come last.
     """
+    stat, other = (group.sort_stat, "avg" if group.sort_stat == "worst" else "worst")
+
     def value(row: Row, field: str) -> float | None:
         s = row.threats.get(group.sort_threat)
         return getattr(s, field).mean if s else None
 
     def bound(row: Row, end: str) -> float | None:
         s = row.threats.get(group.sort_threat)
-        return getattr(s.ci.worst, end) if s and s.ci else None
+        return getattr(getattr(s.ci, stat), end) if s and s.ci else None
 
     rows = group.rows
-    ranks = tied_ranks([value(r, "worst") for r in rows], [bound(r, "lo") for r in rows],
+    ranks = tied_ranks([value(r, stat) for r in rows], [bound(r, "lo") for r in rows],
                        [bound(r, "hi") for r in rows])
     ranked = [replace(row, rank=rank) for row, rank in zip(rows, ranks)]
-    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, "worst") or 0.0, value(r, "avg") or 0.0,
+    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, stat) or 0.0, value(r, other) or 0.0,
                                r.label))
     return replace(group, rows=tuple(ranked))
+
+
+CANONICAL_PRESET = "fmnist-standard"
+
+
+def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
+    """Where a group goes on the page; groups sort by tier, then by key. 0: the tuned board (its
+    label says ``tuned``); 1: the standard protocol's group (every run from the `CANONICAL_PRESET`
+    preset, at that preset's data set, architecture, epochs and selection rule: 8 epochs, last
+    weights); 2: any other. The first group is the canonical one when its tier is 0 or 1, and every
+    group after it is shown as superseded (collapsed in the HTML)."""
+    from fairbench.config import PRESETS
+
+    if re.search(r"\btuned\b", key.label()):
+        return 0
+    preset = PRESETS.get(CANONICAL_PRESET, {})
+    same = (key.dataset, key.arch, key.epochs, key.select) == (
+        preset.get("dataset"), preset.get("arch"), preset.get("epochs"), preset.get("select", "last"))
+    return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 2
 
 
 def build_leaderboard(results_dir: Path) -> Leaderboard:
