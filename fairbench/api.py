@@ -27,8 +27,7 @@ from fairbench.data import DatasetSpec, get_dataset
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import fingerprint
-from fairbench.external_eval import (CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, default_run_id,
-                                     evaluate_model)
+from fairbench.external_eval import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, evaluate_model
 from fairbench.models import create_model as _create_model
 from fairbench.models import load_model_state, unwrap_state_dict
 from fairbench.registry import METHODS
@@ -77,8 +76,6 @@ def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
     source = {"method": "external", "arch": type(model).__name__[:200] or "model",
               "params": {"source": "python", "weights_sha256": fingerprint(model, *(torch.zeros(0),) * 3)},
               "checkpoint": {"file": None, "sha256": None}}
-    if run_id is None:
-        opts.run_id = default_run_id(source, spec.name)
     was_training = model.training
     try:
         _, record = evaluate_model(model, source, opts, spec, resolve_device(device), DistInfo(),

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fairbench.config import MAX_SEED, check_run_id, default_eval_batch_size
+from fairbench.config import DEVICE_PATTERN, MAX_SEED, check_run_id, default_eval_batch_size
 from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
 from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
 from fairbench.errors import FairbenchError
@@ -100,6 +100,8 @@ class EvalOptions:
             (self.batch_size is None or self.batch_size >= 1,
              f"--eval-batch-size must be >= 1, got {self.batch_size}"),
             (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
+            (isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None,
+             f"--device must be auto, cpu or cuda[:N], got {self.device!r:.40}"),
         ]
         for ok, message in checks:
             if not ok:

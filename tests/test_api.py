@@ -121,10 +121,11 @@ def test_create_model_and_list_methods() -> None:
     ({"eps": "8/255"}, "eps must be a number"),
     ({"eps": 2.0}, "--eps must be in (0, 1]"),
     ({"attacks": "clean,pgd21"}, "did you mean 'pgd20'"),
+    ({"device": "gpu"}, "--device must be auto, cpu or cuda[:N]"),
 ])
 def test_bad_arguments_are_one_clear_error(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(FairbenchError) as exc:
-        fairbench.evaluate(tiny_model(), "fashion-mnist", device="cpu", data_dir=str(tmp_path), **kwargs)
+        fairbench.evaluate(tiny_model(), "fashion-mnist", data_dir=str(tmp_path), **{"device": "cpu", **kwargs})
     assert message in str(exc.value)
     assert not any(tmp_path.iterdir())
 

@@ -203,6 +203,13 @@ def test_eval_old_option_names_are_hidden_aliases(fmnist_dir: Path, tmp_path: Pa
     one_error(err, "--n-per-class is the old name of --eval-per-class")
 
 
+def test_eval_refuses_a_bad_device_in_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--device", "gpu",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 2
+    one_error(err, "--device must be auto, cpu or cuda[:N], got 'gpu'")
+
+
 def test_eval_checks_aa_per_class_against_eval_per_class(tmp_path: Path, capsys) -> None:
     code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--eval-per-class", "2",
                             "--aa-per-class", "3", "--out", str(tmp_path)], capsys)
