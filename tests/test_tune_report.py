@@ -1,0 +1,95 @@
+"""The tuned board in the report: tune --confirm's runs as their own group, the refusal of a
+study whose trial folders hold test outcomes, and the sensitivity figure's reader."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import cli_out
+from fairbench.errors import FairbenchError
+from fairbench.report.model import build_leaderboard
+from fairbench.report.sensitivity import load_studies, parse_trials, render_sensitivity
+from fairbench.schema import METRICS_FILE
+
+HEADER = "method,trial,run_dir,hp.lr,val_avg_acc,val_worst_acc,criterion,selected\n"
+
+
+def tiny(data: Path, out: Path) -> list[str]:
+    return ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "25",
+            "--train-per-class", "5", "--val-per-class", "3", "--attack-steps", "1", "--device", "cpu",
+            "--data-dir", str(data), "--no-download", "--out", str(out)]
+
+
+@pytest.fixture
+def tuned(fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    """A results folder with a finished 2-trial study of pgd-at and trades and their tuned rows."""
+    results = tmp_path / "results"
+    args = ["tune", "--methods", "pgd-at,trades", "--trials", "2", *tiny(fmnist_dir, results / "tuning")]
+    code, _, err = cli_out(args, capsys)
+    assert code == 0, err
+    code, out, err = cli_out([*args, "--confirm", "--seeds", "0-1", "--eval-per-class", "2",
+                              "--attacks", "clean,pgd20"], capsys)
+    assert code == 0, err
+    assert "pgd-at: trial" in out and "trades: trial" in out
+    return results
+
+
+def test_tuned_rows_form_their_own_group_and_seed0_is_the_selected_trial(tuned: Path) -> None:
+    board = build_leaderboard(tuned)
+    (group,) = board.groups
+    assert "tuned (2 trials, validation selection; study default)" in group.key.label()
+    assert sorted(r.method for r in group.rows) == ["pgd-at", "trades"]
+    assert all(len(r.seeds) == 2 for r in group.rows)
+    for method in ("pgd-at", "trades"):
+        seed0 = tuned / "runs" / f"{method}_tuned-default_seed0"
+        assert "resuming" in (tuned / "sweep" / "logs" / f"{seed0.name}.log").read_text()  # not retrained
+    assert not list((tuned / "tuning" / "runs").glob(f"*/{METRICS_FILE}"))  # trials stay test-free
+
+
+def test_a_trial_folder_with_test_outcomes_refuses_the_tuned_group(tuned: Path) -> None:
+    trial = next((tuned / "tuning" / "runs").iterdir())
+    shutil.copy(tuned / "runs" / "pgd-at_tuned-default_seed0" / METRICS_FILE, trial / METRICS_FILE)
+    board = build_leaderboard(tuned)
+    assert not board.groups
+    reasons = dict(board.skipped)
+    assert any("holds test outcomes" in why for why in reasons.values())
+    assert any("validation.json) must hold no test outcomes" in why for why in reasons.values())
+
+
+def test_the_sensitivity_reader_and_figure(tmp_path: Path) -> None:
+    good = HEADER + ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,1,runs/b,0.1,0.6,0.3,0.9,1\n"
+                     "fairat,0,runs/c,0.05,0.4,0.1,0.5,0\n")
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "trials.csv").write_text(good)
+    (study,), skipped = load_studies(tmp_path)
+    assert not skipped and study.methods == ["pgd-at", "fairat"]
+    assert [p.selected for p in study.points if p.method == "pgd-at"] == [False, True]
+    png, svg = render_sensitivity(study)
+    assert png.startswith(b"\x89PNG") and render_sensitivity(study) == (png, svg)  # byte-identical
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.9,0\n", "criterion is not"),
+    ("pgd-at,0,runs/a,0.05,1.5,0.25,1.75,0\n", "fractions"),
+    ("pgd-at,x,runs/a,0.05,0.5,0.25,0.75,0\n", "type"),
+    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,2\n", "type"),
+    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,1\npgd-at,1,runs/b,0.05,0.5,0.25,0.75,1\n", "more than one"),
+    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\n", "twice"),
+])
+def test_a_forged_trials_file_is_refused(body: str, fragment: str) -> None:
+    with pytest.raises(FairbenchError, match=fragment):
+        parse_trials((HEADER + body).encode(), "trials.csv")
+
+
+def test_a_trials_file_that_is_a_symlink_or_fifo_is_skipped(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "trials.csv").symlink_to("/dev/zero")
+    (tmp_path / "b").mkdir()
+    os.mkfifo(tmp_path / "b" / "trials.csv")
+    studies, skipped = load_studies(tmp_path)
+    assert not studies and len(skipped) == 2
