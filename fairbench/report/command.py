@@ -6,7 +6,10 @@ The top of the report package: it builds the model (`model`) and hands it to the
 The report touches only what it owns: it writes only the files named by `OUTPUT` (fixed names and
 `slug`-named charts in ``figures/``) inside the results folder, refuses a ``figures`` that is a
 symlink or not a folder, and removes only files that its own manifest (`MANIFEST`) says it wrote
-last time and that still hold the bytes it wrote.
+last time and that still hold the bytes it wrote. The manifest lies in the results folder, where
+anyone who contributes to it can write, so it carries a tag (`fairbench.machine_key`: an HMAC under
+a secret of this machine's user) of its list and of the folder it was written for: a manifest
+without that tag (forged, copied from elsewhere, or written on another machine) removes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from pathlib import Path
 
 from fairbench.errors import FairbenchError
+from fairbench.machine_key import has_tag, tag
 from fairbench.report.figures import figure_paths, group_slugs, render_chart, render_tradeoff, tradeoff_paths
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
@@ -66,8 +70,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _manifest_tag_parts(results_dir: Path, files: dict[str, str]) -> tuple[bytes, bytes]:
+    return str(Path(results_dir).resolve()).encode(), json.dumps(files, sort_keys=True).encode()
+
+
 def previous_outputs(results_dir: Path) -> dict[str, str]:
-    """What the last report wrote (path -> sha256), from its manifest; {} if there is none usable."""
+    """What the last report wrote (path -> sha256), from its manifest; {} if there is none usable,
+    or it does not carry this machine's tag for this folder (`MANIFEST`: the report wrote it here)."""
     path = results_dir / MANIFEST
     if not os.path.lexists(path):
         return {}
@@ -76,7 +85,7 @@ def previous_outputs(results_dir: Path) -> dict[str, str]:
     except (FairbenchError, ValueError, RecursionError):
         return {}
     files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not has_tag(doc.get("tag"), *_manifest_tag_parts(results_dir, files)):
         return {}
     return {rel: sha for rel, sha in files.items()
             if isinstance(rel, str) and OUTPUT.fullmatch(rel) and isinstance(sha, str)}
@@ -116,7 +125,12 @@ def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[L
     for rel in sorted(outputs):
         atomic_write_bytes(results_dir / rel, outputs[rel])
         written.append(results_dir / rel)
-    manifest = {"format": MANIFEST_FORMAT, "files": {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}}
+    files = {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}
+    try:
+        signed = tag(*_manifest_tag_parts(results_dir, files))
+    except FairbenchError:  # no key on this machine (an unwritable home): the next report removes nothing
+        signed = None
+    manifest = {"format": MANIFEST_FORMAT, "files": files, "tag": signed}
     atomic_write_bytes(results_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     for rel, sha in sorted(previous.items()):  # charts of groups that are gone
         if rel not in outputs and _still_ours(results_dir / rel, sha):
