@@ -94,6 +94,8 @@ def list_cmd(
     if as_json:
         doc: dict[str, Any] = {title: [{"name": e.name, "summary": e.summary, "params": _jsonable(e.params)}
                                        for e in registry.entries()] for title, registry in registries}
+        for entry in doc["methods"]:
+            entry["space"] = _space_of(entry["name"])
         doc["presets"] = [{"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""),
                            "settings": _jsonable(settings)} for name, settings in PRESETS.items()]
         typer.echo(json.dumps(doc, indent=2, allow_nan=False))
@@ -113,9 +115,23 @@ def list_cmd(
         typer.echo(f"{title}:")
         for entry in registry.entries():
             show(entry.name, entry.summary, entry.params)
+            space = _space_of(entry.name) if registry is METHODS else None
+            if space:
+                typer.echo(textwrap.fill("tune: " + ", ".join(f"{k} ~ {d}" for k, d in space.items()), columns,
+                                         initial_indent=indent, subsequent_indent=indent + "  ",
+                                         break_on_hyphens=False))
     typer.echo("presets (--preset NAME; options given beside it win):")
     for name, settings in PRESETS.items():
         show(name, PRESET_DESCRIPTIONS.get(name, ""), settings)
+
+
+def _space_of(method: str) -> dict[str, str] | None:
+    """The search space `fairbench tune` draws ``method``'s trials from, described; None without one."""
+    from fairbench.registry import METHODS
+    from fairbench.tune.space import describe_space, method_space
+
+    space = method_space(METHODS.get(method))
+    return None if space is None else describe_space(space)
 
 
 def _show_value(v: Any) -> str:

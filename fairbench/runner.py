@@ -279,8 +279,9 @@ def _score_validation_and_write(cfg: RunConfig, *, spec: DatasetSpec, trainer: T
                 "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1)},
         env=environment(device))
     dist.on_main(lambda: atomic_write_json(run_dir / VALIDATION_FILE, record))
-    say(f"validation (PGD-{cfg.attack_steps} robust accuracy of epoch {selected}'s weights): average "
-        f"{record['avg']:.4f}, worst {record['worst']:.4f} ({record['worst_class']}), criterion "
+    say(f"validation, PGD-{cfg.attack_steps} robust error of epoch {selected}'s weights: average "
+        f"{100 * (1 - record['avg']):.1f}%, worst class {100 * (1 - record['worst']):.1f}% "
+        f"({record['worst_class']}); selection criterion (average + worst-class accuracy) "
         f"{record['criterion']:.4f}")
     say(f"wrote {run_dir / VALIDATION_FILE}")
 
