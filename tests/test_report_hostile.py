@@ -118,6 +118,8 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     record, outcomes = good_run("pgd-at", 7)
     bomb = gzip.compress(b"index,label,clean\n" + b"0" * (80 << 20), mtime=0)
     bad("gzip-bomb", "decompressed", text=json.dumps(record.to_json()), outcomes=bomb)
+    commas = gzip.compress(b"index,label," + b"," * (64 << 20), mtime=0)  # issue 28, case 8: 64 KB
+    bad("header-of-commas", "decompressed", text=json.dumps(record.to_json()), outcomes=commas)
     # outcomes that disagree with metrics.json, outcomes that are a FIFO
     record, outcomes = good_run("pgd-at", 8)
     flipped = outcomes.results["pgd20"].copy()
@@ -138,10 +140,18 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     (root / "figures" / "fashion-mnist_small-cnn_linf-0.1_e2_tr50_teall_clean.png").symlink_to(outside / "mine.png")
     # a user's own chart, and a forged manifest naming it and files that are not report outputs
     (root / "figures" / "my_paper_plot.png").write_bytes(b"mine")
+    # issue 28, case 5: report output names holding the bytes the forged manifest says (the true
+    # sha256 of a user's figure, and of empty bytes for an empty file)
+    for name, data in USERS_FIGURES.items():
+        (root / name).write_bytes(data)
     (root / MANIFEST).write_text(json.dumps({"format": 1, "files": {
         "figures/my_paper_plot.png": hashlib.sha256(b"not mine").hexdigest(),
+        **{name: hashlib.sha256(data).hexdigest() for name, data in USERS_FIGURES.items()},
         "runs/good-pgd-at-0/metrics.json": "0" * 64, "../outside.txt": "0" * 64, "/etc/passwd": "0" * 64}}))
     return skipped
+
+
+USERS_FIGURES = {"figures/cifar10_old-group_clean.png": b"\x89PNG my figure", "figures/empty_clean.svg": b""}
 
 
 def cli(args: list[str]) -> tuple[int, str, str]:
@@ -206,6 +216,30 @@ def test_unbounded_reads_are_refused_quickly(hostile: dict) -> None:
     assert hostile["seconds"] < 60
 
 
+@pytest.mark.parametrize("text", [b"index,label," + b"," * (64 << 20), b"index,label,clean\n" + b"," * (64 << 20),
+                                  b"index,label,clean\n" + b"\n" * (64 << 20)],
+                         ids=["header-of-commas", "row-of-commas", "empty-lines"])
+def test_parsing_outcomes_costs_memory_in_proportion_to_the_test_set(text: bytes) -> None:
+    """Issue 28, case 8: a 64 KB gzip that expands to a 64 MiB header of commas took `report` to
+    1.9 GB of memory. The size is checked before the text is split (and a file of a data set with a
+    known test set is cut at the most its rows can take once decompressed)."""
+    import tracemalloc
+
+    from fairbench.schema import parse_outcomes
+    from fairbench.schema.files import outcomes_text_bound
+
+    record, _ = good_run("pgd-at", 0)
+    assert outcomes_text_bound("fashion-mnist") < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(FairbenchError):
+            parse_outcomes(text, record, "outcomes.csv.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB"
+
+
 def test_nothing_written_outside_the_results_folder(hostile: dict) -> None:
     """Defect 2: outside the results folder nothing is added, changed or removed."""
     prefix = hostile["results"].relative_to(hostile["world"]).as_posix() + "/"
@@ -222,6 +256,42 @@ def test_nothing_removed_that_the_report_did_not_make(hostile: dict) -> None:
         inner = rel.removeprefix(prefix)
         if not ours.fullmatch(inner) or inner == "figures/my_paper_plot.png":
             assert hostile["after"].get(rel) == digest, rel
+
+
+def test_a_forged_manifest_removes_nothing(hostile: dict) -> None:
+    """Issue 28, case 5: a forged manifest carrying the true sha256 of a user's figure (or of empty
+    bytes, for an empty file) got that file deleted. Only a manifest this machine signed counts."""
+    for name, data in USERS_FIGURES.items():
+        assert (hostile["results"] / name).read_bytes() == data, name
+
+
+def test_only_a_manifest_signed_here_for_this_folder_removes_files(tmp_path: Path, monkeypatch) -> None:
+    """The report's own manifest still removes the charts of groups that are gone; the same manifest
+    signed on another machine, or signed for another folder, removes nothing."""
+    from fairbench.machine_key import tag
+    from fairbench.report.command import _manifest_tag_parts
+
+    results, copy = tmp_path / "results", tmp_path / "copy"
+    valid_folder(results)
+    assert cli(["report", "--results", str(results)])[0] == 0
+    manifest = json.loads((results / MANIFEST).read_text())
+    assert isinstance(manifest["tag"], str) and len(manifest["tag"]) == 64
+    shutil.copytree(results, copy)
+    old = "figures/cifar10_gone-group_clean.png"  # a chart of a group that is gone, as the manifest says
+    files = {**manifest["files"], old: hashlib.sha256(b"an old chart").hexdigest()}
+
+    def report_with_manifest(folder: Path, signed: str) -> bool:
+        (folder / old).write_bytes(b"an old chart")
+        (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files, "tag": signed}))
+        assert cli(["report", "--results", str(folder)])[0] == 0
+        return (folder / old).exists()
+
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "their-machine"))
+    theirs = tag(*_manifest_tag_parts(results, files))
+    monkeypatch.delenv("FAIRBENCH_STATE_DIR")
+    assert report_with_manifest(results, theirs)  # signed on another machine: kept
+    assert report_with_manifest(copy, tag(*_manifest_tag_parts(results, files)))  # signed for another folder
+    assert not report_with_manifest(results, tag(*_manifest_tag_parts(results, files)))  # its own: removed
 
 
 def test_outputs_that_were_symlinks_are_the_reports_own_files(hostile: dict) -> None:

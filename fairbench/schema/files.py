@@ -115,20 +115,48 @@ def read_outcomes(path: Path, record: RunRecord) -> Outcomes | None:
     if not os.path.lexists(path):
         return None
     raw = read_regular(path, MAX_OUTCOMES_BYTES)
+    cap = min(MAX_OUTCOMES_TEXT, outcomes_text_bound(record.dataset))
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-            text = f.read(MAX_OUTCOMES_TEXT + 1)
+            text = f.read(cap + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise FairbenchError(f"{path}: unreadable, not gzip ({str(exc)[:100]})") from None
-    if len(text) > MAX_OUTCOMES_TEXT:
-        raise FairbenchError(f"{path}: more than {MAX_OUTCOMES_TEXT} bytes once decompressed")
+    if len(text) > cap:
+        raise FairbenchError(f"{path}: more than {cap} bytes once decompressed (the most that "
+                             f"{test_size(record.dataset)} rows can take)")
     outcomes = parse_outcomes(text, record, str(path))
     check_outcomes(outcomes, record, str(path))
     return outcomes
 
 
+MAX_HEADER = 4096  # bytes of the header line: index,label and every registered threat's name
+
+
+def _row_width() -> int:
+    """The longest row `outcomes_bytes` writes: two 9-digit numbers, a cell and a comma per column."""
+    return 9 + 1 + 9 + 2 * len(threat_columns()) + 1
+
+
+def outcomes_text_bound(dataset: str) -> int:
+    """The most bytes an outcomes file of ``dataset`` can hold once decompressed."""
+    return MAX_HEADER + test_size(dataset) * _row_width()
+
+
 def parse_outcomes(data: bytes, record: RunRecord, source: str) -> Outcomes:
-    """The rows of an outcomes file as arrays (format only; `check_outcomes` checks the numbers)."""
+    """The rows of an outcomes file as arrays (format only; `check_outcomes` checks the numbers).
+
+    Its size is checked before it is split into lines and cells (a 64 KB gzip expanded to a 64 MiB
+    header of commas and took the report to 1.9 GB splitting it): a header of at most `MAX_HEADER`
+    bytes, at most the test set's rows, each at most as wide as the widest row fairbench writes."""
+    limit = test_size(record.dataset)
+    end = data.find(b"\n", 0, MAX_HEADER + 1)
+    if len(data) > MAX_HEADER and end < 0:
+        raise FairbenchError(f"{source}: a header line longer than {MAX_HEADER} bytes")
+    rows = data.count(b"\n", max(end, 0)) - (1 if data.endswith(b"\n") else 0)
+    if rows > limit:
+        raise FairbenchError(f"{source}: {rows} rows; expected 1 to {limit}")
+    if len(data) > max(end, 0) + 1 + (rows + 1) * _row_width():
+        raise FairbenchError(f"{source}: rows longer than a row of index,label and one cell per threat")
     try:
         lines = data.decode("ascii").split("\n")
     except UnicodeDecodeError:
@@ -143,7 +171,6 @@ def parse_outcomes(data: bytes, record: RunRecord, source: str) -> Outcomes:
         raise FairbenchError(f"{source}: header {short(','.join(header))} is not 'index,label' and "
                              f"threat columns from {', '.join(known)}")
     n_rows = len(lines) - 1
-    limit = test_size(record.dataset)
     if not 0 < n_rows <= limit:
         raise FairbenchError(f"{source}: {n_rows} rows; expected 1 to {limit}")
     width = len(header)
