@@ -230,7 +230,7 @@ def test_a_corrupt_validation_record_is_refused(tmp_path: Path) -> None:
 
 def test_list_shows_every_methods_search_space(capsys: pytest.CaptureFixture) -> None:
     code, printed, _ = cli_out(["list"], capsys)
-    assert code == 0 and printed.count("tune: lr ~ ") == len(METHODS.entries()) - 1  # faal: its own lr
+    assert code == 0 and printed.count("tune: lr ~ ") == len(METHODS.entries())
     assert "lr ~ log-uniform[0.0005, 0.05]" in printed  # faal's fine-tuning lr
     code, text, _ = cli_out(["list", "--json"], capsys)
     fairat = next(m for m in json.loads(text)["methods"] if m["name"] == "fairat")
