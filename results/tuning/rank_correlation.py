@@ -1,0 +1,71 @@
+"""Would a shorter trial rank the trials as the whole trial does? (issue 25: successive halving)
+
+Every trial logs its PGD-10 validation accuracy per class after each epoch (log.jsonl's
+``val_robust_per_class``). For each method with at least 3 finished trials, this prints the
+Spearman rank correlation between the criterion (average + worst-class accuracy) after epoch E
+and after the last epoch, for E = 4 and 6, and whether the trial with the best criterion at E is
+the one validation selects at the end. Run from the repository root:
+
+    python results/tuning/rank_correlation.py [results/tuning]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from fairbench.errors import FairbenchError
+from fairbench.results import read_jsonl
+
+EARLY = (4, 6)
+
+
+def criterion_by_epoch(run_dir: Path) -> dict[int, float]:
+    """{epoch: average + worst-class validation accuracy} from a trial's log.jsonl."""
+    out = {}
+    for record in read_jsonl(run_dir / "log.jsonl"):
+        per_class = record.get("val_robust_per_class") if isinstance(record, dict) else None
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, int) and isinstance(per_class, list) and per_class \
+                and all(isinstance(a, (int, float)) for a in per_class):
+            out[epoch] = sum(per_class) / len(per_class) + min(per_class)
+    return out
+
+
+def main(folder: Path) -> int:
+    table = folder / "trials.csv"
+    if not table.is_file() or table.is_symlink():
+        print(f"error: {table}: not a regular file (run fairbench tune first)", file=sys.stderr)
+        return 2
+    try:
+        rows = list(csv.DictReader(table.open(newline="")))
+        data = []
+        for r in rows:
+            curve = criterion_by_epoch(folder / r["run_dir"])
+            last = max(curve) if curve else None
+            data.append({"method": r["method"], "trial": int(r["trial"]), "last": curve.get(last),
+                         **{f"e{e}": curve.get(e) for e in EARLY}})
+    except (OSError, KeyError, ValueError, FairbenchError) as exc:
+        print(f"error: {table}: {str(exc)[:200]}", file=sys.stderr)
+        return 2
+    frame = pd.DataFrame(data)
+    print("method     trials  " + "  ".join(f"rho(e{e},last)  same pick at e{e}" for e in EARLY))
+    for method, mine in frame.groupby("method", sort=True):
+        if len(mine) < 3:
+            print(f"{method:<10} {len(mine):>6}  (fewer than 3 trials: no rank correlation)")
+            continue
+        cells = []
+        for e in EARLY:
+            rho = mine[f"e{e}"].corr(mine["last"], method="spearman")
+            same = mine.loc[mine[f"e{e}"].idxmax(), "trial"] == mine.loc[mine["last"].idxmax(), "trial"]
+            cells.append(f"{rho:>+13.2f}  {'yes' if same else 'no':>15}")
+        print(f"{method:<10} {len(mine):>6}  " + "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/tuning")))
