@@ -9,8 +9,9 @@ import gc
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -121,6 +122,21 @@ def init_distributed(device_kind: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[torch.device, DistInfo]]:
+    """The one device and DDP setup of `fairbench run`, `fairbench eval` and the Python API: join
+    torchrun's process group (if any), map this process to its GPU by the one rule (`cuda_index`),
+    and leave the group at the end."""
+    info = init_distributed(device.type)
+    try:
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", cuda_index(info.local_rank, torch.cuda.device_count()))
+            torch.cuda.set_device(device)
+        yield device, info
+    finally:
+        shutdown_distributed()
 
 
 def cuda_index(local_rank: int, visible: int) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 
 from fairbench.config import DEVICE_PATTERN, MAX_SEED, check_run_id, default_eval_batch_size
 from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
-from fairbench.distributed import DistInfo, init_distributed, shutdown_distributed
+from fairbench.distributed import DistInfo, process_group
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import fingerprint, foreign_state
 from fairbench.evaluate import attack_settings, evaluate, format_table, stages
@@ -186,15 +186,8 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
     """Evaluate per class and write the metrics.json; returns the run folder."""
     opts.validate()
     spec = get_dataset(opts.dataset)
-    device = resolve_device(opts.device)
-    dist = init_distributed(device.type)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    try:
+    with process_group(resolve_device(opts.device)) as (device, dist):  # run's GPU mapping, one rule
         return _run_eval(opts, spec, device, dist, echo if dist.is_main else (lambda _m: None))
-    finally:
-        shutdown_distributed()
 
 
 def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: DistInfo,

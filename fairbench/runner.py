@@ -17,7 +17,7 @@ from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, cuda_index, init_distributed, shutdown_distributed
+from fairbench.distributed import DistInfo, process_group
 from fairbench.errors import FairbenchError
 from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
 from fairbench.signals import StopSignals
@@ -132,18 +132,10 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         raise FairbenchError(f"--stop-after-epoch must be >= 1, got {stop_after_epoch}")
     cfg, spec, method_cls, params = prepare(cfg)
     device = resolve_device(cfg.device)
-    with StopSignals() as stop:
-        dist = init_distributed(device.type)
+    with StopSignals() as stop, process_group(device) as (device, dist):
         stop.announce = dist.is_main
-        if device.type == "cuda" and dist.enabled:
-            device = torch.device("cuda", cuda_index(dist.local_rank, torch.cuda.device_count()))
-            torch.cuda.set_device(device)
-        try:
-            return _run(cfg, spec=spec, method_cls=method_cls, params=params, device=device, dist=dist,
-                        resume=resume, progress=progress, echo=echo, stop=stop,
-                        stop_after_epoch=stop_after_epoch)
-        finally:
-            shutdown_distributed()
+        return _run(cfg, spec=spec, method_cls=method_cls, params=params, device=device, dist=dist,
+                    resume=resume, progress=progress, echo=echo, stop=stop, stop_after_epoch=stop_after_epoch)
 
 
 def _run(cfg: RunConfig, *, spec: DatasetSpec, method_cls: type[Method], params: Any,

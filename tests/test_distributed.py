@@ -370,3 +370,24 @@ def test_each_process_finds_its_gpu() -> None:
     assert [cuda_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
     with pytest.raises(FairbenchError, match="LOCAL_RANK is 3 but this process sees 2 GPUs"):
         cuda_index(3, 2)
+
+
+def test_run_and_eval_map_a_rank_to_its_gpu_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fairbench run`, `fairbench eval` and the API share `process_group`: under a scheduler that
+    shows each task one GPU, rank 1 gets cuda:0 (eval used to ask for cuda:1, which does not exist)."""
+    import inspect
+
+    import fairbench.distributed as D
+    import fairbench.external_eval as E
+    import fairbench.runner as R
+
+    picked: list[torch.device] = []
+    monkeypatch.setattr(D, "init_distributed", lambda kind: D.DistInfo(1, 2, 1))
+    monkeypatch.setattr(D, "shutdown_distributed", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    with D.process_group(torch.device("cuda")) as (device, info):
+        assert device == torch.device("cuda", 0) and info.rank == 1 and picked == [device]
+    for module in (R, E):
+        source = inspect.getsource(module)
+        assert "process_group(" in source and "init_distributed(" not in source
