@@ -23,8 +23,6 @@ architecture's weights plus `CHECKPOINT_SLACK`; the weights fit the architecture
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,8 @@ from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import not_finite
 from fairbench.models import create_model, has_average, load_model_state, unwrap_state_dict
-from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, sha256_file
-from fairbench.schema import MAX_METRICS_BYTES, check_init_from, read_regular
+from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, read_run_config, sha256_file
+from fairbench.schema import check_init_from
 
 # A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
 # and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
@@ -153,15 +151,4 @@ def _read_file(path: Path, where: str, cfg: RunConfig) -> tuple[dict[str, torch.
 
 
 def _source_config(folder: Path, where: str) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not os.path.lexists(path):
-        raise FairbenchError(f"{where} is not a run folder (no {CONFIG_FILE})")
-    try:
-        data = json.loads(read_regular(path, MAX_METRICS_BYTES))
-    except FairbenchError as exc:
-        raise FairbenchError(f"{where}: {exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FairbenchError(f"{where}: {path} is unreadable ({str(exc)[:200]})") from None
-    if not isinstance(data, dict):
-        raise FairbenchError(f"{where}: {path} is not a JSON object")
-    return data
+    return read_run_config(folder, where)

@@ -118,6 +118,30 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         raise FairbenchError(f"cannot append to {path}: {exc.strerror or exc}") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; one of a run folder made by someone else may be anything
+
+
+def read_run_config(run_dir: Path, where: str | None = None) -> dict[str, Any]:
+    """The JSON object in a run folder's config.json: the one reader of that file (`fairbench
+    resume`, `--init-from`, the tuned rows). A regular file (no symlink, FIFO or device), at most
+    `MAX_CONFIG_BYTES`; anything else is one FairbenchError naming ``where`` (default: the folder)."""
+    from fairbench.schema.files import read_regular
+
+    where = where or str(run_dir)
+    path = Path(run_dir) / CONFIG_FILE
+    if not os.path.lexists(path):
+        raise FairbenchError(f"{where} is not a run folder (no {CONFIG_FILE})")
+    try:
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES))
+    except FairbenchError as exc:
+        raise FairbenchError(f"{where}: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FairbenchError(f"{where}: {path}: unreadable ({str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise FairbenchError(f"{where}: {path}: not a JSON object")
+    return data
+
+
 MAX_LOG_BYTES = 64 << 20  # a log has a line per epoch: far less than this
 
 

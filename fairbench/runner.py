@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import platform
 import subprocess
 import time
@@ -26,10 +25,10 @@ from fairbench.init_from import read_init_source
 from fairbench.models import create_model, load_model_state
 from fairbench.registry import METHODS, MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json, atomic_write_text,
-                               ensure_free_space, ensure_writable, make_run_folder, remove_stale_temps, run_lock,
-                               sha256_file)
+                               ensure_free_space, ensure_writable, make_run_folder, read_run_config,
+                               remove_stale_temps, run_lock, sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
-                              read_regular, write_run)
+                              write_run)
 from fairbench.schema.validation import VALIDATION_FILE, build_validation
 from fairbench.trainer import Trainer
 
@@ -45,24 +44,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-MAX_CONFIG_BYTES = 1 << 20
-
-
 def config_from_run_dir(run_dir: Path) -> RunConfig:
     """The config a run folder was started with (its config.json), for `fairbench resume`."""
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise FairbenchError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
     if run_dir.resolve().parent.name != "runs":
         raise FairbenchError(f"{run_dir}: a run folder lives in RESULTS/runs/<run-id>")
-    try:
-        data = json.loads(read_regular(path, MAX_CONFIG_BYTES))  # a regular file, bounded: it may not be ours
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FairbenchError(f"{path}: unreadable ({str(exc)[:200]})") from None
-    if not isinstance(data, dict):
-        raise FairbenchError(f"{path}: not a JSON object")
-    cfg = RunConfig.from_dict(data)
+    cfg = RunConfig.from_dict(read_run_config(run_dir))  # bounded, a regular file: it may not be ours
     out = run_dir.resolve().parent.parent
     init_from = cfg.init_from
     if init_from is not None and not Path(init_from).is_absolute():  # recorded relative to the results folder
