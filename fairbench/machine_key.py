@@ -2,14 +2,14 @@
 someone else (a run folder copied from a stranger, a contributed results folder).
 
 Some files fairbench writes are later trusted by fairbench itself: the saved state of an evaluation
-(`fairbench.eval_state`: a resumed evaluation takes its outcomes as they are) and the report's
-manifest (`fairbench.report.command`: the report deletes what its manifest says it wrote). Anyone
-who can write the folder can forge such a file, and a hash of its contents proves nothing, since the
+(`fairbench.eval_state`: a resumed evaluation takes its outcomes as they are). Anyone who can
+write the run folder can forge such a file, and a hash of its contents proves nothing, since the
 forger can compute it too. So fairbench binds these files with an HMAC (SHA-256) under a key only
 this user on this machine holds: 32 random bytes in ``$XDG_STATE_HOME/fairbench/key`` (default
 ``~/.local/state/fairbench/key``; ``$FAIRBENCH_STATE_DIR`` overrides the folder), made on first use,
 mode 0600, never through a symlink. A file that does not carry the tag is not trusted: an evaluation
-starts over, a report deletes nothing. Machines that share a home folder share the key.
+starts over. Machines that share a home folder share the key. The same folder (`state_dir`) keeps
+the report's manifests (`fairbench.report.command.manifest_path`), out of reach of contributors.
 
 Torch-free: the report imports it.
 """
@@ -29,12 +29,18 @@ KEY_BYTES = 32
 _CACHE: dict[str, bytes] = {}
 
 
-def key_path() -> Path:
+def state_dir() -> Path:
+    """fairbench's folder for what only this user may write: ``$FAIRBENCH_STATE_DIR``, else
+    ``$XDG_STATE_HOME/fairbench``, else ``~/.local/state/fairbench``."""
     folder = os.environ.get("FAIRBENCH_STATE_DIR")
     if not folder:
         base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         folder = os.path.join(base, "fairbench")
-    return Path(folder) / "key"
+    return Path(folder)
+
+
+def key_path() -> Path:
+    return state_dir() / "key"
 
 
 def machine_key() -> bytes:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from html.parser import HTMLParser
@@ -208,7 +209,8 @@ def test_hostile_files_are_skipped_naming_the_field(hostile: dict) -> None:
 def test_valid_runs_beside_hostile_ones_still_appear(hostile: dict) -> None:
     rows = list(csv.DictReader((hostile["results"] / "leaderboard.csv").open()))
     assert sorted((r["label"], r["n_seeds"]) for r in rows) == [("fairat", "1"), ("pgd-at", "2"), ("trades", "2")]
-    assert (hostile["results"] / "index.html").read_text().count('<tr class="row">') == 3
+    compact = (hostile["results"] / "index.html").read_text().split('class="leaderboard compact"')[1].split("</table>")[0]
+    assert compact.count('<tr class="row') == 3
 
 
 def test_unbounded_reads_are_refused_quickly(hostile: dict) -> None:
@@ -260,38 +262,36 @@ def test_nothing_removed_that_the_report_did_not_make(hostile: dict) -> None:
 
 def test_a_forged_manifest_removes_nothing(hostile: dict) -> None:
     """Issue 28, case 5: a forged manifest carrying the true sha256 of a user's figure (or of empty
-    bytes, for an empty file) got that file deleted. Only a manifest this machine signed counts."""
+    bytes, for an empty file) got that file deleted. The report reads no manifest in the results
+    folder: its own lies in this user's state folder."""
     for name, data in USERS_FIGURES.items():
         assert (hostile["results"] / name).read_bytes() == data, name
 
 
-def test_only_a_manifest_signed_here_for_this_folder_removes_files(tmp_path: Path, monkeypatch) -> None:
-    """The report's own manifest still removes the charts of groups that are gone; the same manifest
-    signed on another machine, or signed for another folder, removes nothing."""
-    from fairbench.machine_key import tag
-    from fairbench.report.command import _manifest_tag_parts
+def test_only_the_manifest_in_the_users_state_folder_removes_files(tmp_path: Path, monkeypatch) -> None:
+    """The report's own manifest (outside the results folder) still removes the charts of groups
+    that are gone; the results folder holds no manifest, so its outputs do not depend on its path."""
+    from fairbench.report.command import manifest_path
 
-    results, copy = tmp_path / "results", tmp_path / "copy"
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "state"))
+    results = tmp_path / "results"
     valid_folder(results)
     assert cli(["report", "--results", str(results)])[0] == 0
-    manifest = json.loads((results / MANIFEST).read_text())
-    assert isinstance(manifest["tag"], str) and len(manifest["tag"]) == 64
-    shutil.copytree(results, copy)
+    assert not (results / MANIFEST).exists()
+    mine = manifest_path(results)
+    assert mine.parent.parent == tmp_path / "state" and mine.is_file()
     old = "figures/cifar10_gone-group_clean.png"  # a chart of a group that is gone, as the manifest says
-    files = {**manifest["files"], old: hashlib.sha256(b"an old chart").hexdigest()}
-
-    def report_with_manifest(folder: Path, signed: str) -> bool:
-        (folder / old).write_bytes(b"an old chart")
-        (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files, "tag": signed}))
-        assert cli(["report", "--results", str(folder)])[0] == 0
-        return (folder / old).exists()
-
-    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "their-machine"))
-    theirs = tag(*_manifest_tag_parts(results, files))
-    monkeypatch.delenv("FAIRBENCH_STATE_DIR")
-    assert report_with_manifest(results, theirs)  # signed on another machine: kept
-    assert report_with_manifest(copy, tag(*_manifest_tag_parts(results, files)))  # signed for another folder
-    assert not report_with_manifest(results, tag(*_manifest_tag_parts(results, files)))  # its own: removed
+    doc = json.loads(mine.read_text())
+    doc["files"][old] = hashlib.sha256(b"an old chart").hexdigest()
+    (results / old).write_bytes(b"an old chart")
+    (results / MANIFEST).write_text(json.dumps(doc))  # the same list in the results folder: not read
+    other = tmp_path / "other"
+    shutil.copytree(results, other)
+    assert cli(["report", "--results", str(other)])[0] == 0
+    assert (other / old).read_bytes() == b"an old chart"  # another folder's manifest says nothing here
+    mine.write_text(json.dumps(doc))
+    assert cli(["report", "--results", str(results)])[0] == 0
+    assert not (results / old).exists()
 
 
 def test_outputs_that_were_symlinks_are_the_reports_own_files(hostile: dict) -> None:
@@ -371,7 +371,7 @@ def test_page_holds_only_what_fairbench_writes(hostile: dict, tmp_path: Path) ->
 ESCAPES = {"\\textbackslash", "\\textasciitilde", "\\textasciicircum"}
 # template lines whose shape depends on the group (threats, a baseline's two extra columns) but hold no data
 ALLOWED_TEX = re.compile(r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
-                         r"|\\begin\{tabular\}\{[rl ]+\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
+                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.25\\linewidth\}( r)+@\{\}\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
 
 
 def _tex_lines_from_fairbench(tex: str, baseline: str) -> list[str]:
@@ -499,3 +499,111 @@ def test_fuzz_metrics_fields_through_the_report(data: st.DataObject) -> None:
         assert "Traceback" not in err and "trades" in out
         skipped = "  runs/fuzzed/metrics.json: " in err
         assert skipped != valid or "same experiment and seed" in err  # the report uses the same rules
+
+
+# ---------------------------------------------------------------- issue 28, case 4: the shared image pool
+
+def _copy_run(method: str, source_seed: int, index_shift: int = 0, relabel: bool = False, seed: int = 0):
+    """A run of ``method`` with the outcomes of ``good_run("pgd-at", source_seed)`` (so the same
+    numbers), its images shifted in the test set or its labels permuted."""
+    _, outcomes = good_run("pgd-at", source_seed)
+    label = (outcomes.label + 1) % 10 if relabel else outcomes.label
+    results = {t: v for t, v in outcomes.results.items() if t != "union"}
+    moved = make_outcomes(outcomes.index + index_shift, label, results)
+    record = build_record(run_id=f"{method}-{seed}", method=method, params={}, arch="small-cnn",
+                          dataset="fashion-mnist", seed=seed, epochs=2, eps=0.1,
+                          training={"epochs": 2, "train_per_class": 50, "eval_per_class": None}, outcomes=moved)
+    return record, moved
+
+
+def _board(root: Path, runs: dict, baseline: str | None = None):
+    from fairbench.report.command import build_report
+
+    for name, (record, outcomes) in runs.items():
+        (root / "runs" / name).mkdir(parents=True)
+        write_run(root / "runs" / name, record, outcomes)
+    board = build_report(root, baseline)
+    (group,) = board.groups
+    return {row.label: row for row in group.rows}, board.warnings
+
+
+@pytest.mark.parametrize("forge, says", [
+    (dict(index_shift=5000), "ran on other test images than the baseline's (pgd-at)"),
+    (dict(relabel=True), "its labels of 120 test image(s) are not the baseline's (pgd-at) (image 0: 1 here, 0 there)"),
+])
+def test_a_contributed_run_cannot_take_the_baselines_intervals(forge: dict, says: str, tmp_path: Path) -> None:
+    """Issue 28, case 4: beside a genuine pgd-at run, a "trades" run with the same numbers whose
+    outcomes name test images shifted by 5,000 won the byte-order tie-break for the group's shared
+    image pool: the baseline lost every interval and Δ, and the warning blamed it. The pool is the
+    baseline's; the contributed run is named, and labels are checked against the baseline's."""
+    rows, warnings = _board(tmp_path / "results", {"genuine": good_run("pgd-at", 0),
+                                                   "contributed": _copy_run("trades", 0, **forge)})
+    for threat in ("clean", "pgd20", "autoattack"):
+        assert rows["pgd-at"].threats[threat].ci is not None, threat
+        assert rows["trades"].threats[threat].ci is None, threat
+    named = [path for path, what in warnings if says in what]
+    assert named and set(named) == {"runs/contributed/metrics.json"}, warnings
+    assert not any("genuine" in path for path, _ in warnings)
+
+
+def test_without_a_baseline_a_tie_between_pools_gives_no_intervals(tmp_path: Path) -> None:
+    rows, warnings = _board(tmp_path / "results", {"a": _copy_run("trades", 0),
+                                                   "b": _copy_run("fairat", 0, index_shift=5000)})
+    assert all(s.ci is None for row in rows.values() for s in row.threats.values())
+    assert any("as many on one set as on another" in what for _, what in warnings), warnings
+    rows, warnings = _board(tmp_path / "named", {"a": _copy_run("trades", 0),
+                                                 "b": _copy_run("fairat", 0, index_shift=5000)}, baseline="fairat")
+    assert rows["fairat"].threats["pgd20"].ci is not None and rows["trades"].threats["pgd20"].ci is None
+
+
+# ---------------------------------------------------------------- issue 28, case 9: results/cfa-ablation/compare.py
+
+COMPARE = Path(__file__).resolve().parent.parent / "results" / "cfa-ablation" / "compare.py"
+
+
+def _compare_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfa_compare", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _link_to_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda here: (here / "metrics-ntrades-seed1.json").write_text('{"schema_version": 1, "run'), "not valid JSON"),
+    (lambda here: _fifo(here / "outcomes-last-seed0.csv.gz"), "not a regular file"),
+    (lambda here: _link_to_zero(here / "metrics-last-seed2.json"), "a symlink"),
+    (lambda here: (here / "outcomes-ntrades-seed2.csv.gz").unlink(), "outcomes-ntrades-seed2.csv.gz: no such file"),
+    (lambda here: (here / "metrics-ntrades-seed0.json").unlink(), "metrics-ntrades-seed0.json: unreadable"),
+    (lambda here: (here / "outcomes-last-seed1.csv.gz").write_bytes(b"\x1f\x8b not gzip"), "not gzip"),
+    (lambda here: None, "does not exist"),  # the files are fine; the results folder is missing
+])
+def test_cfa_ablation_compare_names_a_bad_file_in_one_line(spoil, fragment: str, tmp_path: Path) -> None:
+    """Issue 28, case 9: compare.py gave tracebacks on a corrupt, FIFO, symlinked or missing file."""
+    here = tmp_path / "cfa-ablation"
+    shutil.copytree(COMPARE.parent, here)
+    spoil(here)
+    with pytest.raises(FairbenchError) as err:
+        _compare_module().main(results=tmp_path / "no-results", here=here)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cfa_ablation_compare_as_a_script_prints_one_error_line(tmp_path: Path) -> None:
+    here = tmp_path / "results" / "cfa-ablation"
+    shutil.copytree(COMPARE.parent, here)
+    _fifo(here / "outcomes-last-seed0.csv.gz")
+    done = subprocess.run([sys.executable, str(here / "compare.py")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and "not a regular file" in done.stderr

@@ -6,10 +6,11 @@ The top of the report package: it builds the model (`model`) and hands it to the
 The report touches only what it owns: it writes only the files named by `OUTPUT` (fixed names and
 `slug`-named charts in ``figures/``) inside the results folder, refuses a ``figures`` that is a
 symlink or not a folder, and removes only files that its own manifest (`MANIFEST`) says it wrote
-last time and that still hold the bytes it wrote. The manifest lies in the results folder, where
-anyone who contributes to it can write, so it carries a tag (`fairbench.machine_key`: an HMAC under
-a secret of this machine's user) of its list and of the folder it was written for: a manifest
-without that tag (forged, copied from elsewhere, or written on another machine) removes nothing.
+last time and that still hold the bytes it wrote. The manifest is kept outside the results folder,
+where only this user writes (`manifest_path`: under fairbench's state folder, named by the results
+folder's path): anyone who contributes to a results folder can write there, and a manifest in it
+could name a user's own file with its true sha256. A `MANIFEST` file in the results folder (earlier
+versions wrote one) is never read, and the report's outputs do not depend on where the folder lies.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 from pathlib import Path
 
 from fairbench.errors import FairbenchError
-from fairbench.machine_key import has_tag, tag
+from fairbench.machine_key import state_dir
 from fairbench.report.figures import figure_paths, group_slugs, render_chart, render_tradeoff, tradeoff_paths
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
@@ -33,7 +34,7 @@ from fairbench.schema import read_regular
 __all__ = ["build_leaderboard", "build_report", "write_report"]
 
 
-MANIFEST = ".fairbench-report.json"
+MANIFEST = ".fairbench-report.json"  # where earlier versions kept the manifest (never read now)
 MANIFEST_FORMAT = 1
 OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
 
@@ -70,14 +71,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _manifest_tag_parts(results_dir: Path, files: dict[str, str]) -> tuple[bytes, bytes]:
-    return str(Path(results_dir).resolve()).encode(), json.dumps(files, sort_keys=True).encode()
+def manifest_path(results_dir: Path) -> Path:
+    """Where the report keeps what it wrote into ``results_dir``: this user's state folder
+    (`fairbench.machine_key.state_dir`), ``reports/<sha256 of the folder's real path>.json``."""
+    where = str(Path(results_dir).resolve())
+    return state_dir() / "reports" / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
 
 
 def previous_outputs(results_dir: Path) -> dict[str, str]:
-    """What the last report wrote (path -> sha256), from its manifest; {} if there is none usable,
-    or it does not carry this machine's tag for this folder (`MANIFEST`: the report wrote it here)."""
-    path = results_dir / MANIFEST
+    """What the last report wrote into ``results_dir`` (path -> sha256), from its manifest
+    (`manifest_path`); {} if there is none usable."""
+    path = manifest_path(results_dir)
     if not os.path.lexists(path):
         return {}
     try:
@@ -85,7 +89,7 @@ def previous_outputs(results_dir: Path) -> dict[str, str]:
     except (FairbenchError, ValueError, RecursionError):
         return {}
     files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
-    if not isinstance(files, dict) or not has_tag(doc.get("tag"), *_manifest_tag_parts(results_dir, files)):
+    if not isinstance(files, dict) or doc.get("folder") != str(Path(results_dir).resolve()):
         return {}
     return {rel: sha for rel, sha in files.items()
             if isinstance(rel, str) and OUTPUT.fullmatch(rel) and isinstance(sha, str)}
@@ -125,13 +129,13 @@ def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[L
     for rel in sorted(outputs):
         atomic_write_bytes(results_dir / rel, outputs[rel])
         written.append(results_dir / rel)
-    files = {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}
+    manifest = {"format": MANIFEST_FORMAT, "folder": str(results_dir.resolve()),
+                "files": {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}}
     try:
-        signed = tag(*_manifest_tag_parts(results_dir, files))
-    except FairbenchError:  # no key on this machine (an unwritable home): the next report removes nothing
-        signed = None
-    manifest = {"format": MANIFEST_FORMAT, "files": files, "tag": signed}
-    atomic_write_bytes(results_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        manifest_path(results_dir).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(manifest_path(results_dir), (json.dumps(manifest, indent=1) + "\n").encode())
+    except (OSError, FairbenchError):  # no state folder here (an unwritable home): the next report removes nothing
+        pass
     for rel, sha in sorted(previous.items()):  # charts of groups that are gone
         if rel not in outputs and _still_ours(results_dir / rel, sha):
             (results_dir / rel).unlink()

@@ -12,8 +12,15 @@ against its metrics.json by `fairbench.schema`; a run whose outcomes disagree is
 - warnings for what has no interval or comparison, and why.
 
 A row gets an interval under a threat only when every one of its runs has outcomes and all were
-evaluated on the same test images as most of the group's runs with outcomes (the shared pool);
-otherwise it is shown without one. The bootstrap's seed names the group and threat, so each
+evaluated on the same test images, with the same labels, as the group's shared pool; otherwise it is
+shown without one, and a warning names the run. The shared pool is the baseline row's (its runs must
+agree on it), never a tie-break between contributed runs: a run that claims other images or other
+labels for the same images cannot take the baseline's intervals away. Without a baseline row, the
+pool is the one most runs share, and only when no other pool is shared as often (a tie gives no
+intervals under that threat, with a warning). The report cannot read the data set's own labels
+(the data may not be on the machine that makes the report), so an image's label is checked against
+the baseline's runs: a run whose label for an image differs from the baseline's is named.
+The bootstrap's seed names the group and threat, so each
 group's numbers do not depend on which other groups the results folder holds.
 """
 
@@ -67,11 +74,16 @@ def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: 
     keys = {path: index.tobytes() + b"|" + label.tobytes() for path, (index, label, _) in pools.items()}
     if not keys:
         return {}, []
-    shared = max(Counter(keys.values()).items(), key=lambda kv: (kv[1], kv[0]))[0]
+    shared, why = _shared_pool(members, keys, baseline)
+    if shared is None:
+        return {}, [(group.key.label(), f"{threat_name(threat)}: {why}; no row has a {threat_name(threat)} "
+                                        f"interval")]
+    whose = f"the baseline's ({baseline})" if why == "baseline" else "most of its group's"
+    shared_pool = next(pools[path] for path, key in keys.items() if key == shared)
     warnings, labels, rows, wrong = [], [], [], []
     for label, runs in members.items():
         off = [r.path for r in runs if r.path in keys and keys[r.path] != shared]
-        warnings += [(path, f"{threat_name(threat)} ran on other test images than the rest of its group; "
+        warnings += [(path, f"{threat_name(threat)}: {_how_off(pools[path], shared_pool, whose)}; "
                             f"row {label} has no {threat_name(threat)} interval") for path in off]
         if off or any(r.path not in keys for r in runs):
             continue
@@ -86,6 +98,36 @@ def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: 
                              baseline=labels.index(baseline) if baseline in labels else None,
                              n_resamples=n_resamples, seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())])
     return dict(zip(labels, stats)), warnings
+
+
+def _shared_pool(members: dict[str, list[Run]], keys: dict[str, bytes], baseline: str | None
+                 ) -> tuple[bytes | None, str]:
+    """The key of the group's shared pool and where it comes from ("baseline" or "most"), or None
+    and why there is none."""
+    base = members.get(baseline) if baseline is not None else None
+    if base and all(r.path in keys for r in base):
+        pools = {keys[r.path] for r in base}
+        if len(pools) > 1:
+            return None, (f"the baseline's runs ({baseline}) were evaluated on different test images or "
+                          f"labels ({', '.join(r.path for r in base)})")
+        return pools.pop(), "baseline"
+    counts = Counter(keys.values()).most_common()
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return None, ("its runs were evaluated on different test images, as many on one set as on another, "
+                      "and no baseline row with outcomes says which set is the group's (--baseline names one)")
+    return counts[0][0], "most"
+
+
+def _how_off(pool: tuple, shared: tuple, whose: str) -> str:
+    """How a run's pool (index, label, wrong) differs from the shared one: labels that disagree for
+    the same images, or other images."""
+    _, here, there = np.intersect1d(pool[0], shared[0], assume_unique=True, return_indices=True)
+    differ = np.flatnonzero(pool[1][here] != shared[1][there])
+    if differ.size:
+        i = differ[0]
+        return (f"its labels of {differ.size} test image(s) are not {whose} (image {int(pool[0][here[i]])}: "
+                f"{int(pool[1][here[i]])} here, {int(shared[1][there[i]])} there)")
+    return f"ran on other test images than {whose}"
 
 
 def _with_intervals(group: Group, baseline: str | None, n_resamples: int) -> tuple[Group, list[tuple[str, str]]]:
