@@ -232,3 +232,46 @@ def test_fuzz_sweep_status_file(doc: Any) -> None:
         assert all(STATUS_FIELDS[k](v) for k, v in status.items())
         rows = [_local_row(run, sweep), Row(run, *slurm_state(run, sweep, {}, {}))]
         assert all(c.isprintable() for line in render_text(rows).splitlines() for c in line)
+
+
+# ---------------------------------------------------------------- issue 28: --init-from records, saved evaluation state
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=8))
+def test_fuzz_init_from_source_config(config: dict) -> None:
+    """Any source config.json: `--init-from`'s check (`check_init_from`) refuses it with one line, or
+    the record it keeps passes the validator of metrics.json, so the run never fails when it writes
+    its result after training."""
+    from fairbench.schema import check_init_from
+
+    record = {"run_dir": "runs/src", "run_id": "src", "method": "pgd-at", "epochs": 2, "budget_epochs": 2,
+              "weights": "last", "checkpoint_sha256": "0" * 64, "config": config | {"init_source": None}}
+    try:
+        check_init_from(record, "--init-from src")
+    except FairbenchError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    doc = valid_metrics()
+    doc["init_from"] = record
+    validate(doc)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["format", "key", "threat", "done", "n", "seconds", "correct", "tag"]),
+                       json_values, max_size=8))
+def test_fuzz_saved_evaluation_state(doc: dict) -> None:
+    """A state file of any fields (a tag made up, the right key): never resumed, never a traceback."""
+    import torch
+
+    from fairbench.distributed import DistInfo
+    from fairbench.eval_state import EvalState
+
+    with tempfile.TemporaryDirectory() as folder:
+        said: list[str] = []
+        state = EvalState(Path(folder), {"m": 1}, torch.arange(3), DistInfo(), torch.device("cpu"), said.append)
+        doc = dict(doc)
+        if doc.get("key") == "right":
+            doc["key"] = state.key("clean", {})
+        doc.setdefault("correct", torch.ones(3, dtype=torch.bool))
+        torch.save(doc, Path(folder) / "clean.pt")
+        assert state.load("clean", {}, 3).done == 0
