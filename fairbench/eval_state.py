@@ -117,6 +117,7 @@ class EvalState:
         self.base = json.dumps(key_parts, sort_keys=True, default=str)
         self.indices, self.dist, self.device = indices.cpu(), dist, device
         self.progress = progress
+        self._said_no_key = False
 
     def key(self, threat: str, settings: dict[str, Any]) -> str:
         blob = json.dumps({"threat": threat, "settings": settings}, sort_keys=True, default=str)
@@ -170,12 +171,15 @@ class EvalState:
         self.dist.on_main(lambda: self._write(path, threat, settings, stage))
 
     def _write(self, path: Path, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": STATE_FORMAT, "key": self.key(threat, settings), "threat": threat,
                  "indices": self.indices, "correct": stage.correct.cpu(), "done": int(stage.done),
                  "n": len(stage.correct), "seconds": float(stage.seconds)}
         try:
             state["tag"] = tag(*_tag_parts(state))
-        except FairbenchError:  # no key here (an unwritable home): the state is saved, never resumed
-            state["tag"] = None
+        except FairbenchError as exc:  # no key here (an unwritable home): nothing to resume from, so none kept
+            if not self._said_no_key:
+                self.progress(f"{threat}: evaluation state is not saved ({exc})")
+                self._said_no_key = True
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(path, state)

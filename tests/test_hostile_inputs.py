@@ -727,3 +727,17 @@ def test_eval_still_resumes_its_own_state(fmnist_dir: Path, tmp_path: Path, caps
     (tmp_path / "out" / "runs" / "x" / "metrics.json").unlink()  # as if killed before writing it
     code, out, err = cli_out(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "x"), capsys)
     assert code == 0 and "clean: resuming after 10/10" in out + err, out + err
+
+
+def test_without_a_key_evaluation_state_is_not_kept(tmp_path: Path, monkeypatch) -> None:
+    """Where no key can be made (an unwritable state folder) nothing is saved, so a rerun of a killed
+    evaluation starts over instead of refusing its own folder."""
+    from fairbench.distributed import DistInfo
+    from fairbench.eval_state import EvalState, StageProgress
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "file" / "state"))
+    said: list[str] = []
+    state = EvalState(tmp_path / "s", {"model": "m"}, torch.arange(2), DistInfo(), torch.device("cpu"), said.append)
+    state.save("clean", {}, StageProgress(torch.tensor([True, False]), 2, 1.0))
+    assert not (tmp_path / "s").exists() and "evaluation state is not saved" in said[-1]
