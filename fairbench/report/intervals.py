@@ -8,8 +8,13 @@ against its metrics.json by `fairbench.schema`; a run whose outcomes disagree is
 - each row's threat summaries carrying their bootstrap intervals and their difference from the
   group's baseline row (`ThreatSummary.ci`, computed by `stats.bootstrap_threat`);
 - each group's baseline (`Group.baseline`) and its rows ranked with ties by the interval of the
-  sort threat's worst-class error (`model.rank_rows`);
-- warnings for what has no interval or comparison, and why.
+  ranked statistic (``report --rank-by``; default: worst-class error under
+  `model.default_rank_threat`, PGD-20 where AutoAttack runs on a subset) (`model.rank_rows`);
+- each row's check (`Row.check`): AutoAttack's error minus the ranking threat's, the ranked
+  statistic on the images AutoAttack ran on, by the same paired bootstrap; a row whose check
+  excludes 0 from above is *possibly masked* (`Row.possibly_masked`);
+- warnings for what has no interval or comparison, and why, and for a model at chance level or
+  right on one class only (`sanity_warnings`).
 
 A row gets an interval under a threat only when every one of its runs has outcomes and all were
 evaluated on the same test images, with the same labels, as the group's shared pool; otherwise it is
@@ -34,9 +39,9 @@ from dataclasses import replace
 import numpy as np
 
 from fairbench.errors import FairbenchError
-from fairbench.report.model import Group, Leaderboard, Row, Run, rank_rows, threat_name
-from fairbench.report.stats import N_RESAMPLES, RowStats, bootstrap_threat
-from fairbench.schema import Outcomes
+from fairbench.report.model import Group, Leaderboard, Row, Run, check_threat, rank_rows, threat_name
+from fairbench.report.stats import N_RESAMPLES, Delta, RowStats, bootstrap_threat, wilson
+from fairbench.schema import Outcomes, threat_columns
 
 DEFAULT_BASELINE = "pgd-at"
 BOOTSTRAP_SEED = 11  # with each group's and threat's name, the bootstrap's seed
@@ -100,6 +105,37 @@ def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: 
     return dict(zip(labels, stats)), warnings
 
 
+def row_check(group: Group, row: Row, n_resamples: int = N_RESAMPLES) -> Delta | None:
+    """The group's check threat (AutoAttack) minus its ranking threat for ``row``: the ranked
+    statistic (`Group.sort_stat`) of both on the images the check ran on, paired over those images
+    and the row's seeds by `bootstrap_threat`. None where a run lacks outcomes or either threat, or
+    the runs' check images differ."""
+    check, rank = group.check_threat, group.sort_threat
+    if check is None or check == rank:
+        return None
+    runs = sorted(row.runs, key=_seed_order)
+    if not runs or any(r.outcomes is None or check not in r.record.metrics or rank not in r.record.metrics
+                       for r in runs):
+        return None
+    pools, wrong = [], {check: [], rank: []}
+    for run in runs:
+        out = run.outcomes
+        ran = out.ran(check) & out.ran(rank)
+        order = np.argsort(out.index[ran], kind="stable")
+        pools.append((out.index[ran][order], out.label[ran][order]))
+        for t in (check, rank):
+            wrong[t].append((out.results[t][ran] == 0)[order])
+    index, labels = pools[0]
+    if len(index) == 0 or any(not (np.array_equal(i, index) and np.array_equal(lab, labels)) for i, lab in pools):
+        return None
+    s = len(runs)
+    key = json.dumps([group.key.label(), group.key.classes, check, rank, row.label])
+    stats = bootstrap_threat(labels, np.array(wrong[check] + wrong[rank]), [list(range(s)), list(range(s, 2 * s))],
+                             n_classes=len(group.key.classes), baseline=1, n_resamples=n_resamples,
+                             seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())])
+    return stats[0].worst_delta if group.sort_stat == "worst" else stats[0].avg_delta
+
+
 def _shared_pool(members: dict[str, list[Run]], keys: dict[str, bytes], baseline: str | None
                  ) -> tuple[bytes | None, str]:
     """The key of the group's shared pool and where it comes from ("baseline" or "most"), or None
@@ -137,7 +173,66 @@ def _with_intervals(group: Group, baseline: str | None, n_resamples: int) -> tup
         warnings += notes
     rows = tuple(replace(row, threats={t: replace(s, ci=per_threat[t].get(row.label))
                                        for t, s in row.threats.items()}) for row in group.rows)
-    return rank_rows(replace(group, rows=rows, baseline=baseline)), warnings
+    group = replace(group, rows=rows, baseline=baseline)
+    group = replace(group, rows=tuple(replace(row, check=row_check(group, row, n_resamples)) for row in rows))
+    return rank_rows(group), warnings
+
+
+RANK_STATS = ("worst", "avg")
+
+
+def parse_rank_by(text: str) -> tuple[str, str]:
+    """``THREAT`` or ``THREAT:STAT`` (STAT: worst, the default, or avg) as (threat, statistic);
+    a `FairbenchError` naming the choices otherwise."""
+    threat, _, stat = text.strip().partition(":")
+    stat = stat or "worst"
+    names = threat_columns()
+    if threat not in names or stat not in RANK_STATS:
+        raise FairbenchError(f"--rank-by {text!r} is not THREAT[:STAT]; THREAT is one of {', '.join(names)}, "
+                             f"STAT one of {', '.join(RANK_STATS)} (e.g. pgd20:worst)")
+    return threat, stat
+
+
+def _apply_rank_by(board: Leaderboard, rank_by: str | None) -> tuple[Leaderboard, list[tuple[str, str]]]:
+    """Every group that has the ``rank_by`` threat ranked by it; the others keep their default, with
+    a warning. A threat that no group has is an error."""
+    if rank_by is None:
+        return board, []
+    threat, stat = parse_rank_by(rank_by)
+    if not any(threat in g.threats for g in board.groups):
+        raise FairbenchError(f"--rank-by {rank_by}: no group has {threat_name(threat)} results")
+    groups, warnings = [], []
+    for g in board.groups:
+        if threat in g.threats:
+            g = replace(g, sort_threat=threat, sort_stat=stat, check_threat=check_threat(g.threats, threat))
+        else:
+            warnings.append((g.key.label(), f"no {threat_name(threat)} results: ranked by worst-class "
+                                            f"{threat_name(g.sort_threat)} error instead of --rank-by {rank_by}"))
+        groups.append(g)
+    return replace(board, groups=tuple(groups)), warnings
+
+
+def sanity_warnings(board: Leaderboard) -> list[tuple[str, str]]:
+    """Runs whose clean accuracy does not exceed chance (its Wilson interval reaches down to
+    1/classes) or
+    that are right on one class only (they may predict that class alone): their robust numbers
+    say nothing about the method."""
+    out = []
+    for group in board.groups:
+        k = len(group.key.classes)
+        for run in sorted((r for row in group.rows for r in row.runs), key=lambda r: r.path):
+            clean = run.record.metrics.get("clean")
+            if clean is None or k < 2:
+                continue
+            n = sum(clean.n_per_class)
+            if n and wilson(clean.avg * n, n)[0] <= 1 / k:
+                out.append((run.path, f"clean accuracy {100 * clean.avg:.1f}% is not above chance "
+                                      f"({100 / k:.1f}% for {k} classes): the model has not learned"))
+            right = [name for name, acc, m in zip(group.key.classes, clean.per_class, clean.n_per_class)
+                     if m and acc > 0]
+            if len(right) == 1:
+                out.append((run.path, f"right only on class {right[0]!r} (clean): it may predict that class alone"))
+    return out
 
 
 def _resolve_baseline(board: Leaderboard, baseline: str | None
@@ -162,13 +257,17 @@ def _resolve_baseline(board: Leaderboard, baseline: str | None
     return picked, warnings
 
 
-def add_intervals(board: Leaderboard, baseline: str | None = None, n_resamples: int = N_RESAMPLES
-                  ) -> Leaderboard:
-    """``board`` with intervals, comparisons with ``baseline`` (default `DEFAULT_BASELINE`) and ranks.
+def add_intervals(board: Leaderboard, baseline: str | None = None, n_resamples: int = N_RESAMPLES,
+                  rank_by: str | None = None) -> Leaderboard:
+    """``board`` with intervals, comparisons with ``baseline`` (default `DEFAULT_BASELINE`), the
+    masking check and ranks by ``rank_by`` (`parse_rank_by`; default: `model.default_rank_threat`).
 
-    Raises `FairbenchError` when an explicitly named ``baseline`` is in no group.
+    Raises `FairbenchError` when an explicitly named ``baseline`` is in no group, or ``rank_by`` is
+    not a threat of any group.
     """
-    picked, warnings = _resolve_baseline(board, baseline)
+    board, warnings = _apply_rank_by(board, rank_by)
+    picked, notes = _resolve_baseline(board, baseline)
+    warnings += notes + sanity_warnings(board)
     done = []
     for group, base in zip(board.groups, picked):
         group, notes = _with_intervals(group, base, n_resamples)

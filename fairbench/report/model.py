@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from fairbench.errors import FairbenchError
-from fairbench.report.stats import RowStats, tied_ranks
+from fairbench.report.stats import ZERO, Delta, RowStats, tied_ranks
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
 from fairbench.threats import get_threat, threat_label
@@ -45,6 +45,39 @@ def robust_precedence() -> tuple[str, ...]:
     attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
     return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
                                                                if t != UNION and t not in attacks)
+
+
+def on_every_image(runs: Iterable[Run], threat: str) -> bool:
+    """Every run evaluated ``threat`` on all the images it evaluated clean (not on a subset, as
+    AutoAttack runs with --aa-per-class)."""
+    def full(run: Run) -> bool:
+        m = run.record.metrics
+        return threat in m and sum(m[threat].n_per_class) == sum(m.get("clean", m[threat]).n_per_class)
+    return all(full(r) for r in runs)
+
+
+def default_rank_threat(rows: Sequence["Row"]) -> str | None:
+    """What a group is ranked by unless ``report --rank-by`` says otherwise: the strongest attack
+    (or the union) in `robust_precedence` that every row has and every run evaluated on all its
+    test images (PGD-20 where AutoAttack runs on a subset; never the union of a single attack); else
+    the first of `robust_precedence` every row has, else any row has. The worst-class error under it
+    ranks the rows."""
+    runs = [r for row in rows for r in row.runs]
+    order = robust_precedence()
+    single = {t for row in rows for t in row.threats if t not in ("clean", UNION)}
+    # the union of one attack is that attack: name the attack
+    attacks = [t for t in order if t != "clean" and (t != UNION or len(single) > 1)]
+    whole = [t for t in attacks if all(t in row.threats for row in rows) and on_every_image(runs, t)]
+    in_all = [t for t in order if all(t in row.threats for row in rows)]
+    in_any = [t for t in order if any(t in row.threats for row in rows)]
+    return (whole or in_all or in_any or [None])[0]
+
+
+def check_threat(group_threats: Sequence[str], rank_threat: str) -> str | None:
+    """The threat a ranking is checked with: the strongest registered attack (AutoAttack), where the
+    group has it and does not rank by it."""
+    strongest = robust_precedence()[0]
+    return strongest if strongest in group_threats and strongest != rank_threat else None
 
 
 def fmt_value(value: Any) -> str:
@@ -214,10 +247,11 @@ class ThreatSummary:
     avg: Stat
     worst: Stat
     spread: Stat
-    worst_class: str  # the class that is worst in most seeds
-    worst_class_votes: int  # in how many seeds it is the worst
+    worst_class: str  # the class worst in most seeds; classes that tie joined by " = " (`tie_text`)
+    worst_class_votes: int  # in how many seeds it is the worst (or tied for the worst)
     per_class: tuple[Stat | None, ...]  # error per class, for the charts
     ci: RowStats | None = None  # bootstrap intervals from the outcomes (`report.intervals`)
+    worst_classes: tuple[str, ...] = ()  # every class tied for the worst (one name without a tie)
 
 
 @dataclass(frozen=True)
@@ -227,10 +261,18 @@ class Row:
     runs: tuple[Run, ...]
     threats: dict[str, ThreatSummary]
     rank: int | None = None  # None: the row lacks the threat the group is ranked by
+    # the group's check threat minus its ranking threat, the ranked statistic on the same images
+    check: Delta | None = None
 
     @property
     def seeds(self) -> list[Any]:
         return sorted((r.seed for r in self.runs), key=_canon)
+
+    @property
+    def possibly_masked(self) -> bool:
+        """The check threat (AutoAttack) finds a higher error than the ranking threat on the same
+        images, by an interval that excludes 0: the ranking threat may overstate the robustness."""
+        return self.check is not None and self.check.lo > ZERO
 
 
 @dataclass(frozen=True)
@@ -240,6 +282,9 @@ class Group:
     sort_threat: str
     rows: tuple[Row, ...]
     baseline: str | None = None  # the label of the row the others are compared with
+    sort_stat: str = "worst"  # the statistic under sort_threat that ranks: "worst" or "avg"
+    check_threat: str | None = None  # the threat the ranking is checked with (`check_threat`)
+    tier: int = 2  # where the group goes on the page (`group_tier`)
 
 
 @dataclass(frozen=True)
@@ -331,15 +376,21 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
     stats = ["mean", "std", "count"]
     over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(stats)
     per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(stats)
-    votes = per_run.groupby(["row", "threat"])["worst_class"].value_counts()
+    # each run's vote goes to every class tied for its worst (metrics.json names only one of them)
+    top = data.groupby(["run", "threat"])["error"].transform("max")
+    tied = data[data["error"] >= top - TIE]
+    votes = tied.groupby(["row", "threat"])["class_index"].value_counts()
     out = {}
     for (row, threat), stats in over_seeds.iterrows():
         classes = [Stat.of(c) for _, c in per_class.loc[(row, threat)].iterrows()]
         counts = votes.loc[(row, threat)]
-        err = {name: (c.mean if c else -1.0) for name, c in zip(class_names, classes)}  # breaks ties
-        worst = max(counts.index, key=lambda c: (counts[c], err[c], c))
+        err = {j: (c.mean if c else -1.0) for j, c in enumerate(classes)}
+        best = max((int(counts[j]), err[j]) for j in counts.index)
+        names = tuple(class_names[j] for j in sorted(counts.index)
+                      if (int(counts[j]), err[j]) >= (best[0], best[1] - TIE))
         out[row, threat] = ThreatSummary(Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]),
-                                         Stat.of(stats["spread"]), worst, int(counts[worst]), tuple(classes))
+                                         Stat.of(stats["spread"]), tie_text(names, len(class_names)),
+                                         best[0], tuple(classes), worst_classes=names)
     return out
 
 
@@ -470,5 +521,5 @@ def build_leaderboard(results_dir: Path) -> Leaderboard:
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    groups = tuple(build_group(k, by_key[k]) for k in sorted(by_key, key=GroupKey.sort_key))
-    return Leaderboard(groups, tuple(skipped), n_files, tuple(warnings))
+    groups = sorted((build_group(k, by_key[k]) for k in by_key), key=lambda g: (g.tier, g.key.sort_key()))
+    return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))
