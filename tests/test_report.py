@@ -26,6 +26,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,8 +39,8 @@ from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, ma
                               outcomes_bytes)
 from fairbench.report.command import build_report
 from fairbench.report.model import build_leaderboard
-from fairbench.report.figures import (_overlap, _place_labels, class_wise_figure, legend_label, pareto_front,
-                                      render_chart, tradeoff_figure)
+from fairbench.report.figures import (_overlap, _place_labels, class_wise_figure, pareto_front, point_label,
+                                      render_chart, tradeoff_figure, usual_seeds)
 from fairbench.report.stats import Delta
 from fairbench.report.html import to_html
 from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
@@ -170,7 +172,9 @@ def test_groups_rows_and_seed_aggregates(results: Path) -> None:
 def test_sorted_by_worst_class_robust_error(results: Path) -> None:
     a, b = build_leaderboard(results).groups
     assert a.threats == ALL_THREATS and b.threats == ("clean", "pgd20", "union")
-    assert (a.sort_threat, b.sort_threat) == ("autoattack", "union")
+    # PGD-20 ran on every test image, AutoAttack (so the union) on a subset; group b has no AutoAttack,
+    # so its union is PGD-20 itself and PGD-20 is named
+    assert (a.sort_threat, b.sort_threat) == ("pgd20", "pgd20")
     for group in (a, b):
         worst = [(r.threats[group.sort_threat].worst.mean, r.threats[group.sort_threat].avg.mean)
                  for r in group.rows]
@@ -194,10 +198,14 @@ def test_cli_prints_markdown_and_writes_every_output(reported: tuple[Path, str, 
     results, out, _ = reported
     assert out == (results / "leaderboard.md").read_text()
     table_rows = [line for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
-    assert len(table_rows) == 6
-    assert "| AutoAttack worst | AutoAttack worst class |" in out and "union spread" in out
+    # group A: 4 rows in the compact table and in one table per threat (its union differs from each
+    # threat); group B: 2 rows, compact, clean and PGD-20 (its union is PGD-20's outcomes: not repeated)
+    assert len(table_rows) == 4 * (1 + 4) + 2 * (1 + 2)
+    assert out.count("### union") == 1 and "union: the same outcomes as PGD-20 in every run" in out
+    assert "| # | method | seeds | avg | worst | worst class | spread | Δavg | Δworst |" in out
     figures = sorted(p.name for p in (results / "figures").iterdir())
-    assert len(figures) == 2 * (4 + 3 + 2)  # per group: a chart per threat and the trade-off figure
+    # per group: a chart per threat, the trade-off figure, the forest plot and the heatmap
+    assert len(figures) == 2 * (4 + 3 + 3 + 3)
     assert all(f.startswith("fashion-mnist_small-cnn_linf-0.1_e") for f in figures)
     assert (results / "index.html").stat().st_size > 10_000
 
@@ -210,16 +218,18 @@ def test_csv_holds_the_aggregates(reported: tuple[Path, str, str]) -> None:
     pgd = next(r for r in board.groups[0].rows if r.label == "pgd-at")
     line = next(r for r in rows if r["label"] == "pgd-at" and r["epochs"] == "2")
     assert float(line["autoattack_worst_err"]) == pytest.approx(pgd.threats["autoattack"].worst.mean, abs=1e-6)
-    assert line["seeds"] == "0 1" and line["n_seeds"] == "2" and line["sorted_by"] == "autoattack"
+    assert line["seeds"] == "0 1" and line["n_seeds"] == "2" and line["sorted_by"] == "pgd20"
+    assert line["sort_stat"] == "worst" and line["check_threat"] == "autoattack"
     assert next(r for r in rows if r["label"] == "my_method")["autoattack_avg_err"] == ""
 
 
 def test_latex_is_booktabs_and_escaped(reported: tuple[Path, str, str]) -> None:
     results = reported[0]
     tex = (results / "leaderboard.tex").read_text()
+    # one table per group and threat (group B's union is PGD-20's: left out), none scaled to fit
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
-        assert tex.count(rule) == 2, rule
-    assert r"my\_method & 1 &" in tex and r"\cmidrule(lr){22-27}" in tex
+        assert tex.count(rule) == 4 + 2, rule
+    assert r"\resizebox" not in tex and r"my\_method (1) &" in tex
     assert tex_escape("a_b & 5% #1 {x}") == r"a\_b \& 5\% \#1 \{x\}"
 
 
@@ -235,7 +245,9 @@ def test_chart_has_one_bar_per_class_and_method(results: Path) -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)
     assert "PGD-20" in ax.get_ylabel()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == [f"{r.label} ({len(r.runs)} seed{'s' if len(r.runs) > 1 else ''})" for r in group.rows]
+    # the number of seeds only where a row does not have the usual 2
+    assert legend == [r.label + ("" if len(r.runs) == 2 else " (1 seed)") for r in group.rows]
+    assert "trades (beta=3) (1 seed)" in legend
     png, svg = render_chart(group, "pgd20")
     assert png.startswith(b"\x89PNG") and b"shirt" in svg and b"<svg" in svg
 
@@ -292,17 +304,22 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not need the network"
     board = build_leaderboard(results)
     dom = _chromium(tmp_path / "p1", "--dump-dom", page.as_uri() + "#sort=-clean_avg").stdout
-    tables = re.findall(r"<table class=\"leaderboard\".*?</table>", dom, re.S)
-    assert len(tables) == len(board.groups)
-    for table, group in zip(tables, board.groups):
+    tables = re.findall(r"<table class=\"leaderboard (\w+)\".*?</table>", dom, re.S)
+    assert tables == ["compact", "clean", "pgd20", "autoattack", "union", "compact", "clean", "pgd20"]
+    tables = re.findall(r"<table class=\"leaderboard \w+\".*?</table>", dom, re.S)
+    groups = [board.groups[0]] * 5 + [board.groups[1]] * 3
+    for table, group in zip(tables, groups):
         assert 'data-sortable="ready"' in table  # the script ran
-        assert table.count('<tr class="row">') == len(group.rows)
-        assert table.count('<tr class="config">') == len(group.rows)
+        assert len(re.findall(r'<tr class="row[ "]', table)) == len(group.rows)
+        # the runs' configs once per group, under the compact table
+        assert table.count('<tr class="config">') == (len(group.rows) if "leaderboard compact" in table else 0)
         keys = re.findall(r'<th data-key="([^"]+)"', table)
-        cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row">(.*?)</tr>', table)]
-        shown = [float(c[keys.index("clean_avg")]) for c in cells]
-        assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
-    assert dom.count("data:image/png;base64,") == 4 + 3 + 2
+        cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row[^"]*">(.*?)</tr>', table)]
+        if "clean_avg" in keys:  # the compact table and clean's are sorted by the page's #sort=-clean_avg
+            shown = [float(c[keys.index("clean_avg")]) for c in cells]
+            assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
+    # per group: forest plot, trade-off figure, heatmap and the bar chart of each threat with a table
+    assert dom.count("data:image/png;base64,") == (3 + 4) + (3 + 2)
     shot = tmp_path / "shot.png"
     _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
@@ -409,13 +426,14 @@ def test_csv_holds_intervals_and_differences_from_the_baseline(reported: tuple[P
 
 def test_tables_show_intervals_marks_and_tied_ranks(reported: tuple[Path, str, str]) -> None:
     results, out, _ = reported
-    assert "| AutoAttack Δavg | AutoAttack Δworst |" in out and "| baseline | baseline |" in out
+    assert "| PGD-20 Δworst | PGD-20 Δavg |" in out and "| Δavg | Δworst |" in out and "| baseline | baseline |" in out
     board = build_report(results)
     a = board.groups[0]
     fairat = next(r for r in a.rows if r.label == "fairat")
     ci = fairat.threats["clean"].ci
     assert ci.avg_delta.significant
-    line = next(line for line in out.splitlines() if line.startswith(f"| {fairat.rank} | fairat |"))
+    clean_table = out.split("### clean")[1]
+    line = next(line for line in clean_table.splitlines() if line.startswith(f"| {fairat.rank} | fairat |"))
     assert f"{100 * ci.avg.lo:.1f}, {100 * ci.avg.hi:.1f}]" in line and " †" in line
     # ranks: the best row and every row whose interval overlaps its interval share rank 1
     worst = [r.threats[a.sort_threat].ci.worst for r in a.rows]
@@ -424,16 +442,18 @@ def test_tables_show_intervals_marks_and_tied_ranks(reported: tuple[Path, str, s
         assert (row.rank == 1) == (w.lo <= worst[best].hi and worst[best].lo <= w.hi), row.label
     assert [r.rank for r in a.rows] == sorted(r.rank for r in a.rows)
     tex = (results / "leaderboard.tex").read_text()
-    assert r"$\Delta$Avg & $\Delta$Worst" in tex and r"{\scriptsize $[" in tex and "^{\\dagger}" in tex
+    assert r"$\Delta$Avg & $\Delta$Worst" in tex and r"{\scriptsize [" in tex and "$^\\dagger$" in tex
     html = (results / "index.html").read_text()
-    assert 'data-key="autoattack_worst_delta"' in html and "95% bootstrap intervals" in html
+    assert 'data-key="autoattack_worst_delta"' in html and "95% intervals" in html
 
 
 def test_a_run_without_outcomes_is_reported_without_intervals_and_named(reported: tuple[Path, str, str]) -> None:
     results, out, err = reported
     assert "warning: runs/run8/metrics.json: no outcomes.csv.gz" in err
-    cells = next(line for line in out.splitlines() if "| my_method |" in line).strip("| ").split(" | ")
-    assert not any("[" in c for c in cells) and cells.count("-") == 6  # Δavg, Δworst of its 3 threats
+    lines = [line.strip("| ").split(" | ") for line in out.splitlines() if "| my_method |" in line]
+    assert len(lines) == 3  # the compact table, clean and PGD-20 (the union is PGD-20's)
+    for cells in lines:
+        assert not any("[" in c for c in cells) and cells.count("-") == 2  # its Δavg and Δworst
     assert "runs/run8/metrics.json" in (results / "index.html").read_text()
 
 
@@ -496,12 +516,17 @@ def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(r
         ci = row.threats[t].ci
         assert sorted(xs) == pytest.approx([100 * ci.avg.lo, 100 * ci.avg.hi])
         assert sorted(ys) == pytest.approx([100 * ci.worst.lo, 100 * ci.worst.hi])
-    assert [x.get_text() for x in ax.texts] == [legend_label(r) for r in group.rows]
+    assert [x.get_text() for x in ax.texts] == [point_label(r, usual_seeds(group)) for r in group.rows]
+    assert "trades (beta=3) (1 seed)" in [x.get_text() for x in ax.texts]  # the others have the usual 2
     front = next(line for line in ax.lines if line.get_label() == "Pareto front").get_xydata()
     on_front = {tuple(p) for p in front.tolist()}
     for i in pareto_front(points):
         assert tuple(points[i]) in on_front
-    assert "AutoAttack" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
+    assert "PGD-20" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
+    # the axes hold the points and their intervals, inside 0-100, not the whole 0-100
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    lows = [100 * r.threats[t].ci.avg.lo for r in group.rows]
+    assert 0 <= x0 <= min(lows) and x1 <= 100 and y1 <= 100 and (x1 - x0) < 100
     assert pareto_front([(1, 5), (2, 2), (3, 3), (1, 5), (0.5, 9)]) == [4, 0, 3, 1]
 
 
@@ -518,9 +543,13 @@ def test_tradeoff_labels_do_not_cover_each_other() -> None:
     _place_labels(fig, ax, points, labels, legend)
     assert [t.get_text() for t in ax.texts] == labels
     renderer = FigureCanvasAgg(fig).get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its leader line
+    marks = [Bbox.from_extents(px - 3, py - 3, px + 3, py + 3) for px, py in ax.transData.transform(points)]
     for i, a in enumerate(boxes):
         assert all(_overlap(a, b) == 0 for b in boxes[i + 1:]), labels[i]
+        assert all(_overlap(a, m) == 0 for m in marks), labels[i]  # no label covers a point
         assert _overlap(a, legend.get_window_extent(renderer)) == 0
 
 

@@ -371,7 +371,7 @@ def test_page_holds_only_what_fairbench_writes(hostile: dict, tmp_path: Path) ->
 ESCAPES = {"\\textbackslash", "\\textasciitilde", "\\textasciicircum"}
 # template lines whose shape depends on the group (threats, a baseline's two extra columns) but hold no data
 ALLOWED_TEX = re.compile(r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
-                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.25\\linewidth\}( r)+@\{\}\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
+                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.\d+\\linewidth\}( r)+@\{\}\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
 
 
 def _tex_lines_from_fairbench(tex: str, baseline: str) -> list[str]:
@@ -429,7 +429,8 @@ def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:
     assert set(re.findall(r"\\[A-Za-z]+", tex)) <= ESCAPES | set(
         re.findall(r"\\[A-Za-z]+", (clean / "leaderboard.tex").read_text()))
     for line in (results / "leaderboard.csv").read_text().splitlines()[1:]:
-        assert not re.search(r"(^|,)[=+@-]", line.replace(",-,", ",")), line  # no cell starts a formula
+        # no cell starts a formula (a negative number, such as an interval's lower end, is a number)
+        assert not re.search(r"(^|,)([=+@]|-(?!\d+(\.\d+)?(,|$)))", line.replace(",-,", ",")), line
     page = _dom(results / "index.html", tmp_path / "p")
     baseline = _dom(clean / "index.html", tmp_path / "p0")
     assert page.pairs <= baseline.pairs and page.scripts == 1

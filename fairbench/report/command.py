@@ -23,11 +23,12 @@ from pathlib import Path
 
 from fairbench.errors import FairbenchError
 from fairbench.machine_key import state_dir
-from fairbench.report.figures import figure_paths, group_slugs, render_chart, render_tradeoff, tradeoff_paths
+from fairbench.report.figures import (figure_paths, forest_paths, group_slugs, heatmap_paths, render_chart,
+                                      render_forest, render_heatmap, render_tradeoff, tradeoff_paths)
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
 from fairbench.report.model import Leaderboard, build_leaderboard
-from fairbench.report.tables import to_csv, to_latex, to_markdown
+from fairbench.report.tables import to_csv, to_latex, to_long_csv, to_markdown
 from fairbench.results import atomic_write_bytes, ensure_writable
 from fairbench.schema import read_regular
 
@@ -36,12 +37,13 @@ __all__ = ["build_leaderboard", "build_report", "write_report"]
 
 MANIFEST = ".fairbench-report.json"  # where earlier versions kept the manifest (never read now)
 MANIFEST_FORMAT = 1
-OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
+OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
 
 
-def build_report(results_dir: Path, baseline: str | None = None) -> Leaderboard:
-    """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks."""
-    return add_intervals(build_leaderboard(results_dir), baseline)
+def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None) -> Leaderboard:
+    """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks by
+    ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error)."""
+    return add_intervals(build_leaderboard(results_dir), baseline, rank_by=rank_by)
 
 
 def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
@@ -50,15 +52,18 @@ def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
     charts: dict[str, bytes] = {}
     slugs = group_slugs(board)
     for group, stem in zip(board.groups, slugs):
-        png, svg = tradeoff_paths(stem)
-        outputs[png], outputs[svg] = render_tradeoff(group)
-        charts[png] = outputs[png]
+        for paths, render_fn in ((tradeoff_paths, render_tradeoff), (forest_paths, render_forest),
+                                 (heatmap_paths, render_heatmap)):
+            png, svg = paths(stem)
+            outputs[png], outputs[svg] = render_fn(group)
+            charts[png] = outputs[png]
         for threat, (png, svg) in figure_paths(group, stem).items():
             outputs[png], outputs[svg] = render_chart(group, threat)
             charts[png] = outputs[png]
     markdown = to_markdown(board)
     outputs["leaderboard.md"] = markdown.encode()
     outputs["leaderboard.csv"] = to_csv(board).encode()
+    outputs["leaderboard_long.csv"] = to_long_csv(board).encode()
     outputs["leaderboard.tex"] = to_latex(board).encode()
     outputs["index.html"] = to_html(board, slugs, charts).encode()
     bad = [rel for rel in outputs if not OUTPUT.fullmatch(rel)]

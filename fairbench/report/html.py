@@ -1,8 +1,12 @@
 """The HTML leaderboard: one self-contained file (inline CSS/JS, charts as data URIs, no network).
 
-Each group is a table sortable by any column (click a header, or open ``index.html#sort=KEY`` /
-``#sort=-KEY`` for descending, e.g. ``#sort=pgd20_worst``); each row has a details row with the
-full config of every run behind it, and the method cell shows the training settings on hover.
+The canonical group comes first (`tables.superseded`: the groups after it are collapsed). Each
+group opens with its compact table (readable at 1,400 px without scrolling; a details row under
+each row holds the full config of every run behind it, and the method cell shows the training
+settings on hover), then the forest plot, trade-off figure and heatmap, then one full table per
+threat and the class-wise charts. Every table is sortable by any column (click a header, or open
+``index.html#sort=KEY`` / ``#sort=-KEY`` for descending, e.g. ``#sort=pgd20_worst``); its header
+row and its rank and method columns stay in view while it scrolls.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import json
 from html import escape as _escape
 
 from fairbench.report.model import Group, Leaderboard, Row, threat_name
-from fairbench.report.figures import figure_paths, tradeoff_paths
-from fairbench.report.tables import LEGEND, columns, one_line, rank_text, sort_note
+from fairbench.report.figures import figure_paths, forest_paths, heatmap_paths, tradeoff_paths, usual_seeds
+from fairbench.report.tables import (LEGEND, MASKED, Table, group_tables, one_line, rank_text, shown_threats,
+                                     sort_note, superseded)
 
 
 def escape(text: object) -> str:
@@ -25,20 +30,26 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:32px 0 4px}
 p.note{color:#555;max-width:70em;margin:4px 0}
 nav a{margin-right:12px}
-table.leaderboard{border-collapse:collapse;margin:10px 0;font-variant-numeric:tabular-nums}
-.leaderboard th,.leaderboard td{padding:4px 8px;border-bottom:1px solid #e3e3e3;white-space:nowrap}
-.leaderboard th{background:#f4f5f7;cursor:pointer;user-select:none;text-align:right}
-.leaderboard th.threat{text-align:center;cursor:default;border-bottom:2px solid #c8c8c8}
-.scroll{overflow-x:auto}
+h3{font-size:15px;margin:18px 0 2px}
+table.leaderboard{border-collapse:separate;border-spacing:0;margin:0;font-variant-numeric:tabular-nums}
+.leaderboard th,.leaderboard td{padding:4px 7px;border-bottom:1px solid #e3e3e3;white-space:nowrap;background:#fff}
+.leaderboard th{background:#f4f5f7;cursor:pointer;user-select:none;text-align:right;position:sticky;top:0;z-index:2}
+.leaderboard .rank{position:sticky;left:0;z-index:1;min-width:2em;max-width:2em}
+.leaderboard .method{position:sticky;left:calc(2em + 14px);z-index:1;border-right:1px solid #d8d8d8}
+.leaderboard th.rank,.leaderboard th.method{z-index:3}
+.leaderboard .flag{display:block;font-size:11px;color:#a33a00;font-weight:600}
+.scroll{overflow:auto;max-height:85vh;margin:8px 0;max-width:100%}
+details.group>summary{font-size:17px;font-weight:600;margin:28px 0 4px;cursor:pointer}
+.figs figure{margin:12px 0}.figs img{max-width:100%;height:auto;border:1px solid #eee}
 .leaderboard th.text,.leaderboard td.text{text-align:left}.leaderboard td{text-align:right}
 .leaderboard th[aria-sort=ascending]::after{content:" \\25B2"}
 .leaderboard th[aria-sort=descending]::after{content:" \\25BC"}
 .leaderboard tr.row:hover td{background:#f0f6ff}
+.leaderboard tr.row.baseline td{font-weight:600}
 .leaderboard tr.config td{font-size:12px;color:#444;text-align:left;border-bottom:2px solid #d0d0d0}
 .leaderboard tr.config pre{margin:4px 0 8px 16px;white-space:pre-wrap;max-width:90em}
 .warn{border-left:4px solid #d9822b;background:#fff7ec;padding:6px 12px;margin:12px 0}
-.charts figure{margin:12px 0}.charts img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:12px;color:#555}
+figcaption{font-size:13px;color:#444;max-width:70em}
 """
 
 _JS = """
@@ -51,7 +62,7 @@ _JS = """
   function sortTable(table, key, descending) {
     var heads = table.tHead.rows[table.tHead.rows.length - 1].cells, index = -1, numeric = true;
     for (var i = 0; i < heads.length; i++) {
-      if (heads[i].getAttribute('data-key') === key) { index = i; numeric = heads[i].className !== 'text'; }
+      if (heads[i].getAttribute('data-key') === key) { index = i; numeric = !/\\btext\\b/.test(heads[i].className); }
     }
     if (index < 0) return;
     for (var j = 0; j < heads.length; j++) heads[j].removeAttribute('aria-sort');
@@ -107,31 +118,44 @@ def _hover(row: Row) -> str:
                         for k in keys if k in t) + f"; seeds {', '.join(map(str, row.seeds))}")
 
 
-def _table(group: Group, slug: str) -> list[str]:
-    cols = columns(group)
-    default_key = f"{group.sort_threat}_worst"
-    heads = ['<th data-key="rank">#</th>'] + [
-        f'<th data-key="{escape(c.key)}"' + ("" if c.numeric else ' class="text"')
-        + (' aria-sort="ascending"' if c.key == default_key else "") + f">{escape(c.short or c.header)}</th>"
+def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
+    """One table; ``configs``: with a details row of every run's config under each row."""
+    cols = table.columns
+    default_key = f"{group.sort_threat}_{group.sort_stat}" if table.key == "compact" else ""
+    heads = ['<th data-key="rank" class="rank">#</th>'] + [
+        f'<th data-key="{escape(c.key)}" class="{"method text" if c.key == "method" else "text" if not c.numeric else "num"}"'
+        + (' aria-sort="ascending"' if c.key == default_key else "") + f">{escape(c.header)}</th>"
         for c in cols]
-    spans = f'<th colspan="{1 + sum(c.threat is None for c in cols)}"></th>' + "".join(
-        f'<th colspan="{sum(c.threat == t for c in cols)}" class="threat">{escape(threat_name(t))}</th>'
-        for t in group.threats)
-    out = [f'<div class="scroll"><table class="leaderboard" id="t-{escape(slug)}">',
-           f"<thead><tr>{spans}</tr><tr>" + "".join(heads) + "</tr></thead>"]
+    out = [f'<div class="scroll"><table class="leaderboard {escape(table.key)}" id="t-{escape(slug)}-{escape(table.key)}">',
+           "<thead><tr>" + "".join(heads) + "</tr></thead>"]
     for row in group.rows:
         rank = "" if row.rank is None else row.rank
-        cells = [f'<td data-sort="{rank}">{rank_text(row)}</td>']
+        cells = [f'<td data-sort="{rank}" class="rank">{rank_text(row)}</td>']
         for c in cols:
             text, key = c.cell(row)
             attrs = f' data-sort="{escape("" if key is None else str(key))}"'
+            if c.key == "method":
+                attrs += f' class="method text" title="{escape(_hover(row))}"'
+                flag = (f'<span class="flag" title="{escape(_masked_title(group, row))}">{MASKED}</span>'
+                        if row.possibly_masked else "")
+                cells.append(f"<td{attrs}>{escape(text)}{flag}</td>")
+                continue
             attrs += ' class="text"' if not c.numeric else ""
-            attrs += f' title="{escape(_hover(row))}"' if c.key == "method" else ""
             cells.append(f"<td{attrs}>{escape(text)}</td>")
-        out += ["<tbody>", '<tr class="row">' + "".join(cells) + "</tr>",
-                f'<tr class="config"><td colspan="{len(cols) + 1}"><details><summary>'
-                f'{len(row.runs)} run(s): configs</summary>{_run_config(row)}</details></td></tr>', "</tbody>"]
+        base = " baseline" if row.label == group.baseline else ""
+        out += ["<tbody>", f'<tr class="row{base}">' + "".join(cells) + "</tr>"]
+        if configs:
+            out.append(f'<tr class="config"><td colspan="{len(cols) + 1}"><details><summary>'
+                       f'{len(row.runs)} run(s): configs</summary>{_run_config(row)}</details></td></tr>')
+        out.append("</tbody>")
     return out + ["</table></div>"]
+
+
+def _masked_title(group: Group, row: Row) -> str:
+    c = row.check
+    check = threat_name(group.check_threat or "")
+    return (f"{check} minus {threat_name(group.sort_threat)}, {group.sort_stat} error on the same images: "
+            f"{100 * c.value:+.1f} [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] points") if c else ""
 
 
 def _figure(png: str, svg: str, charts: dict[str, bytes], alt: str, caption: str, kind: str) -> list[str]:
@@ -144,18 +168,45 @@ def _figure(png: str, svg: str, charts: dict[str, bytes], alt: str, caption: str
 
 
 def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
-    name = threat_name(group.sort_threat)
-    out = ['<div class="charts">'] + _figure(
-        *tradeoff_paths(slug), charts, f"trade-off: average vs worst-class {name} error",
-        f"Average against worst-class {name} error, one point per method (mean over seeds), its 95% "
-        f"bootstrap intervals as a cross (none for a row without outcomes); dashed: the Pareto front, "
-        f"the methods no other beats on both.", "tradeoff")
+    """The forest plot, the trade-off figure and the heatmap, under the ranking threat."""
+    name, n = threat_name(group.sort_threat), usual_seeds(group)
+    base = group.baseline or "the baseline"
+    out = ['<div class="figs">']
+    out += _figure(*forest_paths(slug), charts, f"forest plot: differences from {base}, {name}",
+                   f"Each row minus {base} under {name}: worst-class (left) and average (right) error in "
+                   f"percentage points, with 95% paired intervals; filled where the interval excludes 0.", "forest")
+    out += _figure(*tradeoff_paths(slug), charts, f"trade-off: average vs worst-class {name} error",
+                   f"Average against worst-class {name} error, one point per method (mean over {n} seeds unless "
+                   f"labelled), its 95% intervals as a cross (none for a row without outcomes); the baseline "
+                   f"outlined; dashed: the Pareto front, the methods no other beats on both.", "tradeoff")
+    out += _figure(*heatmap_paths(slug), charts, f"heatmap: {name} error per method and class",
+                   f"{name} error (%) of every method (rows, in rank order) on every class.", "heatmap")
+    return out + ["</div>"]
+
+
+def _class_charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
+    threats, _ = shown_threats(group)
+    out = ['<details><summary>Class-wise bar charts, one per threat</summary><div class="figs">']
     for threat, (png, svg) in figure_paths(group, slug).items():
+        if threat not in threats:
+            continue
         name = threat_name(threat)
         out += _figure(png, svg, charts, f"{name} error per class",
-                       f"{name} error per class, mean over seeds; error bars: 95% bootstrap intervals "
-                       f"(none for a row without outcomes).", "classwise")
-    return out + ["</div>"]
+                       f"{name} error per class, mean over seeds; error bars: 95% intervals "
+                       f"(none for a row without outcomes); the baseline outlined.", "classwise")
+    return out + ["</div></details>"]
+
+
+def _group_body(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
+    tables = group_tables(group)
+    body = [f'<p class="note">{escape(sort_note(group))}</p>'] + _table(group, slug, tables[0], True)
+    body += _charts(group, slug, charts)
+    for table in tables[1:]:
+        body += [f"<h3>{escape(table.title)}</h3>"] + _table(group, slug, table, False)
+    _, note = shown_threats(group)
+    if note:
+        body.append(f'<p class="note">{escape(note)}</p>')
+    return body + _class_charts(group, slug, charts)
 
 
 def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> str:
@@ -170,12 +221,17 @@ def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> s
         if notes:
             items = "".join(f"<li><code>{escape(p)}</code>: {escape(why)}</li>" for p, why in notes)
             body.append(f'<div class="warn"><strong>{escape(title)}</strong><ul>{items}</ul></div>')
-    body.append("<nav>" + "".join(f'<a href="#g-{escape(s)}">{escape(g.key.label())}</a>'
+    body.append("<nav>" + "".join(f'<a href="#g-{escape(s)}">{escape(g.key.label())}'
+                                  f'{" (superseded)" if superseded(g, board) else ""}</a>'
                                   for g, s in zip(board.groups, slugs)) + "</nav>")
     for group, slug in zip(board.groups, slugs):
-        body += [f'<section id="g-{escape(slug)}">', f"<h2>{escape(group.key.label())}</h2>",
-                 f'<p class="note">{escape(sort_note(group))}</p>']
-        body += _table(group, slug) + _charts(group, slug, charts) + ["</section>"]
+        title = escape(group.key.label())
+        if superseded(group, board):
+            body += [f'<section id="g-{escape(slug)}"><details class="group"><summary>{title} (superseded)'
+                     f"</summary>"] + _group_body(group, slug, charts) + ["</details></section>"]
+        else:
+            body += [f'<section id="g-{escape(slug)}">', f"<h2>{title}</h2>"]
+            body += _group_body(group, slug, charts) + ["</section>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>fairbench leaderboard</title><style>{_CSS}</style></head>\n<body>\n"

@@ -1,8 +1,13 @@
 """Leaderboard tables: Markdown (printed and committed), CSV (for scripts) and booktabs LaTeX.
 
-Errors are shown in percent as the mean over seeds with its 95% bootstrap interval (or ± the sample
-std over seeds for a row without outcomes), differences from the group's baseline with theirs; the
-CSV keeps fractions in [0, 1] like metrics.json. Markdown and HTML work from the same `columns`.
+Each group opens with a compact table (`compact_columns`: at most 8 columns, the answer under the
+ranking threat) and then one full table per threat (`threat_table_columns`); the union's table is
+left out where the union equals one single threat's outcomes in every run (`shown_threats`).
+Errors are shown in percent as the mean over seeds with its 95% interval (or ± the sample std over
+seeds for a row without outcomes), differences from the group's baseline with theirs; the CSVs
+keep fractions in [0, 1] like metrics.json: ``leaderboard.csv`` one line per row, and
+``leaderboard_long.csv`` one line per group x row x threat x statistic (`long_frame`).
+Markdown and HTML work from the same `Column` lists.
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ import pandas as pd
 from fairbench.report.model import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
 from fairbench.report.stats import Delta, Interval
 
-LEGEND = ("Errors in %, mean over seeds [95% bootstrap interval: seeds and test images resampled] "
-          "(mean ± std over seeds for a row without per-example outcomes). *avg*: average error; "
-          "*worst*: the mean over seeds of each seed's worst-class error, and the class worst in most seeds "
-          "(k/n: in k of n seeds); *spread*: std of the per-class errors. *Δ*: difference from the "
-          "group's baseline row (paired bootstrap over the same seeds and test images); † where its "
-          "interval excludes 0. *#*: rank by worst-class robust error; a row whose interval overlaps "
-          "the best one's shares its rank. *union*: an image is robust only if every attack run on it "
-          "fails; counted on the images every attack ran on (the AutoAttack subset where AutoAttack ran "
-          "on fewer than the others).")
+LEGEND = ("Errors in %, mean over seeds [95% interval: a bootstrap resampling seeds and test images, never "
+          "narrower than the Wilson score interval of the images counted, so a few images per class give a "
+          "wide interval, not a false zero-width one] (mean ± std over seeds for a row without per-example "
+          "outcomes). Each group opens with a compact table under the threat it is ranked by, then one "
+          "table per threat. *avg*: average error; *worst*: the mean over seeds of each seed's worst-class "
+          "error, and the class worst in most seeds (k/n: in k of n seeds; classes that tie are joined by "
+          "=); *spread*: std of the per-class errors. *Δ*: difference from the group's baseline row "
+          "(paired bootstrap over the same seeds and test images); † where its interval excludes 0. *#*: "
+          "rank by the statistic named above each table (default: worst-class error under the strongest "
+          "attack run on every test image, PGD-20 where AutoAttack runs on a subset); a row whose interval "
+          "overlaps the best one's shares its rank. *possibly masked*: AutoAttack, run on a subset, finds a "
+          "higher error than the ranking attack on the same images, by an interval that excludes 0, so the "
+          "ranking attack may understate that row's error. *union*: an image is robust only if every "
+          "attack run on it fails; counted on the images every attack ran on.")
 MARK = "†"  # a difference whose interval excludes 0
+MASKED = "possibly masked"
 
 
 @dataclass(frozen=True)
@@ -36,8 +47,17 @@ class Column:
     header: str
     cell: Callable[[Row], tuple[str, float | str | None]]
     numeric: bool = True
-    threat: str | None = None  # the threat a column belongs to (the HTML groups headers by it)
+    threat: str | None = None  # the threat a column belongs to
     short: str = ""  # the header under the threat's name
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of a group: ``key`` names it in HTML ids, ``title`` heads it (empty: none)."""
+
+    key: str
+    title: str
+    columns: list[Column]
 
 
 def pct(stat: Stat | None, n_runs: int, ci: Interval | None = None) -> str:
@@ -69,26 +89,28 @@ def interval(row: Row, threat: str, field: str) -> Interval | Delta | None:
     return getattr(s.ci, field) if s is not None and s.ci is not None else None
 
 
-def _stat_column(threat: str, field: str, header: str) -> Column:
+def _stat_column(threat: str, field: str, header: str, named: bool = True) -> Column:
     def cell(row: Row) -> tuple[str, float | None]:
         s = row.threats.get(threat)
         stat = getattr(s, field) if s else None
         ci = interval(row, threat, field) if field in ("avg", "worst") else None
         return pct(stat, len(row.runs), ci), (stat.mean if stat else None)
 
-    return Column(f"{threat}_{field}", f"{threat_name(threat)} {header}", cell, True, threat, header)
+    title = f"{threat_name(threat)} {header}" if named else header
+    return Column(f"{threat}_{field}", title, cell, True, threat, header)
 
 
-def _delta_column(group: Group, threat: str, field: str) -> Column:
+def _delta_column(group: Group, threat: str, field: str, named: bool = True) -> Column:
     def cell(row: Row) -> tuple[str, float | None]:
         delta = interval(row, threat, f"{field}_delta")
         text = delta_text(delta, row.label == group.baseline and threat in row.threats)
         return text, (delta.value if delta else None)
 
-    return Column(f"{threat}_{field}_delta", f"{threat_name(threat)} Δ{field}", cell, True, threat, f"Δ{field}")
+    title = f"{threat_name(threat)} Δ{field}" if named else f"Δ{field}"
+    return Column(f"{threat}_{field}_delta", title, cell, True, threat, f"Δ{field}")
 
 
-def _class_column(threat: str) -> Column:
+def _class_column(threat: str, named: bool = True) -> Column:
     def cell(row: Row) -> tuple[str, str | None]:
         s = row.threats.get(threat)
         if s is None:
@@ -96,27 +118,112 @@ def _class_column(threat: str) -> Column:
         n = s.worst.n
         return s.worst_class + (f" ({s.worst_class_votes}/{n})" if s.worst_class_votes < n else ""), s.worst_class
 
-    return Column(f"{threat}_worst_class", f"{threat_name(threat)} worst class", cell, False, threat, "worst class")
+    title = f"{threat_name(threat)} worst class" if named else "worst class"
+    return Column(f"{threat}_worst_class", title, cell, False, threat, "worst class")
+
+
+def method_text(row: Row) -> str:
+    """The row's label, and ``(possibly masked)`` where its check says so."""
+    return row.label + (f" ({MASKED})" if row.possibly_masked else "")
+
+
+def _method_column(key: str = "method") -> Column:
+    return Column(key, "method", lambda r: (r.label, r.label), numeric=False)
+
+
+def _seeds_column() -> Column:
+    return Column("seeds", "seeds", lambda r: (str(len(r.runs)), float(len(r.runs))))
+
+
+def compact_columns(group: Group) -> list[Column]:
+    """The compact table (with the rank, at most 8 columns): method, seeds, average and
+    worst-class error under the ranking threat, Δworst and Δavg against the baseline, clean
+    average error (not repeated when the ranking threat is clean)."""
+    t = group.sort_threat
+    cols = [_method_column(), _seeds_column(), _stat_column(t, "avg", "avg"), _stat_column(t, "worst", "worst")]
+    if group.baseline is not None:
+        cols += [_delta_column(group, t, "worst"), _delta_column(group, t, "avg")]
+    if t != "clean" and "clean" in group.threats:
+        cols.append(_stat_column("clean", "avg", "avg"))
+    return cols
+
+
+def threat_table_columns(group: Group, threat: str) -> list[Column]:
+    """One threat's full table: method, seeds, avg, worst, worst class, spread, Δavg, Δworst."""
+    cols = [_method_column(), _seeds_column(), _stat_column(threat, "avg", "avg", False),
+            _stat_column(threat, "worst", "worst", False), _class_column(threat, False),
+            _stat_column(threat, "spread", "spread", False)]
+    if group.baseline is not None:
+        cols += [_delta_column(group, threat, "avg", False), _delta_column(group, threat, "worst", False)]
+    return cols
+
+
+def union_same_as(group: Group) -> str | None:
+    """The single threat whose outcomes the union equals in every run of the group (per class,
+    AutoAttack's where the union is counted on its subset), else None."""
+    if "union" not in group.threats:
+        return None
+    runs = [r for row in group.rows for r in row.runs if "union" in r.record.metrics]
+    for t in group.threats:
+        if t in ("union", "clean"):
+            continue
+        if runs and all(t in r.record.metrics and r.record.metrics[t].per_class == r.record.metrics["union"].per_class
+                        and r.record.metrics[t].n_per_class == r.record.metrics["union"].n_per_class for r in runs):
+            return t
+    return None
+
+
+def shown_threats(group: Group) -> tuple[list[str], str]:
+    """The threats that get a full table, and a note for the union when it is left out."""
+    same = union_same_as(group)
+    if same is None:
+        return list(group.threats), ""
+    return [t for t in group.threats if t != "union"], (
+        f"union: the same outcomes as {threat_name(same)} in every run (no attack added an image), so "
+        f"its table is not repeated.")
+
+
+def group_tables(group: Group) -> list[Table]:
+    """The compact table, then a full table per shown threat."""
+    tables = [Table("compact", "", compact_columns(group))]
+    threats, _ = shown_threats(group)
+    return tables + [Table(t, threat_name(t), threat_table_columns(group, t)) for t in threats]
 
 
 def columns(group: Group) -> list[Column]:
-    cols = [Column("method", "method", lambda r: (r.label, r.label), numeric=False),
-            Column("seeds", "seeds", lambda r: (str(len(r.runs)), float(len(r.runs))))]
-    for t in group.threats:
-        cols += [_stat_column(t, "avg", "avg"), _stat_column(t, "worst", "worst"), _class_column(t),
-                 _stat_column(t, "spread", "spread")]
-        if group.baseline is not None:
-            cols += [_delta_column(group, t, "avg"), _delta_column(group, t, "worst")]
-    return cols
+    """Every column of every table of the group, once each (the compact table's first)."""
+    seen, out = set(), []
+    for table in group_tables(group):
+        for c in table.columns:
+            if c.key not in seen:
+                seen.add(c.key)
+                out.append(c)
+    return out
 
 
 def rank_text(row: Row) -> str:
     return "-" if row.rank is None else str(row.rank)
 
 
+def ranked_by(group: Group) -> str:
+    """The statistic that ranks the group, as people read it."""
+    what = "worst-class" if group.sort_stat == "worst" else "average"
+    return f"{what} {threat_name(group.sort_threat)} error"
+
+
 def sort_note(group: Group) -> str:
-    base = f" Δ: against {group.baseline}." if group.baseline is not None else ""
-    return f"Sorted by worst-class {threat_name(group.sort_threat)} error.{base}"
+    """What ranks the group, what checks it, and the baseline."""
+    text = f"Ranked by {ranked_by(group)}"
+    if group.check_threat is not None:
+        aa = group.key.aa_per_class
+        subset = f" on {aa} images per class" if aa is not None and group.check_threat == "autoattack" else ""
+        masked = [r.label for r in group.rows if r.possibly_masked]
+        text += (f"; checked with {threat_name(group.check_threat)}{subset} "
+                 f"({len(masked)} row{'s' if len(masked) != 1 else ''} {MASKED})")
+    text += "."
+    if group.baseline is not None:
+        text += f" Δ: against {group.baseline}."
+    return text
 
 
 def one_line(text: str) -> str:
@@ -134,17 +241,39 @@ def md_escape(text: str) -> str:
     return "".join(_MD_SPECIAL.get(c, c) for c in one_line(text))
 
 
+def superseded(group: Group, board: Leaderboard) -> bool:
+    """A group after the canonical one (the first, when it is the tuned board or the standard
+    protocol's group: `model.group_tier`). Such groups are collapsed in the HTML."""
+    first = board.groups[0] if board.groups else None
+    return first is not None and first.tier <= 1 and group is not first
+
+
+def _md_table(table: Table, group: Group) -> list[str]:
+    cols = table.columns
+    lines = ["| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
+             "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols)]
+    for row in group.rows:
+        cells = []
+        for c in cols:
+            text = method_text(row) if c.key == "method" else c.cell(row)[0]
+            # numeric cells are built here from numbers (their brackets are intervals, not links)
+            cells.append(text if c.numeric else md_escape(text))
+        lines.append(f"| {rank_text(row)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(board: Leaderboard) -> str:
     lines = ["# fairbench leaderboard", "", LEGEND]
     for group in board.groups:
-        cols = columns(group)
-        lines += ["", f"## {md_escape(group.key.label())}", "", md_escape(sort_note(group)), "",
-                  "| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
-                  "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols)]
-        for row in group.rows:
-            # numeric cells are built here from numbers (their brackets are intervals, not links)
-            lines.append(f"| {rank_text(row)} | " + " | ".join(c.cell(row)[0] if c.numeric else md_escape(c.cell(row)[0])
-                                                              for c in cols) + " |")
+        old = " (superseded)" if superseded(group, board) else ""
+        tables = group_tables(group)
+        lines += ["", f"## {md_escape(group.key.label())}{old}", "", md_escape(sort_note(group)), ""]
+        lines += _md_table(tables[0], group)
+        for table in tables[1:]:
+            lines += ["", f"### {md_escape(table.title)}", ""] + _md_table(table, group)
+        _, note = shown_threats(group)
+        if note:
+            lines += ["", md_escape(note)]
     return "\n".join(lines) + "\n"
 
 
@@ -175,28 +304,41 @@ def _csv_threat_fields(row: Row, threat: str) -> dict[str, Any]:
     return {f"{threat}_{name}": v for name, v in zip(CSV_THREAT_FIELDS, values)}
 
 
+def _group_fields(group: Group) -> dict[str, Any]:
+    k = group.key
+    return {"group": _csv_text(k.label()), "dataset": _csv_text(k.dataset), "arch": _csv_text(k.arch),
+            "norm": k.norm, "eps": f"{k.eps:g}", "epochs": k.epochs, "train_per_class": k.train_per_class,
+            "eval_per_class": k.eval_per_class, "select": k.select, "sorted_by": group.sort_threat,
+            "sort_stat": group.sort_stat, "baseline": None if group.baseline is None else _csv_text(group.baseline)}
+
+
+def _check_fields(group: Group, row: Row) -> dict[str, Any]:
+    c = row.check
+    return {"check_threat": group.check_threat, "check_delta": c.value if c else None,
+            "check_delta_lo": c.lo if c else None, "check_delta_hi": c.hi if c else None,
+            "possibly_masked": row.possibly_masked}
+
+
 def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
     """The CSV's table: one line per row of every group; errors as fractions.
 
-    ``T_*_lo``/``T_*_hi``: the 95% bootstrap interval; ``T_*_delta``: this row minus the group's
-    ``baseline`` row (empty without outcomes or without a baseline); ``rank`` admits ties.
+    ``T_*_lo``/``T_*_hi``: the 95% interval; ``T_*_delta``: this row minus the group's ``baseline``
+    row (empty without outcomes or without a baseline); ``rank`` admits ties and ranks by
+    ``sort_stat`` (worst or avg) under ``sorted_by``; ``check_delta``: ``check_threat`` minus
+    ``sorted_by`` on the same images, the ranked statistic; ``possibly_masked`` where it excludes 0.
     """
     threats = ordered_threats(t for g in board.groups for t in g.threats)
     lines = []
     for group in board.groups:
-        k = group.key
         for row in group.rows:
-            line = {"dataset": k.dataset, "arch": _csv_text(k.arch), "norm": k.norm, "eps": f"{k.eps:g}",
-                    "epochs": k.epochs, "train_per_class": k.train_per_class,
-                    "eval_per_class": k.eval_per_class, "select": k.select, "sorted_by": group.sort_threat,
-                    "baseline": None if group.baseline is None else _csv_text(group.baseline),
-                    "rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
-                    "params": _csv_text(json.dumps(row.runs[0].record.params, sort_keys=True)),
-                    "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds))}
+            line = _group_fields(group) | {
+                "rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
+                "params": _csv_text(json.dumps(row.runs[0].record.params, sort_keys=True)),
+                "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds))} | _check_fields(group, row)
             for t in threats:
                 line |= _csv_threat_fields(row, t)
             lines.append(line)
-    frame = pd.DataFrame(lines)
+    frame = pd.DataFrame(lines).drop(columns=["group"])
     whole = [c for c in frame.columns if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")]
     return frame.astype({c: "Int64" for c in whole})
 
@@ -204,6 +346,61 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
 def to_csv(board: Leaderboard) -> str:
     """One table for every group; errors as fractions (6 decimals), std empty for a single seed."""
     return leaderboard_frame(board).to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
+
+
+LONG_COLUMNS = ("group", "dataset", "arch", "norm", "eps", "epochs", "train_per_class", "eval_per_class", "select",
+                "sorted_by", "sort_stat", "baseline", "rank", "label", "method", "n_seeds", "threat", "statistic",
+                "class", "value", "lo", "hi", "std", "n", "significant")
+
+
+def long_frame(board: Leaderboard) -> pd.DataFrame:
+    """The tidy table: one line per group x row x threat x statistic (and class, for ``class_err``).
+
+    ``statistic``: avg_err, worst_err (``class``: the class worst in most seeds), spread,
+    class_err (one line per class), avg_err_delta and worst_err_delta (against ``baseline``), and
+    check_delta (``threat`` is the check threat: its error minus the ranking threat's, the ranked
+    statistic, on its images). ``value`` is the mean over seeds; ``lo``/``hi`` its 95% interval
+    (empty without outcomes); ``std`` over seeds; ``n`` seeds with the threat; ``significant`` for a
+    difference whose interval excludes 0. Errors are fractions.
+    """
+    lines = []
+    for group in board.groups:
+        fixed = _group_fields(group)
+        for row in group.rows:
+            base = fixed | {"rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
+                            "n_seeds": len(row.runs)}
+            for t in group.threats:
+                s = row.threats.get(t)
+                if s is None:
+                    continue
+                ci = s.ci
+
+                def add(stat: str, value: float, iv: Interval | None, std: float | None = None,
+                        cls: str | None = None, n: int = s.avg.n) -> None:
+                    lines.append(base | {"threat": t, "statistic": stat, "class": cls, "value": value,
+                                         "lo": iv.lo if iv else None, "hi": iv.hi if iv else None, "std": std,
+                                         "n": n, "significant": iv.significant if isinstance(iv, Delta) else None})
+
+                add("avg_err", s.avg.mean, ci.avg if ci else None, s.avg.std)
+                add("worst_err", s.worst.mean, ci.worst if ci else None, s.worst.std, _csv_text(s.worst_class))
+                add("spread", s.spread.mean, None, s.spread.std)
+                for j, (name, c) in enumerate(zip(group.key.classes, s.per_class)):
+                    if c is not None:
+                        add("class_err", c.mean, ci.per_class[j] if ci else None, c.std, _csv_text(name), c.n)
+                for field in ("avg", "worst"):
+                    d = getattr(ci, f"{field}_delta") if ci else None
+                    if d is not None:
+                        add(f"{field}_err_delta", d.value, d)
+            if row.check is not None:
+                lines.append(base | {"threat": group.check_threat, "statistic": "check_delta", "value": row.check.value,
+                                     "lo": row.check.lo, "hi": row.check.hi, "n": len(row.runs),
+                                     "significant": row.possibly_masked})
+    frame = pd.DataFrame(lines, columns=list(LONG_COLUMNS))
+    return frame.astype({c: "Int64" for c in ("epochs", "train_per_class", "eval_per_class", "rank", "n_seeds", "n")})
+
+
+def to_long_csv(board: Leaderboard) -> str:
+    return long_frame(board).to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -216,66 +413,83 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX_SPECIAL.get(c, c) for c in one_line(text))
 
 
-def _tex_stat(stat: Stat | None, ci: Interval | None = None) -> str:
+def _tex_num(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _tex_signed(x: float) -> str:
+    return signed(x).replace("-", "$-$")
+
+
+def _tex_pair(stat: Stat | None, ci: Interval | None) -> tuple[str, str]:
+    """(the value, its interval) for two stacked lines of a cell."""
     if stat is None:
-        return "--"
+        return "--", ""
     if ci is not None:
-        return f"${100 * stat.mean:.1f}$ {{\\scriptsize $[{100 * ci.lo:.1f}, {100 * ci.hi:.1f}]$}}"
-    return f"${100 * stat.mean:.1f}" + (f" \\pm {100 * stat.std:.1f}$" if stat.std is not None else "$")
+        return _tex_num(stat.mean), f"[{_tex_num(ci.lo)},\\,{_tex_num(ci.hi)}]"
+    return _tex_num(stat.mean), (f"$\\pm${_tex_num(stat.std)}" if stat.std is not None else "")
 
 
-def _tex_delta(delta: Delta | None, is_baseline: bool) -> str:
+def _tex_delta_pair(delta: Delta | None, is_baseline: bool) -> tuple[str, str]:
     if is_baseline:
-        return "base"
+        return "base", ""
     if delta is None:
-        return "--"
-    mark = "^{\\dagger}" if delta.significant else ""
-    return f"${signed(delta.value)}{mark}$ {{\\scriptsize $[{signed(delta.lo)}, {signed(delta.hi)}]$}}"
+        return "--", ""
+    mark = "$^\\dagger$" if delta.significant else ""
+    return _tex_signed(delta.value) + mark, f"[{_tex_signed(delta.lo)},\\,{_tex_signed(delta.hi)}]"
 
 
-def _tex_cells(group: Group, row: Row, threat: str) -> list[str]:
-    s = row.threats.get(threat)
-    width = 6 if group.baseline is not None else 4
-    if s is None:
-        return ["--"] * width
-    cells = [_tex_stat(s.avg, interval(row, threat, "avg")), _tex_stat(s.worst, interval(row, threat, "worst")),
-             tex_escape(s.worst_class), _tex_stat(s.spread)]
-    if group.baseline is not None:
-        is_base = row.label == group.baseline
-        cells += [_tex_delta(interval(row, threat, f"{f}_delta"), is_base) for f in ("avg", "worst")]
-    return cells
-
-
-def _tex_table(group: Group) -> list[str]:
-    n, width = len(group.threats), (6 if group.baseline is not None else 4)
-    spec = "rlr" + (" rrlr" + "rr" * (width == 6)) * n
-    heads = " & ".join(f"\\multicolumn{{{width}}}{{c}}{{{tex_escape(threat_name(t))}}}" for t in group.threats)
-    rules = " ".join(f"\\cmidrule(lr){{{4 + width * i}-{3 + width * (i + 1)}}}" for i in range(n))
-    names = " & Avg & Worst & Class & Spread" + (" & $\\Delta$Avg & $\\Delta$Worst" if width == 6 else "")
-    base = (f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), "
-            f"$^\\dagger$ where its interval excludes 0." if group.baseline is not None else "")
+def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
+    """One booktabs table: a row's values on one line, their intervals under them in a smaller
+    size, the method's name in a column that wraps; fits a two-column paper's column."""
+    has_delta = group.baseline is not None
+    name = tex_escape(threat_name(threat))
     label = tex_escape(group.key.label().replace(" · ", ", "))
-    lines = [f"% {label}", r"\begin{table}[t]", r"\centering",
-             f"\\caption{{{label}. Error (\\%), mean over seeds and its 95\\% bootstrap interval "
-             f"(mean $\\pm$ std over seeds without per-example outcomes); worst: the mean of each seed's "
-             f"worst-class error, and the class worst in most seeds; spread: std across classes.{base} "
-             f"\\#: rank by worst-class {tex_escape(threat_name(group.sort_threat))} error; rows whose "
-             f"interval overlaps the best one's share its rank.}}",
-             f"\\label{{tab:fairbench-{group.key.slug()}}}", r"\resizebox{\linewidth}{!}{%",
-             f"\\begin{{tabular}}{{{spec}}}", r"\toprule", f" & & & {heads} \\\\", rules,
-             "\\# & Method & Seeds" + names * n + r" \\", r"\midrule"]
+    what = "worst-class" if group.sort_stat == "worst" else "average"
+    base = (f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
+            f"interval excludes 0." if has_delta else "")
+    masked = (f" \\S: possibly masked ({tex_escape(threat_name(group.check_threat))} finds a higher error on the "
+              f"same images)." if any(r.possibly_masked for r in group.rows) else "")
+    spec = "@{}r p{0.16\\linewidth} r r" + (" r r" if has_delta else "") + "@{}"
+    heads = r"\# & Method & Avg & Worst" + (r" & $\Delta$Avg & $\Delta$Worst" if has_delta else "") + r" \\"
+    lines = [f"% {label}: {name}", r"\begin{table}[t]", r"\centering", r"\footnotesize",
+             r"\setlength{\tabcolsep}{2pt}",
+             f"\\caption{{{name} error (\\%), {label}. Mean over seeds, 95\\% interval below it (bootstrap, at "
+             f"least the Wilson interval; $\\pm$ std over seeds without per-example outcomes); worst: the mean of "
+             f"each seed's worst-class error, the class worst in most seeds under the method's name, its number "
+             f"of seeds in brackets.{base} \\#: rank by {what} "
+             f"{tex_escape(threat_name(group.sort_threat))} error; rows whose interval overlaps the best one's "
+             f"share its rank.{masked}}}",
+             f"\\label{{tab:fairbench-{group.key.slug()}-{index}}}",
+             f"\\begin{{tabular}}{{{spec}}}", r"\toprule", heads, r"\midrule"]
     for row in group.rows:
-        cells = [rank_text(row).replace("-", "--"), tex_escape(row.label), str(len(row.runs))]
-        for t in group.threats:
-            cells += _tex_cells(group, row, t)
-        lines.append(" & ".join(cells) + r" \\")
-    return lines + [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+        s = row.threats.get(threat)
+        method = tex_escape(row.label) + (r" \S" if row.possibly_masked else "")
+        method += f" ({len(row.runs)})"
+        if s is None:
+            cells = [("--", "")] * (4 if has_delta else 2)
+            cls = ""
+        else:
+            cells = [_tex_pair(s.avg, interval(row, threat, "avg")), _tex_pair(s.worst, interval(row, threat, "worst"))]
+            if has_delta:
+                is_base = row.label == group.baseline
+                cells += [_tex_delta_pair(interval(row, threat, f"{f}_delta"), is_base) for f in ("avg", "worst")]
+            cls = tex_escape(s.worst_class)
+        top = [rank_text(row).replace("-", "--"), r"\raggedright " + method] + [c[0] for c in cells]
+        below = ["", f"{{\\scriptsize {cls}}}" if cls else ""] + [f"{{\\scriptsize {c[1]}}}" if c[1] else ""
+                                                                 for c in cells]
+        lines += [" & ".join(top) + r" \\", " & ".join(below) + r" \\", r"\addlinespace[2pt]"]
+    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
 
 
 def to_latex(board: Leaderboard) -> str:
-    """One booktabs table per group; needs \\usepackage{booktabs,graphicx}."""
+    """Per group, one booktabs table per shown threat (the ranking threat's first); needs
+    \\usepackage{booktabs}. Method names are followed by their number of seeds in brackets."""
     lines = ["% fairbench leaderboard, generated by `fairbench report` from metrics.json files.",
-             r"% Needs \usepackage{booktabs} and \usepackage{graphicx}."]
+             r"% Needs \usepackage{booktabs}. One table per group and threat, each fits one column."]
     for group in board.groups:
-        lines += [""] + _tex_table(group)
+        threats, _ = shown_threats(group)
+        threats = sorted(threats, key=lambda t: t != group.sort_threat)
+        for i, t in enumerate(threats):
+            lines += [""] + _tex_threat_table(group, t, i)
     return "\n".join(lines) + "\n"
