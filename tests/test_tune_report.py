@@ -93,3 +93,34 @@ def test_a_trials_file_that_is_a_symlink_or_fifo_is_skipped(tmp_path: Path) -> N
     os.mkfifo(tmp_path / "b" / "trials.csv")
     studies, skipped = load_studies(tmp_path)
     assert not studies and len(skipped) == 2
+
+
+def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(tuned: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`fairbench report` on a results folder with a study: the page shows the sensitivity figure
+    decoded, and its table names the selected trial of each method."""
+    import re
+
+    from test_report import _chromium
+
+    code, _, err = cli_out(["report", "--results", str(tuned)], capsys)
+    assert code == 0, err
+    assert (tuned / "figures" / "sensitivity_tuning.png").is_file()
+    shutil.copyfile(tuned / "index.html", tmp_path / "index.html")
+    (tmp_path / "probe.html").write_text(
+        '<!DOCTYPE html><html><body><iframe id="f" src="index.html" style="width:1400px;height:900px">'
+        '</iframe><pre id="out"></pre><script>window.addEventListener("load", function () {'
+        ' var doc = document.getElementById("f").contentDocument, out = [];'
+        ' doc.querySelectorAll("#sensitivity figure img").forEach(function (img) {'
+        '  out.push(["IMG", img.complete, img.naturalWidth, Math.round(img.getBoundingClientRect().width),'
+        '            img.alt].join("|")); });'
+        ' doc.querySelectorAll("#sensitivity td").forEach(function (td) { out.push("TD|" + td.textContent); });'
+        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
+    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
+                    (tmp_path / "probe.html").as_uri()).stdout
+    images = [line.split("|") for line in re.findall(r"IMG\|[^\n<]*", dom)]
+    cells = re.findall(r"TD\|([^\n<]*)", dom)
+    assert len(images) == 1
+    _, complete, width, on_page, alt = images[0]
+    assert complete == "true" and int(width) > 300 and int(on_page) > 300 and alt.startswith("sensitivity:")
+    assert sum(c.startswith("trial ") for c in cells) == 2  # pgd-at's and trades' selected trials

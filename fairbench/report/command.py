@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from fairbench.errors import FairbenchError
@@ -28,6 +29,7 @@ from fairbench.report.figures import (figure_paths, forest_paths, group_slugs, h
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
 from fairbench.report.model import Leaderboard, build_leaderboard
+from fairbench.report.sensitivity import load_studies, render_sensitivity, sensitivity_paths
 from fairbench.report.tables import to_csv, to_latex, to_long_csv, to_markdown
 from fairbench.results import atomic_write_bytes, ensure_writable
 from fairbench.schema import read_regular
@@ -43,7 +45,9 @@ OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.htm
 def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None) -> Leaderboard:
     """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks by
     ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error)."""
-    return add_intervals(build_leaderboard(results_dir), baseline, rank_by=rank_by)
+    board = add_intervals(build_leaderboard(results_dir), baseline, rank_by=rank_by)
+    studies, skipped = load_studies(results_dir)
+    return replace(board, studies=tuple(studies), skipped=board.skipped + tuple(skipped))
 
 
 def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
@@ -60,6 +64,10 @@ def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
         for threat, (png, svg) in figure_paths(group, stem).items():
             outputs[png], outputs[svg] = render_chart(group, threat)
             charts[png] = outputs[png]
+    for study in board.studies:
+        png, svg = sensitivity_paths(study)
+        outputs[png], outputs[svg] = render_sensitivity(study)
+        charts[png] = outputs[png]
     markdown = to_markdown(board)
     outputs["leaderboard.md"] = markdown.encode()
     outputs["leaderboard.csv"] = to_csv(board).encode()

@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import json
 from html import escape as _escape
+from typing import Sequence
 
 from fairbench.report.model import Group, Leaderboard, Row, threat_name
 from fairbench.report.figures import figure_paths, forest_paths, heatmap_paths, tradeoff_paths, usual_seeds
+from fairbench.report.sensitivity import Study, sensitivity_paths
 from fairbench.report.tables import (LEGEND, MASKED, Table, group_tables, one_line, rank_text, shown_threats,
                                      sort_note, superseded)
 
@@ -209,6 +211,37 @@ def _group_body(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
     return body + _class_charts(group, slug, charts)
 
 
+def _sensitivity(studies: Sequence[Study], charts: dict[str, bytes]) -> list[str]:
+    """Each tuning study's sensitivity figure and a table: per method, how far its trials' validation
+    criterion spreads, the paper default's (trial 0) and the selected trial's."""
+    if not studies:
+        return []
+    out = ['<section id="sensitivity"><h2>Sensitivity to hyperparameters (tuning trials, validation only)</h2>',
+           '<p class="note">Criterion: validation average + worst-class robust accuracy (points, higher is '
+           'better) of every finished trial; trial 0 is the paper default; a method is selected only once '
+           'all its trials are finished. No test image is used here.</p>']
+    for study in studies:
+        out += _figure(*sensitivity_paths(study), charts, f"sensitivity: every trial of {study.path}",
+                       f"Every finished trial of {study.path}: one dot per trial, the paper default (trial 0) "
+                       f"a hollow diamond, the selected trial a star.", "sensitivity")
+        rows = []
+        for method in study.methods:
+            mine = [p for p in study.points if p.method == method]
+            default = next((p for p in mine if p.trial == 0), None)
+            chosen = next((p for p in mine if p.selected), None)
+            cells = [method, str(len(mine)), f"{100 * min(p.criterion for p in mine):.1f}",
+                     f"{100 * max(p.criterion for p in mine):.1f}",
+                     "" if default is None else f"{100 * default.criterion:.1f}",
+                     "not yet (study unfinished)" if chosen is None else
+                     f"trial {chosen.trial}: {100 * chosen.criterion:.1f}"]
+            rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+        head = "".join(f"<th>{h}</th>" for h in ("method", "trials finished", "lowest", "highest",
+                                                   "paper default", "selected"))
+        out.append(f'<table class="compact"><caption>{escape(study.path)}</caption><thead><tr>{head}</tr>'
+                   f"</thead><tbody>{''.join(rows)}</tbody></table>")
+    return out + ["</section>"]
+
+
 def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> str:
     """The whole page; ``charts`` maps a figure's PNG path (see `figure_paths`) to its bytes."""
     n_runs = sum(len(r.runs) for g in board.groups for r in g.rows)
@@ -232,6 +265,7 @@ def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> s
         else:
             body += [f'<section id="g-{escape(slug)}">', f"<h2>{title}</h2>"]
             body += _group_body(group, slug, charts) + ["</section>"]
+    body += _sensitivity(board.studies, charts)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>fairbench leaderboard</title><style>{_CSS}</style></head>\n<body>\n"

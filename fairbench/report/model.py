@@ -293,6 +293,7 @@ class Leaderboard:
     skipped: tuple[tuple[str, str], ...]  # (path, reason): files the report could not use
     n_files: int
     warnings: tuple[tuple[str, str], ...] = ()  # (path, what): runs used, with something missing
+    studies: tuple[Any, ...] = ()  # tuning studies (`fairbench.report.sensitivity.Study`), from trials.csv files
 
 
 def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]], int]:
