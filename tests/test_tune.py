@@ -154,6 +154,7 @@ def test_trials_score_on_validation_only_and_trials_csv_selects_the_argmax(
     code, printed, _ = cli_out(["tune", "--methods", "pgd-at,trades", "--trials", "2", *tiny(fmnist_dir, out)],
                                capsys)
     assert code == 0 and "4 done before" in printed
+    assert (out / tune.STUDY_FILE).read_bytes() == before  # nothing redrawn, nothing told twice
 
 
 def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path,

@@ -12,7 +12,6 @@ the one validation selects at the end. Run from the repository root:
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 
