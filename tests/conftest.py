@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,11 @@ import torch
 # One intra-op thread: on a small shared CPU, OpenMP threads spin against other processes and a
 # tiny conv net runs ~50x slower with 2 threads than with 1 (measured on the 2-core dev machine).
 torch.set_num_threads(1)
+
+# fairbench's per-user state (the machine key that tags saved evaluation state, the report's
+# manifests) goes to a folder of this test session, never to the home of whoever runs the tests;
+# processes the tests start inherit it.
+os.environ.setdefault("FAIRBENCH_STATE_DIR", tempfile.mkdtemp(prefix="fairbench-test-state-"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
