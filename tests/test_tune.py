@@ -236,3 +236,34 @@ def test_list_shows_every_methods_search_space(capsys: pytest.CaptureFixture) ->
     code, text, _ = cli_out(["list", "--json"], capsys)
     fairat = next(m for m in json.loads(text)["methods"] if m["name"] == "fairat")
     assert fairat["space"]["score"] == "one of {clean, adversarial}"
+
+
+def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_nothing(
+        fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from fairbench.cli import parse_run_args
+
+    def spec(out: Path) -> tune.StudySpec:
+        return tune.StudySpec("s", 4, 0, ("trades",), tuple(tiny(fmnist_dir, out)), str(out))
+
+    base = parse_run_args(list(spec(tmp_path).run_args))[0]
+    space, defaults = tune.resolve_space("trades", base)
+    reference = tune.draw_trials(spec(tmp_path / "ref"), "trades", space, defaults, persist=True)
+    out = tmp_path / "stopped"
+    real_ask, asked = optuna.Study.ask, []
+
+    def ask_then_stop(self, *args, **kwargs):  # the process dies after drawing two trials
+        if len(asked) == 2:
+            raise KeyboardInterrupt
+        asked.append(1)
+        return real_ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        tune.draw_trials(spec(out), "trades", space, defaults, persist=True)
+    monkeypatch.setattr(optuna.Study, "ask", real_ask)
+    journal = (out / tune.STUDY_FILE).read_bytes()
+    assert tune.draw_trials(spec(out), "trades", space, defaults, persist=False) == reference
+    assert (out / tune.STUDY_FILE).read_bytes() == journal  # the dry run wrote nothing
+    assert tune.draw_trials(spec(out), "trades", space, defaults, persist=True) == reference

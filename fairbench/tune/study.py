@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -38,6 +39,7 @@ from fairbench.schema.validation import VALIDATION_FILE, read_validation
 from fairbench.tune.space import RUN_KEYS, Choice, Distribution, LogUniform, check_space, method_space
 
 STUDY_FILE = "study.journal"
+LOCK_FILE = "study.lock"
 TRIALS_FILE = "trials.csv"
 MAX_TRIALS = 1000
 # `fairbench run` options a study sets itself, with what to use instead
@@ -147,41 +149,63 @@ def _storage(folder: Path | None) -> Any:
 def draw_trials(spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any],
                 persist: bool) -> list[TrialSpec]:
     """The study's N trials of ``method``: read from its journal where drawn before, drawn (and
-    recorded when ``persist``) where not. A study started with another space, N, seed or run
-    options is refused."""
+    recorded when ``persist``) where not; a dry run (``persist=False``) records nothing, and draws
+    what is missing in memory, as the study would. A study started with another space, N, seed or
+    run options is refused. Drawing holds ``<out>/study.lock``, so two commands never interleave."""
+    folder = Path(spec.out)
+    if not persist:
+        return _draw(spec, method, space, defaults, folder if (folder / STUDY_FILE).is_file() else None, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FairbenchError(f"another `fairbench tune` is drawing trials in {folder} right now; "
+                                 f"run this command again when it has started its trials") from None
+        return _draw(spec, method, space, defaults, folder, True)
+
+
+def _draw(spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any],
+          folder: Path | None, persist: bool) -> list[TrialSpec]:
     import optuna
     from optuna.samplers import RandomSampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = Path(spec.out)
-    journal = folder / STUDY_FILE
-    storage = _storage(folder if persist or journal.is_file() else None)
     study_name = f"{spec.name}/{method}"
     signature = json.dumps({"space": space_signature(space), "trials": spec.trials, "seed": spec.seed,
                             "run_args": without_out(spec.run_args)}, sort_keys=True)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        study = None
-    if study is None:
-        if not persist:  # a dry run of a study not started: draw in memory, record nothing
-            storage = _storage(None)
-        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+    study = None
+    if folder is not None:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=_storage(folder))
+        except KeyError:
+            study = None
+    if study is not None and study.user_attrs.get("signature") != signature:
+        raise FairbenchError(f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
+                             f"space, --trials, --tune-seed or run options; its trials stay as they are: start "
+                             f"a new study with --study OTHER_NAME (or --out another folder)")
+    if study is None and persist:
+        assert folder is not None
+        study = optuna.create_study(study_name=study_name, storage=_storage(folder), direction="maximize",
                                     sampler=RandomSampler(seed=spec.seed))
         study.set_user_attr("signature", signature)
-    elif study.user_attrs.get("signature") != signature:
-        raise FairbenchError(f"study '{study_name}' in {journal} was started with another search space, "
-                             f"--trials, --tune-seed or run options; its trials stay as they are: start a "
-                             f"new study with --study OTHER_NAME (or --out another folder)")
+    drawn = [] if study is None else sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    trials = [TrialSpec(method, t.number, _typed(dict(t.params), space)) for t in drawn[:spec.trials]]
     distributions = {k: _optuna_distribution(d) for k, d in space.items()}
-    trials = study.get_trials(deepcopy=False)
     for number in range(len(trials), spec.trials):
+        # a draw depends on (seed, method, number) only: in the study itself, or (a dry run) in a
+        # study of its own in memory, it is the same draw
+        where = study if persist else optuna.create_study(storage=_storage(None), direction="maximize")
+        assert where is not None
         if number == 0:
-            study.enqueue_trial(defaults, skip_if_exists=False)
-        study.sampler = RandomSampler(seed=trial_seed(spec.seed, method, number))
-        study.ask(distributions)
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:spec.trials]
-    return [TrialSpec(method, t.number, _typed(dict(t.params), space)) for t in trials]
+            where.enqueue_trial(defaults, skip_if_exists=False)
+        where.sampler = RandomSampler(seed=trial_seed(spec.seed, method, number))
+        trial = where.ask(distributions)
+        if persist and trial.number != number:
+            raise FairbenchError(f"study '{study_name}': trial {number} was drawn as number {trial.number}; "
+                                 f"another process wrote the journal {folder}/{STUDY_FILE} at the same time")
+        trials.append(TrialSpec(method, number, _typed(dict(trial.params), space)))
+    return trials
 
 
 def without_out(run_args: Sequence[str]) -> list[str]:
