@@ -22,7 +22,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from fairbench.config import PRESET_DESCRIPTIONS, PRESETS, RunConfig
+from fairbench.config import PRESET_DESCRIPTIONS, PRESETS, RunConfig, parse_tuning
 from fairbench.errors import FairbenchError
 from fairbench.registry import unknown_name
 from fairbench.signals import Preempted, StopSignals
@@ -238,8 +238,6 @@ def config_from_run_options(o: dict[str, Any]) -> RunConfig:
     cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
     cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
     if o.get("tuning") is not None:
-        from fairbench.tune.record import parse_tuning
-
         cli["tuning"] = parse_tuning(o["tuning"])
     values.update({k: v for k, v in cli.items() if v is not None})
     values.setdefault("dataset", "cifar10")

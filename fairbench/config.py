@@ -153,6 +153,8 @@ class RunConfig:
                 raise FairbenchError(message)
         if self.run_id is not None:
             check_run_id(self.run_id)
+        if self.tuning is not None:
+            check_tuning(self.tuning)
 
     def check_types(self) -> None:
         """Every field has its declared type (a config.json edited by hand may not)."""
@@ -212,6 +214,38 @@ class RunConfig:
             raise FairbenchError(f"config: {exc}") from None
         cfg.check_types()
         return cfg
+
+
+# A tuned row's run (`fairbench tune --confirm`): the study, N, the selected trial and the rule.
+TUNING_KEYS = {"study": str, "trials": int, "trial": int, "rule": str}
+
+
+def check_tuning(value: Any) -> dict[str, Any]:
+    """``value`` if it is a tuning record (study name, trial count, the selected trial, the rule)."""
+    if not isinstance(value, dict) or set(value) != set(TUNING_KEYS):
+        raise FairbenchError(f"--tuning must be an object with the keys {', '.join(TUNING_KEYS)}")
+    for key, kind in TUNING_KEYS.items():
+        v = value[key]
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise FairbenchError(f"--tuning: '{key}' must be {kind.__name__}")
+        if kind is str and not (0 < len(v) <= 200 and v.isprintable()):
+            raise FairbenchError(f"--tuning: '{key}' must be printable text of at most 200 characters")
+        if kind is int and not 0 <= v <= 100_000:
+            raise FairbenchError(f"--tuning: '{key}' must be in [0, 100000]")
+    if value["trial"] >= value["trials"]:
+        raise FairbenchError("--tuning: 'trial' must be less than 'trials'")
+    return dict(value)
+
+
+def parse_tuning(text: str) -> dict[str, Any]:
+    """`fairbench run --tuning JSON` (set by `fairbench tune --confirm`)."""
+    if len(text) > 2000:
+        raise FairbenchError("--tuning: more than 2000 characters")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise FairbenchError(f"--tuning must be a JSON object, got {text[:60]!r}") from None
+    return check_tuning(value)
 
 
 def results_relative(path: str | Path, out: str | Path) -> str:

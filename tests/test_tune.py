@@ -267,3 +267,16 @@ def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_n
     assert tune.draw_trials(spec(out), "trades", space, defaults, persist=False) == reference
     assert (out / tune.STUDY_FILE).read_bytes() == journal  # the dry run wrote nothing
     assert tune.draw_trials(spec(out), "trades", space, defaults, persist=True) == reference
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ('{"study": "s", "trials": 2, "trial": 2, "rule": "best-val"}', "less than 'trials'"),
+    ('{"study": "s", "trials": 2}', "keys"),
+    ('{"study": "s\\n", "trials": 2, "trial": 0, "rule": "best-val"}', "printable"),
+    ("[1]", "keys"), ("{", "JSON object"),
+])
+def test_a_bad_tuning_record_is_one_error_line(value: str, fragment: str, fmnist_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli_out(["run", *tiny(fmnist_dir, tmp_path), "--tuning", value], capsys)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
