@@ -99,10 +99,14 @@ def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, le
 
 @pytest.fixture(autouse=True, scope="module")
 def trades_defaults() -> Iterator[None]:
-    """trades' paper default (beta=6), as the registry reports it once the method is installed."""
-    real = report_module._method_defaults
+    """trades' paper default (beta=6), as the method registry reports it once the method is
+    installed (`fairbench report` passes `fairbench.methods.method_defaults`; the report imports no
+    method)."""
+    from fairbench.methods import method_defaults
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report_module, "_method_defaults", lambda m: {"beta": 6.0} if m == "trades" else real(m))
+        mp.setattr(report_module, "_method_defaults",
+                   lambda m: {"beta": 6.0} if m == "trades" else method_defaults(m))
         yield
 
 
@@ -387,8 +391,10 @@ def test_report_package_imports_point_down() -> None:
     module imports one above it, and stats imports nothing of the package."""
     import ast
 
-    layers = {"stats": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "html": 4, "command": 5}
+    layers = {"stats": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "sensitivity": 4, "html": 5,
+              "command": 6}
     package = Path(report_module.__file__).parent
+    assert {f.stem for f in package.glob("*.py")} - {"__init__"} == set(layers)  # a new module gets its layer
     init = ast.parse((package / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]
     for name, level in layers.items():
