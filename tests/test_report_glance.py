@@ -204,6 +204,24 @@ def test_canonical_group_first_and_the_others_collapsed(tmp_path: Path) -> None:
     assert html.count('<details class="group">') == 1 and html.index("8 epochs") < html.index('<details class="group">')
 
 
+def test_the_tuned_board_comes_before_the_standard_group(tmp_path: Path) -> None:
+    """Rows of `fairbench tune --confirm` (their runs record the study) form the tuned board: first,
+    and the standard protocol's group after it, superseded."""
+    root = tmp_path / "results"
+    ok = np.ones(K * 20, bool)
+    standard = {"arch": "testbed-cnn", "preset": "fmnist-standard"}
+    write_run(root, "standard", "pgd-at", 0, clean=ok, pgd20=wrong_fraction(0.3), epochs=8, extra=standard)
+    write_run(root, "tuned", "pgd-at", 0, clean=ok, pgd20=wrong_fraction(0.2), epochs=8, extra=standard)
+    doc = json.loads((root / "runs" / "tuned" / "metrics.json").read_text())
+    doc["training"] |= {"tuning_study": "s1", "tuning_trials": 12}
+    (root / "runs" / "tuned" / "metrics.json").write_text(json.dumps(doc))
+    board = build_report(root)
+    assert [g.tier for g in board.groups] == [0, 1] and board.groups[0].key.tuned == ("s1", 12)
+    md = to_markdown(board)
+    assert "tuned (12 trials, validation selection" in md.split("\n## ")[1].splitlines()[0]
+    assert md.split("\n## ")[2].splitlines()[0].endswith("(superseded)")
+
+
 def test_latex_tables_need_no_resizebox(ranked: Path) -> None:
     tex = to_latex(build_report(ranked))
     assert r"\resizebox" not in tex and tex.count(r"\begin{table}") == 3  # clean, PGD-20, AutoAttack
