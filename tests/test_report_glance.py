@@ -120,7 +120,8 @@ def test_ranks_with_ties_and_the_masking_flag(ranked: Path, tmp_path: Path) -> N
     assert by_aa.sort_threat == "autoattack" and by_aa.check_threat is None
     assert {r.label: r.rank for r in by_aa.rows}["trades"] > 1
     (by_avg,) = build_report(ranked, rank_by="pgd20:avg").groups
-    assert by_avg.sort_stat == "avg" and "Ranked by average PGD-20 error" in to_markdown(build_report(ranked, rank_by="pgd20:avg"))
+    assert by_avg.sort_stat == "avg"
+    assert "Ranked by average PGD-20 error" in to_markdown(build_report(ranked, rank_by="pgd20:avg"))
 
 
 def test_rank_by_a_bad_name_is_one_clear_error(ranked: Path, capsys: pytest.CaptureFixture) -> None:
@@ -198,7 +199,8 @@ def test_canonical_group_first_and_the_others_collapsed(tmp_path: Path) -> None:
     assert [g.key.epochs for g in board.groups] == [8, 4] and [g.tier for g in board.groups] == [1, 2]
     assert group_tier(board.groups[0].key, board.groups[0].rows[0].runs) == 1
     md = to_markdown(board)
-    assert md.index("8 epochs") < md.index("4 epochs") and "4 epochs · 50 train/class · 20 test/class (superseded)" in md
+    assert md.index("8 epochs") < md.index("4 epochs")
+    assert "4 epochs · 50 train/class · 20 test/class (superseded)" in md
     assert exit_code(["report", "--results", str(root)]) == 0
     html = (root / "index.html").read_text()
     assert html.count('<details class="group">') == 1 and html.index("8 epochs") < html.index('<details class="group">')

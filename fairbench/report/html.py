@@ -19,7 +19,7 @@ from typing import Sequence
 from fairbench.report.model import Group, Leaderboard, Row, threat_name
 from fairbench.report.figures import figure_paths, forest_paths, heatmap_paths, tradeoff_paths, usual_seeds
 from fairbench.report.sensitivity import Study, sensitivity_paths
-from fairbench.report.tables import (LEGEND, MASKED, Table, group_tables, one_line, rank_text, shown_threats,
+from fairbench.report.tables import (LEGEND, MASKED, Column, Table, group_tables, one_line, rank_text, shown_threats,
                                      sort_note, superseded)
 
 
@@ -124,11 +124,14 @@ def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
     """One table; ``configs``: with a details row of every run's config under each row."""
     cols = table.columns
     default_key = f"{group.sort_threat}_{group.sort_stat}" if table.key == "compact" else ""
+    def kind(c: Column) -> str:
+        return "method text" if c.key == "method" else "num" if c.numeric else "text"
+
     heads = ['<th data-key="rank" class="rank">#</th>'] + [
-        f'<th data-key="{escape(c.key)}" class="{"method text" if c.key == "method" else "text" if not c.numeric else "num"}"'
-        + (' aria-sort="ascending"' if c.key == default_key else "") + f">{escape(c.header)}</th>"
-        for c in cols]
-    out = [f'<div class="scroll"><table class="leaderboard {escape(table.key)}" id="t-{escape(slug)}-{escape(table.key)}">',
+        f'<th data-key="{escape(c.key)}" class="{kind(c)}"' + (' aria-sort="ascending"' if c.key == default_key else "")
+        + f">{escape(c.header)}</th>" for c in cols]
+    key = escape(table.key)
+    out = [f'<div class="scroll"><table class="leaderboard {key}" id="t-{escape(slug)}-{key}">',
            "<thead><tr>" + "".join(heads) + "</tr></thead>"]
     for row in group.rows:
         rank = "" if row.rank is None else row.rank
