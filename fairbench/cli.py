@@ -12,17 +12,21 @@ Exit codes: 0 done; 2 bad input or an expected failure (one ``error:`` line on s
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import shutil
 import sys
 import textwrap
+import types
+import typing
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from fairbench.config import PRESET_DESCRIPTIONS, PRESETS, RunConfig, parse_tuning
+from fairbench.config import NOT_RUN_OPTIONS, PRESET_DESCRIPTIONS, PRESETS, RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.registry import unknown_name
 from fairbench.signals import Preempted, StopSignals
@@ -159,95 +163,120 @@ def _jsonable(v: Any) -> Any:
 
 
 @app.command("run")
-def run_cmd(
-    ctx: typer.Context,
-    method: Optional[str] = typer.Option(None, help="training method (see `fairbench list`; default "
-                                         "the preset's, else pgd-at)"),
-    arch: Optional[str] = typer.Option(None, help="architecture: preact18, wrn-28-10, small-cnn, ..."),
-    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar100 or fashion-mnist"),
-    preset: Optional[str] = typer.Option(None, help=f"defaults to start from: {', '.join(PRESETS)}"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs"),
-    batch_size: Optional[int] = typer.Option(None, help="global batch size"),
-    seed: int = typer.Option(0),
-    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
-                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
-                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
-    step_size: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
-                                              help="PGD training step (default eps/4)"),
-    attack_steps: Optional[int] = typer.Option(None, help="PGD training steps (default 10)"),
-    lr: Optional[float] = typer.Option(None, help="initial learning rate (default 0.1)"),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)"),
-    weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4)"),
-    schedule: Optional[str] = typer.Option(
-        None, help="piecewise (default: /10 at 50% and 75% of the epochs), piecewise:M1,M2,..., "
-                   "cosine or constant"),
-    augment: Optional[str] = typer.Option(
-        None, help="training augmentation: standard (the data set's, default) or none"),
-    ema: Optional[float] = typer.Option(
-        None, help="evaluate a per-epoch EMA of the weights with this decay, in (0, 1)"),
-    init_from: Optional[str] = typer.Option(
-        None, help="start from the weights of a finished run (its folder, RESULTS/runs/<run-id>)"),
-    param: List[str] = typer.Option([], help="method parameter name=value (repeatable)"),
-    train_per_class: Optional[int] = typer.Option(None, help="train on the first K images per class"),
-    val_per_class: Optional[int] = typer.Option(None, help="hold out K training images per class"),
-    eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
-    aa_per_class: Optional[int] = typer.Option(
-        None, help="run AutoAttack on the first K evaluated test images per class only"),
-    select: Optional[str] = typer.Option(
-        None, help="model selection: last (default) or best-val (PGD-10 on the validation split)"),
-    score_on: Optional[str] = typer.Option(
-        None, help="test (default), or validation: a tuning trial, scored on the validation split into "
-                   "validation.json; the test set is never loaded"),
-    tuning: Optional[str] = typer.Option(
-        None, hidden=True, help="set by `fairbench tune`: the study and trial a tuned row's run confirms (JSON)"),
-    eval_batch_size: Optional[int] = typer.Option(
-        None, help="batch of the evaluation and of methods' scoring passes (default 500 CUDA, 128 CPU)"),
-    attacks: Optional[str] = typer.Option(None, help="comma list of clean,pgd20,autoattack"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
-    data_dir: Optional[str] = typer.Option(None, help="data root (else $FAIRBENCH_DATA, else ~/.cache)"),
-    download: bool = typer.Option(True, help="download a missing data set (--no-download: offline)"),
-    out: str = typer.Option("results", help="results folder"),
-    run_id: Optional[str] = typer.Option(None, help="run folder name (default from the config)"),
-    resume: bool = typer.Option(False, help="continue the run from its last checkpoint"),
-    stop_after_epoch: Optional[int] = typer.Option(
-        None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)"),
-    amp: Optional[bool] = typer.Option(None, help="bf16 autocast (default on for CUDA)"),
-    channels_last: Optional[bool] = typer.Option(None, help="channels-last memory format (default on)"),
-    compile: bool = typer.Option(False, help="torch.compile the model"),
-    sync_bn: bool = typer.Option(False, help="under torchrun on GPUs: batch norm over the global "
-                                 "batch (SyncBatchNorm), not each process's share"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
-) -> None:
+def run_cmd(ctx: typer.Context, **options: Any) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
-    cfg = config_from_run_options(ctx.params)
+    cfg = config_from_run_options(ctx.params, given=_given_options(ctx))
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
         from fairbench.runner import run
 
-        run(cfg, resume=resume, progress=progress, echo=typer.echo,
-            stop_after_epoch=stop_after_epoch)
+        run(cfg, resume=options["resume"], progress=options["progress"], echo=typer.echo,
+            stop_after_epoch=options["stop_after_epoch"])
 
 
-# `fairbench run` options that are not RunConfig fields as they are (or not fields at all)
-_NOT_PLAIN_FIELDS = ("method", "seed", "param", "out", "compile", "download", "preset", "attacks", "resume",
-                     "stop_after_epoch", "progress", "tuning")
+def _process_options() -> dict[str, tuple[Any, Any]]:
+    """`fairbench run`'s options that are no RunConfig field: how this process carries the run out."""
+    return {
+        "resume": (bool, typer.Option(False, help="continue the run from its last checkpoint")),
+        "stop_after_epoch": (Optional[int], typer.Option(
+            None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)")),
+        "progress": (bool, typer.Option(True, help="show a progress bar")),
+    }
 
 
-def config_from_run_options(o: dict[str, Any]) -> RunConfig:
-    """The RunConfig that `fairbench run`'s parsed options (``ctx.params``) describe."""
-    values = dict(PRESETS[_check_preset(o["preset"])], preset=o["preset"]) if o["preset"] else {}
-    cli = {k: v for k, v in o.items() if k not in _NOT_PLAIN_FIELDS}  # the rest are RunConfig fields
-    cli["attacks"] = parse_attacks(o["attacks"]) if o["attacks"] is not None else None
-    if o.get("tuning") is not None:
-        cli["tuning"] = parse_tuning(o["tuning"])
-    values.update({k: v for k, v in cli.items() if v is not None})
-    values.setdefault("dataset", "cifar10")
-    values.setdefault("arch", "preact18")
-    preset_method, preset_params = values.pop("method", None), values.pop("params", {})
-    method = o["method"] or preset_method or "pgd-at"
-    # a preset's method parameters apply to its method; --param overrides them
-    params = {**(preset_params if method == preset_method else {}), **parse_param_options(o["param"])}
-    return RunConfig(method=method, seed=o["seed"], params=params, out=o["out"], compile=o["compile"],
-                     download=o["download"], **values)
+def run_signature(config: type = RunConfig) -> inspect.Signature:
+    """`fairbench run`'s parameters, as typer reads them from ``run_cmd.__signature__``: one option per
+    field of ``config`` (its type, default and `fairbench.config.option` metadata; `NOT_RUN_OPTIONS`
+    excepted), then `_process_options`."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    hints = typing.get_type_hints(config)
+    for f in _option_fields(config):
+        annotation, info = _field_option(f, hints[f.name])
+        params.append(inspect.Parameter(option_name(f), keyword, annotation=annotation, default=info))
+    for name, (annotation, info) in _process_options().items():
+        params.append(inspect.Parameter(name, keyword, annotation=annotation, default=info))
+    return inspect.Signature(params)
+
+
+def _option_fields(config: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config) if f.name not in NOT_RUN_OPTIONS]
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """The `fairbench run` option of field ``f`` as ``ctx.params`` (and a sweep's ``--grid``) names it."""
+    return (f.metadata.get("flag") or f.name).lstrip("-").replace("-", "_")
+
+
+def option_help(f: dataclasses.Field) -> str:
+    """Field ``f``'s help, from its metadata (`fairbench.config.option`)."""
+    text = f.metadata.get("help") or ""
+    return text() if callable(text) else text
+
+
+def _field_option(f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
+    """(annotation, typer.Option) of field ``f``: its type without None, its default (so that
+    ``--help`` shows it; a preset's setting replaces a default, `config_from_run_options`)."""
+    meta = f.metadata
+    flag = "--" + option_name(f).replace("_", "-")
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if isinstance(hint, types.UnionType) else [hint]
+    base = (typing.get_origin(kinds[0]) or kinds[0]) if len(kinds) == 1 else None
+    default = meta.get("cli_default") if f.default is dataclasses.MISSING else f.default
+    info: dict[str, Any] = {"help": option_help(f), "hidden": bool(meta.get("hidden"))}
+    if meta.get("shown") is not None:
+        info["show_default"] = meta["shown"]
+    if meta.get("syntax") == "name=value" and base is dict:
+        return List[str], typer.Option([], flag, metavar="NAME=VALUE", **info)
+    if meta.get("syntax") == "fraction" and base is float:
+        return Optional[float], typer.Option(default, flag, parser=parse_number, metavar="FLOAT|A/B", **info)
+    if meta.get("parse") is not None:
+        return Optional[str], typer.Option(default, flag, **info)
+    if base is tuple and typing.get_args(kinds[0]) == (str, Ellipsis):
+        return Optional[str], typer.Option(",".join(default) if default else None, flag, **info)
+    if base is bool:
+        return Optional[bool], typer.Option(default, f"{flag}/--no-{flag[2:]}", **info)
+    if base in (int, float, str) and not meta.get("syntax"):
+        return Optional[base], typer.Option(default, flag, **info)
+    raise TypeError(f"RunConfig.{f.name}: no `fairbench run` option reads {hint} (see fairbench.config.option), "
+                    f"or name the field in NOT_RUN_OPTIONS")
+
+
+def _read_option(f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """Field ``f`` (of type ``hint``)'s value from its option's parsed value (None: no value)."""
+    if value is None:
+        return None
+    if f.metadata.get("syntax") == "name=value":
+        return parse_param_options(value)
+    if f.metadata.get("parse") is not None:
+        return f.metadata["parse"](value)
+    if isinstance(value, str) and tuple in (typing.get_origin(t) for t in (hint, *typing.get_args(hint))):
+        return parse_attacks(value)
+    return value
+
+
+run_cmd.__signature__ = run_signature()  # type: ignore[attr-defined]
+
+
+def _given_options(ctx: Any) -> dict[str, bool]:
+    """Which of a command's options were given on its command line (not left at their defaults)."""
+    return {name: ctx.get_parameter_source(name).name == "COMMANDLINE" for name in ctx.params}
+
+
+def config_from_run_options(o: dict[str, Any], given: dict[str, bool]) -> RunConfig:
+    """The RunConfig that `fairbench run`'s parsed options (``ctx.params``) describe: each option's
+    value, where ``given`` on the command line; else the --preset's setting; else the option's
+    default (the field's). A preset's method parameters apply to its method, under --param's."""
+    preset = _check_preset(o["preset"]) if o.get("preset") else None
+    fields = {option_name(f): f for f in _option_fields(RunConfig)}
+    hints = typing.get_type_hints(RunConfig)
+    values = {f.name: _read_option(f, hints[f.name], o[name]) for name, f in fields.items()}
+    values = {k: v for k, v in values.items() if v is not None}  # None: the field's default
+    settings = dict(PRESETS[preset]) if preset else {}
+    preset_params = settings.pop("params", {})
+    options_of = {f.name: name for name, f in fields.items()}
+    values.update({k: v for k, v in settings.items() if not given.get(options_of.get(k, k))})
+    if preset_params and values.get("method") == settings.get("method"):
+        values["params"] = {**preset_params, **values.get("params", {})}
+    return RunConfig(**values)
 
 
 @app.command("resume")
@@ -452,8 +481,8 @@ def parse_run_args(argv: list[str]) -> tuple[RunConfig, dict[str, bool]]:
     options were given explicitly."""
     command = _run_click_command()
     ctx = command.make_context("fairbench run", list(argv))
-    given = {name: ctx.get_parameter_source(name).name == "COMMANDLINE" for name in ctx.params}
-    return config_from_run_options(ctx.params), given
+    given = _given_options(ctx)
+    return config_from_run_options(ctx.params, given), given
 
 
 @app.command("eval")

@@ -8,6 +8,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,50 +36,100 @@ SELECT_RULES = ("last", "best-val")
 SCORE_ON = ("test", "validation")  # where a run is scored: the test set, or (a tuning trial) validation only
 
 
+def option(help: str | Callable[[], str], *, shown: str | None = None, cli_default: Any = None,
+           flag: str | None = None, syntax: str | None = None, parse: Callable[[str], Any] | None = None,
+           hidden: bool = False) -> dict[str, Any]:
+    """A RunConfig field's `fairbench run` option, as the field's metadata: `fairbench.cli` builds the
+    option from it and the field's type and default, so a new option is one edit here.
+
+    ``help``: the option's help (a function where it names things defined below, such as the presets).
+    ``shown``: the default the help gives where the field's is None ("the data set's", described).
+    ``cli_default``: the command line's value of a field without a default, unless a preset sets it.
+    ``flag``: the option's name where it is not ``--field-name``. ``syntax``: ``"fraction"`` (a number
+    or A/B, as papers write eps) or ``"name=value"`` (repeatable, into a dict). ``parse``: reads the
+    option's text into the field's value. ``hidden``: left out of ``--help`` (another command sets it).
+    A ``bool`` field is ``--x/--no-x``; a ``tuple[str, ...]`` a comma list.
+    """
+    return {"help": help, "shown": shown, "cli_default": cli_default, "flag": flag, "syntax": syntax,
+            "parse": parse, "hidden": hidden}
+
+
+# RunConfig fields that are no `fairbench run` option, and what sets them instead
+NOT_RUN_OPTIONS: dict[str, str] = {"init_source": "filled in from --init-from's run (its id, config, ...)"}
+
+
 @dataclass
 class RunConfig:
-    """One training run. ``None`` means "the data set's default", filled in by `resolve`."""
+    """One training run. ``None`` means "the data set's default", filled in by `resolve`. Each
+    field's metadata (`option`) makes it a `fairbench run` option, unless `NOT_RUN_OPTIONS` names it."""
 
-    method: str
-    arch: str
-    dataset: str
-    epochs: int = 100
-    batch_size: int = 128
-    seed: int = 0
-    eps: float | None = None  # L-inf radius; default per data set (8/255 CIFAR, 0.1 Fashion-MNIST)
-    step_size: float | None = None  # PGD training step; default eps / 4
-    attack_steps: int = 10
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "piecewise"  # 0.1, /10 at 50% and 75% of the epochs; cosine; or constant
-    params: dict[str, Any] = field(default_factory=dict)
-    train_per_class: int | None = None
-    val_per_class: int | None = None
-    eval_per_class: int | None = None
-    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
-    eval_batch_size: int | None = None  # None: 500 on CUDA, 128 on the CPU (see `resolve`)
-    device: str = "auto"
-    data_dir: str | None = None
-    out: str = "results"
-    run_id: str | None = None
-    amp: bool | None = None  # bf16 autocast; default on for CUDA
-    channels_last: bool | None = None  # default on (CUDA and CPU: see bench/README.md)
-    compile: bool = False
-    download: bool = True
-    preset: str | None = None  # the --preset the run started from (recorded, not applied again)
-    aa_per_class: int | None = None  # AutoAttack on the first K evaluated images per class only
-    select: str = "last"  # model selection: last, or best-val (fairbench/selection.py)
-    augment: str = "standard"  # the data set's standard training augmentation, or none
-    sync_bn: bool = False  # SyncBatchNorm under DDP (GPUs): batch statistics over the global batch
-    ema: float | None = None  # decay of a per-epoch EMA of the weights, evaluated instead of them
-    init_from: str | None = None  # a finished run's folder whose weights this run starts from
+    method: str = field(metadata=option("training method (see `fairbench list`)", cli_default="pgd-at"))
+    arch: str = field(metadata=option("architecture: preact18, wrn-28-10, small-cnn, ... (see `fairbench list`)",
+                                      cli_default="preact18"))
+    dataset: str = field(metadata=option("cifar10, cifar100 or fashion-mnist", cli_default="cifar10"))
+    epochs: int = field(default=100, metadata=option("training epochs"))
+    batch_size: int = field(default=128, metadata=option("global batch size"))
+    seed: int = field(default=0, metadata=option("random seed (initial weights, data order, attack starts)"))
+    eps: float | None = field(default=None, metadata=option(
+        "L-inf radius, a number or a fraction such as 8/255", shown="8/255 CIFAR, 0.1 Fashion-MNIST",
+        syntax="fraction"))
+    step_size: float | None = field(default=None, metadata=option(
+        "PGD training step, a number or a fraction", shown="eps/4", syntax="fraction"))
+    attack_steps: int = field(default=10, metadata=option("PGD training steps"))
+    lr: float = field(default=0.1, metadata=option("initial learning rate"))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum"))
+    weight_decay: float = field(default=5e-4, metadata=option("SGD weight decay"))
+    schedule: str = field(default="piecewise", metadata=option(
+        "learning-rate schedule: piecewise (/10 at 50% and 75% of the epochs), piecewise:M1,M2,... "
+        "(/10 at those fractions of the run), cosine or constant"))
+    params: dict[str, Any] = field(default_factory=dict, metadata=option(
+        "method parameter name=value (repeatable)", flag="--param", syntax="name=value"))
+    train_per_class: int | None = field(default=None, metadata=option(
+        "train on the first K images per class", shown="all"))
+    val_per_class: int | None = field(default=None, metadata=option(
+        "hold out K training images per class", shown="none"))
+    eval_per_class: int | None = field(default=None, metadata=option(
+        "evaluate on the first K test images per class", shown="all"))
+    attacks: tuple[str, ...] = field(default=("clean", "pgd20", "autoattack"), metadata=option(
+        "threats to evaluate, a comma list (see `fairbench list`)"))
+    eval_batch_size: int | None = field(default=None, metadata=option(  # filled in by `resolve`
+        "batch of the evaluation and of methods' scoring passes", shown="500 CUDA, 128 CPU"))
+    device: str = field(default="auto", metadata=option("auto, cpu or cuda"))
+    data_dir: str | None = field(default=None, metadata=option(
+        "data root", shown="$FAIRBENCH_DATA, else ~/.cache"))
+    out: str = field(default="results", metadata=option("results folder"))
+    run_id: str | None = field(default=None, metadata=option("run folder name", shown="from the config"))
+    amp: bool | None = field(default=None, metadata=option("bf16 autocast", shown="on for CUDA"))
+    channels_last: bool | None = field(default=None, metadata=option(  # CUDA and CPU: bench/README.md
+        "channels-last memory format", shown="on"))
+    compile: bool = field(default=False, metadata=option("torch.compile the model"))
+    download: bool = field(default=True, metadata=option(
+        "download a missing data set (--no-download: offline)"))
+    # the --preset the run started from (recorded, not applied again)
+    preset: str | None = field(default=None, metadata=option(
+        lambda: f"defaults to start from (options given beside it win): {', '.join(PRESETS)}"))
+    aa_per_class: int | None = field(default=None, metadata=option(
+        "run AutoAttack on the first K evaluated test images per class only", shown="every evaluated image"))
+    select: str = field(default="last", metadata=option(  # fairbench/selection.py
+        "model selection: last, or best-val (PGD-10 on the validation split)"))
+    augment: str = field(default="standard", metadata=option(
+        "training augmentation: standard (the data set's) or none"))
+    sync_bn: bool = field(default=False, metadata=option(
+        "under torchrun on GPUs: batch norm over the global batch (SyncBatchNorm), not each process's share"))
+    ema: float | None = field(default=None, metadata=option(  # evaluated instead of the weights
+        "evaluate a per-epoch EMA of the weights with this decay, in (0, 1)", shown="off"))
+    init_from: str | None = field(default=None, metadata=option(
+        "start from the weights of a finished run (its folder, RESULTS/runs/<run-id>)"))
     init_source: dict[str, Any] | None = None  # filled in from init_from: that run's id, config, ...
     # "validation": a tuning trial. Every epoch's PGD-10 validation score is logged, the kept
     # weights are scored on the validation split into validation.json, and the test set is never
     # loaded. Not a training field: a trial trains exactly as the same run scored on test.
-    score_on: str = "test"
-    tuning: dict[str, Any] | None = None  # a tuned row's run: the study and the trial it confirms
+    score_on: str = field(default="test", metadata=option(
+        "test, or validation: a tuning trial, scored on the validation split into validation.json; "
+        "the test set is never loaded"))
+    tuning: dict[str, Any] | None = field(default=None, metadata=option(  # a tuned row's run
+        "set by `fairbench tune`: the study and trial a tuned row's run confirms (JSON)",
+        parse=lambda text: parse_tuning(text), hidden=True))
 
     def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
         """Fill data-set defaults and validate; returns a new, fully resolved config."""
