@@ -13,9 +13,9 @@ is loaded; the module is reached with ``from fairbench.evaluate import ...``.
 import sys
 import types
 
+from fairbench._version import __version__
 from fairbench.errors import FairbenchError
 
-__version__ = "0.1.0"
 _API = ("evaluate", "load_model", "create_model", "list_methods")
 __all__ = ["FairbenchError", "__version__", *_API]
 

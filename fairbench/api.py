@@ -24,15 +24,15 @@ import torch
 from torch import nn
 
 from fairbench.data import DatasetSpec, get_dataset
-from fairbench.distributed import DistInfo
+from fairbench.distributed import DistInfo, resolve_device
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import fingerprint
 from fairbench.external_eval import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, evaluate_model
 from fairbench.models import create_model as _create_model
 from fairbench.models import load_model_state, unwrap_state_dict
-from fairbench.registry import METHODS
+from fairbench.methods import METHODS
 from fairbench.results import CHECKPOINT_FILE, load_checkpoint
-from fairbench.runner import config_from_run_dir, resolve_device
+from fairbench.runner import config_from_run_dir
 from fairbench.schema import RunRecord
 
 __all__ = ["create_model", "evaluate", "list_methods", "load_model"]

@@ -91,7 +91,10 @@ def list_cmd(
                                  "entry's whole summary and its parameters' exact defaults"),
 ) -> None:
     """List the registered methods, architectures, data sets, threats and presets with their parameters."""
-    from fairbench.registry import DATASETS, METHODS, MODELS, THREATS
+    from fairbench.data_specs import DATASETS
+    from fairbench.methods import METHODS
+    from fairbench.models import MODELS
+    from fairbench.threat_specs import THREATS
 
     registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
                   ("threats", THREATS))
@@ -131,7 +134,7 @@ def list_cmd(
 
 def _space_of(method: str) -> dict[str, str] | None:
     """The search space `fairbench tune` draws ``method``'s trials from, described; None without one."""
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
     from fairbench.tune.space import describe_space, method_space
 
     space = method_space(METHODS.get(method))
@@ -310,9 +313,10 @@ def report_cmd(
     """Leaderboard tables, charts and index.html from the runs' metrics.json and outcomes files."""
     from pathlib import Path
 
+    from fairbench.methods import method_defaults
     from fairbench.report.command import build_report, write_report
 
-    board = build_report(Path(results), baseline, rank_by)
+    board = build_report(Path(results), baseline, rank_by, method_defaults)
     if board.skipped:
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:
@@ -368,7 +372,7 @@ def sweep_cmd(
         return
     opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
                                wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
-                               cpus_per_run=cpus_per_run, mem=mem, reevaluate=reevaluate)
+                               cpus_per_run=cpus_per_run, mem=mem, reevaluate=reevaluate, entry=main)
     minutes = opts.check()
     options = run_options()
     spec = sweep_grid.load_sweep_file(file, options) if file is not None else sweep_grid.GridSpec()
@@ -427,7 +431,7 @@ def tune_cmd(
 
     opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
                                wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
-                               cpus_per_run=cpus_per_run, mem=mem)
+                               cpus_per_run=cpus_per_run, mem=mem, entry=main)
     minutes = opts.check()
     run_args = list(ctx.args)
     if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):

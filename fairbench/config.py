@@ -131,11 +131,13 @@ class RunConfig:
         "set by `fairbench tune`: the study and trial a tuned row's run confirms (JSON)",
         parse=lambda text: parse_tuning(text), hidden=True))
 
-    def resolve(self, eps_default: float, step_default: float) -> "RunConfig":
-        """Fill data-set defaults and validate; returns a new, fully resolved config."""
+    def resolve(self, eps_default: float, step_default: float, *, cuda: bool = False) -> "RunConfig":
+        """Fill data-set defaults and validate; returns a new, fully resolved config. ``cuda``: whether
+        a GPU is there (``--device auto``'s evaluation batch; the caller asks torch, this module
+        imports none)."""
         cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks))
         if cfg.eval_batch_size is None:
-            cfg.eval_batch_size = default_eval_batch_size(cfg.device)
+            cfg.eval_batch_size = default_eval_batch_size(cfg.device, cuda=cuda)
         if cfg.eps is None:
             cfg.eps = eps_default
         if cfg.step_size is None:  # the data set's step, scaled with eps (exact at the default eps)
@@ -148,7 +150,7 @@ class RunConfig:
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
         from fairbench.registry import did_you_mean
-        from fairbench.threats import threat_names
+        from fairbench.threat_specs import threat_names
 
         threats = threat_names()
         self.check_types()
@@ -372,13 +374,11 @@ def milestones(schedule: str) -> tuple[float, ...] | None:
     return values if ok else None
 
 
-def default_eval_batch_size(device: str) -> int:
+def default_eval_batch_size(device: str, *, cuda: bool = False) -> int:
     """Batch of the no-update passes (evaluation, a method's scoring): big on a GPU; 128 on a CPU,
     where a PGD-20 pass over 500 images at once falls out of cache and costs 1.8x per image
-    (bench/README.md)."""
-    import torch
-
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    (bench/README.md). ``cuda``: whether ``auto`` finds a GPU (`torch.cuda.is_available()`)."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and cuda)
     return 500 if on_gpu else 128
 
 

@@ -1,6 +1,9 @@
 """Data sets held as uint8 tensors on the training device, with batched device-side augmentation.
 
-Register a data set with ``@register_dataset(name)`` on a function returning a `DatasetSpec`.
+What a data set is (`DatasetSpec`: classes, shape, threat defaults) and its registry are torch-free,
+in `fairbench.data_specs` (re-exported here); this module loads and augments the images. Register a
+data set with ``@register_dataset(name)`` on a function returning a `DatasetSpec` whose ``load``
+returns a split's images and labels.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -16,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fairbench.data_specs import (CIFAR10_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR_MEAN,  # noqa: F401
+                                  CIFAR_STD, DATASETS, FASHION_MNIST_CLASSES, DatasetSpec, get_dataset,
+                                  register_dataset)
 from fairbench.errors import FairbenchError
-from fairbench.registry import DATASETS, register_dataset
 
 if TYPE_CHECKING:
     from fairbench.distributed import DistInfo
@@ -27,27 +32,6 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the core needs to know of a data set: shape, classes, threat defaults, augmentation."""
-
-    name: str
-    classes: tuple[str, ...]
-    shape: tuple[int, int, int]  # C, H, W
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    eps: float  # default L-inf radius of the threat model
-    step_size: float  # default PGD step size for training
-    crop_padding: int
-    hflip: bool
-    load: Callable[[str, Path, bool], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
-    test_size: int | None = None  # images in the test split; bounds result files' image indices
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 @dataclass
@@ -105,14 +89,13 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def get_dataset(name: str) -> DatasetSpec:
-    return DATASETS.get(name)()
-
-
 def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None = None,
                download: bool = True) -> Split:
     """Load a whole split as uint8 CPU tensors (move it with `Split.to`)."""
-    images, labels = spec.load(split, data_root(data_dir), download)
+    load = spec.load or BUILTIN_LOADERS.get(spec.name)
+    if load is None:
+        raise FairbenchError(f"data set '{spec.name}' has no loader (its DatasetSpec needs load=...)")
+    images, labels = load(split, data_root(data_dir), download)
     return Split(images.contiguous(), labels.long())
 
 
@@ -296,39 +279,9 @@ def _load_fashion_mnist(split: str, root: Path, download: bool) -> tuple[torch.T
     return ds.data[:, None].clone(), ds.targets.long()
 
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
-                         "sandal", "shirt", "sneaker", "bag", "ankle boot")
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-
-
-def _cifar100_classes() -> tuple[str, ...]:
-    from fairbench._cifar100_names import CIFAR100_CLASSES
-
-    return CIFAR100_CLASSES
-
-
-@register_dataset("cifar10")
-def cifar10() -> DatasetSpec:
-    """CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes; the FairAT paper's data set."""
-    return DatasetSpec("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD,
-                       eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR10", "cifar10"), test_size=10_000)
-
-
-@register_dataset("cifar100")
-def cifar100() -> DatasetSpec:
-    """CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes."""
-    return DatasetSpec("cifar100", _cifar100_classes(), (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD,
-                       eps=8 / 255, step_size=2 / 255, crop_padding=4, hflip=True,
-                       load=_torchvision_cifar("CIFAR100", "cifar100"), test_size=10_000)
-
-
-@register_dataset("fashion-mnist")
-def fashion_mnist() -> DatasetSpec:
-    """Fashion-MNIST (Xiao et al. 2017), 28x28 grey, 10 classes; 'shirt' is the hard class."""
-    return DatasetSpec("fashion-mnist", FASHION_MNIST_CLASSES, (1, 28, 28), (0.2860,), (0.3530,),
-                       eps=0.1, step_size=0.025, crop_padding=2, hflip=False,
-                       load=_load_fashion_mnist, test_size=10_000)
+# the built-in data sets' loaders (their metadata is torch-free, in `fairbench.data_specs`)
+BUILTIN_LOADERS: dict[str, Callable[[str, Path, bool], tuple[torch.Tensor, torch.Tensor]]] = {
+    "cifar10": _torchvision_cifar("CIFAR10", "cifar10"),
+    "cifar100": _torchvision_cifar("CIFAR100", "cifar100"),
+    "fashion-mnist": _load_fashion_mnist,
+}

@@ -20,6 +20,19 @@ from torch import nn
 from fairbench.errors import FairbenchError
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device`` as a torch device: ``auto`` is CUDA where there is a GPU; a GPU that is not there
+    is an error (the one rule for `fairbench run`, `fairbench eval` and the Python API)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FairbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FairbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0

@@ -21,6 +21,8 @@ same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import platform
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from fairbench._version import __version__
 from fairbench.attacks import eval_mode
 from fairbench.data import Split, map_sharded
 from fairbench.distributed import DistInfo
@@ -41,6 +44,19 @@ from fairbench.threats import CLEAN, ChunkFn, Progress, clean_correct, get_threa
 __all__ = ["clean_correct", "evaluate", "evaluate_outcomes", "per_class_accuracy", "stages"]
 CHUNK_SIZE = 1000  # examples per saved chunk: the most work a killed evaluation loses per threat
 EVAL_BACKEND = {"cudnn_benchmark": False, "tf32": False}  # what `exact_fp32` sets; kept in env
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a run or an evaluation ran on, for its metrics.json's ``env``."""
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "git": git,
+            "eval_backend": dict(EVAL_BACKEND)}
 
 
 def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int

@@ -24,21 +24,17 @@ from torch import nn
 
 from fairbench.config import DEVICE_PATTERN, MAX_SEED, check_run_id, default_eval_batch_size
 from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indices, to_float
-from fairbench.distributed import DistInfo, process_group
+from fairbench.distributed import DistInfo, process_group, resolve_device
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import fingerprint, foreign_state
-from fairbench.evaluate import attack_settings, evaluate, format_table, stages
+from fairbench.evaluate import attack_settings, environment, evaluate, format_table, stages
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
-from fairbench.registry import MODELS
-from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, ensure_writable, load_checkpoint, make_run_folder,
-                               run_lock, sha256_file)
+from fairbench.models import MODELS
+from fairbench.results import (CHECKPOINT_FILE, CHECKPOINT_SLACK, CONFIG_FILE, MAX_CHECKPOINT_FACTOR, ensure_writable,
+                               load_checkpoint, make_run_folder, run_lock, sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, RunRecord, build_record, make_outcomes, read_metrics,
                               write_run)
-from fairbench.runner import environment, resolve_device
-
-# the bound on a checkpoint's size, shared with --init-from (a larger file is refused before it is read)
-from fairbench.init_from import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR  # noqa: E402
 
 
 @dataclass

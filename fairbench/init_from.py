@@ -35,14 +35,10 @@ from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import not_finite
 from fairbench.models import create_model, has_average, load_model_state, unwrap_state_dict
-from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, read_run_config, sha256_file
+from fairbench.results import (CHECKPOINT_FILE, CHECKPOINT_SLACK, CONFIG_FILE, MAX_CHECKPOINT_FACTOR,  # noqa: F401
+                               load_checkpoint, read_run_config, sha256_file)
 from fairbench.schema import check_init_from
 
-# A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
-# and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
-# before it is read (`fairbench eval` and `--init-from`).
-MAX_CHECKPOINT_FACTOR = 16
-CHECKPOINT_SLACK = 64 * 2**20
 MAX_SOURCE_EPOCHS = 100_000
 
 

@@ -1,18 +1,18 @@
-"""Registries for methods, architectures, data sets and threats, filled by decorators (timm-style).
+"""The generic registry: name -> object, filled by decorators (timm-style), knowing none of its kinds.
 
-Built-in methods live in ``fairbench/methods/`` (the package ``fairbench.methods``), built-in
-architectures in ``fairbench/models/``; third-party packages add methods through the entry-point
-group ``fairbench.methods`` and architectures through ``fairbench.models`` (CONTRIBUTING.md).
-An unknown name is one error that lists the valid ones and the closest (`did_you_mean`).
+Each kind's registry lives beside its interface: methods in `fairbench.methods` (``METHODS``,
+``register_method``), architectures in `fairbench.models` (``MODELS``, ``register_model``), data
+sets in `fairbench.data_specs` (``DATASETS``), threats in `fairbench.threat_specs` (``THREATS``).
+Third-party packages add methods through the entry-point group ``fairbench.methods`` and
+architectures through ``fairbench.models`` (CONTRIBUTING.md; `load_plugins`). An unknown name is
+one error that lists the valid ones and the closest (`did_you_mean`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
@@ -124,62 +124,10 @@ class Registry(Generic[T]):
         return [self._entries[n] for n in self.names()]
 
 
-def _load_plugins(group: str, kind: str) -> None:
+def load_plugins(group: str, kind: str) -> None:
     """Import every module of the entry-point group ``group``; its decorators register what it adds."""
     for ep in entry_points(group=group):
         try:
             ep.load()
         except Exception as exc:  # say which installed package is broken, in one line
             raise FairbenchError(f"{kind} plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
-
-
-def _load_methods() -> None:
-    """Import every built-in method module, then every `fairbench.methods` entry point."""
-    import fairbench.methods as builtin
-
-    for info in pkgutil.iter_modules(builtin.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{builtin.__name__}.{info.name}")
-    _load_plugins("fairbench.methods", "method")
-
-
-def _check_method(name: str, obj: Any) -> None:
-    """A method is a `fairbench.method.Method` subclass; the registry sets its ``name``.
-
-    A class that also declares ``name`` must declare the name it is registered under.
-    """
-    from fairbench.method import Method  # here: fairbench.method imports the data set registry
-
-    if not (inspect.isclass(obj) and issubclass(obj, Method)):
-        raise FairbenchError(f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a "
-                             f"subclass of fairbench.method.Method")
-    declared = obj.__dict__.get("name")
-    if declared not in (None, "", name):
-        raise FairbenchError(f"method '{name}': the class declares name = '{declared}'; drop the "
-                             f"line (the registry sets the name)")
-    obj.name = name
-
-
-def _load_models() -> None:
-    """The built-in architectures, then every `fairbench.models` entry point."""
-    importlib.import_module("fairbench.models")
-    _load_plugins("fairbench.models", "architecture")
-
-
-def _load_datasets() -> None:
-    importlib.import_module("fairbench.data")
-
-
-def _load_threats() -> None:
-    importlib.import_module("fairbench.threats")
-
-
-METHODS: Registry[Any] = Registry("method", _load_methods, _check_method)
-MODELS: Registry[Callable[..., Any]] = Registry("architecture", _load_models)
-DATASETS: Registry[Any] = Registry("dataset", _load_datasets)
-THREATS: Registry[Any] = Registry("threat", _load_threats)
-
-register_method = METHODS.register
-register_model = MODELS.register
-register_dataset = DATASETS.register
-register_threat = THREATS.register

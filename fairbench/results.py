@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,73 +20,12 @@ from typing import Any, Iterator
 import torch
 
 from fairbench.errors import FairbenchError
+from fairbench.files import (TEMP_SUFFIX, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
+                             ensure_writable, remove_stale_temps)
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
-TEMP_SUFFIX = ".tmp"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half.
-
-    A temporary file in the same folder is written, flushed, fsynced and renamed over ``path``.
-    A failed write (disk full, quota, read-only) leaves the old file as it was and raises
-    `FairbenchError`; a process killed mid-write leaves only a ``.NAME.*.tmp`` file behind,
-    which `remove_stale_temps` clears.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise FairbenchError(f"cannot write {path}: {exc.strerror or exc}; "
-                                 f"the previous file there (if any) is unchanged") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files that writes cut short by a crash left in ``folder`` (and below it,
-    e.g. ``eval_state/``)."""
-    stale = [p for p in Path(folder).rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> str:
@@ -165,22 +103,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def ensure_writable(folder: Path) -> None:
-    """Create ``folder`` and prove a file can be written there, before any work starts."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # a probe of its own: runs started together in one folder must not remove each other's
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-        try:
-            os.write(fd, b"ok")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        raise FairbenchError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
-
-
 def make_run_folder(run_dir: Path) -> None:
     """Create ``run_dir`` in its (existing) parent; a file in its place, or a folder that cannot be
     made (a path too long, no permission), is one clear error."""
@@ -231,6 +153,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+# A checkpoint may hold the weights this many times over (optimizer state, an averaged model, ...)
+# and this much besides (a run's saved epoch plan, RNG states, names); a larger file is refused
+# before it is read (`fairbench eval` and `--init-from`).
+MAX_CHECKPOINT_FACTOR = 16
+CHECKPOINT_SLACK = 64 * 2**20
 MAX_INFLATION = 4  # torch.save stores its records uncompressed; a deflated archive (a zip bomb)
 # may expand ~1000x when read, so a checkpoint's records may hold at most this many times its size
 

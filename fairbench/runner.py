@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from fairbench import __version__
 from fairbench.checkpoint import seed_everything
 from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
-from fairbench.distributed import DistInfo, process_group
+from fairbench.distributed import DistInfo, process_group, resolve_device
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import EVAL_BACKEND, attack_settings, evaluate, format_table
+from fairbench.evaluate import attack_settings, environment, evaluate, format_table
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.init_from import read_init_source
 from fairbench.models import create_model, load_model_state
-from fairbench.registry import METHODS, MODELS
+from fairbench.methods import METHODS
+from fairbench.models import MODELS
 from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json, atomic_write_text,
                                ensure_free_space, ensure_writable, make_run_folder, read_run_config,
                                remove_stale_temps, run_lock, sha256_file)
@@ -31,17 +29,6 @@ from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, 
                               write_run)
 from fairbench.schema.validation import VALIDATION_FILE, build_validation
 from fairbench.trainer import Trainer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FairbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise FairbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def config_from_run_dir(run_dir: Path) -> RunConfig:
@@ -75,7 +62,7 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetSpec, type[Method], Any]:
         raise FairbenchError(f"{cfg.method} fine-tunes a finished run: pass --init-from RUN_DIR "
                              f"(e.g. a pgd-at run of the same architecture and data set)")
     cfg = dataclasses.replace(cfg, params=dataclasses.asdict(params))
-    return cfg.resolve(spec.eps, spec.step_size), spec, method_cls, params
+    return cfg.resolve(spec.eps, spec.step_size, cuda=torch.cuda.is_available()), spec, method_cls, params
 
 
 def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: DistInfo | None = None
@@ -95,18 +82,6 @@ def load_data(cfg: RunConfig, spec: DatasetSpec, device: torch.device, dist: Dis
     test = test.subset(test_indices)
     return (train.to(device), (val.to(device) if val is not None else None), test.to(device),
             test_indices)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "git": git,
-            "eval_backend": dict(EVAL_BACKEND)}
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True,

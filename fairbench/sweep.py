@@ -15,7 +15,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from fairbench.errors import FairbenchError
 from fairbench.signals import Preempted
@@ -48,6 +48,9 @@ class LaunchOptions:
     gpus_per_run: int | None = None
     cpus_per_run: int | None = None
     mem: str | None = None
+    # what a local run's process calls with its `fairbench run` command line: `fairbench.cli.main`,
+    # passed down by the CLI (the sweep never imports the CLI, which imports the sweep)
+    entry: Callable[[list[str]], Any] | None = None
 
     def check(self) -> int | None:
         """Raise on a bad option, before anything starts; the Slurm time limit in minutes."""
@@ -142,7 +145,8 @@ def _launch_local(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
             rows = lambda: [_job_row(jobs[r.run_id]) for r in todo]  # noqa: E731
             display = Display(rows)
             try:
-                signals = Pool(sweep, list(jobs.values()), workers, gpus, display).run()
+                assert opts.entry is not None, "LaunchOptions.entry: the CLI's main runs each local run"
+                signals = Pool(sweep, list(jobs.values()), workers, gpus, display, opts.entry).run()
             finally:
                 display.close()
     final = [_job_row(jobs[r.run_id]) if r.run_id in jobs else Row(r, states[r.run_id], note=SKIPPED[states[r.run_id]])

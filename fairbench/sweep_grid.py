@@ -103,7 +103,7 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
     seed (and the run id `fairbench run` gives it). The seed changes nothing that `prepare` checks
     or fills in, so this is the config that parsing the seed's own command line gives.
     """
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
     from fairbench.runner import prepare
 
     if not spec.methods:

@@ -27,12 +27,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from fairbench.errors import FairbenchError
 from fairbench.sweep_plan import (PlannedRun, log_path, open_log, open_log_fd, outcome, printable,
                                   write_status)
 
+Entry = Callable[[list[str]], Any]  # a run's command line -> what `fairbench run` does (the CLI's main)
 POLL_S = 0.2
 
 
@@ -120,25 +121,28 @@ def _stop_with(sweep_pid: int) -> None:
     threading.Thread(target=wait, name="stop-with-sweep", daemon=True).start()
 
 
-PRELOAD = ["fairbench.cli", "fairbench.runner"]  # what `fairbench run` imports, torch with it
+PRELOAD = ["fairbench.runner"]  # what `fairbench run` imports, torch with it; and the entry's module
 _CONTEXT: Any = None
 
 
-def _context() -> Any:
-    """The multiprocessing context runs start from: a preloaded forkserver where there is one."""
+def _context(entry: Entry) -> Any:
+    """The multiprocessing context runs start from: a forkserver where there is one, preloaded
+    with the runner and ``entry``'s module (the CLI)."""
     global _CONTEXT
     if _CONTEXT is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(PRELOAD)
+            _CONTEXT.set_forkserver_preload([entry.__module__, *PRELOAD])
         else:
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
 
 
-def run_child(argv: list[str], log: str, env: dict[str, str], sweep_pid: int) -> None:
+def run_child(entry: Entry, argv: list[str], log: str, env: dict[str, str], sweep_pid: int) -> None:
     """A run's process: its own session, its slot's environment and thread budget, output to
-    its log, then `fairbench run` as the command line would (its exit code is the process's)."""
+    its log, then `fairbench run` as the command line would (its exit code is the process's):
+    ``entry(argv)``, the CLI's main, which the sweep was given (it pickles by name, and its module
+    is preloaded in the forkserver)."""
     if hasattr(os, "setsid"):  # POSIX: the sweep forwards Ctrl-C itself (a first one stops runs cleanly)
         os.setsid()
     fd = open_log_fd(Path(log))  # never through a symlink put there since the sweep opened it
@@ -158,10 +162,8 @@ def run_child(argv: list[str], log: str, env: dict[str, str], sweep_pid: int) ->
     threads = env.get("OMP_NUM_THREADS", "").strip()
     if threads.isdigit() and int(threads) > 0:  # the pool was sized at import, in the server
         torch.set_num_threads(int(threads))
-    from fairbench.cli import main
-
     _stop_with(sweep_pid)  # after the imports: fairbench run's SIGTERM handler is set up in main
-    main(argv)
+    entry(argv)
 
 
 class RunProcess:
@@ -183,8 +185,9 @@ class RunProcess:
             os.kill(self.pid, sig)
 
 
-def start_run(argv: list[str], log: Path, env: dict[str, str]) -> RunProcess:
-    process = _context().Process(target=run_child, args=(argv, str(log), env, os.getpid()), daemon=False)
+def start_run(entry: Entry, argv: list[str], log: Path, env: dict[str, str]) -> RunProcess:
+    process = _context(entry).Process(target=run_child, args=(entry, argv, str(log), env, os.getpid()),
+                                      daemon=False)
     process.start()
     return RunProcess(process)
 
@@ -217,8 +220,10 @@ class _Signals:
 class Pool:
     """Runs jobs on ``workers`` slots; ``display`` is told whenever anything changes."""
 
-    def __init__(self, sweep: Path, jobs: list[Job], workers: int, gpus: list[str], display: Any) -> None:
+    def __init__(self, sweep: Path, jobs: list[Job], workers: int, gpus: list[str], display: Any,
+                 entry: Entry) -> None:
         self.sweep, self.jobs, self.workers, self.gpus, self.display = sweep, jobs, workers, gpus, display
+        self.entry = entry
         self.stopping = False
 
     def run(self) -> _Signals:
@@ -260,7 +265,7 @@ class Pool:
             self._end(job, "failed", None)
             return
         try:
-            job.proc = start_run(job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
+            job.proc = start_run(self.entry, job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
                                  slot_env(slot, self.workers, self.gpus))
         except OSError as exc:
             job.log.write(f"error: cannot start the run's process: {exc}\n".encode())

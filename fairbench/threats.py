@@ -1,21 +1,12 @@
-"""Registered threats: what each threat of the evaluation runs, and how it decides each example.
+"""How each threat decides, per example, whether a model is right: the torch half of a threat.
 
-A threat is one small class registered with ``@register_threat(name)``: the label people read,
-the settings it records in metrics.json, and `Threat.decider`, which says for a chunk of
-examples whether the model is right on each under that threat. ``union`` is not registered: it is
-derived per example (right under every threat that ran on it, `fairbench.schema.derive_union`).
-Adding a threat (an L2 PGD, say) is one registration here; the evaluator, the results schema
-and the report take their threat names from this registry.
-
-What one example's outcome means:
-
-- ``clean``: the prediction on the unperturbed image is right.
-- ``pgd20``: clean-correct AND still right after PGD-20 (random start, step eps/4, CE loss),
-  fairbench's one PGD (`fairbench.attacks.pgd`).
-- ``autoattack``: clean-correct AND AutoAttack (pyautoattack, standard version: APGD-CE, APGD-T,
-  FAB-T, Square) found no adversarial example: the label it returns (``y_adv``) is right and its
-  returned image, predicted again, is still right. This is AutoAttack's *own* outcome, not combined
-  with PGD-20: AutoAttack is stronger in aggregate but not per example.
+What a threat is (name, label, column order, settings, subset key) is torch-free, in
+`fairbench.threat_specs` (re-exported here). A threat's `Threat.decider` says for a chunk of
+examples whether the model is right on each under that threat. A new threat is one class: a
+`Threat` subclass (its metadata and its decider) registered with ``@register_threat(name)``; the
+evaluator, the results schema and the report take their threat names from the registry. The
+built-in threats' metadata are `fairbench.threat_specs`' classes, and their deciders the classes of
+the same names here (`BUILTIN`).
 """
 
 from __future__ import annotations
@@ -23,21 +14,17 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+import fairbench.threat_specs as specs
 from fairbench.attacks import pgd
 from fairbench.errors import FairbenchError
-from fairbench.registry import THREATS, register_threat
+from fairbench.threat_specs import (AA_ATTACKS, AA_VERSION, CLEAN, PGD_EVAL_STEPS, THREATS, UNION,  # noqa: F401
+                                    UNION_LABEL, ThreatSpec, register_threat, threat_label, threat_names)
 
-CLEAN = "clean"  # the threat that is no attack: every attack's outcome counts only where it is right
-UNION = "union"
-UNION_LABEL = "union"
-PGD_EVAL_STEPS = 20
-AA_VERSION = "standard"
-AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # what pyautoattack's standard version runs
 BOUND_TOL = 1e-5
 
 Progress = Callable[[str], None]
@@ -45,36 +32,22 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ChunkFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, seed) -> correct
 
 
-class Threat:
-    """One threat: ``name`` (the registry's), ``label`` for tables, ``order`` of its column,
-    ``attack`` (False only for clean: an attack's outcome counts only on clean-correct examples)."""
-
-    name: ClassVar[str] = ""
-    label: ClassVar[str] = ""
-    order: ClassVar[int] = 100
-    attack: ClassVar[bool] = True
-
-    def settings(self, eps: float, seed: int) -> dict[str, Any]:
-        """What this threat runs with: stored in metrics.json and part of the evaluation's resume key."""
-        return {}
+class Threat(ThreatSpec):
+    """A threat that runs: `ThreatSpec`'s metadata plus `decider`."""
 
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
         """``fn(x, y, seed) -> bool tensor``: whether ``model`` is right on each example of a chunk."""
         raise NotImplementedError
 
 
-def threat_names() -> list[str]:
-    """Every registered threat, in column order."""
-    return sorted(THREATS.names(), key=lambda n: (THREATS.get(n).order, n))
-
-
 def get_threat(name: str) -> Threat:
-    return THREATS.get(name)()
-
-
-def threat_label(name: str) -> str:
-    """The label people read (``PGD-20``); ``union`` for the derived one."""
-    return UNION_LABEL if name == UNION else THREATS.get(name).label
+    """Threat ``name``, ready to run: its registered class when that is a `Threat`, else the built-in
+    decider of that name."""
+    cls = THREATS.get(name)
+    runnable = cls if isinstance(cls, type) and issubclass(cls, Threat) else BUILTIN.get(name)
+    if runnable is None:
+        raise FairbenchError(f"threat '{name}' has no decider (register a fairbench.threats.Threat subclass)")
+    return runnable()
 
 
 def in_batches(fn: BatchFn, batch_size: int) -> BatchFn:
@@ -91,26 +64,12 @@ def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
         return model(x).argmax(1) == y
 
 
-@register_threat("clean")
-class Clean(Threat):
-    """The unperturbed test image."""
-
-    name, label, order, attack = "clean", "clean", 0, False
-
+class Clean(specs.Clean, Threat):
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
         return lambda x, y, seed: in_batches(lambda a, b: clean_correct(model, a, b), batch_size)(x, y)
 
 
-@register_threat("pgd20")
-class PGD20(Threat):
-    """PGD-20 (L-inf, random start, step eps/4, CE loss): the standard evaluation of AT papers."""
-
-    name, label, order = "pgd20", "PGD-20", 10
-
-    def settings(self, eps: float, seed: int) -> dict[str, Any]:
-        return {"norm": "Linf", "eps": eps, "steps": PGD_EVAL_STEPS, "step_size": eps / 4,
-                "random_start": True, "loss": "ce", "seed": seed}
-
+class PGD20(specs.PGD20, Threat):
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
         return lambda x, y, seed: in_batches(lambda a, b: pgd_correct(model, a, b, eps), batch_size)(x, y)
 
@@ -121,18 +80,7 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
     return clean_correct(model, x_adv, y)
 
 
-@register_threat("autoattack")
-class AutoAttack(Threat):
-    """AutoAttack, standard version (pyautoattack: APGD-CE, APGD-T, FAB-T, Square), L-inf."""
-
-    name, label, order = "autoattack", "AutoAttack", 20
-
-    def settings(self, eps: float, seed: int) -> dict[str, Any]:
-        import pyautoattack
-
-        return {"norm": "Linf", "eps": eps, "version": AA_VERSION, "attacks": list(AA_ATTACKS),
-                "seed": seed, "library": f"pyautoattack {pyautoattack.__version__}"}
-
+class AutoAttack(specs.AutoAttack, Threat):
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
         return lambda x, y, seed: autoattack_correct(model, x, y, eps=eps, seed=seed,
                                                      batch_size=batch_size, progress=progress)
@@ -166,6 +114,9 @@ def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     if (x_adv - x).abs().amax() > eps + BOUND_TOL or x_adv.min() < 0 or x_adv.max() > 1:
         raise RuntimeError("AutoAttack returned images outside the eps-ball or [0, 1]")
     return (y_adv == y) & again
+
+
+BUILTIN: dict[str, type[Threat]] = {"clean": Clean, "pgd20": PGD20, "autoattack": AutoAttack}
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from torch import nn
 from fairbench.averaging import WeightAverage
 from fairbench.losses import pgd_at_terms, weighted_mean
 from fairbench.method import BatchContext, EpochContext, Method
-from fairbench.registry import METHODS, register_method
+from fairbench.methods import METHODS, register_method
 from fairbench.results import load_checkpoint
 from cli_helpers import cli
 

@@ -20,7 +20,8 @@ from fairbench.cli import parse_run_args
 from fairbench.config import PRESETS
 from fairbench.data import get_dataset
 from fairbench.models import create_model
-from fairbench.registry import METHODS, MODELS
+from fairbench.methods import METHODS
+from fairbench.models import MODELS
 from fairbench.results import sha256_file
 from fairbench.schema import read_metrics
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import make_fashion_mnist
-from fairbench.registry import METHODS
+from fairbench.methods import METHODS
 from fairbench.results import load_checkpoint
 from fairbench.signals import EXIT_PREEMPTED
 from fairbench.trainer import Trainer

@@ -22,7 +22,7 @@ import torch
 
 from conftest import make_fashion_mnist
 from fairbench import results
-from fairbench.registry import METHODS as REGISTRY
+from fairbench.methods import METHODS as REGISTRY
 from cli_helpers import run_ok
 
 WRAPPER = '''
@@ -54,7 +54,7 @@ if os.environ.get("STOP_AT_CALL"):  # every rank is told to stop at the same ste
 if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips the DDP wrapper
     import torch.nn.functional as F
     from fairbench.method import Method
-    from fairbench.registry import register_method
+    from fairbench.methods import register_method
 
     @register_method("bypass-ddp")
     class BypassDDP(Method):

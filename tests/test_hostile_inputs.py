@@ -235,7 +235,7 @@ def test_good_run_ids_pass(run_id: str) -> None:
 
 def test_plan_size_is_bounded_when_params_are_parsed(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     """Defect 9: `--param copies=1000000000` was accepted and crashed at epoch 2 allocating 480 GB."""
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
 
     fairat = METHODS.get("fairat")
     with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):
@@ -279,7 +279,7 @@ def test_trainer_refuses_a_plan_larger_than_the_bound(fmnist_dir: Path, tmp_path
                                                       monkeypatch) -> None:
     """The backstop for a method that planned more than it declared: one line, not an allocation."""
     from fairbench.method import EpochPlan
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
 
     pgd = METHODS.get("pgd-at")
     monkeypatch.setattr(pgd, "plan_epoch", lambda self, ctx: EpochPlan(

@@ -10,7 +10,7 @@ import torch
 
 from fairbench.cli import main
 from fairbench.method import BatchContext, EpochContext
-from fairbench.registry import METHODS
+from fairbench.methods import METHODS
 from methods_helpers import bars, batch_ctx, build
 from cli_helpers import run_ok
 

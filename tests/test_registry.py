@@ -13,7 +13,11 @@ from cli_helpers import cli_out
 from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.models import create_model
-from fairbench.registry import DATASETS, METHODS, MODELS, THREATS, Registry, register_method
+from fairbench.data_specs import DATASETS
+from fairbench.methods import METHODS, register_method
+from fairbench.models import MODELS
+from fairbench.registry import Registry
+from fairbench.threat_specs import THREATS
 
 PLUGIN_MODULE = "fairbench_toy_plugin"
 
@@ -81,7 +85,7 @@ def write_plugin(site: Path) -> None:
 
         from fairbench.losses import pgd_at_terms, weighted_mean
         from fairbench.method import Method
-        from fairbench.registry import register_method
+        from fairbench.methods import register_method
 
 
         @register_method("toy-plugin")
@@ -182,7 +186,7 @@ def test_entry_point_architecture_is_found_and_built(tmp_path: Path, monkeypatch
     (site / f"{ARCH_MODULE}.py").write_text(textwrap.dedent('''
         from torch import nn
 
-        from fairbench.registry import register_model
+        from fairbench.models import register_model
 
 
         @register_model("toy-arch")

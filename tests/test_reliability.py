@@ -25,7 +25,7 @@ from fairbench import results
 from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_terms, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.registry import METHODS, register_method
+from fairbench.methods import METHODS, register_method
 from fairbench.results import load_checkpoint
 from fairbench.signals import EXIT_PREEMPTED
 from cli_helpers import cli

@@ -13,7 +13,7 @@ from torch import nn
 
 from fairbench.data import Split
 from fairbench.evaluate import attack_settings, evaluate_outcomes, stages
-from fairbench.registry import THREATS, register_threat
+from fairbench.threats import THREATS, register_threat
 from fairbench.report.command import build_leaderboard, write_report
 from fairbench.schema import build_record, make_outcomes, outcomes_bytes, write_run
 from fairbench.threats import Threat, clean_correct, get_threat, in_batches, threat_label, threat_names

@@ -264,7 +264,7 @@ def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tm
     attack, the loss, the update) makes no tensor from Python or NumPy data: on a GPU each would be
     a host-to-device copy, and a sync, in every step (issue 15: randaugment built one per call)."""
     from fairbench.method import EpochPlan
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
 
     spec = get_dataset(dataset)
     cfg = RunConfig(method="fairat", arch="small-cnn", dataset=dataset, epochs=1, batch_size=8,

@@ -12,7 +12,7 @@ import torch
 from cli_helpers import cli_out, exit_code
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
-from fairbench.registry import METHODS
+from fairbench.methods import METHODS
 from fairbench.schema import METRICS_FILE, OUTCOMES_FILE
 from fairbench.schema.validation import VALIDATION_FILE, criterion, read_validation
 from fairbench.tune import study as tune

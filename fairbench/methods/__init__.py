@@ -1,4 +1,54 @@
 """Built-in training methods, one file each; importing a module registers its method.
 
-Installed as ``fairbench.methods``. See CONTRIBUTING.md to add one.
+Installed as ``fairbench.methods``. The method registry lives here, beside the methods:
+``METHODS`` (name -> `fairbench.method.Method` subclass) and ``@register_method(name)``; it loads
+every built-in module, then every ``fairbench.methods`` entry point, on first use. See
+CONTRIBUTING.md to add one.
 """
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from typing import Any
+
+from fairbench.errors import FairbenchError
+from fairbench.registry import Registry, load_plugins
+
+
+def _load_methods() -> None:
+    """Import every built-in method module, then every `fairbench.methods` entry point."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    load_plugins("fairbench.methods", "method")
+
+
+def _check_method(name: str, obj: Any) -> None:
+    """A method is a `fairbench.method.Method` subclass; the registry sets its ``name``.
+
+    A class that also declares ``name`` must declare the name it is registered under.
+    """
+    from fairbench.method import Method  # on registration: the interface imports torch
+
+    if not (inspect.isclass(obj) and issubclass(obj, Method)):
+        raise FairbenchError(f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a "
+                             f"subclass of fairbench.method.Method")
+    declared = obj.__dict__.get("name")
+    if declared not in (None, "", name):
+        raise FairbenchError(f"method '{name}': the class declares name = '{declared}'; drop the "
+                             f"line (the registry sets the name)")
+    obj.name = name
+
+
+METHODS: Registry[Any] = Registry("method", _load_methods, _check_method)
+register_method = METHODS.register
+
+
+def method_defaults(name: str) -> dict[str, Any] | None:
+    """The paper defaults of method ``name``'s parameters; None for a method not installed here."""
+    try:
+        return METHODS.entry(name).params
+    except FairbenchError:
+        return None

@@ -54,7 +54,7 @@ from fairbench.attacks import EarlyStop, eval_mode, pgd
 from fairbench.errors import FairbenchError
 from fairbench.losses import kl_per_example, weighted_mean
 from fairbench.method import BatchContext, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform
 
 LAST_CORRECT = EarlyStop("last-correct")

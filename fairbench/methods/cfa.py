@@ -86,7 +86,7 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method, require_validation_split
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")

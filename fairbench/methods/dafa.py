@@ -57,7 +57,7 @@ from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform, Uniform
 
 BASES = ("trades", "pgd-at")

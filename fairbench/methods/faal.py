@@ -55,7 +55,7 @@ import torch
 from fairbench.errors import FairbenchError
 from fairbench.losses import pgd_at_outputs, trades_outputs
 from fairbench.method import BatchContext, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import Choice, LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")

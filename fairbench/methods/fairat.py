@@ -75,7 +75,7 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import seeded
 from fairbench.losses import pgd_at_terms, trades_loss, weighted_mean
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import Choice, LogUniform, Uniform
 
 SELECTIONS = ("fraction", "threshold")

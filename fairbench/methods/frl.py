@@ -112,7 +112,7 @@ from fairbench.errors import FairbenchError
 from fairbench.evaluate import clean_correct, per_class_accuracy
 from fairbench.losses import trades_terms
 from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform, Uniform
 
 VAL_PGD_STEPS = 20  # the authors' validation attack (configs1)

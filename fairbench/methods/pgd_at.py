@@ -18,7 +18,7 @@ import torch
 
 from fairbench.losses import pgd_at_terms, weighted_mean
 from fairbench.method import BatchContext, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 
 
 @register_method("pgd-at")

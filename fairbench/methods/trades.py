@@ -47,7 +47,7 @@ import torch
 from fairbench.errors import FairbenchError
 from fairbench.losses import trades_loss
 from fairbench.method import BatchContext, Method
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform
 
 

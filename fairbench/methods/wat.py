@@ -62,7 +62,7 @@ from fairbench.data import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.losses import kl_per_example, trades_terms
 from fairbench.method import BatchContext, EpochContext, Method, require_validation_split
-from fairbench.registry import register_method
+from fairbench.methods import register_method
 from fairbench.tune.space import LogUniform
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fairbench.errors import FairbenchError
-from fairbench.registry import MODELS
+from fairbench.models._registry import MODELS, register_model  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from fairbench.data import DatasetSpec

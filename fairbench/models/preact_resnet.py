@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.registry import register_model
+from fairbench.models._registry import register_model
 
 
 class PreActBlock(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fairbench.registry import register_model
+from fairbench.models._registry import register_model
 
 
 class TestbedCNN(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.models.preact_resnet import PreActBlock
-from fairbench.registry import register_model
+from fairbench.models._registry import register_model
 
 
 class WideResNet(nn.Module):

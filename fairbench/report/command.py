@@ -28,10 +28,10 @@ from fairbench.report.figures import (figure_paths, forest_paths, group_slugs, h
                                       render_forest, render_heatmap, render_tradeoff, tradeoff_paths)
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
-from fairbench.report.model import Leaderboard, build_leaderboard
+from fairbench.report.model import Leaderboard, MethodDefaults, build_leaderboard
 from fairbench.report.sensitivity import load_studies, render_sensitivity, sensitivity_paths
 from fairbench.report.tables import to_csv, to_latex, to_long_csv, to_markdown
-from fairbench.results import atomic_write_bytes, ensure_writable
+from fairbench.files import atomic_write_bytes, ensure_writable
 from fairbench.schema import read_regular
 
 __all__ = ["build_leaderboard", "build_report", "write_report"]
@@ -42,10 +42,12 @@ MANIFEST_FORMAT = 1
 OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
 
 
-def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None) -> Leaderboard:
+def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None,
+                 method_defaults: MethodDefaults | None = None) -> Leaderboard:
     """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks by
-    ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error)."""
-    board = add_intervals(build_leaderboard(results_dir), baseline, rank_by=rank_by)
+    ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error).
+    ``method_defaults``: see `model.build_leaderboard`."""
+    board = add_intervals(build_leaderboard(results_dir, method_defaults), baseline, rank_by=rank_by)
     studies, skipped = load_studies(results_dir)
     return replace(board, studies=tuple(studies), skipped=board.skipped + tuple(skipped))
 

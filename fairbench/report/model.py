@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -26,7 +26,7 @@ from fairbench.errors import FairbenchError
 from fairbench.report.stats import ZERO, Delta, RowStats, tied_ranks
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
-from fairbench.threats import get_threat, threat_label
+from fairbench.threat_specs import threat_label, threat_spec
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
@@ -41,7 +41,7 @@ def threat_name(threat: str) -> str:
 def robust_precedence() -> tuple[str, ...]:
     """A group is sorted by the worst-class error under the first of these that every row has:
     the strongest registered attack, then the union, then the other attacks, then clean."""
-    attacks = [t for t in reversed(threat_columns()) if t != UNION and get_threat(t).attack]
+    attacks = [t for t in reversed(threat_columns()) if t != UNION and threat_spec(t).attack]
     return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
                                                                if t != UNION and t not in attacks)
 
@@ -394,13 +394,13 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
     return out
 
 
-def _method_defaults(method: str) -> dict[str, Any] | None:
-    from fairbench.registry import METHODS
+MethodDefaults = Callable[[str], "dict[str, Any] | None"]
 
-    try:
-        return METHODS.entry(method).params
-    except FairbenchError:  # results of a method that is not installed here
-        return None
+
+def _method_defaults(method: str) -> dict[str, Any] | None:
+    """Without ``method_defaults`` from the caller the report knows no method's defaults (it imports
+    no training code): a row then shows the parameters that vary between its method's rows."""
+    return None
 
 
 def fine_tuning_label(run: Run) -> str:
@@ -413,8 +413,11 @@ def fine_tuning_label(run: Run) -> str:
     return f"from {method}, {budget}"
 
 
-def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, str, str], str]:
-    """Method name plus the parameters and training settings that tell the rows apart."""
+def _labels(buckets: dict[tuple[str, str, str], list[Run]],
+            method_defaults: MethodDefaults | None = None) -> dict[tuple[str, str, str], str]:
+    """Method name plus the parameters and training settings that tell the rows apart: the
+    parameters that differ from the method's defaults (``method_defaults(method)``, None where
+    unknown), else those that vary between the method's rows."""
     # a fine-tuning run's own recipe (lr, schedule, ...) is told apart only from other fine-tuning
     # runs; the rows trained from scratch are compared among themselves
     def varying_among(fine_tuning: bool) -> list[str]:
@@ -427,7 +430,7 @@ def _labels(buckets: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, s
     for ident, rs in buckets.items():
         varying = varying_of[rs[0].source is not None]
         method, params = ident[0], rs[0].record.params
-        defaults = _method_defaults(method)
+        defaults = (method_defaults or _method_defaults)(method)
         if defaults is None:  # unknown defaults: show what varies between this method's rows
             same = [b[0].record.params for i, b in buckets.items() if i[0] == method]
             shown = [k for k in sorted(params) if len({_canon(p.get(k)) for p in same}) > 1]
@@ -448,12 +451,12 @@ def ordered_threats(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in threat_columns() if t in names)
 
 
-def build_group(key: GroupKey, runs: list[Run]) -> Group:
+def build_group(key: GroupKey, runs: list[Run], method_defaults: MethodDefaults | None = None) -> Group:
     """One table: rows aggregated over seeds, sorted by worst-class robust error."""
     buckets: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         buckets.setdefault(run.identity(), []).append(run)
-    labels = _labels(buckets)
+    labels = _labels(buckets, method_defaults)
     ordered = [r for rs in buckets.values() for r in rs]
     row_of_run = [i for i, rs in enumerate(buckets.values()) for _ in rs]
     summaries = summarize_rows(tidy(ordered), row_of_run, key.classes)
@@ -511,8 +514,10 @@ def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
     return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 2
 
 
-def build_leaderboard(results_dir: Path) -> Leaderboard:
-    """Read every result under ``results_dir`` and aggregate; reads only, never writes."""
+def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None = None) -> Leaderboard:
+    """Read every result under ``results_dir`` and aggregate; reads only, never writes.
+    ``method_defaults``: each method's paper defaults, for the rows' labels (the CLI passes
+    `fairbench.methods.method_defaults`; the report itself imports no training code)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FairbenchError(f"results folder {results_dir} does not exist; run `fairbench run` first "
@@ -521,5 +526,5 @@ def build_leaderboard(results_dir: Path) -> Leaderboard:
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    groups = sorted((build_group(k, by_key[k]) for k in by_key), key=lambda g: (g.tier, g.key.sort_key()))
+    groups = sorted((build_group(k, by_key[k], method_defaults) for k in by_key), key=lambda g: (g.tier, g.key.sort_key()))
     return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fairbench.errors import FairbenchError
+from fairbench.files import atomic_write_bytes
 from fairbench.schema.record import (MAX_METRICS_BYTES, MAX_OUTCOMES_BYTES, MAX_OUTCOMES_TEXT, METRICS_FILE,
                                      OUTCOMES_FILE, Outcomes, RunRecord, ThreatModel, dataset_spec,
                                      metrics_from_outcomes, short, test_size, threat_columns)
@@ -55,8 +56,6 @@ def outcomes_bytes(outcomes: Outcomes) -> bytes:
 
 def write_run(run_dir: Path, record: RunRecord, outcomes: Outcomes) -> None:
     """Write the outcomes, then metrics.json (its presence marks a finished run), atomically."""
-    from fairbench.results import atomic_write_bytes
-
     check_outcomes(outcomes, record, OUTCOMES_FILE)
     atomic_write_bytes(Path(run_dir) / OUTCOMES_FILE, outcomes_bytes(outcomes))
     atomic_write_bytes(Path(run_dir) / METRICS_FILE,

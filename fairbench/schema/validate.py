@@ -21,7 +21,7 @@ from fairbench.schema.record import (FINISHED, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS
                                      METRICS_FILE, NORMS, SCHEMA_VERSION, TOL, UNION, Outcomes, RunRecord,
                                      ThreatMetrics, ThreatModel, dataset_spec, derive_union,
                                      metrics_from_outcomes, short, test_size, threat_columns)
-from fairbench.threats import CLEAN, threat_names
+from fairbench.threat_specs import CLEAN, threat_names
 
 
 def check_outcomes(outcomes: Outcomes, record: RunRecord, source: str) -> None:

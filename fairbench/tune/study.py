@@ -96,7 +96,7 @@ class StudySpec:
 def resolve_space(method: str, base_cfg: Any) -> tuple[dict[str, Distribution], dict[str, Any]]:
     """The method's whole space and its defaults at this protocol (``base_cfg``: the run options
     without the space's values), checked; one clear error for a method without a space."""
-    from fairbench.registry import METHODS
+    from fairbench.methods import METHODS
 
     cls = METHODS.get(method)
     space = method_space(cls)
