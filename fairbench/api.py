@@ -34,13 +34,15 @@ from fairbench.methods import METHODS
 from fairbench.results import CHECKPOINT_FILE, load_checkpoint
 from fairbench.runner import config_from_run_dir
 from fairbench.schema import RunRecord
+from fairbench.threat_specs import subsets_from_keys
 
 __all__ = ["create_model", "evaluate", "list_methods", "load_model"]
 
 
 def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
              attacks: str | Sequence[str] = ("clean", "pgd20", "autoattack"), n_per_class: int | None = None,
-             aa_per_class: int | None = None, device: str = "auto", batch_size: int | None = None,
+             subsets: dict[str, int] | None = None, aa_per_class: int | None = None,
+             device: str = "auto", batch_size: int | None = None,
              seed: int = 0, data_dir: str | None = None, download: bool = True, out: str | Path | None = None,
              run_id: str | None = None, progress: Callable[[str], None] | None = None) -> RunRecord:
     """Evaluate ``model`` per class on ``dataset``'s test images; returns the run's record.
@@ -48,8 +50,9 @@ def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
     ``model`` takes images in [0, 1] (fairbench adds no normalization; `create_model` and
     `load_model` give such models). The options are `fairbench eval`'s: ``eps`` (default: the data
     set's), ``attacks`` (a comma list or a sequence of clean, pgd20, autoattack), ``n_per_class``
-    (the first K test images per class; `--eval-per-class`), ``aa_per_class`` (AutoAttack on the
-    first K of those), ``batch_size`` (`--eval-batch-size`), ``seed`` of the attacks' random
+    (the first K test images per class; `--eval-per-class`), ``subsets`` ({threat: K}: that threat on
+    the first K of those; `--subset`; ``aa_per_class=K`` is ``subsets={"autoattack": K}``),
+    ``batch_size`` (`--eval-batch-size`), ``seed`` of the attacks' random
     starts. The model is moved to ``device`` and its train/eval mode is restored afterwards.
     Nothing is written unless ``out`` names a results folder. ``progress`` receives the lines
     `fairbench eval` prints (default: silent).
@@ -67,7 +70,10 @@ def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
         raise FairbenchError(f"evaluate: eps must be a number (8/255, not '8/255'), got {eps!r:.40}")
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if isinstance(attacks, str) \
         else tuple(attacks)
-    opts = EvalOptions(dataset=dataset, attacks=names, n_per_class=n_per_class, aa_per_class=aa_per_class,
+    if subsets is not None and not isinstance(subsets, dict):
+        raise FairbenchError(f"evaluate: subsets must be a dict of threat -> images per class, got {subsets!r:.40}")
+    subsets = {**subsets_from_keys({"aa_per_class": aa_per_class}), **(subsets or {})}  # the older name
+    opts = EvalOptions(dataset=dataset, attacks=names, n_per_class=n_per_class, subsets=subsets,
                        eps=None if eps is None else float(eps), seed=seed, batch_size=batch_size,
                        device=device, data_dir=data_dir, download=download,
                        out=str(out) if out is not None else "results", run_id=run_id)

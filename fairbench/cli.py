@@ -1,7 +1,7 @@
 """The command line: ``fairbench list | run | resume | eval | report | sweep`` (typer).
 
 One vocabulary: an option means the same thing under the same name in every command (``--eps``,
-``--eval-per-class``, ``--aa-per-class``, ``--eval-batch-size``, ``--attacks``, ``--no-download``);
+``--eval-per-class``, ``--subset``, ``--eval-batch-size``, ``--attacks``, ``--no-download``);
 ``--eps`` and ``--step-size`` take a number or a fraction (``8/255``); every table a person reads
 gives error in % (lower is better), as the report does.
 
@@ -30,6 +30,7 @@ from fairbench.config import NOT_RUN_OPTIONS, PRESET_DESCRIPTIONS, PRESETS, RunC
 from fairbench.errors import FairbenchError
 from fairbench.registry import unknown_name
 from fairbench.signals import Preempted, StopSignals
+from fairbench.threat_specs import parse_subsets, subset_aliases, subset_flag
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate robust-fairness methods; per-class leaderboards.")
@@ -196,9 +197,30 @@ def run_signature(config: type = RunConfig) -> inspect.Signature:
     for f in _option_fields(config):
         annotation, info = _field_option(f, hints[f.name])
         params.append(inspect.Parameter(option_name(f), keyword, annotation=annotation, default=info))
-    for name, (annotation, info) in _process_options().items():
+    for name, (annotation, info) in {**_subset_alias_options(), **_process_options()}.items():
         params.append(inspect.Parameter(name, keyword, annotation=annotation, default=info))
     return inspect.Signature(params)
+
+
+def _subset_alias_options() -> dict[str, tuple[Any, Any]]:
+    """A threat's older subset option (``--aa-per-class K``, `threat_specs.subset_aliases`): hidden,
+    the same as ``--subset THREAT=K``."""
+    return {key: (Optional[int], typer.Option(None, subset_flag(key), hidden=True,
+                                              help=f"the same as --subset {threat}=K"))
+            for key, threat in subset_aliases().items()}
+
+
+def with_subset_aliases(subsets: dict[str, int], o: dict[str, Any], given: set[str]) -> dict[str, int]:
+    """``subsets`` with the subset aliases given in ``o`` (``aa_per_class``: ``--aa-per-class K``); an
+    alias replaces a preset's subset of its threat, and is an error beside ``--subset`` of that threat
+    (``given``: the threats --subset named)."""
+    out = dict(subsets)
+    for key, threat in subset_aliases().items():
+        if o.get(key) is not None:
+            if threat in given:
+                raise FairbenchError(f"{subset_flag(key)} is --subset {threat}=K: give one of them")
+            out[threat] = o[key]
+    return out
 
 
 def _option_fields(config: type) -> list[dataclasses.Field]:
@@ -248,7 +270,7 @@ def _read_option(f: dataclasses.Field, hint: Any, value: Any) -> Any:
     if value is None:
         return None
     if f.metadata.get("syntax") == "name=value":
-        return parse_param_options(value)
+        return (f.metadata.get("parse") or parse_param_options)(value)
     if f.metadata.get("parse") is not None:
         return f.metadata["parse"](value)
     if isinstance(value, str) and tuple in (typing.get_origin(t) for t in (hint, *typing.get_args(hint))):
@@ -279,6 +301,8 @@ def config_from_run_options(o: dict[str, Any], given: dict[str, bool]) -> RunCon
     values.update({k: v for k, v in settings.items() if not given.get(options_of.get(k, k))})
     if preset_params and values.get("method") == settings.get("method"):
         values["params"] = {**preset_params, **values.get("params", {})}
+    named = set(values.get("subsets", {})) if given.get(options_of["subsets"]) else set()
+    values["subsets"] = with_subset_aliases(values.get("subsets", {}), o, named)
     return RunConfig(**values)
 
 
@@ -355,7 +379,7 @@ def sweep_cmd(
     dry_run: bool = typer.Option(False, help="print the grid and stop"),
     retry_failed: bool = typer.Option(False, help="run again the runs that failed in an earlier sweep"),
     reevaluate: bool = typer.Option(False, help="evaluate again, from their checkpoints, the finished runs "
-                                    "evaluated with other --attacks, --eval-per-class or --aa-per-class"),
+                                    "evaluated with other --attacks, --eval-per-class or --subset"),
     max_runs: int = typer.Option(1000, help="the most runs the grid may have (a guard against a typo "
                                  "in --seeds or a grid)"),
     report: bool = typer.Option(False, help="run `fairbench report` on the results folder at the end"),
@@ -506,8 +530,9 @@ def eval_cmd(
     attacks: str = typer.Option("clean,pgd20,autoattack", help="comma list of clean,pgd20,autoattack"),
     eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
     n_per_class: Optional[int] = typer.Option(None, hidden=True),  # --eval-per-class's old name
-    aa_per_class: Optional[int] = typer.Option(
-        None, help="run AutoAttack on the first K evaluated test images per class only"),
+    subset: List[str] = typer.Option([], metavar="NAME=K", help="run threat NAME on the first K evaluated "
+                                     "test images per class only (repeatable), e.g. autoattack=50"),
+    aa_per_class: Optional[int] = typer.Option(None, hidden=True),  # --subset autoattack=K's old form
     eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
                                         help="L-inf radius, a number or a fraction such as 8/255 (default: "
                                              "8/255 CIFAR, 0.1 Fashion-MNIST)"),
@@ -523,10 +548,13 @@ def eval_cmd(
     """Evaluate any state_dict, importable model or RobustBench model per class; writes metrics.json."""
     from fairbench.external_eval import EvalOptions, run_eval
 
+    subsets = parse_subsets(subset)
+    subsets = with_subset_aliases(subsets, {"aa_per_class": aa_per_class}, set(subsets))
+
     opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, model=model, robustbench=robustbench,
                        threat_model=threat_model, model_dir=model_dir, attacks=parse_attacks(attacks),
                        n_per_class=_one_of(eval_per_class, n_per_class, "--eval-per-class", "--n-per-class"),
-                       aa_per_class=aa_per_class, eps=eps, seed=seed,
+                       subsets=subsets, eps=eps, seed=seed,
                        batch_size=_one_of(eval_batch_size, batch_size, "--eval-batch-size", "--batch-size"),
                        device=device, data_dir=data_dir, download=download, out=out, run_id=run_id)
     run_eval(opts, echo=typer.echo)

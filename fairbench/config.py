@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
+from fairbench.threat_specs import check_subsets, parse_subsets, subset_keys_of
 
 SCHEDULES = ("piecewise", "cosine", "constant")  # piecewise also as "piecewise:M1,M2,..." (`milestones`)
 DEFAULT_MILESTONES = (0.5, 0.75)  # FairAT / FRL: /10 at 50% and 75% of the epochs
@@ -108,8 +109,12 @@ class RunConfig:
     # the --preset the run started from (recorded, not applied again)
     preset: str | None = field(default=None, metadata=option(
         lambda: f"defaults to start from (options given beside it win): {', '.join(PRESETS)}"))
-    aa_per_class: int | None = field(default=None, metadata=option(
-        "run AutoAttack on the first K evaluated test images per class only", shown="every evaluated image"))
+    # threat -> K: that threat runs on the first K evaluated test images of each class only (a fixed,
+    # class-balanced subset); a threat's older option (--aa-per-class K) is an alias (`subset_aliases`)
+    subsets: dict[str, int] = field(default_factory=dict, metadata=option(
+        "run threat NAME on the first K evaluated test images per class only, NAME=K (repeatable), "
+        "e.g. autoattack=50", shown="every threat on every evaluated image", flag="--subset",
+        syntax="name=value", parse=parse_subsets))
     select: str = field(default="last", metadata=option(  # fairbench/selection.py
         "model selection: last, or best-val (PGD-10 on the validation split)"))
     augment: str = field(default="standard", metadata=option(
@@ -135,7 +140,8 @@ class RunConfig:
         """Fill data-set defaults and validate; returns a new, fully resolved config. ``cuda``: whether
         a GPU is there (``--device auto``'s evaluation batch; the caller asks torch, this module
         imports none)."""
-        cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks))
+        cfg = dataclasses.replace(self, params=dict(self.params), attacks=tuple(self.attacks),
+                                  subsets=dict(self.subsets))
         if cfg.eval_batch_size is None:
             cfg.eval_batch_size = default_eval_batch_size(cfg.device, cuda=cuda)
         if cfg.eps is None:
@@ -189,12 +195,8 @@ class RunConfig:
              f"--score-on must be one of {', '.join(SCORE_ON)}, got '{self.score_on}'"),
             (self.score_on != "validation" or bool(self.val_per_class),
              "--score-on validation needs a validation split: pass --val-per-class K"),
-            (self.aa_per_class is None or self.eval_per_class is None or "autoattack" not in self.attacks
-             or self.aa_per_class <= self.eval_per_class,
-             f"--aa-per-class {self.aa_per_class} is more than the {self.eval_per_class} evaluated "
-             f"images per class (--eval-per-class)"),
         ]
-        for name in ("train_per_class", "val_per_class", "eval_per_class", "aa_per_class"):
+        for name in ("train_per_class", "val_per_class", "eval_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
@@ -204,6 +206,7 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
+        check_subsets(self.subsets, self.attacks, self.eval_per_class)
         if self.run_id is not None:
             check_run_id(self.run_id)
         if self.tuning is not None:
@@ -254,11 +257,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """A config from its dict (config.json); one written before ``subsets`` keeps a threat's
+        subset under the threat's own key (``aa_per_class``), read into ``subsets``."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        threat_of = subset_keys_of()
+        older = {k: d.pop(k) for k in list(d) if k not in names and k in threat_of}
+        if older and "subsets" not in d:
+            d["subsets"] = {threat_of[k]: v for k, v in older.items() if v is not None}
         unknown = set(d) - names
         if unknown:
             raise FairbenchError(f"config has unknown fields: {', '.join(sorted(unknown))}")
-        d = dict(d)
         if isinstance(d.get("attacks"), list):
             d["attacks"] = tuple(d["attacks"])
         try:
@@ -394,7 +403,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 11's average target; results/ keeps that leaderboard as its own group).
     "fmnist-standard": dict(dataset="fashion-mnist", arch="testbed-cnn", epochs=8, batch_size=128,
                             lr=0.05, schedule="piecewise:0.75", weight_decay=0.0, augment="none",
-                            val_per_class=500, select="last", aa_per_class=50, device="cpu"),
+                            val_per_class=500, select="last", subsets={"autoattack": 50}, device="cpu"),
     # Each 2023-24 robust-fairness paper's CIFAR-10 setting, as closely as fairbench's protocol
     # allows (docs/paper-presets.md lists what differs and the published numbers to compare with).
     # CFA (Wei et al., CVPR 2023): PreAct ResNet-18, 200 epochs, /10 at 100 and 150, 98% of the

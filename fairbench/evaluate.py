@@ -33,7 +33,7 @@ from torch import nn
 
 from fairbench._version import __version__
 from fairbench.attacks import eval_mode
-from fairbench.data import Split, map_sharded
+from fairbench.data import Split, map_sharded, per_class_indices
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import EvalState, StageProgress, fingerprint
@@ -93,6 +93,13 @@ def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0,
     if len(settings) > 1:
         settings[UNION] = {"of": list(settings)}
     return settings
+
+
+def subset_indices(labels: torch.Tensor, subsets: dict[str, int], num_classes: int) -> dict[str, torch.Tensor]:
+    """Each threat of ``subsets`` ({threat: K}, `fairbench.threat_specs.used_subsets`) on the first K
+    evaluated images of each class (a fixed, class-balanced subset), as positions in ``labels``:
+    `evaluate_outcomes`' ``subsets``. Every other threat runs on all of them."""
+    return {threat: per_class_indices(labels, k, num_classes) for threat, k in subsets.items()}
 
 
 @contextmanager

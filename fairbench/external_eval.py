@@ -15,7 +15,7 @@ import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ from fairbench.data import DatasetSpec, get_dataset, load_split, per_class_indic
 from fairbench.distributed import DistInfo, process_group, resolve_device
 from fairbench.errors import FairbenchError
 from fairbench.eval_state import fingerprint, foreign_state
-from fairbench.evaluate import attack_settings, environment, evaluate, format_table, stages
+from fairbench.evaluate import attack_settings, environment, evaluate, format_table, stages, subset_indices
 from fairbench.faults import not_finite
 from fairbench.models import create_model, load_model_state
 from fairbench.models import MODELS
@@ -35,6 +35,7 @@ from fairbench.results import (CHECKPOINT_FILE, CHECKPOINT_SLACK, CONFIG_FILE, M
                                load_checkpoint, make_run_folder, run_lock, sha256_file)
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, RunRecord, build_record, make_outcomes, read_metrics,
                               write_run)
+from fairbench.threat_specs import check_subsets, subset_keys, used_subsets
 
 
 @dataclass
@@ -50,7 +51,7 @@ class EvalOptions:
     model_dir: str | None = None
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     n_per_class: int | None = None  # --eval-per-class
-    aa_per_class: int | None = None
+    subsets: dict[str, int] = field(default_factory=dict)  # --subset NAME=K (--aa-per-class K)
     eps: float | None = None
     seed: int = 0
     batch_size: int | None = None  # --eval-batch-size; None: 500 on CUDA, 128 on the CPU
@@ -86,12 +87,6 @@ class EvalOptions:
         checks = [
             (self.n_per_class is None or self.n_per_class >= 1,
              f"--eval-per-class must be >= 1, got {self.n_per_class}"),
-            (self.aa_per_class is None or self.aa_per_class >= 1,
-             f"--aa-per-class must be >= 1, got {self.aa_per_class}"),
-            (self.aa_per_class is None or self.n_per_class is None or "autoattack" not in self.attacks
-             or self.aa_per_class <= self.n_per_class,
-             f"--aa-per-class {self.aa_per_class} is more than the {self.n_per_class} evaluated "
-             f"images per class (--eval-per-class)"),
             (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.batch_size is None or self.batch_size >= 1,
              f"--eval-batch-size must be >= 1, got {self.batch_size}"),
@@ -102,6 +97,9 @@ class EvalOptions:
         for ok, message in checks:
             if not ok:
                 raise FairbenchError(message)
+        if not isinstance(self.subsets, dict):
+            raise FairbenchError(f"subsets must be a dict of threat -> images per class, got {self.subsets!r:.60}")
+        check_subsets(self.subsets, self.attacks, self.n_per_class)
         if self.run_id is not None:
             check_run_id(self.run_id)
         stages(self.attacks)
@@ -217,8 +215,8 @@ def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, 
     indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
                if opts.n_per_class else torch.arange(len(test)))
     test = test.subset(indices).to(device)
-    subsets = ({"autoattack": per_class_indices(test.labels, opts.aa_per_class, spec.num_classes)}
-               if opts.aa_per_class and "autoattack" in opts.attacks else {})
+    used = used_subsets(opts.subsets, opts.attacks)
+    subsets = subset_indices(test.labels, used, spec.num_classes)
     # as training does after every epoch: NaN or infinite weights would give chance-level accuracies
     # that look like a result
     what = not_finite(model, to_float(test.images[:batch_size]), dist)
@@ -233,10 +231,9 @@ def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, 
             run_id=run_id, method=source["method"], params=source["params"], arch=source["arch"],
             dataset=spec.name, seed=opts.seed, epochs=None, eps=eps, outcomes=rows,  # not trained here
             training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class}
-            | ({"aa_per_class": opts.aa_per_class} if subsets else {}),
+            | subset_keys(used),
             evaluation={"n": len(test), "batch_size": batch_size},
-            attack_settings=attack_settings(eps, opts.attacks, opts.seed,
-                                            {"autoattack": opts.aa_per_class} if subsets else None),
+            attack_settings=attack_settings(eps, opts.attacks, opts.seed, used or None),
             timing={"eval_s": {k: round(v, 3) for k, v in seconds.items()}, "world_size": dist.world_size},
             env=environment(device), checkpoint=source["checkpoint"])
         if write:

@@ -15,7 +15,7 @@ from fairbench.config import RunConfig
 from fairbench.data import DatasetSpec, Split, get_dataset, load_splits, per_class_indices, train_val_split
 from fairbench.distributed import DistInfo, process_group, resolve_device
 from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, environment, evaluate, format_table
+from fairbench.evaluate import attack_settings, environment, evaluate, format_table, subset_indices
 from fairbench.signals import StopSignals
 from fairbench.method import Method, parse_params
 from fairbench.init_from import read_init_source
@@ -28,6 +28,7 @@ from fairbench.results import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_wr
 from fairbench.schema import (METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record, make_outcomes,
                               write_run)
 from fairbench.schema.validation import VALIDATION_FILE, build_validation
+from fairbench.threat_specs import subset_keys, used_subsets
 from fairbench.trainer import Trainer
 
 
@@ -243,27 +244,25 @@ def _score_validation_and_write(cfg: RunConfig, *, spec: DatasetSpec, trainer: T
 
 
 def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, torch.Tensor]:
-    """AutoAttack on the first ``--aa-per-class`` evaluated images of each class (a fixed,
+    """Each threat of ``--subset NAME=K`` on the first K evaluated images of each class (a fixed,
     class-balanced subset); every other threat on all of them."""
-    if not cfg.aa_per_class or "autoattack" not in cfg.attacks:
-        return {}
-    return {"autoattack": per_class_indices(test.labels, cfg.aa_per_class, spec.num_classes)}
+    return subset_indices(test.labels, used_subsets(cfg.subsets, cfg.attacks), spec.num_classes)
 
 
 def metrics_record(cfg: RunConfig, *, spec: DatasetSpec, outcomes: Outcomes, seconds: dict[str, float],
                    trainer: Trainer, device: torch.device, run_dir: Path, selected: int) -> RunRecord:
     """The run's metrics.json record (`fairbench.schema`): its numbers come from ``outcomes``."""
     ckpt = run_dir / CHECKPOINT_FILE
+    used = used_subsets(cfg.subsets, cfg.attacks)  # recorded under each threat's subset key
     return build_record(
         run_id=cfg.run_id, method=cfg.method, params=cfg.params, arch=cfg.arch, dataset=cfg.dataset,
         seed=cfg.seed, epochs=cfg.epochs, eps=cfg.eps, outcomes=outcomes, preset=cfg.preset,
         select=cfg.select, selected_epoch=selected,
-        training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, "aa_per_class": cfg.aa_per_class,
+        training=cfg.training_dict() | {"eval_per_class": cfg.eval_per_class, **subset_keys(used),
                                         "sync_bn": cfg.sync_bn, "world_size": trainer.dist.world_size,
                                         "bn_batch": trainer.bn_batch, "amp": trainer.amp}
         | {f"tuning_{k}": v for k, v in (cfg.tuning or {}).items()},  # flat: the schema keeps scalars
-        attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed,
-                                        {"autoattack": cfg.aa_per_class} if cfg.aa_per_class else None),
+        attack_settings=attack_settings(cfg.eps, cfg.attacks, cfg.seed, used or None),
         timing={"train_s": round(trainer.train_seconds, 3),
                 "eval_s": {k: round(v, 3) for k, v in seconds.items()},
                 "train_images_per_s": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),

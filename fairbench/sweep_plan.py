@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fairbench.errors import FairbenchError
+from fairbench.threat_specs import subset_aliases, subset_flag, subset_keys, subset_keys_of, subsets_from_keys
 
 SWEEP_DIR = "sweep"
 PLAN_FILE = "plan.json"
@@ -43,7 +44,8 @@ LAUNCHERS = ("local", "slurm")
 STATES = ("running", "done", "failed", "stopped", "requeued", "submitted")
 JOB_ID = re.compile(r"\d{1,20}(_\d{1,20})?")
 # how a sweep names a run's evaluation settings (`eval_settings`): the `fairbench run` option of each
-EVAL_FLAGS = {"attacks": "--attacks", "eval_per_class": "--eval-per-class", "aa_per_class": "--aa-per-class"}
+# (a threat's subset, under the threat's subset key, is named by `_flag`)
+EVAL_FLAGS = {"attacks": "--attacks", "eval_per_class": "--eval-per-class"}
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,25 @@ class PlannedRun:
 
 def eval_settings(cfg: Any) -> dict[str, Any]:
     """What of a run config decides its evaluation and is not in its run id (the run id hashes the
-    training config): the threats, the evaluated images per class, AutoAttack's share of them.
-    ``--eval-batch-size`` changes no outcome and is left out."""
+    training config): the threats, the evaluated images per class, the subsets threats run on
+    (`_subset_settings`). ``--eval-batch-size`` changes no outcome and is left out."""
     attacks = sorted(set(cfg.attacks))
     return {"attacks": attacks, "eval_per_class": cfg.eval_per_class,
-            "aa_per_class": cfg.aa_per_class if "autoattack" in attacks else None}
+            **_subset_settings({t: k for t, k in cfg.subsets.items() if t in attacks})}
+
+
+def _subset_settings(subsets: dict[str, int]) -> dict[str, Any]:
+    """Each threat's subset under its subset key: a key a threat declares itself (``aa_per_class``)
+    always, null for every image (as plans recorded it before ``--subset``); any other where set."""
+    return {key: None for key in subset_aliases()} | subset_keys(subsets)
+
+
+def _flag(key: str) -> str:
+    """How a sweep's message names evaluation setting ``key`` (`EVAL_FLAGS`, a subset key's option)."""
+    if key in EVAL_FLAGS:
+        return EVAL_FLAGS[key] + " "
+    threat = subset_keys_of().get(key, key)
+    return subset_flag(key) + " " if key in subset_aliases() else f"--subset {threat}="
 
 
 def _is_int(v: Any) -> bool:
@@ -123,9 +139,10 @@ def _is_count(v: Any) -> bool:
 
 
 def _is_eval_settings(v: Any) -> bool:
-    return (isinstance(v, dict) and set(v) == set(EVAL_FLAGS) and isinstance(v["attacks"], list)
+    return (isinstance(v, dict) and set(EVAL_FLAGS) <= set(v) and isinstance(v["attacks"], list)
             and len(v["attacks"]) <= 100 and all(_is_text(a, 100) for a in v["attacks"])
-            and _is_count(v["eval_per_class"]) and _is_count(v["aa_per_class"]))
+            and _is_count(v["eval_per_class"])
+            and all(k in subset_keys_of() and _is_count(v[k]) for k in set(v) - set(EVAL_FLAGS)))
 
 
 def printable(text: Any) -> str:
@@ -325,14 +342,17 @@ def evaluated_otherwise(run: PlannedRun) -> str:
     except FairbenchError:
         return ""
     attacks = sorted(t for t in record.metrics if t != UNION)
+    subsets = {t: k for t, k in subsets_from_keys(record.training).items() if t in attacks}
     done = {"attacks": attacks, "eval_per_class": record.training.get("eval_per_class"),
-            "aa_per_class": record.training.get("aa_per_class") if "autoattack" in attacks else None}
+            **_subset_settings(subsets)}
+    now = run.evaluation
+    keys = [*EVAL_FLAGS, *sorted((set(done) | set(now)) - set(EVAL_FLAGS))]
 
     def shown(v: Any) -> str:
         return ",".join(v) if isinstance(v, list) else "all" if v is None else str(v)
 
-    return "; ".join(f"{flag} {shown(done[k])} (now {shown(run.evaluation[k])})" for k, flag in EVAL_FLAGS.items()
-                     if done[k] != run.evaluation[k])
+    return "; ".join(f"{_flag(k)}{shown(done.get(k))} (now {shown(now.get(k))})" for k in keys
+                     if done.get(k) != now.get(k))
 
 
 def classify(run: PlannedRun, sweep: Path, retry_failed: bool) -> str:

@@ -85,11 +85,21 @@ def subset_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def subset_keys_of() -> dict[str, str]:
+    """Every threat's subset key -> the threat."""
+    return {subset_key(name): name for name in threat_names()}
+
+
+def subset_aliases() -> dict[str, str]:
+    """The subset keys a threat declares itself (``aa_per_class``), each also an option of its own
+    (``--aa-per-class K``: ``--subset autoattack=K``, as it was before ``--subset``) -> the threat."""
+    return {THREATS.get(name).subset_key: name for name in threat_names() if THREATS.get(name).subset_key}
+
+
 def subsets_from_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """{threat: images per class} from the keys `subset_key` names, as a training record (or an
-    older config.json) has them; keys that are no threat's subset key are left out."""
-    return {name: values[subset_key(name)] for name in threat_names()
-            if values.get(subset_key(name)) is not None}
+    """{threat: images per class} from the keys `subset_key` names, as a training record has them;
+    keys that are no threat's subset key, and null values, are left out."""
+    return {name: values[key] for key, name in subset_keys_of().items() if values.get(key) is not None}
 
 
 def subset_keys(subsets: dict[str, int]) -> dict[str, int]:
@@ -97,17 +107,33 @@ def subset_keys(subsets: dict[str, int]) -> dict[str, int]:
     return {subset_key(name): k for name, k in subsets.items()}
 
 
+def used_subsets(subsets: dict[str, int], attacks: Any) -> dict[str, int]:
+    """The subsets of the threats that run (``attacks``): a subset of a threat left out is unused."""
+    return {name: k for name, k in subsets.items() if name in attacks}
+
+
 def parse_subset(text: str) -> tuple[str, int]:
     """``NAME=K`` (``--subset autoattack=50``) as (threat, images per class)."""
     name, sep, count = text.partition("=")
     name = name.strip()
-    if not sep or not count.strip().isdigit():
+    if not sep or not (count.strip().isascii() and count.strip().isdigit()):
         raise FairbenchError(f"--subset must be THREAT=K (K images per class, e.g. autoattack=50), got {text!r:.80}")
     names = threat_names()
     if name not in names:
         raise FairbenchError(f"--subset: unknown threat '{name[:80]}'{did_you_mean(name, names)}; "
                              f"valid: {', '.join(names)}")
     return name, int(count)
+
+
+def parse_subsets(items: list[str]) -> dict[str, int]:
+    """``--subset NAME=K`` options (`parse_subset`) as {threat: K}; a threat given twice is an error."""
+    subsets: dict[str, int] = {}
+    for item in items:
+        name, k = parse_subset(item)
+        if name in subsets:
+            raise FairbenchError(f"--subset {name} is given twice")
+        subsets[name] = k
+    return subsets
 
 
 def check_subsets(subsets: dict[str, int], attacks: Any, eval_per_class: int | None) -> None:
@@ -121,6 +147,8 @@ def check_subsets(subsets: dict[str, int], attacks: Any, eval_per_class: int | N
                                  f"valid: {', '.join(names)}")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise FairbenchError(f"{flag}: K must be >= 1")
+        if not THREATS.get(name).attack:
+            raise FairbenchError(f"{flag}: {name} runs on every evaluated image (--eval-per-class sets how many)")
         if eval_per_class is not None and name in attacks and k > eval_per_class:
             raise FairbenchError(f"{flag} is more than the {eval_per_class} evaluated images per class "
                                  f"(--eval-per-class)")

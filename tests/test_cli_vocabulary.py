@@ -196,7 +196,8 @@ def test_eval_model_errors_are_one_line(target: str, message: str, factory_site:
 
 def test_eval_old_option_names_are_hidden_aliases(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     _, help_text, _ = cli_out(["eval", "--help"], capsys)
-    assert "--eval-per-class" in help_text and "--aa-per-class" in help_text and "--no-download" in help_text
+    assert "--eval-per-class" in help_text and "--subset" in help_text and "--no-download" in help_text
+    assert "--aa-per-class" not in help_text  # --subset autoattack=K's old form, hidden
     assert "--n-per-class" not in help_text and "--batch-size " not in help_text.replace("--eval-batch-size", "")
     code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--eval-per-class", "2",
                             "--n-per-class", "3", "--out", str(tmp_path)], capsys)
@@ -211,11 +212,13 @@ def test_eval_refuses_a_bad_device_in_one_line(tmp_path: Path, capsys) -> None:
     one_error(err, "--device must be auto, cpu or cuda[:N], got 'gpu'")
 
 
-def test_eval_checks_aa_per_class_against_eval_per_class(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("given", [["--subset", "autoattack=3"], ["--aa-per-class", "3"]])
+def test_eval_checks_a_subset_against_eval_per_class(given: list[str], tmp_path: Path, capsys) -> None:
+    """--aa-per-class K is --subset autoattack=K (its alias): the same check, the same message."""
     code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--eval-per-class", "2",
-                            "--aa-per-class", "3", "--out", str(tmp_path)], capsys)
+                            *given, "--out", str(tmp_path)], capsys)
     assert code == 2
-    one_error(err, "--aa-per-class 3 is more than the 2 evaluated images per class")
+    one_error(err, "--subset autoattack=3 is more than the 2 evaluated images per class")
 
 
 def test_eval_no_download_names_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -13,8 +13,10 @@ import pytest
 import fairbench.cli as cli
 from cli_helpers import cli_out
 from fairbench.config import NOT_RUN_OPTIONS, PRESETS, RunConfig, option
+from fairbench.threat_specs import subset_aliases
 
 PROCESS_OPTIONS = {"resume", "stop_after_epoch", "progress"}  # how the process runs, no field
+ALIASES = set(subset_aliases())  # a threat's older subset option, hidden (--aa-per-class K: --subset autoattack=K)
 
 
 def run_params() -> dict[str, typing.Any]:
@@ -47,7 +49,7 @@ def test_every_field_is_a_run_option_with_the_configs_help_or_is_set_otherwise()
     fields = dataclasses.fields(RunConfig)
     assert set(NOT_RUN_OPTIONS) <= {f.name for f in fields} and all(NOT_RUN_OPTIONS.values())
     options = {cli.option_name(f): f for f in fields if f.name not in NOT_RUN_OPTIONS}
-    assert set(params) == set(options) | PROCESS_OPTIONS  # nothing declared by hand beside them
+    assert set(params) == set(options) | PROCESS_OPTIONS | ALIASES  # nothing declared by hand beside them
     for name, f in options.items():
         p = params[name]
         assert cli.option_help(f) and p.help == cli.option_help(f), name  # the help is the field's
@@ -55,7 +57,7 @@ def test_every_field_is_a_run_option_with_the_configs_help_or_is_set_otherwise()
         assert bool(p.hidden) == bool(f.metadata.get("hidden")), name
         if typing.get_type_hints(RunConfig)[f.name] in (bool, bool | None):
             assert p.secondary_opts == ["--no-" + name.replace("_", "-")], name
-    assert [n for n, p in params.items() if p.hidden] == ["tuning"]
+    assert [n for n, p in params.items() if p.hidden] == ["tuning", *sorted(ALIASES)]
     for name in NOT_RUN_OPTIONS:
         assert name not in params
 
@@ -82,7 +84,7 @@ def test_run_help_shows_every_option_with_its_help_and_default(capsys: pytest.Ca
 
 def test_a_preset_setting_yields_to_an_option_given_even_at_the_fields_default() -> None:
     cfg, given = cli.parse_run_args(["--preset", "fmnist-standard"])
-    assert (cfg.lr, cfg.device, cfg.aa_per_class, cfg.epochs) == (0.05, "cpu", 50, 8) and not given["lr"]
+    assert (cfg.lr, cfg.device, cfg.subsets, cfg.epochs) == (0.05, "cpu", {"autoattack": 50}, 8) and not given["lr"]
     cfg, given = cli.parse_run_args(["--preset", "fmnist-standard", "--lr", "0.1", "--device", "auto",
                                      "--augment", "standard", "--epochs", "100"])
     assert (cfg.lr, cfg.device, cfg.augment, cfg.epochs) == (0.1, "auto", "standard", 100) and given["lr"]

@@ -69,10 +69,10 @@ def test_select_bad_input() -> None:
         RunConfig(**base, select="best").validate()
     with pytest.raises(FairbenchError, match="--select best-val needs a validation split"):
         RunConfig(**base, select="best-val").validate()
-    with pytest.raises(FairbenchError, match="--aa-per-class 60 is more than the 50"):
-        RunConfig(**base, eval_per_class=50, aa_per_class=60).validate()
-    # without AutoAttack the subset is never used: a preset's --aa-per-class does not stand in the way
-    RunConfig(**base, eval_per_class=5, aa_per_class=50, attacks=("clean", "pgd20")).validate()
+    with pytest.raises(FairbenchError, match="--subset autoattack=60 is more than the 50"):
+        RunConfig(**base, eval_per_class=50, subsets={"autoattack": 60}).validate()
+    # without AutoAttack the subset is never used: a preset's subset does not stand in the way
+    RunConfig(**base, eval_per_class=5, subsets={"autoattack": 50}, attacks=("clean", "pgd20")).validate()
 
 
 def test_select_last_keeps_old_run_ids() -> None:
@@ -104,7 +104,7 @@ def test_selector_scores_per_class_worst_plus_average() -> None:
 def test_run_records_the_preset_outcomes_and_no_machine_path(fmnist_dir: Path, tmp_path: Path,
                                                              monkeypatch) -> None:
     monkeypatch.setitem(PRESETS, "tiny", dict(dataset="fashion-mnist", arch="small-cnn"))
-    cfg = _cfg(fmnist_dir, tmp_path / "results", select="last", epochs=1, preset="tiny", aa_per_class=None)
+    cfg = _cfg(fmnist_dir, tmp_path / "results", select="last", epochs=1, preset="tiny")
     run_dir = run(cfg, **QUIET)
     config = json.loads((run_dir / "config.json").read_text())
     assert "out" not in config and config["preset"] == "tiny"

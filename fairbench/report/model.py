@@ -26,7 +26,7 @@ from fairbench.errors import FairbenchError
 from fairbench.report.stats import ZERO, Delta, RowStats, tied_ranks
 from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
                               read_outcomes, threat_columns)
-from fairbench.threat_specs import threat_label, threat_spec
+from fairbench.threat_specs import subset_key, subsets_from_keys, threat_label, threat_spec
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
@@ -48,7 +48,7 @@ def robust_precedence() -> tuple[str, ...]:
 
 def on_every_image(runs: Iterable[Run], threat: str) -> bool:
     """Every run evaluated ``threat`` on all the images it evaluated clean (not on a subset, as
-    AutoAttack runs with --aa-per-class)."""
+    a threat runs with --subset THREAT=K)."""
     def full(run: Run) -> bool:
         m = run.record.metrics
         return threat in m and sum(m[threat].n_per_class) == sum(m.get("clean", m[threat]).n_per_class)
@@ -159,7 +159,8 @@ class GroupKey:
     eval_per_class: int | None
     classes: tuple[str, ...]
     select: str = "last"
-    aa_per_class: int | None = None  # AutoAttack on this many of the evaluated images per class
+    # (threat, K) of each threat run on K of the evaluated images per class (--subset), in column order
+    subsets: tuple[tuple[str, int], ...] = ()
     tuned: tuple[str, int] | None = None  # a tuned row's run: (study, trials per method); `tuned_of`
 
     @classmethod
@@ -170,18 +171,19 @@ class GroupKey:
         epochs = t.get("epochs", r.epochs)
         if run.source is not None and run.source["budget_epochs"] is not None:
             epochs = run.source["budget_epochs"]
-        aa = t.get("aa_per_class") if "autoattack" in r.metrics else None
+        subsets = tuple((threat, k) for threat, k in subsets_from_keys(t).items()
+                        if threat in r.metrics and _is_count(k))
         return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), epochs,
                    t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select,
-                   aa if _is_count(aa) else None, tuned_of(t))
+                   subsets, tuned_of(t))
 
     def label(self) -> str:
         eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
             else f"{self.eps:g}"
         train = f"{self.train_per_class} train/class" if self.train_per_class else "full train set"
         test = f"{self.eval_per_class} test/class" if self.eval_per_class else "full test set"
-        if self.aa_per_class is not None:
-            test += f" (AutoAttack: {self.aa_per_class}/class)"
+        for threat, k in self.subsets:
+            test += f" ({threat_label(threat)}: {k}/class)"
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
             else "epochs unknown"
         select = "" if self.select == "last" else f" · {self.select} selection"
@@ -192,7 +194,7 @@ class GroupKey:
     def slug(self) -> str:
         text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
                 f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
-                + ("" if self.aa_per_class is None else f"_aa{self.aa_per_class}")
+                + "".join(f"_{subset_key(threat).removesuffix('_per_class')}{k}" for threat, k in self.subsets)
                 + ("" if self.select == "last" else f"_{self.select}")
                 + ("" if self.tuned is None else f"_tuned-{self.tuned[0]}"))
         return slug(text)
@@ -200,7 +202,7 @@ class GroupKey:
     def sort_key(self) -> tuple:
         return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
                 self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select,
-                self.aa_per_class or 0, self.tuned or ("", 0))
+                self.subsets, self.tuned or ("", 0))
 
 
 def tuned_of(training: dict[str, Any]) -> tuple[str, int] | None:

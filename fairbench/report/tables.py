@@ -215,8 +215,8 @@ def sort_note(group: Group) -> str:
     """What ranks the group, what checks it, and the baseline."""
     text = f"Ranked by {ranked_by(group)}"
     if group.check_threat is not None:
-        aa = group.key.aa_per_class
-        subset = f" on {aa} images per class" if aa is not None and group.check_threat == "autoattack" else ""
+        k = dict(group.key.subsets).get(group.check_threat)
+        subset = f" on {k} images per class" if k is not None else ""
         masked = [r.label for r in group.rows if r.possibly_masked]
         text += (f"; checked with {threat_name(group.check_threat)}{subset} "
                  f"({len(masked)} row{'s' if len(masked) != 1 else ''} {MASKED})")
