@@ -94,7 +94,7 @@ def trained_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
         return model.eval(), f"checkpoint {args.checkpoint}"
     recipe = PRESETS["fmnist-standard"] | dict(  # its training, shortened; no selection
         epochs=args.epochs, train_per_class=args.train_per_class, val_per_class=None,
-        select="last", aa_per_class=None, eval_per_class=1, attacks=("clean",))
+        select="last", eval_per_class=1, attacks=("clean",))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(method="pgd-at", out=tmp, run_id="bench", seed=0, data_dir=args.data_dir,
                         preset="fmnist-standard", **recipe)

@@ -31,7 +31,8 @@ from fairbench.distributed import DistInfo
 from fairbench.evaluate import exact_fp32
 from fairbench.method import EpochPlan, parse_params
 from fairbench.models import create_model
-from fairbench.registry import DATASETS, METHODS, register_dataset
+from fairbench.data_specs import DATASETS, register_dataset
+from fairbench.methods import METHODS
 from fairbench.schema import read_metrics
 from fairbench.runner import run
 from fairbench.trainer import Trainer

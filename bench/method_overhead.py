@@ -32,8 +32,9 @@ from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.method import EpochContext
 from fairbench.models import create_model
-from fairbench.registry import METHODS
-from fairbench.runner import prepare, resolve_device
+from fairbench.methods import METHODS
+from fairbench.distributed import resolve_device
+from fairbench.runner import prepare
 from fairbench.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -34,7 +34,8 @@ from fairbench.data import DatasetSpec, Split, load_split, per_class_indices, st
 from fairbench.distributed import DistInfo
 from fairbench.models import create_model
 from fairbench.results import LOG_FILE, append_jsonl
-from fairbench.runner import prepare, resolve_device
+from fairbench.distributed import resolve_device
+from fairbench.runner import prepare
 from fairbench.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -32,7 +32,7 @@ if [ ! -x "$PY" ]; then
 fi
 if [ -z "$METHODS" ]; then  # a method that fine-tunes a finished run (FAAL) needs --init-from RUN_DIR:
     # run it afterwards from one of these runs (e.g. pgd-at's), with `fairbench run --init-from`
-    METHODS="$("$PY" -c 'from fairbench.registry import METHODS as M
+    METHODS="$("$PY" -c 'from fairbench.methods import METHODS as M
 print(" ".join(n for n in M.names() if not M.get(n).requires_init))')"
 fi
 read -r -a methods <<< "$METHODS"
