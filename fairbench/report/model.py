@@ -528,5 +528,6 @@ def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None 
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    groups = sorted((build_group(k, by_key[k], method_defaults) for k in by_key), key=lambda g: (g.tier, g.key.sort_key()))
+    groups = sorted((build_group(k, by_key[k], method_defaults) for k in by_key),
+                    key=lambda g: (g.tier, g.key.sort_key()))
     return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))
