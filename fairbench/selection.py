@@ -25,6 +25,12 @@ from fairbench.distributed import DistInfo
 from fairbench.evaluate import per_class_accuracy, seeded
 
 
+def log_record(acc: torch.Tensor) -> dict[str, Any]:
+    """An epoch's validation fields of log.jsonl: average, worst class and each class (fractions)."""
+    return {"val_robust_avg": round(float(acc.mean()), 6), "val_robust_worst": round(float(acc.min()), 6),
+            "val_robust_per_class": [round(float(a), 6) for a in acc]}
+
+
 class ValidationScorer:
     """PGD-10 (the training attack) robust accuracy of each class on the validation split: what
     ``best-val`` selects by and what a tuning trial (``score_on="validation"``) is scored by."""
@@ -48,10 +54,6 @@ class ValidationScorer:
             correct = map_sharded(robust, self.val, self.dist, cfg.eval_batch_size)
         return per_class_accuracy(correct, self.val.labels, self.num_classes)[0]
 
-    def log_record(self, acc: torch.Tensor) -> dict[str, Any]:
-        """The epoch's log.jsonl fields: average, worst class and each class (fractions)."""
-        return {"val_robust_avg": round(float(acc.mean()), 6), "val_robust_worst": round(float(acc.min()), 6),
-                "val_robust_per_class": [round(float(a), 6) for a in acc]}
 
 
 class BestValSelector:
@@ -74,7 +76,7 @@ class BestValSelector:
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
             self.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return {**self.scorer.log_record(acc), "selected_epoch": self.best_epoch}
+        return {**log_record(acc), "selected_epoch": self.best_epoch}
 
     def apply(self, model: nn.Module) -> int:
         """Load the kept weights into ``model``; returns their epoch."""

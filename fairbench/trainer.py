@@ -17,7 +17,7 @@ from fairbench.data import DatasetSpec, Split, standard_augment, to_float
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
 from fairbench.faults import Diverged, LossWatch, agreed_stop, check_weights
-from fairbench.selection import BestValSelector, ValidationScorer
+from fairbench.selection import BestValSelector, ValidationScorer, log_record
 from fairbench.signals import Preempted, StopSignals
 from fairbench.method import MAX_PLAN_FACTOR, BatchContext, EpochContext, EpochPlan, Method
 from fairbench.results import LOG_FILE, append_jsonl
@@ -165,7 +165,7 @@ class Trainer:
                 record.update(self.selector.after_epoch(self.eval_model(), epoch))  # the average, if any
             elif self.val_scorer is not None:
                 scorer = self.val_scorer
-                record.update(scorer.log_record(scorer.robust_per_class(self.eval_model(), epoch)))
+                record.update(log_record(scorer.robust_per_class(self.eval_model(), epoch)))
             # log first: a crash before the checkpoint leaves a line that `resume` drops and redoes;
             # the other order could lose the line of an epoch the checkpoint says is done
             self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))
