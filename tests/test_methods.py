@@ -22,15 +22,21 @@ run_cli = run_ok
 
 
 def test_list_shows_every_method_with_params_and_defaults(capsys: pytest.CaptureFixture) -> None:
-    run_cli(["list"])
-    lines = capsys.readouterr().out.splitlines()
-    assert set(NEW_METHODS) <= set(METHODS.names())
+    import json
+
+    run_cli(["list", "--json"])
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["methods"]}
+    assert set(NEW_METHODS) <= set(METHODS.names()) == set(listed)
     for name in METHODS.names():
-        row = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
-        for param, default in METHODS.entry(name).params.items():
-            assert f"{param}={default!r}" in lines[row + 1], (name, param)
-    assert "beta=6.0" in lines[[ln.split()[:1] for ln in lines].index(["trades"]) + 1]
-    assert "fraction=0.2" in lines[[ln.split()[:1] for ln in lines].index(["fairat"]) + 1]
+        assert listed[name]["params"].keys() == METHODS.entry(name).params.keys(), name
+    assert listed["trades"]["params"]["beta"] == 6.0 and listed["fairat"]["params"]["fraction"] == 0.2
+    run_cli(["list"])  # the text: each method's block (its summary, wrapped, then its parameters)
+    lines = capsys.readouterr().out.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("  ") and not line.startswith("   ")]
+    blocks = {lines[i].split()[0]: " ".join(lines[i:j]) for i, j in zip(starts, starts[1:] + [len(lines)])}
+    for name in METHODS.names():
+        assert all(f"{param}=" in blocks[name] for param in METHODS.entry(name).params), name
+    assert "beta=6" in blocks["trades"] and "fraction=0.2" in blocks["fairat"]
 
 
 @pytest.mark.parametrize("context", [BatchContext, EpochContext])
