@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: main test setup bench
+.PHONY: main test lint setup bench
 # The main job: the fmnist-standard recipe (testbed-cnn, CPU) for a short budget, PGD-AT and
 # FairAT, seed 0, as one `fairbench sweep` (two runs at once), then `fairbench report`: the
 # leaderboard, with intervals, lands in mini-benchmark/ (not committed). The real leaderboard is
@@ -14,6 +14,10 @@ main: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff (pyproject.toml's [tool.ruff]): pycodestyle and pyflakes over the code, tests, benchmarks and scripts
+lint: setup
+	$(VENV)/bin/ruff check fairbench tests bench scripts results
 
 setup: $(VENV)/.installed
 

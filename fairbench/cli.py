@@ -350,8 +350,8 @@ def report_cmd(
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")
-    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/leaderboard_long.csv, {results}/index.html and {figures} "
-               f"figures in {results}/figures/", err=True)
+    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/leaderboard_long.csv, {results}/index.html "
+               f"and {figures} figures in {results}/figures/", err=True)
 
 
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

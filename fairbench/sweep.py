@@ -1,12 +1,13 @@
 """`fairbench sweep`: a grid of runs, on a local worker pool or as a Slurm job array.
 
-The grid (`fairbench.sweep_grid`) is expanded and checked, and printed, before anything starts;
-each run is then classified (`fairbench.sweep_plan`): done (a valid metrics.json: skipped), started
-(resumed with --resume), done with other evaluation settings than the ones asked for now
-(evaluated again from its checkpoint with --reevaluate, else refused), failed before (skipped unless --retry-failed), running in another process
-(skipped), or new. The runs to do go to the local pool (`fairbench.sweep_local`) or to Slurm
-(`fairbench.sweep_slurm`); a summary ends the sweep, and the exit status is non-zero when a run
-failed. Running the same sweep again is always safe: it continues where the last one stopped.
+The grid (`fairbench.sweep_grid`) is expanded and checked, and printed, before anything starts; each
+run is then classified (`fairbench.sweep_plan`): done (a valid metrics.json: skipped), started
+(resumed with --resume), done with other evaluation settings than the ones asked for now (evaluated
+again from its checkpoint with --reevaluate, else refused), failed before (skipped unless
+--retry-failed), running in another process (skipped), or new. The runs to do go to the local pool
+(`fairbench.sweep_local`) or to Slurm (`fairbench.sweep_slurm`); a summary ends the sweep, and the
+exit status is non-zero when a run failed. Running the same sweep again is always safe: it continues
+where the last one stopped.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def last_error_line(sweep: Path, run_id: str) -> str:
         return ""
     finally:
         os.close(fd)
-    lines = [l.strip() for l in data.decode(errors="replace").splitlines() if l.strip()]
+    lines = [text.strip() for text in data.decode(errors="replace").splitlines() if text.strip()]
     for line in reversed(lines):
         if line.startswith(("error:", "preempted:", "Traceback", "RuntimeError", "interrupted")):
             return printable(line[:200])

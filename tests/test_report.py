@@ -318,7 +318,8 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         # the runs' configs once per group, under the compact table
         assert table.count('<tr class="config">') == (len(group.rows) if "leaderboard compact" in table else 0)
         keys = re.findall(r'<th data-key="([^"]+)"', table)
-        cells = [re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row[^"]*">(.*?)</tr>', table)]
+        cells = [re.findall(r'<td data-sort="([^"]*)"', row)
+                 for row in re.findall(r'<tr class="row[^"]*">(.*?)</tr>', table)]
         if "clean_avg" in keys:  # the compact table and clean's are sorted by the page's #sort=-clean_avg
             shown = [float(c[keys.index("clean_avg")]) for c in cells]
             assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
@@ -530,7 +531,7 @@ def test_tradeoff_figure_has_a_point_and_cross_per_method_and_the_pareto_front(r
         assert tuple(points[i]) in on_front
     assert "PGD-20" in ax.get_xlabel() and "worst-class" in ax.get_ylabel()
     # the axes hold the points and their intervals, inside 0-100, not the whole 0-100
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    (x0, x1), (_, y1) = ax.get_xlim(), ax.get_ylim()
     lows = [100 * r.threats[t].ci.avg.lo for r in group.rows]
     assert 0 <= x0 <= min(lows) and x1 <= 100 and y1 <= 100 and (x1 - x0) < 100
     assert pareto_front([(1, 5), (2, 2), (3, 3), (1, 5), (0.5, 9)]) == [4, 0, 3, 1]

@@ -113,7 +113,8 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     (root / "runs" / "zero").mkdir()
     (root / "runs" / "zero" / "metrics.json").symlink_to("/dev/zero")
     skipped["zero"] = "symlink"
-    bad("long-list", "metrics.clean.per_class", lambda d: d["metrics"]["clean"].__setitem__("per_class", [0.5] * 100_000))
+    bad("long-list", "metrics.clean.per_class",
+        lambda d: d["metrics"]["clean"].__setitem__("per_class", [0.5] * 100_000))
     bad("large", "bytes", lambda d: d["env"].__setitem__("pad", "x" * 900) or d["env"].update(
         {f"k{i}": "y" * 900 for i in range(1200)}))
     record, outcomes = good_run("pgd-at", 7)
@@ -209,7 +210,8 @@ def test_hostile_files_are_skipped_naming_the_field(hostile: dict) -> None:
 def test_valid_runs_beside_hostile_ones_still_appear(hostile: dict) -> None:
     rows = list(csv.DictReader((hostile["results"] / "leaderboard.csv").open()))
     assert sorted((r["label"], r["n_seeds"]) for r in rows) == [("fairat", "1"), ("pgd-at", "2"), ("trades", "2")]
-    compact = (hostile["results"] / "index.html").read_text().split('class="leaderboard compact"')[1].split("</table>")[0]
+    page = (hostile["results"] / "index.html").read_text()
+    compact = page.split('class="leaderboard compact"')[1].split("</table>")[0]
     assert compact.count('<tr class="row') == 3
 
 
@@ -371,7 +373,8 @@ def test_page_holds_only_what_fairbench_writes(hostile: dict, tmp_path: Path) ->
 ESCAPES = {"\\textbackslash", "\\textasciitilde", "\\textasciicircum"}
 # template lines whose shape depends on the group (threats, a baseline's two extra columns) but hold no data
 ALLOWED_TEX = re.compile(r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
-                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.\d+\\linewidth\}( r)+@\{\}\}|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
+                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.\d+\\linewidth\}( r)+@\{\}\}"
+                         r"|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
 
 
 def _tex_lines_from_fairbench(tex: str, baseline: str) -> list[str]:

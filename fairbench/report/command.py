@@ -39,7 +39,8 @@ __all__ = ["build_leaderboard", "build_report", "write_report"]
 
 MANIFEST = ".fairbench-report.json"  # where earlier versions kept the manifest (never read now)
 MANIFEST_FORMAT = 1
-OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
+OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html"
+                    r"|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
 
 
 def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None,

@@ -502,7 +502,8 @@ CANONICAL_PRESET = "fmnist-standard"
 
 def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
     """Where a group goes on the page; groups sort by tier, then by key. 0: the tuned board (runs of
-    `fairbench tune --confirm`: ``GroupKey.tuned``); 1: the standard protocol's group (every run from the `CANONICAL_PRESET`
+    `fairbench tune --confirm`: ``GroupKey.tuned``); 1: the standard protocol's group (every run from the
+    `CANONICAL_PRESET`
     preset, at that preset's data set, architecture, epochs and selection rule: 8 epochs, last
     weights); 2: any other. The first group is the canonical one when its tier is 0 or 1, and every
     group after it is shown as superseded (collapsed in the HTML)."""

@@ -21,10 +21,11 @@ of each seed's worst-class error, not the worst class of the mean.
 
 A run's statistics are recomputed on the drawn images, and a row's value in the replicate is the
 mean over its drawn seeds. The interval at level L is the (1-L)/2 and (1+L)/2 quantiles of the
-replicates (numpy's default linear interpolation), widened to hold the estimate where it does not. Resampling both seeds and images of a crossed
-design counts the seed-image interaction twice, so the intervals lean slightly wide (Owen 2007,
-"The pigeonhole bootstrap"); with one seed only the test images are resampled, and with few seeds
-the seed level has few distinct draws (3 seeds: 10), so the seed part of the width is rough.
+replicates (numpy's default linear interpolation), widened to hold the estimate where it does not.
+Resampling both seeds and images of a crossed design counts the seed-image interaction twice, so the
+intervals lean slightly wide (Owen 2007, "The pigeonhole bootstrap"); with one seed only the test
+images are resampled, and with few seeds the seed level has few distinct draws (3 seeds: 10), so the
+seed part of the width is rough.
 Measured on synthetic outcomes where runs differ image by image (tests/test_stats.py's model):
 a row's interval covers its true error about 95% of the time with 1 or 5 seeds; with 2 to 5 seeds
 a difference's interval is about 1.5 times as wide as the difference's true spread (so it claims

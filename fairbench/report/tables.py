@@ -339,7 +339,8 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
                 line |= _csv_threat_fields(row, t)
             lines.append(line)
     frame = pd.DataFrame(lines).drop(columns=["group"])
-    whole = [c for c in frame.columns if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")]
+    whole = [c for c in frame.columns
+             if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")]
     return frame.astype({c: "Int64" for c in whole})
 
 
