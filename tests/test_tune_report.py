@@ -3,6 +3,7 @@ study whose trial folders hold test outcomes, and the sensitivity figure's reade
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -124,3 +125,23 @@ def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(tuned: Path, 
     _, complete, width, on_page, alt = images[0]
     assert complete == "true" and int(width) > 300 and int(on_page) > 300 and alt.startswith("sensitivity:")
     assert sum(c.startswith("trial ") for c in cells) == 2  # pgd-at's and trades' selected trials
+
+
+def test_committed_trials_hold_no_test_outcomes_and_agree_with_trials_csv() -> None:
+    """results/tuning: every committed trial's validation.json reads with today's check, its folder
+    holds nothing of the test set, and trials.csv gives exactly its numbers."""
+    import csv
+
+    from fairbench.schema.validation import read_validation
+
+    tuning = Path(__file__).resolve().parents[1] / "results" / "tuning"
+    trials = sorted((tuning / "runs").iterdir()) if (tuning / "runs").is_dir() else []
+    rows = {r["run_dir"]: r for r in csv.DictReader((tuning / "trials.csv").open())} if trials else {}
+    assert len(rows) == len(trials)
+    for folder in trials:
+        assert {p.name for p in folder.iterdir()} == {"config.json", "log.jsonl", "validation.json"}
+        record = read_validation(folder / "validation.json")
+        row = rows[f"runs/{folder.name}"]
+        assert record["run_id"] == folder.name and record["method"] == row["method"]
+        assert float(row["criterion"]) == record["criterion"] and float(row["val_worst_acc"]) == record["worst"]
+        assert json.loads((folder / "config.json").read_text())["score_on"] == "validation"
