@@ -55,7 +55,6 @@ class ValidationScorer:
         return per_class_accuracy(correct, self.val.labels, self.num_classes)[0]
 
 
-
 class BestValSelector:
     """Scores the model on the validation split after each epoch and keeps the best weights."""
 
