@@ -450,7 +450,7 @@ def tune_cmd(
     finished trial and the selected one of each finished study marked. Running the same command
     again continues the study; changing its space, --trials or run options is refused.
     """
-    from fairbench import sweep
+    from fairbench import sweep, sweep_grid
     from fairbench.tune import study as tune
 
     opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
@@ -461,13 +461,11 @@ def tune_cmd(
     if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):
         run_args += ["--out", "results/tuning"]
     out = parse_run_args(run_args)[0].out
-    spec = tune.StudySpec(name=study, trials=trials, seed=tune_seed, methods=tuple(split_methods(methods)),
+    spec = tune.StudySpec(name=study, trials=trials, seed=tune_seed, methods=tuple(sweep_grid.split_list(methods)),
                           run_args=tuple(run_args), out=out)
     if confirm:
-        from fairbench.sweep_grid import parse_seeds
-
         where = confirm_out or str(Path(out).resolve().parent)
-        runs, seed0 = tune.confirm_runs(spec, parse_run_args, parse_seeds(seeds), where, typer.echo)
+        runs, seed0 = tune.confirm_runs(spec, parse_run_args, sweep_grid.parse_seeds(seeds), where, typer.echo)
         if not dry_run:
             for trial, cfg in seed0:
                 tune.prepare_seed0(spec, trial, cfg, typer.echo)
@@ -482,10 +480,6 @@ def tune_cmd(
     chosen = [f"{r['method']}: trial {r['trial']}" for r in rows if r["selected"]]
     typer.echo(f"wrote {path} ({len(rows)} finished trial(s)"
                + (f"; selected {', '.join(chosen)})" if chosen else ")"))
-
-
-def split_methods(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _run_click_command() -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from fairbench.errors import FairbenchError
 
@@ -27,44 +27,48 @@ RUN_KEYS = ("lr", "weight_decay", "epochs")
 
 
 @dataclass(frozen=True)
-class LogUniform:
-    """``exp(uniform(log low, log high))``: scale parameters (learning rates, step sizes)."""
+class _Range:
+    """A number between ``low`` and ``high`` (integers with ``integer=True``)."""
 
     low: float
     high: float
     integer: bool = False
+    label: ClassVar[str] = ""
+    needs: ClassVar[str] = "low < high"
 
     def check(self, name: str) -> None:
-        if not (_finite(self.low) and _finite(self.high) and 0 < self.low < self.high):
-            raise FairbenchError(f"space '{name}': LogUniform needs 0 < low < high, got "
+        if not (_finite(self.low) and _finite(self.high) and self.low < self.high and self._bounds_ok()):
+            raise FairbenchError(f"space '{name}': {type(self).__name__} needs {self.needs}, got "
                                  f"({self.low!r}, {self.high!r})")
+        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise FairbenchError(f"space '{name}': an integer {type(self).__name__} needs integer bounds")
+
+    def _bounds_ok(self) -> bool:
+        return True
 
     def contains(self, value: Any) -> bool:
         return _is_number(value, self.integer) and self.low <= value <= self.high
 
     def describe(self) -> str:
-        return f"log-uniform[{_num(self.low)}, {_num(self.high)}]" + (" (integer)" if self.integer else "")
+        return f"{self.label}[{_num(self.low)}, {_num(self.high)}]" + (" (integer)" if self.integer else "")
 
 
 @dataclass(frozen=True)
-class Uniform:
+class LogUniform(_Range):
+    """``exp(uniform(log low, log high))``: scale parameters (learning rates, step sizes)."""
+
+    label: ClassVar[str] = "log-uniform"
+    needs: ClassVar[str] = "0 < low < high"
+
+    def _bounds_ok(self) -> bool:
+        return self.low > 0
+
+
+@dataclass(frozen=True)
+class Uniform(_Range):
     """``uniform(low, high)`` (integers with ``integer=True``: each of low..high equally likely)."""
 
-    low: float
-    high: float
-    integer: bool = False
-
-    def check(self, name: str) -> None:
-        if not (_finite(self.low) and _finite(self.high) and self.low < self.high):
-            raise FairbenchError(f"space '{name}': Uniform needs low < high, got ({self.low!r}, {self.high!r})")
-        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
-            raise FairbenchError(f"space '{name}': an integer Uniform needs integer bounds")
-
-    def contains(self, value: Any) -> bool:
-        return _is_number(value, self.integer) and self.low <= value <= self.high
-
-    def describe(self) -> str:
-        return f"uniform[{_num(self.low)}, {_num(self.high)}]" + (" (integer)" if self.integer else "")
+    label: ClassVar[str] = "uniform"
 
 
 @dataclass(frozen=True)

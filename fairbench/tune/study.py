@@ -285,8 +285,9 @@ def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[li
     for method in spec.methods:
         space, defaults = resolve_space(method, dataclasses.replace(base, method=method))
         for trial in draw_trials(spec, method, space, defaults, persist):
-            cfg = prepare(parse_run(trial_argv(spec, trial))[0])[0]
-            runs.append(PlannedRun(trial.run_id, tuple(trial_argv(spec, trial)),
+            argv = trial_argv(spec, trial)
+            cfg = prepare(parse_run(argv)[0])[0]
+            runs.append(PlannedRun(trial.run_id, tuple(argv),
                                    (("method", method), ("trial", str(trial.number))),
                                    cfg.epochs, spec.out, cfg.device))
             trials.append(trial)
