@@ -28,7 +28,7 @@ all from this one process (pass times measured before and after the AutoAttack r
 Single-threaded CPU time is the work; the wall clock also counts other jobs on a shared machine.
 The model is the CPU testbed network (`testbed-cnn`), in the memory format `fairbench run`
 evaluates it in (channels-last unless --no-channels-last), evaluated through the one evaluator
-(`fairbench.evaluate.evaluate_outcomes`) exactly as a run does, on the first K test images per class.
+(`fairbench.eval.evaluator.evaluate_outcomes`) exactly as a run does, on the first K test images per class.
 
     python bench/eval_cost.py --checkpoint /path/to/checkpoint.pt        # a trained testbed-cnn
     python bench/eval_cost.py                     # trains a short one first through `fairbench run`
@@ -43,16 +43,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import fairbench.eval.threats as threats
 import torch
-from torch import nn
-
 from fairbench.config import PRESETS, RunConfig, default_eval_batch_size
-from fairbench.data import Split, get_dataset, load_split, per_class_indices, to_float
-import fairbench.threats as threats
-from fairbench.evaluate import CHUNK_SIZE, evaluate_outcomes
+from fairbench.data.datasets import Split, get_dataset, load_split, per_class_indices, to_float
+from fairbench.eval.evaluator import CHUNK_SIZE, evaluate_outcomes
 from fairbench.models import create_model, load_model_state
-from fairbench.results import CHECKPOINT_FILE, load_checkpoint
-from fairbench.runner import run
+from fairbench.runs.folder import CHECKPOINT_FILE, load_checkpoint
+from fairbench.train.runner import run
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import timed  # noqa: E402
@@ -124,7 +123,7 @@ class PassCounter:
 
 def previous_autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                                 seed: int, batch_size: int, progress: threats.Progress) -> torch.Tensor:
-    """`fairbench.threats.autoattack_correct` before issue 11 (item 9): the same attack, fed the
+    """`fairbench.eval.threats.autoattack_correct` before issue 11 (item 9): the same attack, fed the
     whole chunk at the evaluator's batch size (a short last batch), the model as it came
     (trainable weights, so FAB-T's ``.backward()`` also computed weight gradients; its own
     memory format)."""

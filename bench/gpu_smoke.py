@@ -22,20 +22,19 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from fairbench.attacks import pgd
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, to_float
+from fairbench.data.datasets import DatasetSpec, Split, to_float
 from fairbench.distributed import DistInfo
-from fairbench.evaluate import exact_fp32
-from fairbench.method import EpochPlan, parse_params
-from fairbench.models import create_model
-from fairbench.data_specs import DATASETS, register_dataset
+from fairbench.eval.attacks import pgd
+from fairbench.eval.evaluator import exact_fp32
 from fairbench.methods import METHODS
+from fairbench.methods.base import EpochPlan, parse_params
+from fairbench.models import create_model
 from fairbench.schema import read_metrics
-from fairbench.runner import run
-from fairbench.trainer import Trainer
+from fairbench.specs.datasets import DATASETS, register_dataset
+from fairbench.train.runner import run
+from fairbench.train.trainer import Trainer
+from torch import nn
 
 DATASET = "smoke-cifar"
 EPS, STEP = 8 / 255, 2 / 255

@@ -25,20 +25,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from fairbench.config import RunConfig
-from fairbench.data import load_split, train_val_split
-from fairbench.distributed import DistInfo
+from fairbench.data.datasets import load_split, train_val_split
+from fairbench.distributed import DistInfo, resolve_device
 from fairbench.errors import FairbenchError
-from fairbench.method import EpochContext
-from fairbench.models import create_model
 from fairbench.methods import METHODS
-from fairbench.distributed import resolve_device
-from fairbench.runner import prepare
-from fairbench.trainer import Trainer
+from fairbench.methods.base import EpochContext
+from fairbench.models import create_model
+from fairbench.train.runner import prepare
+from fairbench.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_line, timed  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from fairbench.report.command import write_report
 from fairbench.report.intervals import add_intervals
 from fairbench.report.model import build_leaderboard

@@ -9,7 +9,7 @@ each into a fresh results folder:
 
 It prints each wall time, the ratio sweep(2 workers) / one-after-another (goal on a 2-core machine:
 <= 0.6), and the launcher's overhead per run: process start and imports of `fairbench run` (the
-median of 3 bare `python -c 'import fairbench.cli, fairbench.runner'`), and what the sweep adds on
+median of 3 bare `python -c 'import fairbench.cli, fairbench.train.runner'`), and what the sweep adds on
 top of that ((sweep --workers 1 - one after another) / N; negative when the sweep's runs, forked
 from a server that imported torch once, start faster than fresh processes).
 
@@ -59,7 +59,7 @@ def main() -> None:
     seeds = list(range(args.runs))
 
     imports = statistics.median(
-        timed([sys.executable, "-c", "import fairbench.cli, fairbench.runner"], env) for _ in range(3))
+        timed([sys.executable, "-c", "import fairbench.cli, fairbench.train.runner"], env) for _ in range(3))
     with tempfile.TemporaryDirectory() as tmp:
         loop_out = Path(tmp) / "loop"
         t_loop = sum(timed([*py, "run", "--method", "pgd-at", "--seed", str(s), "--no-progress",

@@ -27,16 +27,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from fairbench.config import RunConfig
-from fairbench.data import DatasetSpec, Split, load_split, per_class_indices, standard_augment
-from fairbench.distributed import DistInfo
+from fairbench.data.datasets import DatasetSpec, Split, load_split, per_class_indices, standard_augment
+from fairbench.distributed import DistInfo, resolve_device
 from fairbench.models import create_model
-from fairbench.results import LOG_FILE, append_jsonl
-from fairbench.distributed import resolve_device
-from fairbench.runner import prepare
-from fairbench.trainer import Trainer
+from fairbench.runs.folder import LOG_FILE, append_jsonl
+from fairbench.train.runner import prepare
+from fairbench.train.trainer import Trainer
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_line, timed  # noqa: E402

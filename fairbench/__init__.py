@@ -6,12 +6,8 @@ The Python API (`fairbench.api`) loads on first use, so ``import fairbench`` doe
     fairbench.evaluate(model, "fashion-mnist", eps=0.1, attacks="clean,pgd20", n_per_class=100)
     fairbench.load_model(run_dir), fairbench.create_model(arch, dataset), fairbench.list_methods()
 
-``fairbench.evaluate`` is always that function, also once the evaluator module of the same name
-is loaded; the module is reached with ``from fairbench.evaluate import ...``.
+The evaluator module behind ``fairbench.evaluate`` is `fairbench.eval.evaluator`.
 """
-
-import sys
-import types
 
 from fairbench._version import __version__
 from fairbench.errors import FairbenchError
@@ -33,16 +29,3 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
 
-
-class _Package(types.ModuleType):
-    """The package keeps the API's names when a submodule of the same name (the evaluator,
-    ``fairbench/evaluate.py``) is imported: Python would otherwise set the package attribute
-    ``evaluate`` to that module."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -8,8 +8,8 @@
     record.metrics["pgd20"].worst_class, 1 - record.metrics["pgd20"].worst  # accuracies, as stored
     fairbench.list_methods()
 
-`evaluate` is `fairbench eval`'s evaluation (`fairbench.external_eval.evaluate_model`: the one
-evaluator, `fairbench.evaluate.evaluate`) and returns the same record a run's metrics.json holds
+`evaluate` is `fairbench eval`'s evaluation (`fairbench.eval.external.evaluate_model`: the one
+evaluator, `fairbench.eval.evaluator.evaluate`) and returns the same record a run's metrics.json holds
 (`fairbench.schema.RunRecord`), which `fairbench report` reads: one result type for the API, the
 CLI and the report. It writes nothing unless ``out`` is given; then it writes
 ``<out>/runs/<run-id>/`` exactly as `fairbench eval --out` does.
@@ -23,18 +23,18 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fairbench.data import DatasetSpec, get_dataset
+from fairbench.data.datasets import DatasetSpec, get_dataset
 from fairbench.distributed import DistInfo, resolve_device
 from fairbench.errors import FairbenchError
-from fairbench.eval_state import fingerprint
-from fairbench.external_eval import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, evaluate_model
+from fairbench.eval.external import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, evaluate_model
+from fairbench.eval.state import fingerprint
+from fairbench.methods import METHODS
 from fairbench.models import create_model as _create_model
 from fairbench.models import load_model_state, unwrap_state_dict
-from fairbench.methods import METHODS
-from fairbench.results import CHECKPOINT_FILE, load_checkpoint
-from fairbench.runner import config_from_run_dir
+from fairbench.runs.folder import CHECKPOINT_FILE, load_checkpoint
 from fairbench.schema import RunRecord
-from fairbench.threat_specs import subsets_from_keys
+from fairbench.specs.threats import subsets_from_keys
+from fairbench.train.runner import config_from_run_dir
 
 __all__ = ["create_model", "evaluate", "list_methods", "load_model"]
 

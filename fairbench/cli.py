@@ -29,8 +29,8 @@ import typer
 from fairbench.config import NOT_RUN_OPTIONS, PRESET_DESCRIPTIONS, PRESETS, RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.registry import unknown_name
-from fairbench.signals import Preempted, StopSignals
-from fairbench.threat_specs import parse_subsets, subset_aliases, subset_flag
+from fairbench.runs.signals import Preempted, StopSignals
+from fairbench.specs.threats import parse_subsets, subset_aliases, subset_flag
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate robust-fairness methods; per-class leaderboards.")
@@ -92,10 +92,10 @@ def list_cmd(
                                  "entry's whole summary and its parameters' exact defaults"),
 ) -> None:
     """List the registered methods, architectures, data sets, threats and presets with their parameters."""
-    from fairbench.data_specs import DATASETS
     from fairbench.methods import METHODS
     from fairbench.models import MODELS
-    from fairbench.threat_specs import THREATS
+    from fairbench.specs.datasets import DATASETS
+    from fairbench.specs.threats import THREATS
 
     registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
                   ("threats", THREATS))
@@ -136,7 +136,7 @@ def list_cmd(
 def _space_of(method: str) -> dict[str, str] | None:
     """The search space `fairbench tune` draws ``method``'s trials from, described; None without one."""
     from fairbench.methods import METHODS
-    from fairbench.tune.space import describe_space, method_space
+    from fairbench.methods.space import describe_space, method_space
 
     space = method_space(METHODS.get(method))
     return None if space is None else describe_space(space)
@@ -171,7 +171,7 @@ def run_cmd(ctx: typer.Context, **options: Any) -> None:
     """Train one method on one architecture and data set, then evaluate it per class."""
     cfg = config_from_run_options(ctx.params, given=_given_options(ctx))
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
-        from fairbench.runner import run
+        from fairbench.train.runner import run
 
         run(cfg, resume=options["resume"], progress=options["progress"], echo=typer.echo,
             stop_after_epoch=options["stop_after_epoch"])
@@ -203,7 +203,7 @@ def run_signature(config: type = RunConfig) -> inspect.Signature:
 
 
 def _subset_alias_options() -> dict[str, tuple[Any, Any]]:
-    """A threat's older subset option (``--aa-per-class K``, `threat_specs.subset_aliases`): hidden,
+    """A threat's older subset option (``--aa-per-class K``, `fairbench.specs.threats.subset_aliases`): hidden,
     the same as ``--subset THREAT=K``."""
     return {key: (Optional[int], typer.Option(None, subset_flag(key), hidden=True,
                                               help=f"the same as --subset {threat}=K"))
@@ -316,7 +316,7 @@ def resume_cmd(
     import dataclasses
 
     with StopSignals():
-        from fairbench.runner import config_from_run_dir, run
+        from fairbench.train.runner import config_from_run_dir, run
 
         cfg = config_from_run_dir(run_dir)
         if device is not None:
@@ -354,7 +354,45 @@ def report_cmd(
                f"and {figures} figures in {results}/figures/", err=True)
 
 
+# The launcher's options, declared once for every command that starts runs (sweep, tune): a run of a
+# sweep and a trial of a study go out the same way.
+_LAUNCHER_OPTIONS = {
+    "launcher": (str, typer.Option("local", help="local (this machine) or slurm (a job array)")),
+    "workers": (Optional[int], typer.Option(None, help="local: runs at once (default: one per GPU, else "
+                                            "one per core)")),
+    "partition": (Optional[str], typer.Option(None, help="slurm: partition")),
+    "time": (Optional[str], typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)")),
+    "gpus_per_run": (Optional[int], typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for "
+                                                 "--device cpu)")),
+    "cpus_per_run": (Optional[int], typer.Option(None, help="slurm: CPU cores per run")),
+    "mem": (Optional[str], typer.Option(None, help="slurm: memory per run, e.g. 32G")),
+    "wait": (bool, typer.Option(False, help="slurm: follow the job array until it ends, then summarize")),
+}
+
+
+def _with_launcher_options(command: Any) -> Any:
+    """Give ``command`` the launcher's options (`_LAUNCHER_OPTIONS`) after its own, and call it
+    with them gathered into one ``launch`` argument, a `fairbench.sweep.launch.LaunchOptions`
+    whose runs call `main`."""
+    signature = inspect.signature(command)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in _LAUNCHER_OPTIONS.items()]
+    own = [p for p in signature.parameters.values() if p.name != "launch"]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fairbench.sweep.launch import LaunchOptions
+
+        values = {name: kwargs.pop(name) for name in _LAUNCHER_OPTIONS}
+        return command(*args, launch=LaunchOptions(**values, entry=main), **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
+    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    return wrapper
+
+
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_with_launcher_options
 def sweep_cmd(
     ctx: typer.Context,
     methods: Optional[str] = typer.Option(None, help="comma list of methods, e.g. pgd-at,trades"),
@@ -366,16 +404,6 @@ def sweep_cmd(
         [], help="`fairbench run` option with several values, name=v1,v2 (repeatable), e.g. "
                  "arch=small-cnn,testbed-cnn"),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="sweep file (TOML, or YAML)"),
-    launcher: str = typer.Option("local", help="local (this machine) or slurm (a job array)"),
-    workers: Optional[int] = typer.Option(None, help="local: runs at once (default: one per GPU, else "
-                                          "one per core)"),
-    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
-    time: Optional[str] = typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)"),
-    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for "
-                                               "--device cpu)"),
-    cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per run"),
-    mem: Optional[str] = typer.Option(None, help="slurm: memory per run, e.g. 32G"),
-    wait: bool = typer.Option(False, help="slurm: follow the job array until it ends, then summarize"),
     dry_run: bool = typer.Option(False, help="print the grid and stop"),
     retry_failed: bool = typer.Option(False, help="run again the runs that failed in an earlier sweep"),
     reevaluate: bool = typer.Option(False, help="evaluate again, from their checkpoints, the finished runs "
@@ -384,19 +412,19 @@ def sweep_cmd(
                                  "in --seeds or a grid)"),
     report: bool = typer.Option(False, help="run `fairbench report` on the results folder at the end"),
     status: Optional[Path] = typer.Option(None, help="show where the sweep in this results folder stands"),
+    launch: Any = None,
 ) -> None:
     """Run a grid of runs (methods x seeds x parameters); any `fairbench run` option is passed on.
 
     Finished runs are skipped and stopped ones resumed, so running the same sweep again continues it.
     """
-    from fairbench import sweep, sweep_grid
+    from fairbench.sweep import grid as sweep_grid
+    from fairbench.sweep import launch as sweep
 
     if status is not None:
         sweep.show_status(status, typer.echo)
         return
-    opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
-                               wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
-                               cpus_per_run=cpus_per_run, mem=mem, reevaluate=reevaluate, entry=main)
+    opts = dataclasses.replace(launch, dry_run=dry_run, retry_failed=retry_failed, reevaluate=reevaluate)
     minutes = opts.check()
     options = run_options()
     spec = sweep_grid.load_sweep_file(file, options) if file is not None else sweep_grid.GridSpec()
@@ -411,7 +439,7 @@ def sweep_cmd(
     sweep.launch(runs, opts, minutes, typer.echo)
     if dry_run:
         return
-    if report and not (launcher == "slurm" and not wait):
+    if report and not (opts.launcher == "slurm" and not opts.wait):
         report_cmd(results=runs[0].out, baseline=None, rank_by=None)
     elif report:
         typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
@@ -419,6 +447,7 @@ def sweep_cmd(
 
 
 @app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_with_launcher_options
 def tune_cmd(
     ctx: typer.Context,
     methods: str = typer.Option(..., help="comma list of methods to tune, e.g. pgd-at,fairat"),
@@ -426,15 +455,6 @@ def tune_cmd(
                                "is the method's defaults, the rest are random draws"),
     study: str = typer.Option("default", help="the study's name (a new name starts a new study)"),
     tune_seed: int = typer.Option(0, help="seed of the draws"),
-    launcher: str = typer.Option("local", help="local (this machine) or slurm (a job array)"),
-    workers: Optional[int] = typer.Option(None, help="local: trials at once (default: one per GPU, else "
-                                          "one per core)"),
-    partition: Optional[str] = typer.Option(None, help="slurm: partition"),
-    time: Optional[str] = typer.Option(None, help="slurm: each trial's time limit"),
-    gpus_per_run: Optional[int] = typer.Option(None, help="slurm: GPUs per trial, 0 or 1"),
-    cpus_per_run: Optional[int] = typer.Option(None, help="slurm: CPU cores per trial"),
-    mem: Optional[str] = typer.Option(None, help="slurm: memory per trial, e.g. 32G"),
-    wait: bool = typer.Option(False, help="slurm: follow the job array until it ends"),
     dry_run: bool = typer.Option(False, help="print the draws and the trials, start nothing, record nothing"),
     retry_failed: bool = typer.Option(False, help="run again the trials that failed before"),
     confirm: bool = typer.Option(False, help="run the tuned rows: each method's selected trial at --seeds, "
@@ -442,6 +462,7 @@ def tune_cmd(
     seeds: str = typer.Option("0-2", help="--confirm: the tuned rows' seeds"),
     confirm_out: Optional[str] = typer.Option(None, help="--confirm: results folder of the tuned rows "
                                               "(default: the folder above --out, e.g. results)"),
+    launch: Any = None,
 ) -> None:
     """Tune methods with the same budget: N seeded draws each, scored on validation only.
 
@@ -450,12 +471,11 @@ def tune_cmd(
     finished trial and the selected one of each finished study marked. Running the same command
     again continues the study; changing its space, --trials or run options is refused.
     """
-    from fairbench import sweep, sweep_grid
+    from fairbench.sweep import grid as sweep_grid
+    from fairbench.sweep import launch as sweep
     from fairbench.tune import study as tune
 
-    opts = sweep.LaunchOptions(launcher=launcher, workers=workers, dry_run=dry_run, retry_failed=retry_failed,
-                               wait=wait, partition=partition, time=time, gpus_per_run=gpus_per_run,
-                               cpus_per_run=cpus_per_run, mem=mem, entry=main)
+    opts = dataclasses.replace(launch, dry_run=dry_run, retry_failed=retry_failed)
     minutes = opts.check()
     run_args = list(ctx.args)
     if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):
@@ -488,7 +508,7 @@ def _run_click_command() -> Any:
 
 def run_options() -> dict[str, Any]:
     """`fairbench run`'s options by name, for sweeps: their flag and, for a true/false one, its --no- form."""
-    from fairbench.sweep_grid import RunOption
+    from fairbench.sweep.grid import RunOption
 
     table = {}
     for p in _run_click_command().params:
@@ -540,7 +560,7 @@ def eval_cmd(
     run_id: Optional[str] = typer.Option(None, help="run folder name (default: model, data set, sha256)"),
 ) -> None:
     """Evaluate any state_dict, importable model or RobustBench model per class; writes metrics.json."""
-    from fairbench.external_eval import EvalOptions, run_eval
+    from fairbench.eval.external import EvalOptions, run_eval
 
     subsets = parse_subsets(subset)
     subsets = with_subset_aliases(subsets, {"aa_per_class": aa_per_class}, set(subsets))

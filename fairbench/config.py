@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairbench.errors import FairbenchError
-from fairbench.threat_specs import check_subsets, parse_subsets, subset_keys_of
+from fairbench.errors import FairbenchError, check_all
+from fairbench.specs.threats import check_subsets, parse_subsets, subset_keys_of
 
 SCHEDULES = ("piecewise", "cosine", "constant")  # piecewise also as "piecewise:M1,M2,..." (`milestones`)
 DEFAULT_MILESTONES = (0.5, 0.75)  # FairAT / FRL: /10 at 50% and 75% of the epochs
@@ -115,7 +115,7 @@ class RunConfig:
         "run threat NAME on the first K evaluated test images per class only, NAME=K (repeatable), "
         "e.g. autoattack=50", shown="every threat on every evaluated image", flag="--subset",
         syntax="name=value", parse=parse_subsets))
-    select: str = field(default="last", metadata=option(  # fairbench/selection.py
+    select: str = field(default="last", metadata=option(  # fairbench/train/selection.py
         "model selection: last, or best-val (PGD-10 on the validation split)"))
     augment: str = field(default="standard", metadata=option(
         "training augmentation: standard (the data set's) or none"))
@@ -156,17 +156,13 @@ class RunConfig:
     def validate(self) -> None:
         """Raise FairbenchError naming the first invalid field (as its CLI option)."""
         from fairbench.registry import did_you_mean
-        from fairbench.threat_specs import threat_names
+        from fairbench.specs.threats import threat_names
 
         threats = threat_names()
         self.check_types()
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1,
-             f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
-            (self.eps is None or 0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.step_size is None or 0 < self.step_size <= 1,
              f"--step-size must be in (0, 1], got {self.step_size}"),
             (1 <= self.attack_steps <= MAX_ATTACK_STEPS,
@@ -182,8 +178,6 @@ class RunConfig:
              f"fractions of the run in (0, 1) where the learning rate drops /10), got '{self.schedule}'"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), got {self.ema}"),
             (self.init_from is None or bool(self.init_from.strip()), "--init-from is empty"),
-            (DEVICE_PATTERN.fullmatch(self.device) is not None,
-             f"--device must be auto, cpu or cuda[:N], got '{self.device}'"),
             (bool(self.attacks), "--attacks is empty; give one or more of " + ", ".join(threats)),
             (self.augment in AUGMENTS,
              f"--augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"),
@@ -196,16 +190,16 @@ class RunConfig:
             (self.score_on != "validation" or bool(self.val_per_class),
              "--score-on validation needs a validation split: pass --val-per-class K"),
         ]
-        for name in ("train_per_class", "val_per_class", "eval_per_class"):
+        checks += evaluation_checks(seed=self.seed, eps=self.eps, eval_batch_size=self.eval_batch_size,
+                                    eval_per_class=self.eval_per_class, device=self.device)
+        for name in ("train_per_class", "val_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
                            f"--{name.replace('_', '-')} must be >= 1, got {value}"))
         bad = [a for a in self.attacks if a not in threats]
         checks.append((not bad, f"unknown attack(s) {', '.join(bad)}"
                                 f"{did_you_mean(bad[0], threats) if bad else ''}; valid: {', '.join(threats)}"))
-        for ok, message in checks:
-            if not ok:
-                raise FairbenchError(message)
+        check_all(checks)
         check_subsets(self.subsets, self.attacks, self.eval_per_class)
         if self.run_id is not None:
             check_run_id(self.run_id)
@@ -280,6 +274,20 @@ class RunConfig:
 
 # A tuned row's run (`fairbench tune --confirm`): the study, N, the selected trial and the rule.
 TUNING_KEYS = {"study": str, "trials": int, "trial": int, "rule": str}
+
+
+def evaluation_checks(*, seed: int, eps: float | None, eval_batch_size: int | None,
+                      eval_per_class: int | None, device: str) -> list[tuple[bool, str]]:
+    """The checks of the options `fairbench run` and `fairbench eval` (and the Python API) share,
+    each ``(ok, message)`` for `fairbench.errors.check_all`."""
+    return [
+        (0 <= seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {seed}"),
+        (eps is None or 0 < eps <= 1, f"--eps must be in (0, 1], got {eps}"),
+        (eval_per_class is None or eval_per_class >= 1, f"--eval-per-class must be >= 1, got {eval_per_class}"),
+        (eval_batch_size is None or eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {eval_batch_size}"),
+        (isinstance(device, str) and DEVICE_PATTERN.fullmatch(device) is not None,
+         f"--device must be auto, cpu or cuda[:N], got {device!r:.40}"),
+    ]
 
 
 def check_tuning(value: Any) -> dict[str, Any]:

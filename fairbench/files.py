@@ -1,6 +1,6 @@
 """Writing result files safely, torch-free: atomic writes (a reader sees the old file or the new
 one, never half), the temporaries a crash leaves, and a folder proved writable before work starts.
-Used by the run folders (`fairbench.results`, which re-exports these), the result schema and the
+Used by the run folders (`fairbench.runs.folder`, which re-exports these), the result schema and the
 report."""
 
 from __future__ import annotations

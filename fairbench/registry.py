@@ -2,7 +2,7 @@
 
 Each kind's registry lives beside its interface: methods in `fairbench.methods` (``METHODS``,
 ``register_method``), architectures in `fairbench.models` (``MODELS``, ``register_model``), data
-sets in `fairbench.data_specs` (``DATASETS``), threats in `fairbench.threat_specs` (``THREATS``).
+sets in `fairbench.specs.datasets` (``DATASETS``), threats in `fairbench.specs.threats` (``THREATS``).
 Third-party packages add methods through the entry-point group ``fairbench.methods`` and
 architectures through ``fairbench.models`` (CONTRIBUTING.md; `load_plugins`). An unknown name is
 one error that lists the valid ones and the closest (`did_you_mean`).

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-
 from fairbench.config import RunConfig
-from fairbench.data import Split, get_dataset
+from fairbench.data.datasets import Split, get_dataset
 from fairbench.distributed import DistInfo
-from fairbench.method import BatchContext, EpochContext, Method
-from fairbench.runner import prepare
+from fairbench.methods.base import BatchContext, EpochContext, Method
+from fairbench.train.runner import prepare
+from torch import nn
 
 SPEC = get_dataset("fashion-mnist")
 

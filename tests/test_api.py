@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fairbench
 import pytest
 import torch
-from torch import nn
-
-import fairbench
-from cli_helpers import cli_out
-from fairbench.data import get_dataset, load_split, per_class_indices, to_float
+from fairbench.data.datasets import get_dataset, load_split, per_class_indices, to_float
 from fairbench.errors import FairbenchError
 from fairbench.schema import RunRecord, read_metrics
+from torch import nn
+
+from cli_helpers import cli_out
 
 SPEC = get_dataset("fashion-mnist")
 
@@ -131,10 +131,10 @@ def test_bad_arguments_are_one_clear_error(kwargs: dict, message: str, tmp_path:
 
 
 def test_the_api_name_survives_importing_the_evaluator_module() -> None:
-    """`fairbench.evaluate` is the API's function even after the module fairbench/evaluate.py loads."""
+    """`fairbench.evaluate` is the API's function even after the module fairbench/eval/evaluator.py loads."""
     import importlib
 
-    module = importlib.import_module("fairbench.evaluate")
+    module = importlib.import_module("fairbench.eval.evaluator")
     assert callable(fairbench.evaluate) and fairbench.evaluate is not module
     assert fairbench.evaluate.__module__ == "fairbench.api"
     assert json.dumps(fairbench.list_methods())  # plain names

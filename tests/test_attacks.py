@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from fairbench.attacks import EarlyStop, eval_mode, pgd
-from fairbench.data import get_dataset
+from fairbench.data.datasets import get_dataset
+from fairbench.eval.attacks import EarlyStop, eval_mode, pgd
 from fairbench.models import create_model
+from torch import nn
 
 SPEC = get_dataset("fashion-mnist")
 

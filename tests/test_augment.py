@@ -1,4 +1,4 @@
-"""fairbench/augment.py: batched per-example augmentation on float images in [0, 1]."""
+"""fairbench/data/augment.py: batched per-example augmentation on float images in [0, 1]."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from fairbench import augment as A
+from fairbench.data import augment as A
 from fairbench.errors import FairbenchError
 
 

@@ -9,13 +9,13 @@ from typing import ClassVar
 
 import pytest
 import torch
+from fairbench.methods import METHODS, register_method
+from fairbench.methods.base import BatchContext, EpochContext, Method
+from fairbench.methods.losses import pgd_at_terms, weighted_mean
+from fairbench.runs.folder import load_checkpoint
+from fairbench.train.averaging import WeightAverage
 from torch import nn
 
-from fairbench.averaging import WeightAverage
-from fairbench.losses import pgd_at_terms, weighted_mean
-from fairbench.method import BatchContext, EpochContext, Method
-from fairbench.methods import METHODS, register_method
-from fairbench.results import load_checkpoint
 from cli_helpers import cli
 
 

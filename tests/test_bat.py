@@ -8,13 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fairbench.errors import FairbenchError
+from fairbench.methods.bat import bat_attacks, kl_to_uniform
+from fairbench.methods.losses import kl_per_example
 from torch import nn
 
-from fairbench.errors import FairbenchError
-from fairbench.losses import kl_per_example
 from methods_helpers import bars, batch_ctx, build
-
-from fairbench.methods.bat import bat_attacks, kl_to_uniform
 
 
 def test_kl_to_uniform_by_hand() -> None:

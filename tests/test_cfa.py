@@ -7,12 +7,11 @@ import dataclasses
 
 import pytest
 import torch
-
 from fairbench.errors import FairbenchError
-from fairbench.losses import trades_outputs
-from methods_helpers import CENTRES, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split
-
 from fairbench.methods.cfa import calibrated_b, calibrated_eps, fawa_accepts, validation_robust_accuracy
+from fairbench.methods.losses import trades_outputs
+
+from methods_helpers import CENTRES, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split
 
 T = torch.tensor([0.2, 0.5, 0.8])
 

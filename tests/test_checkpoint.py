@@ -1,4 +1,4 @@
-"""The checkpoint (fairbench/checkpoint.py): what `Checkpointer` saves and resumes, without a trainer.
+"""The checkpoint (fairbench/train/checkpoint.py): what `Checkpointer` saves and resumes, without a trainer.
 
 The trainer's exact resume is proven end to end in tests/test_trainer.py, tests/test_reliability.py
 and tests/test_distributed.py; these tests pin the checkpointer's own contract.
@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from fairbench.checkpoint import Checkpointer
 from fairbench.config import RunConfig
 from fairbench.distributed import DistInfo
-from fairbench.method import Method
-from fairbench.results import LOG_FILE, read_jsonl
+from fairbench.methods.base import Method
+from fairbench.runs.folder import LOG_FILE, read_jsonl
+from fairbench.train.checkpoint import Checkpointer
+from torch import nn
 
 CFG = RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", device="cpu", seed=5)
 
@@ -77,8 +76,8 @@ def test_resume_restores_every_piece_and_drops_later_log_lines(tmp_path: Path) -
 
 def test_checkpoint_module_does_not_import_the_trainer() -> None:
     """Imports point down: the trainer uses the checkpoint, never the reverse (no import circle)."""
-    probe = ("import sys, fairbench.checkpoint; "
-             "print(sorted(m for m in ('fairbench.trainer', 'fairbench.runner') if m in sys.modules))")
+    probe = ("import sys, fairbench.train.checkpoint; "
+             "print(sorted(m for m in ('fairbench.train.trainer', 'fairbench.train.runner') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"

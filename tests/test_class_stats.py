@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fairbench.class_stats import ClassStats
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
+from fairbench.methods.class_stats import ClassStats
 
 
 def test_sums_and_counts_per_class_over_batches() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fairbench.data.datasets as data
 import pytest
 import torch
-
-import fairbench.data as data
-from fairbench.method import EpochContext, Method
-from fairbench.results import load_checkpoint, sha256_file
+from fairbench.methods.base import EpochContext, Method
 from fairbench.methods.pgd_at import PGDAT
+from fairbench.runs.folder import load_checkpoint, sha256_file
+
 from cli_helpers import exit_code
 
 TINY = ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "25",
@@ -230,10 +230,10 @@ def test_sync_bn_is_recorded_with_the_batch_norm_batch(fmnist_dir: Path, tmp_pat
 @pytest.fixture
 def captured_run(monkeypatch: pytest.MonkeyPatch) -> list:
     """The RunConfig each `fairbench run` would train (nothing is trained)."""
-    import fairbench.runner
+    import fairbench.train.runner
 
     seen: list = []
-    monkeypatch.setattr(fairbench.runner, "run", lambda cfg, **kwargs: seen.append(cfg))
+    monkeypatch.setattr(fairbench.train.runner, "run", lambda cfg, **kwargs: seen.append(cfg))
     return seen
 
 

@@ -10,20 +10,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import fairbench
+import fairbench.data.datasets as data
 import pytest
 import torch
-
-import fairbench
-import fairbench.data as data
-from cli_helpers import cli_out
 from fairbench.cli import parse_run_args
 from fairbench.config import PRESETS
-from fairbench.data import get_dataset
-from fairbench.models import create_model
+from fairbench.data.datasets import get_dataset
 from fairbench.methods import METHODS
-from fairbench.models import MODELS
-from fairbench.results import sha256_file
+from fairbench.models import MODELS, create_model
+from fairbench.runs.folder import sha256_file
 from fairbench.schema import read_metrics
+
+from cli_helpers import cli_out
 
 TOY_MODULE = "fairbench_toy_factory"
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 import torch
-
-from conftest import make_fashion_mnist
 from fairbench.methods import METHODS
-from fairbench.results import load_checkpoint
-from fairbench.signals import EXIT_PREEMPTED
-from fairbench.trainer import Trainer
+from fairbench.runs.folder import load_checkpoint
+from fairbench.runs.signals import EXIT_PREEMPTED
+from fairbench.train.trainer import Trainer
+
 from cli_helpers import cli, run_ok
+from conftest import make_fashion_mnist
 
 EPOCHS = 3
 

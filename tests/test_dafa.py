@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fairbench.errors import FairbenchError
-from fairbench.losses import trades_outputs
-from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
-
 from fairbench.methods.dafa import dafa_weights
+from fairbench.methods.losses import trades_outputs
+
+from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
 
 # p_i(j): rows the true class, columns the predicted class
 SIMILARITY = torch.tensor([[0.6, 0.3, 0.1],

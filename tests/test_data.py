@@ -6,16 +6,24 @@ import hashlib
 import pickle
 from pathlib import Path
 
+import fairbench.data.datasets as data
 import numpy as np
 import pytest
 import torch
 import torchvision
-
-import fairbench.data as data
-from fairbench._cifar100_names import CIFAR100_CLASSES
-from fairbench.data import (Split, data_root, get_dataset, load_split, per_class_indices,
-                            random_crop, random_hflip, standard_augment, train_val_split)
+from fairbench.data.datasets import (
+    Split,
+    data_root,
+    get_dataset,
+    load_split,
+    per_class_indices,
+    random_crop,
+    random_hflip,
+    standard_augment,
+    train_val_split,
+)
 from fairbench.errors import FairbenchError
+from fairbench.specs._cifar100_names import CIFAR100_CLASSES
 
 from conftest import write_idx
 

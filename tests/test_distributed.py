@@ -19,19 +19,19 @@ from typing import Any, Callable
 
 import pytest
 import torch
-
-from conftest import make_fashion_mnist
-from fairbench import results
 from fairbench.methods import METHODS as REGISTRY
+from fairbench.runs import folder as results
+
 from cli_helpers import run_ok
+from conftest import make_fashion_mnist
 
 WRAPPER = '''
 import os, sys
 import torch
-import fairbench.runner as runner
-from fairbench.trainer import Trainer
+import fairbench.eval.evaluator as evaluator
+from fairbench.train.trainer import Trainer
 
-real_evaluate, real_train_epoch = runner.evaluate, Trainer.train_epoch
+real_evaluate, real_train_epoch = evaluator.evaluate, Trainer.train_epoch
 
 def evaluate(model, *args, **kwargs):  # the weights this rank ends training with
     rank = os.environ.get("RANK", "0")
@@ -45,7 +45,7 @@ def train_epoch(self, epoch):
         raise SystemExit(0)                              # like a preempted job
     return real_train_epoch(self, epoch)
 
-runner.evaluate, Trainer.train_epoch = evaluate, train_epoch
+evaluator.evaluate, Trainer.train_epoch = evaluate, train_epoch
 
 if os.environ.get("STOP_AT_CALL"):  # every rank is told to stop at the same step, as on SIGTERM
     calls = iter(range(1, 10**6))
@@ -53,7 +53,7 @@ if os.environ.get("STOP_AT_CALL"):  # every rank is told to stop at the same ste
 
 if os.environ.get("BYPASS_DDP"):  # a broken method: its training forward skips the DDP wrapper
     import torch.nn.functional as F
-    from fairbench.method import Method
+    from fairbench.methods.base import Method
     from fairbench.methods import register_method
 
     @register_method("bypass-ddp")
@@ -258,7 +258,7 @@ MAP_SCRIPT = '''
 import json, sys
 import torch
 import torch.distributed as dist
-from fairbench.data import Split, map_sharded
+from fairbench.data.datasets import Split, map_sharded
 from fairbench.distributed import DistInfo
 
 dist.init_process_group("gloo")
@@ -301,7 +301,7 @@ import json, os, sys, time
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from fairbench.data import DatasetSpec, load_splits
+from fairbench.data.datasets import DatasetSpec, load_splits
 from fairbench.distributed import init_distributed
 from fairbench.errors import FairbenchError
 
@@ -378,8 +378,8 @@ def test_run_and_eval_map_a_rank_to_its_gpu_by_one_rule(monkeypatch: pytest.Monk
     import inspect
 
     import fairbench.distributed as D
-    import fairbench.external_eval as E
-    import fairbench.runner as R
+    import fairbench.eval.external as E
+    import fairbench.train.runner as R
 
     picked: list[torch.device] = []
     monkeypatch.setattr(D, "init_distributed", lambda kind: D.DistInfo(1, 2, 1))

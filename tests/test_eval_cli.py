@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fairbench.cli import main
-from fairbench.data import CIFAR10_CLASSES, get_dataset
+from fairbench.data.datasets import CIFAR10_CLASSES, get_dataset
 from fairbench.models import create_model
-from fairbench.results import sha256_file
+from fairbench.runs.folder import sha256_file
 from fairbench.schema import read_metrics
+
 from cli_helpers import cli_out
 
 
@@ -119,8 +119,7 @@ def write_cifar10_test(root: Path, per_class: int) -> Path:
 def test_robustbench_zoo_model_per_class(tmp_path: Path, capsys, monkeypatch) -> None:
     import pyautoattack
     import torchvision.datasets.cifar
-
-    from fairbench.robustbench_zoo import import_robustbench
+    from fairbench.eval.zoo import import_robustbench
 
     # the written files are not CIFAR-10's, so their md5 differs: accept them
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
@@ -167,7 +166,7 @@ def test_robustbench_malicious_file_is_refused(tmp_path: Path, capsys) -> None:
 
 def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """`fairbench run --resume` after training finished but evaluation was killed: only the rest runs."""
-    import fairbench.threats as threats
+    import fairbench.eval.threats as threats
 
     class Killed(Exception):
         pass
@@ -195,8 +194,8 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
     # one batch of 30: clean_correct ran once, inside PGD-20; the saved clean stage was reused
     assert len(calls) == 1
     # the saved outcomes name the evaluated images by their positions in the full test set
-    from fairbench.data import load_split, per_class_indices
-    from fairbench.results import load_checkpoint
+    from fairbench.data.datasets import load_split, per_class_indices
+    from fairbench.runs.folder import load_checkpoint
     labels = load_split(get_dataset("fashion-mnist"), "test", fmnist_dir, download=False).labels
     expected = per_class_indices(labels, 3, 10)
     assert not torch.equal(expected, torch.arange(30))  # else this check would prove nothing
@@ -209,7 +208,7 @@ def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_pat
                                                          monkeypatch) -> None:
     """Evaluating the same checkpoint again with other settings writes to the same folder: while it
     runs (and if it is killed) the earlier metrics.json must not be there to look current."""
-    import fairbench.threats as threats
+    import fairbench.eval.threats as threats
 
     ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
     args = ["eval", "--checkpoint", str(ckpt), "--arch", "small-cnn", "--dataset", "fashion-mnist",

@@ -9,19 +9,18 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
+import fairbench.eval.threats as threats
 import pytest
 import torch
 import torch.nn.functional as F
+from fairbench.data.datasets import Split, get_dataset, load_split, per_class_indices
+from fairbench.errors import FairbenchError
+from fairbench.eval.evaluator import attack_settings, evaluate, evaluate_outcomes, format_table
+from fairbench.models import create_model
+from fairbench.schema import make_outcomes, metrics_from_outcomes, outcomes_bytes, summarize
 from torch import nn
 
-import fairbench.threats as threats
-from fairbench.data import Split, get_dataset, load_split, per_class_indices
-from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate, evaluate_outcomes, format_table
-from fairbench.schema import make_outcomes, metrics_from_outcomes, outcomes_bytes, summarize
-from fairbench.models import create_model
-
-ev = import_module("fairbench.evaluate")  # the evaluator module (`fairbench.evaluate` is the API function)
+ev = import_module("fairbench.eval.evaluator")  # the evaluator module (`fairbench.evaluate` is the API function)
 
 SPEC = get_dataset("fashion-mnist")
 EPS = 8 / 255

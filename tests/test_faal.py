@@ -9,13 +9,12 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
-
 from fairbench.cli import main
 from fairbench.errors import FairbenchError
-from fairbench.losses import pgd_at_outputs
-from methods_helpers import bars, batch_ctx, build
-
 from fairbench.methods.faal import dro_class_weights, probability_margin
+from fairbench.methods.losses import pgd_at_outputs
+
+from methods_helpers import bars, batch_ctx, build
 
 
 def cvxpy_weights(a: np.ndarray, r: float) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fairbench.errors import FairbenchError
+
 from methods_helpers import CENTRES, SPEC, MeanGreyModel, batch_ctx, build, epoch_ctx, grey_split
 
 WRONG = [3, 17, 22, 40, 41, 58, 77, 95]  # examples whose label is flipped: confidently wrong

@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from fairbench.cli import main
+from fairbench.data.datasets import DatasetSpec
+from fairbench.distributed import DistInfo
+from fairbench.errors import FairbenchError
+from fairbench.methods.frl import ValidationErrors, class_weights
+from fairbench.models import create_model
+from fairbench.runs.folder import atomic_torch_save, read_jsonl
+from fairbench.train.checkpoint import seed_everything
+from fairbench.train.trainer import Trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairbench.checkpoint import seed_everything
-from fairbench.cli import main
-from fairbench.data import DatasetSpec
-from fairbench.distributed import DistInfo
-from fairbench.errors import FairbenchError
-from fairbench.models import create_model
-from fairbench.results import atomic_torch_save, read_jsonl
-from fairbench.trainer import Trainer
-from fairbench.methods.frl import ValidationErrors, class_weights
-from methods_helpers import (CENTRES, SPEC, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split,
-                             resolved)
 from cli_helpers import cli
+from methods_helpers import CENTRES, SPEC, MeanGreyModel, bars, batch_ctx, build, epoch_ctx, grey_split, resolved
 
 FRL_NAMES = ("frl-rw", "frl-rm", "frl-rwrm")
 
@@ -251,7 +250,7 @@ def test_loss_normalization(monkeypatch, normalization: str) -> None:
 def test_the_authors_frl_rm_schedule_is_a_piecewise_schedule() -> None:
     """frlrm.py fine-tunes 120 epochs, MultiStepLR milestones 40 and 80 (0-based epoch indices):
     ``--schedule piecewise:0.3333,0.6666`` (the docstring's command) drops at exactly those."""
-    from fairbench.trainer import lr_factor
+    from fairbench.train.trainer import lr_factor
 
     factors = [lr_factor(e, 120, "piecewise:0.3333,0.6666") for e in range(120)]
     assert factors == [1.0] * 40 + [0.1] * 40 + [0.01] * 40

@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fairbench.cli import parse_param_options
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
-from fairbench.method import Method, coerce, parse_params
+from fairbench.methods.base import Method, coerce, parse_params
 from fairbench.schema import parse_metrics, read_metrics, validate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from test_schema import valid_metrics
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -170,7 +170,7 @@ def test_fuzz_config_from_dict(changes: dict) -> None:
 # ---------------------------------------------------------------- sweep files (issue 28, case 6)
 
 def _plan_doc() -> dict:
-    from fairbench.sweep_plan import PlannedRun
+    from fairbench.sweep.plan import PlannedRun
 
     run = PlannedRun("pgd-at_small-cnn_fashion-mnist_seed0_0ee07036", ("--epochs", "1", "--method", "pgd-at"),
                      (("method", "pgd-at"), ("seed", "0")), 1, "out", "cpu",
@@ -198,8 +198,8 @@ def mutated_plans(draw: st.DrawFn) -> dict:
 @given(st.one_of(mutated_plans(), json_values))
 def test_fuzz_sweep_plan(doc: Any) -> None:
     """A plan.json of anything: `read_plan` gives runs whose fields have their types, or one line."""
-    from fairbench.sweep_plan import read_plan
-    from fairbench.sweep_view import Row, render_text
+    from fairbench.sweep.plan import read_plan
+    from fairbench.sweep.view import Row, render_text
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "sweep").mkdir()
@@ -217,10 +217,10 @@ def test_fuzz_sweep_plan(doc: Any) -> None:
                                                                 "job", "time", "launcher"]), json_values)))
 def test_fuzz_sweep_status_file(doc: Any) -> None:
     """A status file of anything: only fields of their type are kept, and the status table renders."""
-    from fairbench.sweep import _local_row
-    from fairbench.sweep_plan import STATUS_FIELDS, PlannedRun, read_status
-    from fairbench.sweep_slurm import slurm_state
-    from fairbench.sweep_view import Row, render_text
+    from fairbench.sweep.launch import _local_row
+    from fairbench.sweep.plan import STATUS_FIELDS, PlannedRun, read_status
+    from fairbench.sweep.slurm import slurm_state
+    from fairbench.sweep.view import Row, render_text
 
     with tempfile.TemporaryDirectory() as folder:
         sweep = Path(folder) / "sweep"
@@ -262,9 +262,8 @@ def test_fuzz_init_from_source_config(config: dict) -> None:
 def test_fuzz_saved_evaluation_state(doc: dict) -> None:
     """A state file of any fields (a tag made up, the right key): never resumed, never a traceback."""
     import torch
-
     from fairbench.distributed import DistInfo
-    from fairbench.eval_state import EvalState
+    from fairbench.eval.state import EvalState
 
     with tempfile.TemporaryDirectory() as folder:
         said: list[str] = []

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from fairbench import config
 from fairbench.cli import main
-from fairbench import config, method
 from fairbench.config import RunConfig
-from fairbench.data import get_dataset
+from fairbench.data.datasets import get_dataset
 from fairbench.errors import FairbenchError
-from fairbench.method import Method, parse_params
+from fairbench.methods import base as method
+from fairbench.methods.base import Method, parse_params
 from fairbench.models import create_model
-from fairbench.results import load_checkpoint, run_lock
+from fairbench.runs.folder import load_checkpoint, run_lock
+
 from cli_helpers import cli, cli_out
 
 LONG_UTF8_ID = "日" * 100  # 100 characters, 300 bytes: longer than a file name may be
@@ -114,10 +115,10 @@ def test_eval_takes_the_run_folder_lock(fmnist_dir: Path, tmp_path: Path, capsys
 
 def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path, capsys,
                                                 monkeypatch) -> None:
-    import fairbench.external_eval as ee
+    import fairbench.eval.evaluator as ev
 
     seen: list[str] = []
-    real = ee.evaluate
+    real = ev.evaluate
 
     def evaluate_while_a_run_tries(*args, **kwargs):
         try:
@@ -127,7 +128,7 @@ def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path
             seen.append(str(exc))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ee, "evaluate", evaluate_while_a_run_tries)
+    monkeypatch.setattr(ev, "evaluate", evaluate_while_a_run_tries)
     ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", "base"), capsys)
     assert code == 0, err
@@ -278,8 +279,8 @@ def test_a_method_that_declares_no_plan_size_gets_the_core_bound() -> None:
 def test_trainer_refuses_a_plan_larger_than_the_bound(fmnist_dir: Path, tmp_path: Path, capsys,
                                                       monkeypatch) -> None:
     """The backstop for a method that planned more than it declared: one line, not an allocation."""
-    from fairbench.method import EpochPlan
     from fairbench.methods import METHODS
+    from fairbench.methods.base import EpochPlan
 
     pgd = METHODS.get("pgd-at")
     monkeypatch.setattr(pgd, "plan_epoch", lambda self, ctx: EpochPlan(
@@ -405,7 +406,7 @@ def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, writ
     """`run` looks at the folder before loading the data (a quick error) and again under the lock:
     another process may finish a run there meanwhile, whose metrics.json a fresh start would delete
     (and whose checkpoint a start "from the beginning" would overwrite)."""
-    from fairbench import runner
+    from fairbench.train import runner
 
     run_dir = tmp_path / "out" / "runs" / "r"
     if resume:  # a run started but stopped before its first checkpoint
@@ -433,6 +434,7 @@ def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Runs of pgd-at and dafa (a method with state) stopped after epoch 1 of 2, with checkpoints."""
     import contextlib
     import io
+
     from conftest import make_fashion_mnist
 
     root = tmp_path_factory.mktemp("stopped")
@@ -574,6 +576,7 @@ def finished_source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     """A finished pgd-at run (1 epoch) to start other runs from."""
     import contextlib
     import io
+
     from conftest import make_fashion_mnist
 
     root = tmp_path_factory.mktemp("source")
@@ -703,7 +706,7 @@ def test_saved_state_is_resumed_only_when_this_machine_wrote_it(tmp_path: Path, 
     """The reader `fairbench run` and `eval` share: a state file with the right key but another
     machine's tag (or an edited one) starts over; the one written here resumes."""
     from fairbench.distributed import DistInfo
-    from fairbench.eval_state import EvalState, StageProgress
+    from fairbench.eval.state import EvalState, StageProgress
 
     said: list[str] = []
     correct = torch.tensor([True, False, True, True])
@@ -733,7 +736,7 @@ def test_without_a_key_evaluation_state_is_not_kept(tmp_path: Path, monkeypatch)
     """Where no key can be made (an unwritable state folder) nothing is saved, so a rerun of a killed
     evaluation starts over instead of refusing its own folder."""
     from fairbench.distributed import DistInfo
-    from fairbench.eval_state import EvalState, StageProgress
+    from fairbench.eval.state import EvalState, StageProgress
 
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("FAIRBENCH_STATE_DIR", str(tmp_path / "file" / "state"))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fairbench.runs.folder import load_checkpoint, sha256_file
+from fairbench.train.trainer import Trainer
 
-from conftest import make_fashion_mnist
-from fairbench.results import load_checkpoint, sha256_file
-from fairbench.trainer import Trainer
 from cli_helpers import cli, run_ok
+from conftest import make_fashion_mnist
 
 
 def run_args(data: Path, out: Path, run_id: str, *extra: str, method: str = "pgd-at") -> list[str]:

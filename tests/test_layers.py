@@ -6,7 +6,10 @@ import graph of ``fairbench.*``; imports under ``if TYPE_CHECKING:`` are left ou
 - the report and the result schema never import torch, nor training code, nor the methods, through
   any chain of fairbench modules: a leaderboard renders from JSON files alone;
 - nothing imports the CLI (it is the top: it passes what the layers below need down to them);
-- the evaluation never imports the training.
+- the evaluation never imports the training;
+- the rooms (subpackages) and the few top-level modules form layers: a module imports only from its
+  own room or from a lower layer (`LAYERS`, drawn in docs/architecture.md); a room's ``__init__``
+  imports nothing, so importing a torch-free module of a room loads nothing else.
 """
 
 from __future__ import annotations
@@ -19,12 +22,31 @@ from pathlib import Path
 import fairbench
 
 PACKAGE = Path(fairbench.__file__).parent
-TRAINING = ("fairbench.trainer", "fairbench.runner", "fairbench.checkpoint", "fairbench.selection",
-            "fairbench.init_from", "fairbench.averaging", "fairbench.resume_check", "fairbench.method",
-            "fairbench.methods", "fairbench.tune")
-EVALUATION = ("fairbench.evaluate", "fairbench.external_eval", "fairbench.attacks", "fairbench.threats",
-              "fairbench.eval_state")
+TRAINING = ("fairbench.train", "fairbench.methods", "fairbench.tune")
+EVALUATION = ("fairbench.eval",)
 RENDERING = ("fairbench.report", "fairbench.schema")
+
+# Bottom to top; a room or top-level module imports only its own room and lower layers. Rooms on one
+# layer never import each other. docs/architecture.md draws this.
+LAYERS = (
+    ("fairbench.errors", "fairbench._version"),
+    ("fairbench.registry", "fairbench.files", "fairbench.distributed"),
+    ("fairbench.specs",),
+    ("fairbench.config",),
+    ("fairbench.schema",),
+    ("fairbench.runs", "fairbench.data", "fairbench.models"),
+    ("fairbench.eval",),
+    ("fairbench.methods", "fairbench.report"),
+    ("fairbench.train",),
+    ("fairbench.sweep",),
+    ("fairbench.tune",),
+    ("fairbench.api",),
+    ("fairbench",),
+    ("fairbench.cli",),
+    ("fairbench.__main__",),
+)
+TOP_LEVEL = {"__init__", "__main__", "_version", "api", "cli", "config", "distributed", "errors", "files",
+             "registry"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -158,13 +180,13 @@ def test_the_graph_reads_imports_inside_functions_and_skips_type_checking() -> N
     """The reader itself: an import inside a function is an edge, one under TYPE_CHECKING is not;
     relative imports and ``from package import module`` resolve to the module."""
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
-                     "def f():\n    from fairbench.threats import get_threat\n")
+                     "def f():\n    from fairbench.eval.threats import get_threat\n")
     names = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in _import_nodes(tree)}
-    assert names == {"typing", "fairbench.threats"}
-    assert "fairbench.data_specs" in GRAPH["fairbench.schema.record"][0]  # imported inside a function
+    assert names == {"typing", "fairbench.eval.threats"}
+    assert "fairbench.specs.datasets" in GRAPH["fairbench.schema.record"][0]  # imported inside a function
     assert "fairbench.methods" in GRAPH["fairbench.cli"][0]  # likewise
     assert "fairbench.schema.files" in GRAPH["fairbench.schema"][0]  # a package's own modules
-    assert "torch" in GRAPH["fairbench.threats"][1] and "torch" not in GRAPH["fairbench.threat_specs"][1]
+    assert "torch" in GRAPH["fairbench.eval.threats"][1] and "torch" not in GRAPH["fairbench.specs.threats"][1]
 
 
 def test_no_import_cycles() -> None:
@@ -195,8 +217,57 @@ def test_evaluation_never_imports_training() -> None:
 
 def test_the_report_and_schema_load_without_torch() -> None:
     """What the graph says, checked by Python itself: rendering a leaderboard imports no torch."""
-    code = ("import sys, fairbench.report.command, fairbench.schema, fairbench.threat_specs, "
-            "fairbench.data_specs; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'torchvision', 'pyautoattack') or m.startswith('fairbench.method')))")
+    code = ("import sys, fairbench.report.command, fairbench.schema, fairbench.specs.threats, "
+            "fairbench.specs.datasets; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'torchvision', 'pyautoattack') or m.startswith(('fairbench.methods', 'fairbench.train'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(layer, room) of ``module``: the most specific entry of `LAYERS` it lies in."""
+    found = [(len(room), level, room) for level, rooms in enumerate(LAYERS) for room in rooms
+             if module == room or (room != "fairbench" and module.startswith(room + "."))]
+    assert found, f"{module} lies in no layer of LAYERS: add its room"
+    _, level, room = max(found)
+    return level, room
+
+
+def _upward(graph: dict[str, tuple[set[str], set[str]]]) -> list[str]:
+    """Every import in ``graph`` that does not point down the layers (nor stays in its room)."""
+    problems = []
+    for module, (inside, _) in sorted(graph.items()):
+        level, room = _layer(module)
+        for target in sorted(inside):
+            target_level, target_room = _layer(target)
+            if target_room != room and target_level >= level:
+                problems.append(f"{module} (layer {level}) imports {target} (layer {target_level})")
+    return problems
+
+
+def test_every_import_points_down_the_layers() -> None:
+    assert _upward(GRAPH) == []
+
+
+def test_few_top_level_modules_and_rooms_whose_init_imports_nothing() -> None:
+    top = {path.stem for path in PACKAGE.glob("*.py")}
+    assert top == TOP_LEVEL, "a new top-level module: put it in a room (docs/architecture.md)"
+    rooms = [p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]
+    assert sorted(rooms) == sorted(r.split(".")[1] for layer in LAYERS for r in layer
+                                   if r.count(".") == 1 and r.split(".")[1] not in TOP_LEVEL)
+    # a room's __init__ that imports nothing keeps its torch-free modules torch-free; methods and
+    # models hold their registries there, report and schema their torch-free public names
+    quiet = ("specs", "data", "eval", "train", "runs", "sweep", "tune")
+    assert {room: sorted(GRAPH[f"fairbench.{room}"][0]) for room in quiet} == {room: [] for room in quiet}
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    """The check itself: the evaluator importing the trainer, or two rooms of one layer importing
+    each other, are reported; an import inside a room is not."""
+    graph = {"fairbench.eval.evaluator": ({"fairbench.train.trainer", "fairbench.eval.attacks"}, set()),
+             "fairbench.data.datasets": ({"fairbench.runs.folder"}, set()),
+             "fairbench.train.trainer": ({"fairbench.eval.evaluator"}, set())}
+    assert _upward(graph) == [
+        "fairbench.data.datasets (layer 5) imports fairbench.runs.folder (layer 5)",
+        "fairbench.eval.evaluator (layer 6) imports fairbench.train.trainer (layer 8)"]
+    assert _layer("fairbench") == (12, "fairbench") and _layer("fairbench.api") == (11, "fairbench.api")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fairbench.cli import main
-from fairbench.method import BatchContext, EpochContext
 from fairbench.methods import METHODS
-from methods_helpers import bars, batch_ctx, build
+from fairbench.methods.base import BatchContext, EpochContext
+
 from cli_helpers import run_ok
+from methods_helpers import bars, batch_ctx, build
 
 NEW_METHODS = ("trades", "frl-rw", "frl-rm", "frl-rwrm", "fairat")
 VAL = {"val_per_class": 5}  # FRL holds out a validation split

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fairbench.data import get_dataset
+from fairbench.data.datasets import get_dataset
 from fairbench.errors import FairbenchError
 from fairbench.models import Normalize, count_parameters, create_model, load_model_state
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from fairbench.data.datasets import get_dataset
+from fairbench.errors import FairbenchError
+from fairbench.methods import METHODS, register_method
+from fairbench.models import MODELS, create_model
+from fairbench.registry import Registry
+from fairbench.specs.datasets import DATASETS
+from fairbench.specs.threats import THREATS
 
 from cli_helpers import cli_out
-from fairbench.data import get_dataset
-from fairbench.errors import FairbenchError
-from fairbench.models import create_model
-from fairbench.data_specs import DATASETS
-from fairbench.methods import METHODS, register_method
-from fairbench.models import MODELS
-from fairbench.registry import Registry
-from fairbench.threat_specs import THREATS
 
 PLUGIN_MODULE = "fairbench_toy_plugin"
 
@@ -83,8 +82,8 @@ def write_plugin(site: Path) -> None:
     (site / f"{PLUGIN_MODULE}.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
 
-        from fairbench.losses import pgd_at_terms, weighted_mean
-        from fairbench.method import Method
+        from fairbench.methods.losses import pgd_at_terms, weighted_mean
+        from fairbench.methods.base import Method
         from fairbench.methods import register_method
 
 
@@ -147,7 +146,7 @@ def test_plugin_state_does_not_leak() -> None:
 # ---------------------------------------------------------------- the registry names methods
 
 def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fairbench.method import Method
+    from fairbench.methods.base import Method
 
     METHODS.names()
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
@@ -165,7 +164,7 @@ def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pyte
 
     with pytest.raises(FairbenchError, match="declares name = 'something-else'"):
         register_method("mismatched")(Mismatched)
-    with pytest.raises(FairbenchError, match="not a subclass of fairbench.method.Method"):
+    with pytest.raises(FairbenchError, match="not a subclass of fairbench.methods.base.Method"):
         register_method("not-a-method")(lambda: None)
     assert "mismatched" not in METHODS.names() and "not-a-method" not in METHODS.names()
     for name in METHODS.names():  # the built-ins carry their registered names

@@ -19,16 +19,16 @@ from typing import ClassVar
 
 import pytest
 import torch
-
-from conftest import make_fashion_mnist
-from fairbench import results
 from fairbench.errors import FairbenchError
-from fairbench.losses import pgd_at_terms, weighted_mean
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
 from fairbench.methods import METHODS, register_method
-from fairbench.results import load_checkpoint
-from fairbench.signals import EXIT_PREEMPTED
+from fairbench.methods.base import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.methods.losses import pgd_at_terms, weighted_mean
+from fairbench.runs import folder as results
+from fairbench.runs.folder import load_checkpoint
+from fairbench.runs.signals import EXIT_PREEMPTED
+
 from cli_helpers import cli
+from conftest import make_fashion_mnist
 
 EPOCHS = 4
 
@@ -280,7 +280,7 @@ def test_signal_mid_epoch_resumes_to_the_same_weights(test_methods: None, small_
 def test_nan_loss_stops_naming_epoch_and_step(test_methods: None, small_data: Path,
                                               tmp_path: Path, capsys, monkeypatch) -> None:
     """Promise 4: NaN stops the run at the next sync point; the epoch-1 checkpoint is kept."""
-    monkeypatch.setattr("fairbench.trainer.LOG_EVERY", 2)
+    monkeypatch.setattr("fairbench.train.trainer.LOG_EVERY", 2)
     code, err = cli(run_args(small_data, tmp_path / "out", epochs=3, method="test-nan-at"), capsys)
     assert code == 2
     assert err.startswith("error: training diverged: the loss is nan at epoch 2, step 3 of 7")
@@ -419,12 +419,12 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(small_data: Path, tmp_p
 
 def test_second_ctrl_c_exits_130(small_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """A second Ctrl-C (KeyboardInterrupt out of the run) is status 130 with a line saying so, never 0."""
-    import fairbench.runner
+    import fairbench.train.runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fairbench.runner, "run", interrupted)
+    monkeypatch.setattr(fairbench.train.runner, "run", interrupted)
     code, err = cli(run_args(small_data, tmp_path / "out", epochs=1), capsys)
     assert code == 130 and err.strip() == "interrupted"
 
@@ -654,7 +654,7 @@ def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
     import os
     import stat
 
-    from fairbench.results import atomic_write_text
+    from fairbench.runs.folder import atomic_write_text
 
     target = tmp_path / "metrics.json"
     atomic_write_text(target, "{}")

@@ -10,40 +10,55 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
-import io
 import hashlib
+import io
 import json
 import re
 import shutil
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import fairbench.report.model as report_module
 import matplotlib.image
 import numpy as np
+import pytest
+from fairbench.config import RunConfig
+from fairbench.data.datasets import FASHION_MNIST_CLASSES as CLASSES
+from fairbench.report.command import build_report
+from fairbench.report.figures import (
+    _overlap,
+    _place_labels,
+    class_wise_figure,
+    pareto_front,
+    point_label,
+    render_chart,
+    tradeoff_figure,
+    usual_seeds,
+)
+from fairbench.report.html import to_html
+from fairbench.report.model import build_leaderboard
+from fairbench.report.stats import Delta
+from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
+from fairbench.schema import (
+    OUTCOMES_FILE,
+    SCHEMA_VERSION,
+    UNION,
+    Outcomes,
+    make_outcomes,
+    metrics_from_outcomes,
+    outcomes_bytes,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import fairbench.report.model as report_module
-from fairbench.config import RunConfig
-from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
-from fairbench.schema import (OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes, make_outcomes, metrics_from_outcomes,
-                              outcomes_bytes)
-from fairbench.report.command import build_report
-from fairbench.report.model import build_leaderboard
-from fairbench.report.figures import (_overlap, _place_labels, class_wise_figure, pareto_front, point_label,
-                                      render_chart, tradeoff_figure, usual_seeds)
-from fairbench.report.stats import Delta
-from fairbench.report.html import to_html
-from fairbench.report.tables import tex_escape, to_csv, to_latex, to_markdown
+from browser import chromium, probe
 from cli_helpers import exit_code
 
 N_PER_CLASS = 20
@@ -288,15 +303,6 @@ def test_no_usable_results_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     assert "error: no usable metrics.json" in err and "runs/x/metrics.json: not a JSON object" in err
 
 
-def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        pytest.fail("chromium is not installed: `apt-get install chromium` (scripts/setup.sh does it as root)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
-    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
-
-
 def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", path.read_bytes()[16:24])
 
@@ -307,7 +313,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
     html = page.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not need the network"
     board = build_leaderboard(results)
-    dom = _chromium(tmp_path / "p1", "--dump-dom", page.as_uri() + "#sort=-clean_avg").stdout
+    dom = chromium(tmp_path / "p1", "--dump-dom", page.as_uri() + "#sort=-clean_avg").stdout
     tables = re.findall(r"<table class=\"leaderboard (\w+)\".*?</table>", dom, re.S)
     assert tables == ["compact", "clean", "pgd20", "autoattack", "union", "compact", "clean", "pgd20"]
     tables = re.findall(r"<table class=\"leaderboard \w+\".*?</table>", dom, re.S)
@@ -326,7 +332,7 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
     # per group: forest plot, trade-off figure, heatmap and the bar chart of each threat with a table
     assert dom.count("data:image/png;base64,") == (3 + 4) + (3 + 2)
     shot = tmp_path / "shot.png"
-    _chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
+    chromium(tmp_path / "p2", "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={shot}", page.as_uri())
     assert _png_size(shot) == (1280, 900)
     pixels = matplotlib.image.imread(shot)
     assert shot.stat().st_size > 20_000 and pixels[..., :3].std() > 0.05  # not a blank page
@@ -563,17 +569,10 @@ def test_tradeoff_labels_do_not_cover_each_other() -> None:
 def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:
     """The page, loaded in an iframe of a probe page, shows each group's trade-off image decoded."""
     results = reported[0]
-    shutil.copyfile(results / "index.html", tmp_path / "index.html")
-    (tmp_path / "probe.html").write_text(
-        '<!DOCTYPE html><html><body><iframe id="f" src="index.html" style="width:1280px;height:900px">'
-        '</iframe><pre id="out"></pre><script>window.addEventListener("load", function () {'
-        ' var doc = document.getElementById("f").contentDocument, out = [];'
-        ' doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
-        '  out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
-        '            Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });'
-        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
-    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
-                    (tmp_path / "probe.html").as_uri()).stdout
+    dom = probe(results / "index.html", tmp_path,
+                'doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
+                ' out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
+                '           Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });')
     shown = [found.split("|") for found in re.findall(r"IMG\|[^\n<]*", dom)]
     board = build_leaderboard(results)
     png = (results / "figures").glob("*_tradeoff.png")

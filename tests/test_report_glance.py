@@ -14,18 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.container import BarContainer, ErrorbarContainer
-from matplotlib.colors import to_hex
-
 from fairbench.config import RunConfig
-from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
+from fairbench.data.datasets import FASHION_MNIST_CLASSES as CLASSES
 from fairbench.report.command import build_report
 from fairbench.report.figures import METHOD_ORDER, class_wise_figure, forest_figure, method_style, tradeoff_figure
 from fairbench.report.model import group_tier
 from fairbench.report.tables import compact_columns, to_latex, to_markdown
 from fairbench.schema import SCHEMA_VERSION, make_outcomes, metrics_from_outcomes, outcomes_bytes
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer, ErrorbarContainer
+
+from browser import probe
 from cli_helpers import exit_code
-from test_report import _chromium, write_results
+from test_report import write_results
 
 K = len(CLASSES)
 
@@ -245,20 +246,14 @@ def test_the_page_at_1400_px_shows_the_compact_table_without_scrolling(tmp_path:
     assert exit_code(["report", "--results", str(root)]) == 0
     page = (root / "index.html").read_text()
     assert "faal (from pgd-at, 2+2 epochs)" in page and 'class="flag"' in page
-    (tmp_path / "index.html").write_text(page)
-    (tmp_path / "probe.html").write_text(
-        '<!DOCTYPE html><html><body style="margin:0"><iframe id="f" src="index.html" '
-        'style="width:1400px;height:900px;border:0"></iframe><pre id="out"></pre><script>'
-        'window.addEventListener("load", function () {'
-        ' var doc = document.getElementById("f").contentDocument, out = [];'
-        ' doc.querySelectorAll("table.compact").forEach(function (t) {'
-        '  var box = t.parentElement, heads = [];'
-        '  t.querySelectorAll("thead th").forEach(function (th) { heads.push(th.textContent); });'
-        '  out.push(["TABLE", box.scrollWidth, box.clientWidth, Math.round(t.getBoundingClientRect().right),'
-        '            doc.documentElement.clientWidth, doc.documentElement.scrollWidth, heads.join(";")].join("|")); });'
-        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
-    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000",
-                    "--window-size=1440,1000", "--dump-dom", (tmp_path / "probe.html").as_uri()).stdout
+    dom = probe(root / "index.html", tmp_path,
+                'doc.querySelectorAll("table.compact").forEach(function (t) {'
+                '  var box = t.parentElement, heads = [];'
+                '  t.querySelectorAll("thead th").forEach(function (th) { heads.push(th.textContent); });'
+                '  out.push(["TABLE", box.scrollWidth, box.clientWidth, Math.round(t.getBoundingClientRect().right),'
+                '            doc.documentElement.clientWidth, doc.documentElement.scrollWidth,'
+                '            heads.join(";")].join("|")); });',
+                width=1400, window="1440,1000")
     shown = [found.split("|")[1:] for found in re.findall(r"TABLE\|[^\n<]*", dom)]
     assert len(shown) == 2, dom[-2000:]
     for scroll_w, client_w, right, page_w, page_scroll_w, heads in shown:

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fairbench.errors import FairbenchError
+from fairbench.report.command import MANIFEST
+from fairbench.schema import build_record, make_outcomes, outcomes_bytes, read_metrics, read_outcomes, write_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairbench.report.command import MANIFEST
-from fairbench.errors import FairbenchError
-from fairbench.schema import build_record, make_outcomes, outcomes_bytes, read_metrics, read_outcomes, write_run
+from browser import chromium
 from cli_helpers import exit_code
 
 PER_CLASS = 12
@@ -344,13 +345,7 @@ class _Tags(HTMLParser):
 
 
 def _dom(page: Path, profile: Path) -> _Tags:
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        pytest.fail("chromium is not installed: `apt-get install chromium` (scripts/setup.sh does it as root)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
-    dom = subprocess.run([exe, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    dom = chromium(profile, "--dump-dom", page.as_uri()).stdout
     assert "data-pwned" not in dom
     tags = _Tags()
     tags.feed(dom)

@@ -8,12 +8,12 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-import pytest
-
 import fairbench.cli as cli
-from cli_helpers import cli_out
+import pytest
 from fairbench.config import NOT_RUN_OPTIONS, PRESETS, RunConfig, option
-from fairbench.threat_specs import subset_aliases
+from fairbench.specs.threats import subset_aliases
+
+from cli_helpers import cli_out
 
 PROCESS_OPTIONS = {"resume", "stop_after_epoch", "progress"}  # how the process runs, no field
 ALIASES = set(subset_aliases())  # a threat's older subset option, hidden (--aa-per-class K: --subset autoattack=K)

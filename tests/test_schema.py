@@ -10,12 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fairbench.data import FASHION_MNIST_CLASSES as CLASSES
+from fairbench.data.datasets import FASHION_MNIST_CLASSES as CLASSES
 from fairbench.errors import FairbenchError
-from fairbench.schema import (MAX_METRICS_BYTES, Outcomes, build_record, find_metrics, make_outcomes,
-                              metrics_from_outcomes, outcomes_bytes, parse_outcomes, read_metrics, read_outcomes,
-                              summarize, validate, write_run)
+from fairbench.schema import (
+    MAX_METRICS_BYTES,
+    Outcomes,
+    build_record,
+    find_metrics,
+    make_outcomes,
+    metrics_from_outcomes,
+    outcomes_bytes,
+    parse_outcomes,
+    read_metrics,
+    read_outcomes,
+    summarize,
+    validate,
+    write_run,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

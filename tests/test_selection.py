@@ -1,4 +1,4 @@
-"""--select: one model-selection rule for every method (fairbench/selection.py)."""
+"""--select: one model-selection rule for every method (fairbench/train/selection.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fairbench.config import PRESETS, RunConfig
 from fairbench.errors import FairbenchError
-from fairbench.results import load_checkpoint, read_jsonl
-from fairbench.runner import run
-from fairbench.selection import BestValSelector
+from fairbench.runs.folder import load_checkpoint, read_jsonl
+from fairbench.train.runner import run
+from fairbench.train.selection import BestValSelector
 
 QUIET = dict(progress=False, echo=lambda _m: None)
 
@@ -38,8 +37,8 @@ def test_best_val_keeps_the_best_epoch_and_evaluates_it(fmnist_dir: Path, tmp_pa
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     assert ck["selection"]["best_epoch"] == best
     # the evaluated weights are the kept ones: re-evaluating them by hand gives the metrics
-    from fairbench.data import get_dataset, load_split, per_class_indices
-    from fairbench.evaluate import clean_correct
+    from fairbench.data.datasets import get_dataset, load_split, per_class_indices
+    from fairbench.eval.evaluator import clean_correct
     from fairbench.models import create_model
     spec = get_dataset("fashion-mnist")
     model = create_model("small-cnn", spec)
@@ -47,7 +46,7 @@ def test_best_val_keeps_the_best_epoch_and_evaluates_it(fmnist_dir: Path, tmp_pa
     model.eval()
     test = load_split(spec, "test", str(fmnist_dir), download=False)
     test = test.subset(per_class_indices(test.labels, 3, 10))
-    from fairbench.data import to_float
+    from fairbench.data.datasets import to_float
     acc = float(clean_correct(model, to_float(test.images), test.labels).double().mean())
     assert metrics["metrics"]["clean"]["avg"] == pytest.approx(acc, abs=1e-6)
 

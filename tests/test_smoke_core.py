@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fairbench.cli import main
 
-import pytest
 from cli_helpers import run_ok
-
 
 run_cli = run_ok
 

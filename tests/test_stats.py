@@ -12,9 +12,8 @@ import pickle
 
 import numpy as np
 import pytest
-
-from fairbench.schema import summarize
 from fairbench.report.stats import N_RESAMPLES, Delta, bootstrap_threat, tied_ranks, wilson
+from fairbench.schema import summarize
 
 K = 10
 # True class errors: class 9 is clearly the worst, so the worst-class error has a known value.

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
-from fairbench import sweep_local
 from fairbench.errors import FairbenchError
-from fairbench.results import run_lock
-from fairbench.signals import EXIT_PREEMPTED
-from fairbench.sweep_grid import parse_seeds
-from fairbench.sweep_plan import PlannedRun, sweep_lock
-from fairbench.sweep_slurm import parse_time
-from fairbench.sweep_view import Display, Row
+from fairbench.runs.folder import run_lock
+from fairbench.runs.signals import EXIT_PREEMPTED
+from fairbench.sweep import local as sweep_local
+from fairbench.sweep.grid import parse_seeds
+from fairbench.sweep.plan import PlannedRun, sweep_lock
+from fairbench.sweep.slurm import parse_time
+from fairbench.sweep.view import Display, Row
+
 from sweep_helpers import attempts, cli, epoch_lines, finished, run_dirs, status, sweep_process, tiny_args
 
 
@@ -138,6 +138,26 @@ def test_slurm_launcher_without_sbatch_names_the_local_launcher(fmnist_dir: Path
     assert cli(["sweep", "--methods", "pgd-at", "--launcher", "slurm", "--time", "10",
                 *tiny_args(fmnist_dir, tmp_path / "out")]) == 2
     one_error_line(capsys.readouterr().err, "sbatch", "--launcher local")
+
+
+def test_sweep_and_tune_take_the_launcher_options_of_one_declaration(fmnist_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """`sweep` and `tune` show the same launcher options (declared once in the CLI), and both turn
+    a bad one into the same error line before anything starts."""
+    import typer.main
+    from fairbench import cli as cli_module
+
+    def launcher_options(name: str) -> dict[str, tuple[str, object]]:
+        command = typer.main.get_command(cli_module.app).commands[name]  # type: ignore[attr-defined]
+        return {p.name: (p.help, p.default) for p in command.params if p.name in cli_module._LAUNCHER_OPTIONS}
+
+    assert set(launcher_options("sweep")) == set(cli_module._LAUNCHER_OPTIONS)
+    assert launcher_options("sweep") == launcher_options("tune")
+    for command in (["sweep", "--methods", "pgd-at"], ["tune", "--methods", "pgd-at", "--trials", "2"]):
+        out = tmp_path / command[0]
+        assert cli([*command, "--workers", "0", *tiny_args(fmnist_dir, out)]) == 2
+        one_error_line(capsys.readouterr().err, "--workers must be >= 1, got 0")
+        assert not out.exists()
 
 
 def test_seed_ranges_and_slurm_time_limits() -> None:
@@ -388,8 +408,8 @@ def test_checking_a_grid_costs_far_less_than_a_millisecond_a_run(fmnist_dir: Pat
     parser and `prepare` for every run). Each config shape is checked once; the runs it gives
     have the ids and command lines that parsing each run's own command line gives."""
     from fairbench.cli import parse_run_args, run_options
-    from fairbench.runner import prepare
-    from fairbench.sweep_grid import GridSpec, expand
+    from fairbench.sweep.grid import GridSpec, expand
+    from fairbench.train.runner import prepare
 
     spec = GridSpec(methods=["pgd-at", "fairat"], seeds=list(range(5000)), param_grid={"fraction": ["0.1", "0.2"]},
                     option_grid={"lr": ["0.1", "0.05"]}, run_args=tiny_args(fmnist_dir, tmp_path / "out"))
@@ -408,8 +428,8 @@ def test_checking_a_grid_costs_far_less_than_a_millisecond_a_run(fmnist_dir: Pat
 def _planned_sweep(fmnist_dir: Path, out: Path) -> tuple[Path, list[PlannedRun]]:
     """A sweep folder with the plan of a 2-run grid (as a sweep writes it) and nothing run."""
     from fairbench.cli import parse_run_args, run_options
-    from fairbench.sweep_grid import GridSpec, expand
-    from fairbench.sweep_plan import write_plan
+    from fairbench.sweep.grid import GridSpec, expand
+    from fairbench.sweep.plan import write_plan
 
     runs = expand(GridSpec(methods=["pgd-at", "trades"], run_args=tiny_args(fmnist_dir, out)), parse_run_args,
                   run_options())

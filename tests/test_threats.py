@@ -3,30 +3,44 @@ threat name from the registry, so a new threat is one registration."""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import gzip
 import pytest
 import torch
+from fairbench.cli import parse_run_args
+from fairbench.config import RunConfig
+from fairbench.data.datasets import Split
+from fairbench.errors import FairbenchError
+from fairbench.eval.evaluator import attack_settings, evaluate_outcomes, stages, subset_indices
+from fairbench.eval.threats import (
+    THREATS,
+    Threat,
+    clean_correct,
+    get_threat,
+    in_batches,
+    register_threat,
+    threat_label,
+    threat_names,
+)
+from fairbench.report.command import build_leaderboard, write_report
+from fairbench.schema import build_record, make_outcomes, outcomes_bytes, write_run
+from fairbench.specs.threats import (
+    parse_subsets,
+    subset_key,
+    subset_keys,
+    subsets_from_keys,
+    threat_spec,
+    used_subsets,
+)
+from fairbench.sweep.plan import PlannedRun, eval_settings
 from torch import nn
 
 from cli_helpers import cli_out
 from sweep_helpers import tiny_args
-from fairbench.cli import parse_run_args
-from fairbench.config import RunConfig
-from fairbench.data import Split
-from fairbench.errors import FairbenchError
-from fairbench.evaluate import attack_settings, evaluate_outcomes, stages, subset_indices
-from fairbench.threats import THREATS, register_threat
-from fairbench.report.command import build_leaderboard, write_report
-from fairbench.schema import build_record, make_outcomes, outcomes_bytes, write_run
-from fairbench.sweep_plan import PlannedRun, eval_settings
-from fairbench.threat_specs import (parse_subsets, subset_key, subset_keys, subsets_from_keys, threat_spec,
-                                    used_subsets)
-from fairbench.threats import Threat, clean_correct, get_threat, in_batches, threat_label, threat_names
 
 
 def test_builtin_threats_in_column_order() -> None:
@@ -99,7 +113,7 @@ def one_error(err: str, fragment: str) -> None:
 def test_threat_metadata_loads_without_torch() -> None:
     """A threat's name, label, order, settings and subset key are torch-free: the schema and the
     report read them without importing torch (or pyautoattack)."""
-    code = ("import sys; from fairbench.threat_specs import threat_names, threat_spec, subset_key; "
+    code = ("import sys; from fairbench.specs.threats import threat_names, threat_spec, subset_key; "
             "print([(t, threat_spec(t).label, subset_key(t)) for t in threat_names()]); "
             "threat_spec('autoattack').settings(0.1, 0); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyautoattack')))")
@@ -164,7 +178,7 @@ def test_sweeps_pass_the_subset_and_its_alias_on(fmnist_dir: Path, tmp_path: Pat
     """A sweep plans each run with run's parser: the alias and --subset give the same evaluation
     settings, recorded under the threat's subset key as plans recorded them before --subset."""
     from fairbench.cli import run_options
-    from fairbench.sweep_grid import GridSpec, expand
+    from fairbench.sweep.grid import GridSpec, expand
 
     base = tiny_args(fmnist_dir, tmp_path / "out", attacks="clean,autoattack")
     for extra in (["--aa-per-class", "2"], ["--subset", "autoattack=2"]):

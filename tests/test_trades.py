@@ -1,4 +1,4 @@
-"""TRADES (fairbench/methods/trades.py) and the TRADES base terms (fairbench/losses.py)."""
+"""TRADES (fairbench/methods/trades.py) and the TRADES base terms (fairbench/methods/losses.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fairbench.attacks import pgd
 from fairbench.errors import FairbenchError
-from fairbench.losses import trades_terms
+from fairbench.eval.attacks import pgd
+from fairbench.methods.losses import trades_terms
 from fairbench.models import create_model
+
 from methods_helpers import SPEC, bars, batch_ctx, build
 
 

@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fairbench.checkpoint import rng_state, seed_everything, set_rng_state
 from fairbench.config import PRESETS, RunConfig
-from fairbench.data import Split, get_dataset
+from fairbench.data.datasets import Split, get_dataset
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
-from fairbench.method import BatchContext, Method
+from fairbench.methods.base import BatchContext, Method
 from fairbench.models import create_model
-from fairbench.results import load_checkpoint, read_jsonl
-from fairbench.runner import run
-from fairbench.trainer import Trainer, lr_factor
+from fairbench.runs.folder import load_checkpoint, read_jsonl
+from fairbench.train.checkpoint import rng_state, seed_everything, set_rng_state
+from fairbench.train.runner import run
+from fairbench.train.trainer import Trainer, lr_factor
 
 SPEC = get_dataset("fashion-mnist")
 
@@ -263,8 +262,8 @@ def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tm
     """One training step of FairAT on TRADES (standard augmentation, the hard-example policy, the KL
     attack, the loss, the update) makes no tensor from Python or NumPy data: on a GPU each would be
     a host-to-device copy, and a sync, in every step (issue 15: randaugment built one per call)."""
-    from fairbench.method import EpochPlan
     from fairbench.methods import METHODS
+    from fairbench.methods.base import EpochPlan
 
     spec = get_dataset(dataset)
     cfg = RunConfig(method="fairat", arch="small-cnn", dataset=dataset, epochs=1, batch_size=8,
@@ -335,7 +334,7 @@ def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path)
 def test_bf16_autocast_by_default_only_where_bf16_is_native(monkeypatch, device: str, native: bool,
                                                            expected: bool) -> None:
     """A V100 or T4 emulates bf16 (slower than fp32): no autocast there unless --amp asks."""
-    from fairbench.trainer import default_amp
+    from fairbench.train.trainer import default_amp
 
     asked = []
 

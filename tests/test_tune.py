@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cli_helpers import cli_out, exit_code
 from fairbench.config import RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.methods import METHODS
+from fairbench.methods.space import Choice, LogUniform, Uniform, check_space, method_space
 from fairbench.schema import METRICS_FILE, OUTCOMES_FILE
 from fairbench.schema.validation import VALIDATION_FILE, criterion, read_validation
 from fairbench.tune import study as tune
-from fairbench.tune.space import Choice, LogUniform, Uniform, check_space, method_space
+
+from cli_helpers import cli_out, exit_code
 
 
 def tiny(data: Path, out: Path, epochs: int = 1) -> list[str]:
@@ -159,7 +159,7 @@ def test_trials_score_on_validation_only_and_trials_csv_selects_the_argmax(
 
 def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import fairbench.runner as runner
+    import fairbench.train.runner as runner
 
     asked: list[tuple[str, ...]] = []
     real = runner.load_splits
@@ -241,7 +241,6 @@ def test_list_shows_every_methods_search_space(capsys: pytest.CaptureFixture) ->
 def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_nothing(
         fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna
-
     from fairbench.cli import parse_run_args
 
     def spec(out: Path) -> tune.StudySpec:

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from cli_helpers import cli_out
 from fairbench.errors import FairbenchError
 from fairbench.report.model import build_leaderboard
 from fairbench.report.sensitivity import load_studies, parse_trials, render_sensitivity
 from fairbench.schema import METRICS_FILE
+
+from cli_helpers import cli_out
 
 HEADER = "method,trial,run_dir,hp.lr,val_avg_acc,val_worst_acc,criterion,selected\n"
 
@@ -102,23 +102,18 @@ def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(tuned: Path, 
     decoded, and its table names the selected trial of each method."""
     import re
 
-    from test_report import _chromium
+    from browser import probe
 
     code, _, err = cli_out(["report", "--results", str(tuned)], capsys)
     assert code == 0, err
     assert (tuned / "figures" / "sensitivity_tuning.png").is_file()
-    shutil.copyfile(tuned / "index.html", tmp_path / "index.html")
-    (tmp_path / "probe.html").write_text(
-        '<!DOCTYPE html><html><body><iframe id="f" src="index.html" style="width:1400px;height:900px">'
-        '</iframe><pre id="out"></pre><script>window.addEventListener("load", function () {'
-        ' var doc = document.getElementById("f").contentDocument, out = [];'
-        ' doc.querySelectorAll("#sensitivity figure img").forEach(function (img) {'
-        '  out.push(["IMG", img.complete, img.naturalWidth, Math.round(img.getBoundingClientRect().width),'
-        '            img.alt].join("|")); });'
-        ' doc.querySelectorAll("#sensitivity td").forEach(function (td) { out.push("TD|" + td.textContent); });'
-        ' document.getElementById("out").textContent = out.join("\\n"); });</script></body></html>')
-    dom = _chromium(tmp_path / "p", "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
-                    (tmp_path / "probe.html").as_uri()).stdout
+    dom = probe(tuned / "index.html", tmp_path,
+                'doc.querySelectorAll("#sensitivity figure img").forEach(function (img) {'
+                ' out.push(["IMG", img.complete, img.naturalWidth, Math.round(img.getBoundingClientRect().width),'
+                '           img.alt].join("|")); });'
+                ' doc.querySelectorAll("#sensitivity td").forEach(function (td) {'
+                '  out.push("TD|" + td.textContent); });',
+                width=1400)
     images = [line.split("|") for line in re.findall(r"IMG\|[^\n<]*", dom)]
     cells = re.findall(r"TD\|([^\n<]*)", dom)
     assert len(images) == 1

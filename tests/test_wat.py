@@ -3,16 +3,15 @@ class loop; the validation costs; parameter checks."""
 
 from __future__ import annotations
 
+import fairbench.methods.wat as wat
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fairbench.attacks import pgd
 from fairbench.errors import FairbenchError
-from fairbench.losses import kl_per_example, trades_terms
-from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
+from fairbench.eval.attacks import pgd
+from fairbench.methods.losses import kl_per_example, trades_terms
 
-import fairbench.methods.wat as wat
+from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
 
 
 def test_hedge_weights_after_two_epochs_of_given_costs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
 """Built-in training methods, one file each; importing a module registers its method.
 
 Installed as ``fairbench.methods``. The method registry lives here, beside the methods:
-``METHODS`` (name -> `fairbench.method.Method` subclass) and ``@register_method(name)``; it loads
+``METHODS`` (name -> `fairbench.methods.base.Method` subclass) and ``@register_method(name)``; it loads
 every built-in module, then every ``fairbench.methods`` entry point, on first use. See
 CONTRIBUTING.md to add one.
 """
@@ -26,15 +26,15 @@ def _load_methods() -> None:
 
 
 def _check_method(name: str, obj: Any) -> None:
-    """A method is a `fairbench.method.Method` subclass; the registry sets its ``name``.
+    """A method is a `fairbench.methods.base.Method` subclass; the registry sets its ``name``.
 
     A class that also declares ``name`` must declare the name it is registered under.
     """
-    from fairbench.method import Method  # on registration: the interface imports torch
+    from fairbench.methods.base import Method  # on registration: the interface imports torch
 
     if not (inspect.isclass(obj) and issubclass(obj, Method)):
         raise FairbenchError(f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a "
-                             f"subclass of fairbench.method.Method")
+                             f"subclass of fairbench.methods.base.Method")
     declared = obj.__dict__.get("name")
     if declared not in (None, "", name):
         raise FairbenchError(f"method '{name}': the class declares name = '{declared}'; drop the "

@@ -50,12 +50,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fairbench.attacks import EarlyStop, eval_mode, pgd
 from fairbench.errors import FairbenchError
-from fairbench.losses import kl_per_example, weighted_mean
-from fairbench.method import BatchContext, Method
+from fairbench.eval.attacks import EarlyStop, eval_mode, pgd
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform
+from fairbench.methods.base import BatchContext, Method
+from fairbench.methods.losses import kl_per_example, weighted_mean
+from fairbench.methods.space import LogUniform
 
 LAST_CORRECT = EarlyStop("last-correct")
 FIRST_WRONG_TAU1 = EarlyStop("first-wrong", tau=1)

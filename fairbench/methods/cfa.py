@@ -14,7 +14,7 @@ with a switch so that the paper's ablation can be run:
 - **FAWA** (fairness-aware weight averaging): after each epoch, PGD-10 (cross-entropy, uniform
   start, the run's eps and step) on the validation split; if the worst class's robust accuracy is
   >= delta the weights enter an EMA with decay alpha (the first accepted epoch copies them), batch-
-  norm statistics included. The average is what is evaluated and checkpointed (`fairbench.averaging`).
+  norm statistics included. The average is what is evaluated and checkpointed (`fairbench.train.averaging`).
 
 Defaults are the paper's: lambda1 0.3 (the paper's TRADES value; 0.5 with PGD-AT, which the
 README's example command uses), lambda2 0.5, alpha 0.85, delta 0.2 (the code's defaults are
@@ -79,15 +79,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from fairbench.attacks import eval_mode, pgd
-from fairbench.class_stats import ClassStats
-from fairbench.data import get_dataset
-from fairbench.errors import FairbenchError
-from fairbench.evaluate import clean_correct, per_class_accuracy
-from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method, require_validation_split
+from fairbench.data.datasets import get_dataset
+from fairbench.errors import check_all
+from fairbench.eval.attacks import eval_mode, pgd
+from fairbench.eval.evaluator import clean_correct, per_class_accuracy
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform, Uniform
+from fairbench.methods.base import BatchContext, EpochContext, EpochPlan, Method, require_validation_split
+from fairbench.methods.class_stats import ClassStats
+from fairbench.methods.losses import pgd_at_outputs, trades_outputs, weighted_mean
+from fairbench.methods.space import LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")
 
@@ -145,9 +145,7 @@ class CFA(Method):
                 (0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha}"),
                 (0 <= self.delta <= 1, f"delta must be in [0, 1], got {self.delta}"),
             ]
-            for ok, message in checks:
-                if not ok:
-                    raise FairbenchError(f"cfa: {message}")
+            check_all(checks, "cfa: ")
 
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)

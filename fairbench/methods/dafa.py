@@ -52,13 +52,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from fairbench.class_stats import ClassStats
-from fairbench.data import get_dataset
-from fairbench.errors import FairbenchError
-from fairbench.losses import pgd_at_outputs, trades_outputs, weighted_mean
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.data.datasets import get_dataset
+from fairbench.errors import check_all
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform, Uniform
+from fairbench.methods.base import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.methods.class_stats import ClassStats
+from fairbench.methods.losses import pgd_at_outputs, trades_outputs, weighted_mean
+from fairbench.methods.space import LogUniform, Uniform
 
 BASES = ("trades", "pgd-at")
 
@@ -98,9 +98,7 @@ class DAFA(Method):
                 (0 < self.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}"),
                 (0 < self.min_weight <= 1, f"min_weight must be in (0, 1], got {self.min_weight}"),
             ]
-            for ok, message in checks:
-                if not ok:
-                    raise FairbenchError(f"dafa: {message}")
+            check_all(checks, "dafa: ")
 
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)

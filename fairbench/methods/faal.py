@@ -53,10 +53,10 @@ from typing import ClassVar
 import torch
 
 from fairbench.errors import FairbenchError
-from fairbench.losses import pgd_at_outputs, trades_outputs
-from fairbench.method import BatchContext, Method
 from fairbench.methods import register_method
-from fairbench.tune.space import Choice, LogUniform, Uniform
+from fairbench.methods.base import BatchContext, Method
+from fairbench.methods.losses import pgd_at_outputs, trades_outputs
+from fairbench.methods.space import Choice, LogUniform, Uniform
 
 BASES = ("pgd-at", "trades")
 LOG_T_RANGE = 70.0  # mu - max(a) searched in [e^-70, e^70] for a normalized to spread 1

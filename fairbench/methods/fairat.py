@@ -25,7 +25,7 @@ exposed as a parameter with a documented default:
 - ``selection``: ``fraction`` marks the top ``fraction`` of all examples by CE (default 0.2, one
   global ranking, not per class, so hard classes can hold more); ``threshold`` marks CE >
   ``threshold`` (default ln 2: the true class has probability below 1/2).
-- ``augment``: the policy of `fairbench.augment` (``auto``: RandAugment-style for colour images,
+- ``augment``: the policy of `fairbench.data.augment` (``auto``: RandAugment-style for colour images,
   affine jitter + random erasing for grey ones; ``affine``: the jitter without erasing), applied on
   the device after the standard crop/flip, freshly drawn every time an example is seen; ``none``
   applies nothing, so the hard examples are only oversampled (the control for augmentation).
@@ -33,10 +33,10 @@ exposed as a parameter with a documented default:
   epoch M's set is the non-hard examples, the augmented copies of the hard ones, and the hard
   originals if kept. With the defaults the epoch size is unchanged; hard examples are replaced by
   augmented versions. ``copies`` (plus one if ``keep_original``) is at most the core's bound on an
-  epoch's size (`fairbench.method.MAX_PLAN_FACTOR`, 16x the training set), since every example
+  epoch's size (`fairbench.methods.base.MAX_PLAN_FACTOR`, 16x the training set), since every example
   may be hard.
 - ``base``: ``pgd-at`` (Madry; "an improvement of vanilla adversarial training") or ``trades``
-  (with ``beta``), both from `fairbench.losses`.
+  (with ``beta``), both from `fairbench.methods.losses`.
 
 Inputs: the model takes [0, 1] images and normalizes them by the data set's mean and std in its
 first layer (CIFAR-10: 0.4914/0.4822/0.4465, 0.2471/0.2435/0.2616); what the authors used is not
@@ -69,14 +69,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fairbench.attacks import eval_mode, pgd
-from fairbench.augment import POLICIES, get_policy
-from fairbench.errors import FairbenchError
-from fairbench.evaluate import seeded
-from fairbench.losses import pgd_at_terms, trades_loss, weighted_mean
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.data.augment import POLICIES, get_policy
+from fairbench.errors import check_all
+from fairbench.eval.attacks import eval_mode, pgd
+from fairbench.eval.evaluator import seeded
 from fairbench.methods import register_method
-from fairbench.tune.space import Choice, LogUniform, Uniform
+from fairbench.methods.base import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.methods.losses import pgd_at_terms, trades_loss, weighted_mean
+from fairbench.methods.space import Choice, LogUniform, Uniform
 
 SELECTIONS = ("fraction", "threshold")
 SCORES = ("clean", "adversarial")
@@ -159,9 +159,7 @@ class FairAT(Method):
                 (self.base in BASES, f"base must be one of {', '.join(BASES)}, got '{self.base}'"),
                 (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             ]
-            for ok, message in checks:
-                if not ok:
-                    raise FairbenchError(f"fairat: {message}")
+            check_all(checks, "fairat: ")
 
     @classmethod
     def plan_factor(cls, params: "FairAT.Params") -> float:

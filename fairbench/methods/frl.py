@@ -47,7 +47,7 @@ The authors' protocol, and how to run it here:
   ``preact18-frl`` is their network (no input normalization, no final BN+ReLU) and loads their
   file; a hot start trained by fairbench is ``--init-from RUN_DIR`` (a finished run's folder, with
   ``--arch`` of that run). ``--init-from`` is the core's one way to start from trained weights
-  (`fairbench.init_from`: weights_only, checked against the architecture, recorded in
+  (`fairbench.train.init_from`: weights_only, checked against the architecture, recorded in
   config.json and metrics.json); the ``pretrained`` parameter now only says so. frl-rm's 120
   epochs with drops after epochs 40 and 80 are ``--method frl-rm --epochs 120 --schedule
   piecewise:0.3333,0.6666`` (the lr drops /10 at the first epoch index >= M * epochs: indices 40
@@ -106,14 +106,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from fairbench.attacks import eval_mode, pgd
-from fairbench.data import get_dataset
-from fairbench.errors import FairbenchError
-from fairbench.evaluate import clean_correct, per_class_accuracy
-from fairbench.losses import trades_terms
-from fairbench.method import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.data.datasets import get_dataset
+from fairbench.errors import FairbenchError, check_all
+from fairbench.eval.attacks import eval_mode, pgd
+from fairbench.eval.evaluator import clean_correct, per_class_accuracy
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform, Uniform
+from fairbench.methods.base import BatchContext, EpochContext, EpochPlan, Method
+from fairbench.methods.losses import trades_terms
+from fairbench.methods.space import LogUniform, Uniform
 
 VAL_PGD_STEPS = 20  # the authors' validation attack (configs1)
 EPS_FLOOR = 0.98  # lower clip of the remargin multiplier (cost_sensitive in utils_frl*.py)
@@ -147,9 +147,7 @@ class ReweightParams:
             (self.normalization in NORMALIZATIONS,
              f"normalization must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalization}'"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise FairbenchError(f"frl: {message}")
+        check_all(checks, "frl: ")
 
 
 @dataclass

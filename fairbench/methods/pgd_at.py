@@ -16,16 +16,16 @@ from typing import ClassVar
 
 import torch
 
-from fairbench.losses import pgd_at_terms, weighted_mean
-from fairbench.method import BatchContext, Method
 from fairbench.methods import register_method
+from fairbench.methods.base import BatchContext, Method
+from fairbench.methods.losses import pgd_at_terms, weighted_mean
 
 
 @register_method("pgd-at")
 class PGDAT(Method):
     """Madry et al. (ICLR 2018): cross-entropy on PGD-10 adversarial examples."""
 
-    # `fairbench tune`: only the shared training hyperparameters (fairbench.tune.space.TRAINING_SPACE)
+    # `fairbench tune`: only the shared training hyperparameters (fairbench.methods.space.TRAINING_SPACE)
     space: ClassVar[dict] = {}
 
     def loss(self, ctx: BatchContext) -> torch.Tensor:

@@ -45,10 +45,10 @@ from typing import ClassVar
 import torch
 
 from fairbench.errors import FairbenchError
-from fairbench.losses import trades_loss
-from fairbench.method import BatchContext, Method
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform
+from fairbench.methods.base import BatchContext, Method
+from fairbench.methods.losses import trades_loss
+from fairbench.methods.space import LogUniform
 
 
 @register_method("trades")

@@ -57,13 +57,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fairbench.attacks import eval_mode, pgd
-from fairbench.data import get_dataset
+from fairbench.data.datasets import get_dataset
 from fairbench.errors import FairbenchError
-from fairbench.losses import kl_per_example, trades_terms
-from fairbench.method import BatchContext, EpochContext, Method, require_validation_split
+from fairbench.eval.attacks import eval_mode, pgd
 from fairbench.methods import register_method
-from fairbench.tune.space import LogUniform
+from fairbench.methods.base import BatchContext, EpochContext, Method, require_validation_split
+from fairbench.methods.losses import kl_per_example, trades_terms
+from fairbench.methods.space import LogUniform
 
 
 def hedge_weights(cumulative_cost: torch.Tensor, eta: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from fairbench.errors import FairbenchError
 from fairbench.models._registry import MODELS, register_model  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
-    from fairbench.data import DatasetSpec
+    from fairbench.data.datasets import DatasetSpec
 
 
 class Normalize(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.models.preact_resnet import PreActBlock
 from fairbench.models._registry import register_model
+from fairbench.models.preact_resnet import PreActBlock
 
 
 class WideResNet(nn.Module):

@@ -23,15 +23,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from fairbench.errors import FairbenchError
-from fairbench.machine_key import state_dir
-from fairbench.report.figures import (figure_paths, forest_paths, group_slugs, heatmap_paths, render_chart,
-                                      render_forest, render_heatmap, render_tradeoff, tradeoff_paths)
+from fairbench.files import atomic_write_bytes, ensure_writable
+from fairbench.report.figures import (
+    figure_paths,
+    forest_paths,
+    group_slugs,
+    heatmap_paths,
+    render_chart,
+    render_forest,
+    render_heatmap,
+    render_tradeoff,
+    tradeoff_paths,
+)
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
 from fairbench.report.model import Leaderboard, MethodDefaults, build_leaderboard
 from fairbench.report.sensitivity import load_studies, render_sensitivity, sensitivity_paths
 from fairbench.report.tables import to_csv, to_latex, to_long_csv, to_markdown
-from fairbench.files import atomic_write_bytes, ensure_writable
+from fairbench.runs.machine_key import state_dir
 from fairbench.schema import read_regular
 
 __all__ = ["build_leaderboard", "build_report", "write_report"]
@@ -89,7 +98,7 @@ def _sha256(data: bytes) -> str:
 
 def manifest_path(results_dir: Path) -> Path:
     """Where the report keeps what it wrote into ``results_dir``: this user's state folder
-    (`fairbench.machine_key.state_dir`), ``reports/<sha256 of the folder's real path>.json``."""
+    (`fairbench.runs.machine_key.state_dir`), ``reports/<sha256 of the folder's real path>.json``."""
     where = str(Path(results_dir).resolve())
     return state_dir() / "reports" / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
 

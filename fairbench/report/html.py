@@ -16,11 +16,21 @@ import json
 from html import escape as _escape
 from typing import Sequence
 
-from fairbench.report.model import Group, Leaderboard, Row, threat_name
 from fairbench.report.figures import figure_paths, forest_paths, heatmap_paths, tradeoff_paths, usual_seeds
+from fairbench.report.model import Group, Leaderboard, Row, threat_name
 from fairbench.report.sensitivity import Study, sensitivity_paths
-from fairbench.report.tables import (LEGEND, MASKED, Column, Table, group_tables, one_line, rank_text, shown_threats,
-                                     sort_note, superseded)
+from fairbench.report.tables import (
+    LEGEND,
+    MASKED,
+    Column,
+    Table,
+    group_tables,
+    one_line,
+    rank_text,
+    shown_threats,
+    sort_note,
+    superseded,
+)
 
 
 def escape(text: object) -> str:

@@ -24,9 +24,17 @@ import pandas as pd
 
 from fairbench.errors import FairbenchError
 from fairbench.report.stats import ZERO, Delta, RowStats, tied_ranks
-from fairbench.schema import (OUTCOMES_FILE, UNION, Outcomes, RunRecord, find_metrics, read_metrics,
-                              read_outcomes, threat_columns)
-from fairbench.threat_specs import subset_key, subsets_from_keys, threat_label, threat_spec
+from fairbench.schema import (
+    OUTCOMES_FILE,
+    UNION,
+    Outcomes,
+    RunRecord,
+    find_metrics,
+    read_metrics,
+    read_outcomes,
+    threat_columns,
+)
+from fairbench.specs.threats import subset_key, subsets_from_keys, threat_label, threat_spec
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
 EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",

@@ -10,12 +10,36 @@ Imports point down: ``record`` (dataclasses, limits, outcome arithmetic) <- ``va
 ``files`` (build, write, read); this file only re-exports them.
 """
 
-from fairbench.schema.files import (build_record, find_metrics, outcomes_bytes, parse_metrics, parse_outcomes,
-                                    read_metrics, read_outcomes, read_regular, write_run)
-from fairbench.schema.record import (FINISHED, MAX_METRICS_BYTES, MAX_OUTCOMES_BYTES, MAX_OUTCOMES_TEXT,
-                                     METRICS_FILE, OUTCOMES_FILE, SCHEMA_VERSION, UNION, Outcomes,
-                                     RunRecord, ThreatMetrics, ThreatModel, derive_union, make_outcomes,
-                                     metrics_from_outcomes, summarize, threat_columns)
+from fairbench.schema.files import (
+                                    build_record,
+                                    find_metrics,
+                                    outcomes_bytes,
+                                    parse_metrics,
+                                    parse_outcomes,
+                                    read_metrics,
+                                    read_outcomes,
+                                    read_regular,
+                                    write_run,
+)
+from fairbench.schema.record import (
+                                    FINISHED,
+                                    MAX_METRICS_BYTES,
+                                    MAX_OUTCOMES_BYTES,
+                                    MAX_OUTCOMES_TEXT,
+                                    METRICS_FILE,
+                                    OUTCOMES_FILE,
+                                    SCHEMA_VERSION,
+                                    UNION,
+                                    Outcomes,
+                                    RunRecord,
+                                    ThreatMetrics,
+                                    ThreatModel,
+                                    derive_union,
+                                    make_outcomes,
+                                    metrics_from_outcomes,
+                                    summarize,
+                                    threat_columns,
+)
 from fairbench.schema.validate import check_init_from, check_outcomes, validate
 
 __all__ = ["FINISHED", "MAX_METRICS_BYTES", "MAX_OUTCOMES_BYTES", "MAX_OUTCOMES_TEXT", "METRICS_FILE",

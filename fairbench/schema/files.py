@@ -20,9 +20,21 @@ import numpy as np
 
 from fairbench.errors import FairbenchError
 from fairbench.files import atomic_write_bytes
-from fairbench.schema.record import (MAX_METRICS_BYTES, MAX_OUTCOMES_BYTES, MAX_OUTCOMES_TEXT, METRICS_FILE,
-                                     OUTCOMES_FILE, Outcomes, RunRecord, ThreatModel, dataset_spec,
-                                     metrics_from_outcomes, short, test_size, threat_columns)
+from fairbench.schema.record import (
+    MAX_METRICS_BYTES,
+    MAX_OUTCOMES_BYTES,
+    MAX_OUTCOMES_TEXT,
+    METRICS_FILE,
+    OUTCOMES_FILE,
+    Outcomes,
+    RunRecord,
+    ThreatModel,
+    dataset_spec,
+    metrics_from_outcomes,
+    short,
+    test_size,
+    threat_columns,
+)
 from fairbench.schema.validate import check_outcomes, validate
 
 

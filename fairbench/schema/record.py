@@ -123,13 +123,13 @@ class Outcomes:
 
 def threat_columns() -> list[str]:
     """The outcome columns: every registered threat in order, then ``union``."""
-    from fairbench.threat_specs import threat_names
+    from fairbench.specs.threats import threat_names
 
     return threat_names() + [UNION]
 
 
 def dataset_spec(name: str) -> Any:
-    from fairbench.data_specs import get_dataset
+    from fairbench.specs.datasets import get_dataset
 
     return get_dataset(name)
 

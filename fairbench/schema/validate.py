@@ -17,11 +17,30 @@ import numpy as np
 
 from fairbench.config import SELECT_RULES, is_run_id
 from fairbench.errors import FairbenchError
-from fairbench.schema.record import (FINISHED, MAX_COUNT, MAX_EPOCHS, MAX_PARAMS, MAX_SETTING_TEXT, MAX_TEXT,
-                                     METRICS_FILE, NORMS, SCHEMA_VERSION, TOL, UNION, Outcomes, RunRecord,
-                                     ThreatMetrics, ThreatModel, dataset_spec, derive_union,
-                                     metrics_from_outcomes, short, test_size, threat_columns)
-from fairbench.threat_specs import CLEAN, threat_names
+from fairbench.schema.record import (
+    FINISHED,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_PARAMS,
+    MAX_SETTING_TEXT,
+    MAX_TEXT,
+    METRICS_FILE,
+    NORMS,
+    SCHEMA_VERSION,
+    TOL,
+    UNION,
+    Outcomes,
+    RunRecord,
+    ThreatMetrics,
+    ThreatModel,
+    dataset_spec,
+    derive_union,
+    metrics_from_outcomes,
+    short,
+    test_size,
+    threat_columns,
+)
+from fairbench.specs.threats import CLEAN, threat_names
 
 
 def check_outcomes(outcomes: Outcomes, record: RunRecord, source: str) -> None:

@@ -1,7 +1,7 @@
 """`fairbench tune`: one study per method, N trials each, scored on validation only.
 
 The protocol is DomainBed's (Gulrajani & Lopez-Paz, ICLR 2021): every method gets the same number
-of trials, drawn from the distribution it declares (`fairbench.tune.space`), and each method's
+of trials, drawn from the distribution it declares (`fairbench.methods.space`), and each method's
 trial with the best validation criterion is selected; nothing is chosen on test data.
 
 - **Draws.** Trial 0 of every study is the method's defaults (the paper's values and the
@@ -12,7 +12,7 @@ trial with the best validation criterion is selected; nothing is chosen on test 
   interrupted study resumes without redrawing. The study lives in Optuna's journal file
   (``<out>/study.journal``, file-locked, so the Slurm tasks' folder can hold it); it records the
   space, N, the seed and the run options, and a change of any of them is refused.
-- **Trials** are `fairbench run` commands launched through the sweep's launchers (`fairbench.sweep`:
+- **Trials** are `fairbench run` commands launched through the sweep's launchers (`fairbench.sweep.launch`:
   local pool or Slurm; done trials skipped, stopped ones resumed). Each trains at the protocol
   (seed 0) with ``--score-on validation``: it logs every epoch's validation score and writes
   validation.json, and never loads the test set.
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from fairbench.errors import FairbenchError
+from fairbench.methods.space import RUN_KEYS, Choice, Distribution, LogUniform, check_space, method_space
 from fairbench.schema.validation import VALIDATION_FILE, read_validation
-from fairbench.tune.space import RUN_KEYS, Choice, Distribution, LogUniform, check_space, method_space
 
 STUDY_FILE = "study.journal"
 LOCK_FILE = "study.lock"
@@ -270,8 +270,8 @@ def run_argv(run_args: list[str], trial: TrialSpec, seed: int) -> list[str]:
 def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[list[Any], list[TrialSpec]]:
     """Every trial of the study as a sweep's `PlannedRun`, validated the way `fairbench run`
     validates one, before any starts; and the trials themselves."""
-    from fairbench.runner import prepare
-    from fairbench.sweep_plan import PlannedRun
+    from fairbench.sweep.plan import PlannedRun
+    from fairbench.train.runner import prepare
 
     spec.check()
     base, given = parse_run(list(spec.run_args))
@@ -387,7 +387,7 @@ def study_trials(out: Path, name: str) -> tuple[list[TrialSpec], dict[str, int]]
 def write_trials_csv(out: Path, name: str) -> tuple[Path, list[dict[str, Any]]]:
     """Collect every finished trial of study ``name`` into ``out/trials.csv`` (atomically), tell
     the studies their criteria; returns the file and its rows."""
-    from fairbench.results import atomic_write_text
+    from fairbench.runs.folder import atomic_write_text
 
     trials, sizes = study_trials(out, name)
     rows = []
@@ -420,8 +420,8 @@ def confirm_runs(spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], con
     (``--tuning``). Seed 0 is the selected trial itself, as DomainBed reports the selected run:
     `prepare_seed0` starts its folder from the trial's checkpoint. A method whose study has
     unfinished trials is refused by name."""
-    from fairbench.runner import prepare
-    from fairbench.sweep_plan import PlannedRun
+    from fairbench.sweep.plan import PlannedRun
+    from fairbench.train.runner import prepare
 
     spec.check()
     trials = [t for t in study_trials(Path(spec.out), spec.name)[0] if t.method in spec.methods]
@@ -457,7 +457,7 @@ def prepare_seed0(spec: StudySpec, trial: TrialSpec, cfg: Any, echo: Callable[[s
     weights bit for bit."""
     import shutil
 
-    from fairbench.results import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json
+    from fairbench.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, atomic_write_json
 
     source = Path(spec.out) / "runs" / trial.run_id
     target = Path(cfg.out) / "runs" / str(cfg.run_id)

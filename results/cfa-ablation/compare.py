@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from fairbench.errors import FairbenchError
 from fairbench.report.intervals import pool
 from fairbench.report.model import build_leaderboard

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from fairbench.errors import FairbenchError
-from fairbench.results import read_jsonl
+from fairbench.runs.folder import read_jsonl
 
 EARLY = (4, 6)
 
