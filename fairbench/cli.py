@@ -22,7 +22,7 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, TypeGuard
 
 import typer
 
@@ -615,7 +615,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
-def _is_usage_error(exc: Exception) -> bool:
-    """click's exceptions, whether from click itself or the copy that newer typer versions vendor."""
+def _is_usage_error(exc: Exception) -> TypeGuard[Any]:
+    """click's exceptions, whether from click itself or the copy that newer typer versions vendor
+    (told apart by name, so the type checker learns only that it has click's attributes: Any)."""
     names = {t.__name__ for t in type(exc).__mro__}
     return bool(names & {"ClickException", "TyperException"}) and hasattr(exc, "format_message")

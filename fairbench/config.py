@@ -38,7 +38,7 @@ SCORE_ON = ("test", "validation")  # where a run is scored: the test set, or (a 
 
 
 def option(help: str | Callable[[], str], *, shown: str | None = None, cli_default: Any = None,
-           flag: str | None = None, syntax: str | None = None, parse: Callable[[str], Any] | None = None,
+           flag: str | None = None, syntax: str | None = None, parse: Callable[[Any], Any] | None = None,
            hidden: bool = False) -> dict[str, Any]:
     """A RunConfig field's `fairbench run` option, as the field's metadata: `fairbench.cli` builds the
     option from it and the field's type and default, so a new option is one edit here.
@@ -48,8 +48,9 @@ def option(help: str | Callable[[], str], *, shown: str | None = None, cli_defau
     ``cli_default``: the command line's value of a field without a default, unless a preset sets it.
     ``flag``: the option's name where it is not ``--field-name``. ``syntax``: ``"fraction"`` (a number
     or A/B, as papers write eps) or ``"name=value"`` (repeatable, into a dict). ``parse``: reads the
-    option's text into the field's value. ``hidden``: left out of ``--help`` (another command sets it).
-    A ``bool`` field is ``--x/--no-x``; a ``tuple[str, ...]`` a comma list.
+    option's text (a repeatable option's list of texts) into the field's value. ``hidden``: left out
+    of ``--help`` (another command sets it). A ``bool`` field is ``--x/--no-x``; a ``tuple[str, ...]``
+    a comma list.
     """
     return {"help": help, "shown": shown, "cli_default": cli_default, "flag": flag, "syntax": syntax,
             "parse": parse, "hidden": hidden}
@@ -273,7 +274,7 @@ class RunConfig:
 
 
 # A tuned row's run (`fairbench tune --confirm`): the study, N, the selected trial and the rule.
-TUNING_KEYS = {"study": str, "trials": int, "trial": int, "rule": str}
+TUNING_KEYS: dict[str, type[Any]] = {"study": str, "trials": int, "trial": int, "rule": str}
 
 
 def evaluation_checks(*, seed: int, eps: float | None, eval_batch_size: int | None,

@@ -93,7 +93,9 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor | None, clean_probs: torch
     """Summed objective over the batch (summing keeps every example's gradient independent of N)."""
     logits = logits.float()
     if objective == "ce":
+        assert y is not None  # pgd refuses the CE objective without labels
         return F.cross_entropy(logits, y, reduction="sum")
+    assert clean_probs is not None  # pgd computes them for the KL objective
     return F.kl_div(F.log_softmax(logits, dim=1), clean_probs, reduction="sum")
 
 
@@ -141,6 +143,7 @@ def pgd(
             (grad,) = torch.autograd.grad(attack_loss(logits, y, clean_probs, objective), delta)
             delta = delta.detach()
             if state is not None:
+                assert y is not None  # early stopping needs labels (checked above)
                 delta = state.check(logits.detach(), y, delta)
             moved = delta + step_t * grad.sign()
             moved = torch.clamp(torch.maximum(torch.minimum(moved, eps_t), -eps_t) + x, 0, 1) - x

@@ -116,6 +116,7 @@ def exact_fp32() -> Iterator[None]:
     """cuDNN autotuning off and fp32 convolutions and matmuls in full precision (no TF32) for the
     block; the previous settings are restored after. The flags do nothing on a CPU."""
     backends = torch.backends
+    flags: list[tuple[Any, str, str | bool]]  # (owner, flag, value in the block)
     if hasattr(backends.cudnn, "conv"):  # torch >= 2.9: the legacy allow_tf32 flags must not be mixed in
         flags = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
     else:
@@ -183,7 +184,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
     settings = attack_settings(eps, attacks, seed)
     device = split.labels.device
     indices = torch.arange(len(split)) if indices is None else indices.cpu()
-    key = {"chunk_size": chunk_size, "batch_size": batch_size, "world_size": dist.world_size}
+    key: dict[str, Any] = {"chunk_size": chunk_size, "batch_size": batch_size, "world_size": dist.world_size}
     if state_dir is not None and dist.is_main:
         key["fingerprint"] = fingerprint(model, split.images, split.labels, indices)
     state = EvalState(state_dir, key, indices, dist, device, progress)

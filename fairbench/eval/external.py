@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -137,6 +137,7 @@ def model_from_factory(target: str, spec: DatasetSpec) -> nn.Module:
         raise FairbenchError(f"--model {target}: {module_name} has no {attr}") from None
     if not callable(obj):
         raise FairbenchError(f"--model {target}: {attr} is not callable (a factory that returns the model)")
+    takes: Mapping[str, inspect.Parameter]
     try:
         takes = inspect.signature(obj).parameters
     except (TypeError, ValueError):
@@ -168,6 +169,7 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
         model = model_from_factory(opts.model, spec)
         params = {"source": "factory", "factory": opts.model}
     else:
+        assert opts.arch is not None  # validate(): --checkpoint needs --arch or --model
         model = create_model(opts.arch, spec)
         params = {"source": "checkpoint"}
     if opts.checkpoint is None:  # a factory's own weights: named by their hash

@@ -83,7 +83,8 @@ def foreign_state(state_dir: Path) -> str | None:
 def _update(h: "hashlib._Hash", t: torch.Tensor) -> None:
     flat = t.detach().cpu().contiguous().reshape(-1)
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(flat.view(torch.uint8).numpy())
+    # numpy's stubs make ndarray a buffer (__buffer__) on Python 3.12+ only
+    h.update(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def fingerprint(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -110,7 +111,7 @@ class StageProgress:
 class EvalState:
     """Loads and saves `StageProgress` per threat; a no-op when ``state_dir`` is None."""
 
-    def __init__(self, state_dir: Path | None, key_parts: dict[str, Any],
+    def __init__(self, state_dir: str | Path | None, key_parts: dict[str, Any],
                  indices: torch.Tensor, dist: DistInfo, device: torch.device,
                  progress: Callable[[str], None]) -> None:
         self.dir = Path(state_dir) if state_dir is not None else None

@@ -72,6 +72,7 @@ class EpochContext:
         Each rank computes a contiguous shard and the shards are gathered, so every rank gets the
         full result in the order of ``indices`` (default: the whole split).
         """
+        assert self.config.eval_batch_size is not None  # filled in by RunConfig.resolve
         return map_sharded(fn, self.train if split is None else split, self.dist,
                            self.config.eval_batch_size, indices)
 
@@ -212,7 +213,7 @@ def coerce(value: Any, f: dataclasses.Field, method: str) -> Any:
     bool, int, float and str are understood; a float must be finite. Anything else is a clear error.
     """
     default = f.default if f.default is not dataclasses.MISSING else None
-    kind = type(default) if default is not None else str
+    kind: type[Any] = type(default) if default is not None else str
     problem = f"parameter '{f.name}' of method '{method}' must be a"
     if not isinstance(value, str):
         if kind is float and isinstance(value, int) and not isinstance(value, bool):

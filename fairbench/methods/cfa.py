@@ -168,6 +168,7 @@ class CFA(Method):
         labels = ctx.train.labels
         plan = EpochPlan(torch.arange(len(labels), device=ctx.device))
         if self.params.ccm and self.calibrating(ctx.epoch):
+            assert self.t is not None and ctx.config.eps is not None  # calibrating: t measured; eps: resolve
             eps_k = calibrated_eps(self.t, self.params.lambda1, ctx.config.eps).to(ctx.device)
             plan.eps = eps_k[labels]
             ctx.log["cfa_eps"] = self._named(eps_k, ctx)
@@ -175,6 +176,7 @@ class CFA(Method):
 
     def loss(self, ctx: BatchContext) -> torch.Tensor:
         # CCM keeps the step size whatever each example's eps (the core scales it with eps)
+        assert self.config.step_size is not None  # filled in by RunConfig.resolve
         ctx = dataclasses.replace(ctx, step_size=torch.full_like(ctx.eps, self.config.step_size))
         if self.params.base == "pgd-at":
             ce, adv = pgd_at_outputs(ctx)
@@ -232,6 +234,7 @@ def validation_robust_accuracy(ctx: EpochContext) -> torch.Tensor:
     model, cfg = ctx.model, ctx.config
 
     def robust(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert cfg.eps is not None and cfg.step_size is not None  # filled in by RunConfig.resolve
         x_adv = pgd(model, x, y, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
         return clean_correct(model, x_adv, y).float()
 

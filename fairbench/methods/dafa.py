@@ -114,6 +114,7 @@ class DAFA(Method):
         plan = EpochPlan(torch.arange(len(ctx.train), device=ctx.device))
         if self.weights is not None:
             w = self.weights.to(ctx.device)[ctx.train.labels]
+            assert ctx.config.eps is not None  # filled in by RunConfig.resolve
             plan.eps, plan.weight = w * ctx.config.eps, w  # the trainer scales the step with eps
         return plan
 

@@ -100,6 +100,7 @@ def adversarial_loss(ctx: EpochContext) -> torch.Tensor:
     model, cfg = ctx.model, ctx.config
 
     def ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert cfg.eps is not None and cfg.step_size is not None  # filled in by RunConfig.resolve
         x_adv = pgd(model, x, y, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
         with torch.no_grad():
             return F.cross_entropy(model(x_adv).float(), y, reduction="none")

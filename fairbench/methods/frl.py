@@ -269,6 +269,7 @@ class FRL(Method):
         self._device_weights = None
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        assert ctx.config.eps is not None and ctx.config.step_size is not None  # filled in by RunConfig.resolve
         if ctx.epoch >= self.frl_start(ctx.epochs):
             errors = validation_errors(ctx, ctx.config.eps, ctx.config.step_size)
             self.update(errors, ctx.epoch - self.frl_start(ctx.epochs))

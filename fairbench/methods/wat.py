@@ -79,6 +79,7 @@ def validation_costs(ctx: EpochContext, beta: float) -> torch.Tensor:
     model, cfg, k = ctx.model, ctx.config, ctx.spec.num_classes
 
     def terms(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert cfg.eps is not None and cfg.step_size is not None  # filled in by RunConfig.resolve
         x_adv = pgd(model, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps,
                     objective="kl", init="normal")
         with torch.no_grad():

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 class Normalize(nn.Module):
     """(x - mean) / std with per-channel constants kept as buffers (saved with the model)."""
 
+    mean: torch.Tensor  # buffers (register_buffer): annotated, since torch's stubs type them as Tensor | Module
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))

@@ -75,7 +75,9 @@ def preact18(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 def preact18_frl(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """PreAct ResNet-18 of FRL's code: no final BN+ReLU, raw [0, 1] inputs; loads their hot_start.pt."""
     net = PreActResNet([2, 2, 2, 2], num_classes, in_channels, final_bn=False)
-    net.raw_inputs = True  # create_model: no data-set normalization (the authors' loader has none)
+    # create_model: no data-set normalization (the authors' loader has none); torch's stubs type a
+    # Module's attributes as Tensor | Module
+    net.raw_inputs = True  # type: ignore[assignment]
     return net
 
 

@@ -25,7 +25,7 @@ import textwrap
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,10 +35,13 @@ from matplotlib.transforms import Bbox
 from fairbench.report.model import Group, Leaderboard, Row, slug, threat_name
 from fairbench.report.stats import Interval
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 # text.parse_math off: a "$" in a class or method name is a dollar sign, never mathtext
-_RC = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
-       "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False,
-       "text.usetex": False}
+_RC: dict[RcKeyType, Any] = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
+                             "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False,
+                             "text.usetex": False}
 _PNG_META = {"Software": None}
 _SVG_META = {"Date": None, "Creator": "fairbench"}
 DPI = 110
@@ -379,6 +382,7 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: li
             soft = sum(_overlap(box, b) for b in lines or []) + 0.6 * per_point * math.hypot(dx, dy)
             if best is None or (hard, soft) < best[0]:
                 best = ((hard, soft), spot, box)
+        assert best is not None  # _LABEL_SPOTS is not empty
         _, (dx, dy, ha, va), box = best
         far = abs(dx) > 8 or abs(dy) > 8
         ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=9,

@@ -147,8 +147,8 @@ def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
         rank = "" if row.rank is None else row.rank
         cells = [f'<td data-sort="{rank}" class="rank">{rank_text(row)}</td>']
         for c in cols:
-            text, key = c.cell(row)
-            attrs = f' data-sort="{escape("" if key is None else str(key))}"'
+            text, sort_key = c.cell(row)
+            attrs = f' data-sort="{escape("" if sort_key is None else str(sort_key))}"'
             if c.key == "method":
                 attrs += f' class="method text" title="{escape(_hover(row))}"'
                 flag = (f'<span class="flag" title="{escape(_masked_title(group, row))}">{MASKED}</span>'

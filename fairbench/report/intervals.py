@@ -85,6 +85,7 @@ def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: 
                                         f"interval")]
     whose = f"the baseline's ({baseline})" if why == "baseline" else "most of its group's"
     shared_pool = next(pools[path] for path, key in keys.items() if key == shared)
+    wrong: list[np.ndarray]  # per run, whether each pooled image was misclassified
     warnings, labels, rows, wrong = [], [], [], []
     for label, runs in members.items():
         off = [r.path for r in runs if r.path in keys and keys[r.path] != shared]
@@ -117,9 +118,11 @@ def row_check(group: Group, row: Row, n_resamples: int = N_RESAMPLES) -> Delta |
     if not runs or any(r.outcomes is None or check not in r.record.metrics or rank not in r.record.metrics
                        for r in runs):
         return None
+    wrong: dict[str, list[np.ndarray]]
     pools, wrong = [], {check: [], rank: []}
     for run in runs:
         out = run.outcomes
+        assert out is not None  # runs without outcomes returned None above
         ran = out.ran(check) & out.ran(rank)
         order = np.argsort(out.index[ran], kind="stable")
         pools.append((out.index[ran][order], out.label[ran][order]))

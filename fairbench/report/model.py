@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeGuard
 
 import pandas as pd
 
@@ -77,7 +77,7 @@ def default_rank_threat(rows: Sequence["Row"]) -> str | None:
     whole = [t for t in attacks if all(t in row.threats for row in rows) and on_every_image(runs, t)]
     in_all = [t for t in order if all(t in row.threats for row in rows)]
     in_any = [t for t in order if any(t in row.threats for row in rows)]
-    return (whole or in_all or in_any or [None])[0]
+    return next(iter(whole or in_all or in_any), None)
 
 
 def check_threat(group_threats: Sequence[str], rank_threat: str) -> str | None:
@@ -103,7 +103,7 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
@@ -308,6 +308,7 @@ class Leaderboard:
 def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]], int]:
     """Every usable result under ``results_dir`` (sorted by path), the skipped files with why, the
     runs used without outcomes, and how many metrics.json files there were."""
+    seen: dict[tuple[Any, ...], str]  # (group, experiment, seed) -> the run folder that has it
     runs, skipped, warnings, seen = [], [], [], {}
     paths = find_metrics(results_dir)
     tainted = tainted_trials(results_dir)
@@ -383,9 +384,9 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
     """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
     data = data.assign(row=[row_of_run[i] for i in data["run"]])
     per_run = data.drop_duplicates(["run", "threat"])
-    stats = ["mean", "std", "count"]
-    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(stats)
-    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(stats)
+    summary: list[Any] = ["mean", "std", "count"]  # (pandas-stubs: agg takes a list of functions or names)
+    over_seeds = per_run.groupby(["row", "threat"])[["avg_err", "worst_err", "spread"]].agg(summary)
+    per_class = data.groupby(["row", "threat", "class_index"])["error"].agg(summary)
     # each run's vote goes to every class tied for its worst (metrics.json names only one of them)
     top = data.groupby(["run", "threat"])["error"].transform("max")
     tied = data[data["error"] >= top - TIE]
@@ -398,8 +399,10 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
         best = max((int(counts[j]), err[j]) for j in counts.index)
         names = tuple(class_names[j] for j in sorted(counts.index)
                       if (int(counts[j]), err[j]) >= (best[0], best[1] - TIE))
-        out[row, threat] = ThreatSummary(Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]),
-                                         Stat.of(stats["spread"]), tie_text(names, len(class_names)),
+        avg, worst, spread = Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]), Stat.of(stats["spread"])
+        # every run has these three numbers (metrics.json's avg, worst and std)
+        assert avg is not None and worst is not None and spread is not None
+        out[row, threat] = ThreatSummary(avg, worst, spread, tie_text(names, len(class_names)),
                                          best[0], tuple(classes), worst_classes=names)
     return out
 

@@ -204,8 +204,8 @@ def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Seque
     wrong_count = np.rint(np.nan_to_num(observed) * n_per_class)  # (runs, classes), exact integers
     worst_of_run = np.where(n_per_class > 0, np.nan_to_num(observed, nan=-1.0), -1.0).argmax(1)
     points, draws, counts = [], [], []
-    for runs in rows:
-        runs = np.asarray(runs)
+    for row in rows:
+        runs = np.asarray(row)
         picked = runs[(unit[:, :len(runs)] * len(runs)).astype(np.intp)]  # (B, S) run positions
         rep_class = replicates[np.arange(n_resamples)[:, None], picked].mean(1)  # (B, classes)
         draws.append((np.take_along_axis(rep_avg, picked, 1).mean(1),
@@ -217,19 +217,20 @@ def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Seque
                        (wrong_count[runs].sum(0), n_per_class * len(runs))))  # per class
 
     stats = []
-    for i, (runs, (avg, worst, per_class), (d_avg, d_worst, d_class), (c_avg, c_worst, c_class)) in \
+    for i, (row, (avg, worst, per_class), (d_avg, d_worst, d_class), (c_avg, c_worst, c_class)) in \
             enumerate(zip(rows, points, draws, counts)):
         classes = tuple(_floored(*_interval(per_class[c], d_class[:, c], level), c_class[0][c], c_class[1][c], level)
                         for c in range(n_classes))
         deltas: list[Delta | None] = [None, None]
         if baseline is not None:
             b_points, b_draws, b_counts = points[baseline], draws[baseline], counts[baseline]
-            deltas = [Delta(*_interval(float(p - b_points[j]), d - b_draws[j], level))
-                      for j, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])]
+            measured = [Delta(*_interval(float(p - b_points[j]), d - b_draws[j], level))
+                        for j, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])]
             if i != baseline:  # the baseline against itself is exactly 0
-                deltas = [zero_width_delta(d, min(c[1], b[1]), level)
-                          for d, c, b in zip(deltas, (c_avg, c_worst), b_counts)]
-        stats.append(RowStats(len(runs), _floored(*_interval(avg, d_avg, level), *c_avg, level),
+                measured = [zero_width_delta(d, min(c[1], b[1]), level)
+                            for d, c, b in zip(measured, (c_avg, c_worst), b_counts)]
+            deltas = [*measured]
+        stats.append(RowStats(len(row), _floored(*_interval(avg, d_avg, level), *c_avg, level),
                               _floored(*_interval(worst, d_worst, level), *c_worst, level), classes, *deltas))
     return stats
 

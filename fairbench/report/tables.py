@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import pandas as pd
 
@@ -102,7 +102,7 @@ def _stat_column(threat: str, field: str, header: str, named: bool = True) -> Co
 
 def _delta_column(group: Group, threat: str, field: str, named: bool = True) -> Column:
     def cell(row: Row) -> tuple[str, float | None]:
-        delta = interval(row, threat, f"{field}_delta")
+        delta = cast("Delta | None", interval(row, threat, f"{field}_delta"))  # a *_delta field holds a Delta
         text = delta_text(delta, row.label == group.baseline and threat in row.threats)
         return text, (delta.value if delta else None)
 
@@ -448,9 +448,10 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     label = tex_escape(group.key.label().replace(" · ", ", "))
     what = "worst-class" if group.sort_stat == "worst" else "average"
     base = (f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
-            f"interval excludes 0." if has_delta else "")
+            f"interval excludes 0." if group.baseline is not None else "")
     masked = (f" \\S: possibly masked ({tex_escape(threat_name(group.check_threat))} finds a higher error on the "
-              f"same images)." if any(r.possibly_masked for r in group.rows) else "")
+              f"same images)." if group.check_threat is not None and any(r.possibly_masked for r in group.rows)
+              else "")  # a row is possibly masked only where the group has a check threat
     spec = "@{}r p{0.16\\linewidth} r r" + (" r r" if has_delta else "") + "@{}"
     heads = r"\# & Method & Avg & Worst" + (r" & $\Delta$Avg & $\Delta$Worst" if has_delta else "") + r" \\"
     lines = [f"% {label}: {name}", r"\begin{table}[t]", r"\centering", r"\footnotesize",
@@ -474,7 +475,8 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
             cells = [_tex_pair(s.avg, interval(row, threat, "avg")), _tex_pair(s.worst, interval(row, threat, "worst"))]
             if has_delta:
                 is_base = row.label == group.baseline
-                cells += [_tex_delta_pair(interval(row, threat, f"{f}_delta"), is_base) for f in ("avg", "worst")]
+                cells += [_tex_delta_pair(cast("Delta | None", interval(row, threat, f"{f}_delta")), is_base)
+                          for f in ("avg", "worst")]
             cls = tex_escape(s.worst_class)
         top = [rank_text(row).replace("-", "--"), r"\raggedright " + method] + [c[0] for c in cells]
         below = ["", f"{{\\scriptsize {cls}}}" if cls else ""] + [f"{{\\scriptsize {c[1]}}}" if c[1] else ""

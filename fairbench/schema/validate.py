@@ -110,23 +110,23 @@ def validate(data: Any, source: str = METRICS_FILE) -> RunRecord:
     for key in ("method", "arch"):
         need(_is_name(data.get(key)), f"'{key}'",
              f"is missing or not a name (printable, 1 to {MAX_TEXT} characters)")
-    run_id = data.get("run_id")
+    run_id: Any = data.get("run_id")  # JSON values: Any (need() checks them, not the type checker)
     need(is_run_id(run_id), "'run_id'",
          "is missing or not a folder name (letters, digits, . _ - + =)")
-    dataset = data.get("dataset")
+    dataset: Any = data.get("dataset")
     need(isinstance(dataset, str) and bool(dataset), "'dataset'", "is missing or not a string")
     try:
         spec = dataset_spec(dataset)
     except FairbenchError as exc:
         raise FairbenchError(f"{source}: 'dataset' {exc}") from None
-    classes = data.get("classes")
+    classes: Any = data.get("classes")
     need(classes == list(spec.classes), "'classes'", f"is not the {dataset} classes in their order")
     need(_is_int(data.get("seed")) and 0 <= data["seed"] < 2**32, "'seed'",
          "is missing or not a whole number in [0, 2**32)")
     epochs = data.get("epochs")
     need(epochs is None or (_is_int(epochs) and 0 <= epochs <= MAX_EPOCHS), "'epochs'",
          f"is not a whole number in [0, {MAX_EPOCHS}] or null")
-    threat = data.get("threat")
+    threat: Any = data.get("threat")
     need(isinstance(threat, dict) and set(threat) <= {"norm", "eps"}, "'threat'",
          "is missing or not an object of norm and eps")
     need(threat.get("norm", "Linf") in NORMS, "threat.norm", f"is {short(threat.get('norm'))}, not one of {NORMS}")

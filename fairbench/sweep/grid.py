@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -247,10 +248,10 @@ def _read_sweep_file(path: Path) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise FairbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     else:
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
+        else:  # Python 3.10
+            import tomli as tomllib
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

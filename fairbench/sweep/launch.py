@@ -210,7 +210,7 @@ def _launch_slurm(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
     _raise_for_failures(final, sweep)
 
 
-def _wait(runs: list[PlannedRun], sweep: Path, job: str | None) -> list[Row]:
+def _wait(runs: list[PlannedRun], sweep: Path, job: str) -> list[Row]:
     """Follow a submitted array until none of its tasks is queued or running."""
     _, plan, _ = read_plan(sweep)
     tasks = (plan.get("slurm") or {}).get("tasks", {})

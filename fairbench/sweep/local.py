@@ -17,6 +17,7 @@ kept). A run also gets SIGTERM if the sweep process dies (Linux: `_stop_with`).
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import select
@@ -27,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, cast
 
 from fairbench.errors import FairbenchError
 from fairbench.runs.signals import handling
@@ -153,8 +154,8 @@ def run_child(entry: Entry, argv: list[str], log: str, env: dict[str, str], swee
     os.close(fd)
     os.close(null)
     for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.reconfigure(line_buffering=True)
+        if stream is not None:  # typeshed types sys.stdout as TextIO, which has no reconfigure
+            cast(io.TextIOWrapper, stream).reconfigure(line_buffering=True)
     os.environ.clear()
     os.environ.update(env)
     import torch
@@ -244,10 +245,12 @@ class Pool:
                     if job.state == "running":
                         running.append(job)
                     else:
+                        assert job.slot is not None  # _start gave it the slot
                         free.append(job.slot)
                 for job in [j for j in running if j.proc is not None and j.proc.poll() is not None]:
                     self._finish(job)
                     running.remove(job)
+                    assert job.slot is not None  # a running job has its slot
                     free.append(job.slot)
                 self.display.refresh()
                 time.sleep(POLL_S)
@@ -274,7 +277,9 @@ class Pool:
         self.display.event(job.run.run_id, "started")
 
     def _finish(self, job: Job) -> None:
+        assert job.proc is not None  # called for a started job whose process has ended (poll())
         code = job.proc.returncode
+        assert code is not None
         if code < 0:  # killed by a signal: ours (the sweep was stopped), or someone else's
             self._end(job, "stopped" if self.stopping else "failed", code)
         else:
@@ -292,6 +297,7 @@ class Pool:
     def _signal_all(running: list[Job], sig: int) -> None:
         for job in running:
             try:
-                job.proc.send_signal(sig)
+                if job.proc is not None:
+                    job.proc.send_signal(sig)
             except (OSError, AttributeError):
                 pass

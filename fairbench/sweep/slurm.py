@@ -71,9 +71,11 @@ def parse_time(text: str) -> int:
     if not m:
         raise FairbenchError(f"--time expects minutes or [D-]HH:MM:SS, got {text!r:.40}")
     days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    assert a is not None  # the pattern's one group that is not optional
     if days is not None:   # D-HH[:MM[:SS]]
         seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
     elif c is not None:    # HH:MM:SS
+        assert b is not None  # the pattern fills b before c
         seconds = a * 3600 + b * 60 + c
     elif b is not None:    # MM:SS
         seconds = a * 60 + b

@@ -109,7 +109,7 @@ class Display:
         self._last = time.monotonic()
         self._live.update(self._table(), refresh=True)
 
-    def _table(self):  # type: ignore[no-untyped-def]
+    def _table(self):
         from rich.table import Table
         from rich.text import Text
 

@@ -24,7 +24,7 @@ architecture's weights plus `CHECKPOINT_SLACK`; the weights fit the architecture
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -119,7 +119,7 @@ def _load(path: Path, model: torch.nn.Module, where: str) -> dict[str, Any]:
         raise FairbenchError(f"{where}: {exc}") from None
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

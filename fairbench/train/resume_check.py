@@ -122,7 +122,7 @@ def _check_optimizer(loaded: Any, optimizer: torch.optim.Optimizer) -> None:
           and isinstance(loaded.get("param_groups"), list), "is not an optimizer's state")
     _need(len(loaded["param_groups"]) == len(fresh["param_groups"]),
           f"has not {len(fresh['param_groups'])} parameter group(s)")
-    params = {}
+    params: dict[int, torch.Tensor] = {}  # the saved state's parameter ids -> this run's parameters
     for i, (group, mine, live) in enumerate(zip(loaded["param_groups"], fresh["param_groups"],
                                                  optimizer.param_groups)):
         _need(isinstance(group, dict) and group.get("params") == mine["params"],

@@ -7,7 +7,7 @@ an uninterrupted one would; `fairbench.train.resume_check` compares a checkpoint
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     Of CUDA, only ``device``'s generator (the current device by default): under torchrun each rank
     draws on its own GPU, and a checkpoint must resume on a machine with fewer GPUs.
     """
-    np_state = np.random.get_state()
+    # the global generator is MT19937, whose legacy state is a tuple (numpy types the dict form too)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

@@ -247,6 +247,7 @@ def metrics_record(cfg: RunConfig, *, spec: DatasetSpec, outcomes: Outcomes, sec
     """The run's metrics.json record (`fairbench.schema`): its numbers come from ``outcomes``."""
     ckpt = run_dir / CHECKPOINT_FILE
     used = used_subsets(cfg.subsets, cfg.attacks)  # recorded under each threat's subset key
+    assert cfg.run_id is not None and cfg.eps is not None  # filled in by RunConfig.resolve
     return build_record(
         run_id=cfg.run_id, method=cfg.method, params=cfg.params, arch=cfg.arch, dataset=cfg.dataset,
         seed=cfg.seed, epochs=cfg.epochs, eps=cfg.eps, outcomes=outcomes, preset=cfg.preset,

@@ -46,10 +46,12 @@ class ValidationScorer:
         cfg = self.cfg
 
         def robust(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            assert cfg.eps is not None and cfg.step_size is not None  # filled in by RunConfig.resolve
             x_adv = pgd(model, x, y, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
             with torch.no_grad():
                 return model(x_adv).argmax(1) == y
 
+        assert cfg.eval_batch_size is not None  # filled in by RunConfig.resolve
         with eval_mode(model), seeded(cfg.seed * 1_000_003 + 7_919 * (epoch + 1), self.device):
             correct = map_sharded(robust, self.val, self.dist, cfg.eval_batch_size)
         return per_class_accuracy(correct, self.val.labels, self.num_classes)[0]

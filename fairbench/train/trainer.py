@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -112,8 +112,9 @@ class Trainer:
             wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                           gradient_as_bucket_view=True)
         if self.cfg.compile:  # static shapes: a last, smaller batch compiles once more
-            wrapped = torch.compile(wrapped, dynamic=False)
-            attack = torch.compile(model, dynamic=False)
+            # a compiled module is a module (OptimizedModule); torch's stubs say a callable
+            wrapped = cast(nn.Module, torch.compile(wrapped, dynamic=False))
+            attack = cast(nn.Module, torch.compile(model, dynamic=False))
         return wrapped, attack
 
     @property
@@ -185,6 +186,7 @@ class Trainer:
         plan = self._plan_from_main(plan)
         n = len(plan)
         ones = torch.ones(n, device=self.device)
+        assert self.cfg.eps is not None  # filled in by RunConfig.resolve
         return EpochPlan(plan.indices.to(self.device),
                          None if plan.augment is None else plan.augment.to(self.device),
                          ones * self.cfg.eps if plan.eps is None else plan.eps.to(self.device).float(),
@@ -207,7 +209,8 @@ class Trainer:
         loss_sum, step, seconds = torch.zeros((), device=self.device), 0, 0.0
         if mid is not None:
             ctx.log.update(mid["log"])
-            full = EpochPlan(**{k: None if v is None else v.to(self.device) for k, v in mid["plan"].items()})
+            saved: dict[str, Any] = {k: None if v is None else v.to(self.device) for k, v in mid["plan"].items()}
+            full = EpochPlan(**saved)
             step, seconds = int(mid["step"]), float(mid["seconds"])
             if self.dist.is_main:
                 loss_sum = mid["loss_sum"].to(self.device)
@@ -273,6 +276,8 @@ class Trainer:
         x = standard_augment(self.spec, images) if self.cfg.augment == "standard" else to_float(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        assert batch.eps is not None and batch.weight is not None  # _complete_plan fills them
+        assert self.cfg.eps is not None and self.cfg.step_size is not None  # filled in by RunConfig.resolve
         ctx = BatchContext(model=self.train_model, attack_model=self.attack_model, x=x,
                            y=self.train.labels[batch.indices], eps=batch.eps,
                            step_size=batch.eps * (self.cfg.step_size / self.cfg.eps),
@@ -294,7 +299,8 @@ class Trainer:
         cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
         fields = self.dist.broadcast_object((cpu(plan.indices), cpu(plan.augment), cpu(plan.eps),
                                              cpu(plan.weight)))
-        return EpochPlan(*(None if t is None else t.to(self.device) for t in fields))
+        moved: list[Any] = [None if t is None else t.to(self.device) for t in fields]
+        return EpochPlan(*moved)
 
     def _check_replicas(self, epoch: int) -> None:
         """Under DDP every rank must hold the same weights; a loss that bypasses ctx.model would not."""

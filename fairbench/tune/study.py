@@ -181,6 +181,7 @@ def _draw(spec: StudySpec, method: str, space: dict[str, Distribution], defaults
         except KeyError:
             study = None
     if study is not None and study.user_attrs.get("signature") != signature:
+        assert folder is not None  # a study is only loaded from a folder
         raise FairbenchError(f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
                              f"space, --trials, --tune-seed or run options; its trials stay as they are: start "
                              f"a new study with --study OTHER_NAME (or --out another folder)")
