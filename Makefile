@@ -15,9 +15,11 @@ main: setup
 test: setup
 	$(PY) -m pytest -q
 
-# ruff (pyproject.toml's [tool.ruff]): pycodestyle and pyflakes over the code, tests, benchmarks and scripts
+# ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes and sorted imports over the code, tests,
+# benchmarks and scripts; then mypy (pyproject.toml's [tool.mypy]): the types of the fairbench package
 lint: setup
 	$(VENV)/bin/ruff check fairbench tests bench scripts results
+	$(PY) -m mypy
 
 setup: $(VENV)/.installed
 
