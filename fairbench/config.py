@@ -161,7 +161,9 @@ class RunConfig:
 
         threats = threat_names()
         self.check_types()
-        checks = [
+        # the shared checks first: a bad --eps is named before the --step-size it scales
+        checks = evaluation_checks(seed=self.seed, eps=self.eps, eval_batch_size=self.eval_batch_size,
+                                   eval_per_class=self.eval_per_class, device=self.device) + [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.step_size is None or 0 < self.step_size <= 1,
@@ -191,8 +193,6 @@ class RunConfig:
             (self.score_on != "validation" or bool(self.val_per_class),
              "--score-on validation needs a validation split: pass --val-per-class K"),
         ]
-        checks += evaluation_checks(seed=self.seed, eps=self.eps, eval_batch_size=self.eval_batch_size,
-                                    eval_per_class=self.eval_per_class, device=self.device)
         for name in ("train_per_class", "val_per_class"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1,
