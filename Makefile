@@ -15,10 +15,12 @@ main: setup
 test: setup
 	$(PY) -m pytest -q
 
-# ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes and sorted imports over the code, tests,
-# benchmarks and scripts; then mypy (pyproject.toml's [tool.mypy]): the types of the fairbench package
+# ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes, sorted imports and the formatter's
+# layout over the code, tests, benchmarks and scripts; then mypy (pyproject.toml's [tool.mypy]): the
+# types of the fairbench package. `ruff format fairbench tests bench scripts results` fixes the layout.
 lint: setup
 	$(VENV)/bin/ruff check fairbench tests bench scripts results
+	$(VENV)/bin/ruff format --check fairbench tests bench scripts results
 	$(PY) -m mypy
 
 setup: $(VENV)/.installed

@@ -48,17 +48,27 @@ def synthetic(split: str, _root: Path, _download: bool) -> tuple[torch.Tensor, t
     labels = torch.arange(10).repeat_interleave(PER_CLASS)
     images = torch.randint(0, 90, (len(labels), 3, 32, 32), generator=gen, dtype=torch.uint8)
     for c in range(10):
-        images[labels == c, c % 3, 3 * c: 3 * c + 3, 4:28] = 240
+        images[labels == c, c % 3, 3 * c : 3 * c + 3, 4:28] = 240
     return images, labels
 
 
 if DATASET not in DATASETS.names():
+
     @register_dataset(DATASET)
     def smoke_cifar() -> DatasetSpec:
         """Synthetic CIFAR-shaped data for bench/gpu_smoke.py (no download)."""
-        return DatasetSpec(DATASET, tuple(f"class{c}" for c in range(10)), (3, 32, 32),
-                           (0.3, 0.3, 0.3), (0.3, 0.3, 0.3), eps=EPS, step_size=STEP, crop_padding=4,
-                           hflip=True, load=synthetic)
+        return DatasetSpec(
+            DATASET,
+            tuple(f"class{c}" for c in range(10)),
+            (3, 32, 32),
+            (0.3, 0.3, 0.3),
+            (0.3, 0.3, 0.3),
+            eps=EPS,
+            step_size=STEP,
+            crop_padding=4,
+            hflip=True,
+            load=synthetic,
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -123,7 +133,7 @@ def check_attack_precision(device: torch.device, arch: str, train_steps: int) ->
     """Item 6: the KL attack gives the same perturbation inside bf16 autocast as outside it."""
     model = trained_model(arch, device, train_steps)
     images, _ = synthetic("test", Path("."), False)
-    x = to_float(images[::max(1, PER_CLASS // 10)].to(device)).contiguous(memory_format=torch.channels_last)
+    x = to_float(images[:: max(1, PER_CLASS // 10)].to(device)).contiguous(memory_format=torch.channels_last)
 
     def attack(m: nn.Module) -> torch.Tensor:
         torch.manual_seed(1)
@@ -132,65 +142,110 @@ def check_attack_precision(device: torch.device, arch: str, train_steps: int) ->
     plain = attack(model)
     with torch.autocast(device.type, dtype=torch.bfloat16):
         under = attack(model)
-    lines = [("kl-attack-under-autocast", (
-        "PASS" if torch.equal(plain, under) else "FAIL",
-        f"max |x_adv(autocast) - x_adv(fp32)| = {float((plain - under).abs().max()):.2e}",
-        "0: the attack runs in fp32 whatever autocast surrounds it"))]
+    lines = [
+        (
+            "kl-attack-under-autocast",
+            (
+                "PASS" if torch.equal(plain, under) else "FAIL",
+                f"max |x_adv(autocast) - x_adv(fp32)| = {float((plain - under).abs().max()):.2e}",
+                "0: the attack runs in fp32 whatever autocast surrounds it",
+            ),
+        )
+    ]
     agree = lambda a, b: float(((a - x).sign() == (b - x).sign()).float().mean())  # noqa: E731
     bf16 = attack(Bf16(model))
     kl_fp32, kl_bf16 = kl_reached(model, x, plain), kl_reached(model, x, bf16)
-    lines.append(("kl-attack-bf16-would-be", (
-        "INFO", f"a bf16 attack agrees in sign on {100 * agree(bf16, plain):.1f}% of pixels and reaches "
+    lines.append(
+        (
+            "kl-attack-bf16-would-be",
+            (
+                "INFO",
+                f"a bf16 attack agrees in sign on {100 * agree(bf16, plain):.1f}% of pixels and reaches "
                 f"{100 * kl_bf16 / max(kl_fp32, 1e-12):.1f}% of the fp32 KL ({kl_bf16:.4f} vs {kl_fp32:.4f})",
-        "sign agreement well below 100% (issue 15's CPU stand-in: 61-64%, and 15-18% less KL): "
-        "why the attack runs in fp32")))
+                "sign agreement well below 100% (issue 15's CPU stand-in: 61-64%, and 15-18% less KL): "
+                "why the attack runs in fp32",
+            ),
+        )
+    )
     if device.type == "cuda":
         with exact_fp32():
             ieee = attack(model)
-        lines.append(("kl-attack-tf32-vs-ieee", (
-            "INFO", f"default fp32 (TF32 convolutions) agrees in sign with IEEE fp32 on "
+        lines.append(
+            (
+                "kl-attack-tf32-vs-ieee",
+                (
+                    "INFO",
+                    f"default fp32 (TF32 convolutions) agrees in sign with IEEE fp32 on "
                     f"{100 * agree(plain, ieee):.1f}% of pixels; KL {kl_fp32:.4f} vs {kl_reached(model, x, ieee):.4f}",
-            "near 100% and the same KL; if it is near the bf16 line, training attacks need exact_fp32 too")))
+                    "near 100% and the same KL; if it is near the bf16 line, training attacks need exact_fp32 too",
+                ),
+            )
+        )
     return lines
 
 
-def make_trainer(device: torch.device, arch: str, batch: int, tmp: Path, method: str = "fairat",
-                 params: dict | None = None, **overrides) -> Trainer:
+def make_trainer(
+    device: torch.device,
+    arch: str,
+    batch: int,
+    tmp: Path,
+    method: str = "fairat",
+    params: dict | None = None,
+    **overrides,
+) -> Trainer:
     """A Trainer on the synthetic training set; FairAT on TRADES unless told otherwise."""
     s = spec()
     params = {"base": "trades"} if params is None else params
-    values = dict(method=method, arch=arch, dataset=DATASET, epochs=1, batch_size=batch, params=params,
-                  device=device.type) | overrides
+    values = (
+        dict(method=method, arch=arch, dataset=DATASET, epochs=1, batch_size=batch, params=params, device=device.type)
+        | overrides
+    )
     cfg = RunConfig(**values).resolve(s.eps, s.step_size)
     method_cls = METHODS.get(method)
     images, labels = synthetic("train", Path("."), False)
     torch.manual_seed(0)
-    return Trainer(cfg, spec=s, model=create_model(arch, s).to(device),
-                   method=method_cls(parse_params(method_cls, params), cfg),
-                   train=Split(images, labels).to(device), val=None, run_dir=tmp, dist=DistInfo(), device=device,
-                   progress=False)
+    return Trainer(
+        cfg,
+        spec=s,
+        model=create_model(arch, s).to(device),
+        method=method_cls(parse_params(method_cls, params), cfg),
+        train=Split(images, labels).to(device),
+        val=None,
+        run_dir=tmp,
+        dist=DistInfo(),
+        device=device,
+        progress=False,
+    )
 
 
 def step_plan(trainer: Trainer, batch: int) -> EpochPlan:
     device = trainer.device
     idx = torch.arange(batch, device=device)
-    return EpochPlan(idx, idx % 2 == 0, torch.full((batch,), trainer.cfg.eps, device=device),
-                     torch.ones(batch, device=device))
+    return EpochPlan(
+        idx, idx % 2 == 0, torch.full((batch,), trainer.cfg.eps, device=device), torch.ones(batch, device=device)
+    )
 
 
 # The 2023-24 methods' training steps (per-class statistics, early-stopped attacks, FAAL's
 # on-device solver), set where their class-wise machinery is on: CFA with a measured t and after
 # its `begin`, DAFA in its recording epoch (epoch 0 of a 1-epoch run).
-METHOD_STEPS = {"cfa": ({"fawa": "false"}, 1), "wat": ({}, 0), "bat": ({}, 0), "dafa": ({}, 0),
-                "faal": ({}, 0)}
+METHOD_STEPS = {"cfa": ({"fawa": "false"}, 1), "wat": ({}, 0), "bat": ({}, 0), "dafa": ({}, 0), "faal": ({}, 0)}
 
 
-def check_host_syncs(device: torch.device, arch: str, tmp: Path, method: str = "fairat",
-                     params: dict | None = None, epoch: int = 0) -> list[tuple[str, Check]]:
+def check_host_syncs(
+    device: torch.device, arch: str, tmp: Path, method: str = "fairat", params: dict | None = None, epoch: int = 0
+) -> list[tuple[str, Check]]:
     """Item 9: a training step (FairAT+TRADES by default: augmentation, KL attack, loss, update)
     never syncs; the same for each method of METHOD_STEPS (`check_method_host_syncs`)."""
-    trainer = make_trainer(device, arch, 128 if device.type == "cuda" else 16, tmp, method=method,
-                           params=params, **({"val_per_class": 2} if method == "wat" else {}))
+    trainer = make_trainer(
+        device,
+        arch,
+        128 if device.type == "cuda" else 16,
+        tmp,
+        method=method,
+        params=params,
+        **({"val_per_class": 2} if method == "wat" else {}),
+    )
     if method == "cfa":
         trainer.method.t = torch.linspace(0.2, 0.8, 10)
     plan = step_plan(trainer, trainer.cfg.batch_size)
@@ -211,8 +266,16 @@ def check_host_syncs(device: torch.device, arch: str, tmp: Path, method: str = "
             trainer.train_step(plan, epoch)
         finally:
             torch.tensor = real
-        return [(f"host-syncs-per-step{label}", ("PASS" if not made else "FAIL",
-                 f"{len(made)} torch.tensor calls on host data in one step (CPU stand-in)", "0"))]
+        return [
+            (
+                f"host-syncs-per-step{label}",
+                (
+                    "PASS" if not made else "FAIL",
+                    f"{len(made)} torch.tensor calls on host data in one step (CPU stand-in)",
+                    "0",
+                ),
+            )
+        ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -223,26 +286,34 @@ def check_host_syncs(device: torch.device, arch: str, tmp: Path, method: str = "
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message).splitlines()[0][:100] for w in caught if "synchroniz" in str(w.message)]
     what = "FairAT+TRADES" if method == "fairat" else method
-    return [(f"host-syncs-per-step{label}", ("PASS" if not syncs else "FAIL",
-             f"{len(syncs)} synchronizing CUDA calls in 5 {what} steps"
-             + (f", first: {syncs[0]}" if syncs else ""), "0 (torch.cuda.set_sync_debug_mode)"))]
+    return [
+        (
+            f"host-syncs-per-step{label}",
+            (
+                "PASS" if not syncs else "FAIL",
+                f"{len(syncs)} synchronizing CUDA calls in 5 {what} steps" + (f", first: {syncs[0]}" if syncs else ""),
+                "0 (torch.cuda.set_sync_debug_mode)",
+            ),
+        )
+    ]
 
 
 def check_method_host_syncs(device: torch.device, arch: str, tmp: Path) -> list[tuple[str, Check]]:
     """`check_host_syncs` for each method of METHOD_STEPS."""
-    return [line for method, (params, epoch) in METHOD_STEPS.items()
-            for line in check_host_syncs(device, arch, tmp / method, method, params, epoch)]
+    return [
+        line
+        for method, (params, epoch) in METHOD_STEPS.items()
+        for line in check_host_syncs(device, arch, tmp / method, method, params, epoch)
+    ]
 
 
 def check_resume_layouts(device: torch.device, tmp: Path) -> list[tuple[str, Check]]:
     """Item 7: resumed under the other --channels-last, the fused SGD step is still right."""
     batch = 10 * PER_CLASS // 4
-    first = make_trainer(device, "small-cnn", batch, tmp / "layout", channels_last=False,
-                         attack_steps=2, epochs=2)
+    first = make_trainer(device, "small-cnn", batch, tmp / "layout", channels_last=False, attack_steps=2, epochs=2)
     (tmp / "layout").mkdir()
     first.fit(stop_after_epoch=1)
-    resumed = make_trainer(device, "small-cnn", batch, tmp / "layout", channels_last=True,
-                           attack_steps=2, epochs=2)
+    resumed = make_trainer(device, "small-cnn", batch, tmp / "layout", channels_last=True, attack_steps=2, epochs=2)
     resumed.resume()
     params = [p for p in resumed.model.parameters() if p.ndim == 4]
     buffers = [resumed.optimizer.state[p]["momentum_buffer"] for p in params]
@@ -262,10 +333,17 @@ def check_resume_layouts(device: torch.device, tmp: Path) -> list[tuple[str, Che
     converted = step_difference(buffers)
     unconverted = step_difference([b.contiguous() for b in buffers])
     strides_match = all(b.stride() == p.stride() for b, p in zip(buffers, params))
-    return [("resume-across-layouts", (
-        "PASS" if strides_match and converted < 1e-5 else "FAIL",
-        f"fused vs plain SGD step after the resume: max diff {converted:.1e} (buffers as saved, "
-        f"unconverted: {unconverted:.1e})", "< 1e-5; the unconverted number shows what was wrong"))]
+    return [
+        (
+            "resume-across-layouts",
+            (
+                "PASS" if strides_match and converted < 1e-5 else "FAIL",
+                f"fused vs plain SGD step after the resume: max diff {converted:.1e} (buffers as saved, "
+                f"unconverted: {unconverted:.1e})",
+                "< 1e-5; the unconverted number shows what was wrong",
+            ),
+        )
+    ]
 
 
 def check_compiled_backward(device: torch.device, arch: str, time_inductor: bool) -> list[tuple[str, Check]]:
@@ -286,9 +364,16 @@ def check_compiled_backward(device: torch.device, arch: str, time_inductor: bool
     y = torch.arange(32, device=device) % 10
     torch._dynamo.reset()
     pgd(torch.compile(model, backend=backend, dynamic=False), x, y, eps=EPS, step_size=STEP, steps=2)
-    lines = [("compiled-attack-backward", ("PASS" if counts == [1] else "FAIL",
-              f"gradients per compiled attack backward: {counts}",
-              f"[1] (the input's alone; before: all {sum(1 for _ in model.parameters())} weights too)"))]
+    lines = [
+        (
+            "compiled-attack-backward",
+            (
+                "PASS" if counts == [1] else "FAIL",
+                f"gradients per compiled attack backward: {counts}",
+                f"[1] (the input's alone; before: all {sum(1 for _ in model.parameters())} weights too)",
+            ),
+        )
+    ]
     if not time_inductor:
         return lines + [("compiled-attack-time", ("SKIP", "inductor timing", "runs without --quick on CUDA"))]
     torch._dynamo.reset()
@@ -297,9 +382,16 @@ def check_compiled_backward(device: torch.device, arch: str, time_inductor: bool
     y = torch.arange(128, device=device) % 10
     eager_s = timed(lambda: pgd(model, x, y, eps=EPS, step_size=STEP, steps=10), device, 3)
     compiled_s = timed(lambda: pgd(compiled, x, y, eps=EPS, step_size=STEP, steps=10), device, 3)
-    return lines + [("compiled-attack-time", (
-        "INFO", f"PGD-10 on {arch}, batch 128: eager {1e3 * eager_s:.0f} ms, compiled {1e3 * compiled_s:.0f} ms",
-        "compiled no slower than eager"))]
+    return lines + [
+        (
+            "compiled-attack-time",
+            (
+                "INFO",
+                f"PGD-10 on {arch}, batch 128: eager {1e3 * eager_s:.0f} ms, compiled {1e3 * compiled_s:.0f} ms",
+                "compiled no slower than eager",
+            ),
+        )
+    ]
 
 
 def check_trades_step(device: torch.device, arch: str, batch: int, tmp: Path) -> list[tuple[str, Check]]:
@@ -316,22 +408,43 @@ def check_trades_step(device: torch.device, arch: str, batch: int, tmp: Path) ->
     attack = lambda m: pgd(m, x, eps=EPS, step_size=STEP, steps=10, objective="kl", init="normal")  # noqa: E731
     fp32_s, bf16_s = timed(lambda: attack(model), device, 3), timed(lambda: attack(Bf16(model)), device, 3)
     trainer.model.train()
-    return [(f"trades-step-{arch}", (
-        "INFO", f"batch {batch}, amp={trainer.amp}: {1e3 * seconds:.0f} ms/step, "
-                f"{batch / seconds:.0f} images/s{peak}",
-        "a number to compare runs and machines with")),
-        (f"attack-cost-{arch}", (
-            "INFO", f"KL PGD-10: fp32 {1e3 * fp32_s:.0f} ms, bf16 {1e3 * bf16_s:.0f} ms "
-                    f"(fp32/bf16 = {fp32_s / bf16_s:.2f})",
-            "the price of the fp32 attack; decides whether an attack-precision option is worth adding"))]
+    return [
+        (
+            f"trades-step-{arch}",
+            (
+                "INFO",
+                f"batch {batch}, amp={trainer.amp}: {1e3 * seconds:.0f} ms/step, {batch / seconds:.0f} images/s{peak}",
+                "a number to compare runs and machines with",
+            ),
+        ),
+        (
+            f"attack-cost-{arch}",
+            (
+                "INFO",
+                f"KL PGD-10: fp32 {1e3 * fp32_s:.0f} ms, bf16 {1e3 * bf16_s:.0f} ms "
+                f"(fp32/bf16 = {fp32_s / bf16_s:.2f})",
+                "the price of the fp32 attack; decides whether an attack-precision option is worth adding",
+            ),
+        ),
+    ]
 
 
 def check_short_run(device: torch.device, arch: str, eval_per_class: int, tmp: Path) -> list[tuple[str, Check]]:
     """FairAT on TRADES, 2 epochs, stopped after the first and resumed, then clean/PGD-20/AutoAttack."""
-    cfg = RunConfig(method="fairat", arch=arch, dataset=DATASET, epochs=2, batch_size=100,
-                    params={"base": "trades"}, eval_per_class=eval_per_class,
-                    attacks=("clean", "pgd20", "autoattack"), device=device.type, out=str(tmp / "runs"),
-                    run_id="smoke", download=False)
+    cfg = RunConfig(
+        method="fairat",
+        arch=arch,
+        dataset=DATASET,
+        epochs=2,
+        batch_size=100,
+        params={"base": "trades"},
+        eval_per_class=eval_per_class,
+        attacks=("clean", "pgd20", "autoattack"),
+        device=device.type,
+        out=str(tmp / "runs"),
+        run_id="smoke",
+        download=False,
+    )
     quiet = dict(progress=False, echo=lambda _m: None)
     t0 = time.perf_counter()
     run(cfg, stop_after_epoch=1, **quiet)
@@ -339,15 +452,25 @@ def check_short_run(device: torch.device, arch: str, eval_per_class: int, tmp: P
     metrics = read_metrics(run_dir / "metrics.json").to_json()
     seconds = time.perf_counter() - t0
     m = metrics["metrics"]
-    ok = (set(m) == {"clean", "pgd20", "autoattack", "union"}
-          and all(u <= a <= c for u, a, c in zip(m["union"]["per_class"], m["autoattack"]["per_class"],
-                                                 m["clean"]["per_class"]))
-          and metrics["env"].get("eval_backend") == {"cudnn_benchmark": False, "tf32": False})
-    return [("fairat-trades-run", (
-        "PASS" if ok else "FAIL",
-        f"{seconds:.0f}s; clean {m['clean']['avg']:.3f}, pgd20 {m['pgd20']['avg']:.3f}, autoattack "
-        f"{m['autoattack']['avg']:.3f}; amp={metrics['training'].get('amp')}",
-        "finishes after the resume; union <= autoattack <= clean per class; eval_backend recorded"))]
+    ok = (
+        set(m) == {"clean", "pgd20", "autoattack", "union"}
+        and all(
+            u <= a <= c
+            for u, a, c in zip(m["union"]["per_class"], m["autoattack"]["per_class"], m["clean"]["per_class"])
+        )
+        and metrics["env"].get("eval_backend") == {"cudnn_benchmark": False, "tf32": False}
+    )
+    return [
+        (
+            "fairat-trades-run",
+            (
+                "PASS" if ok else "FAIL",
+                f"{seconds:.0f}s; clean {m['clean']['avg']:.3f}, pgd20 {m['pgd20']['avg']:.3f}, autoattack "
+                f"{m['autoattack']['avg']:.3f}; amp={metrics['training'].get('amp')}",
+                "finishes after the resume; union <= autoattack <= clean per class; eval_backend recorded",
+            ),
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
             lambda: check_method_host_syncs(device, "preact18" if gpu else "small-cnn", tmp / "method-syncs"),
             lambda: check_resume_layouts(device, tmp),
             lambda: check_compiled_backward(device, "preact18" if gpu else "small-cnn", gpu and not args.quick),
-            lambda: check_trades_step(device, ("preact18" if args.quick else "wrn-28-10") if gpu else "small-cnn",
-                                      128 if gpu else 16, tmp / "step"),
+            lambda: check_trades_step(
+                device,
+                ("preact18" if args.quick else "wrn-28-10") if gpu else "small-cnn",
+                128 if gpu else 16,
+                tmp / "step",
+            ),
             lambda: check_short_run(device, "preact18" if gpu else "small-cnn", 10 if gpu else 2, tmp),
         ]
         for step in steps:

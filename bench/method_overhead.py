@@ -48,8 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--val-per-class", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=10,
-                   help="run length the methods plan for; their hooks are timed at the last epoch")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="run length the methods plan for; their hooks are timed at the last epoch",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
@@ -68,13 +72,23 @@ def method_hooks(name: str, base: RunConfig, ctx: EpochContext) -> Callable[[], 
     if name not in METHODS.names():
         return "not registered on this checkout"
     try:
-        cfg, _, method_cls, params = prepare(RunConfig(**{**base.to_dict(), "method": name,
-                                                          "params": {}, "run_id": None}))
+        cfg, _, method_cls, params = prepare(
+            RunConfig(**{**base.to_dict(), "method": name, "params": {}, "run_id": None})
+        )
     except FairbenchError as exc:
         return str(exc)
     method = method_cls(params, cfg)
-    method_ctx = EpochContext(epoch=ctx.epoch, epochs=ctx.epochs, model=ctx.model, spec=ctx.spec,
-                              train=ctx.train, val=ctx.val, config=cfg, device=ctx.device, dist=ctx.dist)
+    method_ctx = EpochContext(
+        epoch=ctx.epoch,
+        epochs=ctx.epochs,
+        model=ctx.model,
+        spec=ctx.spec,
+        train=ctx.train,
+        val=ctx.val,
+        config=cfg,
+        device=ctx.device,
+        dist=ctx.dist,
+    )
 
     def run() -> None:
         method.plan_epoch(method_ctx)
@@ -89,18 +103,39 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, spec, method_cls, params = prepare(RunConfig(
-            method="pgd-at", arch=args.arch, dataset=args.dataset, epochs=args.epochs,
-            batch_size=args.batch_size, device=args.device, out=tmp, run_id="bench",
-            train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-            data_dir=args.data_dir, download=False))
+        cfg, spec, method_cls, params = prepare(
+            RunConfig(
+                method="pgd-at",
+                arch=args.arch,
+                dataset=args.dataset,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                device=args.device,
+                out=tmp,
+                run_id="bench",
+                train_per_class=args.train_per_class,
+                val_per_class=args.val_per_class,
+                data_dir=args.data_dir,
+                download=False,
+            )
+        )
         device = resolve_device(cfg.device)
         full = load_split(spec, "train", cfg.data_dir, download=False)
         train, val = train_val_split(full, spec.num_classes, cfg.train_per_class, cfg.val_per_class)
         train, val = train.to(device), val.to(device)
         model = create_model(cfg.arch, spec).to(device)
-        trainer = Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=train, val=val,
-                          run_dir=Path(tmp), dist=DistInfo(), device=device, progress=False)
+        trainer = Trainer(
+            cfg,
+            spec=spec,
+            model=model,
+            method=method_cls(params, cfg),
+            train=train,
+            val=val,
+            run_dir=Path(tmp),
+            dist=DistInfo(),
+            device=device,
+            progress=False,
+        )
         ctx = trainer.epoch_context(cfg.epochs - 1)
         jobs: dict[str, Callable[[], object]] = {
             "pgd-at epoch": lambda: trainer.train_epoch(0),
@@ -115,16 +150,19 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 jobs[f"{name} hooks"] = hooks
         seconds = measure(jobs, args.rounds, device)
-    print(f"{cfg.arch} on {cfg.dataset}: {len(train)} training and {len(val)} validation images, "
-          f"batch {cfg.batch_size}, eval batch {cfg.eval_batch_size}, {args.rounds} rounds; "
-          f"device {device} ({device_name(device)}), torch {torch.__version__}")
+    print(
+        f"{cfg.arch} on {cfg.dataset}: {len(train)} training and {len(val)} validation images, "
+        f"batch {cfg.batch_size}, eval batch {cfg.eval_batch_size}, {args.rounds} rounds; "
+        f"device {device} ({device_name(device)}), torch {torch.__version__}"
+    )
     report(seconds)
     for name, why in skipped.items():
         print(f"{name} hooks: skipped ({why})")
 
 
-def measure(jobs: dict[str, Callable[[], object]], rounds: int,
-            device: torch.device) -> dict[str, list[tuple[float, float]]]:
+def measure(
+    jobs: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> dict[str, list[tuple[float, float]]]:
     """Seconds (wall, CPU) of each job per round, after one warm-up round; order rotates."""
     names = list(jobs)
     seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in names}

@@ -38,12 +38,21 @@ def write_runs(root: Path, methods: int, seeds: int, per_class: int, aa_per_clas
             clean = rng.random(labels.size) < level + 0.15
             pgd = clean & (rng.random(labels.size) < level)
             aa = pgd & (rng.random(labels.size) < 0.95)
-            outcomes = make_outcomes(np.arange(labels.size), labels,
-                                     {"clean": clean, "pgd20": pgd, "autoattack": np.where(subset, aa, -1)})
-            record = build_record(run_id=f"{method}-{seed}", method=method, params={}, arch="testbed-cnn",
-                                  dataset="fashion-mnist", seed=seed, epochs=8, eps=0.1,
-                                  training={"epochs": 8, "train_per_class": None, "eval_per_class": None},
-                                  outcomes=outcomes)
+            outcomes = make_outcomes(
+                np.arange(labels.size), labels, {"clean": clean, "pgd20": pgd, "autoattack": np.where(subset, aa, -1)}
+            )
+            record = build_record(
+                run_id=f"{method}-{seed}",
+                method=method,
+                params={},
+                arch="testbed-cnn",
+                dataset="fashion-mnist",
+                seed=seed,
+                epochs=8,
+                eps=0.1,
+                training={"epochs": 8, "train_per_class": None, "eval_per_class": None},
+                outcomes=outcomes,
+            )
             folder = root / "runs" / f"{method}-{seed}"
             folder.mkdir(parents=True)
             write_run(folder, record, outcomes)
@@ -63,14 +72,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=1000, help="test images per class (10 classes)")
     parser.add_argument("--aa-per-class", type=int, default=100)
-    parser.add_argument("--keep", type=Path, help="write the runs into KEEP/results and keep them "
-                        "(to time the command line, imports included)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="write the runs into KEEP/results and keep them (to time the command line, imports included)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = (args.keep or Path(tmp)) / "results"
         n = write_runs(root, args.methods, args.seeds, args.per_class, args.aa_per_class)
-        print(f"{n} runs x {10 * args.per_class} outcomes (AutoAttack on {args.aa_per_class}/class); "
-              f"load average before: {os.getloadavg()[0]:.1f}")
+        print(
+            f"{n} runs x {10 * args.per_class} outcomes (AutoAttack on {args.aa_per_class}/class); "
+            f"load average before: {os.getloadavg()[0]:.1f}"
+        )
         times: list = []
         board = timed("read + validate", lambda: build_leaderboard(root), times)
         board = timed("bootstrap", lambda: add_intervals(board), times)
@@ -78,8 +92,10 @@ def main() -> None:
         for label, wall, cpu in times:
             print(f"{label:16s} wall {wall:6.2f} s   cpu {cpu:6.2f} s")
         total = [sum(t[i] for t in times) for i in (1, 2)]
-        print(f"{'whole report':16s} wall {total[0]:6.2f} s   cpu {total[1]:6.2f} s   "
-              f"(load average after: {os.getloadavg()[0]:.1f}; 2 cores)")
+        print(
+            f"{'whole report':16s} wall {total[0]:6.2f} s   cpu {total[1]:6.2f} s   "
+            f"(load average after: {os.getloadavg()[0]:.1f}; 2 cores)"
+        )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_args(args: argparse.Namespace, out: Path) -> list[str]:
     extra = ["--data-dir", args.data_dir] if args.data_dir else []
-    return ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
-            "--train-per-class", str(args.train_per_class), "--eval-per-class", str(args.eval_per_class),
-            "--attacks", "clean,pgd20", "--device", "cpu", "--no-download", "--out", str(out), *extra]
+    return [
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(args.epochs),
+        "--train-per-class",
+        str(args.train_per_class),
+        "--eval-per-class",
+        str(args.eval_per_class),
+        "--attacks",
+        "clean,pgd20",
+        "--device",
+        "cpu",
+        "--no-download",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -59,25 +76,32 @@ def main() -> None:
     seeds = list(range(args.runs))
 
     imports = statistics.median(
-        timed([sys.executable, "-c", "import fairbench.cli, fairbench.train.runner"], env) for _ in range(3))
+        timed([sys.executable, "-c", "import fairbench.cli, fairbench.train.runner"], env) for _ in range(3)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         loop_out = Path(tmp) / "loop"
-        t_loop = sum(timed([*py, "run", "--method", "pgd-at", "--seed", str(s), "--no-progress",
-                            *run_args(args, loop_out)], env) for s in seeds)
+        t_loop = sum(
+            timed([*py, "run", "--method", "pgd-at", "--seed", str(s), "--no-progress", *run_args(args, loop_out)], env)
+            for s in seeds
+        )
         grid = ["sweep", "--methods", "pgd-at", "--seeds", f"0-{args.runs - 1}"]
         t_one = timed([*py, *grid, *run_args(args, Path(tmp) / "one"), "--workers", "1"], env)
         t_two = timed([*py, *grid, *run_args(args, Path(tmp) / "two"), "--workers", "2"], env)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{args.runs} runs: pgd-at, small-cnn, fashion-mnist, {args.epochs} epoch(s), "
-          f"{args.train_per_class} train / {args.eval_per_class} test images per class, clean + PGD-20; "
-          f"{cores} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(
+        f"{args.runs} runs: pgd-at, small-cnn, fashion-mnist, {args.epochs} epoch(s), "
+        f"{args.train_per_class} train / {args.eval_per_class} test images per class, clean + PGD-20; "
+        f"{cores} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
     print(f"one after another   {t_loop:7.1f} s   ({t_loop / args.runs:.1f} s per run)")
     print(f"sweep --workers 1   {t_one:7.1f} s")
     print(f"sweep --workers 2   {t_two:7.1f} s")
     print(f"sweep(2 workers) / one after another   {t_two / t_loop:.3f}   (goal <= 0.6)")
-    print(f"per run: process start + imports {imports:.2f} s; the sweep adds "
-          f"{(t_one - t_loop) / args.runs:+.2f} s (sweep --workers 1 vs the loop)")
+    print(
+        f"per run: process start + imports {imports:.2f} s; the sweep adds "
+        f"{(t_one - t_loop) / args.runs:+.2f} s (sweep --workers 1 vs the loop)"
+    )
 
 
 if __name__ == "__main__":

@@ -45,21 +45,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default="small-cnn")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--method", default="pgd-at", help="registered method the trainer runs")
-    p.add_argument("--data", choices=("real", "random"), default=None,
-                   help="real files, or random uint8 images of the data set's shape "
-                        "(default: real for fashion-mnist, random otherwise)")
+    p.add_argument(
+        "--data",
+        choices=("real", "random"),
+        default=None,
+        help="real files, or random uint8 images of the data set's shape "
+        "(default: real for fashion-mnist, random otherwise)",
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="batches per epoch")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--ref-workers", type=int, default=0,
-                   help="DataLoader workers of the reference loop (0: TRADES' setting without CUDA)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="trainer bf16 autocast (default: the trainer's, on for CUDA)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="trainer channels-last (default: the trainer's)")
+    p.add_argument(
+        "--ref-workers",
+        type=int,
+        default=0,
+        help="DataLoader workers of the reference loop (0: TRADES' setting without CUDA)",
+    )
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="trainer bf16 autocast (default: the trainer's, on for CUDA)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="trainer channels-last (default: the trainer's)",
+    )
     p.add_argument("--compile", action="store_true", help="trainer torch.compile")
     return p.parse_args(argv)
 
@@ -77,8 +93,10 @@ def bench_split(spec: DatasetSpec, n: int, kind: str, data_dir: str | None) -> S
 
 # ---------------------------------------------------------------- the reference's own PGD
 
-def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                  step_size: float, steps: int) -> torch.Tensor:
+
+def reference_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int
+) -> torch.Tensor:
     """PGD as research repositories write it: uniform start, sign steps, clip to the ball and [0, 1]."""
     x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
@@ -90,8 +108,9 @@ def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return x_adv.detach()
 
 
-def pgd_train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                   cfg: RunConfig) -> torch.Tensor:
+def pgd_train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig
+) -> torch.Tensor:
     """One PGD-AT step: attack in eval mode, then CE on the adversarial batch in train mode."""
     model.eval()
     x_adv = reference_pgd(model, x, y, cfg.eps, cfg.step_size, cfg.attack_steps)
@@ -104,14 +123,21 @@ def pgd_train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
 
 
 def sgd(model: nn.Module, cfg: RunConfig, fused: bool) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        **({"fused": True} if fused else {}),
+    )
 
 
 # ---------------------------------------------------------------- the three contenders
 
-def make_limit(cfg: RunConfig, spec: DatasetSpec, train: Split, trainer: Trainer,
-               device: torch.device) -> Callable[[], int]:
+
+def make_limit(
+    cfg: RunConfig, spec: DatasetSpec, train: Split, trainer: Trainer, device: torch.device
+) -> Callable[[], int]:
     """Repeat the bare PGD-10 step on one device batch, with the trainer's model settings."""
     model = create_model(cfg.arch, spec).to(device)
     x = standard_augment(spec, train.images[: cfg.batch_size])
@@ -170,8 +196,9 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def make_reference(cfg: RunConfig, spec: DatasetSpec, train: Split, device: torch.device,
-                   workers: int) -> Callable[[], int]:
+def make_reference(
+    cfg: RunConfig, spec: DatasetSpec, train: Split, device: torch.device, workers: int
+) -> Callable[[], int]:
     """The plain loop: DataLoader + per-image transforms, fp32 NCHW, `.item()` every step."""
     from torchvision import transforms
 
@@ -180,8 +207,11 @@ def make_reference(cfg: RunConfig, spec: DatasetSpec, train: Split, device: torc
     steps += [transforms.RandomHorizontalFlip()] if spec.hflip else []
     loader = torch.utils.data.DataLoader(
         PILImages(train, transforms.Compose([*steps, transforms.ToTensor()])),
-        batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-        pin_memory=device.type == "cuda")
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     model = create_model(cfg.arch, spec).to(device)
     opt = sgd(model, cfg, fused=False)
 
@@ -198,6 +228,7 @@ def make_reference(cfg: RunConfig, spec: DatasetSpec, train: Split, device: torc
 
 # ---------------------------------------------------------------- main
 
+
 def images_per_s(fn: Callable[[], int], device: torch.device) -> tuple[float, float]:
     """Images/s by the wall clock and by CPU time."""
     out: list[int] = []
@@ -212,42 +243,77 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     kind = args.data or ("real" if args.dataset == "fashion-mnist" else "random")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, spec, method_cls, params = prepare(RunConfig(
-            method=args.method, arch=args.arch, dataset=args.dataset, epochs=args.rounds + 1,
-            batch_size=args.batch_size, device=args.device, out=tmp, run_id="bench",
-            amp=args.amp, channels_last=args.channels_last, compile=args.compile))
+        cfg, spec, method_cls, params = prepare(
+            RunConfig(
+                method=args.method,
+                arch=args.arch,
+                dataset=args.dataset,
+                epochs=args.rounds + 1,
+                batch_size=args.batch_size,
+                device=args.device,
+                out=tmp,
+                run_id="bench",
+                amp=args.amp,
+                channels_last=args.channels_last,
+                compile=args.compile,
+            )
+        )
         device = resolve_device(cfg.device)
         train = bench_split(spec, args.batch_size * args.steps, kind, args.data_dir).to(device)
         run_dir = Path(tmp) / "runs" / "bench"
         run_dir.mkdir(parents=True)
         model = create_model(cfg.arch, spec).to(device)
-        trainer = Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=train, val=None,
-                          run_dir=run_dir, dist=DistInfo(), device=device, progress=True)
+        trainer = Trainer(
+            cfg,
+            spec=spec,
+            model=model,
+            method=method_cls(params, cfg),
+            train=train,
+            val=None,
+            run_dir=run_dir,
+            dist=DistInfo(),
+            device=device,
+            progress=True,
+        )
         trainer_epoch = make_trainer_epoch(trainer)
-        contenders = {"limit": make_limit(cfg, spec, train, trainer, device),
-                      "trainer": trainer_epoch,
-                      "reference": make_reference(cfg, spec, train, device, args.ref_workers)}
+        contenders = {
+            "limit": make_limit(cfg, spec, train, trainer, device),
+            "trainer": trainer_epoch,
+            "reference": make_reference(cfg, spec, train, device, args.ref_workers),
+        }
         rates: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         checkpoint_s: list[float] = []
         names = list(contenders)
         for round_ in range(args.rounds + 1):
-            for name in names[round_ % 3:] + names[: round_ % 3]:  # rotate: load drifts hit all alike
+            for name in names[round_ % 3 :] + names[: round_ % 3]:  # rotate: load drifts hit all alike
                 rate = images_per_s(contenders[name], device)
                 if round_ > 0:  # round 0 warms up caches, allocators and (with --compile) graphs
                     rates[name].append(rate)
             checkpoint_s.append(timed(trainer_epoch.checkpoint, device)[0])
     report(args, kind, cfg, trainer, device, rates)
-    print(f"checkpoint (model, optimizer, RNG; atomic write with fsync): "
-          f"{median_line(checkpoint_s[1:])} s wall each, once per epoch")
+    print(
+        f"checkpoint (model, optimizer, RNG; atomic write with fsync): "
+        f"{median_line(checkpoint_s[1:])} s wall each, once per epoch"
+    )
 
 
-def report(args: argparse.Namespace, kind: str, cfg: RunConfig, trainer: Trainer,
-           device: torch.device, rates: dict[str, list[tuple[float, float]]]) -> None:
-    print(f"{cfg.arch} on {cfg.dataset} ({kind} data), method {cfg.method}, batch {cfg.batch_size}, "
-          f"{args.steps} steps/epoch, {args.rounds} rounds; device {device} ({device_name(device)}), "
-          f"torch {torch.__version__}")
-    print(f"trainer settings: channels_last={trainer.channels_last} amp(bf16)={trainer.amp} "
-          f"compile={cfg.compile}; reference: fp32 NCHW, DataLoader workers={args.ref_workers}")
+def report(
+    args: argparse.Namespace,
+    kind: str,
+    cfg: RunConfig,
+    trainer: Trainer,
+    device: torch.device,
+    rates: dict[str, list[tuple[float, float]]],
+) -> None:
+    print(
+        f"{cfg.arch} on {cfg.dataset} ({kind} data), method {cfg.method}, batch {cfg.batch_size}, "
+        f"{args.steps} steps/epoch, {args.rounds} rounds; device {device} ({device_name(device)}), "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"trainer settings: channels_last={trainer.channels_last} amp(bf16)={trainer.amp} "
+        f"compile={cfg.compile}; reference: fp32 NCHW, DataLoader workers={args.ref_workers}"
+    )
     for clock, i in (("wall clock", 0), ("process CPU time", 1)):
         print(f"-- by {clock} (median of rounds; each round in parentheses)")
         for key, values in rates.items():

@@ -39,12 +39,24 @@ from fairbench.train.runner import config_from_run_dir
 __all__ = ["create_model", "evaluate", "list_methods", "load_model"]
 
 
-def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
-             attacks: str | Sequence[str] = ("clean", "pgd20", "autoattack"), n_per_class: int | None = None,
-             subsets: dict[str, int] | None = None, aa_per_class: int | None = None,
-             device: str = "auto", batch_size: int | None = None,
-             seed: int = 0, data_dir: str | None = None, download: bool = True, out: str | Path | None = None,
-             run_id: str | None = None, progress: Callable[[str], None] | None = None) -> RunRecord:
+def evaluate(
+    model: nn.Module,
+    dataset: str,
+    *,
+    eps: float | None = None,
+    attacks: str | Sequence[str] = ("clean", "pgd20", "autoattack"),
+    n_per_class: int | None = None,
+    subsets: dict[str, int] | None = None,
+    aa_per_class: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    download: bool = True,
+    out: str | Path | None = None,
+    run_id: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunRecord:
     """Evaluate ``model`` per class on ``dataset``'s test images; returns the run's record.
 
     ``model`` takes images in [0, 1] (fairbench adds no normalization; `create_model` and
@@ -62,30 +74,54 @@ def evaluate(model: nn.Module, dataset: str, *, eps: float | None = None,
     """
     if not isinstance(model, nn.Module):
         raise FairbenchError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, value in (("n_per_class", n_per_class), ("aa_per_class", aa_per_class),
-                        ("batch_size", batch_size), ("seed", seed)):
+    for name, value in (
+        ("n_per_class", n_per_class),
+        ("aa_per_class", aa_per_class),
+        ("batch_size", batch_size),
+        ("seed", seed),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise FairbenchError(f"evaluate: {name} must be a whole number, got {value!r:.40}")
     if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))):
         raise FairbenchError(f"evaluate: eps must be a number (8/255, not '8/255'), got {eps!r:.40}")
-    names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if isinstance(attacks, str) \
-        else tuple(attacks)
+    names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if isinstance(attacks, str) else tuple(attacks)
     if subsets is not None and not isinstance(subsets, dict):
         raise FairbenchError(f"evaluate: subsets must be a dict of threat -> images per class, got {subsets!r:.40}")
     subsets = {**subsets_from_keys({"aa_per_class": aa_per_class}), **(subsets or {})}  # the older name
-    opts = EvalOptions(dataset=dataset, attacks=names, n_per_class=n_per_class, subsets=subsets,
-                       eps=None if eps is None else float(eps), seed=seed, batch_size=batch_size,
-                       device=device, data_dir=data_dir, download=download,
-                       out=str(out) if out is not None else "results", run_id=run_id)
+    opts = EvalOptions(
+        dataset=dataset,
+        attacks=names,
+        n_per_class=n_per_class,
+        subsets=subsets,
+        eps=None if eps is None else float(eps),
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        data_dir=data_dir,
+        download=download,
+        out=str(out) if out is not None else "results",
+        run_id=run_id,
+    )
     opts.validate_values()
     spec = get_dataset(dataset)
-    source = {"method": "external", "arch": type(model).__name__[:200] or "model",
-              "params": {"source": "python", "weights_sha256": fingerprint(model, *(torch.zeros(0),) * 3)},
-              "checkpoint": {"file": None, "sha256": None}}
+    source = {
+        "method": "external",
+        "arch": type(model).__name__[:200] or "model",
+        "params": {"source": "python", "weights_sha256": fingerprint(model, *(torch.zeros(0),) * 3)},
+        "checkpoint": {"file": None, "sha256": None},
+    }
     was_training = model.training
     try:
-        _, record = evaluate_model(model, source, opts, spec, resolve_device(device), DistInfo(),
-                                   progress or (lambda _line: None), write=out is not None)
+        _, record = evaluate_model(
+            model,
+            source,
+            opts,
+            spec,
+            resolve_device(device),
+            DistInfo(),
+            progress or (lambda _line: None),
+            write=out is not None,
+        )
     finally:
         model.train(was_training)
     return record
@@ -102,14 +138,18 @@ def load_model(run_dir: str | Path, *, device: str = "cpu") -> nn.Module:
     model = _create_model(cfg.arch, spec)
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
-        raise FairbenchError(f"{run_dir}: no {CHECKPOINT_FILE}; committed results carry none (rerun the run, "
-                             f"or use its folder on the machine that trained it)")
+        raise FairbenchError(
+            f"{run_dir}: no {CHECKPOINT_FILE}; committed results carry none (rerun the run, "
+            f"or use its folder on the machine that trained it)"
+        )
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     state = load_checkpoint(path, max_bytes=MAX_CHECKPOINT_FACTOR * weights + CHECKPOINT_SLACK)
     epoch = state.get("epoch")
     if "mid_epoch" in state or epoch != cfg.epochs:
-        raise FairbenchError(f"{run_dir} is not a finished run: its checkpoint is after epoch {epoch!r:.20} "
-                             f"of {cfg.epochs}; finish it first (fairbench resume {run_dir})")
+        raise FairbenchError(
+            f"{run_dir} is not a finished run: its checkpoint is after epoch {epoch!r:.20} "
+            f"of {cfg.epochs}; finish it first (fairbench resume {run_dir})"
+        )
     selection = state.get("selection")
     if cfg.select == "best-val":
         if not isinstance(selection, dict) or not isinstance(selection.get("best_model"), dict):
@@ -129,4 +169,3 @@ def create_model(arch: str, dataset: str | DatasetSpec) -> nn.Module:
 def list_methods() -> list[str]:
     """The registered training methods (built-in and from the ``fairbench.methods`` entry points)."""
     return METHODS.names()
-

@@ -32,8 +32,11 @@ from fairbench.registry import unknown_name
 from fairbench.runs.signals import Preempted, StopSignals
 from fairbench.specs.threats import parse_subsets, subset_aliases, subset_flag
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train and evaluate robust-fairness methods; per-class leaderboards.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train and evaluate robust-fairness methods; per-class leaderboards.",
+)
 
 
 def _print_version(value: bool) -> None:
@@ -46,8 +49,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main_options(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="print fairbench's version and exit"),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print fairbench's version and exit"
+    ),
 ) -> None:
     """Train and evaluate robust-fairness methods; per-class leaderboards (error in %, lower is better)."""
 
@@ -88,8 +92,11 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 @app.command("list")
 def list_cmd(
-    as_json: bool = typer.Option(False, "--json", help="print one JSON document (for scripts): every "
-                                 "entry's whole summary and its parameters' exact defaults"),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="print one JSON document (for scripts): every entry's whole summary and its parameters' exact defaults",
+    ),
 ) -> None:
     """List the registered methods, architectures, data sets, threats and presets with their parameters."""
     from fairbench.methods import METHODS
@@ -97,15 +104,18 @@ def list_cmd(
     from fairbench.specs.datasets import DATASETS
     from fairbench.specs.threats import THREATS
 
-    registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS),
-                  ("threats", THREATS))
+    registries = (("methods", METHODS), ("architectures", MODELS), ("datasets", DATASETS), ("threats", THREATS))
     if as_json:
-        doc: dict[str, Any] = {title: [{"name": e.name, "summary": e.summary, "params": _jsonable(e.params)}
-                                       for e in registry.entries()] for title, registry in registries}
+        doc: dict[str, Any] = {
+            title: [{"name": e.name, "summary": e.summary, "params": _jsonable(e.params)} for e in registry.entries()]
+            for title, registry in registries
+        }
         for entry in doc["methods"]:
             entry["space"] = _space_of(entry["name"])
-        doc["presets"] = [{"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""),
-                           "settings": _jsonable(settings)} for name, settings in PRESETS.items()]
+        doc["presets"] = [
+            {"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""), "settings": _jsonable(settings)}
+            for name, settings in PRESETS.items()
+        ]
         typer.echo(json.dumps(doc, indent=2, allow_nan=False))
         return
     width = max(len(name) for name in [*PRESETS, *(e.name for _, r in registries for e in r.entries())])
@@ -113,11 +123,19 @@ def list_cmd(
     columns = max(60, shutil.get_terminal_size((100, 24)).columns)
 
     def show(name: str, text: str, params: dict[str, Any]) -> None:
-        typer.echo(textwrap.fill(f"  {name:<{width}}  {text}", columns, subsequent_indent=indent,
-                                 break_on_hyphens=False))
+        typer.echo(
+            textwrap.fill(f"  {name:<{width}}  {text}", columns, subsequent_indent=indent, break_on_hyphens=False)
+        )
         if params:
-            typer.echo(textwrap.fill(", ".join(f"{k}={_show_value(v)}" for k, v in params.items()), columns,
-                                     initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False))
+            typer.echo(
+                textwrap.fill(
+                    ", ".join(f"{k}={_show_value(v)}" for k, v in params.items()),
+                    columns,
+                    initial_indent=indent,
+                    subsequent_indent=indent,
+                    break_on_hyphens=False,
+                )
+            )
 
     for title, registry in registries:
         typer.echo(f"{title}:")
@@ -125,9 +143,15 @@ def list_cmd(
             show(entry.name, entry.summary, entry.params)
             space = _space_of(entry.name) if registry is METHODS else None
             if space:
-                typer.echo(textwrap.fill("tune: " + ", ".join(f"{k} ~ {d}" for k, d in space.items()), columns,
-                                         initial_indent=indent, subsequent_indent=indent + "  ",
-                                         break_on_hyphens=False))
+                typer.echo(
+                    textwrap.fill(
+                        "tune: " + ", ".join(f"{k} ~ {d}" for k, d in space.items()),
+                        columns,
+                        initial_indent=indent,
+                        subsequent_indent=indent + "  ",
+                        break_on_hyphens=False,
+                    )
+                )
     typer.echo("presets (--preset NAME; options given beside it win):")
     for name, settings in PRESETS.items():
         show(name, PRESET_DESCRIPTIONS.get(name, ""), settings)
@@ -173,16 +197,25 @@ def run_cmd(ctx: typer.Context, **options: Any) -> None:
     with StopSignals():  # a signal while torch loads, before the runner's own handler: exit 75 too
         from fairbench.train.runner import run
 
-        run(cfg, resume=options["resume"], progress=options["progress"], echo=typer.echo,
-            stop_after_epoch=options["stop_after_epoch"])
+        run(
+            cfg,
+            resume=options["resume"],
+            progress=options["progress"],
+            echo=typer.echo,
+            stop_after_epoch=options["stop_after_epoch"],
+        )
 
 
 def _process_options() -> dict[str, tuple[Any, Any]]:
     """`fairbench run`'s options that are no RunConfig field: how this process carries the run out."""
     return {
         "resume": (bool, typer.Option(False, help="continue the run from its last checkpoint")),
-        "stop_after_epoch": (Optional[int], typer.Option(
-            None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)")),
+        "stop_after_epoch": (
+            Optional[int],
+            typer.Option(
+                None, help="checkpoint and stop after this epoch, without evaluating (continue with --resume)"
+            ),
+        ),
         "progress": (bool, typer.Option(True, help="show a progress bar")),
     }
 
@@ -205,9 +238,10 @@ def run_signature(config: type = RunConfig) -> inspect.Signature:
 def _subset_alias_options() -> dict[str, tuple[Any, Any]]:
     """A threat's older subset option (``--aa-per-class K``, `fairbench.specs.threats.subset_aliases`): hidden,
     the same as ``--subset THREAT=K``."""
-    return {key: (Optional[int], typer.Option(None, subset_flag(key), hidden=True,
-                                              help=f"the same as --subset {threat}=K"))
-            for key, threat in subset_aliases().items()}
+    return {
+        key: (Optional[int], typer.Option(None, subset_flag(key), hidden=True, help=f"the same as --subset {threat}=K"))
+        for key, threat in subset_aliases().items()
+    }
 
 
 def with_subset_aliases(subsets: dict[str, int], o: dict[str, Any], given: set[str]) -> dict[str, int]:
@@ -261,8 +295,10 @@ def _field_option(f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
         return Optional[bool], typer.Option(default, f"{flag}/--no-{flag[2:]}", **info)
     if base in (int, float, str) and not meta.get("syntax"):
         return Optional[base], typer.Option(default, flag, **info)
-    raise TypeError(f"RunConfig.{f.name}: no `fairbench run` option reads {hint} (see fairbench.config.option), "
-                    f"or name the field in NOT_RUN_OPTIONS")
+    raise TypeError(
+        f"RunConfig.{f.name}: no `fairbench run` option reads {hint} (see fairbench.config.option), "
+        f"or name the field in NOT_RUN_OPTIONS"
+    )
 
 
 def _read_option(f: dataclasses.Field, hint: Any, value: Any) -> Any:
@@ -327,12 +363,17 @@ def resume_cmd(
 @app.command("report")
 def report_cmd(
     results: str = typer.Option("results", help="results folder: reads every metrics.json under it"),
-    baseline: Optional[str] = typer.Option(None, help="method (or row label) every other row is "
-                                           "compared with [default: pgd-at, where a group has it]"),
-    rank_by: Optional[str] = typer.Option(None, "--rank-by", help="THREAT[:worst|avg] that ranks each group, "
-                                          "e.g. autoattack:worst [default: worst-class error under the "
-                                          "strongest attack run on every test image, pgd20 where AutoAttack "
-                                          "runs on a subset]"),
+    baseline: Optional[str] = typer.Option(
+        None, help="method (or row label) every other row is compared with [default: pgd-at, where a group has it]"
+    ),
+    rank_by: Optional[str] = typer.Option(
+        None,
+        "--rank-by",
+        help="THREAT[:worst|avg] that ranks each group, "
+        "e.g. autoattack:worst [default: worst-class error under the "
+        "strongest attack run on every test image, pgd20 where AutoAttack "
+        "runs on a subset]",
+    ),
 ) -> None:
     """Leaderboard tables, charts and index.html from the runs' metrics.json and outcomes files."""
     from pathlib import Path
@@ -350,20 +391,27 @@ def report_cmd(
     board, markdown, written = write_report(Path(results), board)
     typer.echo(markdown, nl=False)
     figures = sum(1 for p in written if p.parent.name == "figures")
-    typer.echo(f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/leaderboard_long.csv, {results}/index.html "
-               f"and {figures} figures in {results}/figures/", err=True)
+    typer.echo(
+        f"wrote {results}/leaderboard.{{md,csv,tex}}, {results}/leaderboard_long.csv, {results}/index.html "
+        f"and {figures} figures in {results}/figures/",
+        err=True,
+    )
 
 
 # The launcher's options, declared once for every command that starts runs (sweep, tune): a run of a
 # sweep and a trial of a study go out the same way.
 _LAUNCHER_OPTIONS = {
     "launcher": (str, typer.Option("local", help="local (this machine) or slurm (a job array)")),
-    "workers": (Optional[int], typer.Option(None, help="local: runs at once (default: one per GPU, else "
-                                            "one per core)")),
+    "workers": (
+        Optional[int],
+        typer.Option(None, help="local: runs at once (default: one per GPU, else one per core)"),
+    ),
     "partition": (Optional[str], typer.Option(None, help="slurm: partition")),
     "time": (Optional[str], typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)")),
-    "gpus_per_run": (Optional[int], typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for "
-                                                 "--device cpu)")),
+    "gpus_per_run": (
+        Optional[int],
+        typer.Option(None, help="slurm: GPUs per run, 0 or 1 (default 1; 0 for --device cpu)"),
+    ),
     "cpus_per_run": (Optional[int], typer.Option(None, help="slurm: CPU cores per run")),
     "mem": (Optional[str], typer.Option(None, help="slurm: memory per run, e.g. 32G")),
     "wait": (bool, typer.Option(False, help="slurm: follow the job array until it ends, then summarize")),
@@ -375,8 +423,10 @@ def _with_launcher_options(command: Any) -> Any:
     with them gathered into one ``launch`` argument, a `fairbench.sweep.launch.LaunchOptions`
     whose runs call `main`."""
     signature = inspect.signature(command)
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, (kind, option) in _LAUNCHER_OPTIONS.items()]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, (kind, option) in _LAUNCHER_OPTIONS.items()
+    ]
     own = [p for p in signature.parameters.values() if p.name != "launch"]
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -398,18 +448,24 @@ def sweep_cmd(
     methods: Optional[str] = typer.Option(None, help="comma list of methods, e.g. pgd-at,trades"),
     seeds: Optional[str] = typer.Option(None, help="seeds: 0-2, or 0,1,5 (default 0)"),
     param_grid: List[str] = typer.Option(
-        [], help="method parameter with several values, name=v1,v2 (repeatable); multiplies the runs "
-                 "of the methods that have it"),
+        [],
+        help="method parameter with several values, name=v1,v2 (repeatable); multiplies the runs "
+        "of the methods that have it",
+    ),
     grid: List[str] = typer.Option(
-        [], help="`fairbench run` option with several values, name=v1,v2 (repeatable), e.g. "
-                 "arch=small-cnn,testbed-cnn"),
+        [], help="`fairbench run` option with several values, name=v1,v2 (repeatable), e.g. arch=small-cnn,testbed-cnn"
+    ),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="sweep file (TOML, or YAML)"),
     dry_run: bool = typer.Option(False, help="print the grid and stop"),
     retry_failed: bool = typer.Option(False, help="run again the runs that failed in an earlier sweep"),
-    reevaluate: bool = typer.Option(False, help="evaluate again, from their checkpoints, the finished runs "
-                                    "evaluated with other --attacks, --eval-per-class or --subset"),
-    max_runs: int = typer.Option(1000, help="the most runs the grid may have (a guard against a typo "
-                                 "in --seeds or a grid)"),
+    reevaluate: bool = typer.Option(
+        False,
+        help="evaluate again, from their checkpoints, the finished runs "
+        "evaluated with other --attacks, --eval-per-class or --subset",
+    ),
+    max_runs: int = typer.Option(
+        1000, help="the most runs the grid may have (a guard against a typo in --seeds or a grid)"
+    ),
     report: bool = typer.Option(False, help="run `fairbench report` on the results folder at the end"),
     status: Optional[Path] = typer.Option(None, help="show where the sweep in this results folder stands"),
     launch: Any = None,
@@ -442,8 +498,11 @@ def sweep_cmd(
     if report and not (opts.launcher == "slurm" and not opts.wait):
         report_cmd(results=runs[0].out, baseline=None, rank_by=None)
     elif report:
-        typer.echo(f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
-                   f"are done (or pass --wait)", err=True)
+        typer.echo(
+            f"--report: the runs are queued; run `fairbench report --results {runs[0].out}` once they "
+            f"are done (or pass --wait)",
+            err=True,
+        )
 
 
 @app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -451,17 +510,24 @@ def sweep_cmd(
 def tune_cmd(
     ctx: typer.Context,
     methods: str = typer.Option(..., help="comma list of methods to tune, e.g. pgd-at,fairat"),
-    trials: int = typer.Option(..., help="trials per method (the same N for every method); trial 0 "
-                               "is the method's defaults, the rest are random draws"),
+    trials: int = typer.Option(
+        ...,
+        help="trials per method (the same N for every method); trial 0 "
+        "is the method's defaults, the rest are random draws",
+    ),
     study: str = typer.Option("default", help="the study's name (a new name starts a new study)"),
     tune_seed: int = typer.Option(0, help="seed of the draws"),
     dry_run: bool = typer.Option(False, help="print the draws and the trials, start nothing, record nothing"),
     retry_failed: bool = typer.Option(False, help="run again the trials that failed before"),
-    confirm: bool = typer.Option(False, help="run the tuned rows: each method's selected trial at --seeds, "
-                                 "scored on the test set in --confirm-out (seed 0: the selected trial itself)"),
+    confirm: bool = typer.Option(
+        False,
+        help="run the tuned rows: each method's selected trial at --seeds, "
+        "scored on the test set in --confirm-out (seed 0: the selected trial itself)",
+    ),
     seeds: str = typer.Option("0-2", help="--confirm: the tuned rows' seeds"),
-    confirm_out: Optional[str] = typer.Option(None, help="--confirm: results folder of the tuned rows "
-                                              "(default: the folder above --out, e.g. results)"),
+    confirm_out: Optional[str] = typer.Option(
+        None, help="--confirm: results folder of the tuned rows (default: the folder above --out, e.g. results)"
+    ),
     launch: Any = None,
 ) -> None:
     """Tune methods with the same budget: N seeded draws each, scored on validation only.
@@ -481,8 +547,14 @@ def tune_cmd(
     if "--out" not in run_args and not any(a.startswith("--out=") for a in run_args):
         run_args += ["--out", "results/tuning"]
     out = parse_run_args(run_args)[0].out
-    spec = tune.StudySpec(name=study, trials=trials, seed=tune_seed, methods=tuple(sweep_grid.split_list(methods)),
-                          run_args=tuple(run_args), out=out)
+    spec = tune.StudySpec(
+        name=study,
+        trials=trials,
+        seed=tune_seed,
+        methods=tuple(sweep_grid.split_list(methods)),
+        run_args=tuple(run_args),
+        out=out,
+    )
     if confirm:
         where = confirm_out or str(Path(out).resolve().parent)
         runs, seed0 = tune.confirm_runs(spec, parse_run_args, sweep_grid.parse_seeds(seeds), where, typer.echo)
@@ -498,8 +570,7 @@ def tune_cmd(
         return
     path, rows = tune.write_trials_csv(Path(out), study)
     chosen = [f"{r['method']}: trial {r['trial']}" for r in rows if r["selected"]]
-    typer.echo(f"wrote {path} ({len(rows)} finished trial(s)"
-               + (f"; selected {', '.join(chosen)})" if chosen else ")"))
+    typer.echo(f"wrote {path} ({len(rows)} finished trial(s)" + (f"; selected {', '.join(chosen)})" if chosen else ")"))
 
 
 def _run_click_command() -> Any:
@@ -513,8 +584,9 @@ def run_options() -> dict[str, Any]:
     table = {}
     for p in _run_click_command().params:
         if p.opts and p.opts[0].startswith("--"):
-            table[p.name] = RunOption(p.opts[0], p.secondary_opts[0] if p.secondary_opts else None,
-                                      bool(getattr(p, "is_flag", False)))
+            table[p.name] = RunOption(
+                p.opts[0], p.secondary_opts[0] if p.secondary_opts else None, bool(getattr(p, "is_flag", False))
+            )
     return table
 
 
@@ -532,24 +604,35 @@ def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, help="state_dict or checkpoint file (any origin)"),
     arch: Optional[str] = typer.Option(None, help="architecture of --checkpoint (see `fairbench list`)"),
     model: Optional[str] = typer.Option(
-        None, metavar="MODULE:FACTORY", help="any importable model instead of --arch: package.module:factory "
+        None,
+        metavar="MODULE:FACTORY",
+        help="any importable model instead of --arch: package.module:factory "
         "returns it for inputs in [0, 1] (called with num_classes= and in_channels= when it takes them); "
-        "with --checkpoint, those weights are loaded into it"),
+        "with --checkpoint, those weights are loaded into it",
+    ),
     dataset: str = typer.Option("cifar10", help="cifar10, cifar100 or fashion-mnist"),
-    robustbench: Optional[str] = typer.Option(None, help="a RobustBench zoo model name instead of "
-                                              "--checkpoint (needs the robustbench extra)"),
+    robustbench: Optional[str] = typer.Option(
+        None, help="a RobustBench zoo model name instead of --checkpoint (needs the robustbench extra)"
+    ),
     threat_model: str = typer.Option("Linf", help="RobustBench threat model (fairbench evaluates Linf)"),
-    model_dir: Optional[str] = typer.Option(None, help="RobustBench model folder "
-                                            "(default ~/.cache/fairbench/robustbench)"),
+    model_dir: Optional[str] = typer.Option(
+        None, help="RobustBench model folder (default ~/.cache/fairbench/robustbench)"
+    ),
     attacks: str = typer.Option("clean,pgd20,autoattack", help="comma list of clean,pgd20,autoattack"),
     eval_per_class: Optional[int] = typer.Option(None, help="evaluate on the first K test images per class"),
     n_per_class: Optional[int] = typer.Option(None, hidden=True),  # --eval-per-class's old name
-    subset: List[str] = typer.Option([], metavar="NAME=K", help="run threat NAME on the first K evaluated "
-                                     "test images per class only (repeatable), e.g. autoattack=50"),
+    subset: List[str] = typer.Option(
+        [],
+        metavar="NAME=K",
+        help="run threat NAME on the first K evaluated test images per class only (repeatable), e.g. autoattack=50",
+    ),
     aa_per_class: Optional[int] = typer.Option(None, hidden=True),  # --subset autoattack=K's old form
-    eps: Optional[float] = typer.Option(None, parser=parse_number, metavar="FLOAT|A/B",
-                                        help="L-inf radius, a number or a fraction such as 8/255 (default: "
-                                             "8/255 CIFAR, 0.1 Fashion-MNIST)"),
+    eps: Optional[float] = typer.Option(
+        None,
+        parser=parse_number,
+        metavar="FLOAT|A/B",
+        help="L-inf radius, a number or a fraction such as 8/255 (default: 8/255 CIFAR, 0.1 Fashion-MNIST)",
+    ),
     seed: int = typer.Option(0, help="seed of the attacks' random starts"),
     eval_batch_size: Optional[int] = typer.Option(None, help="evaluation batch size (default 500 CUDA, 128 CPU)"),
     batch_size: Optional[int] = typer.Option(None, hidden=True),  # --eval-batch-size's old name
@@ -565,12 +648,26 @@ def eval_cmd(
     subsets = parse_subsets(subset)
     subsets = with_subset_aliases(subsets, {"aa_per_class": aa_per_class}, set(subsets))
 
-    opts = EvalOptions(dataset=dataset, checkpoint=checkpoint, arch=arch, model=model, robustbench=robustbench,
-                       threat_model=threat_model, model_dir=model_dir, attacks=parse_attacks(attacks),
-                       n_per_class=_one_of(eval_per_class, n_per_class, "--eval-per-class", "--n-per-class"),
-                       subsets=subsets, eps=eps, seed=seed,
-                       batch_size=_one_of(eval_batch_size, batch_size, "--eval-batch-size", "--batch-size"),
-                       device=device, data_dir=data_dir, download=download, out=out, run_id=run_id)
+    opts = EvalOptions(
+        dataset=dataset,
+        checkpoint=checkpoint,
+        arch=arch,
+        model=model,
+        robustbench=robustbench,
+        threat_model=threat_model,
+        model_dir=model_dir,
+        attacks=parse_attacks(attacks),
+        n_per_class=_one_of(eval_per_class, n_per_class, "--eval-per-class", "--n-per-class"),
+        subsets=subsets,
+        eps=eps,
+        seed=seed,
+        batch_size=_one_of(eval_batch_size, batch_size, "--eval-batch-size", "--batch-size"),
+        device=device,
+        data_dir=data_dir,
+        download=download,
+        out=out,
+        run_id=run_id,
+    )
     run_eval(opts, echo=typer.echo)
 
 

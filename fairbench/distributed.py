@@ -162,9 +162,11 @@ def cuda_index(local_rank: int, visible: int) -> int:
         return local_rank
     if visible == 1:
         return 0
-    raise FairbenchError(f"LOCAL_RANK is {local_rank} but this process sees {visible} GPUs "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-                         f"start at most {visible} processes per machine, or show each one GPU")
+    raise FairbenchError(
+        f"LOCAL_RANK is {local_rank} but this process sees {visible} GPUs "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+        f"start at most {visible} processes per machine, or show each one GPU"
+    )
 
 
 def shutdown_distributed() -> None:

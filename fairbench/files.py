@@ -42,8 +42,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise FairbenchError(f"cannot write {path}: {exc.strerror or exc}; "
-                                 f"the previous file there (if any) is unchanged") from None
+            raise FairbenchError(
+                f"cannot write {path}: {exc.strerror or exc}; the previous file there (if any) is unchanged"
+            ) from None
         raise
     _fsync_dir(path.parent)
 

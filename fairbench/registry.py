@@ -65,7 +65,8 @@ def _params(obj: Any) -> dict[str, Any]:
         return {
             p.name: p.default
             for p in sig.parameters.values()
-            if p.default is not inspect.Parameter.empty and p.kind == p.KEYWORD_ONLY
+            if p.default is not inspect.Parameter.empty
+            and p.kind == p.KEYWORD_ONLY
             and p.name not in ("num_classes", "in_channels")
         }
     return {}
@@ -82,8 +83,9 @@ def _field_default(f: dataclasses.Field) -> Any:
 class Registry(Generic[T]):
     """Name -> object, with a clear error listing the valid names for an unknown one."""
 
-    def __init__(self, kind: str, loader: Callable[[], None] | None = None,
-                 check: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(
+        self, kind: str, loader: Callable[[], None] | None = None, check: Callable[[str, Any], None] | None = None
+    ) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._loader = loader

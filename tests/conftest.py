@@ -33,8 +33,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         path.write_bytes(data)
 
 
-def make_fashion_mnist(folder: Path, n_train_per_class: int = 30, n_test_per_class: int = 10,
-                       seed: int = 0) -> Path:
+def make_fashion_mnist(folder: Path, n_train_per_class: int = 30, n_test_per_class: int = 10, seed: int = 0) -> Path:
     """A tiny, learnable Fashion-MNIST look-alike: class c is a bright bar at row 2c."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +42,7 @@ def make_fashion_mnist(folder: Path, n_train_per_class: int = 30, n_test_per_cla
         rng.shuffle(labels)
         images = rng.integers(0, 60, size=(len(labels), 28, 28))
         for i, c in enumerate(labels):
-            images[i, 2 * c + 4: 2 * c + 7, 4:24] = 230
+            images[i, 2 * c + 4 : 2 * c + 7, 4:24] = 230
         write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
     return folder

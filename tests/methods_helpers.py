@@ -21,7 +21,7 @@ def bars(n_per_class: int, seed: int = 0) -> Split:
     labels = torch.arange(10).repeat_interleave(n_per_class)
     images = torch.randint(0, 60, (len(labels), 1, 28, 28), generator=gen, dtype=torch.uint8)
     for c in range(10):
-        images[labels == c, :, 2 * c + 4: 2 * c + 7, 4:24] = 230
+        images[labels == c, :, 2 * c + 4 : 2 * c + 7, 4:24] = 230
     return Split(images, labels)
 
 
@@ -54,8 +54,9 @@ def grey_split(levels: list[float], labels: list[int]) -> Split:
 
 def resolved(method: str, params: dict[str, Any] | None = None, **overrides: Any) -> tuple[RunConfig, Any, type]:
     """A resolved Fashion-MNIST config through the runner's own parsing; (cfg, params, class)."""
-    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", device="cpu",
-                    params=params or {}, **overrides)
+    cfg = RunConfig(
+        method=method, arch="small-cnn", dataset="fashion-mnist", device="cpu", params=params or {}, **overrides
+    )
     cfg, _spec, method_cls, parsed = prepare(cfg)
     return cfg, parsed, method_cls
 
@@ -65,15 +66,35 @@ def build(method: str, params: dict[str, Any] | None = None, **overrides: Any) -
     return method_cls(parsed, cfg)
 
 
-def epoch_ctx(method: Method, model: nn.Module, train: Split, val: Split | None, epoch: int,
-              epochs: int = 10) -> EpochContext:
-    return EpochContext(epoch=epoch, epochs=epochs, model=model, spec=SPEC, train=train, val=val,
-                        config=method.config, device=torch.device("cpu"), dist=DistInfo())
+def epoch_ctx(
+    method: Method, model: nn.Module, train: Split, val: Split | None, epoch: int, epochs: int = 10
+) -> EpochContext:
+    return EpochContext(
+        epoch=epoch,
+        epochs=epochs,
+        model=model,
+        spec=SPEC,
+        train=train,
+        val=val,
+        config=method.config,
+        device=torch.device("cpu"),
+        dist=DistInfo(),
+    )
 
 
-def batch_ctx(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 3,
-              epoch: int = 0) -> BatchContext:
+def batch_ctx(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 3, epoch: int = 0
+) -> BatchContext:
     n = x.shape[0]
-    return BatchContext(model=model, attack_model=model, x=x, y=y, eps=torch.full((n,), eps),
-                        step_size=torch.full((n,), eps / 4), steps=steps, weight=torch.ones(n), epoch=epoch,
-                        spec=SPEC)
+    return BatchContext(
+        model=model,
+        attack_model=model,
+        x=x,
+        y=y,
+        eps=torch.full((n,), eps),
+        step_size=torch.full((n,), eps / 4),
+        steps=steps,
+        weight=torch.ones(n),
+        epoch=epoch,
+        spec=SPEC,
+    )

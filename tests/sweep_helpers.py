@@ -12,9 +12,31 @@ from cli_helpers import exit_code
 
 def tiny_args(data: Path, out: Path, epochs: int = 1, attacks: str = "clean") -> list[str]:
     """`fairbench run` options of a run that takes a second or two (process start excluded)."""
-    return ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", str(epochs), "--batch-size", "25",
-            "--train-per-class", "5", "--eval-per-class", "2", "--attack-steps", "1", "--attacks", attacks,
-            "--device", "cpu", "--data-dir", str(data), "--no-download", "--out", str(out)]
+    return [
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "25",
+        "--train-per-class",
+        "5",
+        "--eval-per-class",
+        "2",
+        "--attack-steps",
+        "1",
+        "--attacks",
+        attacks,
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--out",
+        str(out),
+    ]
 
 
 cli = exit_code  # the console entry point in this process; returns the exit status
@@ -22,8 +44,9 @@ cli = exit_code  # the console entry point in this process; returns the exit sta
 
 def sweep_process(args: list[str]) -> subprocess.Popen:
     """`fairbench sweep ...` in a process of its own (for signals)."""
-    return subprocess.Popen([sys.executable, "-m", "fairbench", "sweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fairbench", "sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def run_dirs(out: Path) -> list[Path]:

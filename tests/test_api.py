@@ -31,22 +31,33 @@ def files_under(folder: Path) -> set[Path]:
 
 
 def test_import_fairbench_does_not_import_torch() -> None:
-    code = ("import sys, fairbench; assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert set(fairbench.__all__) >= {'evaluate', 'load_model', 'create_model', 'list_methods'}; "
-            "fairbench.list_methods; assert 'torch' in sys.modules")
+    code = (
+        "import sys, fairbench; assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert set(fairbench.__all__) >= {'evaluate', 'load_model', 'create_model', 'list_methods'}; "
+        "fairbench.list_methods; assert 'torch' in sys.modules"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
-def test_evaluate_returns_the_per_class_record_and_writes_nothing(fmnist_dir: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_returns_the_per_class_record_and_writes_nothing(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # a default results folder would land here
     before = files_under(tmp_path)
     model = tiny_model().train()
-    record = fairbench.evaluate(model, "fashion-mnist", eps=8 / 255, attacks="clean,pgd20", n_per_class=3,
-                                device="cpu", data_dir=str(fmnist_dir), download=False)
+    record = fairbench.evaluate(
+        model,
+        "fashion-mnist",
+        eps=8 / 255,
+        attacks="clean,pgd20",
+        n_per_class=3,
+        device="cpu",
+        data_dir=str(fmnist_dir),
+        download=False,
+    )
     assert files_under(tmp_path) == before and not any(work.iterdir())
     assert isinstance(record, RunRecord) and model.training  # its mode is given back
     assert set(record.metrics) == {"clean", "pgd20", "union"} and record.threat.eps == 8 / 255
@@ -64,11 +75,20 @@ def test_evaluate_returns_the_per_class_record_and_writes_nothing(fmnist_dir: Pa
     assert all(p <= c + 1e-9 for p, c in zip(record.metrics["pgd20"].per_class, clean.per_class))
 
 
-def test_evaluate_with_out_writes_what_fairbench_eval_writes(fmnist_dir: Path, tmp_path: Path, capsys,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_with_out_writes_what_fairbench_eval_writes(
+    fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The API's record is the metrics.json the CLI writes for the same model (one result type)."""
-    record = fairbench.evaluate(tiny_model(), "fashion-mnist", attacks=["clean", "pgd20"], n_per_class=2,
-                                device="cpu", data_dir=str(fmnist_dir), out=tmp_path / "api", run_id="r")
+    record = fairbench.evaluate(
+        tiny_model(),
+        "fashion-mnist",
+        attacks=["clean", "pgd20"],
+        n_per_class=2,
+        device="cpu",
+        data_dir=str(fmnist_dir),
+        out=tmp_path / "api",
+        run_id="r",
+    )
     on_disk = read_metrics(tmp_path / "api" / "runs" / "r" / "metrics.json")
     assert on_disk.metrics == record.metrics and on_disk.threat.eps == 0.1  # the data set's eps
 
@@ -76,11 +96,31 @@ def test_evaluate_with_out_writes_what_fairbench_eval_writes(fmnist_dir: Path, t
     site.mkdir()
     (site / "api_toy_model.py").write_text(
         "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))\n")
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))\n"
+    )
     monkeypatch.syspath_prepend(str(site))
-    code, _, err = cli_out(["eval", "--model", "api_toy_model:build", "--dataset", "fashion-mnist",
-                            "--attacks", "clean,pgd20", "--eval-per-class", "2", "--device", "cpu",
-                            "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "cli"), "--run-id", "r"], capsys)
+    code, _, err = cli_out(
+        [
+            "eval",
+            "--model",
+            "api_toy_model:build",
+            "--dataset",
+            "fashion-mnist",
+            "--attacks",
+            "clean,pgd20",
+            "--eval-per-class",
+            "2",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "cli"),
+            "--run-id",
+            "r",
+        ],
+        capsys,
+    )
     assert code == 0, err
     by_cli = read_metrics(tmp_path / "cli" / "runs" / "r" / "metrics.json")
     assert by_cli.metrics == record.metrics
@@ -89,16 +129,44 @@ def test_evaluate_with_out_writes_what_fairbench_eval_writes(fmnist_dir: Path, t
 
 def test_load_model_gives_the_weights_the_run_evaluated(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "results"
-    code, _, err = cli_out(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                            "--batch-size", "25", "--train-per-class", "5", "--eval-per-class", "2",
-                            "--attack-steps", "1", "--attacks", "clean", "--device", "cpu", "--no-progress",
-                            "--data-dir", str(fmnist_dir), "--out", str(out), "--run-id", "tiny"], capsys)
+    code, _, err = cli_out(
+        [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "25",
+            "--train-per-class",
+            "5",
+            "--eval-per-class",
+            "2",
+            "--attack-steps",
+            "1",
+            "--attacks",
+            "clean",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--run-id",
+            "tiny",
+        ],
+        capsys,
+    )
     assert code == 0, err
     run_dir = out / "runs" / "tiny"
     model = fairbench.load_model(run_dir)
     assert not model.training
-    again = fairbench.evaluate(model, "fashion-mnist", attacks="clean", n_per_class=2, device="cpu",
-                               data_dir=str(fmnist_dir))
+    again = fairbench.evaluate(
+        model, "fashion-mnist", attacks="clean", n_per_class=2, device="cpu", data_dir=str(fmnist_dir)
+    )
     assert again.metrics["clean"] == read_metrics(run_dir / "metrics.json").metrics["clean"]
 
     (run_dir / "checkpoint.pt").unlink()  # as committed results are
@@ -115,14 +183,17 @@ def test_create_model_and_list_methods() -> None:
         fairbench.create_model("smallcnn", "fashion-mnist")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_per_class": 0}, "--eval-per-class must be >= 1"),
-    ({"n_per_class": "3"}, "n_per_class must be a whole number"),
-    ({"eps": "8/255"}, "eps must be a number"),
-    ({"eps": 2.0}, "--eps must be in (0, 1]"),
-    ({"attacks": "clean,pgd21"}, "did you mean 'pgd20'"),
-    ({"device": "gpu"}, "--device must be auto, cpu or cuda[:N]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_per_class": 0}, "--eval-per-class must be >= 1"),
+        ({"n_per_class": "3"}, "n_per_class must be a whole number"),
+        ({"eps": "8/255"}, "eps must be a number"),
+        ({"eps": 2.0}, "--eps must be in (0, 1]"),
+        ({"attacks": "clean,pgd21"}, "did you mean 'pgd20'"),
+        ({"device": "gpu"}, "--device must be auto, cpu or cuda[:N]"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(FairbenchError) as exc:
         fairbench.evaluate(tiny_model(), "fashion-mnist", data_dir=str(tmp_path), **{"device": "cpu", **kwargs})

@@ -60,8 +60,7 @@ def test_attack_raises_the_loss(model: nn.Module, batch) -> None:
     with torch.no_grad():
         clean = F.cross_entropy(model(x), y, reduction="none")
         adv = F.cross_entropy(model(x_adv), y, reduction="none")
-        noise = F.cross_entropy(model((x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1)), y,
-                                reduction="none")
+        noise = F.cross_entropy(model((x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1)), y, reduction="none")
     assert (adv > clean).all()
     assert adv.mean() > noise.mean()  # the gradient helps: more than a random corner of the ball
 
@@ -89,8 +88,7 @@ def test_kl_objective_moves_away_from_the_clean_prediction(model: nn.Module, bat
     assert kl(x_adv) > 100 * kl(start) and kl(x_adv) > 0
     with torch.no_grad():  # also callable under no_grad, e.g. from an evaluation loop
         clean_logits = model(x)
-        given = pgd(model, x, eps=0.1, step_size=0.025, steps=2, objective="kl", init="none",
-                    clean_logits=clean_logits)
+        given = pgd(model, x, eps=0.1, step_size=0.025, steps=2, objective="kl", init="none", clean_logits=clean_logits)
     # the caller's clean logits are the reference, as when the attack computes them itself
     assert torch.equal(given, pgd(model, x, eps=0.1, step_size=0.025, steps=2, objective="kl", init="none"))
     assert not torch.equal(given, x)
@@ -213,12 +211,14 @@ def test_compiled_attack_backward_computes_the_input_gradient_only(model: nn.Mod
 
 def test_parameters_are_unfrozen_after_the_attack_even_when_it_fails(model: nn.Module) -> None:
     with pytest.raises(RuntimeError):
-        pgd(model, torch.rand(2, 3, 5, 5), torch.zeros(2, dtype=torch.long), eps=0.1, step_size=0.1,
-            steps=1)  # wrong number of channels
+        pgd(
+            model, torch.rand(2, 3, 5, 5), torch.zeros(2, dtype=torch.long), eps=0.1, step_size=0.1, steps=1
+        )  # wrong number of channels
     assert all(p.requires_grad for p in model.parameters())
 
 
 # ---------------------------------------------------------------- early stopping (FAT, BAT)
+
 
 class Threshold(nn.Module):
     """Two classes split at mean grey level 0.5: class 1 above it, class 0 below (logit 0 vs s(g - 0.5))."""
@@ -238,12 +238,15 @@ def grey(levels: list[float]) -> torch.Tensor:
 STARTS, EPS = [0.25, 0.7, 0.05], [0.45, 0.45, 0.2]
 
 
-@pytest.mark.parametrize("stop, expected", [
-    (None, [0.7, 1.0, 0.25]),  # no stopping: 6 steps, up to the ball's edge (and 1.0)
-    (EarlyStop("last-correct"), [0.45, 0.7, 0.25]),  # BAT's x_lc: the iterate before the first wrong one
-    (EarlyStop("first-wrong", tau=0), [0.55, 0.7, 0.25]),  # FAT tau 0: the first wrong iterate
-    (EarlyStop("first-wrong", tau=1), [0.65, 0.8, 0.25]),  # BAT's x_fa (FAT tau 1): one step more
-])
+@pytest.mark.parametrize(
+    "stop, expected",
+    [
+        (None, [0.7, 1.0, 0.25]),  # no stopping: 6 steps, up to the ball's edge (and 1.0)
+        (EarlyStop("last-correct"), [0.45, 0.7, 0.25]),  # BAT's x_lc: the iterate before the first wrong one
+        (EarlyStop("first-wrong", tau=0), [0.55, 0.7, 0.25]),  # FAT tau 0: the first wrong iterate
+        (EarlyStop("first-wrong", tau=1), [0.65, 0.8, 0.25]),  # BAT's x_fa (FAT tau 1): one step more
+    ],
+)
 def test_early_stop_on_a_hand_built_model(stop: EarlyStop | None, expected: list[float]) -> None:
     x, y = grey(STARTS), torch.zeros(3, dtype=torch.long)
     x_adv = pgd(Threshold(), x, y, eps=torch.tensor(EPS), step_size=0.1, steps=6, init="none", stop=stop)
@@ -266,8 +269,7 @@ def test_early_stop_with_the_kl_objective_keeps_each_example_correct() -> None:
 
 def test_early_stop_needs_labels_and_a_valid_rule() -> None:
     with pytest.raises(ValueError, match="labels"):
-        pgd(Threshold(), grey([0.2]), eps=0.1, step_size=0.1, steps=1, objective="kl",
-            stop=EarlyStop("last-correct"))
+        pgd(Threshold(), grey([0.2]), eps=0.1, step_size=0.1, steps=1, objective="kl", stop=EarlyStop("last-correct"))
     with pytest.raises(ValueError):
         EarlyStop("first-wrong", tau=-1)
     with pytest.raises(ValueError):

@@ -60,26 +60,53 @@ def gated_method(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_args(data: Path, out: Path, *extra: str, method: str = "pgd-at", epochs: int = 4) -> list[str]:
-    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--epochs", str(epochs), "--batch-size", "50", "--attack-steps", "2", "--eval-per-class", "3",
-            "--attacks", "clean,pgd20", "--data-dir", str(data), "--out", str(out), "--run-id", "r",
-            "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "50",
+        "--attack-steps",
+        "2",
+        "--eval-per-class",
+        "3",
+        "--attacks",
+        "clean,pgd20",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--run-id",
+        "r",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
-def epoch_weights(fmnist_dir: Path, tmp_path: Path, capsys, *extra: str, method: str = "pgd-at"
-                  ) -> list[dict[str, torch.Tensor]]:
+def epoch_weights(
+    fmnist_dir: Path, tmp_path: Path, capsys, *extra: str, method: str = "pgd-at"
+) -> list[dict[str, torch.Tensor]]:
     """The trained (not averaged) weights after each epoch, from a run stopped after each."""
     out, weights = tmp_path / "steps", []
     for epoch in range(1, 5):
         resume = ["--resume"] if epoch > 1 else []
-        assert cli(run_args(fmnist_dir, out, *extra, *resume, "--stop-after-epoch", str(epoch),
-                            method=method), capsys)[0] == 0
+        assert (
+            cli(run_args(fmnist_dir, out, *extra, *resume, "--stop-after-epoch", str(epoch), method=method), capsys)[0]
+            == 0
+        )
         weights.append(load_checkpoint(out / "runs" / "r" / "checkpoint.pt")["model"])
     return weights
 
 
-def test_method_gate_averages_only_the_accepted_epochs(gated_method, fmnist_dir: Path, tmp_path: Path,
-                                                        capsys) -> None:
+def test_method_gate_averages_only_the_accepted_epochs(gated_method, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     weights = epoch_weights(fmnist_dir, tmp_path, capsys, method="test-every-other")
     code, err = cli(run_args(fmnist_dir, tmp_path / "steps", "--resume", method="test-every-other"), capsys)
     assert code == 0, err
@@ -93,12 +120,10 @@ def test_method_gate_averages_only_the_accepted_epochs(gated_method, fmnist_dir:
     assert [r["averaged"]["accepted"] for r in log] == [False, True, False, True]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["ema"] == 0.5
-    assert metrics["averaging"] == {"decay": 0.5, "source": "test-every-other", "updates": 2,
-                                    "evaluated": "averaged"}
+    assert metrics["averaging"] == {"decay": 0.5, "source": "test-every-other", "updates": 2, "evaluated": "averaged"}
 
 
-def test_ema_run_evaluates_its_average_and_resumes_it_exactly(fmnist_dir: Path, tmp_path: Path,
-                                                             capsys) -> None:
+def test_ema_run_evaluates_its_average_and_resumes_it_exactly(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     whole = tmp_path / "whole"
     assert cli(run_args(fmnist_dir, whole, "--ema", "0.8"), capsys)[0] == 0
     weights = epoch_weights(fmnist_dir, tmp_path, capsys, "--ema", "0.8")  # stopped and resumed 3 times
@@ -116,23 +141,47 @@ def test_ema_run_evaluates_its_average_and_resumes_it_exactly(fmnist_dir: Path, 
     metrics = json.loads((whole / "runs" / "r" / "metrics.json").read_text())
     assert metrics["averaging"]["updates"] == 4 and metrics["ema"] == metrics["training"]["ema"] == 0.8
     # `fairbench eval` of the run's checkpoint evaluates the same (averaged) weights
-    code, err = cli(["eval", "--checkpoint", str(whole / "runs" / "r" / "checkpoint.pt"), "--arch", "small-cnn",
-                     "--dataset", "fashion-mnist", "--n-per-class", "3", "--attacks", "clean",
-                     "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "eval"), "--run-id", "e",
-                     "--device", "cpu"], capsys)
+    code, err = cli(
+        [
+            "eval",
+            "--checkpoint",
+            str(whole / "runs" / "r" / "checkpoint.pt"),
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--n-per-class",
+            "3",
+            "--attacks",
+            "clean",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "eval"),
+            "--run-id",
+            "e",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     evaluated = json.loads((tmp_path / "eval" / "runs" / "e" / "metrics.json").read_text())
     assert evaluated["metrics"]["clean"] == metrics["metrics"]["clean"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--ema", "1"], "--ema must be in (0, 1), got 1.0"),
-    (["--ema", "0"], "--ema must be in (0, 1), got 0.0"),
-    (["--ema", "-0.5"], "--ema must be in (0, 1), got -0.5"),
-    (["--ema", "0.9", "--method", "cfa", "--val-per-class", "2"], "keeps its own weight average"),
-])
-def test_bad_averaging_is_one_error_line(extra: list[str], message: str, fmnist_dir: Path,
-                                         tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ema", "1"], "--ema must be in (0, 1), got 1.0"),
+        (["--ema", "0"], "--ema must be in (0, 1), got 0.0"),
+        (["--ema", "-0.5"], "--ema must be in (0, 1), got -0.5"),
+        (["--ema", "0.9", "--method", "cfa", "--val-per-class", "2"], "keeps its own weight average"),
+    ],
+)
+def test_bad_averaging_is_one_error_line(
+    extra: list[str], message: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     code, err = cli(run_args(fmnist_dir, tmp_path / "out") + extra, capsys)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
@@ -141,8 +190,7 @@ def test_bad_averaging_is_one_error_line(extra: list[str], message: str, fmnist_
 def test_best_val_selection_keeps_the_averaged_weights(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     """With averaging on, --select best-val scores and keeps the average (what the run evaluates)."""
     out, averaged = tmp_path / "out", []
-    args = run_args(fmnist_dir, out, "--ema", "0.5", "--select", "best-val", "--val-per-class", "2",
-                    epochs=3)
+    args = run_args(fmnist_dir, out, "--ema", "0.5", "--select", "best-val", "--val-per-class", "2", epochs=3)
     for epoch in (1, 2, 3):
         resume = ["--resume"] if epoch > 1 else []
         assert cli(args + resume + ["--stop-after-epoch", str(epoch)], capsys)[0] == 0

@@ -60,8 +60,12 @@ def test_loss_is_ce_at_lc_plus_beta_kl_at_fa_plus_both_uniform_terms() -> None:
     torch.manual_seed(1)
     x_lc, x_fa = bat_attacks(ctx)
     lc, fa, clean = model(x_lc), model(x_fa), model(ctx.x)
-    expected = (F.cross_entropy(lc, data.labels) + 6 * kl_per_example(clean, fa).mean()
-                + kl_to_uniform(lc).mean() + kl_to_uniform(fa).mean())
+    expected = (
+        F.cross_entropy(lc, data.labels)
+        + 6 * kl_per_example(clean, fa).mean()
+        + kl_to_uniform(lc).mean()
+        + kl_to_uniform(fa).mean()
+    )
     assert torch.allclose(loss, expected)
 
 

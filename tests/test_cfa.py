@@ -91,16 +91,19 @@ def test_fawa_accepts_or_refuses_by_delta(delta: float, accepted: bool) -> None:
     assert method.weight_averaging() == 0.85
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"lambda1": "-0.1"}, "lambda1 must be >= 0"),
-    ({"lambda2": "-1"}, "lambda2 must be >= 0"),
-    ({"delta": "1.5"}, r"delta must be in \[0, 1\]"),
-    ({"delta": "-0.1"}, r"delta must be in \[0, 1\]"),
-    ({"alpha": "1"}, r"alpha must be in \[0, 1\)"),
-    ({"base": "mart"}, "base must be one of"),
-    ({"base": "pgd-at"}, "with base=pgd-at pass ccr=false"),
-    ({"begin_fraction": "1"}, "begin_fraction"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"lambda1": "-0.1"}, "lambda1 must be >= 0"),
+        ({"lambda2": "-1"}, "lambda2 must be >= 0"),
+        ({"delta": "1.5"}, r"delta must be in \[0, 1\]"),
+        ({"delta": "-0.1"}, r"delta must be in \[0, 1\]"),
+        ({"alpha": "1"}, r"alpha must be in \[0, 1\)"),
+        ({"base": "mart"}, "base must be one of"),
+        ({"base": "pgd-at"}, "with base=pgd-at pass ccr=false"),
+        ({"begin_fraction": "1"}, "begin_fraction"),
+    ],
+)
 def test_bad_parameters_are_one_clear_error(params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build("cfa", params, val_per_class=2)

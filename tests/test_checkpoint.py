@@ -41,10 +41,18 @@ def pieces(run_dir: Path, seed: int) -> Checkpointer:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** e)
-    return Checkpointer(run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                        method=Counting(), selector=None, averaging=None, dist=DistInfo(),
-                        device=torch.device("cpu"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5**e)
+    return Checkpointer(
+        run_dir=run_dir,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        method=Counting(),
+        selector=None,
+        averaging=None,
+        dist=DistInfo(),
+        device=torch.device("cpu"),
+    )
 
 
 def test_resume_restores_every_piece_and_drops_later_log_lines(tmp_path: Path) -> None:
@@ -76,8 +84,15 @@ def test_resume_restores_every_piece_and_drops_later_log_lines(tmp_path: Path) -
 
 def test_checkpoint_module_does_not_import_the_trainer() -> None:
     """Imports point down: the trainer uses the checkpoint, never the reverse (no import circle)."""
-    probe = ("import sys, fairbench.train.checkpoint; "
-             "print(sorted(m for m in ('fairbench.train.trainer', 'fairbench.train.runner') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
+    probe = (
+        "import sys, fairbench.train.checkpoint; "
+        "print(sorted(m for m in ('fairbench.train.trainer', 'fairbench.train.runner') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     assert out.strip() == "[]"

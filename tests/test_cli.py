@@ -14,9 +14,25 @@ from fairbench.runs.folder import load_checkpoint, sha256_file
 
 from cli_helpers import exit_code
 
-TINY = ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "25",
-        "--train-per-class", "5", "--eval-per-class", "2", "--attack-steps", "1", "--device", "cpu",
-        "--no-progress"]
+TINY = [
+    "--arch",
+    "small-cnn",
+    "--dataset",
+    "fashion-mnist",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "25",
+    "--train-per-class",
+    "5",
+    "--eval-per-class",
+    "2",
+    "--attack-steps",
+    "1",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 cli = exit_code
@@ -45,9 +61,10 @@ def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------- end to end
 
-def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture) -> None:
+
+def test_run_end_to_end_with_defaults_and_val_split(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     seen: list[EpochContext] = []
 
     def recording_plan(self: Method, ctx: EpochContext):
@@ -56,9 +73,29 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
 
     monkeypatch.setattr(PGDAT, "plan_epoch", recording_plan)
     out = tmp_path / "results"
-    args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-            "--batch-size", "40", "--train-per-class", "8", "--val-per-class", "4",
-            "--eval-per-class", "3", "--device", "cpu", "--data-dir", str(fmnist_dir), "--out", str(out)]
+    args = [
+        "run",
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "40",
+        "--train-per-class",
+        "8",
+        "--val-per-class",
+        "4",
+        "--eval-per-class",
+        "3",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(out),
+    ]
     assert cli(args) == 0  # no --method (pgd-at), no --attacks (clean,pgd20,autoattack), a progress bar
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.err and "img_s" in captured.err and "loss" in captured.err
@@ -66,8 +103,14 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
 
     (run_dir,) = (out / "runs").iterdir()
     assert run_dir.name.startswith("pgd-at_small-cnn_fashion-mnist_seed0_")
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "log.jsonl", "checkpoint.pt",
-                                                   "metrics.json", "outcomes.csv.gz", "eval_state"}
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.json",
+        "log.jsonl",
+        "checkpoint.pt",
+        "metrics.json",
+        "outcomes.csv.gz",
+        "eval_state",
+    }
 
     config = json.loads((run_dir / "config.json").read_text())
     resolved = (config["method"], config["eps"], config["step_size"], config["attack_steps"])
@@ -87,8 +130,13 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["schema_version"] == 1
-    assert (metrics["method"], metrics["arch"], metrics["dataset"], metrics["seed"], metrics["epochs"]) == \
-        ("pgd-at", "small-cnn", "fashion-mnist", 0, 1)
+    assert (metrics["method"], metrics["arch"], metrics["dataset"], metrics["seed"], metrics["epochs"]) == (
+        "pgd-at",
+        "small-cnn",
+        "fashion-mnist",
+        0,
+        1,
+    )
     assert metrics["threat"] == {"norm": "Linf", "eps": 0.1}
     assert set(metrics["metrics"]) == {"clean", "pgd20", "autoattack", "union"}
     for threat in metrics["metrics"].values():
@@ -96,23 +144,48 @@ def test_run_end_to_end_with_defaults_and_val_split(fmnist_dir: Path, tmp_path: 
         assert len(threat["per_class"]) == 10 and all(0 <= a <= 1 for a in threat["per_class"])
         assert threat["worst"] == min(threat["per_class"])
         assert threat["worst_class"] == metrics["classes"][threat["per_class"].index(threat["worst"])]
-    assert all(r <= c for r, c in zip(metrics["metrics"]["pgd20"]["per_class"],
-                                      metrics["metrics"]["clean"]["per_class"]))
+    assert all(
+        r <= c for r, c in zip(metrics["metrics"]["pgd20"]["per_class"], metrics["metrics"]["clean"]["per_class"])
+    )
     assert metrics["checkpoint"]["sha256"] == sha256_file(run_dir / "checkpoint.pt")
     assert metrics["timing"]["train_s"] > 0 and metrics["env"]["torch"]
 
 
 def test_attacks_option_selects_threats(fmnist_dir: Path, tmp_path: Path) -> None:
-    assert cli(["run", *TINY, "--attacks", "clean", "--data-dir", str(fmnist_dir),
-                "--out", str(tmp_path), "--run-id", "c"]) == 0
+    assert (
+        cli(
+            ["run", *TINY, "--attacks", "clean", "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--run-id", "c"]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"clean"}
 
 
 def test_optimizer_and_eval_batch_options_reach_the_run(fmnist_dir: Path, tmp_path: Path) -> None:
-    assert cli(["run", *TINY, "--attacks", "clean", "--momentum", "0.5", "--weight-decay", "0",
-                "--eval-batch-size", "7", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
-                "--run-id", "o"]) == 0
+    assert (
+        cli(
+            [
+                "run",
+                *TINY,
+                "--attacks",
+                "clean",
+                "--momentum",
+                "0.5",
+                "--weight-decay",
+                "0",
+                "--eval-batch-size",
+                "7",
+                "--data-dir",
+                str(fmnist_dir),
+                "--out",
+                str(tmp_path),
+                "--run-id",
+                "o",
+            ]
+        )
+        == 0
+    )
     run_dir = tmp_path / "runs" / "o"
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["momentum"], config["weight_decay"], config["eval_batch_size"]) == (0.5, 0.0, 7)
@@ -120,10 +193,21 @@ def test_optimizer_and_eval_batch_options_reach_the_run(fmnist_dir: Path, tmp_pa
     assert (group["momentum"], group["weight_decay"]) == (0.5, 0.0)
 
 
-def test_stop_then_resume_through_the_cli(fmnist_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
-    args = ["run", *TINY, "--epochs", "2", "--attacks", "clean", "--data-dir", str(fmnist_dir),
-            "--out", str(tmp_path), "--run-id", "r"]
+def test_stop_then_resume_through_the_cli(fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "run",
+        *TINY,
+        "--epochs",
+        "2",
+        "--attacks",
+        "clean",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path),
+        "--run-id",
+        "r",
+    ]
     assert cli([*args, "--stop-after-epoch", "1"]) == 0
     run_dir = tmp_path / "runs" / "r"
     assert "continue with --resume" in capsys.readouterr().out
@@ -138,27 +222,32 @@ def test_stop_then_resume_through_the_cli(fmnist_dir: Path, tmp_path: Path,
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("extra, fragments", [
-    (["--method", "nope"], ["unknown method 'nope'", "pgd-at"]),
-    (["--arch", "resnet9"], ["unknown architecture 'resnet9'", "preact18", "small-cnn", "wrn-28-10"]),
-    (["--dataset", "mnist"], ["unknown dataset 'mnist'", "cifar10", "cifar100", "fashion-mnist"]),
-    (["--eps", "0"], ["--eps must be in (0, 1], got 0.0"]),
-    (["--eps", "-0.1"], ["--eps must be in (0, 1]"]),
-    (["--eps", "1.5"], ["--eps must be in (0, 1], got 1.5"]),
-    (["--epochs", "0"], ["--epochs must be >= 1, got 0"]),
-    (["--attacks", "clean,fgsm"], ["unknown attack(s) fgsm"]),
-    (["--param", "strength"], ["--param expects name=value"]),
-    (["--param", "strength=2"], ["unknown parameter 'strength' for method 'pgd-at'"]),
-    (["--preset", "huge"], ["unknown preset 'huge'", "cpu-fmnist"]),
-    (["--stop-after-epoch", "0"], ["--stop-after-epoch must be >= 1"]),
-    (["--schedule", "piecewise:0.8,0.4"], ["--schedule must be piecewise, piecewise:M1,M2,..."]),
-    (["--ema", "1.5"], ["--ema must be in (0, 1), got 1.5"]),
-    (["--method", "cfa", "--param", "lambda1=-1", "--val-per-class", "2"], ["cfa: lambda1 must be >= 0"]),
-    (["--method", "cfa", "--param", "delta=2", "--val-per-class", "2"], ["cfa: delta must be in [0, 1]"]),
-    (["--method", "faal", "--init-from", "x", "--param", "r=0"], ["faal: r must be > 0"]),
-])
-def test_bad_values_fail_before_any_work(extra: list[str], fragments: list[str], fmnist_dir: Path,
-                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--method", "nope"], ["unknown method 'nope'", "pgd-at"]),
+        (["--arch", "resnet9"], ["unknown architecture 'resnet9'", "preact18", "small-cnn", "wrn-28-10"]),
+        (["--dataset", "mnist"], ["unknown dataset 'mnist'", "cifar10", "cifar100", "fashion-mnist"]),
+        (["--eps", "0"], ["--eps must be in (0, 1], got 0.0"]),
+        (["--eps", "-0.1"], ["--eps must be in (0, 1]"]),
+        (["--eps", "1.5"], ["--eps must be in (0, 1], got 1.5"]),
+        (["--epochs", "0"], ["--epochs must be >= 1, got 0"]),
+        (["--attacks", "clean,fgsm"], ["unknown attack(s) fgsm"]),
+        (["--param", "strength"], ["--param expects name=value"]),
+        (["--param", "strength=2"], ["unknown parameter 'strength' for method 'pgd-at'"]),
+        (["--preset", "huge"], ["unknown preset 'huge'", "cpu-fmnist"]),
+        (["--stop-after-epoch", "0"], ["--stop-after-epoch must be >= 1"]),
+        (["--schedule", "piecewise:0.8,0.4"], ["--schedule must be piecewise, piecewise:M1,M2,..."]),
+        (["--ema", "1.5"], ["--ema must be in (0, 1), got 1.5"]),
+        (["--method", "cfa", "--param", "lambda1=-1", "--val-per-class", "2"], ["cfa: lambda1 must be >= 0"]),
+        (["--method", "cfa", "--param", "delta=2", "--val-per-class", "2"], ["cfa: delta must be in [0, 1]"]),
+        (["--method", "faal", "--init-from", "x", "--param", "r=0"], ["faal: r must be > 0"]),
+    ],
+)
+def test_bad_values_fail_before_any_work(
+    extra: list[str], fragments: list[str], fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "results"
     assert cli(["run", *TINY, "--data-dir", str(fmnist_dir), "--out", str(out), *extra]) == 2
     assert_one_error_line(capsys, *fragments)
@@ -169,8 +258,14 @@ def test_missing_data_offline(tmp_path: Path, no_debian: Path, capsys: pytest.Ca
     empty, out = tmp_path / "empty", tmp_path / "results"
     empty.mkdir()
     assert cli(["run", *TINY, "--no-download", "--data-dir", str(empty), "--out", str(out)]) == 2
-    assert_one_error_line(capsys, "fashion-mnist not found", str(empty), str(no_debian),
-                          "apt-get install dataset-fashion-mnist", "network access")
+    assert_one_error_line(
+        capsys,
+        "fashion-mnist not found",
+        str(empty),
+        str(no_debian),
+        "apt-get install dataset-fashion-mnist",
+        "network access",
+    )
     assert files_under(out) == []
 
 
@@ -192,17 +287,16 @@ def test_unwritable_output_folder(fmnist_dir: Path, tmp_path: Path, capsys: pyte
 
 def test_resume_without_checkpoint(fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "results"
-    assert cli(["run", *TINY, "--data-dir", str(fmnist_dir), "--out", str(out), "--run-id", "x",
-                "--resume"]) == 2
+    assert cli(["run", *TINY, "--data-dir", str(fmnist_dir), "--out", str(out), "--run-id", "x", "--resume"]) == 2
     assert_one_error_line(capsys, "--resume: no checkpoint in", str(out / "runs" / "x"))
     assert files_under(out) == []
 
 
-def test_resume_with_a_checkpoint_of_another_arch(fmnist_dir: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_a_checkpoint_of_another_arch(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "results"
-    common = ["run", *TINY, "--epochs", "2", "--data-dir", str(fmnist_dir), "--out", str(out),
-              "--run-id", "r"]
+    common = ["run", *TINY, "--epochs", "2", "--data-dir", str(fmnist_dir), "--out", str(out), "--run-id", "r"]
     assert cli([*common, "--stop-after-epoch", "1"]) == 0
     capsys.readouterr()
     before = {p: p.read_bytes() for p in files_under(out)}
@@ -215,8 +309,24 @@ def test_sync_bn_is_recorded_with_the_batch_norm_batch(fmnist_dir: Path, tmp_pat
     """--sync-bn reaches the config and metrics.json records it with the world size and the number
     of images each batch norm normalises over (one process here: the whole batch either way)."""
     for flag, run_id in (("--sync-bn", "s"), ("--no-sync-bn", "p")):
-        assert cli(["run", *TINY, "--attacks", "clean", flag, "--data-dir", str(fmnist_dir),
-                    "--out", str(tmp_path), "--run-id", run_id]) == 0
+        assert (
+            cli(
+                [
+                    "run",
+                    *TINY,
+                    "--attacks",
+                    "clean",
+                    flag,
+                    "--data-dir",
+                    str(fmnist_dir),
+                    "--out",
+                    str(tmp_path),
+                    "--run-id",
+                    run_id,
+                ]
+            )
+            == 0
+        )
         metrics = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())
         training = metrics["training"]
         assert (training["sync_bn"], training["world_size"], training["bn_batch"]) == (flag == "--sync-bn", 1, 25)
@@ -226,6 +336,7 @@ def test_sync_bn_is_recorded_with_the_batch_norm_batch(fmnist_dir: Path, tmp_pat
 
 
 # ---------------------------------------------------------------- paper presets
+
 
 @pytest.fixture
 def captured_run(monkeypatch: pytest.MonkeyPatch) -> list:
@@ -237,20 +348,49 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> list:
     return seen
 
 
-@pytest.mark.parametrize("preset, method, fields", [
-    ("cfa-cifar10", "cfa", {"epochs": 200, "schedule": "piecewise", "val_per_class": 100}),
-    ("wat-cifar10", "wat", {"epochs": 100, "schedule": "piecewise:0.74,0.89", "weight_decay": 2e-4,
-                            "val_per_class": 300, "eps": 0.031, "step_size": 0.007}),
-    ("bat-cifar10", "bat", {"epochs": 100, "schedule": "piecewise:0.74,0.89,0.99", "weight_decay": 2e-4,
-                            "eps": 0.031, "step_size": 0.007}),
-    ("dafa-cifar10", "dafa", {"epochs": 110, "schedule": "piecewise:0.9,0.94545", "eps": 0.031,
-                              "step_size": 0.007}),
-    # FAAL's and CFA's codes use 8/255 and 2/255: the data set's defaults (None until resolved)
-    ("faal-cifar10", "faal", {"epochs": 2, "lr": 0.01, "schedule": "piecewise:0.5", "eps": None,
-                              "step_size": None}),
-])
-def test_paper_presets_set_the_method_and_its_setting(preset: str, method: str, fields: dict,
-                                                     captured_run: list) -> None:
+@pytest.mark.parametrize(
+    "preset, method, fields",
+    [
+        ("cfa-cifar10", "cfa", {"epochs": 200, "schedule": "piecewise", "val_per_class": 100}),
+        (
+            "wat-cifar10",
+            "wat",
+            {
+                "epochs": 100,
+                "schedule": "piecewise:0.74,0.89",
+                "weight_decay": 2e-4,
+                "val_per_class": 300,
+                "eps": 0.031,
+                "step_size": 0.007,
+            },
+        ),
+        (
+            "bat-cifar10",
+            "bat",
+            {
+                "epochs": 100,
+                "schedule": "piecewise:0.74,0.89,0.99",
+                "weight_decay": 2e-4,
+                "eps": 0.031,
+                "step_size": 0.007,
+            },
+        ),
+        (
+            "dafa-cifar10",
+            "dafa",
+            {"epochs": 110, "schedule": "piecewise:0.9,0.94545", "eps": 0.031, "step_size": 0.007},
+        ),
+        # FAAL's and CFA's codes use 8/255 and 2/255: the data set's defaults (None until resolved)
+        (
+            "faal-cifar10",
+            "faal",
+            {"epochs": 2, "lr": 0.01, "schedule": "piecewise:0.5", "eps": None, "step_size": None},
+        ),
+    ],
+)
+def test_paper_presets_set_the_method_and_its_setting(
+    preset: str, method: str, fields: dict, captured_run: list
+) -> None:
     assert cli(["run", "--preset", preset]) == 0
     (cfg,) = captured_run
     assert (cfg.method, cfg.dataset, cfg.arch) == (method, "cifar10", "preact18")

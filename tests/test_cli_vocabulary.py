@@ -37,6 +37,7 @@ def one_error(err: str, *fragments: str) -> str:
 
 # ---------------------------------------------------------------- --version, list
 
+
 def test_version_is_the_package_version(capsys) -> None:
     code, out, _ = cli_out(["--version"], capsys)
     assert code == 0 and out == f"fairbench {fairbench.__version__}\n"
@@ -70,25 +71,33 @@ def test_list_rounds_numbers_and_describes_presets(capsys) -> None:
     assert "warmup_fraction=0.6364" in out and "0.636363" not in out
     # a default (not a string such as a schedule) printed with more than 4 significant digits
     assert not re.search(r"=\[?-?\d+\.\d{5,}", out), re.search(r"=\[?-?\d+\.\d{5,}", out)
-    presets = out[out.index("presets"):]
+    presets = out[out.index("presets") :]
     for name in PRESETS:
         assert re.search(rf"^  {re.escape(name)} +\S", presets, re.M), f"preset {name} has no description line"
 
 
 # ---------------------------------------------------------------- did you mean
 
-@pytest.mark.parametrize("args, hint", [
-    (["run", "--method", "pgdat"], "did you mean 'pgd-at'?"),
-    (["run", "--method", "trade"], "did you mean 'trades'?"),
-    (["run", "--arch", "smallcnn", "--dataset", "fashion-mnist"], "did you mean 'small-cnn'?"),
-    (["run", "--dataset", "fashion_mnist"], "did you mean 'fashion-mnist'?"),
-    (["run", "--preset", "fmnist-standrad"], "did you mean 'fmnist-standard'?"),
-    (["run", "--attacks", "clean,pgd21", "--arch", "small-cnn", "--dataset", "fashion-mnist"],
-     "did you mean 'pgd20'?"),
-    (["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--attacks", "clean,autoatack"],
-     "did you mean 'autoattack'?"),
-    (["eval", "--checkpoint", "x.pt", "--arch", "preact-18"], "did you mean 'preact18'?"),
-])
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["run", "--method", "pgdat"], "did you mean 'pgd-at'?"),
+        (["run", "--method", "trade"], "did you mean 'trades'?"),
+        (["run", "--arch", "smallcnn", "--dataset", "fashion-mnist"], "did you mean 'small-cnn'?"),
+        (["run", "--dataset", "fashion_mnist"], "did you mean 'fashion-mnist'?"),
+        (["run", "--preset", "fmnist-standrad"], "did you mean 'fmnist-standard'?"),
+        (
+            ["run", "--attacks", "clean,pgd21", "--arch", "small-cnn", "--dataset", "fashion-mnist"],
+            "did you mean 'pgd20'?",
+        ),
+        (
+            ["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--attacks", "clean,autoatack"],
+            "did you mean 'autoattack'?",
+        ),
+        (["eval", "--checkpoint", "x.pt", "--arch", "preact-18"], "did you mean 'preact18'?"),
+    ],
+)
 def test_unknown_names_suggest_the_closest(args: list[str], hint: str, tmp_path: Path, capsys) -> None:
     code, _, err = cli_out([*args, "--out", str(tmp_path)], capsys)
     assert code == 2
@@ -96,6 +105,7 @@ def test_unknown_names_suggest_the_closest(args: list[str], hint: str, tmp_path:
 
 
 # ---------------------------------------------------------------- --eps as a fraction
+
 
 def test_eps_and_step_size_take_fractions_and_keep_the_exact_float() -> None:
     cfg, given = parse_run_args(["--eps", "8/255", "--step-size", "2/255", "--dataset", "cifar10"])
@@ -113,8 +123,10 @@ def test_a_bad_eps_is_one_error_line(value: str, tmp_path: Path, capsys) -> None
 
 # ---------------------------------------------------------------- eval: run's names, --model
 
+
 def write_factory(site: Path) -> None:
-    (site / f"{TOY_MODULE}.py").write_text(textwrap.dedent('''
+    (site / f"{TOY_MODULE}.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -135,7 +147,8 @@ def write_factory(site: Path) -> None:
 
         def broken():
             raise RuntimeError("out of coffee")
-    '''))
+    """)
+    )
 
 
 @pytest.fixture
@@ -149,15 +162,31 @@ def factory_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def eval_args(fmnist_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["eval", "--dataset", "fashion-mnist", "--attacks", "clean,pgd20", "--eval-per-class", "2",
-            "--eval-batch-size", "7", "--device", "cpu", "--no-download", "--data-dir", str(fmnist_dir),
-            "--out", str(out), *extra]
+    return [
+        "eval",
+        "--dataset",
+        "fashion-mnist",
+        "--attacks",
+        "clean,pgd20",
+        "--eval-per-class",
+        "2",
+        "--eval-batch-size",
+        "7",
+        "--device",
+        "cpu",
+        "--no-download",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def test_eval_model_factory_with_eps_fraction(factory_site: Path, fmnist_dir: Path, tmp_path: Path,
-                                               capsys) -> None:
-    code, out, err = cli_out(eval_args(fmnist_dir, tmp_path / "r", "--model", f"{TOY_MODULE}:build",
-                                       "--eps", "8/255"), capsys)
+def test_eval_model_factory_with_eps_fraction(factory_site: Path, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = cli_out(
+        eval_args(fmnist_dir, tmp_path / "r", "--model", f"{TOY_MODULE}:build", "--eps", "8/255"), capsys
+    )
     assert code == 0, err
     [path] = (tmp_path / "r" / "runs").glob("*/metrics.json")
     record = read_metrics(path)
@@ -171,22 +200,37 @@ def test_eval_model_factory_with_eps_fraction(factory_site: Path, fmnist_dir: Pa
     torch.manual_seed(5)
     weights = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).state_dict()
     torch.save({"state_dict": weights}, tmp_path / "w.pt")
-    code, _, err = cli_out(eval_args(fmnist_dir, tmp_path / "r", "--model", f"{TOY_MODULE}:no_args",
-                                     "--checkpoint", str(tmp_path / "w.pt"), "--run-id", "ck"), capsys)
+    code, _, err = cli_out(
+        eval_args(
+            fmnist_dir,
+            tmp_path / "r",
+            "--model",
+            f"{TOY_MODULE}:no_args",
+            "--checkpoint",
+            str(tmp_path / "w.pt"),
+            "--run-id",
+            "ck",
+        ),
+        capsys,
+    )
     assert code == 0, err
     record = read_metrics(tmp_path / "r" / "runs" / "ck" / "metrics.json")
     assert record.checkpoint == {"file": "w.pt", "sha256": sha256_file(tmp_path / "w.pt")}
 
 
-@pytest.mark.parametrize("target, message", [
-    ("no-colon", "--model must be package.module:factory"),
-    ("fairbench_no_such_module:build", "cannot import fairbench_no_such_module"),
-    (f"{TOY_MODULE}:missing", f"{TOY_MODULE} has no missing"),
-    (f"{TOY_MODULE}:not_a_model", "returned a str, not a torch.nn.Module"),
-    (f"{TOY_MODULE}:broken", "the factory failed: RuntimeError: out of coffee"),
-])
-def test_eval_model_errors_are_one_line(target: str, message: str, factory_site: Path, fmnist_dir: Path,
-                                        tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no-colon", "--model must be package.module:factory"),
+        ("fairbench_no_such_module:build", "cannot import fairbench_no_such_module"),
+        (f"{TOY_MODULE}:missing", f"{TOY_MODULE} has no missing"),
+        (f"{TOY_MODULE}:not_a_model", "returned a str, not a torch.nn.Module"),
+        (f"{TOY_MODULE}:broken", "the factory failed: RuntimeError: out of coffee"),
+    ],
+)
+def test_eval_model_errors_are_one_line(
+    target: str, message: str, factory_site: Path, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     code, _, err = cli_out(eval_args(fmnist_dir, tmp_path / "r", "--model", target), capsys)
     assert code == 2
     one_error(err, message)
@@ -198,15 +242,30 @@ def test_eval_old_option_names_are_hidden_aliases(fmnist_dir: Path, tmp_path: Pa
     assert "--eval-per-class" in help_text and "--subset" in help_text and "--no-download" in help_text
     assert "--aa-per-class" not in help_text  # --subset autoattack=K's old form, hidden
     assert "--n-per-class" not in help_text and "--batch-size " not in help_text.replace("--eval-batch-size", "")
-    code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--eval-per-class", "2",
-                            "--n-per-class", "3", "--out", str(tmp_path)], capsys)
+    code, _, err = cli_out(
+        [
+            "eval",
+            "--checkpoint",
+            "x.pt",
+            "--arch",
+            "small-cnn",
+            "--eval-per-class",
+            "2",
+            "--n-per-class",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 2
     one_error(err, "--n-per-class is the old name of --eval-per-class")
 
 
 def test_eval_refuses_a_bad_device_in_one_line(tmp_path: Path, capsys) -> None:
-    code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--device", "gpu",
-                            "--out", str(tmp_path)], capsys)
+    code, _, err = cli_out(
+        ["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--device", "gpu", "--out", str(tmp_path)], capsys
+    )
     assert code == 2
     one_error(err, "--device must be auto, cpu or cuda[:N], got 'gpu'")
 
@@ -214,14 +273,26 @@ def test_eval_refuses_a_bad_device_in_one_line(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("given", [["--subset", "autoattack=3"], ["--aa-per-class", "3"]])
 def test_eval_checks_a_subset_against_eval_per_class(given: list[str], tmp_path: Path, capsys) -> None:
     """--aa-per-class K is --subset autoattack=K (its alias): the same check, the same message."""
-    code, _, err = cli_out(["eval", "--checkpoint", "x.pt", "--arch", "small-cnn", "--eval-per-class", "2",
-                            *given, "--out", str(tmp_path)], capsys)
+    code, _, err = cli_out(
+        [
+            "eval",
+            "--checkpoint",
+            "x.pt",
+            "--arch",
+            "small-cnn",
+            "--eval-per-class",
+            "2",
+            *given,
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 2
     one_error(err, "--subset autoattack=3 is more than the 2 evaluated images per class")
 
 
-def test_eval_no_download_names_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys) -> None:
+def test_eval_no_download_names_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     missing = tmp_path / "no-debian-here"
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", missing)
     import torchvision
@@ -230,8 +301,24 @@ def test_eval_no_download_names_where_it_looked(tmp_path: Path, monkeypatch: pyt
     torch.save(create_model("small-cnn", get_dataset("fashion-mnist")).state_dict(), tmp_path / "m.pt")
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = cli_out(["eval", "--checkpoint", str(tmp_path / "m.pt"), "--arch", "small-cnn",
-                            "--dataset", "fashion-mnist", "--no-download", "--data-dir", str(empty),
-                            "--device", "cpu", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = cli_out(
+        [
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "m.pt"),
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--no-download",
+            "--data-dir",
+            str(empty),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "download failed" not in one_error(err, "fashion-mnist not found", str(empty), "network access")

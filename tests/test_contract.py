@@ -37,10 +37,37 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_args(data: Path, out: Path, method: str, *extra: str, run_id: str = "r") -> list[str]:
     """A tiny run: 150 training images in batches of 30 (5 steps per epoch), PGD-2."""
-    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--epochs", str(EPOCHS), "--batch-size", "30", "--attack-steps", "2", "--val-per-class", "5",
-            "--eval-per-class", "2", "--attacks", "clean", "--data-dir", str(data), "--out", str(out),
-            "--run-id", run_id, "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "30",
+        "--attack-steps",
+        "2",
+        "--val-per-class",
+        "5",
+        "--eval-per-class",
+        "2",
+        "--attacks",
+        "clean",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--run-id",
+        run_id,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +104,22 @@ def without_timing(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_trains_and_resumes_bit_exactly(name: str, data: Path, source: Path, tmp_path: Path, capsys,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trains_and_resumes_bit_exactly(
+    name: str, data: Path, source: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     check_trains_and_resumes(name, data, source, tmp_path, capsys, monkeypatch)
 
 
 def contributing_example() -> str:
     """The worked example of CONTRIBUTING.md (the code block after its heading)."""
     text = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
-    after = text[text.index("### A worked example"):]
-    return after[after.index("```python\n") + len("```python\n"):after.index("\n```\n")]
+    after = text[text.index("### A worked example") :]
+    return after[after.index("```python\n") + len("```python\n") : after.index("\n```\n")]
 
 
-def test_the_contributing_example_keeps_the_contract(data: Path, source: Path, tmp_path: Path, capsys,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_contributing_example_keeps_the_contract(
+    data: Path, source: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     METHODS.names()
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
     module = types.ModuleType("contributing_example")
@@ -102,8 +131,9 @@ def test_the_contributing_example_keeps_the_contract(data: Path, source: Path, t
     assert "loss" in log[-1]
 
 
-def check_trains_and_resumes(name: str, data: Path, source: Path, tmp_path: Path, capsys,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def check_trains_and_resumes(
+    name: str, data: Path, source: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     extra = method_args(name, source)
     code, err = cli(run_args(data, tmp_path / "whole", name, *extra), capsys)
     assert code == 0, err
@@ -142,8 +172,9 @@ def wrong_value(f: dataclasses.Field) -> str | None:
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_bad_parameters_are_one_error_line_and_write_nothing(name: str, data: Path, source: Path,
-                                                             tmp_path: Path, capsys) -> None:
+def test_bad_parameters_are_one_error_line_and_write_nothing(
+    name: str, data: Path, source: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "out"
     extra = method_args(name, source)
     code, err = cli(run_args(data, out, name, *extra, "--param", "no_such_parameter=1"), capsys)

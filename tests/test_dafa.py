@@ -12,9 +12,7 @@ from fairbench.methods.losses import trades_outputs
 from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
 
 # p_i(j): rows the true class, columns the predicted class
-SIMILARITY = torch.tensor([[0.6, 0.3, 0.1],
-                           [0.2, 0.7, 0.1],
-                           [0.1, 0.1, 0.8]])
+SIMILARITY = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
 
 
 def test_weights_from_a_given_similarity_matrix_by_hand() -> None:
@@ -91,10 +89,15 @@ def test_loss_weights_the_natural_ce_and_records_only_in_the_recording_epoch() -
     assert counts.tolist() == [2.0] * 10 and torch.allclose(sums.sum(1), counts)  # softmax rows
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"lam": "-1"}, "lam must be >= 0"), ({"min_weight": "0"}, r"min_weight must be in \(0, 1\]"),
-    ({"warmup_fraction": "1"}, "warmup_fraction"), ({"base": "x"}, "base must be one of"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"lam": "-1"}, "lam must be >= 0"),
+        ({"min_weight": "0"}, r"min_weight must be in \(0, 1\]"),
+        ({"warmup_fraction": "1"}, "warmup_fraction"),
+        ({"base": "x"}, "base must be one of"),
+    ],
+)
 def test_bad_parameters_are_one_clear_error(params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build("dafa", params)

@@ -32,6 +32,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 # ---------------------------------------------------------------- CIFAR in its pickle format
 
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -54,23 +55,36 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, n: int = 4) -> di
     train_x, train_y, train_list = [], [], []
     for i in range(1, 6):
         x, y = _batch(rng, n, 10)
-        _dump(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5",
-                                           "labels": y.tolist(), "data": x.reshape(n, 3072),
-                                           "filenames": [f"img{i}_{j}.png" for j in range(n)]})
+        _dump(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": y.tolist(),
+                "data": x.reshape(n, 3072),
+                "filenames": [f"img{i}_{j}.png" for j in range(n)],
+            },
+        )
         train_x.append(x)
         train_y.append(y)
         train_list.append([f"data_batch_{i}", _md5(folder / f"data_batch_{i}")])
     test_x, test_y = _batch(rng, n + 1, 10)
-    _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test_y.tolist(),
-                                  "data": test_x.reshape(-1, 3072), "filenames": ["t.png"] * (n + 1)})
-    _dump(folder / "batches.meta", {"num_cases_per_batch": n, "num_vis": 3072,
-                                    "label_names": list(data.CIFAR10_CLASSES)})
+    _dump(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": test_y.tolist(),
+            "data": test_x.reshape(-1, 3072),
+            "filenames": ["t.png"] * (n + 1),
+        },
+    )
+    _dump(
+        folder / "batches.meta", {"num_cases_per_batch": n, "num_vis": 3072, "label_names": list(data.CIFAR10_CLASSES)}
+    )
     cls = torchvision.datasets.CIFAR10
     monkeypatch.setattr(cls, "train_list", train_list)
     monkeypatch.setattr(cls, "test_list", [["test_batch", _md5(folder / "test_batch")]])
     monkeypatch.setattr(cls, "meta", dict(cls.meta, md5=_md5(folder / "batches.meta")))
-    return {"train_x": np.concatenate(train_x), "train_y": np.concatenate(train_y),
-            "test_x": test_x, "test_y": test_y}
+    return {"train_x": np.concatenate(train_x), "train_y": np.concatenate(train_y), "test_x": test_x, "test_y": test_y}
 
 
 def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
@@ -81,12 +95,21 @@ def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.
     out = {}
     for split, n in (("train", 12), ("test", 7)):
         x, y = _batch(rng, n, 100)
-        _dump(folder / split, {"filenames": [f"{j}.png" for j in range(n)], "batch_label": split,
-                               "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
-                               "data": x.reshape(n, 3072)})
+        _dump(
+            folder / split,
+            {
+                "filenames": [f"{j}.png" for j in range(n)],
+                "batch_label": split,
+                "fine_labels": y.tolist(),
+                "coarse_labels": (y // 5).tolist(),
+                "data": x.reshape(n, 3072),
+            },
+        )
         out[f"{split}_x"], out[f"{split}_y"] = x, y
-    _dump(folder / "meta", {"fine_label_names": list(CIFAR100_CLASSES),
-                            "coarse_label_names": [f"super{i}" for i in range(20)]})
+    _dump(
+        folder / "meta",
+        {"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": [f"super{i}" for i in range(20)]},
+    )
     cls = torchvision.datasets.CIFAR100
     monkeypatch.setattr(cls, "train_list", [["train", _md5(folder / "train")]])
     monkeypatch.setattr(cls, "test_list", [["test", _md5(folder / "test")]])
@@ -102,8 +125,7 @@ def _check_split(split: Split, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("download", [False, True])  # files present: no network is ever needed
-def test_cifar10_loader_reads_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             download: bool) -> None:
+def test_cifar10_loader_reads_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download: bool) -> None:
     written = write_cifar10(tmp_path, monkeypatch)
     spec = get_dataset("cifar10")
     _check_split(load_split(spec, "train", tmp_path, download), written["train_x"], written["train_y"])
@@ -137,6 +159,7 @@ def test_cifar_missing_or_corrupted_names_the_folder(tmp_path: Path, monkeypatch
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
+
 def write_fmnist(folder: Path, seed: int, n: int = 20, gz: bool = True) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,8 +186,9 @@ def test_fashion_mnist_reads_idx_files(tmp_path: Path, no_debian: Path, layout: 
     written = write_fmnist(tmp_path / "root" / layout, seed=1, gz=gz)
     spec = get_dataset("fashion-mnist")
     for split in ("train", "test"):
-        _check_split(load_split(spec, split, tmp_path / "root", download=False),
-                     written[f"{split}_x"], written[f"{split}_y"])
+        _check_split(
+            load_split(spec, split, tmp_path / "root", download=False), written[f"{split}_x"], written[f"{split}_y"]
+        )
 
 
 def test_fashion_mnist_real_debian_files(tmp_path: Path) -> None:
@@ -193,9 +217,10 @@ def test_missing_offline_names_every_place_and_both_ways(tmp_path: Path, no_debi
 
 def test_truncated_idx_is_a_clear_error(tmp_path: Path, no_debian: Path) -> None:
     write_fmnist(tmp_path, seed=2)
-    raw = (tmp_path / "train-images-idx3-ubyte.gz")
+    raw = tmp_path / "train-images-idx3-ubyte.gz"
     write_idx(raw, np.zeros((5, 28, 28)))
     import gzip
+
     blob = gzip.decompress(raw.read_bytes())[:-10]
     raw.write_bytes(gzip.compress(blob))
     with pytest.raises(FairbenchError, match="truncated"):
@@ -214,6 +239,7 @@ def test_cut_or_corrupt_gzip_is_a_clear_error(tmp_path: Path, no_debian: Path, d
 
 
 # ---------------------------------------------------------------- data root
+
 
 def test_data_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -243,12 +269,13 @@ def test_loaders_use_the_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # ---------------------------------------------------------------- augmentation
 
+
 def _windows(img: torch.Tensor, padding: int) -> list[torch.Tensor]:
     """Every H×W window of the zero-padded image (brute force)."""
     c, h, w = img.shape
     padded = torch.zeros(c, h + 2 * padding, w + 2 * padding, dtype=img.dtype)
-    padded[:, padding:padding + h, padding:padding + w] = img
-    return [padded[:, dy:dy + h, dx:dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+    padded[:, padding : padding + h, padding : padding + w] = img
+    return [padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
 
 
 def _window_index(out: torch.Tensor, img: torch.Tensor, padding: int) -> int | None:
@@ -316,6 +343,7 @@ def test_standard_augment_scales_exactly() -> None:
 
 
 # ---------------------------------------------------------------- class-balanced subsets
+
 
 def _labels(counts: list[int]) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)

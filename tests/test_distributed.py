@@ -25,7 +25,7 @@ from fairbench.runs import folder as results
 from cli_helpers import run_ok
 from conftest import make_fashion_mnist
 
-WRAPPER = '''
+WRAPPER = """
 import os, sys
 import torch
 import fairbench.eval.evaluator as evaluator
@@ -72,7 +72,7 @@ except SystemExit as exc:
     with open(os.path.join(os.environ["DUMP_DIR"], f"exit{os.environ['RANK']}"), "w") as f:
         f.write(str(exc.code))
     raise
-'''
+"""
 
 # Every registered method, e.g. pgd-at: one loss forward; trades: two (clean and adversarial)
 # before one backward; fairat: a scoring pass over the training set before every epoch; frl-rwrm:
@@ -84,29 +84,51 @@ METHODS = REGISTRY.names()
 
 
 def run_args(data_dir: Path, out: Path, method: str = "pgd-at") -> list[str]:
-    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--epochs", "2", "--batch-size", "40", "--attack-steps", "3", "--data-dir", str(data_dir),
-            "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", "--attacks", "clean,pgd20",
-            "--val-per-class", "5"]  # every method trains on the same 150 images (FRL needs the 50 held out)
+    return [
+        "run",
+        "--method",
+        method,
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "40",
+        "--attack-steps",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--run-id",
+        "r",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--attacks",
+        "clean,pgd20",
+        "--val-per-class",
+        "5",
+    ]  # every method trains on the same 150 images (FRL needs the 50 held out)
 
 
 def method_args(data_dir: Path, out: Path, method: str, source: Path) -> list[str]:
     """`run_args`, plus the finished run to start from for a method that fine-tunes one."""
-    return run_args(data_dir, out, method) + (["--init-from", str(source)] if REGISTRY.get(method).requires_init
-                                              else [])
+    return run_args(data_dir, out, method) + (
+        ["--init-from", str(source)] if REGISTRY.get(method).requires_init else []
+    )
 
 
-def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0,
-             **env_extra: str) -> str:
+def torchrun(tmp: Path, args: list[str], dump: Path, stop_after: int = -1, expect: int = 0, **env_extra: str) -> str:
     """Run the CLI in 2 gloo processes; returns their combined output."""
     wrapper = tmp / "wrapper.py"
     wrapper.write_text(WRAPPER)
     dump.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after),
-               **env_extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DUMP_DIR=str(dump), STOP_AFTER=str(stop_after), **env_extra)
     # --standalone: a rendezvous on a port the OS picks, so parallel test runs never collide
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(wrapper), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr if expect else proc.stdout
@@ -145,8 +167,9 @@ def source(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(data_dir: Path, source: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Callable[[str], tuple[Path, str]]:
+def ddp_run(
+    data_dir: Path, source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[Path, str]]:
     """One uninterrupted 2-process run per method (shared by the tests): (its folder, its output)."""
     done: dict[str, tuple[Path, str]] = {}
 
@@ -161,8 +184,7 @@ def ddp_run(data_dir: Path, source: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, source: Path,
-                                       tmp_path: Path) -> None:
+def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, source: Path, tmp_path: Path) -> None:
     tmp, output = ddp_run(method)
     rank0, rank1 = (torch.load(tmp / "dump" / f"rank{r}.pt") for r in (0, 1))
     assert_same_weights(rank0, rank1)  # parameters and batch-norm statistics alike
@@ -180,8 +202,11 @@ def test_two_processes_train_one_model(method: str, ddp_run, data_dir: Path, sou
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert sum(ddp_metrics["metrics"]["pgd20"]["n_per_class"]) == 50  # every test image, once
     assert ddp_metrics["timing"]["world_size"] == 2
-    assert {k: ddp_metrics["training"][k] for k in ("sync_bn", "world_size", "bn_batch")} == \
-        {"sync_bn": False, "world_size": 2, "bn_batch": 20}  # batch norm saw each process's 20 images
+    assert {k: ddp_metrics["training"][k] for k in ("sync_bn", "world_size", "bn_batch")} == {
+        "sync_bn": False,
+        "world_size": 2,
+        "bn_batch": 20,
+    }  # batch norm saw each process's 20 images
     ddp_log, single_log = load_log(ddp_dir), load_log(single_dir)
     assert [r["epoch"] for r in ddp_log] == [r["epoch"] for r in single_log] == [1, 2]
     assert [r["examples"] for r in ddp_log] == [150, 150]  # the ranks' shards cover the epoch
@@ -214,7 +239,8 @@ def test_resume_under_two_and_one_processes(ddp_run, data_dir: Path, tmp_path: P
 
 @pytest.mark.parametrize("method", ["cfa", "dafa"])
 def test_resume_inside_an_epoch_keeps_the_class_statistics_of_both_processes(
-        method: str, ddp_run, data_dir: Path, tmp_path: Path) -> None:
+    method: str, ddp_run, data_dir: Path, tmp_path: Path
+) -> None:
     """Both processes stop inside epoch 1 (after its step 2 of 4), where CFA counts each class's
     robust training predictions and DAFA records its class-similarity matrix: each process holds
     part of the sums. The checkpoint keeps all of them (in rank 0's method state), and the resumed
@@ -254,7 +280,7 @@ def test_an_error_on_rank_0_alone_stops_every_rank(data_dir: Path, tmp_path: Pat
     assert list(run_dir.iterdir()) == []
 
 
-MAP_SCRIPT = '''
+MAP_SCRIPT = """
 import json, sys
 import torch
 import torch.distributed as dist
@@ -276,7 +302,7 @@ for n in (1, 2, 3, 5):  # n = 1: rank 1's shard is empty
 if info.is_main:
     json.dump(out, open(sys.argv[1], "w"))
 dist.destroy_process_group()
-'''
+"""
 
 
 def test_map_sharded_gathers_every_example_in_order(tmp_path: Path) -> None:
@@ -284,10 +310,16 @@ def test_map_sharded_gathers_every_example_in_order(tmp_path: Path) -> None:
     processes give what one gives, also when a process has no example of its own."""
     script = tmp_path / "map.py"
     script.write_text(MAP_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(tmp_path / "out.json")]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path / "out.json"),
+    ]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert sorted(out) == ["1", "2", "3", "5"]
@@ -296,7 +328,7 @@ def test_map_sharded_gathers_every_example_in_order(tmp_path: Path) -> None:
         assert [row[1] for row in one] == list(range(int(n)))[::-1]
 
 
-DOWNLOAD_SCRIPT = '''
+DOWNLOAD_SCRIPT = """
 import json, os, sys, time
 from pathlib import Path
 import torch
@@ -332,7 +364,7 @@ except FairbenchError as exc:
     outcome = str(exc)
 Path(f"{log}.rank{rank}").write_text(outcome)
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -342,8 +374,16 @@ def test_one_process_downloads_the_others_wait_and_only_read(tmp_path: Path, fai
     ranks with the downloading rank's message."""
     script, log = tmp_path / "download.py", tmp_path / "log.jsonl"
     script.write_text(DOWNLOAD_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(log), str(tmp_path / "data")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(log),
+        str(tmp_path / "data"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", **({"FAIL": "1"} if fail else {}))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

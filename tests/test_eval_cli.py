@@ -40,9 +40,27 @@ def small_cnn_checkpoint(path: Path) -> Path:
 
 def test_eval_checkpoint_writes_metrics_and_resumes(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
-    args = ["eval", "--checkpoint", str(ckpt), "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--attacks", "clean,pgd20", "--n-per-class", "2", "--data-dir", str(fmnist_dir),
-            "--out", str(tmp_path / "results"), "--device", "cpu", "--batch-size", "7"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--attacks",
+        "clean,pgd20",
+        "--n-per-class",
+        "2",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "7",
+    ]
     code, out, err = cli(args, capsys)
     assert code == 0, err
     [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
@@ -50,8 +68,11 @@ def test_eval_checkpoint_writes_metrics_and_resumes(fmnist_dir: Path, tmp_path: 
     assert data["schema_version"] == 1 and data["method"] == "external" and data["arch"] == "small-cnn"
     assert set(data["metrics"]) == {"clean", "pgd20", "union"}
     assert data["metrics"]["clean"]["n_per_class"] == [2] * 10
-    assert data["epochs"] is None and data["training"] == {"epochs": None, "train_per_class": None,
-                                                           "eval_per_class": 2}  # not trained here
+    assert data["epochs"] is None and data["training"] == {
+        "epochs": None,
+        "train_per_class": None,
+        "eval_per_class": 2,
+    }  # not trained here
     assert (path.parent / "outcomes.csv.gz").is_file()
     assert data["threat"] == {"norm": "Linf", "eps": 0.1}
     assert data["attack_settings"]["pgd20"]["steps"] == 20
@@ -65,8 +86,22 @@ def test_eval_checkpoint_writes_metrics_and_resumes(fmnist_dir: Path, tmp_path: 
 
 def test_checkpoint_for_another_architecture_is_one_error(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
-    code, out, err = cli(["eval", "--checkpoint", str(ckpt), "--arch", "preact18", "--dataset",
-                          "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(tmp_path)], capsys)
+    code, out, err = cli(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--arch",
+            "preact18",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 2
     [line] = err.strip().splitlines()
     assert line.startswith("error: ") and "does not fit this architecture" in line and "missing keys" in line
@@ -80,22 +115,38 @@ def test_malicious_pickle_is_refused(fmnist_dir: Path, tmp_path: Path, capsys) -
             return (Path.touch, (marker,))
 
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pt")
-    code, _, err = cli(["eval", "--checkpoint", str(tmp_path / "evil.pt"), "--arch", "small-cnn",
-                        "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(tmp_path)],
-                       capsys)
+    code, _, err = cli(
+        [
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "evil.pt"),
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 2 and not marker.exists()
     [line] = err.strip().splitlines()
     assert line.startswith("error: cannot load checkpoint") and "weights_only" in line
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--arch", "small-cnn"], "exactly one of --checkpoint"),
-    (["--checkpoint", "x.pt"], "--checkpoint needs --arch"),
-    (["--checkpoint", "x.pt", "--arch", "small-cnn", "--attacks", "clean,fgsm"], "unknown attack(s) fgsm"),
-    (["--checkpoint", "x.pt", "--arch", "small-cnn", "--n-per-class", "0"], "--eval-per-class must be >= 1"),
-    (["--robustbench", "Wong2020Fast", "--threat-model", "L2"], "fairbench evaluates L-inf only"),
-    (["--robustbench", "Wong2020Fsat"], "did you mean Wong2020Fast"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "small-cnn"], "exactly one of --checkpoint"),
+        (["--checkpoint", "x.pt"], "--checkpoint needs --arch"),
+        (["--checkpoint", "x.pt", "--arch", "small-cnn", "--attacks", "clean,fgsm"], "unknown attack(s) fgsm"),
+        (["--checkpoint", "x.pt", "--arch", "small-cnn", "--n-per-class", "0"], "--eval-per-class must be >= 1"),
+        (["--robustbench", "Wong2020Fast", "--threat-model", "L2"], "fairbench evaluates L-inf only"),
+        (["--robustbench", "Wong2020Fsat"], "did you mean Wong2020Fast"),
+    ],
+)
 def test_bad_options_are_one_error(args: list[str], message: str, tmp_path: Path, capsys) -> None:
     code, _, err = cli(["eval", "--out", str(tmp_path), *args], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
@@ -103,14 +154,18 @@ def test_bad_options_are_one_error(args: list[str], message: str, tmp_path: Path
 
 # ---------------------------------------------------------------- RobustBench (no download)
 
+
 def write_cifar10_test(root: Path, per_class: int) -> Path:
     """CIFAR-10's test batch and meta file in their real (pickled) format, random pixels."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), per_class)
-    batch = {"batch_label": "testing batch 1 of 1", "labels": labels.tolist(),
-             "data": rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)}
+    batch = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": labels.tolist(),
+        "data": rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8),
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
     return root
@@ -135,9 +190,26 @@ def test_robustbench_zoo_model_per_class(tmp_path: Path, capsys, monkeypatch) ->
     (model_dir / "cifar10" / "Linf").mkdir(parents=True)
     torch.save(net.state_dict(), model_dir / "cifar10" / "Linf" / "Wong2020Fast.pt")
     data_dir = write_cifar10_test(tmp_path / "data", per_class=1)
-    code, out, err = cli(["eval", "--robustbench", "Wong2020Fast", "--model-dir", str(model_dir),
-                          "--data-dir", str(data_dir), "--attacks", "clean,pgd20", "--n-per-class", "1",
-                          "--out", str(tmp_path / "results"), "--device", "cpu"], capsys)
+    code, out, err = cli(
+        [
+            "eval",
+            "--robustbench",
+            "Wong2020Fast",
+            "--model-dir",
+            str(model_dir),
+            "--data-dir",
+            str(data_dir),
+            "--attacks",
+            "clean,pgd20",
+            "--n-per-class",
+            "1",
+            "--out",
+            str(tmp_path / "results"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
     data = read_metrics(path).to_json()
@@ -159,8 +231,10 @@ def test_robustbench_malicious_file_is_refused(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "models" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
     torch.save({"state_dict": Evil()}, folder / "Wong2020Fast.pt")
-    code, _, err = cli(["eval", "--robustbench", "Wong2020Fast", "--model-dir", str(tmp_path / "models"),
-                        "--out", str(tmp_path)], capsys)
+    code, _, err = cli(
+        ["eval", "--robustbench", "Wong2020Fast", "--model-dir", str(tmp_path / "models"), "--out", str(tmp_path)],
+        capsys,
+    )
     assert code == 2 and not marker.exists() and "weights_only" in err
 
 
@@ -174,10 +248,32 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
     def killed(*args, **kwargs):
         raise Killed
 
-    args = ["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--epochs", "1", "--batch-size", "50", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
-            "--run-id", "r", "--no-progress", "--device", "cpu", "--attacks", "clean,pgd20",
-            "--eval-per-class", "3"]
+    args = [
+        "run",
+        "--method",
+        "pgd-at",
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path),
+        "--run-id",
+        "r",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--attacks",
+        "clean,pgd20",
+        "--eval-per-class",
+        "3",
+    ]
     monkeypatch.setattr(threats, "pgd_correct", killed)
     with pytest.raises(Killed):
         main(args)
@@ -196,6 +292,7 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
     # the saved outcomes name the evaluated images by their positions in the full test set
     from fairbench.data.datasets import load_split, per_class_indices
     from fairbench.runs.folder import load_checkpoint
+
     labels = load_split(get_dataset("fashion-mnist"), "test", fmnist_dir, download=False).labels
     expected = per_class_indices(labels, 3, 10)
     assert not torch.equal(expected, torch.arange(30))  # else this check would prove nothing
@@ -204,16 +301,31 @@ def test_run_resumes_a_killed_evaluation(fmnist_dir: Path, tmp_path: Path, capsy
         assert torch.equal(saved["indices"], expected), threat
 
 
-def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_path: Path, capsys,
-                                                         monkeypatch) -> None:
+def test_a_killed_re_evaluation_leaves_no_stale_result(fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Evaluating the same checkpoint again with other settings writes to the same folder: while it
     runs (and if it is killed) the earlier metrics.json must not be there to look current."""
     import fairbench.eval.threats as threats
 
     ckpt = small_cnn_checkpoint(tmp_path / "ck.pt")
-    args = ["eval", "--checkpoint", str(ckpt), "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--attacks", "clean,pgd20", "--n-per-class", "2", "--data-dir", str(fmnist_dir),
-            "--out", str(tmp_path / "results"), "--device", "cpu"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--attacks",
+        "clean,pgd20",
+        "--n-per-class",
+        "2",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+    ]
     assert cli(args, capsys)[0] == 0
     [path] = list((tmp_path / "results" / "runs").glob("*/metrics.json"))
 

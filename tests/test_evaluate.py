@@ -59,8 +59,11 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Split]:
     tmp = tmp_path_factory.mktemp("nodata")
-    return {"train": real_split("train", 200, tmp), "test3": real_split("test", 3, tmp),
-            "test5": real_split("test", 5, tmp)}
+    return {
+        "train": real_split("train", 200, tmp),
+        "test3": real_split("test", 3, tmp),
+        "test5": real_split("test", 5, tmp),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,7 @@ def test_balanced_subset_has_exactly_k_per_class(data: dict[str, Split], mlp: nn
     assert torch.bincount(labels[idx], minlength=10).tolist() == [7] * 10
     for c in range(10):  # the first 7 of each class, not the first N images
         assert torch.equal(idx[labels[idx] == c], torch.nonzero(labels == c).flatten()[:7])
-    metrics, _, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"],
-                          progress=lambda m: None)
+    metrics, _, _ = evaluate(mlp, data["test5"], SPEC.classes, eps=EPS, attacks=["clean"], progress=lambda m: None)
     assert metrics["clean"]["n_per_class"] == [5] * 10
 
 
@@ -145,8 +147,7 @@ def test_standard_model_is_not_robust(data: dict[str, Split]) -> None:
     """
     torch.manual_seed(0)
     model = train_clean(create_model("small-cnn", SPEC), data["train"], steps=300, lr=0.05)
-    metrics, _, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL,
-                          progress=lambda m: None)
+    metrics, _, _ = evaluate(model, data["test5"], SPEC.classes, eps=SPEC.eps, attacks=ALL, progress=lambda m: None)
     assert metrics["clean"]["avg"] >= 0.6
     for threat in ("pgd20", "autoattack", "union"):
         assert metrics[threat]["avg"] <= 0.06, threat
@@ -164,13 +165,15 @@ def test_killed_after_pgd_resumes_without_pgd(mlp, data, reference, tmp_path, mo
     state_dir = tmp_path / "eval_state"
     monkeypatch.setattr(threats, "autoattack_correct", _raise)
     with pytest.raises(Killed):
-        evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, state_dir=state_dir,
-                          progress=lambda m: None)
+        evaluate_outcomes(
+            mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, state_dir=state_dir, progress=lambda m: None
+        )
     assert {p.name for p in state_dir.iterdir()} == {"clean.pt", "pgd20.pt"}
     monkeypatch.undo()
     monkeypatch.setattr(threats, "pgd_correct", _raise)  # PGD must not run again
-    correct, seconds = evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10,
-                                         state_dir=state_dir, progress=lambda m: None)
+    correct, seconds = evaluate_outcomes(
+        mlp, data["test3"], eps=EPS, attacks=ALL, chunk_size=10, state_dir=state_dir, progress=lambda m: None
+    )
     (expected, _), _ = reference
     for threat in expected:
         assert torch.equal(correct[threat], expected[threat]), threat
@@ -210,8 +213,9 @@ def test_saved_state_for_other_settings_or_weights_is_not_reused(mlp, data, tmp_
 
     def run(model: nn.Module, eps: float) -> dict[str, torch.Tensor]:
         calls.clear()
-        return evaluate_outcomes(model, split, eps=eps, attacks=["pgd20"], state_dir=state_dir,
-                                 progress=lambda m: None)[0]
+        return evaluate_outcomes(
+            model, split, eps=eps, attacks=["pgd20"], state_dir=state_dir, progress=lambda m: None
+        )[0]
 
     first = run(mlp, EPS)
     assert calls
@@ -240,8 +244,7 @@ def test_malicious_state_file_is_not_executed(mlp, data, tmp_path) -> None:
     state_dir.mkdir()
     torch.save({"format": 1, "payload": Evil()}, state_dir / "clean.pt")
     logs: list[str] = []
-    evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=["clean"], state_dir=state_dir,
-                      progress=logs.append)
+    evaluate_outcomes(mlp, data["test3"], eps=EPS, attacks=["clean"], state_dir=state_dir, progress=logs.append)
     assert not marker.exists()
     assert any("ignoring unreadable saved state" in line for line in logs)
 
@@ -259,11 +262,17 @@ def test_settings_and_table() -> None:
     assert settings["union"]["of"] == ["clean", "pgd20", "autoattack"]
     labels = torch.arange(10).repeat(2)
     c = labels != 6
-    table = format_table({"clean": summarize(c, labels, SPEC.classes).to_json(),
-                          "union": summarize(c & (labels < 5), labels, SPEC.classes).to_json()}, SPEC.classes)
+    table = format_table(
+        {
+            "clean": summarize(c, labels, SPEC.classes).to_json(),
+            "union": summarize(c & (labels < 5), labels, SPEC.classes).to_json(),
+        },
+        SPEC.classes,
+    )
     assert "union" in table.splitlines()[0]
-    assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == \
-        [["worst", "class", "shirt", "sandal"]]
+    assert [line.split() for line in table.splitlines() if line.startswith("worst class")] == [
+        ["worst", "class", "shirt", "sandal"]
+    ]
 
 
 def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() -> None:
@@ -275,8 +284,9 @@ def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() 
 
     class Spy(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append((backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
-                         backends.cuda.matmul.fp32_precision))
+            seen.append(
+                (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision)
+            )
             return torch.zeros(x.shape[0], 10) + x.flatten(1)[:, :1]
 
     before = (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision)
@@ -286,8 +296,11 @@ def test_evaluation_runs_without_autotuning_or_tf32_and_restores_the_settings() 
         split = Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4))
         evaluate(Spy(), split, SPEC.classes, eps=EPS, attacks=("clean", "pgd20"), progress=lambda _m: None)
         assert seen and set(seen) == {(False, "ieee", "ieee")}
-        assert (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision,
-                backends.cuda.matmul.fp32_precision) == (True, "tf32", "tf32")
+        assert (backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision, backends.cuda.matmul.fp32_precision) == (
+            True,
+            "tf32",
+            "tf32",
+        )
     finally:
         backends.cudnn.benchmark, backends.cudnn.conv.fp32_precision = before[:2]
         backends.cuda.matmul.fp32_precision = before[2]
@@ -308,8 +321,9 @@ def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Sp
     ev_aa = threats.autoattack_correct
     threats.autoattack_correct = counting
     try:
-        out, _ = evaluate_outcomes(mlp, split, eps=EPS, attacks=ALL, chunk_size=10,
-                                   progress=lambda m: None, subsets={"autoattack": pos})
+        out, _ = evaluate_outcomes(
+            mlp, split, eps=EPS, attacks=ALL, chunk_size=10, progress=lambda m: None, subsets={"autoattack": pos}
+        )
     finally:
         threats.autoattack_correct = ev_aa
     assert sum(calls) == len(pos), "AutoAttack saw only the subset"
@@ -319,10 +333,14 @@ def test_a_threat_on_a_subset_runs_only_there(mlp: nn.Module, data: dict[str, Sp
     assert torch.equal(out["clean"], full["clean"]) and torch.equal(out["pgd20"], full["pgd20"])
     assert (out["autoattack"][outside] == -1).all() and (out["union"][outside] == -1).all()
     assert set(out["autoattack"][pos].tolist()) <= {0, 1}
-    expect_union = ((out["clean"][pos] == 1) & (out["pgd20"][pos] == 1) & (out["autoattack"][pos] == 1))
+    expect_union = (out["clean"][pos] == 1) & (out["pgd20"][pos] == 1) & (out["autoattack"][pos] == 1)
     assert torch.equal(out["union"][pos] == 1, expect_union)
-    metrics = {t: m.to_json() for t, m in
-               metrics_from_outcomes(make_outcomes(torch.arange(len(split)), split.labels, out), SPEC.classes).items()}
+    metrics = {
+        t: m.to_json()
+        for t, m in metrics_from_outcomes(
+            make_outcomes(torch.arange(len(split)), split.labels, out), SPEC.classes
+        ).items()
+    }
     assert metrics["autoattack"]["n_per_class"] == [1] * 10
     assert metrics["pgd20"]["n_per_class"] == torch.bincount(split.labels, minlength=10).tolist()
     with pytest.raises(FairbenchError, match="clean"):
@@ -338,8 +356,9 @@ def test_outcomes_file_gives_the_metrics(mlp: nn.Module, data: dict[str, Split])
     split = data["test3"]
     indices = torch.arange(100, 100 + len(split))
     pos = per_class_indices(split.labels, 2, SPEC.num_classes)
-    metrics, _, out = evaluate(mlp, split, SPEC.classes, eps=EPS, attacks=["clean", "pgd20"],
-                               progress=lambda m: None, subsets={"pgd20": pos})
+    metrics, _, out = evaluate(
+        mlp, split, SPEC.classes, eps=EPS, attacks=["clean", "pgd20"], progress=lambda m: None, subsets={"pgd20": pos}
+    )
     blob = outcomes_bytes(make_outcomes(indices, split.labels, out))
     assert blob == outcomes_bytes(make_outcomes(indices, split.labels, out))
     rows = list(csv.DictReader(io.StringIO(gzip.decompress(blob).decode())))
@@ -380,8 +399,7 @@ def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, S
     for p in mlp.parameters():
         p.grad = None
     with torch.random.fork_rng():
-        got = threats.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size,
-                                    progress=lambda m: None)
+        got = threats.autoattack_correct(mlp, x, y, eps=EPS, seed=7, batch_size=batch_size, progress=lambda m: None)
     assert expected.any() and not expected.all()
     assert torch.equal(got, expected)
     assert all(p.requires_grad and p.grad is None for p in mlp.parameters())
@@ -390,8 +408,7 @@ def test_autoattack_feeding_keeps_the_outcomes(mlp: nn.Module, data: dict[str, S
 def test_attack_ready_restores_the_model() -> None:
     """Inside: channels-last, no weight gradients (FAB-T's .backward() computes none); after,
     even when the block fails: the old memory format, trainable weights, no .grad left."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 10))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
     conv = model[2].weight
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     with pytest.raises(Killed):

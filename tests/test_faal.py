@@ -66,8 +66,12 @@ def test_all_equal_values_give_uniform_weights(a: torch.Tensor) -> None:
 
 
 def test_never_nan_on_extreme_inputs() -> None:
-    for a in (torch.tensor([1e12, -1e12, 0.0]), torch.tensor([1e-300, 0.0, 0.0]),
-              torch.tensor([5.0] + [0.0] * 99), torch.tensor([0.0, 0.0, 1e-9])):
+    for a in (
+        torch.tensor([1e12, -1e12, 0.0]),
+        torch.tensor([1e-300, 0.0, 0.0]),
+        torch.tensor([5.0] + [0.0] * 99),
+        torch.tensor([0.0, 0.0, 1e-9]),
+    ):
         for r in (1e-8, 0.5, 50.0):
             p = dro_class_weights(a, r)
             assert torch.isfinite(p).all() and (p >= 0).all() and abs(float(p.sum()) - 1) < 1e-5
@@ -97,8 +101,10 @@ def test_loss_weighs_each_examples_ce_by_its_class_weight() -> None:
     assert a[4] == 0 and p[4] > 0
 
 
-@pytest.mark.parametrize("params, message", [({"r": "0"}, "r must be > 0"), ({"r": "-1"}, "r must be > 0"),
-                                             ({"base": "mart"}, "base must be one of")])
+@pytest.mark.parametrize(
+    "params, message",
+    [({"r": "0"}, "r must be > 0"), ({"r": "-1"}, "r must be > 0"), ({"base": "mart"}, "base must be one of")],
+)
 def test_bad_parameters_are_one_clear_error(params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build("faal", params, init_from="somewhere")
@@ -106,9 +112,26 @@ def test_bad_parameters_are_one_clear_error(params: dict, message: str) -> None:
 
 def test_a_run_without_init_from_is_one_clear_error(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--method", "faal", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-              "--epochs", "2", "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"),
-              "--device", "cpu", "--no-progress"])
+        main(
+            [
+                "run",
+                "--method",
+                "faal",
+                "--arch",
+                "small-cnn",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "2",
+                "--data-dir",
+                str(fmnist_dir),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "pass --init-from RUN_DIR" in err
     assert not (tmp_path / "out").exists()

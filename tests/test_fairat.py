@@ -29,8 +29,7 @@ def test_first_epoch_is_the_plain_set_without_scoring() -> None:
     assert model.calls == 0
 
 
-@pytest.mark.parametrize("params", [{"fraction": str(len(WRONG) / 100)},
-                                    {"selection": "threshold", "threshold": "5"}])
+@pytest.mark.parametrize("params", [{"fraction": str(len(WRONG) / 100)}, {"selection": "threshold", "threshold": "5"}])
 def test_confidently_wrong_examples_are_exactly_the_hard_ones(params: dict) -> None:
     method = build("fairat", params)
     train = labelled_grey()
@@ -46,8 +45,7 @@ def test_confidently_wrong_examples_are_exactly_the_hard_ones(params: dict) -> N
 
 @pytest.mark.parametrize("copies, keep_original", [(1, False), (2, False), (3, True)])
 def test_plan_size_and_composition(copies: int, keep_original: bool) -> None:
-    method = build("fairat", {"fraction": "0.08", "copies": str(copies),
-                              "keep_original": str(keep_original)})
+    method = build("fairat", {"fraction": "0.08", "copies": str(copies), "keep_original": str(keep_original)})
     train = labelled_grey()
     plan = method.plan_epoch(epoch_ctx(method, MeanGreyModel(), train, None, epoch=3))
     hard = len(WRONG)
@@ -72,11 +70,18 @@ def test_only_masked_examples_are_augmented(channels: int) -> None:
     assert torch.equal(changed, mask)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"fraction": "0"}, "fraction"), ({"fraction": "1.5"}, "fraction"),
-    ({"selection": "random"}, "selection"), ({"base": "mart"}, "base"),
-    ({"augment": "mixup"}, "augment"), ({"copies": "0"}, "copies"), ({"copies": "two"}, "int"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"fraction": "0"}, "fraction"),
+        ({"fraction": "1.5"}, "fraction"),
+        ({"selection": "random"}, "selection"),
+        ({"base": "mart"}, "base"),
+        ({"augment": "mixup"}, "augment"),
+        ({"copies": "0"}, "copies"),
+        ({"copies": "two"}, "int"),
+    ],
+)
 def test_bad_params_are_clear_errors(params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build("fairat", params)

@@ -44,10 +44,10 @@ def test_raised_natural_error_gets_the_largest_natural_weight(name: str) -> None
     assert torch.allclose(w.sum(), torch.tensor(1.0))
 
 
-@pytest.mark.parametrize("name, reweights, remargins",
-                         [("frl-rw", True, False), ("frl-rm", False, True), ("frl-rwrm", True, True)])
-def test_raised_boundary_error_moves_what_the_variant_updates(name: str, reweights: bool,
-                                                              remargins: bool) -> None:
+@pytest.mark.parametrize(
+    "name, reweights, remargins", [("frl-rw", True, False), ("frl-rm", False, True), ("frl-rwrm", True, True)]
+)
+def test_raised_boundary_error_moves_what_the_variant_updates(name: str, reweights: bool, remargins: bool) -> None:
     method = build(name, val_per_class=5)
     method.update(raised(cls_bndy=5), 0)
     w_bndy, mult = class_weights(method.lam_bndy), method.eps_multiplier()
@@ -114,8 +114,9 @@ def test_warmup_epochs_train_without_updates() -> None:
     assert model.calls > 0
 
 
-def test_a_hot_start_file_is_loaded_through_init_from(fmnist_dir: Path, tmp_path: Path, capsys,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hot_start_file_is_loaded_through_init_from(
+    fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The authors' protocol: a checkpoint made elsewhere (hot_start.pt), fine-tuned with FRL from
     the first epoch. It goes through the core's --init-from (checked, weights_only, recorded)."""
     torch.manual_seed(0)
@@ -123,13 +124,43 @@ def test_a_hot_start_file_is_loaded_through_init_from(fmnist_dir: Path, tmp_path
     atomic_torch_save(tmp_path / "hot_start.pt", {"model": source.state_dict()})
     seen = []
     real_fit = Trainer.fit
-    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: seen.append(
-        {k: v.clone() for k, v in self.model.state_dict().items()}) or real_fit(self, *a, **k))
-    main_args = ["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-                 "--epochs", "1", "--val-per-class", "2", "--attacks", "clean", "--eval-per-class", "2",
-                 "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--run-id", "r",
-                 "--device", "cpu", "--no-progress", "--init-from", str(tmp_path / "hot_start.pt"),
-                 "--param", "warmup_fraction=0"]
+    monkeypatch.setattr(
+        Trainer,
+        "fit",
+        lambda self, *a, **k: (
+            seen.append({k: v.clone() for k, v in self.model.state_dict().items()}) or real_fit(self, *a, **k)
+        ),
+    )
+    main_args = [
+        "run",
+        "--method",
+        "frl-rw",
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--val-per-class",
+        "2",
+        "--attacks",
+        "clean",
+        "--eval-per-class",
+        "2",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--run-id",
+        "r",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--init-from",
+        str(tmp_path / "hot_start.pt"),
+        "--param",
+        "warmup_fraction=0",
+    ]
     code, err = cli(main_args, capsys)
     assert code == 0, err
     assert all(torch.equal(v, seen[0][k]) for k, v in source.state_dict().items())
@@ -139,12 +170,16 @@ def test_a_hot_start_file_is_loaded_through_init_from(fmnist_dir: Path, tmp_path
         build("frl-rw", {"pretrained": str(tmp_path / "hot_start.pt")}, val_per_class=5)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint", "cannot load checkpoint"),
-    ("preact18", "does not fit this architecture"),  # a real checkpoint of another architecture
-])
-def test_bad_hot_start_fails_before_the_run_writes(content, message: str, fmnist_dir: Path,
-                                                   tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint", "cannot load checkpoint"),
+        ("preact18", "does not fit this architecture"),  # a real checkpoint of another architecture
+    ],
+)
+def test_bad_hot_start_fails_before_the_run_writes(
+    content, message: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     path = tmp_path / "hot_start.pt"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -152,24 +187,56 @@ def test_bad_hot_start_fails_before_the_run_writes(content, message: str, fmnist
         atomic_torch_save(path, create_model(content, SPEC).state_dict())
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-              "--epochs", "1", "--val-per-class", "2", "--init-from", str(path),
-              "--param", "warmup_fraction=0",
-              "--data-dir", str(fmnist_dir), "--out", str(out), "--device", "cpu", "--no-progress"])
+        main(
+            [
+                "run",
+                "--method",
+                "frl-rw",
+                "--arch",
+                "small-cnn",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "1",
+                "--val-per-class",
+                "2",
+                "--init-from",
+                str(path),
+                "--param",
+                "warmup_fraction=0",
+                "--data-dir",
+                str(fmnist_dir),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and message in err, err
     assert not out.exists()
 
 
 def _trainer(run_dir: Path, epochs: int) -> Trainer:
-    cfg, params, method_cls = resolved("frl-rwrm", {"warmup_fraction": "0"}, epochs=epochs,
-                                       batch_size=25, attack_steps=2, val_per_class=2, run_id="r")
+    cfg, params, method_cls = resolved(
+        "frl-rwrm", {"warmup_fraction": "0"}, epochs=epochs, batch_size=25, attack_steps=2, val_per_class=2, run_id="r"
+    )
     seed_everything(cfg.seed)
     spec: DatasetSpec = SPEC
     model = create_model("small-cnn", spec)
-    return Trainer(cfg, spec=spec, model=model, method=method_cls(params, cfg), train=bars(5, seed=1),
-                   val=bars(2, seed=2), run_dir=run_dir, dist=DistInfo(), device=torch.device("cpu"),
-                   progress=False)
+    return Trainer(
+        cfg,
+        spec=spec,
+        model=model,
+        method=method_cls(params, cfg),
+        train=bars(5, seed=1),
+        val=bars(2, seed=2),
+        run_dir=run_dir,
+        dist=DistInfo(),
+        device=torch.device("cpu"),
+        progress=False,
+    )
 
 
 def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:
@@ -193,12 +260,17 @@ def test_resume_continues_the_multipliers_exactly(tmp_path: Path) -> None:
     assert [r["epoch"] for r in log] == [2] and "frl_eps_multiplier" in log[-1]
 
 
-@pytest.mark.parametrize("name, params, message", [
-    ("frl-rw", {"lim": "1"}, "lim"), ("frl-rw", {"rate": "0"}, "rate"),
-    ("frl-rw", {"warmup_fraction": "1"}, "warmup_fraction"), ("frl-rm", {"eps_cap": "0.5"}, "eps_cap"),
-    ("frl-rw", {"eps_cap": "2"}, "unknown parameter 'eps_cap'"),  # reweight has no remargin knobs
-    ("frl-rm", {"normalization": "sum"}, "normalization must be one of separate, joint"),
-])
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("frl-rw", {"lim": "1"}, "lim"),
+        ("frl-rw", {"rate": "0"}, "rate"),
+        ("frl-rw", {"warmup_fraction": "1"}, "warmup_fraction"),
+        ("frl-rm", {"eps_cap": "0.5"}, "eps_cap"),
+        ("frl-rw", {"eps_cap": "2"}, "unknown parameter 'eps_cap'"),  # reweight has no remargin knobs
+        ("frl-rm", {"normalization": "sum"}, "normalization must be one of separate, joint"),
+    ],
+)
 def test_bad_params_are_clear_errors(name: str, params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build(name, params, val_per_class=5)
@@ -212,11 +284,14 @@ def test_init_from_with_a_warmup_is_refused() -> None:
     assert build("frl-rw", {"warmup_fraction": "0"}, val_per_class=5, init_from="hot_start.pt")
 
 
-@pytest.mark.parametrize("name, beta, lim, normalization", [
-    ("frl-rw", 1.5, 0.5, "separate"),    # frlrw.py at a80547d (beta 1.5 since 5f58bc7)
-    ("frl-rm", 1.0, 0.3, "joint"),       # frlrm.py at 18d1177, its last version
-    ("frl-rwrm", 1.5, 0.5, "separate"),  # frlrmrw.py at a80547d (beta 1.5 since bd2b279)
-])
+@pytest.mark.parametrize(
+    "name, beta, lim, normalization",
+    [
+        ("frl-rw", 1.5, 0.5, "separate"),  # frlrw.py at a80547d (beta 1.5 since 5f58bc7)
+        ("frl-rm", 1.0, 0.3, "joint"),  # frlrm.py at 18d1177, its last version
+        ("frl-rwrm", 1.5, 0.5, "separate"),  # frlrmrw.py at a80547d (beta 1.5 since bd2b279)
+    ],
+)
 def test_defaults_are_the_authors_newest(name: str, beta: float, lim: float, normalization: str) -> None:
     p = build(name, val_per_class=5).params
     assert (p.beta, p.lim, p.normalization, p.warmup_fraction) == (beta, lim, normalization, 0.75)
@@ -241,9 +316,11 @@ def test_loss_normalization(monkeypatch, normalization: str) -> None:
     method.lam_bndy = torch.tensor([0.0] * 9 + [0.2])
     method._device_weights = None
     w_nat, w_bndy = class_weights(method.lam_nat), class_weights(method.lam_bndy)
-    expected = ((w_nat * natural).sum() / w_nat.sum() + 2 * (w_bndy * boundary).sum() / w_bndy.sum()
-                if normalization == "separate" else
-                (w_nat * natural + 2 * w_bndy * boundary).sum() / (w_nat + w_bndy).sum())
+    expected = (
+        (w_nat * natural).sum() / w_nat.sum() + 2 * (w_bndy * boundary).sum() / w_bndy.sum()
+        if normalization == "separate"
+        else (w_nat * natural + 2 * w_bndy * boundary).sum() / (w_nat + w_bndy).sum()
+    )
     assert torch.allclose(method.loss(batch_ctx(MeanGreyModel(), x, y, 0.1)), expected)
 
 

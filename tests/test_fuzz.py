@@ -25,10 +25,12 @@ from test_schema import valid_metrics
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
-                    st.text(max_size=20))
-json_values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)), max_leaves=30)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+    max_leaves=30,
+)
 
 
 def only_fairbench_errors(fn, *args: Any) -> Any:
@@ -40,6 +42,7 @@ def only_fairbench_errors(fn, *args: Any) -> Any:
 
 
 # ---------------------------------------------------------------- metrics.json
+
 
 def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
     """Every key/index path in a JSON document."""
@@ -112,6 +115,7 @@ def test_valid_metrics_pass() -> None:
 
 # ---------------------------------------------------------------- --param name=value
 
+
 class Typed(Method):
     """A method with one parameter of each supported type, to fuzz the parsing against."""
 
@@ -135,8 +139,12 @@ def test_fuzz_param_options(items: list[str]) -> None:
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["rate", "count", "flag", "mode", "other"]),
-                       st.one_of(st.text(max_size=30), scalars, st.lists(scalars, max_size=2))))
+@given(
+    st.dictionaries(
+        st.sampled_from(["rate", "count", "flag", "mode", "other"]),
+        st.one_of(st.text(max_size=30), scalars, st.lists(scalars, max_size=2)),
+    )
+)
 def test_fuzz_parse_params_typed(raw: dict) -> None:
     """Values from the CLI (strings) or a config.json (any JSON): the declared type, or an error."""
     params = only_fairbench_errors(parse_params, Typed, raw)
@@ -169,14 +177,26 @@ def test_fuzz_config_from_dict(changes: dict) -> None:
 
 # ---------------------------------------------------------------- sweep files (issue 28, case 6)
 
+
 def _plan_doc() -> dict:
     from fairbench.sweep.plan import PlannedRun
 
-    run = PlannedRun("pgd-at_small-cnn_fashion-mnist_seed0_0ee07036", ("--epochs", "1", "--method", "pgd-at"),
-                     (("method", "pgd-at"), ("seed", "0")), 1, "out", "cpu",
-                     {"attacks": ["clean"], "eval_per_class": 2, "aa_per_class": None})
-    return {"version": 1, "launcher": "slurm", "created": "2026-01-01T00:00:00", "runs": [run.to_dict()],
-            "slurm": {"job_id": "42", "tasks": {run.run_id: "42_0"}}}
+    run = PlannedRun(
+        "pgd-at_small-cnn_fashion-mnist_seed0_0ee07036",
+        ("--epochs", "1", "--method", "pgd-at"),
+        (("method", "pgd-at"), ("seed", "0")),
+        1,
+        "out",
+        "cpu",
+        {"attacks": ["clean"], "eval_per_class": 2, "aa_per_class": None},
+    )
+    return {
+        "version": 1,
+        "launcher": "slurm",
+        "created": "2026-01-01T00:00:00",
+        "runs": [run.to_dict()],
+        "slurm": {"job_id": "42", "tasks": {run.run_id: "42_0"}},
+    }
 
 
 @st.composite
@@ -213,8 +233,14 @@ def test_fuzz_sweep_plan(doc: Any) -> None:
 
 
 @FUZZ
-@given(st.one_of(json_values, st.dictionaries(st.sampled_from(["state", "seconds", "pid", "host", "exit_code",
-                                                                "job", "time", "launcher"]), json_values)))
+@given(
+    st.one_of(
+        json_values,
+        st.dictionaries(
+            st.sampled_from(["state", "seconds", "pid", "host", "exit_code", "job", "time", "launcher"]), json_values
+        ),
+    )
+)
 def test_fuzz_sweep_status_file(doc: Any) -> None:
     """A status file of anything: only fields of their type are kept, and the status table renders."""
     from fairbench.sweep.launch import _local_row
@@ -236,6 +262,7 @@ def test_fuzz_sweep_status_file(doc: Any) -> None:
 
 # ---------------------------------------------------------------- issue 28: --init-from records, saved evaluation state
 
+
 @FUZZ
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=8))
 def test_fuzz_init_from_source_config(config: dict) -> None:
@@ -244,8 +271,16 @@ def test_fuzz_init_from_source_config(config: dict) -> None:
     its result after training."""
     from fairbench.schema import check_init_from
 
-    record = {"run_dir": "runs/src", "run_id": "src", "method": "pgd-at", "epochs": 2, "budget_epochs": 2,
-              "weights": "last", "checkpoint_sha256": "0" * 64, "config": config | {"init_source": None}}
+    record = {
+        "run_dir": "runs/src",
+        "run_id": "src",
+        "method": "pgd-at",
+        "epochs": 2,
+        "budget_epochs": 2,
+        "weights": "last",
+        "checkpoint_sha256": "0" * 64,
+        "config": config | {"init_source": None},
+    }
     try:
         check_init_from(record, "--init-from src")
     except FairbenchError as exc:
@@ -257,8 +292,11 @@ def test_fuzz_init_from_source_config(config: dict) -> None:
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["format", "key", "threat", "done", "n", "seconds", "correct", "tag"]),
-                       json_values, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(["format", "key", "threat", "done", "n", "seconds", "correct", "tag"]), json_values, max_size=8
+    )
+)
 def test_fuzz_saved_evaluation_state(doc: dict) -> None:
     """A state file of any fields (a tag made up, the right key): never resumed, never a traceback."""
     import torch

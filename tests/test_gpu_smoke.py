@@ -15,13 +15,17 @@ import gpu_smoke  # noqa: E402
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("check", [
-    lambda tmp: gpu_smoke.check_attack_precision(CPU, "small-cnn", train_steps=1),
-    lambda tmp: gpu_smoke.check_host_syncs(CPU, "small-cnn", tmp),
-    lambda tmp: gpu_smoke.check_resume_layouts(CPU, tmp),
-    lambda tmp: gpu_smoke.check_compiled_backward(CPU, "small-cnn", time_inductor=False),
-    lambda tmp: gpu_smoke.check_method_host_syncs(CPU, "small-cnn", tmp),
-], ids=["attack-precision", "host-syncs", "resume-layouts", "compiled-backward", "method-host-syncs"])
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda tmp: gpu_smoke.check_attack_precision(CPU, "small-cnn", train_steps=1),
+        lambda tmp: gpu_smoke.check_host_syncs(CPU, "small-cnn", tmp),
+        lambda tmp: gpu_smoke.check_resume_layouts(CPU, tmp),
+        lambda tmp: gpu_smoke.check_compiled_backward(CPU, "small-cnn", time_inductor=False),
+        lambda tmp: gpu_smoke.check_method_host_syncs(CPU, "small-cnn", tmp),
+    ],
+    ids=["attack-precision", "host-syncs", "resume-layouts", "compiled-backward", "method-host-syncs"],
+)
 def test_cpu_runnable_checks_pass(check, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(gpu_smoke, "PER_CLASS", 8)  # tiny synthetic splits: seconds, not minutes
     lines = check(tmp_path)

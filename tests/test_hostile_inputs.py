@@ -45,9 +45,28 @@ def save(state: object, path: Path) -> Path:
 
 
 def eval_args(checkpoint: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["eval", "--checkpoint", str(checkpoint), "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--attacks", "clean", "--n-per-class", "1", "--data-dir", str(data), "--out", str(out),
-            "--device", "cpu", "--batch-size", "10", *extra]
+    return [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--attacks",
+        "clean",
+        "--n-per-class",
+        "1",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "10",
+        *extra,
+    ]
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -56,27 +75,53 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------- 7. eval never takes over a run
 
+
 def metrics_of(method: str, sha: str, run_id: str = "base") -> dict:
     """A valid metrics.json document of a run of ``method`` whose checkpoint has hash ``sha``."""
     classes = list(get_dataset("fashion-mnist").classes)
-    block = {"per_class": [0.5] * 10, "n_per_class": [2] * 10, "avg": 0.5, "worst": 0.5,
-             "worst_class": classes[0], "best": 0.5, "best_class": classes[0], "std": 0.0}
-    return {"schema_version": 1, "run_id": run_id, "method": method, "params": {}, "arch": "small-cnn",
-            "dataset": "fashion-mnist", "seed": 0, "epochs": 3, "threat": {"norm": "Linf", "eps": 0.1},
-            "classes": classes, "metrics": {"clean": block}, "checkpoint": {"file": "x.pt", "sha256": sha}}
+    block = {
+        "per_class": [0.5] * 10,
+        "n_per_class": [2] * 10,
+        "avg": 0.5,
+        "worst": 0.5,
+        "worst_class": classes[0],
+        "best": 0.5,
+        "best_class": classes[0],
+        "std": 0.0,
+    }
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "method": method,
+        "params": {},
+        "arch": "small-cnn",
+        "dataset": "fashion-mnist",
+        "seed": 0,
+        "epochs": 3,
+        "threat": {"norm": "Linf", "eps": 0.1},
+        "classes": classes,
+        "metrics": {"clean": block},
+        "checkpoint": {"file": "x.pt", "sha256": sha},
+    }
 
 
-@pytest.mark.parametrize("held, fragment", [
-    ({"config.json": "{}", "checkpoint.pt": "", "metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))},
-     "holds a run of `fairbench run` (its config.json)"),
-    ({"config.json": "{}", "log.jsonl": ""}, "holds a run of `fairbench run` (its config.json)"),
-    ({"checkpoint.pt": ""}, "holds a training checkpoint (checkpoint.pt)"),
-    ({"metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))}, "holds the result of another run"),
-    ({"metrics.json": json.dumps(metrics_of("external", "0" * 64))}, "holds the result of another run"),
-    ({"metrics.json": "{not json"}, "holds a metrics.json that is not"),
-])
-def test_eval_refuses_a_folder_that_holds_another_run(held: dict[str, str], fragment: str,
-                                                      fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "held, fragment",
+    [
+        (
+            {"config.json": "{}", "checkpoint.pt": "", "metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))},
+            "holds a run of `fairbench run` (its config.json)",
+        ),
+        ({"config.json": "{}", "log.jsonl": ""}, "holds a run of `fairbench run` (its config.json)"),
+        ({"checkpoint.pt": ""}, "holds a training checkpoint (checkpoint.pt)"),
+        ({"metrics.json": json.dumps(metrics_of("pgd-at", "0" * 64))}, "holds the result of another run"),
+        ({"metrics.json": json.dumps(metrics_of("external", "0" * 64))}, "holds the result of another run"),
+        ({"metrics.json": "{not json"}, "holds a metrics.json that is not"),
+    ],
+)
+def test_eval_refuses_a_folder_that_holds_another_run(
+    held: dict[str, str], fragment: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     """Defect 7: `eval --run-id base` replaced a finished PGD-AT run's metrics.json."""
     run_dir = tmp_path / "out" / "runs" / "base"
     run_dir.mkdir(parents=True)
@@ -113,8 +158,7 @@ def test_eval_takes_the_run_folder_lock(fmnist_dir: Path, tmp_path: Path, capsys
     assert files_under(run_dir) == {}
 
 
-def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path, capsys,
-                                                monkeypatch) -> None:
+def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import fairbench.eval.evaluator as ev
 
     seen: list[str] = []
@@ -136,10 +180,10 @@ def test_eval_holds_the_lock_while_it_evaluates(fmnist_dir: Path, tmp_path: Path
 
 
 def test_eval_of_the_same_model_may_replace_its_own_result_but_not_anothers(
-        fmnist_dir: Path, tmp_path: Path, capsys) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     a = save(small_cnn_state(), tmp_path / "a.pt")
-    b = save({k: v + 1 if v.is_floating_point() else v for k, v in small_cnn_state().items()},
-             tmp_path / "b.pt")
+    b = save({k: v + 1 if v.is_floating_point() else v for k, v in small_cnn_state().items()}, tmp_path / "b.pt")
     out = tmp_path / "out"
     assert cli(eval_args(a, fmnist_dir, out, "--run-id", "x"), capsys)[0] == 0
     path = out / "runs" / "x" / "metrics.json"
@@ -154,22 +198,35 @@ def test_eval_of_the_same_model_may_replace_its_own_result_but_not_anothers(
 
 # ---------------------------------------------------------------- 8. weights that are not finite
 
+
 def _scaled(state: dict, factor: float) -> dict:
     return {k: v * factor if v.is_floating_point() and k != "0.std" else v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                for k, v in s.items()}, "weights are not finite"),
-    (lambda s: {**s, "1.classifier.2.bias": torch.full_like(s["1.classifier.2.bias"], float("inf"))},
-     "weights are not finite"),
-    (lambda s: {**s, "1.features.0.1.running_var": torch.full_like(s["1.features.0.1.running_var"],
-                                                                   float("nan"))},
-     "weights are not finite"),
-    (lambda s: _scaled(s, 1e30), "outputs are not finite"),
-])
-def test_eval_refuses_weights_that_are_not_finite(spoil, fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                                  capsys) -> None:
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (
+            lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s.items()},
+            "weights are not finite",
+        ),
+        (
+            lambda s: {**s, "1.classifier.2.bias": torch.full_like(s["1.classifier.2.bias"], float("inf"))},
+            "weights are not finite",
+        ),
+        (
+            lambda s: {
+                **s,
+                "1.features.0.1.running_var": torch.full_like(s["1.features.0.1.running_var"], float("nan")),
+            },
+            "weights are not finite",
+        ),
+        (lambda s: _scaled(s, 1e30), "outputs are not finite"),
+    ],
+)
+def test_eval_refuses_weights_that_are_not_finite(
+    spoil, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     """Defect 8: NaN weights evaluated to 10% accuracy with exit 0."""
     ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out"), capsys)
@@ -179,24 +236,29 @@ def test_eval_refuses_weights_that_are_not_finite(spoil, fragment: str, fmnist_d
 
 # ---------------------------------------------------------------- 9. tracebacks become one line
 
+
 def _first_conv(state: dict) -> str:
     return next(k for k, v in state.items() if v.dim() == 4)
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda s: {k: 3 for k in s}, "is of type int, not a tensor"),
-    (lambda s: {**s, _first_conv(s): {"w": s[_first_conv(s)]}}, "is of type dict, not a tensor"),
-    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to_sparse()}, "is a sparse"),
-    (lambda s: {**s, _first_conv(s): torch.empty_like(s[_first_conv(s)], device="meta")}, "no data"),
-    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].bool()}, "torch.bool"),
-    (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to(torch.complex64)}, "torch.complex64"),
-    (lambda s: {**s, 7: torch.zeros(1)}, "key 7 is not a string"),
-    (lambda s: {"state_dict": {**s, (1, 2): torch.zeros(1)}}, "key (1, 2) is not a string"),
-    (lambda s: {**s, f"module.{_first_conv(s)}": s[_first_conv(s)]}, "twice"),
-    (lambda s: {**s, "epoch": 3, "note": "hi"}, "2 unexpected keys (e.g. epoch, note)"),
-])
-def test_eval_refuses_a_state_dict_that_is_not_one(spoil, fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                                   capsys) -> None:
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (lambda s: {k: 3 for k in s}, "is of type int, not a tensor"),
+        (lambda s: {**s, _first_conv(s): {"w": s[_first_conv(s)]}}, "is of type dict, not a tensor"),
+        (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to_sparse()}, "is a sparse"),
+        (lambda s: {**s, _first_conv(s): torch.empty_like(s[_first_conv(s)], device="meta")}, "no data"),
+        (lambda s: {**s, _first_conv(s): s[_first_conv(s)].bool()}, "torch.bool"),
+        (lambda s: {**s, _first_conv(s): s[_first_conv(s)].to(torch.complex64)}, "torch.complex64"),
+        (lambda s: {**s, 7: torch.zeros(1)}, "key 7 is not a string"),
+        (lambda s: {"state_dict": {**s, (1, 2): torch.zeros(1)}}, "key (1, 2) is not a string"),
+        (lambda s: {**s, f"module.{_first_conv(s)}": s[_first_conv(s)]}, "twice"),
+        (lambda s: {**s, "epoch": 3, "note": "hi"}, "2 unexpected keys (e.g. epoch, note)"),
+    ],
+)
+def test_eval_refuses_a_state_dict_that_is_not_one(
+    spoil, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     """Defect 9: a state_dict of ints (and other non-tensors) raised a traceback."""
     ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out"), capsys)
@@ -211,8 +273,9 @@ def test_half_precision_and_wrapped_checkpoints_still_load(fmnist_dir: Path, tmp
     assert code == 0, err
 
 
-@pytest.mark.parametrize("run_id", [LONG_UTF8_ID, "a" * 201, "abc\n", "abc\r", "\nabc", "a/b", "..",
-                                    ".hidden", "a\x00b", "a b", ""])
+@pytest.mark.parametrize(
+    "run_id", [LONG_UTF8_ID, "a" * 201, "abc\n", "abc\r", "\nabc", "a/b", "..", ".hidden", "a\x00b", "a b", ""]
+)
 def test_one_run_id_rule_for_run_and_eval(run_id: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     """Defects 9 and 10: a 300-byte run-id crashed `run`; `eval` took 'abc\\n'. One rule, both commands."""
     with pytest.raises(FairbenchError, match="--run-id must be a folder name"):
@@ -220,15 +283,34 @@ def test_one_run_id_rule_for_run_and_eval(run_id: str, fmnist_dir: Path, tmp_pat
     ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", run_id), capsys)
     one_error(code, err, "--run-id must be a folder name")
-    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                     "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
-                     "--run-id", run_id, "--no-progress"], capsys)
+    code, err = cli(
+        [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--run-id",
+            run_id,
+            "--no-progress",
+        ],
+        capsys,
+    )
     one_error(code, err, "--run-id must be a folder name")
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("run_id", ["a" * 200, "日" * 66, "fairat_preact18_cifar10_seed0_1a2b3c4d", "r+1=2",
-                                    "Ωmega-1", "-dash"])
+@pytest.mark.parametrize(
+    "run_id", ["a" * 200, "日" * 66, "fairat_preact18_cifar10_seed0_1a2b3c4d", "r+1=2", "Ωmega-1", "-dash"]
+)
 def test_good_run_ids_pass(run_id: str) -> None:
     assert config.check_run_id(run_id) == run_id
     RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", run_id=run_id).validate()
@@ -242,14 +324,33 @@ def test_plan_size_is_bounded_when_params_are_parsed(fmnist_dir: Path, tmp_path:
     with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):
         parse_params(fairat, {"copies": "1000000000"})
     with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):  # every example hard
-        parse_params(fairat, {"selection": "threshold", "copies": str(method.MAX_PLAN_FACTOR),
-                              "keep_original": "true"})
+        parse_params(fairat, {"selection": "threshold", "copies": str(method.MAX_PLAN_FACTOR), "keep_original": "true"})
     assert parse_params(fairat, {"selection": "threshold", "copies": str(method.MAX_PLAN_FACTOR)}).copies == 16
     with pytest.raises(FairbenchError, match=f"at most {method.MAX_PLAN_FACTOR}x"):  # a small set
         parse_params(fairat, {"fraction": "0.1", "copies": str(method.MAX_PLAN_FACTOR + 1)})  # may be all hard
-    code, err = cli(["run", "--method", "fairat", "--param", "copies=1000000000", "--arch", "small-cnn",
-                     "--dataset", "fashion-mnist", "--epochs", "2", "--data-dir", str(fmnist_dir),
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"], capsys)
+    code, err = cli(
+        [
+            "run",
+            "--method",
+            "fairat",
+            "--param",
+            "copies=1000000000",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capsys,
+    )
     one_error(code, err, "copies")
     assert not (tmp_path / "out").exists()
 
@@ -276,23 +377,49 @@ def test_a_method_that_declares_no_plan_size_gets_the_core_bound() -> None:
         parse_params(Repeat, {"times": str(method.MAX_PLAN_FACTOR + 1)})
 
 
-def test_trainer_refuses_a_plan_larger_than_the_bound(fmnist_dir: Path, tmp_path: Path, capsys,
-                                                      monkeypatch) -> None:
+def test_trainer_refuses_a_plan_larger_than_the_bound(fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """The backstop for a method that planned more than it declared: one line, not an allocation."""
     from fairbench.methods import METHODS
     from fairbench.methods.base import EpochPlan
 
     pgd = METHODS.get("pgd-at")
-    monkeypatch.setattr(pgd, "plan_epoch", lambda self, ctx: EpochPlan(
-        torch.arange(len(ctx.train), device=ctx.device).repeat(method.MAX_PLAN_FACTOR + 1)))
-    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                     "--train-per-class", "2", "--batch-size", "10", "--attacks", "clean", "--attack-steps", "1",
-                     "--data-dir", str(fmnist_dir),
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"], capsys)
+    monkeypatch.setattr(
+        pgd,
+        "plan_epoch",
+        lambda self, ctx: EpochPlan(torch.arange(len(ctx.train), device=ctx.device).repeat(method.MAX_PLAN_FACTOR + 1)),
+    )
+    code, err = cli(
+        [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--train-per-class",
+            "2",
+            "--batch-size",
+            "10",
+            "--attacks",
+            "clean",
+            "--attack-steps",
+            "1",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capsys,
+    )
     one_error(code, err, "planned 340 examples")
 
 
 # ---------------------------------------------------------------- more hostile inputs
+
 
 def test_checkpoint_that_inflates_is_refused(tmp_path: Path) -> None:
     """A deflated archive expands ~1000x (a zip bomb); torch.save writes stored records only."""
@@ -307,8 +434,7 @@ def test_checkpoint_that_inflates_is_refused(tmp_path: Path) -> None:
     assert load_checkpoint(plain)["w"].numel() == 2_000_000
 
 
-def test_eval_refuses_a_checkpoint_far_larger_than_its_architecture(fmnist_dir: Path, tmp_path: Path,
-                                                                    capsys) -> None:
+def test_eval_refuses_a_checkpoint_far_larger_than_its_architecture(fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     huge = tmp_path / "huge.pt"
     with open(huge, "wb") as f:
         f.truncate(200 * 2**20)  # sparse: 200 MiB on paper, nothing on disk
@@ -317,13 +443,15 @@ def test_eval_refuses_a_checkpoint_far_larger_than_its_architecture(fmnist_dir: 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda d: d, "is not a regular file"),
-    (lambda d: (d / "fifo.pt", __import__("os").mkfifo(d / "fifo.pt"))[0], "is not a regular file"),
-    (lambda d: d / "missing.pt", "no checkpoint at"),
-])
-def test_eval_checkpoint_that_is_not_a_file(make, fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                            capsys) -> None:
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda d: d, "is not a regular file"),
+        (lambda d: (d / "fifo.pt", __import__("os").mkfifo(d / "fifo.pt"))[0], "is not a regular file"),
+        (lambda d: d / "missing.pt", "no checkpoint at"),
+    ],
+)
+def test_eval_checkpoint_that_is_not_a_file(make, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     code, err = cli(eval_args(make(tmp_path), fmnist_dir, tmp_path / "out"), capsys)
     one_error(code, err, fragment)
 
@@ -336,54 +464,103 @@ def test_data_dir_that_is_a_file_is_refused(command: str, fmnist_dir: Path, tmp_
     if command == "eval":
         args = eval_args(save(small_cnn_state(), tmp_path / "ck.pt"), not_a_folder, tmp_path / "out")
     else:
-        args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                "--data-dir", str(not_a_folder), "--out", str(tmp_path / "out"), "--device", "cpu",
-                "--no-progress"]
+        args = [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(not_a_folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
     code, err = cli(args, capsys)
     one_error(code, err, "is not a folder")
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
-    (["--seed", str(2**70)], "--seed must be in [0, 4294967295]"),
-])
-def test_bad_eval_seed_is_one_error(extra: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                    capsys) -> None:
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+        (["--seed", str(2**70)], "--seed must be in [0, 4294967295]"),
+    ],
+)
+def test_bad_eval_seed_is_one_error(extra: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     ckpt = save(small_cnn_state(), tmp_path / "ck.pt")
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", *extra), capsys)
     one_error(code, err, fragment)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--lr", "1e300"], "--lr must be a finite number > 0"),
-    (["--weight-decay", "1e300"], "--weight-decay must be a finite number >= 0"),
-    (["--attack-steps", str(10**20)], "--attack-steps must be >= 1 and at most 1000"),
-])
-def test_run_values_that_crash_or_never_stop_are_refused(extra: list[str], fragment: str, fmnist_dir: Path,
-                                                         tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--lr", "1e300"], "--lr must be a finite number > 0"),
+        (["--weight-decay", "1e300"], "--weight-decay must be a finite number >= 0"),
+        (["--attack-steps", str(10**20)], "--attack-steps must be >= 1 and at most 1000"),
+    ],
+)
+def test_run_values_that_crash_or_never_stop_are_refused(
+    extra: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path, capsys
+) -> None:
     """--lr 1e300 overflowed float32 at the first step (a traceback); --attack-steps 10**20 made a
     step that never ends, so SIGTERM (which waits for the step) could not stop the run."""
-    code, err = cli(["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                     "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
-                     "--no-progress", *extra], capsys)
+    code, err = cli(
+        [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ],
+        capsys,
+    )
     one_error(code, err, fragment)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("command", ["run", "eval"])
-def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir: Path, tmp_path: Path,
-                                                       capsys) -> None:
+def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "out" / "runs").mkdir(parents=True)
     (tmp_path / "out" / "runs" / "r").write_text("mine")
     if command == "eval":
-        args = eval_args(save(small_cnn_state(), tmp_path / "ck.pt"), fmnist_dir, tmp_path / "out",
-                         "--run-id", "r")
+        args = eval_args(save(small_cnn_state(), tmp_path / "ck.pt"), fmnist_dir, tmp_path / "out", "--run-id", "r")
     else:
-        args = ["run", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1",
-                "--data-dir", str(fmnist_dir), "--out", str(tmp_path / "out"), "--device", "cpu",
-                "--run-id", "r", "--no-progress"]
+        args = [
+            "run",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--run-id",
+            "r",
+            "--no-progress",
+        ]
     code, err = cli(args, capsys)
     one_error(code, err, "is a file, not a run folder")
     assert (tmp_path / "out" / "runs" / "r").read_text() == "mine"
@@ -391,18 +568,44 @@ def test_a_file_where_the_run_folder_goes_is_one_error(command: str, fmnist_dir:
 
 # ---------------------------------------------------------------- run: the folder is judged under its lock
 
+
 def tiny_run_args(data: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
-    return ["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs",
-            str(epochs), "--batch-size", "50", "--attack-steps", "1", "--attacks", "clean", "--data-dir",
-            str(data), "--out", str(out), "--run-id", "r", "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        "pgd-at",
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "50",
+        "--attack-steps",
+        "1",
+        "--attacks",
+        "clean",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--run-id",
+        "r",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("resume, written", [(False, ("checkpoint.pt", "metrics.json")),
-                                             (False, ("metrics.json",)),
-                                             (True, ("checkpoint.pt",))])
-def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, written: tuple[str, ...],
-                                                              fmnist_dir: Path, tmp_path: Path, capsys,
-                                                              monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "resume, written",
+    [(False, ("checkpoint.pt", "metrics.json")), (False, ("metrics.json",)), (True, ("checkpoint.pt",))],
+)
+def test_run_looks_at_its_folder_again_once_it_holds_the_lock(
+    resume: bool, written: tuple[str, ...], fmnist_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """`run` looks at the folder before loading the data (a quick error) and again under the lock:
     another process may finish a run there meanwhile, whose metrics.json a fresh start would delete
     (and whose checkpoint a start "from the beginning" would overwrite)."""
@@ -424,10 +627,12 @@ def test_run_looks_at_its_folder_again_once_it_holds_the_lock(resume: bool, writ
     code, err = cli(tiny_run_args(fmnist_dir, tmp_path / "out", *(["--resume"] if resume else [])), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert {name: (run_dir / name).read_text() for name in written} == {
-        name: f"the other run's {name}" for name in written}
+        name: f"the other run's {name}" for name in written
+    }
 
 
 # ---------------------------------------------------------------- run --resume: a checkpoint it did not write
+
 
 @pytest.fixture(scope="module")
 def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -451,14 +656,25 @@ def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _spoil_mid_epoch(**change):
     """A valid preempted epoch (every training example once, at step 1) with ``change`` applied."""
+
     def spoil(state: dict) -> None:
-        mid = {"step": 1, "plan": {"indices": torch.arange(300), "augment": None, "eps": torch.full((300,), 0.1),
-                                   "weight": torch.ones(300)},
-               "log": {}, "loss_sum": torch.tensor(1.0), "seconds": 0.5}
+        mid = {
+            "step": 1,
+            "plan": {
+                "indices": torch.arange(300),
+                "augment": None,
+                "eps": torch.full((300,), 0.1),
+                "weight": torch.ones(300),
+            },
+            "log": {},
+            "loss_sum": torch.tensor(1.0),
+            "seconds": 0.5,
+        }
         for key, value in change.items():
             target, _, leaf = key.rpartition(".")
             (mid[target] if target else mid)[leaf] = value
         state["mid_epoch"] = mid
+
     return spoil
 
 
@@ -469,6 +685,7 @@ def _set(path: str, value):
         for key in parents:
             target = target[int(key) if isinstance(target, list) or key.isdigit() else key]
         target[int(leaf) if leaf.isdigit() else leaf] = value
+
     return spoil
 
 
@@ -499,8 +716,9 @@ HOSTILE_CHECKPOINTS = [
 
 
 @pytest.mark.parametrize("method_name, spoil, fragment", HOSTILE_CHECKPOINTS)
-def test_resume_refuses_a_checkpoint_it_cannot_continue(method_name: str, spoil, fragment: str,
-                                                        stopped_runs: dict, tmp_path: Path, capsys) -> None:
+def test_resume_refuses_a_checkpoint_it_cannot_continue(
+    method_name: str, spoil, fragment: str, stopped_runs: dict, tmp_path: Path, capsys
+) -> None:
     """A checkpoint in a run folder that this run did not write (types, shapes and ranges that do not
     fit): one `error:` line naming the part, and no file changes. Before, each was a traceback
     (some epochs later), a silently wrong run, or a log.jsonl record with a foreign epoch."""
@@ -521,10 +739,12 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(method_name: str, spoil,
     assert files_under(out) == before
 
 
-@pytest.mark.parametrize("method_name, spoil", [("pgd-at", lambda s: None), ("dafa", lambda s: None),
-                                                ("pgd-at", _spoil_mid_epoch())])
-def test_resume_accepts_the_checkpoints_it_writes(method_name: str, spoil, stopped_runs: dict, tmp_path: Path,
-                                                  capsys) -> None:
+@pytest.mark.parametrize(
+    "method_name, spoil", [("pgd-at", lambda s: None), ("dafa", lambda s: None), ("pgd-at", _spoil_mid_epoch())]
+)
+def test_resume_accepts_the_checkpoints_it_writes(
+    method_name: str, spoil, stopped_runs: dict, tmp_path: Path, capsys
+) -> None:
     """The other side of the check above: its own checkpoints (and a preempted epoch) resume."""
     import shutil
 
@@ -571,6 +791,7 @@ def test_resume_reads_any_log_without_a_traceback(log: str, stopped_runs: dict, 
 
 # ---------------------------------------------------------------- issue 28, case 2: --init-from from anyone
 
+
 @pytest.fixture(scope="module")
 def finished_source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A finished pgd-at run (1 epoch) to start other runs from."""
@@ -590,6 +811,7 @@ def _edit_config(**changes):
     def edit(run: Path) -> None:
         config = json.loads((run / "config.json").read_text()) | changes
         (run / "config.json").write_text(json.dumps(config))
+
     return edit
 
 
@@ -598,6 +820,7 @@ def _edit_checkpoint(change):
         state = torch.load(run / "checkpoint.pt", weights_only=True)
         change(state)
         torch.save(state, run / "checkpoint.pt")
+
     return edit
 
 
@@ -615,21 +838,32 @@ HOSTILE_SOURCES = {
     "epochs-true": (_edit_config(epochs=True), "epochs True"),
     "epochs-huge": (_edit_config(epochs=10**30), "not a whole number"),
     "epoch-tensor": (_edit_checkpoint(lambda s: s.__setitem__("epoch", torch.tensor(1))), "epoch as a Tensor"),
-    "nan-weights": (_edit_checkpoint(lambda s: s["model"].update(
-        {k: torch.full_like(v, float("nan")) for k, v in s["model"].items() if v.is_floating_point()})),
-        "weights are not finite"),
-    "huge-weights": (_edit_checkpoint(lambda s: s["model"].update(
-        {k: v * 1e36 for k, v in s["model"].items() if v.is_floating_point() and k != "0.std"})),
-        "outputs are not finite"),
+    "nan-weights": (
+        _edit_checkpoint(
+            lambda s: s["model"].update(
+                {k: torch.full_like(v, float("nan")) for k, v in s["model"].items() if v.is_floating_point()}
+            )
+        ),
+        "weights are not finite",
+    ),
+    "huge-weights": (
+        _edit_checkpoint(
+            lambda s: s["model"].update(
+                {k: v * 1e36 for k, v in s["model"].items() if v.is_floating_point() and k != "0.std"}
+            )
+        ),
+        "outputs are not finite",
+    ),
     "400-mb": (_pad_checkpoint, "400.0 MiB, more than the"),
-    "config-fifo": (lambda run: ((run / "config.json").unlink(), __import__("os").mkfifo(run / "config.json")),
-                    "not a regular file"),
+    "config-fifo": (
+        lambda run: ((run / "config.json").unlink(), __import__("os").mkfifo(run / "config.json")),
+        "not a regular file",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_SOURCES))
-def test_init_from_refuses_a_source_before_training(name: str, finished_source: dict, tmp_path: Path,
-                                                    capsys) -> None:
+def test_init_from_refuses_a_source_before_training(name: str, finished_source: dict, tmp_path: Path, capsys) -> None:
     """Issue 28, case 2: a source config the schema rejects was trained from and failed writing
     metrics.json; a non-dict init_source or a tensor epoch gave tracebacks; NaN or 1e36 weights and
     a 400 MB checkpoint were taken; `epochs: true` read as 1. Now one line, before anything is written."""
@@ -644,13 +878,19 @@ def test_init_from_refuses_a_source_before_training(name: str, finished_source: 
     assert "--init-from" in err and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s.items()},
-     "weights are not finite"),
-    (lambda s: _scaled(s, 1e36), "outputs are not finite"),
-])
-def test_init_from_a_file_refuses_weights_that_are_not_finite(spoil, fragment: str, finished_source: dict,
-                                                              tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (
+            lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s.items()},
+            "weights are not finite",
+        ),
+        (lambda s: _scaled(s, 1e36), "outputs are not finite"),
+    ],
+)
+def test_init_from_a_file_refuses_weights_that_are_not_finite(
+    spoil, fragment: str, finished_source: dict, tmp_path: Path, capsys
+) -> None:
     ckpt = save(spoil(small_cnn_state()), tmp_path / "bad.pt")
     code, err = cli(tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from", str(ckpt)), capsys)
     one_error(code, err, fragment)
@@ -658,14 +898,16 @@ def test_init_from_a_file_refuses_weights_that_are_not_finite(spoil, fragment: s
 
 
 def test_init_from_a_valid_source_still_starts(finished_source: dict, tmp_path: Path, capsys) -> None:
-    code, err = cli(tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from",
-                                  str(finished_source["run"])), capsys)
+    code, err = cli(
+        tiny_run_args(finished_source["data"], tmp_path / "out", "--init-from", str(finished_source["run"])), capsys
+    )
     assert code == 0, err
     record = json.loads((tmp_path / "out" / "runs" / "r" / "metrics.json").read_text())
     assert record["init_from"]["run_id"] == "r" and record["init_from"]["budget_epochs"] == 1
 
 
 # ---------------------------------------------------------------- issue 28, case 3: planted evaluation state
+
 
 def _evaluated_state(fmnist_dir: Path, tmp_path: Path, monkeypatch, capsys) -> tuple[Path, dict]:
     """eval on another machine (another key): its checkpoint and its saved state of the clean threat."""
@@ -679,8 +921,9 @@ def _evaluated_state(fmnist_dir: Path, tmp_path: Path, monkeypatch, capsys) -> t
 
 
 @pytest.mark.parametrize("forge", ["their-own-file", "edited-keeping-its-key", "no-tag", "not-a-state-file"])
-def test_eval_refuses_a_folder_holding_only_planted_evaluation_state(forge: str, fmnist_dir: Path, tmp_path: Path,
-                                                                     monkeypatch, capsys) -> None:
+def test_eval_refuses_a_folder_holding_only_planted_evaluation_state(
+    forge: str, fmnist_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Issue 28, case 3: a saved state edited (keeping its key, which whoever made the checkpoint can
     recompute) and placed as runs/<id>/eval_state/ in an otherwise empty folder was resumed from
     ("resuming after 50/50") and its made-up accuracy reported. A folder holding state that

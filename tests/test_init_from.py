@@ -17,10 +17,35 @@ from conftest import make_fashion_mnist
 
 
 def run_args(data: Path, out: Path, run_id: str, *extra: str, method: str = "pgd-at") -> list[str]:
-    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "2",
-            "--batch-size", "50", "--attack-steps", "2", "--eval-per-class", "2", "--attacks", "clean",
-            "--data-dir", str(data), "--out", str(out), "--run-id", run_id, "--device", "cpu",
-            "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--attack-steps",
+        "2",
+        "--eval-per-class",
+        "2",
+        "--attacks",
+        "clean",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--run-id",
+        run_id,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +74,12 @@ def start_weights(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize("source, key", [("plain", "model"), ("ema", "averaged")])
-def test_a_run_starts_from_the_weights_its_source_evaluated(sources, source: str, key: str, start_weights,
-                                                            tmp_path: Path, capsys) -> None:
-    code, err = cli(run_args(sources["data"], tmp_path / "out", "ft", "--init-from", str(sources[source]),
-                             method="faal"), capsys)
+def test_a_run_starts_from_the_weights_its_source_evaluated(
+    sources, source: str, key: str, start_weights, tmp_path: Path, capsys
+) -> None:
+    code, err = cli(
+        run_args(sources["data"], tmp_path / "out", "ft", "--init-from", str(sources[source]), method="faal"), capsys
+    )
     assert code == 0, err
     state = load_checkpoint(sources[source] / "checkpoint.pt")
     expected = state["model"] if key == "model" else state["averaged"]["weights"]
@@ -81,16 +108,22 @@ def test_a_chain_of_runs_adds_up_its_budget(sources, tmp_path: Path, capsys) -> 
     assert record["config"]["init_source"] == "plain"  # the chain is named, not nested
 
 
-def test_committed_files_name_a_source_in_the_same_results_folder_relative_to_it(sources, tmp_path: Path,
-                                                                               capsys) -> None:
+def test_committed_files_name_a_source_in_the_same_results_folder_relative_to_it(
+    sources, tmp_path: Path, capsys
+) -> None:
     """A fine-tuning run made with its source's --out records ``runs/<id>``, not a machine path, and a
     moved results folder still resumes from it; a source elsewhere keeps its absolute path."""
     out = tmp_path / "out"
     assert cli(run_args(sources["data"], out, "a", "--init-from", str(sources["plain"])), capsys)[0] == 0
     outside = json.loads((out / "runs" / "a" / "config.json").read_text())
     assert outside["init_from"] == str(sources["plain"].resolve())
-    assert cli(run_args(sources["data"], out, "b", "--init-from", str(out / "runs" / "a"),
-                        "--stop-after-epoch", "1"), capsys)[0] == 0
+    assert (
+        cli(
+            run_args(sources["data"], out, "b", "--init-from", str(out / "runs" / "a"), "--stop-after-epoch", "1"),
+            capsys,
+        )[0]
+        == 0
+    )
     config = json.loads((out / "runs" / "b" / "config.json").read_text())
     assert config["init_from"] == "runs/a" and config["init_source"]["run_dir"] == "runs/a"
     assert str(tmp_path) not in (out / "runs" / "b" / "config.json").read_text()
@@ -129,17 +162,25 @@ def edited_copy(source: Path, tmp_path: Path, **changes) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda s, t: t / "nowhere", "no such folder"),
-    (lambda s, t: (t / "empty").mkdir() or t / "empty", "is not a run folder (no config.json)"),
-    (lambda s, t: edited_copy(s["plain"], t, arch="preact18"),
-     "was trained with another arch 'preact18' (this run: 'small-cnn')"),
-    (lambda s, t: edited_copy(s["plain"], t, dataset="cifar10"),
-     "was trained with another dataset 'cifar10' (this run: 'fashion-mnist')"),
-    (lambda s, t: s["unfinished"], "is not a finished run: its checkpoint is after epoch 1 of 2"),
-])
-def test_an_unusable_source_is_one_error_line_and_nothing_is_written(sources, make, message: str,
-                                                                     tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda s, t: t / "nowhere", "no such folder"),
+        (lambda s, t: (t / "empty").mkdir() or t / "empty", "is not a run folder (no config.json)"),
+        (
+            lambda s, t: edited_copy(s["plain"], t, arch="preact18"),
+            "was trained with another arch 'preact18' (this run: 'small-cnn')",
+        ),
+        (
+            lambda s, t: edited_copy(s["plain"], t, dataset="cifar10"),
+            "was trained with another dataset 'cifar10' (this run: 'fashion-mnist')",
+        ),
+        (lambda s, t: s["unfinished"], "is not a finished run: its checkpoint is after epoch 1 of 2"),
+    ],
+)
+def test_an_unusable_source_is_one_error_line_and_nothing_is_written(
+    sources, make, message: str, tmp_path: Path, capsys
+) -> None:
     source = make(sources, tmp_path)
     code, err = cli(run_args(sources["data"], tmp_path / "out", "r", "--init-from", str(source)), capsys)
     assert code == 2 and err.startswith("error: --init-from ") and err.count("\n") == 1, err
@@ -147,8 +188,7 @@ def test_an_unusable_source_is_one_error_line_and_nothing_is_written(sources, ma
     assert not (tmp_path / "out").exists()
 
 
-def test_a_source_without_its_checkpoint_says_committed_runs_have_none(sources, tmp_path: Path,
-                                                                      capsys) -> None:
+def test_a_source_without_its_checkpoint_says_committed_runs_have_none(sources, tmp_path: Path, capsys) -> None:
     committed = tmp_path / "runs" / "plain"  # as in results/runs/: config, log and metrics only
     committed.mkdir(parents=True)
     for name in ("config.json", "log.jsonl", "metrics.json"):

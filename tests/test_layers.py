@@ -45,8 +45,7 @@ LAYERS = (
     ("fairbench.cli",),
     ("fairbench.__main__",),
 )
-TOP_LEVEL = {"__init__", "__main__", "_version", "api", "cli", "config", "distributed", "errors", "files",
-             "registry"}
+TOP_LEVEL = {"__init__", "__main__", "_version", "api", "cli", "config", "distributed", "errors", "files", "registry"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -64,8 +63,9 @@ MODULES = _modules()
 
 def _is_type_checking(node: ast.AST) -> bool:
     test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
@@ -104,7 +104,7 @@ def imports_of(module: str) -> tuple[set[str], set[str]]:
             targets = [alias.name for alias in node.names]
         else:
             if node.level:
-                base = here.split(".")[:len(here.split(".")) - node.level + 1]
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -179,8 +179,10 @@ def _cycles() -> list[list[str]]:
 def test_the_graph_reads_imports_inside_functions_and_skips_type_checking() -> None:
     """The reader itself: an import inside a function is an edge, one under TYPE_CHECKING is not;
     relative imports and ``from package import module`` resolve to the module."""
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
-                     "def f():\n    from fairbench.eval.threats import get_threat\n")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
+        "def f():\n    from fairbench.eval.threats import get_threat\n"
+    )
     names = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in _import_nodes(tree)}
     assert names == {"typing", "fairbench.eval.threats"}
     assert "fairbench.specs.datasets" in GRAPH["fairbench.schema.record"][0]  # imported inside a function
@@ -205,29 +207,41 @@ def test_report_and_schema_import_no_torch_training_or_methods() -> None:
 
 
 def test_nothing_imports_the_cli() -> None:
-    assert sorted(m for m, (inside, _) in GRAPH.items() if "fairbench.cli" in inside
-                  and m != "fairbench.__main__") == []
+    assert (
+        sorted(m for m, (inside, _) in GRAPH.items() if "fairbench.cli" in inside and m != "fairbench.__main__") == []
+    )
 
 
 def test_evaluation_never_imports_training() -> None:
-    problems = [" -> ".join(chain) for module in MODULES if _in(module, EVALUATION)
-                for reached, chain in _reach(module).items() if _in(reached, TRAINING)]
+    problems = [
+        " -> ".join(chain)
+        for module in MODULES
+        if _in(module, EVALUATION)
+        for reached, chain in _reach(module).items()
+        if _in(reached, TRAINING)
+    ]
     assert problems == []
 
 
 def test_the_report_and_schema_load_without_torch() -> None:
     """What the graph says, checked by Python itself: rendering a leaderboard imports no torch."""
-    code = ("import sys, fairbench.report.command, fairbench.schema, fairbench.specs.threats, "
-            "fairbench.specs.datasets; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'torchvision', 'pyautoattack') or m.startswith(('fairbench.methods', 'fairbench.train'))))")
+    code = (
+        "import sys, fairbench.report.command, fairbench.schema, fairbench.specs.threats, "
+        "fairbench.specs.datasets; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'pyautoattack') or m.startswith(('fairbench.methods', 'fairbench.train'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def _layer(module: str) -> tuple[int, str]:
     """(layer, room) of ``module``: the most specific entry of `LAYERS` it lies in."""
-    found = [(len(room), level, room) for level, rooms in enumerate(LAYERS) for room in rooms
-             if module == room or (room != "fairbench" and module.startswith(room + "."))]
+    found = [
+        (len(room), level, room)
+        for level, rooms in enumerate(LAYERS)
+        for room in rooms
+        if module == room or (room != "fairbench" and module.startswith(room + "."))
+    ]
     assert found, f"{module} lies in no layer of LAYERS: add its room"
     _, level, room = max(found)
     return level, room
@@ -253,8 +267,9 @@ def test_few_top_level_modules_and_rooms_whose_init_imports_nothing() -> None:
     top = {path.stem for path in PACKAGE.glob("*.py")}
     assert top == TOP_LEVEL, "a new top-level module: put it in a room (docs/architecture.md)"
     rooms = [p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]
-    assert sorted(rooms) == sorted(r.split(".")[1] for layer in LAYERS for r in layer
-                                   if r.count(".") == 1 and r.split(".")[1] not in TOP_LEVEL)
+    assert sorted(rooms) == sorted(
+        r.split(".")[1] for layer in LAYERS for r in layer if r.count(".") == 1 and r.split(".")[1] not in TOP_LEVEL
+    )
     # a room's __init__ that imports nothing keeps its torch-free modules torch-free; methods and
     # models hold their registries there, report and schema their torch-free public names
     quiet = ("specs", "data", "eval", "train", "runs", "sweep", "tune")
@@ -264,10 +279,13 @@ def test_few_top_level_modules_and_rooms_whose_init_imports_nothing() -> None:
 def test_the_layer_check_finds_an_upward_import() -> None:
     """The check itself: the evaluator importing the trainer, or two rooms of one layer importing
     each other, are reported; an import inside a room is not."""
-    graph = {"fairbench.eval.evaluator": ({"fairbench.train.trainer", "fairbench.eval.attacks"}, set()),
-             "fairbench.data.datasets": ({"fairbench.runs.folder"}, set()),
-             "fairbench.train.trainer": ({"fairbench.eval.evaluator"}, set())}
+    graph = {
+        "fairbench.eval.evaluator": ({"fairbench.train.trainer", "fairbench.eval.attacks"}, set()),
+        "fairbench.data.datasets": ({"fairbench.runs.folder"}, set()),
+        "fairbench.train.trainer": ({"fairbench.eval.evaluator"}, set()),
+    }
     assert _upward(graph) == [
         "fairbench.data.datasets (layer 5) imports fairbench.runs.folder (layer 5)",
-        "fairbench.eval.evaluator (layer 6) imports fairbench.train.trainer (layer 8)"]
+        "fairbench.eval.evaluator (layer 6) imports fairbench.train.trainer (layer 8)",
+    ]
     assert _layer("fairbench") == (12, "fairbench") and _layer("fairbench.api") == (11, "fairbench.api")

@@ -66,18 +66,48 @@ def test_loss_decreases_on_separable_data(name: str) -> None:
     assert sum(losses[-5:]) < (0.8 if name == "bat" else 0.5) * sum(losses[:5]), losses
 
 
-E2E = [("trades", []), ("frl-rw", ["--val-per-class", "5"]), ("frl-rm", ["--val-per-class", "5"]),
-       ("frl-rwrm", ["--val-per-class", "5"]), ("fairat", []),
-       ("fairat", ["--param", "base=trades", "--param", "keep_original=true"])]
+E2E = [
+    ("trades", []),
+    ("frl-rw", ["--val-per-class", "5"]),
+    ("frl-rm", ["--val-per-class", "5"]),
+    ("frl-rwrm", ["--val-per-class", "5"]),
+    ("fairat", []),
+    ("fairat", ["--param", "base=trades", "--param", "keep_original=true"]),
+]
 
 
 @pytest.mark.parametrize("name, extra", E2E)
 def test_fairbench_run_end_to_end(name: str, extra: list[str], fmnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    run_cli(["run", "--method", name, "--arch", "small-cnn", "--dataset", "fashion-mnist",
-             "--epochs", "2", "--batch-size", "50", "--attack-steps", "2", "--eval-per-class", "3",
-             "--data-dir", str(fmnist_dir), "--out", str(out), "--run-id", "r", "--no-progress",
-             "--device", "cpu", *extra])
+    run_cli(
+        [
+            "run",
+            "--method",
+            name,
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "50",
+            "--attack-steps",
+            "2",
+            "--eval-per-class",
+            "3",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--run-id",
+            "r",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
     run_dir = out / "runs" / "r"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == name and set(metrics["params"]) == set(METHODS.entry(name).params)
@@ -95,10 +125,28 @@ def test_fairbench_run_end_to_end(name: str, extra: list[str], fmnist_dir: Path,
         assert ("frl_eps_multiplier" in log[1]) == (name != "frl-rw")
 
 
-def test_frl_without_validation_split_is_one_clear_line(fmnist_dir: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_frl_without_validation_split_is_one_clear_line(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--method", "frl-rw", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-              "--epochs", "1", "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--device", "cpu"])
+        main(
+            [
+                "run",
+                "--method",
+                "frl-rw",
+                "--arch",
+                "small-cnn",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "1",
+                "--data-dir",
+                str(fmnist_dir),
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
     assert exc.value.code == 2
     assert "--val-per-class" in capsys.readouterr().err

@@ -12,8 +12,7 @@ from fairbench.models import Normalize, count_parameters, create_model, load_mod
 # WRN-28-10 and WRN-34-10 as in Zagoruyko & Komodakis / TRADES (36,479,194 and 46,160,474);
 # PreAct ResNet-18 as in kuangliu/pytorch-cifar (11,171,146) plus the final BN before pooling
 # that the adversarial-training code bases add (1,024).
-STANDARD_COUNTS = {"preact18": 11_172_170, "wrn-28-10": 36_479_194, "wrn-34-10": 46_160_474,
-                   "preact18-frl": 11_171_146}
+STANDARD_COUNTS = {"preact18": 11_172_170, "wrn-28-10": 36_479_194, "wrn-34-10": 46_160_474, "preact18-frl": 11_171_146}
 
 
 @pytest.mark.parametrize("arch, count", sorted(STANDARD_COUNTS.items()))
@@ -30,10 +29,15 @@ def test_small_cnn_is_small_and_adapts_to_the_data_set() -> None:
     assert count_parameters(c10) - count_parameters(fm) == 2 * 9 * 16
 
 
-@pytest.mark.parametrize("arch, dataset, classes", [
-    ("preact18", "cifar10", 10), ("preact18", "cifar100", 100),
-    ("small-cnn", "fashion-mnist", 10), ("small-cnn", "cifar100", 100),
-])
+@pytest.mark.parametrize(
+    "arch, dataset, classes",
+    [
+        ("preact18", "cifar10", 10),
+        ("preact18", "cifar100", 100),
+        ("small-cnn", "fashion-mnist", 10),
+        ("small-cnn", "cifar100", 100),
+    ],
+)
 def test_forward_gives_one_logit_per_class(arch: str, dataset: str, classes: int) -> None:
     spec = get_dataset(dataset)
     model = create_model(arch, spec).eval()
@@ -72,13 +76,16 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda s: s,
-    lambda s: {f"module.{k}": v for k, v in s.items()},  # saved from DistributedDataParallel
-    lambda s: {f"_orig_mod.{k}": v for k, v in s.items()},  # saved from torch.compile
-    lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
-    lambda s: {"model": s, "epoch": 3},
-])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: s,
+        lambda s: {f"module.{k}": v for k, v in s.items()},  # saved from DistributedDataParallel
+        lambda s: {f"_orig_mod.{k}": v for k, v in s.items()},  # saved from torch.compile
+        lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+        lambda s: {"model": s, "epoch": 3},
+    ],
+)
 def test_load_model_state_accepts_common_wrappers(wrap) -> None:
     source, target = _pair()
     assert not _same(source, target)
@@ -104,12 +111,16 @@ def test_load_model_state_reports_missing_and_unexpected_keys() -> None:
     state = source.state_dict()
     state.pop("1.classifier.2.bias")
     state["1.extra.weight"] = torch.zeros(1)
-    with pytest.raises(FairbenchError, match=r"1 missing keys \(e.g. 1.classifier.2.bias\).*"
-                                             r"1 unexpected keys \(e.g. 1.extra.weight\)"):
+    with pytest.raises(
+        FairbenchError,
+        match=r"1 missing keys \(e.g. 1.classifier.2.bias\).*"
+        r"1 unexpected keys \(e.g. 1.extra.weight\)",
+    ):
         load_model_state(target, state, "x.pt")
 
 
 # ---------------------------------------------------------------- FRL's checkpoints
+
 
 class AuthorsBlock(torch.nn.Module):
     """A pre-activation block with the module names of FRL's pre_resnet.py (kuangliu's layout)."""
@@ -137,8 +148,11 @@ class AuthorsPreActResNet18(torch.nn.Module):
         widths, cin = (64, 128, 256, 512), 64
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", torch.nn.Sequential(AuthorsBlock(cin, width, stride),
-                                                               AuthorsBlock(width, width, 1)))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                torch.nn.Sequential(AuthorsBlock(cin, width, stride), AuthorsBlock(width, width, 1)),
+            )
             cin = width
         self.linear = torch.nn.Linear(512, 10)
 

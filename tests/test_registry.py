@@ -21,12 +21,15 @@ from cli_helpers import cli_out
 PLUGIN_MODULE = "fairbench_toy_plugin"
 
 
-@pytest.mark.parametrize("registry, kind, known", [
-    (METHODS, "method", "pgd-at"),
-    (MODELS, "architecture", "preact18"),
-    (DATASETS, "dataset", "fashion-mnist"),
-    (THREATS, "threat", "pgd20"),
-])
+@pytest.mark.parametrize(
+    "registry, kind, known",
+    [
+        (METHODS, "method", "pgd-at"),
+        (MODELS, "architecture", "preact18"),
+        (DATASETS, "dataset", "fashion-mnist"),
+        (THREATS, "threat", "pgd20"),
+    ],
+)
 def test_unknown_name_lists_every_valid_name(registry: Registry, kind: str, known: str) -> None:
     with pytest.raises(FairbenchError) as exc:
         registry.get("no-such-thing")
@@ -79,7 +82,8 @@ def test_list_shows_each_entry_with_its_summary(capsys: pytest.CaptureFixture) -
 
 def write_plugin(site: Path) -> None:
     """A real installed distribution: a module plus its *.dist-info with an entry point."""
-    (site / f"{PLUGIN_MODULE}.py").write_text(textwrap.dedent('''
+    (site / f"{PLUGIN_MODULE}.py").write_text(
+        textwrap.dedent('''
         from dataclasses import dataclass
 
         from fairbench.methods.losses import pgd_at_terms, weighted_mean
@@ -100,7 +104,8 @@ def write_plugin(site: Path) -> None:
 
             def loss(self, ctx):
                 return weighted_mean(pgd_at_terms(ctx), ctx.weight) * self.params.scale
-    '''))
+    ''')
+    )
     info = site / "fairbench_toy_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fairbench-toy-plugin\nVersion: 0.1\n")
@@ -145,6 +150,7 @@ def test_plugin_state_does_not_leak() -> None:
 
 # ---------------------------------------------------------------- the registry names methods
 
+
 def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
     from fairbench.methods.base import Method
 
@@ -176,13 +182,15 @@ def test_the_registry_sets_a_methods_name_and_checks_its_class(monkeypatch: pyte
 ARCH_MODULE = "fairbench_toy_arch"
 
 
-def test_entry_point_architecture_is_found_and_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_entry_point_architecture_is_found_and_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """A package adds an architecture through the entry-point group ``fairbench.models``."""
     MODELS.names()  # the built-ins first, so the copy below holds them
     site = tmp_path / "site"
     site.mkdir()
-    (site / f"{ARCH_MODULE}.py").write_text(textwrap.dedent('''
+    (site / f"{ARCH_MODULE}.py").write_text(
+        textwrap.dedent('''
         from torch import nn
 
         from fairbench.models import register_model
@@ -192,7 +200,8 @@ def test_entry_point_architecture_is_found_and_built(tmp_path: Path, monkeypatch
         def toy_arch(*, num_classes, in_channels, width=16):
             """A third-party test architecture: one linear layer."""
             return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
-    '''))
+    ''')
+    )
     info = site / "fairbench_toy_arch-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fairbench-toy-arch\nVersion: 0.1\n")

@@ -33,13 +33,43 @@ from conftest import make_fashion_mnist
 EPOCHS = 4
 
 
-def run_args(data: Path, out: Path, *extra: str, epochs: int = EPOCHS, method: str = "pgd-at",
-             attacks: str = "clean", attack_steps: int = 2) -> list[str]:
+def run_args(
+    data: Path,
+    out: Path,
+    *extra: str,
+    epochs: int = EPOCHS,
+    method: str = "pgd-at",
+    attacks: str = "clean",
+    attack_steps: int = 2,
+) -> list[str]:
     """A tiny run: 200 training images in batches of 32 (7 steps per epoch), small CNN, CPU."""
-    return ["run", "--method", method, "--arch", "small-cnn", "--dataset", "fashion-mnist",
-            "--epochs", str(epochs), "--batch-size", "32", "--attack-steps", str(attack_steps),
-            "--data-dir", str(data), "--out", str(out), "--run-id", "r", "--attacks", attacks,
-            "--device", "cpu", "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--attack-steps",
+        str(attack_steps),
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--run-id",
+        "r",
+        "--attacks",
+        attacks,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -58,11 +88,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["metrics"] == mb["metrics"]
     timing = {"seconds", "images_per_s"}
-    assert ([{k: v for k, v in r.items() if k not in timing} for r in read_log(a)]
-            == [{k: v for k, v in r.items() if k not in timing} for r in read_log(b)])
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(a)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in read_log(b)
+    ]
 
 
 # ---------------------------------------------------------------- real processes
+
 
 def process_args(data: Path, out: Path) -> list[str]:
     return run_args(data, out, attacks="clean,pgd20", attack_steps=5)
@@ -70,8 +102,9 @@ def process_args(data: Path, out: Path) -> list[str]:
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "fairbench", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fairbench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, start: str) -> bool:
@@ -149,8 +182,10 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(reference: dict, tmp_
     # 3. mid-evaluation: the last epoch's checkpoint is newer than its log line
     proc = spawn(args + ["--resume"])
     log, ckpt = run_dir / "log.jsonl", run_dir / "checkpoint.pt"
-    assert wait_until(lambda: log_lines(run_dir) == EPOCHS and ckpt.exists()
-                      and ckpt.stat().st_mtime_ns >= log.stat().st_mtime_ns, proc)
+    assert wait_until(
+        lambda: log_lines(run_dir) == EPOCHS and ckpt.exists() and ckpt.stat().st_mtime_ns >= log.stat().st_mtime_ns,
+        proc,
+    )
     time.sleep(rng.uniform(0.1, 0.7) * reference["eval_s"])
     killed(proc)
     assert kills >= 2, "the processes ended before they could be killed; the test proved nothing"
@@ -183,6 +218,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(reference: dict, tmp_path
 
 # ---------------------------------------------------------------- test-only methods
 
+
 class SignalSelf(Method):
     """Test-only PGD-AT that sends its own process SIGTERM during one chosen training step.
 
@@ -203,9 +239,12 @@ class SignalSelf(Method):
         indices = torch.randint(0, n, (n,), device=ctx.device)
         self.planned += n
         ctx.log["planned_total"] = int(self.planned)
-        return EpochPlan(indices, augment=torch.rand(n, device=ctx.device) < 0.5,
-                         eps=ctx.config.eps * torch.rand(n, device=ctx.device),
-                         weight=torch.rand(n, device=ctx.device) + 0.5)
+        return EpochPlan(
+            indices,
+            augment=torch.rand(n, device=ctx.device) < 0.5,
+            eps=ctx.config.eps * torch.rand(n, device=ctx.device),
+            weight=torch.rand(n, device=ctx.device) + 0.5,
+        )
 
     def augment(self, ctx: BatchContext, mask: torch.Tensor) -> torch.Tensor:
         return torch.where(mask.view(-1, 1, 1, 1), ctx.x.flip(3), ctx.x)
@@ -258,8 +297,9 @@ def small_data(tmp_path: Path) -> Path:
     return make_fashion_mnist(tmp_path / "fm", n_train_per_class=20, n_test_per_class=5)
 
 
-def test_signal_mid_epoch_resumes_to_the_same_weights(test_methods: None, small_data: Path,
-                                                      tmp_path: Path, capsys, monkeypatch) -> None:
+def test_signal_mid_epoch_resumes_to_the_same_weights(
+    test_methods: None, small_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Promise 3: a checkpoint taken at a step boundary resumes inside the epoch, exactly."""
     ref = run_args(small_data, tmp_path / "ref", epochs=2, method="test-signal-self")
     assert cli(ref, capsys)[0] == 0
@@ -277,8 +317,9 @@ def test_signal_mid_epoch_resumes_to_the_same_weights(test_methods: None, small_
     assert_same_run(tmp_path / "ref" / "runs" / "r", run_dir)
 
 
-def test_nan_loss_stops_naming_epoch_and_step(test_methods: None, small_data: Path,
-                                              tmp_path: Path, capsys, monkeypatch) -> None:
+def test_nan_loss_stops_naming_epoch_and_step(
+    test_methods: None, small_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Promise 4: NaN stops the run at the next sync point; the epoch-1 checkpoint is kept."""
     monkeypatch.setattr("fairbench.train.trainer.LOG_EVERY", 2)
     code, err = cli(run_args(small_data, tmp_path / "out", epochs=3, method="test-nan-at"), capsys)
@@ -295,8 +336,9 @@ def test_nan_loss_stops_naming_epoch_and_step(test_methods: None, small_data: Pa
     assert [r["epoch"] for r in read_log(run_dir)] == [1]
 
 
-def test_last_step_that_blows_up_the_weights_stops_the_run(test_methods: None, small_data: Path,
-                                                              tmp_path: Path, capsys, monkeypatch) -> None:
+def test_last_step_that_blows_up_the_weights_stops_the_run(
+    test_methods: None, small_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Promise 4: an epoch's last update is seen by no loss; the weights are checked after it."""
     monkeypatch.setattr(NaNAt, "at", (2, 7))  # the last of 7 steps: its loss is finite, its update is not
     monkeypatch.setattr(NaNAt, "factor", 1e30)
@@ -319,6 +361,7 @@ def test_last_step_that_blows_up_the_weights_stops_the_run(test_methods: None, s
 
 
 # ---------------------------------------------------------------- atomic files and resume checks
+
 
 def test_resume_with_another_config_names_the_fields(small_data: Path, tmp_path: Path, capsys) -> None:
     """Promise 2: a checkpoint carries the config hash; another config is refused by field."""
@@ -349,8 +392,9 @@ def test_finished_training_resumes_straight_to_evaluation(small_data: Path, tmp_
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_finished_run_without_its_checkpoint_is_never_redone(small_data: Path, tmp_path: Path, capsys,
-                                                           monkeypatch) -> None:
+def test_finished_run_without_its_checkpoint_is_never_redone(
+    small_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """A committed result folder has no checkpoint.pt (not committed): rerunning the same command,
     with or without --resume, must refuse rather than retrain and delete its metrics.json; and
     `fairbench resume .` from inside the folder names the run."""
@@ -368,8 +412,9 @@ def test_finished_run_without_its_checkpoint_is_never_redone(small_data: Path, t
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(small_data: Path, tmp_path: Path,
-                                                                       capsys) -> None:
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(
+    small_data: Path, tmp_path: Path, capsys
+) -> None:
     run_dir = tmp_path / "out" / "runs" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")  # written once the inputs were checked; then killed
@@ -395,8 +440,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch) ->
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
-def test_disk_full_mid_run_keeps_the_previous_checkpoint(small_data: Path, tmp_path: Path, capsys,
-                                                         monkeypatch) -> None:
+def test_disk_full_mid_run_keeps_the_previous_checkpoint(small_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Promise 7: ENOSPC on the second checkpoint: clear error, the first checkpoint intact."""
     real_fsync, calls = os.fsync, []
 
@@ -429,8 +473,9 @@ def test_second_ctrl_c_exits_130(small_data: Path, tmp_path: Path, capsys, monke
     assert code == 130 and err.strip() == "interrupted"
 
 
-def test_full_or_unwritable_output_fails_before_anything_is_written(small_data: Path, tmp_path: Path,
-                                                                    capsys, monkeypatch) -> None:
+def test_full_or_unwritable_output_fails_before_anything_is_written(
+    small_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Promise 7: checked up front; no run folder is created."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -480,6 +525,7 @@ def test_runs_started_together_can_share_an_output_folder(tmp_path: Path) -> Non
 
 # ---------------------------------------------------------------- untrusted files
 
+
 class CodeRunner:
     """A pickle payload: unpickling it calls open(marker, 'w'), i.e. runs code."""
 
@@ -513,11 +559,24 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("content", [[1, 2], {"model": {}, "optimizer": {}, "scheduler": {}, "method": {},
-                                               "rng": {}, "epoch": 1, "format_version": 2,
-                                               "config_hash": "x", "config": [1]}])
-def test_checkpoint_of_the_wrong_kind_is_one_error_line(content, small_data: Path, tmp_path: Path,
-                                                        capsys) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        [1, 2],
+        {
+            "model": {},
+            "optimizer": {},
+            "scheduler": {},
+            "method": {},
+            "rng": {},
+            "epoch": 1,
+            "format_version": 2,
+            "config_hash": "x",
+            "config": [1],
+        },
+    ],
+)
+def test_checkpoint_of_the_wrong_kind_is_one_error_line(content, small_data: Path, tmp_path: Path, capsys) -> None:
     """A list, or a checkpoint whose config is not a dict: `error:` lines, not tracebacks."""
     run_dir = tmp_path / "out" / "runs" / "r"
     run_dir.mkdir(parents=True)
@@ -526,8 +585,7 @@ def test_checkpoint_of_the_wrong_kind_is_one_error_line(content, small_data: Pat
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
 
 
-def test_cut_log_line_and_temps_in_eval_state_are_cleared_on_resume(small_data: Path, tmp_path: Path,
-                                                                    capsys) -> None:
+def test_cut_log_line_and_temps_in_eval_state_are_cleared_on_resume(small_data: Path, tmp_path: Path, capsys) -> None:
     """A crash can leave any bytes at the end of log.jsonl and temporary files in eval_state/."""
     out = tmp_path / "out"
     run_dir = out / "runs" / "r"
@@ -616,14 +674,15 @@ BAD_RUN_OPTIONS = [
 
 
 @pytest.mark.parametrize("extra, message", BAD_RUN_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_run_option_is_one_error_line_and_writes_nothing(extra: list[str], message: str,
-                                                             small_data: Path, tmp_path: Path, capsys) -> None:
+def test_bad_run_option_is_one_error_line_and_writes_nothing(
+    extra: list[str], message: str, small_data: Path, tmp_path: Path, capsys
+) -> None:
     """Promise 6: every invalid value: one `error:` line, exit 2, no output folder created."""
     base = run_args(small_data, tmp_path / "out", epochs=1)
     options = {a for a in extra if a.startswith("--")}
     for opt in options & {"--method", "--arch", "--dataset", "--device", "--run-id"}:
         i = base.index(opt)
-        del base[i: i + 2]
+        del base[i : i + 2]
     code, err = cli(base + extra, capsys)
     lines = err.strip().splitlines()
     assert code == 2, err
@@ -631,17 +690,27 @@ def test_bad_run_option_is_one_error_line_and_writes_nothing(extra: list[str], m
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d, "is not a run folder (no config.json)"),
-    (lambda d: _write(d / "config.json", "{not json").parent, "config.json: unreadable"),
-    (lambda d: _write(d / "config.json", "[1, 2]").parent, "config.json: not a JSON object"),
-    (lambda d: _write(d / "config.json", '{"method": "pgd-at"}').parent, "config: "),
-    (lambda d: _write(d / "config.json", '{"method": "pgd-at", "arch": "small-cnn", "dataset": '
-                      '"fashion-mnist", "epochs": "3"}').parent, "config field 'epochs' must be int"),
-    (lambda d: _write(d / "config.json", '{"bogus": 1}').parent, "config has unknown fields: bogus"),
-    (lambda d: _write(d / "config.json", " " * (2 << 20) + "{}").parent, "more than the 1048576"),
-    (lambda d: _link(d / "config.json", d.parent / "elsewhere.json").parent, "config.json: unreadable (a symlink)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d, "is not a run folder (no config.json)"),
+        (lambda d: _write(d / "config.json", "{not json").parent, "config.json: unreadable"),
+        (lambda d: _write(d / "config.json", "[1, 2]").parent, "config.json: not a JSON object"),
+        (lambda d: _write(d / "config.json", '{"method": "pgd-at"}').parent, "config: "),
+        (
+            lambda d: (
+                _write(
+                    d / "config.json",
+                    '{"method": "pgd-at", "arch": "small-cnn", "dataset": "fashion-mnist", "epochs": "3"}',
+                ).parent
+            ),
+            "config field 'epochs' must be int",
+        ),
+        (lambda d: _write(d / "config.json", '{"bogus": 1}').parent, "config has unknown fields: bogus"),
+        (lambda d: _write(d / "config.json", " " * (2 << 20) + "{}").parent, "more than the 1048576"),
+        (lambda d: _link(d / "config.json", d.parent / "elsewhere.json").parent, "config.json: unreadable (a symlink)"),
+    ],
+)
 def test_resume_command_refuses_bad_run_folders(tmp_path: Path, capsys, make, message: str) -> None:
     run_dir = tmp_path / "results" / "runs" / "r"
     run_dir.mkdir(parents=True)

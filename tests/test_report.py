@@ -65,8 +65,10 @@ N_PER_CLASS = 20
 ALL_THREATS = ("clean", "pgd20", "autoattack", "union")
 # (method, params, seed, epochs, threats, accuracy level): group A has epochs=2, group B epochs=4.
 RUNS = [
-    ("pgd-at", {}, 0, 2, ALL_THREATS, 0.55), ("pgd-at", {}, 1, 2, ALL_THREATS, 0.60),
-    ("trades", {"beta": 6.0}, 0, 2, ALL_THREATS, 0.65), ("trades", {"beta": 6.0}, 1, 2, ALL_THREATS, 0.62),
+    ("pgd-at", {}, 0, 2, ALL_THREATS, 0.55),
+    ("pgd-at", {}, 1, 2, ALL_THREATS, 0.60),
+    ("trades", {"beta": 6.0}, 0, 2, ALL_THREATS, 0.65),
+    ("trades", {"beta": 6.0}, 1, 2, ALL_THREATS, 0.62),
     ("trades", {"beta": 3.0}, 0, 2, ALL_THREATS, 0.45),
     ("fairat", {"fraction": 0.2}, 0, 2, ALL_THREATS, 0.75),
     ("fairat", {"fraction": 0.2}, 1, 2, ALL_THREATS, 0.70),
@@ -74,9 +76,13 @@ RUNS = [
     ("my_method", {}, 0, 4, ("clean", "pgd20", "union"), 0.80),
 ]
 NO_OUTCOMES = {8}  # older results: my_method's run has no outcomes.csv.gz
-BAD = {"runs/broken/metrics.json": "unreadable", "runs/future/metrics.json": "unknown schema_version",
-       "runs/unfinished/metrics.json": "unfinished", "runs/running/metrics.json": "unfinished",
-       "runs/zcopy/metrics.json": "same experiment and seed"}
+BAD = {
+    "runs/broken/metrics.json": "unreadable",
+    "runs/future/metrics.json": "unknown schema_version",
+    "runs/unfinished/metrics.json": "unfinished",
+    "runs/running/metrics.json": "unfinished",
+    "runs/zcopy/metrics.json": "same experiment and seed",
+}
 
 
 AA_PER_CLASS = 10  # AutoAttack (and so union) runs on the first 10 test images of each class
@@ -101,15 +107,37 @@ def simulate(method: str, params: dict, seed: int, epochs: int, threats: tuple, 
 
 def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, level: float) -> dict:
     """A metrics.json document: the schema's metrics of `simulate`'s outcomes."""
-    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed,
-                    eps=0.1, step_size=0.025, params=params, train_per_class=50, eval_per_class=N_PER_CLASS)
+    cfg = RunConfig(
+        method=method,
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        epochs=epochs,
+        seed=seed,
+        eps=0.1,
+        step_size=0.025,
+        params=params,
+        train_per_class=50,
+        eval_per_class=N_PER_CLASS,
+    )
     outcomes = simulate(method, params, seed, epochs, threats, level)
     metrics = {t: m.to_json() for t, m in metrics_from_outcomes(outcomes, CLASSES).items()}
-    return {"schema_version": SCHEMA_VERSION, "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
-            "method": method, "params": params, "arch": "small-cnn", "dataset": "fashion-mnist",
-            "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
-            "training": cfg.training_dict() | {"eval_per_class": N_PER_CLASS}, "classes": list(CLASSES),
-            "metrics": metrics, "timing": {"train_s": 1.0}, "env": {"torch": "x"}, "checkpoint": {}}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": f"{method}-{seed}-{epochs}-{len(params)}",
+        "method": method,
+        "params": params,
+        "arch": "small-cnn",
+        "dataset": "fashion-mnist",
+        "seed": seed,
+        "epochs": epochs,
+        "threat": {"norm": "Linf", "eps": 0.1},
+        "training": cfg.training_dict() | {"eval_per_class": N_PER_CLASS},
+        "classes": list(CLASSES),
+        "metrics": metrics,
+        "timing": {"train_s": 1.0},
+        "env": {"torch": "x"},
+        "checkpoint": {},
+    }
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -120,8 +148,7 @@ def trades_defaults() -> Iterator[None]:
     from fairbench.methods import method_defaults
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report_module, "_method_defaults",
-                   lambda m: {"beta": 6.0} if m == "trades" else method_defaults(m))
+        mp.setattr(report_module, "_method_defaults", lambda m: {"beta": 6.0} if m == "trades" else method_defaults(m))
         yield
 
 
@@ -133,11 +160,13 @@ def write_results(root: Path) -> Path:
         (folder / "metrics.json").write_text(json.dumps(record(*spec), indent=2))
         if i not in NO_OUTCOMES:
             (folder / OUTCOMES_FILE).write_bytes(outcomes_bytes(simulate(*spec)))
-    bad = {"broken": '{"schema_version": 1, "run_id": "x", "metr',
-           "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
-           "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
-           "running": json.dumps(record(*RUNS[0]) | {"status": "running"}),
-           "zcopy": json.dumps(record(*RUNS[0]))}
+    bad = {
+        "broken": '{"schema_version": 1, "run_id": "x", "metr',
+        "future": json.dumps(record(*RUNS[0]) | {"schema_version": 99}),
+        "unfinished": json.dumps(record(*RUNS[0]) | {"metrics": {}}),
+        "running": json.dumps(record(*RUNS[0]) | {"status": "running"}),
+        "zcopy": json.dumps(record(*RUNS[0])),
+    }
     for name, text in bad.items():
         (root / "runs" / name).mkdir()
         (root / "runs" / name / "metrics.json").write_text(text)
@@ -195,8 +224,7 @@ def test_sorted_by_worst_class_robust_error(results: Path) -> None:
     # so its union is PGD-20 itself and PGD-20 is named
     assert (a.sort_threat, b.sort_threat) == ("pgd20", "pgd20")
     for group in (a, b):
-        worst = [(r.threats[group.sort_threat].worst.mean, r.threats[group.sort_threat].avg.mean)
-                 for r in group.rows]
+        worst = [(r.threats[group.sort_threat].worst.mean, r.threats[group.sort_threat].avg.mean) for r in group.rows]
         assert worst == sorted(worst) and len(set(worst)) == len(worst)
         # without intervals (no outcomes read), only equal worst-class errors tie
         assert [r.rank for r in group.rows] == [1 + [w for w, _ in worst].index(w) for w, _ in worst]
@@ -272,8 +300,11 @@ def test_chart_has_one_bar_per_class_and_method(results: Path) -> None:
 
 
 def _tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_report_is_pure_and_byte_identical(results: Path, tmp_path: Path) -> None:
@@ -324,8 +355,9 @@ def test_html_renders_and_sorts_in_chromium(reported: tuple[Path, str, str], tmp
         # the runs' configs once per group, under the compact table
         assert table.count('<tr class="config">') == (len(group.rows) if "leaderboard compact" in table else 0)
         keys = re.findall(r'<th data-key="([^"]+)"', table)
-        cells = [re.findall(r'<td data-sort="([^"]*)"', row)
-                 for row in re.findall(r'<tr class="row[^"]*">(.*?)</tr>', table)]
+        cells = [
+            re.findall(r'<td data-sort="([^"]*)"', row) for row in re.findall(r'<tr class="row[^"]*">(.*?)</tr>', table)
+        ]
         if "clean_avg" in keys:  # the compact table and clean's are sorted by the page's #sort=-clean_avg
             shown = [float(c[keys.index("clean_avg")]) for c in cells]
             assert shown == sorted((r.threats["clean"].avg.mean for r in group.rows), reverse=True)
@@ -347,9 +379,11 @@ def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.text(max_size=4),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-                    max_leaves=4)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=4,
+)
 VALID = record(*RUNS[0])
 VALID_PATHS = _paths(VALID)
 OTHER = record(*RUNS[8])
@@ -398,25 +432,47 @@ def test_report_package_imports_point_down() -> None:
     module imports one above it, and stats imports nothing of the package."""
     import ast
 
-    layers = {"stats": 0, "model": 1, "intervals": 2, "figures": 3, "tables": 3, "sensitivity": 4, "html": 5,
-              "command": 6}
+    layers = {
+        "stats": 0,
+        "model": 1,
+        "intervals": 2,
+        "figures": 3,
+        "tables": 3,
+        "sensitivity": 4,
+        "html": 5,
+        "command": 6,
+    }
     package = Path(report_module.__file__).parent
     assert {f.stem for f in package.glob("*.py")} - {"__init__"} == set(layers)  # a new module gets its layer
     init = ast.parse((package / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]
     for name, level in layers.items():
         tree = ast.parse((package / f"{name}.py").read_text())
-        imported = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree)
-                    if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("fairbench.report.")}
+        imported = {
+            n.module.rsplit(".", 1)[-1]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("fairbench.report.")
+        }
         assert all(layers[m] < level for m in imported), (name, imported)
 
 
 # ---------------------------------------------------------------- intervals, comparisons, ranks (issue 11)
 
+
 def test_csv_holds_intervals_and_differences_from_the_baseline(reported: tuple[Path, str, str]) -> None:
     rows = list(csv.DictReader((reported[0] / "leaderboard.csv").open()))
-    new = ["avg_err_lo", "avg_err_hi", "worst_err_lo", "worst_err_hi", "avg_err_delta", "avg_err_delta_lo",
-           "avg_err_delta_hi", "worst_err_delta", "worst_err_delta_lo", "worst_err_delta_hi"]
+    new = [
+        "avg_err_lo",
+        "avg_err_hi",
+        "worst_err_lo",
+        "worst_err_hi",
+        "avg_err_delta",
+        "avg_err_delta_lo",
+        "avg_err_delta_hi",
+        "worst_err_delta",
+        "worst_err_delta_lo",
+        "worst_err_delta_hi",
+    ]
     assert {f"{t}_{c}" for t in ALL_THREATS for c in new} | {"baseline", "rank"} <= set(rows[0])
     group_a = [r for r in rows if r["epochs"] == "2"]
     base = next(r for r in group_a if r["label"] == "pgd-at")
@@ -477,8 +533,7 @@ def test_baseline_option_and_a_baseline_in_no_group(results: Path, capsys: pytes
     trades = next(r for r in a.rows if r.label == "trades")
     assert trades.threats["pgd20"].ci.avg_delta == Delta(0.0, 0.0, 0.0)
     assert all(r.threats["pgd20"].ci is None or r.threats["pgd20"].ci.worst_delta is None for r in b.rows)
-    assert (b.key.label(), "no trades row, so no comparisons with a baseline (--baseline picks one)") \
-        in board.warnings
+    assert (b.key.label(), "no trades row, so no comparisons with a baseline (--baseline picks one)") in board.warnings
     assert run_cli(["report", "--results", str(results), "--baseline", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --baseline nope is not a method of any group")
@@ -561,7 +616,7 @@ def test_tradeoff_labels_do_not_cover_each_other() -> None:
     boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its leader line
     marks = [Bbox.from_extents(px - 3, py - 3, px + 3, py + 3) for px, py in ax.transData.transform(points)]
     for i, a in enumerate(boxes):
-        assert all(_overlap(a, b) == 0 for b in boxes[i + 1:]), labels[i]
+        assert all(_overlap(a, b) == 0 for b in boxes[i + 1 :]), labels[i]
         assert all(_overlap(a, m) == 0 for m in marks), labels[i]  # no label covers a point
         assert _overlap(a, legend.get_window_extent(renderer)) == 0
 
@@ -569,10 +624,13 @@ def test_tradeoff_labels_do_not_cover_each_other() -> None:
 def test_tradeoff_figure_is_shown_in_index_html_in_chromium(reported: tuple[Path, str, str], tmp_path: Path) -> None:
     """The page, loaded in an iframe of a probe page, shows each group's trade-off image decoded."""
     results = reported[0]
-    dom = probe(results / "index.html", tmp_path,
-                'doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
-                ' out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
-                '           Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });')
+    dom = probe(
+        results / "index.html",
+        tmp_path,
+        'doc.querySelectorAll("figure.tradeoff img").forEach(function (img) {'
+        ' out.push(["IMG", img.complete, img.naturalWidth, img.naturalHeight,'
+        '           Math.round(img.getBoundingClientRect().width), img.alt].join("|")); });',
+    )
     shown = [found.split("|") for found in re.findall(r"IMG\|[^\n<]*", dom)]
     board = build_leaderboard(results)
     png = (results / "figures").glob("*_tradeoff.png")
@@ -606,9 +664,17 @@ def test_weight_averaging_and_a_starting_run_make_their_own_rows(tmp_path: Path)
     labelled, never averaged with the plain runs of the same seed."""
     plain = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.55)
     ema = record("pgd-at", {}, 0, 2, ALL_THREATS, 0.60)
-    ema["training"] = RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", epochs=2,
-                                eps=0.1, step_size=0.025, train_per_class=50, ema=0.85,
-                                eval_per_class=N_PER_CLASS).training_dict() | {"eval_per_class": N_PER_CLASS}
+    ema["training"] = RunConfig(
+        method="pgd-at",
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        epochs=2,
+        eps=0.1,
+        step_size=0.025,
+        train_per_class=50,
+        ema=0.85,
+        eval_per_class=N_PER_CLASS,
+    ).training_dict() | {"eval_per_class": N_PER_CLASS}
     for i, doc in enumerate((plain, ema | {"run_id": "ema"})):
         (tmp_path / "runs" / f"r{i}").mkdir(parents=True)
         (tmp_path / "runs" / f"r{i}" / "metrics.json").write_text(json.dumps(doc))
@@ -627,10 +693,17 @@ def test_a_fine_tuning_run_joins_its_sources_table_one_row_over_seeds(tmp_path: 
     for seed in (0, 1):
         docs[f"base{seed}"] = record("pgd-at", {}, seed, 4, ALL_THREATS, 0.55)
         tuned = record("faal", {}, seed, 2, ALL_THREATS, 0.6)
-        tuned["training"] |= {"lr": 0.005, "schedule": "piecewise:0.5",
-                              "init_from": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc"}
-        tuned["init_from"] = {"run_id": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc", "method": "pgd-at",
-                              "epochs": 4, "budget_epochs": 4}
+        tuned["training"] |= {
+            "lr": 0.005,
+            "schedule": "piecewise:0.5",
+            "init_from": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc",
+        }
+        tuned["init_from"] = {
+            "run_id": f"pgd-at_small-cnn_fashion-mnist_seed{seed}_abc",
+            "method": "pgd-at",
+            "epochs": 4,
+            "budget_epochs": 4,
+        }
         docs[f"faal{seed}"] = tuned | {"run_id": f"faal-{seed}"}
     for name, doc in docs.items():
         (tmp_path / "runs" / name).mkdir(parents=True)

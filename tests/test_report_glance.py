@@ -31,9 +31,19 @@ from test_report import write_results
 K = len(CLASSES)
 
 
-def write_run(root: Path, name: str, method: str, seed: int, *, clean: np.ndarray, pgd20: np.ndarray,
-              autoattack: np.ndarray | None = None, n_per_class: int = 20, epochs: int = 2,
-              extra: dict | None = None) -> None:
+def write_run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    *,
+    clean: np.ndarray,
+    pgd20: np.ndarray,
+    autoattack: np.ndarray | None = None,
+    n_per_class: int = 20,
+    epochs: int = 2,
+    extra: dict | None = None,
+) -> None:
     """One run from per-image correctness (clean, PGD-20 and, on a subset marked -1 elsewhere,
     AutoAttack); robust outcomes count only where clean is right, as the evaluator's do."""
     labels = np.arange(K).repeat(n_per_class)
@@ -41,13 +51,34 @@ def write_run(root: Path, name: str, method: str, seed: int, *, clean: np.ndarra
     if autoattack is not None:
         columns["autoattack"] = np.where(autoattack >= 0, (autoattack > 0) & clean, -1)
     outcomes = make_outcomes(np.arange(len(labels)), labels, columns)
-    cfg = RunConfig(method=method, arch="small-cnn", dataset="fashion-mnist", epochs=epochs, seed=seed, eps=0.1,
-                    step_size=0.025, train_per_class=50, eval_per_class=n_per_class)
-    doc = {"schema_version": SCHEMA_VERSION, "run_id": name, "method": method, "params": {}, "arch": "small-cnn",
-           "dataset": "fashion-mnist", "seed": seed, "epochs": epochs, "threat": {"norm": "Linf", "eps": 0.1},
-           "training": cfg.training_dict() | {"eval_per_class": n_per_class}, "classes": list(CLASSES),
-           "metrics": {t: m.to_json() for t, m in metrics_from_outcomes(outcomes, CLASSES).items()},
-           "timing": {"train_s": 1.0}, "env": {"torch": "x"}, "checkpoint": {}} | (extra or {})
+    cfg = RunConfig(
+        method=method,
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        epochs=epochs,
+        seed=seed,
+        eps=0.1,
+        step_size=0.025,
+        train_per_class=50,
+        eval_per_class=n_per_class,
+    )
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": name,
+        "method": method,
+        "params": {},
+        "arch": "small-cnn",
+        "dataset": "fashion-mnist",
+        "seed": seed,
+        "epochs": epochs,
+        "threat": {"norm": "Linf", "eps": 0.1},
+        "training": cfg.training_dict() | {"eval_per_class": n_per_class},
+        "classes": list(CLASSES),
+        "metrics": {t: m.to_json() for t, m in metrics_from_outcomes(outcomes, CLASSES).items()},
+        "timing": {"train_s": 1.0},
+        "env": {"torch": "x"},
+        "checkpoint": {},
+    } | (extra or {})
     folder = root / "runs" / name
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(doc))
@@ -71,8 +102,13 @@ def ranked(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     ok = np.ones(K * 20, bool)
     subset = np.arange(K * 20) % 20 < 10
-    for name, pgd, aa in (("fairat", 0.0, None), ("pgd-at", 0.4, None), ("trades", 0.4, "all wrong"),
-                          ("cfa", 0.5, None), ("wat", 1.0, None)):
+    for name, pgd, aa in (
+        ("fairat", 0.0, None),
+        ("pgd-at", 0.4, None),
+        ("trades", 0.4, "all wrong"),
+        ("cfa", 0.5, None),
+        ("wat", 1.0, None),
+    ):
         robust = wrong_fraction(pgd, offset=12 if pgd == 0.4 else 0)
         attack = np.where(subset, 0 if aa else robust, -1)
         write_run(root, name, name, 0, clean=ok, pgd20=robust, autoattack=attack)
@@ -82,8 +118,15 @@ def ranked(tmp_path: Path) -> Path:
 def test_compact_table_has_the_answer_in_at_most_8_columns(ranked: Path) -> None:
     (group,) = build_report(ranked).groups
     cols = compact_columns(group)
-    assert [c.header for c in cols] == ["method", "seeds", "PGD-20 avg", "PGD-20 worst", "PGD-20 Δworst",
-                                        "PGD-20 Δavg", "clean avg"]
+    assert [c.header for c in cols] == [
+        "method",
+        "seeds",
+        "PGD-20 avg",
+        "PGD-20 worst",
+        "PGD-20 Δworst",
+        "PGD-20 Δavg",
+        "clean avg",
+    ]
     assert len(cols) + 1 <= 8  # with the rank
     md = to_markdown(build_report(ranked))
     assert "| # | method | seeds | PGD-20 avg | PGD-20 worst | PGD-20 Δworst | PGD-20 Δavg | clean avg |" in md
@@ -163,8 +206,9 @@ def test_forest_plot_shows_each_difference_with_its_interval(ranked: Path) -> No
     assert [100 * fairat.lo, 100 * fairat.hi] in [list(s) for s in spans]
 
 
-def test_no_zero_width_interval_a_warning_at_chance_and_tied_worst_classes(tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_no_zero_width_interval_a_warning_at_chance_and_tied_worst_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 27's run: 5 images per class, a model that is right on ankle boots only (it may
     predict nothing else), every image lost to PGD-20."""
     root = tmp_path / "results"
@@ -241,19 +285,31 @@ def test_the_page_at_1400_px_shows_the_compact_table_without_scrolling(tmp_path:
     subset = np.arange(K * 20) % 20 < 10
     for seed in (0, 1):
         extra = {"init_from": {"run_id": f"src{seed}", "method": "pgd-at", "epochs": 2, "budget_epochs": 2}}
-        write_run(root, f"faal{seed}", "faal", seed, clean=ok, pgd20=wrong_fraction(0.3, offset=seed),
-                  autoattack=np.where(subset, 0, -1), extra=extra)
+        write_run(
+            root,
+            f"faal{seed}",
+            "faal",
+            seed,
+            clean=ok,
+            pgd20=wrong_fraction(0.3, offset=seed),
+            autoattack=np.where(subset, 0, -1),
+            extra=extra,
+        )
     assert exit_code(["report", "--results", str(root)]) == 0
     page = (root / "index.html").read_text()
     assert "faal (from pgd-at, 2+2 epochs)" in page and 'class="flag"' in page
-    dom = probe(root / "index.html", tmp_path,
-                'doc.querySelectorAll("table.compact").forEach(function (t) {'
-                '  var box = t.parentElement, heads = [];'
-                '  t.querySelectorAll("thead th").forEach(function (th) { heads.push(th.textContent); });'
-                '  out.push(["TABLE", box.scrollWidth, box.clientWidth, Math.round(t.getBoundingClientRect().right),'
-                '            doc.documentElement.clientWidth, doc.documentElement.scrollWidth,'
-                '            heads.join(";")].join("|")); });',
-                width=1400, window="1440,1000")
+    dom = probe(
+        root / "index.html",
+        tmp_path,
+        'doc.querySelectorAll("table.compact").forEach(function (t) {'
+        "  var box = t.parentElement, heads = [];"
+        '  t.querySelectorAll("thead th").forEach(function (th) { heads.push(th.textContent); });'
+        '  out.push(["TABLE", box.scrollWidth, box.clientWidth, Math.round(t.getBoundingClientRect().right),'
+        "            doc.documentElement.clientWidth, doc.documentElement.scrollWidth,"
+        '            heads.join(";")].join("|")); });',
+        width=1400,
+        window="1440,1000",
+    )
     shown = [found.split("|")[1:] for found in re.findall(r"TABLE\|[^\n<]*", dom)]
     assert len(shown) == 2, dom[-2000:]
     for scroll_w, client_w, right, page_w, page_scroll_w, heads in shown:

@@ -49,9 +49,18 @@ def good_run(method: str, seed: int, level: float = 0.7, attacks: bool = True):
     aa = np.where(np.arange(labels.size) % 2 == 0, aa, -1)
     correct = {"clean": clean, "pgd20": pgd, "autoattack": aa} if attacks else {"clean": clean}
     outcomes = make_outcomes(np.arange(labels.size) * 3, labels, correct)
-    record = build_record(run_id=f"{re.sub(r'[^A-Za-z0-9]', '-', method)[:40]}-{seed}", method=method,
-                          params={}, arch="small-cnn", dataset="fashion-mnist", seed=seed, epochs=2, eps=0.1,
-                          training={"epochs": 2, "train_per_class": 50, "eval_per_class": None}, outcomes=outcomes)
+    record = build_record(
+        run_id=f"{re.sub(r'[^A-Za-z0-9]', '-', method)[:40]}-{seed}",
+        method=method,
+        params={},
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        seed=seed,
+        epochs=2,
+        eps=0.1,
+        training={"epochs": 2, "train_per_class": 50, "eval_per_class": None},
+        outcomes=outcomes,
+    )
     return record, outcomes
 
 
@@ -114,10 +123,16 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     (root / "runs" / "zero").mkdir()
     (root / "runs" / "zero" / "metrics.json").symlink_to("/dev/zero")
     skipped["zero"] = "symlink"
-    bad("long-list", "metrics.clean.per_class",
-        lambda d: d["metrics"]["clean"].__setitem__("per_class", [0.5] * 100_000))
-    bad("large", "bytes", lambda d: d["env"].__setitem__("pad", "x" * 900) or d["env"].update(
-        {f"k{i}": "y" * 900 for i in range(1200)}))
+    bad(
+        "long-list",
+        "metrics.clean.per_class",
+        lambda d: d["metrics"]["clean"].__setitem__("per_class", [0.5] * 100_000),
+    )
+    bad(
+        "large",
+        "bytes",
+        lambda d: d["env"].__setitem__("pad", "x" * 900) or d["env"].update({f"k{i}": "y" * 900 for i in range(1200)}),
+    )
     record, outcomes = good_run("pgd-at", 7)
     bomb = gzip.compress(b"index,label,clean\n" + b"0" * (80 << 20), mtime=0)
     bad("gzip-bomb", "decompressed", text=json.dumps(record.to_json()), outcomes=bomb)
@@ -147,10 +162,20 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str]:
     # sha256 of a user's figure, and of empty bytes for an empty file)
     for name, data in USERS_FIGURES.items():
         (root / name).write_bytes(data)
-    (root / MANIFEST).write_text(json.dumps({"format": 1, "files": {
-        "figures/my_paper_plot.png": hashlib.sha256(b"not mine").hexdigest(),
-        **{name: hashlib.sha256(data).hexdigest() for name, data in USERS_FIGURES.items()},
-        "runs/good-pgd-at-0/metrics.json": "0" * 64, "../outside.txt": "0" * 64, "/etc/passwd": "0" * 64}}))
+    (root / MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "files": {
+                    "figures/my_paper_plot.png": hashlib.sha256(b"not mine").hexdigest(),
+                    **{name: hashlib.sha256(data).hexdigest() for name, data in USERS_FIGURES.items()},
+                    "runs/good-pgd-at-0/metrics.json": "0" * 64,
+                    "../outside.txt": "0" * 64,
+                    "/etc/passwd": "0" * 64,
+                },
+            }
+        )
+    )
     return skipped
 
 
@@ -193,8 +218,17 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict:
     t0 = time.perf_counter()
     code, out, err = cli(["report", "--results", str(results)])
     seconds = time.perf_counter() - t0
-    return {"world": world, "results": results, "expected": expected, "before": before,
-            "after": snapshot(world), "code": code, "out": out, "err": err, "seconds": seconds}
+    return {
+        "world": world,
+        "results": results,
+        "expected": expected,
+        "before": before,
+        "after": snapshot(world),
+        "code": code,
+        "out": out,
+        "err": err,
+        "seconds": seconds,
+    }
 
 
 def test_hostile_files_are_skipped_naming_the_field(hostile: dict) -> None:
@@ -221,9 +255,15 @@ def test_unbounded_reads_are_refused_quickly(hostile: dict) -> None:
     assert hostile["seconds"] < 60
 
 
-@pytest.mark.parametrize("text", [b"index,label," + b"," * (64 << 20), b"index,label,clean\n" + b"," * (64 << 20),
-                                  b"index,label,clean\n" + b"\n" * (64 << 20)],
-                         ids=["header-of-commas", "row-of-commas", "empty-lines"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"index,label," + b"," * (64 << 20),
+        b"index,label,clean\n" + b"," * (64 << 20),
+        b"index,label,clean\n" + b"\n" * (64 << 20),
+    ],
+    ids=["header-of-commas", "row-of-commas", "empty-lines"],
+)
 def test_parsing_outcomes_costs_memory_in_proportion_to_the_test_set(text: bytes) -> None:
     """Issue 28, case 8: a 64 KB gzip that expands to a 64 MiB header of commas took `report` to
     1.9 GB of memory. The size is checked before the text is split (and a file of a data set with a
@@ -362,14 +402,16 @@ def test_page_holds_only_what_fairbench_writes(hostile: dict, tmp_path: Path) ->
     page = _dom(hostile["results"] / "index.html", tmp_path / "p2")
     assert page.pairs <= baseline.pairs, page.pairs - baseline.pairs
     assert page.scripts == 1 and all(s.startswith("data:image/png;base64,") for s in page.srcs)
-    assert 'data-pwned' not in (hostile["results"] / "index.html").read_text()
+    assert "data-pwned" not in (hostile["results"] / "index.html").read_text()
 
 
 ESCAPES = {"\\textbackslash", "\\textasciitilde", "\\textasciicircum"}
 # template lines whose shape depends on the group (threats, a baseline's two extra columns) but hold no data
-ALLOWED_TEX = re.compile(r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
-                         r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.\d+\\linewidth\}( r)+@\{\}\}"
-                         r"|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*")
+ALLOWED_TEX = re.compile(
+    r"% .*|\\caption\{.*\}|\\label\{tab:fairbench-[a-z0-9._-]+\}|.* & .* \\\\"
+    r"|\\begin\{tabular\}\{[rl ]+\}|\\begin\{tabular\}\{@\{\}r p\{0\.\d+\\linewidth\}( r)+@\{\}\}"
+    r"|\\cmidrule\(lr\)\{\d+-\d+\}( \\cmidrule\(lr\)\{\d+-\d+\})*"
+)
 
 
 def _tex_lines_from_fairbench(tex: str, baseline: str) -> list[str]:
@@ -393,8 +435,14 @@ def test_tex_and_markdown_hold_no_injected_line(hostile: dict, tmp_path: Path) -
 
 def _accepted_names(root: Path) -> None:
     """Runs whose names are printable but hostile: accepted, and escaped wherever they appear."""
-    for i, method in enumerate(["<script>document.body.dataset.pwned=2</script>|x|", "$\\foo{$ \\input{x} %c",
-                                "[link](javascript:alert(1)) `code` & &amp;", "=HYPERLINK(\"http://x\")"]):
+    for i, method in enumerate(
+        [
+            "<script>document.body.dataset.pwned=2</script>|x|",
+            "$\\foo{$ \\input{x} %c",
+            "[link](javascript:alert(1)) `code` & &amp;",
+            '=HYPERLINK("http://x")',
+        ]
+    ):
         record, outcomes = good_run(method, 0)
         doc = record.to_json()
         doc["arch"] = XSS if i == 0 else "a|b\\c"
@@ -425,7 +473,8 @@ def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:
     cli(["report", "--results", str(clean)])
     assert not _tex_lines_from_fairbench(tex, (clean / "leaderboard.tex").read_text())
     assert set(re.findall(r"\\[A-Za-z]+", tex)) <= ESCAPES | set(
-        re.findall(r"\\[A-Za-z]+", (clean / "leaderboard.tex").read_text()))
+        re.findall(r"\\[A-Za-z]+", (clean / "leaderboard.tex").read_text())
+    )
     for line in (results / "leaderboard.csv").read_text().splitlines()[1:]:
         # no cell starts a formula (a negative number, such as an interval's lower end, is a number)
         assert not re.search(r"(^|,)([=+@]|-(?!\d+(\.\d+)?(,|$)))", line.replace(",-,", ",")), line
@@ -439,10 +488,13 @@ def test_printable_hostile_names_are_escaped_everywhere(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- fuzz: metrics.json fields
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | st.sampled_from(
-    [XSS, TEX, "$\\foo{$", "a\nb", "|", "../../x", "", "%", "\x1b[31m"])
-VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
-                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
-                      max_leaves=5)
+    [XSS, TEX, "$\\foo{$", "a\nb", "|", "../../x", "", "%", "\x1b[31m"]
+)
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=5,
+)
 
 
 def _paths(doc, prefix=()):
@@ -502,6 +554,7 @@ def test_fuzz_metrics_fields_through_the_report(data: st.DataObject) -> None:
 
 # ---------------------------------------------------------------- issue 28, case 4: the shared image pool
 
+
 def _copy_run(method: str, source_seed: int, index_shift: int = 0, relabel: bool = False, seed: int = 0):
     """A run of ``method`` with the outcomes of ``good_run("pgd-at", source_seed)`` (so the same
     numbers), its images shifted in the test set or its labels permuted."""
@@ -509,9 +562,18 @@ def _copy_run(method: str, source_seed: int, index_shift: int = 0, relabel: bool
     label = (outcomes.label + 1) % 10 if relabel else outcomes.label
     results = {t: v for t, v in outcomes.results.items() if t != "union"}
     moved = make_outcomes(outcomes.index + index_shift, label, results)
-    record = build_record(run_id=f"{method}-{seed}", method=method, params={}, arch="small-cnn",
-                          dataset="fashion-mnist", seed=seed, epochs=2, eps=0.1,
-                          training={"epochs": 2, "train_per_class": 50, "eval_per_class": None}, outcomes=moved)
+    record = build_record(
+        run_id=f"{method}-{seed}",
+        method=method,
+        params={},
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        seed=seed,
+        epochs=2,
+        eps=0.1,
+        training={"epochs": 2, "train_per_class": 50, "eval_per_class": None},
+        outcomes=moved,
+    )
     return record, moved
 
 
@@ -526,17 +588,24 @@ def _board(root: Path, runs: dict, baseline: str | None = None):
     return {row.label: row for row in group.rows}, board.warnings
 
 
-@pytest.mark.parametrize("forge, says", [
-    (dict(index_shift=5000), "ran on other test images than the baseline's (pgd-at)"),
-    (dict(relabel=True), "its labels of 120 test image(s) are not the baseline's (pgd-at) (image 0: 1 here, 0 there)"),
-])
+@pytest.mark.parametrize(
+    "forge, says",
+    [
+        (dict(index_shift=5000), "ran on other test images than the baseline's (pgd-at)"),
+        (
+            dict(relabel=True),
+            "its labels of 120 test image(s) are not the baseline's (pgd-at) (image 0: 1 here, 0 there)",
+        ),
+    ],
+)
 def test_a_contributed_run_cannot_take_the_baselines_intervals(forge: dict, says: str, tmp_path: Path) -> None:
     """Issue 28, case 4: beside a genuine pgd-at run, a "trades" run with the same numbers whose
     outcomes name test images shifted by 5,000 won the byte-order tie-break for the group's shared
     image pool: the baseline lost every interval and Δ, and the warning blamed it. The pool is the
     baseline's; the contributed run is named, and labels are checked against the baseline's."""
-    rows, warnings = _board(tmp_path / "results", {"genuine": good_run("pgd-at", 0),
-                                                   "contributed": _copy_run("trades", 0, **forge)})
+    rows, warnings = _board(
+        tmp_path / "results", {"genuine": good_run("pgd-at", 0), "contributed": _copy_run("trades", 0, **forge)}
+    )
     for threat in ("clean", "pgd20", "autoattack"):
         assert rows["pgd-at"].threats[threat].ci is not None, threat
         assert rows["trades"].threats[threat].ci is None, threat
@@ -546,12 +615,16 @@ def test_a_contributed_run_cannot_take_the_baselines_intervals(forge: dict, says
 
 
 def test_without_a_baseline_a_tie_between_pools_gives_no_intervals(tmp_path: Path) -> None:
-    rows, warnings = _board(tmp_path / "results", {"a": _copy_run("trades", 0),
-                                                   "b": _copy_run("fairat", 0, index_shift=5000)})
+    rows, warnings = _board(
+        tmp_path / "results", {"a": _copy_run("trades", 0), "b": _copy_run("fairat", 0, index_shift=5000)}
+    )
     assert all(s.ci is None for row in rows.values() for s in row.threats.values())
     assert any("as many on one set as on another" in what for _, what in warnings), warnings
-    rows, warnings = _board(tmp_path / "named", {"a": _copy_run("trades", 0),
-                                                 "b": _copy_run("fairat", 0, index_shift=5000)}, baseline="fairat")
+    rows, warnings = _board(
+        tmp_path / "named",
+        {"a": _copy_run("trades", 0), "b": _copy_run("fairat", 0, index_shift=5000)},
+        baseline="fairat",
+    )
     assert rows["fairat"].threats["pgd20"].ci is not None and rows["trades"].threats["pgd20"].ci is None
 
 
@@ -579,15 +652,18 @@ def _link_to_zero(path: Path) -> None:
     path.symlink_to("/dev/zero")
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda here: (here / "metrics-ntrades-seed1.json").write_text('{"schema_version": 1, "run'), "not valid JSON"),
-    (lambda here: _fifo(here / "outcomes-last-seed0.csv.gz"), "not a regular file"),
-    (lambda here: _link_to_zero(here / "metrics-last-seed2.json"), "a symlink"),
-    (lambda here: (here / "outcomes-ntrades-seed2.csv.gz").unlink(), "outcomes-ntrades-seed2.csv.gz: no such file"),
-    (lambda here: (here / "metrics-ntrades-seed0.json").unlink(), "metrics-ntrades-seed0.json: unreadable"),
-    (lambda here: (here / "outcomes-last-seed1.csv.gz").write_bytes(b"\x1f\x8b not gzip"), "not gzip"),
-    (lambda here: None, "does not exist"),  # the files are fine; the results folder is missing
-])
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (lambda here: (here / "metrics-ntrades-seed1.json").write_text('{"schema_version": 1, "run'), "not valid JSON"),
+        (lambda here: _fifo(here / "outcomes-last-seed0.csv.gz"), "not a regular file"),
+        (lambda here: _link_to_zero(here / "metrics-last-seed2.json"), "a symlink"),
+        (lambda here: (here / "outcomes-ntrades-seed2.csv.gz").unlink(), "outcomes-ntrades-seed2.csv.gz: no such file"),
+        (lambda here: (here / "metrics-ntrades-seed0.json").unlink(), "metrics-ntrades-seed0.json: unreadable"),
+        (lambda here: (here / "outcomes-last-seed1.csv.gz").write_bytes(b"\x1f\x8b not gzip"), "not gzip"),
+        (lambda here: None, "does not exist"),  # the files are fine; the results folder is missing
+    ],
+)
 def test_cfa_ablation_compare_names_a_bad_file_in_one_line(spoil, fragment: str, tmp_path: Path) -> None:
     """Issue 28, case 9: compare.py gave tracebacks on a corrupt, FIFO, symlinked or missing file."""
     here = tmp_path / "cfa-ablation"
@@ -602,7 +678,8 @@ def test_cfa_ablation_compare_as_a_script_prints_one_error_line(tmp_path: Path) 
     here = tmp_path / "results" / "cfa-ablation"
     shutil.copytree(COMPARE.parent, here)
     _fifo(here / "outcomes-last-seed0.csv.gz")
-    done = subprocess.run([sys.executable, str(here / "compare.py")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(here / "compare.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 1 and done.stdout == "", done.stderr
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and "not a regular file" in done.stderr

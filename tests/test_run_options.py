@@ -62,8 +62,9 @@ def test_every_field_is_a_run_option_with_the_configs_help_or_is_set_otherwise()
         assert name not in params
 
 
-def test_run_help_shows_every_option_with_its_help_and_default(capsys: pytest.CaptureFixture,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_help_shows_every_option_with_its_help_and_default(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = help_text(capsys, monkeypatch)
     for f in dataclasses.fields(RunConfig):
         if f.name in NOT_RUN_OPTIONS:
@@ -85,8 +86,9 @@ def test_run_help_shows_every_option_with_its_help_and_default(capsys: pytest.Ca
 def test_a_preset_setting_yields_to_an_option_given_even_at_the_fields_default() -> None:
     cfg, given = cli.parse_run_args(["--preset", "fmnist-standard"])
     assert (cfg.lr, cfg.device, cfg.subsets, cfg.epochs) == (0.05, "cpu", {"autoattack": 50}, 8) and not given["lr"]
-    cfg, given = cli.parse_run_args(["--preset", "fmnist-standard", "--lr", "0.1", "--device", "auto",
-                                     "--augment", "standard", "--epochs", "100"])
+    cfg, given = cli.parse_run_args(
+        ["--preset", "fmnist-standard", "--lr", "0.1", "--device", "auto", "--augment", "standard", "--epochs", "100"]
+    )
     assert (cfg.lr, cfg.device, cfg.augment, cfg.epochs) == (0.1, "auto", "standard", 100) and given["lr"]
     assert cfg.val_per_class == 500  # the settings not given stay the preset's
     cfg, _ = cli.parse_run_args([])  # no preset: the fields' defaults and the command line's own
@@ -99,8 +101,9 @@ class WiderConfig(RunConfig):
 
     warmup_epochs: int = field(default=0, metadata=option("epochs of linear learning-rate warm-up"))
     nesterov: bool = field(default=False, metadata=option("Nesterov momentum"))
-    label_noise: float | None = field(default=None, metadata=option(
-        "fraction of training labels flipped", shown="none", syntax="fraction"))
+    label_noise: float | None = field(
+        default=None, metadata=option("fraction of training labels flipped", shown="none", syntax="fraction")
+    )
     probes: tuple[str, ...] = field(default=("clean",), metadata=option("threats probed each epoch"))
 
 
@@ -110,10 +113,22 @@ def wider(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli.run_cmd, "__signature__", cli.run_signature(WiderConfig))
 
 
-def test_a_new_config_field_is_a_run_option_at_once(wider: None, capsys: pytest.CaptureFixture,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg, given = cli.parse_run_args(["--preset", "cpu-fmnist", "--warmup-epochs", "3", "--nesterov",
-                                     "--label-noise", "1/10", "--probes", "clean,pgd20"])
+def test_a_new_config_field_is_a_run_option_at_once(
+    wider: None, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, given = cli.parse_run_args(
+        [
+            "--preset",
+            "cpu-fmnist",
+            "--warmup-epochs",
+            "3",
+            "--nesterov",
+            "--label-noise",
+            "1/10",
+            "--probes",
+            "clean,pgd20",
+        ]
+    )
     assert isinstance(cfg, WiderConfig) and given["warmup_epochs"] and given["nesterov"]
     assert (cfg.warmup_epochs, cfg.nesterov, cfg.label_noise, cfg.probes) == (3, True, 0.1, ("clean", "pgd20"))
     assert cfg.arch == "small-cnn" and cfg.epochs == 5  # the preset still applies

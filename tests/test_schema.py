@@ -37,9 +37,20 @@ def valid_metrics() -> dict:
     clean = summarize([i % 3 > 0 for i in range(20)], labels, CLASSES).to_json()
     pgd = summarize([i % 3 == 1 for i in range(20)], labels, CLASSES).to_json()
     union = dict(pgd)
-    return {"schema_version": 1, "run_id": "r", "method": "pgd-at", "params": {}, "arch": "small-cnn",
-            "dataset": "fashion-mnist", "seed": 0, "epochs": 1, "threat": {"norm": "Linf", "eps": 0.1},
-            "classes": list(CLASSES), "metrics": {"clean": clean, "pgd20": pgd, "union": union}, "timing": {}}
+    return {
+        "schema_version": 1,
+        "run_id": "r",
+        "method": "pgd-at",
+        "params": {},
+        "arch": "small-cnn",
+        "dataset": "fashion-mnist",
+        "seed": 0,
+        "epochs": 1,
+        "threat": {"norm": "Linf", "eps": 0.1},
+        "classes": list(CLASSES),
+        "metrics": {"clean": clean, "pgd20": pgd, "union": union},
+        "timing": {},
+    }
 
 
 def _set(doc: dict, dotted: str, value) -> dict:
@@ -56,68 +67,71 @@ def _set(doc: dict, dotted: str, value) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("schema_version", 2, "unknown schema_version 2 (this fairbench reads 1)"),
-    ("schema_version", True, "unknown schema_version True"),
-    ("run_id", KeyError, "'run_id' is missing"),
-    ("run_id", "../x", "'run_id' is missing or not a folder name"),
-    ("run_id", "abc\n", "'run_id' is missing or not a folder name"),
-    ("method", 3, "'method' is missing or not a name"),
-    ("method", "a\nb", "'method' is missing or not a name"),
-    ("arch", "x" * 201, "'arch' is missing or not a name"),
-    ("dataset", "mnist", "'dataset' unknown dataset 'mnist'"),
-    ("seed", "0", "'seed' is missing or not a whole number"),
-    ("epochs", 10**300, "'epochs' is not a whole number in [0, 100000]"),
-    ("threat.eps", 2.0, "threat.eps is 2.0, not in (0, 1]"),
-    ("threat.norm", "L3", "threat.norm is 'L3'"),
-    ("classes", list(CLASSES[:9]) + ["$\\foo{$"], "'classes' is not the fashion-mnist classes"),
-    ("classes", list(reversed(CLASSES)), "'classes' is not the fashion-mnist classes"),
-    ("params", {"a b": 1}, "'params' has a key 'a b' that is not a name"),
-    ("params", {"p": "x\n\\input{y}"}, "params.p is"),
-    ("params", {"p": float("inf")}, "params.p is inf"),
-    ("training", {"epochs": 10**300}, "training.epochs is"),
-    ("training", {"eval_per_class": 0}, "training.eval_per_class is 0"),
-    ("select", "best", "'select' is not one of last, best-val"),
-    ("selected_epoch", -1, "'selected_epoch' is not an epoch of the run"),
-    ("selected_epoch", 2, "'selected_epoch' is not an epoch of the run"),
-    ("preset", "a\nb", "'preset' is not a name or null"),
-    ("ema", 1.5, "'ema' is not a decay"),
-    ("status", "running", "'status' is 'running': an unfinished run"),
-    ("extra", "<script>", "unknown field(s) 'extra'"),
-    ("env", {"x": {"y": {"z": {"w": 1}}}}, "env.x.y.z is nested deeper"),
-    ("env", {"x": "a\nb"}, "env.x is 'a\\nb'"),
-    ("metrics", [], "'metrics' is missing or not an object"),
-    ("metrics", {}, "'metrics' is empty: an unfinished run"),
-    ("metrics.<img src=x>", {}, "has threat(s) '<img src=x>' that are not registered"),
-    ("metrics.x/ESCAPED", {}, "has threat(s) 'x/ESCAPED' that are not registered"),
-    ("metrics.union", KeyError, "metrics.union must be present exactly when"),
-    ("metrics.clean.per_class.1", 1.5, "metrics.clean.per_class[1] is 1.5, not a fraction"),
-    ("metrics.clean.per_class", [0.5] * 11, "metrics.clean.per_class is not a list of 10 numbers"),
-    ("metrics.clean.per_class", [0.5] * 100_000, "metrics.clean.per_class is not a list of 10 numbers"),
-    ("metrics.pgd20.per_class.1", "1.0", "metrics.pgd20.per_class[1] is '1.0'"),
-    ("metrics.pgd20.per_class.1", float("nan"), "metrics.pgd20.per_class[1] is nan"),
-    ("metrics.clean.n_per_class.1", -1, "metrics.clean.n_per_class is not a list of 10"),
-    ("metrics.clean.n_per_class", [0] * 10, "metrics.clean.n_per_class counts no example"),
-    ("metrics.clean.avg", None, "metrics.clean.avg is None, not in [0, 1]"),
-    ("metrics.clean.avg", 0.9, "metrics.clean.avg is 0.9, but the per-class numbers give"),
-    ("metrics.clean.std", 0.0, "metrics.clean.std is 0.0, but the per-class numbers give"),
-    ("metrics.clean.worst_class", "z", "metrics.clean.worst_class is 'z', not one of the classes"),
-    ("metrics.clean.worst_class", "pullover", "metrics.clean.worst_class is 'pullover', whose accuracy is not"),
-    ("metrics.clean.per_class_error", [0.0] * 10, "metrics.clean.per_class_error is not 1 - per_class"),
-    ("metrics.clean.extra", 1, "metrics.clean has unknown field(s) 'extra'"),
-    ("metrics.pgd20", [], "metrics.pgd20 is not an object"),
-    ("timing", [], "'timing' is not an object"),
-    ("threat", {"norm": "Linf", "eps": 0.1, "x": 1}, "'threat' is missing or not an object of norm and eps"),
-    ("training", [1], "'training' is not an object"),
-    ("training", {"params": {"p": [float("nan")]}}, "training.params.p is"),
-    ("init_from", 3, "'init_from' is not a record, a path or null"),
-    ("init_from", "a\nb", "'init_from' is not a record, a path or null"),
-    ("init_from", {"run_id": "<script>\n"}, "init_from.run_id is"),
-    ("averaging", "x", "'averaging' is not an object"),
-    ("attack_settings", {"pgd20": {"steps": 10**30}}, "attack_settings.pgd20.steps is"),
-    ("evaluation", {"k": list(range(1000))}, "evaluation.k is nested deeper than allowed or has more than"),
-    ("checkpoint", {"sha256": "a\x1b[31m"}, "checkpoint.sha256 is"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("schema_version", 2, "unknown schema_version 2 (this fairbench reads 1)"),
+        ("schema_version", True, "unknown schema_version True"),
+        ("run_id", KeyError, "'run_id' is missing"),
+        ("run_id", "../x", "'run_id' is missing or not a folder name"),
+        ("run_id", "abc\n", "'run_id' is missing or not a folder name"),
+        ("method", 3, "'method' is missing or not a name"),
+        ("method", "a\nb", "'method' is missing or not a name"),
+        ("arch", "x" * 201, "'arch' is missing or not a name"),
+        ("dataset", "mnist", "'dataset' unknown dataset 'mnist'"),
+        ("seed", "0", "'seed' is missing or not a whole number"),
+        ("epochs", 10**300, "'epochs' is not a whole number in [0, 100000]"),
+        ("threat.eps", 2.0, "threat.eps is 2.0, not in (0, 1]"),
+        ("threat.norm", "L3", "threat.norm is 'L3'"),
+        ("classes", list(CLASSES[:9]) + ["$\\foo{$"], "'classes' is not the fashion-mnist classes"),
+        ("classes", list(reversed(CLASSES)), "'classes' is not the fashion-mnist classes"),
+        ("params", {"a b": 1}, "'params' has a key 'a b' that is not a name"),
+        ("params", {"p": "x\n\\input{y}"}, "params.p is"),
+        ("params", {"p": float("inf")}, "params.p is inf"),
+        ("training", {"epochs": 10**300}, "training.epochs is"),
+        ("training", {"eval_per_class": 0}, "training.eval_per_class is 0"),
+        ("select", "best", "'select' is not one of last, best-val"),
+        ("selected_epoch", -1, "'selected_epoch' is not an epoch of the run"),
+        ("selected_epoch", 2, "'selected_epoch' is not an epoch of the run"),
+        ("preset", "a\nb", "'preset' is not a name or null"),
+        ("ema", 1.5, "'ema' is not a decay"),
+        ("status", "running", "'status' is 'running': an unfinished run"),
+        ("extra", "<script>", "unknown field(s) 'extra'"),
+        ("env", {"x": {"y": {"z": {"w": 1}}}}, "env.x.y.z is nested deeper"),
+        ("env", {"x": "a\nb"}, "env.x is 'a\\nb'"),
+        ("metrics", [], "'metrics' is missing or not an object"),
+        ("metrics", {}, "'metrics' is empty: an unfinished run"),
+        ("metrics.<img src=x>", {}, "has threat(s) '<img src=x>' that are not registered"),
+        ("metrics.x/ESCAPED", {}, "has threat(s) 'x/ESCAPED' that are not registered"),
+        ("metrics.union", KeyError, "metrics.union must be present exactly when"),
+        ("metrics.clean.per_class.1", 1.5, "metrics.clean.per_class[1] is 1.5, not a fraction"),
+        ("metrics.clean.per_class", [0.5] * 11, "metrics.clean.per_class is not a list of 10 numbers"),
+        ("metrics.clean.per_class", [0.5] * 100_000, "metrics.clean.per_class is not a list of 10 numbers"),
+        ("metrics.pgd20.per_class.1", "1.0", "metrics.pgd20.per_class[1] is '1.0'"),
+        ("metrics.pgd20.per_class.1", float("nan"), "metrics.pgd20.per_class[1] is nan"),
+        ("metrics.clean.n_per_class.1", -1, "metrics.clean.n_per_class is not a list of 10"),
+        ("metrics.clean.n_per_class", [0] * 10, "metrics.clean.n_per_class counts no example"),
+        ("metrics.clean.avg", None, "metrics.clean.avg is None, not in [0, 1]"),
+        ("metrics.clean.avg", 0.9, "metrics.clean.avg is 0.9, but the per-class numbers give"),
+        ("metrics.clean.std", 0.0, "metrics.clean.std is 0.0, but the per-class numbers give"),
+        ("metrics.clean.worst_class", "z", "metrics.clean.worst_class is 'z', not one of the classes"),
+        ("metrics.clean.worst_class", "pullover", "metrics.clean.worst_class is 'pullover', whose accuracy is not"),
+        ("metrics.clean.per_class_error", [0.0] * 10, "metrics.clean.per_class_error is not 1 - per_class"),
+        ("metrics.clean.extra", 1, "metrics.clean has unknown field(s) 'extra'"),
+        ("metrics.pgd20", [], "metrics.pgd20 is not an object"),
+        ("timing", [], "'timing' is not an object"),
+        ("threat", {"norm": "Linf", "eps": 0.1, "x": 1}, "'threat' is missing or not an object of norm and eps"),
+        ("training", [1], "'training' is not an object"),
+        ("training", {"params": {"p": [float("nan")]}}, "training.params.p is"),
+        ("init_from", 3, "'init_from' is not a record, a path or null"),
+        ("init_from", "a\nb", "'init_from' is not a record, a path or null"),
+        ("init_from", {"run_id": "<script>\n"}, "init_from.run_id is"),
+        ("averaging", "x", "'averaging' is not an object"),
+        ("attack_settings", {"pgd20": {"steps": 10**30}}, "attack_settings.pgd20.steps is"),
+        ("evaluation", {"k": list(range(1000))}, "evaluation.k is nested deeper than allowed or has more than"),
+        ("checkpoint", {"sha256": "a\x1b[31m"}, "checkpoint.sha256 is"),
+    ],
+)
 def test_every_field_is_checked_and_named(tmp_path: Path, field: str, value, message: str) -> None:
     """Every field the report reads is checked before use; a failure names the file and the field."""
     path = tmp_path / "metrics.json"
@@ -131,8 +145,13 @@ def test_every_field_is_checked_and_named(tmp_path: Path, field: str, value, mes
 def test_valid_and_older_documents_read_with_defaults() -> None:
     """Files from before preset/select/ema/init_from existed read with the defaults."""
     record = validate(valid_metrics())
-    assert (record.preset, record.select, record.ema, record.init_from, record.selected_epoch) == \
-        (None, "last", None, None, None)
+    assert (record.preset, record.select, record.ema, record.init_from, record.selected_epoch) == (
+        None,
+        "last",
+        None,
+        None,
+        None,
+    )
     assert validate(valid_metrics() | {"epochs": None}).epochs is None  # `fairbench eval`: not trained
     assert validate(record.to_json()) == record
 
@@ -173,14 +192,19 @@ def test_only_regular_files_under_the_cap_are_read(tmp_path: Path) -> None:
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (MAX_METRICS_BYTES + 1))
     t0 = time.perf_counter()
-    for path, message in ((fifo, "not a regular file"), (link, "a symlink"), (inner, "a symlink"),
-                          (big, f"more than the {MAX_METRICS_BYTES}")):
+    for path, message in (
+        (fifo, "not a regular file"),
+        (link, "a symlink"),
+        (inner, "a symlink"),
+        (big, f"more than the {MAX_METRICS_BYTES}"),
+    ):
         with pytest.raises(FairbenchError, match=message):
             read_metrics(path)
     assert time.perf_counter() - t0 < 5
 
 
 # ---------------------------------------------------------------- outcomes
+
 
 def outcomes_and_record(seed: int = 0) -> tuple[Outcomes, object]:
     rng = np.random.default_rng(seed)
@@ -189,8 +213,18 @@ def outcomes_and_record(seed: int = 0) -> tuple[Outcomes, object]:
     pgd = clean & (rng.random(60) < 0.6)
     aa = np.where(np.arange(60) % 3 == 0, pgd & (rng.random(60) < 0.9), -1)
     outcomes = make_outcomes(np.arange(60) * 7, labels, {"clean": clean, "pgd20": pgd, "autoattack": aa})
-    record = build_record(run_id="r", method="pgd-at", params={}, arch="small-cnn", dataset="fashion-mnist",
-                          seed=0, epochs=1, eps=0.1, training={}, outcomes=outcomes)
+    record = build_record(
+        run_id="r",
+        method="pgd-at",
+        params={},
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        seed=0,
+        epochs=1,
+        eps=0.1,
+        training={},
+        outcomes=outcomes,
+    )
     return outcomes, record
 
 
@@ -216,21 +250,27 @@ def _rows(outcomes: Outcomes, **changes) -> bytes:
     return gzip.decompress(outcomes_bytes(Outcomes(outcomes.index, outcomes.label, results)))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda o: _rows(o, pgd20=(int(np.flatnonzero(o.results["pgd20"] == 1)[-1]), 0)), "not what the rows|not the AND"),
-    (lambda o: _rows(o, clean=(int(np.flatnonzero(o.results["clean"] == 0)[0]), 1)), "not what the rows"),
-    (lambda o: _rows(o, union=(0, 1 - o.results["union"][0])), "union column is not the AND"),
-    (lambda o: _rows(o, pgd20=(int(np.flatnonzero(o.results["clean"] == 0)[0]), 1)), "pgd20 is right where clean"),
-    (lambda o: _rows(o, autoattack=(1, 1)), "union column is not the AND|not what the rows"),
-    (lambda o: _rows(o).replace(b"\n0,0,", b"\n7,0,", 1), "an image appears twice"),
-    (lambda o: _rows(o).replace(b"\n0,0,", b"\n0,10,", 1), "a label outside"),
-    (lambda o: _rows(o).replace(b"\n0,0,", b"\n99999,0,", 1), "an index outside"),
-    (lambda o: _rows(o).replace(b"\n0,0,1", b"\n0,0,2", 1), "a value other than 1, 0 or empty"),
-    (lambda o: _rows(o).replace(b"\n0,0,1", b"\n0,0,", 1), "clean column is not filled"),
-    (lambda o: _rows(o).replace(b"index,label,clean", b"index,label,<b>", 1), "header"),
-    (lambda o: b"index,label,clean\n", "0 rows"),
-    (lambda o: _rows(o).replace(b"\n0,0,", b"\n-1,0,", 1), "is not 6 cells"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda o: _rows(o, pgd20=(int(np.flatnonzero(o.results["pgd20"] == 1)[-1]), 0)),
+            "not what the rows|not the AND",
+        ),
+        (lambda o: _rows(o, clean=(int(np.flatnonzero(o.results["clean"] == 0)[0]), 1)), "not what the rows"),
+        (lambda o: _rows(o, union=(0, 1 - o.results["union"][0])), "union column is not the AND"),
+        (lambda o: _rows(o, pgd20=(int(np.flatnonzero(o.results["clean"] == 0)[0]), 1)), "pgd20 is right where clean"),
+        (lambda o: _rows(o, autoattack=(1, 1)), "union column is not the AND|not what the rows"),
+        (lambda o: _rows(o).replace(b"\n0,0,", b"\n7,0,", 1), "an image appears twice"),
+        (lambda o: _rows(o).replace(b"\n0,0,", b"\n0,10,", 1), "a label outside"),
+        (lambda o: _rows(o).replace(b"\n0,0,", b"\n99999,0,", 1), "an index outside"),
+        (lambda o: _rows(o).replace(b"\n0,0,1", b"\n0,0,2", 1), "a value other than 1, 0 or empty"),
+        (lambda o: _rows(o).replace(b"\n0,0,1", b"\n0,0,", 1), "clean column is not filled"),
+        (lambda o: _rows(o).replace(b"index,label,clean", b"index,label,<b>", 1), "header"),
+        (lambda o: b"index,label,clean\n", "0 rows"),
+        (lambda o: _rows(o).replace(b"\n0,0,", b"\n-1,0,", 1), "is not 6 cells"),
+    ],
+)
 def test_outcomes_that_disagree_are_refused(tmp_path: Path, edit, message: str) -> None:
     outcomes, record = outcomes_and_record()
     path = tmp_path / "outcomes.csv.gz"

@@ -18,11 +18,24 @@ QUIET = dict(progress=False, echo=lambda _m: None)
 
 
 def _cfg(fmnist_dir: Path, out: Path, **overrides) -> RunConfig:
-    values = dict(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", epochs=3,
-                  batch_size=25, train_per_class=10, val_per_class=4, eval_per_class=3,
-                  attack_steps=2, attacks=("clean", "pgd20"), device="cpu",
-                  data_dir=str(fmnist_dir), out=str(out), run_id="r", download=False,
-                  select="best-val")
+    values = dict(
+        method="pgd-at",
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        epochs=3,
+        batch_size=25,
+        train_per_class=10,
+        val_per_class=4,
+        eval_per_class=3,
+        attack_steps=2,
+        attacks=("clean", "pgd20"),
+        device="cpu",
+        data_dir=str(fmnist_dir),
+        out=str(out),
+        run_id="r",
+        download=False,
+        select="best-val",
+    )
     return RunConfig(**(values | overrides))
 
 
@@ -40,6 +53,7 @@ def test_best_val_keeps_the_best_epoch_and_evaluates_it(fmnist_dir: Path, tmp_pa
     from fairbench.data.datasets import get_dataset, load_split, per_class_indices
     from fairbench.eval.evaluator import clean_correct
     from fairbench.models import create_model
+
     spec = get_dataset("fashion-mnist")
     model = create_model("small-cnn", spec)
     model.load_state_dict(ck["selection"]["best_model"])
@@ -47,6 +61,7 @@ def test_best_val_keeps_the_best_epoch_and_evaluates_it(fmnist_dir: Path, tmp_pa
     test = load_split(spec, "test", str(fmnist_dir), download=False)
     test = test.subset(per_class_indices(test.labels, 3, 10))
     from fairbench.data.datasets import to_float
+
     acc = float(clean_correct(model, to_float(test.images), test.labels).double().mean())
     assert metrics["metrics"]["clean"]["avg"] == pytest.approx(acc, abs=1e-6)
 
@@ -85,9 +100,13 @@ def test_selector_scores_per_class_worst_plus_average() -> None:
     """The rule: keep the epoch with the highest average + worst-class robust accuracy."""
     sel = BestValSelector.__new__(BestValSelector)
     sel.best_score, sel.best_epoch, sel.best_model = -float("inf"), 0, None
-    scores = iter([torch.tensor([0.9, 0.1], dtype=torch.float64),   # avg .5, worst .1 -> .6
-                   torch.tensor([0.5, 0.4], dtype=torch.float64),   # avg .45, worst .4 -> .85
-                   torch.tensor([0.8, 0.2], dtype=torch.float64)])  # avg .5, worst .2 -> .7
+    scores = iter(
+        [
+            torch.tensor([0.9, 0.1], dtype=torch.float64),  # avg .5, worst .1 -> .6
+            torch.tensor([0.5, 0.4], dtype=torch.float64),  # avg .45, worst .4 -> .85
+            torch.tensor([0.8, 0.2], dtype=torch.float64),
+        ]
+    )  # avg .5, worst .2 -> .7
     sel.robust_per_class = lambda model, epoch: next(scores)
     model = torch.nn.Linear(2, 2)
     kept = []
@@ -100,8 +119,7 @@ def test_selector_scores_per_class_worst_plus_average() -> None:
     assert torch.all(sel.best_model["weight"] == 1)
 
 
-def test_run_records_the_preset_outcomes_and_no_machine_path(fmnist_dir: Path, tmp_path: Path,
-                                                             monkeypatch) -> None:
+def test_run_records_the_preset_outcomes_and_no_machine_path(fmnist_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(PRESETS, "tiny", dict(dataset="fashion-mnist", arch="small-cnn"))
     cfg = _cfg(fmnist_dir, tmp_path / "results", select="last", epochs=1, preset="tiny")
     run_dir = run(cfg, **QUIET)

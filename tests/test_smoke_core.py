@@ -15,9 +15,32 @@ run_cli = run_ok
 
 def test_run_writes_every_file(fmnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    run_cli(["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-             "--epochs", "1", "--batch-size", "32", "--data-dir", str(fmnist_dir), "--out", str(out),
-             "--run-id", "r", "--no-progress", "--device", "cpu", "--attacks", "clean,pgd20"])
+    run_cli(
+        [
+            "run",
+            "--method",
+            "pgd-at",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--run-id",
+            "r",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--attacks",
+            "clean,pgd20",
+        ]
+    )
     run_dir = out / "runs" / "r"
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", "log.jsonl", "checkpoint.pt", "metrics.json"}
     metrics = json.loads((run_dir / "metrics.json").read_text())

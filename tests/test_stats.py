@@ -20,8 +20,9 @@ K = 10
 TRUE_ERR = np.r_[np.linspace(0.10, 0.30, K - 1), 0.55]
 
 
-def simulate(rng: np.random.Generator, n_per_class: int, methods: list[tuple[np.ndarray, int]],
-             seed_noise: float = 0.1) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+def simulate(
+    rng: np.random.Generator, n_per_class: int, methods: list[tuple[np.ndarray, int]], seed_noise: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     """Outcomes of several methods (true class errors, number of seeds) on one shared test set.
 
     Image i is wrong for a run when ``d_i + seed_noise * e < q``: d ~ U(0, 1) per image (shared),
@@ -40,7 +41,7 @@ def simulate(rng: np.random.Generator, n_per_class: int, methods: list[tuple[np.
 def _threshold(err: np.ndarray, s: float) -> np.ndarray:
     """q with P(U + s*N < q) = err, by bisection (U uniform, N standard normal)."""
     grid = np.linspace(-6, 6, 4001)
-    weights = np.exp(-grid ** 2 / 2)
+    weights = np.exp(-(grid**2) / 2)
     weights /= weights.sum()
     lo, hi = np.full_like(err, -1.0), np.full_like(err, 2.0)
     for _ in range(50):
@@ -60,17 +61,19 @@ def test_intervals_cover_the_true_errors_about_95_percent(seeds: int) -> None:
     draws, hits = 200, np.zeros(4)
     for k in range(draws):
         labels, wrong, rows = simulate(rng, 100, [(TRUE_ERR, seeds)])
-        row, = bootstrap_threat(labels, wrong, rows, n_classes=K, n_resamples=1000, seed=k)
-        hits += [row.avg.lo <= TRUE_ERR.mean() <= row.avg.hi, row.worst.lo <= TRUE_ERR[-1] <= row.worst.hi,
-                 row.per_class[0].lo <= TRUE_ERR[0] <= row.per_class[0].hi,
-                 row.per_class[5].lo <= TRUE_ERR[5] <= row.per_class[5].hi]
+        (row,) = bootstrap_threat(labels, wrong, rows, n_classes=K, n_resamples=1000, seed=k)
+        hits += [
+            row.avg.lo <= TRUE_ERR.mean() <= row.avg.hi,
+            row.worst.lo <= TRUE_ERR[-1] <= row.worst.hi,
+            row.per_class[0].lo <= TRUE_ERR[0] <= row.per_class[0].hi,
+            row.per_class[5].lo <= TRUE_ERR[5] <= row.per_class[5].hi,
+        ]
     coverage = hits / draws
     assert ((coverage >= 0.91) & (coverage <= 0.99)).all(), coverage  # 200 draws: +-1.5 points SE
 
 
 def test_a_3_point_shift_at_1000_images_per_class_is_detected() -> None:
-    labels, wrong, rows = simulate(np.random.default_rng(0), 1000,
-                                   [(TRUE_ERR, 3), (TRUE_ERR - 0.03, 3), (TRUE_ERR, 3)])
+    labels, wrong, rows = simulate(np.random.default_rng(0), 1000, [(TRUE_ERR, 3), (TRUE_ERR - 0.03, 3), (TRUE_ERR, 3)])
     base, better, same = bootstrap_threat(labels, wrong, rows, n_classes=K, baseline=0, seed=1)
     for delta in (better.avg_delta, better.worst_delta):
         assert delta.significant and delta.hi < 0
@@ -122,7 +125,7 @@ def test_point_values_are_the_evaluators_numbers_averaged_over_seeds() -> None:
     labels = np.repeat([0, 1, 2, 4], [30, 10, 25, 40])  # class 3 has no images
     wrong = rng.random((3, len(labels))) < 0.4
     classes = [f"c{i}" for i in range(5)]
-    row, = bootstrap_threat(labels, wrong, [[2, 0, 1]], n_classes=5, n_resamples=200)
+    (row,) = bootstrap_threat(labels, wrong, [[2, 0, 1]], n_classes=5, n_resamples=200)
     ms = [summarize(~w, labels, classes) for w in wrong]
     assert row.n_seeds == 3 and row.avg_delta is None
     assert row.avg.value == pytest.approx(np.mean([1 - m.avg for m in ms]), abs=1e-6)
@@ -136,7 +139,7 @@ def test_point_values_are_the_evaluators_numbers_averaged_over_seeds() -> None:
 
 def test_a_run_that_gets_everything_right_has_the_wilson_interval_not_zero_width() -> None:
     labels = np.repeat(np.arange(3), 20)
-    row, = bootstrap_threat(labels, np.zeros((1, 60), bool), [[0]], n_classes=3, n_resamples=100)
+    (row,) = bootstrap_threat(labels, np.zeros((1, 60), bool), [[0]], n_classes=3, n_resamples=100)
     assert (row.avg.value, row.avg.lo) == (0.0, 0.0) and row.avg.hi == pytest.approx(wilson(0, 60)[1])
     assert row.per_class[1].hi == pytest.approx(wilson(0, 20)[1]) and row.per_class[1].hi > row.avg.hi > 0.05
 

@@ -29,7 +29,7 @@ def planned_ids(out: str) -> list[str]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("#"))
     end = next(i for i, line in enumerate(lines) if "run(s) in the grid" in line)
-    return [line.split()[-1] for line in lines[start + 1:end]]
+    return [line.split()[-1] for line in lines[start + 1 : end]]
 
 
 def one_error_line(err: str, *fragments: str) -> str:
@@ -42,22 +42,39 @@ def one_error_line(err: str, *fragments: str) -> str:
 
 # ------------------------------------------------------------------------------- the grid
 
-def test_grid_has_the_ids_fairbench_run_gives(fmnist_dir: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+
+def test_grid_has_the_ids_fairbench_run_gives(fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = tiny_args(fmnist_dir, tmp_path / "ran")
     assert cli(["run", *args, "--method", "fairat", "--seed", "1", "--param", "fraction=0.3"]) == 0
     (ran,) = run_dirs(tmp_path / "ran")
     capsys.readouterr()
-    assert cli(["sweep", "--methods", "fairat", "--seeds", "1", "--param-grid", "fraction=0.3", *args,
-                "--dry-run"]) == 0
+    assert (
+        cli(["sweep", "--methods", "fairat", "--seeds", "1", "--param-grid", "fraction=0.3", *args, "--dry-run"]) == 0
+    )
     assert planned_ids(capsys.readouterr().out) == [ran.name]
 
 
-def test_param_grid_multiplies_only_the_methods_that_have_it(fmnist_dir: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_param_grid_multiplies_only_the_methods_that_have_it(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    assert cli(["sweep", "--methods", "pgd-at,fairat", "--seeds", "0-1", "--param-grid", "fraction=0.1,0.2",
-                *tiny_args(fmnist_dir, out), "--dry-run", "--report"]) == 0
+    assert (
+        cli(
+            [
+                "sweep",
+                "--methods",
+                "pgd-at,fairat",
+                "--seeds",
+                "0-1",
+                "--param-grid",
+                "fraction=0.1,0.2",
+                *tiny_args(fmnist_dir, out),
+                "--dry-run",
+                "--report",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     ids = planned_ids(printed)
     assert len(ids) == 6 and len(set(ids)) == 6  # per seed: pgd-at once, fairat twice
@@ -66,24 +83,58 @@ def test_param_grid_multiplies_only_the_methods_that_have_it(fmnist_dir: Path, t
     assert not out.exists()  # a dry run writes nothing, and --report does not run on it
 
 
-def test_sweep_files_in_toml_and_yaml_give_the_grid_of_the_flags(fmnist_dir: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_sweep_files_in_toml_and_yaml_give_the_grid_of_the_flags(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    assert cli(["sweep", "--methods", "trades,fairat", "--seeds", "0,2", "--param-grid", "fraction=0.1,0.2",
-                "--param", "beta=3", "--grid", "lr=0.1,0.05", *tiny_args(fmnist_dir, out), "--dry-run"]) == 0
+    assert (
+        cli(
+            [
+                "sweep",
+                "--methods",
+                "trades,fairat",
+                "--seeds",
+                "0,2",
+                "--param-grid",
+                "fraction=0.1,0.2",
+                "--param",
+                "beta=3",
+                "--grid",
+                "lr=0.1,0.05",
+                *tiny_args(fmnist_dir, out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     want = planned_ids(capsys.readouterr().out)
     assert len(want) == 2 * (2 + 4)
-    run = {"arch": "small-cnn", "dataset": "fashion-mnist", "epochs": 1, "batch-size": 25,
-           "train-per-class": 5, "eval-per-class": 2, "attack-steps": 1, "attacks": ["clean"],
-           "device": "cpu", "data-dir": str(fmnist_dir), "download": False, "out": str(out)}
+    run = {
+        "arch": "small-cnn",
+        "dataset": "fashion-mnist",
+        "epochs": 1,
+        "batch-size": 25,
+        "train-per-class": 5,
+        "eval-per-class": 2,
+        "attack-steps": 1,
+        "attacks": ["clean"],
+        "device": "cpu",
+        "data-dir": str(fmnist_dir),
+        "download": False,
+        "out": str(out),
+    }
     toml = tmp_path / "sweep.toml"
-    toml.write_text('methods = ["trades", "fairat"]\nseeds = [0, 2]\n[run]\n' + "".join(
-        f"{k} = {v!r}\n".replace("'", '"').replace("False", "false") for k, v in run.items())
-        + "[params]\nbeta = 3\n[param-grid]\nfraction = [0.1, 0.2]\n[grid]\nlr = [0.1, 0.05]\n")
+    toml.write_text(
+        'methods = ["trades", "fairat"]\nseeds = [0, 2]\n[run]\n'
+        + "".join(f"{k} = {v!r}\n".replace("'", '"').replace("False", "false") for k, v in run.items())
+        + "[params]\nbeta = 3\n[param-grid]\nfraction = [0.1, 0.2]\n[grid]\nlr = [0.1, 0.05]\n"
+    )
     yaml = tmp_path / "sweep.yaml"
-    yaml.write_text("methods: [trades, fairat]\nseeds: '0,2'\nrun:\n" + "".join(
-        f"  {k}: {v!r}\n".replace("'", "").replace("False", "false") for k, v in run.items())
-        + "params: {beta: 3}\nparam-grid: {fraction: [0.1, 0.2]}\ngrid: {lr: [0.1, 0.05]}\n")
+    yaml.write_text(
+        "methods: [trades, fairat]\nseeds: '0,2'\nrun:\n"
+        + "".join(f"  {k}: {v!r}\n".replace("'", "").replace("False", "false") for k, v in run.items())
+        + "params: {beta: 3}\nparam-grid: {fraction: [0.1, 0.2]}\ngrid: {lr: [0.1, 0.05]}\n"
+    )
     for path in (toml, yaml):
         assert cli(["sweep", "--file", str(path), "--dry-run"]) == 0, capsys.readouterr().err
         assert planned_ids(capsys.readouterr().out) == want
@@ -108,22 +159,27 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,fragment", BAD, ids=[" ".join(a[2:]) or "empty" for a, _ in BAD])
-def test_bad_input_is_one_error_line_before_anything_starts(args: list[str], fragment: str, fmnist_dir: Path,
-                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_one_error_line_before_anything_starts(
+    args: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     assert cli(["sweep", *args, *tiny_args(fmnist_dir, out)]) == 2
     one_error_line(capsys.readouterr().err, fragment)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ('method = ["pgd-at"]\n', "unknown key 'method' (did you mean 'methods'?)"),
-    ('methods = ["pgd-at"]\n[run]\nepoch = 1\n', "unknown key 'run.epoch' (did you mean 'epochs'?)"),
-    ('methods = ["pgd-at"]\n[run]\ncompile = 1\n', "run.compile is true or false"),
-    ('methods = ["pgd-at"\n', "not valid TOML"),
-])
-def test_a_sweep_file_with_a_typo_is_one_error_line(text: str, fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ('method = ["pgd-at"]\n', "unknown key 'method' (did you mean 'methods'?)"),
+        ('methods = ["pgd-at"]\n[run]\nepoch = 1\n', "unknown key 'run.epoch' (did you mean 'epochs'?)"),
+        ('methods = ["pgd-at"]\n[run]\ncompile = 1\n', "run.compile is true or false"),
+        ('methods = ["pgd-at"\n', "not valid TOML"),
+    ],
+)
+def test_a_sweep_file_with_a_typo_is_one_error_line(
+    text: str, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tmp_path / "sweep.toml"
     path.write_text(text)
     assert cli(["sweep", "--file", str(path), *tiny_args(fmnist_dir, tmp_path / "out")]) == 2
@@ -131,17 +187,31 @@ def test_a_sweep_file_with_a_typo_is_one_error_line(text: str, fragment: str, fm
     assert not (tmp_path / "out").exists()
 
 
-def test_slurm_launcher_without_sbatch_names_the_local_launcher(fmnist_dir: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_slurm_launcher_without_sbatch_names_the_local_launcher(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert cli(["sweep", "--methods", "pgd-at", "--launcher", "slurm", "--time", "10",
-                *tiny_args(fmnist_dir, tmp_path / "out")]) == 2
+    assert (
+        cli(
+            [
+                "sweep",
+                "--methods",
+                "pgd-at",
+                "--launcher",
+                "slurm",
+                "--time",
+                "10",
+                *tiny_args(fmnist_dir, tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys.readouterr().err, "sbatch", "--launcher local")
 
 
-def test_sweep_and_tune_take_the_launcher_options_of_one_declaration(fmnist_dir: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_sweep_and_tune_take_the_launcher_options_of_one_declaration(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """`sweep` and `tune` show the same launcher options (declared once in the CLI), and both turn
     a bad one into the same error line before anything starts."""
     import typer.main
@@ -170,8 +240,10 @@ def test_seed_ranges_and_slurm_time_limits() -> None:
 
 # ---------------------------------------------------------------------------- running it
 
-def test_local_sweep_runs_the_grid_and_a_second_sweep_trains_nothing(fmnist_dir: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+
+def test_local_sweep_runs_the_grid_and_a_second_sweep_trains_nothing(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = ["sweep", "--methods", "pgd-at,trades", "--seeds", "0-1", *tiny_args(fmnist_dir, out), "--workers", "2"]
     assert cli(args) == 0
@@ -195,10 +267,19 @@ def test_local_sweep_runs_the_grid_and_a_second_sweep_trains_nothing(fmnist_dir:
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_retried_only_on_request(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"  # no CIFAR-10 anywhere and --no-download: that run fails as it loads its data
-    args = ["sweep", "--methods", "pgd-at", "--grid", "dataset=cifar10,fashion-mnist",
-            *tiny_args(fmnist_dir, out), "--workers", "1"]
+    args = [
+        "sweep",
+        "--methods",
+        "pgd-at",
+        "--grid",
+        "dataset=cifar10,fashion-mnist",
+        *tiny_args(fmnist_dir, out),
+        "--workers",
+        "1",
+    ]
     assert cli(args) == 2
     printed = capsys.readouterr()
     (bad,) = [i for i in planned_ids(printed.out) if "cifar10" in i]
@@ -217,7 +298,8 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_only_on_request(
 
 
 def test_sigterm_stops_the_sweep_with_checkpoints_and_the_next_sweep_resumes(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = ["--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=30)]
     proc = sweep_process(args)
@@ -248,10 +330,13 @@ def _alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
-@pytest.mark.skipif(not (Path("/proc").is_dir() and hasattr(os, "pidfd_open")),
-                    reason="needs Linux's /proc and pidfd (sweep_local._stop_with)")
+@pytest.mark.skipif(
+    not (Path("/proc").is_dir() and hasattr(os, "pidfd_open")),
+    reason="needs Linux's /proc and pidfd (sweep_local._stop_with)",
+)
 def test_a_killed_sweep_takes_its_runs_with_it_and_they_keep_a_checkpoint(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """SIGKILL to the sweep: no run is left training on its own. Each run watches its sweep (the
     forkserver it was forked from outlives the sweep) and gets SIGTERM (checkpoint, exit 75)."""
     out = tmp_path / "out"
@@ -275,7 +360,8 @@ def test_a_killed_sweep_takes_its_runs_with_it_and_they_keep_a_checkpoint(
 
 
 def test_a_second_sweep_on_the_folder_refuses_and_a_busy_run_is_left_alone(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = ["sweep", "--methods", "pgd-at,trades", *tiny_args(fmnist_dir, out)]
     with sweep_lock(out / "sweep"):
@@ -297,6 +383,7 @@ def test_a_second_sweep_on_the_folder_refuses_and_a_busy_run_is_left_alone(
 
 # ------------------------------------------------------------------ workers and the display
 
+
 def test_each_worker_gets_its_share_of_the_cores_and_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(sweep_local, "cpu_count", lambda: 8)
@@ -312,9 +399,9 @@ def test_each_worker_gets_its_share_of_the_cores_and_one_gpu(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("budget, workers, expected", [(None, "cores", 1), ("3", "2", 3)])
-def test_worker_threads_reach_torch_in_the_run_process(budget: str | None, workers: str, expected: int,
-                                                       fmnist_dir: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_threads_reach_torch_in_the_run_process(
+    budget: str | None, workers: str, expected: int, fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs start from a server that imported torch before any budget was known: each run's own
     torch still takes its slot's threads (cores / workers, or the user's OMP_NUM_THREADS), as
     its metrics.json records."""
@@ -333,8 +420,7 @@ def test_live_table_shows_each_run_with_its_progress(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "log.jsonl").write_text('{"epoch": 1, "images_per_s": 123.4}\n')
-    runs = [PlannedRun(f"r{i}", (), (("method", "pgd-at"), ("seed", str(i))), 3, str(tmp_path), "cpu")
-            for i in (1, 2)]
+    runs = [PlannedRun(f"r{i}", (), (("method", "pgd-at"), ("seed", str(i))), 3, str(tmp_path), "cpu") for i in (1, 2)]
     stream = io.StringIO()
     display = Display(lambda: [Row(runs[0], "running", 65.0), Row(runs[1], "pending")], stream, live=True)
     display.close()
@@ -356,8 +442,10 @@ def test_the_sweep_file_in_the_docs_is_valid(tmp_path: Path, capsys: pytest.Capt
 
 # ------------------------------------------- issue 28: evaluation settings, absurd grids, hostile sweep files
 
+
 def test_a_finished_run_evaluated_otherwise_is_refused_or_evaluated_again(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 28, case 1: other --attacks or --eval-per-class than a finished run was evaluated with
     was skipped as "done before" with the old metrics. Now one error line names the run, the
     settings and --reevaluate; with it the run is evaluated again from its checkpoint, not retrained."""
@@ -369,8 +457,9 @@ def test_a_finished_run_evaluated_otherwise_is_refused_or_evaluated_again(
     changed = [*tiny_args(fmnist_dir, out, attacks="clean"), "--eval-per-class", "3"]
     assert cli(["sweep", "--methods", "pgd-at", *changed]) == 2
     printed = capsys.readouterr()
-    one_error_line(printed.err, run_id, "--attacks clean,pgd20 (now clean)", "--eval-per-class 2 (now 3)",
-                   "--reevaluate")
+    one_error_line(
+        printed.err, run_id, "--attacks clean,pgd20 (now clean)", "--eval-per-class 2 (now 3)", "--reevaluate"
+    )
     assert metrics.read_bytes() == before and attempts(out, run_id) == 1
     assert cli(["sweep", "--methods", "pgd-at", *changed, "--reevaluate"]) == 0
     assert "1 to evaluate again" in capsys.readouterr().out
@@ -385,21 +474,40 @@ def test_a_finished_run_evaluated_otherwise_is_refused_or_evaluated_again(
 
 
 def test_absurd_grids_are_one_error_line_and_the_size_comes_first(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 28, case 7: --seeds 0-99999999999 ended in a MemoryError traceback; a large grid is
     counted and refused before a run is built, and --max-runs raises the cap."""
     out = tmp_path / "out"
-    for seeds, fragment in (("0-99999999999", "more than 4294967295"), ("0-1000000000", "more than 1000000 seeds"),
-                            ("5-4294967296", "more than 4294967295")):
+    for seeds, fragment in (
+        ("0-99999999999", "more than 4294967295"),
+        ("0-1000000000", "more than 1000000 seeds"),
+        ("5-4294967296", "more than 4294967295"),
+    ):
         assert cli(["sweep", "--methods", "pgd-at", "--seeds", seeds, *tiny_args(fmnist_dir, out)]) == 2
         one_error_line(capsys.readouterr().err, fragment)
-    assert cli(["sweep", "--methods", "pgd-at,trades", "--seeds", "0-999", *tiny_args(fmnist_dir, out),
-                "--dry-run"]) == 2
+    assert (
+        cli(["sweep", "--methods", "pgd-at,trades", "--seeds", "0-999", *tiny_args(fmnist_dir, out), "--dry-run"]) == 2
+    )
     printed = capsys.readouterr()
     assert printed.out.splitlines()[0] == "the grid has 2000 run(s): 2 method(s) x 1000 seed(s)"
     one_error_line(printed.err, "more than --max-runs 1000", "--max-runs 2000")
-    assert cli(["sweep", "--methods", "pgd-at,trades", "--seeds", "0-999", *tiny_args(fmnist_dir, out),
-                "--dry-run", "--max-runs", "2000"]) == 0
+    assert (
+        cli(
+            [
+                "sweep",
+                "--methods",
+                "pgd-at,trades",
+                "--seeds",
+                "0-999",
+                *tiny_args(fmnist_dir, out),
+                "--dry-run",
+                "--max-runs",
+                "2000",
+            ]
+        )
+        == 0
+    )
     assert len(planned_ids(capsys.readouterr().out)) == 2000 and not out.exists()
 
 
@@ -411,8 +519,13 @@ def test_checking_a_grid_costs_far_less_than_a_millisecond_a_run(fmnist_dir: Pat
     from fairbench.sweep.grid import GridSpec, expand
     from fairbench.train.runner import prepare
 
-    spec = GridSpec(methods=["pgd-at", "fairat"], seeds=list(range(5000)), param_grid={"fraction": ["0.1", "0.2"]},
-                    option_grid={"lr": ["0.1", "0.05"]}, run_args=tiny_args(fmnist_dir, tmp_path / "out"))
+    spec = GridSpec(
+        methods=["pgd-at", "fairat"],
+        seeds=list(range(5000)),
+        param_grid={"fraction": ["0.1", "0.2"]},
+        option_grid={"lr": ["0.1", "0.05"]},
+        run_args=tiny_args(fmnist_dir, tmp_path / "out"),
+    )
     options = run_options()
     expand(GridSpec(methods=["pgd-at"], run_args=spec.run_args), parse_run_args, options)  # imports
     t0 = time.perf_counter()
@@ -431,8 +544,9 @@ def _planned_sweep(fmnist_dir: Path, out: Path) -> tuple[Path, list[PlannedRun]]
     from fairbench.sweep.grid import GridSpec, expand
     from fairbench.sweep.plan import write_plan
 
-    runs = expand(GridSpec(methods=["pgd-at", "trades"], run_args=tiny_args(fmnist_dir, out)), parse_run_args,
-                  run_options())
+    runs = expand(
+        GridSpec(methods=["pgd-at", "trades"], run_args=tiny_args(fmnist_dir, out)), parse_run_args, run_options()
+    )
     write_plan(out / "sweep", runs, "local")
     return out / "sweep", runs
 
@@ -457,8 +571,9 @@ HOSTILE_PLANS = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_PLANS))
-def test_status_of_a_hostile_plan_is_one_error_line(name: str, fmnist_dir: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_status_of_a_hostile_plan_is_one_error_line(
+    name: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 28, case 6: plan.json values of other types, 1e999, deep nesting and terminal escapes
     gave tracebacks or reached the terminal raw."""
     sweep, _ = _planned_sweep(fmnist_dir, tmp_path / "out")
@@ -476,15 +591,17 @@ def test_status_of_a_hostile_plan_is_one_error_line(name: str, fmnist_dir: Path,
 
 
 def test_hostile_status_files_and_logs_are_read_without_hanging_or_escapes(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 28, case 6: a status file with `seconds: "abc"`, one that is a FIFO or a link to
     /dev/zero, a log.jsonl line `{"epoch": "x"}`, a sweep log holding terminal escapes: `--status`
     answers at once, without a traceback, a warning naming each file it ignored, no escape code."""
     out = tmp_path / "out"
     sweep, (a, b) = _planned_sweep(fmnist_dir, out)
     (sweep / "status").mkdir()
-    (sweep / "status" / f"{a.run_id}.json").write_text(json.dumps(
-        {"state": "failed", "seconds": "abc", "exit_code": "2", "pid": [1]}))
+    (sweep / "status" / f"{a.run_id}.json").write_text(
+        json.dumps({"state": "failed", "seconds": "abc", "exit_code": "2", "pid": [1]})
+    )
     os.mkfifo(sweep / "status" / f"{b.run_id}.json")
     (sweep / "logs").mkdir()
     (sweep / "logs" / f"{a.run_id}.log").write_text("error: \x1b]0;pwned\x07\x1b[2J bad\n")
@@ -504,18 +621,29 @@ def test_hostile_status_files_and_logs_are_read_without_hanging_or_escapes(
     assert "symlink" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spoil, fragment", [
-    (lambda sweep, run: (sweep / "status").write_text("a file"), "status is a symlink or not a folder"),
-    (lambda sweep, run: (sweep / "lock").mkdir(), "lock is a symlink or not a regular file"),
-    (lambda sweep, run: (sweep / "logs").symlink_to(sweep.parent.parent), "logs is a symlink or not a folder"),
-    (lambda sweep, run: ((sweep / "logs").mkdir(), (sweep / "logs" / f"{run.run_id}.log").symlink_to(
-        sweep.parent.parent / "outside.txt")), "symlinks or not regular files"),
-    (lambda sweep, run: ((sweep / "logs").mkdir(), os.mkfifo(sweep / "logs" / f"{run.run_id}.log")),
-     "symlinks or not regular files"),
-    (lambda sweep, run: os.mkfifo(sweep / "lock"), "lock is a symlink or not a regular file"),
-])
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (lambda sweep, run: (sweep / "status").write_text("a file"), "status is a symlink or not a folder"),
+        (lambda sweep, run: (sweep / "lock").mkdir(), "lock is a symlink or not a regular file"),
+        (lambda sweep, run: (sweep / "logs").symlink_to(sweep.parent.parent), "logs is a symlink or not a folder"),
+        (
+            lambda sweep, run: (
+                (sweep / "logs").mkdir(),
+                (sweep / "logs" / f"{run.run_id}.log").symlink_to(sweep.parent.parent / "outside.txt"),
+            ),
+            "symlinks or not regular files",
+        ),
+        (
+            lambda sweep, run: ((sweep / "logs").mkdir(), os.mkfifo(sweep / "logs" / f"{run.run_id}.log")),
+            "symlinks or not regular files",
+        ),
+        (lambda sweep, run: os.mkfifo(sweep / "lock"), "lock is a symlink or not a regular file"),
+    ],
+)
 def test_a_sweep_refuses_sweep_files_that_are_not_its_own_before_anything_starts(
-        spoil, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spoil, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 28, case 6: `sweep/status` a file or `sweep/lock` a folder gave tracebacks; a sweep log
     that is a symlink was appended through (a file outside the results folder was written)."""
     out = tmp_path / "out"

@@ -20,8 +20,9 @@ from sweep_helpers import attempts, cli, epoch_lines, finished, run_dirs, status
 
 SLURM_TESTS = os.environ.get("FAIRBENCH_SLURM_TESTS") == "1"
 pytestmark = pytest.mark.skipif(
-    not SLURM_TESTS, reason="no test Slurm cluster: `scripts/slurm-local.sh start` and FAIRBENCH_SLURM_TESTS=1 "
-                            "run these (.ci/run does)")
+    not SLURM_TESTS,
+    reason="no test Slurm cluster: `scripts/slurm-local.sh start` and FAIRBENCH_SLURM_TESTS=1 run these (.ci/run does)",
+)
 SLURM = ["--launcher", "slurm", "--time", "10", "--cpus-per-run", "1"]
 
 
@@ -52,10 +53,18 @@ def submitted_job(out: Path) -> str:
 
 
 def test_a_2x2_sweep_lands_four_results_and_a_second_submission_trains_nothing(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    args = ["sweep", "--methods", "pgd-at,trades", "--seeds", "0-1", *tiny_args(fmnist_dir, out, attacks="clean,pgd20"),
-            *SLURM]
+    args = [
+        "sweep",
+        "--methods",
+        "pgd-at,trades",
+        "--seeds",
+        "0-1",
+        *tiny_args(fmnist_dir, out, attacks="clean,pgd20"),
+        *SLURM,
+    ]
     assert cli([*args, "--wait"]) == 0
     printed = capsys.readouterr().out
     assert "as Slurm job" in printed and "sweep: 4 done" in printed
@@ -74,7 +83,8 @@ def test_a_2x2_sweep_lands_four_results_and_a_second_submission_trains_nothing(
 
 
 def test_a_cancelled_task_finishes_when_the_sweep_is_submitted_again(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = ["sweep", "--methods", "pgd-at", *tiny_args(fmnist_dir, out, epochs=60), *SLURM]
     assert cli(args) == 0

@@ -91,9 +91,19 @@ def test_a_new_threat_is_one_registration(l2_threat: type, tmp_path: Path) -> No
     rows = make_outcomes(torch.arange(30), labels, {t: o.cpu() for t, o in out.items()})
     header = gzip.decompress(outcomes_bytes(rows)).decode().splitlines()[0]
     assert header == "index,label,clean,pgd20,l2noise,autoattack,union"
-    record = build_record(run_id="r", method="pgd-at", params={}, arch="toy", dataset="fashion-mnist", seed=0,
-                          epochs=1, eps=0.5, training={}, outcomes=rows,
-                          attack_settings=attack_settings(0.5, ["l2noise"]))
+    record = build_record(
+        run_id="r",
+        method="pgd-at",
+        params={},
+        arch="toy",
+        dataset="fashion-mnist",
+        seed=0,
+        epochs=1,
+        eps=0.5,
+        training={},
+        outcomes=rows,
+        attack_settings=attack_settings(0.5, ["l2noise"]),
+    )
     run_dir = tmp_path / "results" / "runs" / "r"
     run_dir.mkdir(parents=True)
     write_run(run_dir, record, rows)
@@ -105,6 +115,7 @@ def test_a_new_threat_is_one_registration(l2_threat: type, tmp_path: Path) -> No
 
 # ------------------------------------------------------------------ threats as data (issue 26 item 4)
 
+
 def one_error(err: str, fragment: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
@@ -113,14 +124,18 @@ def one_error(err: str, fragment: str) -> None:
 def test_threat_metadata_loads_without_torch() -> None:
     """A threat's name, label, order, settings and subset key are torch-free: the schema and the
     report read them without importing torch (or pyautoattack)."""
-    code = ("import sys; from fairbench.specs.threats import threat_names, threat_spec, subset_key; "
-            "print([(t, threat_spec(t).label, subset_key(t)) for t in threat_names()]); "
-            "threat_spec('autoattack').settings(0.1, 0); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyautoattack')))")
+    code = (
+        "import sys; from fairbench.specs.threats import threat_names, threat_spec, subset_key; "
+        "print([(t, threat_spec(t).label, subset_key(t)) for t in threat_names()]); "
+        "threat_spec('autoattack').settings(0.1, 0); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyautoattack')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     names, loaded = out.splitlines()
-    assert names == ("[('clean', 'clean', 'clean_per_class'), ('pgd20', 'PGD-20', 'pgd20_per_class'), "
-                     "('autoattack', 'AutoAttack', 'aa_per_class')]")
+    assert names == (
+        "[('clean', 'clean', 'clean_per_class'), ('pgd20', 'PGD-20', 'pgd20_per_class'), "
+        "('autoattack', 'AutoAttack', 'aa_per_class')]"
+    )
     assert loaded == "[]"
 
 
@@ -134,9 +149,15 @@ def test_every_threat_runs_with_the_metadata_it_registered() -> None:
     assert threat_spec("autoattack").settings(0.1, 0)["library"].startswith("pyautoattack ")
 
 
-@pytest.mark.parametrize("args", [["--subset", "autoattack=5"], ["--aa-per-class", "5"],
-                                  ["--preset", "fmnist-standard", "--aa-per-class", "5"],
-                                  ["--preset", "fmnist-standard", "--subset", "autoattack=5"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--subset", "autoattack=5"],
+        ["--aa-per-class", "5"],
+        ["--preset", "fmnist-standard", "--aa-per-class", "5"],
+        ["--preset", "fmnist-standard", "--subset", "autoattack=5"],
+    ],
+)
 def test_subset_option_and_its_alias_give_the_same_config(args: list[str]) -> None:
     """--aa-per-class K is --subset autoattack=K in `run` (and so in sweeps and tune, which parse
     with run's parser); given on the command line, either replaces the preset's subset."""
@@ -147,28 +168,54 @@ def test_subset_option_and_its_alias_give_the_same_config(args: list[str]) -> No
     assert parse_run_args(["--subset", "pgd20=3", "--aa-per-class", "4"])[0].subsets == {"pgd20": 3, "autoattack": 4}
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--subset", "autoattack"], "--subset must be THREAT=K"),
-    (["--subset", "autoattack=x"], "--subset must be THREAT=K"),
-    (["--subset", "autoatack=5"], "unknown threat 'autoatack' (did you mean 'autoattack'?)"),
-    (["--subset", "autoattack=5", "--subset", "autoattack=6"], "--subset autoattack is given twice"),
-    (["--subset", "autoattack=5", "--aa-per-class", "6"], "--aa-per-class is --subset autoattack=K: give one"),
-    (["--subset", "autoattack=0"], "--subset autoattack=0: K must be >= 1"),
-    (["--aa-per-class", "0"], "--subset autoattack=0: K must be >= 1"),
-    (["--subset", "clean=5"], "--subset clean=5: clean runs on every evaluated image"),
-    (["--eval-per-class", "4", "--subset", "autoattack=5"], "--subset autoattack=5 is more than the 4 evaluated"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--subset", "autoattack"], "--subset must be THREAT=K"),
+        (["--subset", "autoattack=x"], "--subset must be THREAT=K"),
+        (["--subset", "autoatack=5"], "unknown threat 'autoatack' (did you mean 'autoattack'?)"),
+        (["--subset", "autoattack=5", "--subset", "autoattack=6"], "--subset autoattack is given twice"),
+        (["--subset", "autoattack=5", "--aa-per-class", "6"], "--aa-per-class is --subset autoattack=K: give one"),
+        (["--subset", "autoattack=0"], "--subset autoattack=0: K must be >= 1"),
+        (["--aa-per-class", "0"], "--subset autoattack=0: K must be >= 1"),
+        (["--subset", "clean=5"], "--subset clean=5: clean runs on every evaluated image"),
+        (["--eval-per-class", "4", "--subset", "autoattack=5"], "--subset autoattack=5 is more than the 4 evaluated"),
+    ],
+)
 def test_a_bad_subset_is_one_error_line(args: list[str], fragment: str, tmp_path: Path, capsys) -> None:
-    code, _, err = cli_out(["run", "--method", "pgd-at", "--arch", "small-cnn", "--dataset", "fashion-mnist",
-                            "--device", "cpu", "--no-download", "--data-dir", str(tmp_path / "none"),
-                            "--out", str(tmp_path / "out"), *args], capsys)
+    code, _, err = cli_out(
+        [
+            "run",
+            "--method",
+            "pgd-at",
+            "--arch",
+            "small-cnn",
+            "--dataset",
+            "fashion-mnist",
+            "--device",
+            "cpu",
+            "--no-download",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        capsys,
+    )
     assert code == 2
     one_error(err, fragment)
 
 
 def test_a_subset_of_a_threat_not_run_is_unused() -> None:
-    cfg = RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", eval_per_class=5,
-                    subsets={"autoattack": 50}, attacks=("clean", "pgd20"))
+    cfg = RunConfig(
+        method="pgd-at",
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        eval_per_class=5,
+        subsets={"autoattack": 50},
+        attacks=("clean", "pgd20"),
+    )
     cfg.validate()
     assert used_subsets(cfg.subsets, cfg.attacks) == {}
     assert eval_settings(cfg) == {"attacks": ["clean", "pgd20"], "eval_per_class": 5, "aa_per_class": None}
@@ -189,12 +236,40 @@ def test_sweeps_pass_the_subset_and_its_alias_on(fmnist_dir: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("extra", [["--aa-per-class", "2"], ["--subset", "autoattack=2"]])
 def test_tune_takes_the_subset_and_its_alias(extra: list[str], fmnist_dir: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = cli_out(["tune", "--methods", "pgd-at", "--trials", "1", "--dry-run",
-                            *tiny_args(fmnist_dir, tmp_path / "tuning"), "--val-per-class", "3", *extra], capsys)
+    code, _, err = cli_out(
+        [
+            "tune",
+            "--methods",
+            "pgd-at",
+            "--trials",
+            "1",
+            "--dry-run",
+            *tiny_args(fmnist_dir, tmp_path / "tuning"),
+            "--val-per-class",
+            "3",
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, _, err = cli_out(["tune", "--methods", "pgd-at", "--trials", "1", "--dry-run",
-                            *tiny_args(fmnist_dir, tmp_path / "tuning"), "--val-per-class", "3",
-                            "--subset", "autoattack=2", "--aa-per-class", "2"], capsys)
+    code, _, err = cli_out(
+        [
+            "tune",
+            "--methods",
+            "pgd-at",
+            "--trials",
+            "1",
+            "--dry-run",
+            *tiny_args(fmnist_dir, tmp_path / "tuning"),
+            "--val-per-class",
+            "3",
+            "--subset",
+            "autoattack=2",
+            "--aa-per-class",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 2
     one_error(err, "--aa-per-class is --subset autoattack=K: give one of them")
 
@@ -223,13 +298,22 @@ def test_a_new_threat_takes_a_subset_under_its_own_key(l2_threat: type, tmp_path
     split = Split(torch.randint(0, 255, (30, 1, 28, 28), dtype=torch.uint8), labels)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     subsets = subset_indices(labels, {"l2noise": 2}, 10)
-    out, _ = evaluate_outcomes(model, split, eps=0.5, attacks=["l2noise"], progress=lambda m: None,
-                               subsets=subsets)
+    out, _ = evaluate_outcomes(model, split, eps=0.5, attacks=["l2noise"], progress=lambda m: None, subsets=subsets)
     assert int((out["l2noise"] >= 0).sum()) == 20 and int((out["clean"] >= 0).sum()) == 30
     rows = make_outcomes(torch.arange(30), labels, {t: o.cpu() for t, o in out.items()})
-    record = build_record(run_id="r", method="pgd-at", params={}, arch="toy", dataset="fashion-mnist", seed=0,
-                          epochs=1, eps=0.5, training=subset_keys({"l2noise": 2}), outcomes=rows,
-                          attack_settings=attack_settings(0.5, ["l2noise"], 0, {"l2noise": 2}))
+    record = build_record(
+        run_id="r",
+        method="pgd-at",
+        params={},
+        arch="toy",
+        dataset="fashion-mnist",
+        seed=0,
+        epochs=1,
+        eps=0.5,
+        training=subset_keys({"l2noise": 2}),
+        outcomes=rows,
+        attack_settings=attack_settings(0.5, ["l2noise"], 0, {"l2noise": 2}),
+    )
     run_dir = tmp_path / "results" / "runs" / "r"
     run_dir.mkdir(parents=True)
     write_run(run_dir, record, rows)

@@ -26,6 +26,7 @@ SPEC = get_dataset("fashion-mnist")
 
 # ---------------------------------------------------------------- learning-rate schedules
 
+
 def test_piecewise_schedule_divides_by_ten_at_half_and_three_quarters() -> None:
     lrs = [0.1 * lr_factor(e, 100, "piecewise") for e in range(100)]
     assert lrs[:50] == [0.1] * 50
@@ -39,8 +40,9 @@ def code_lr_factor(epoch: int, drops: tuple[int, ...]) -> float:
     return 0.1 ** sum(epoch + 1 >= d for d in drops)
 
 
-@pytest.mark.parametrize("preset, drops", [("wat-cifar10", (75, 90)), ("bat-cifar10", (75, 90, 100)),
-                                           ("dafa-cifar10", (100, 105))])
+@pytest.mark.parametrize(
+    "preset, drops", [("wat-cifar10", (75, 90)), ("bat-cifar10", (75, 90, 100)), ("dafa-cifar10", (100, 105))]
+)
 def test_paper_presets_drop_the_lr_at_the_same_epochs_as_their_codes(preset: str, drops: tuple) -> None:
     """WAT: /10 at its epochs 75 and 90 (of 100); BAT: 75, 90 and 100 (the first 100 of its 200);
     DAFA: 100 and 105 (of 110), i.e. at 0-based epochs 74 and 89, ..., not one epoch later."""
@@ -58,8 +60,19 @@ def test_piecewise_milestones_are_exact() -> None:
     assert lr_factor(99, 100, "piecewise") == 0.01 and lr_factor(50, 100, "piecewise") == 0.1
 
 
-@pytest.mark.parametrize("schedule", ["piecewise:", "piecewise:0.9,0.5", "piecewise:0.5,0.5", "piecewise:1",
-                                      "piecewise:0", "piecewise:a", "step", "piecewise:0.1,0.2,0.3,0.4,0.5"])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "piecewise:",
+        "piecewise:0.9,0.5",
+        "piecewise:0.5,0.5",
+        "piecewise:1",
+        "piecewise:0",
+        "piecewise:a",
+        "step",
+        "piecewise:0.1,0.2,0.3,0.4,0.5",
+    ],
+)
 def test_bad_schedules_are_one_clear_error(schedule: str) -> None:
     with pytest.raises(FairbenchError, match="--schedule must be piecewise"):
         RunConfig(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", schedule=schedule).validate()
@@ -84,21 +97,33 @@ def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
     values = dict(method="clean-ce", arch="small-cnn", dataset="fashion-mnist", epochs=4, batch_size=10)
     cfg = RunConfig(**(values | overrides)).resolve(SPEC.eps, SPEC.step_size)
     g = torch.Generator().manual_seed(0)
-    train = Split(torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8, generator=g),
-                  torch.arange(30) % 10)
+    train = Split(torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(30) % 10)
     torch.manual_seed(0)
     model = create_model("small-cnn", SPEC)
-    return Trainer(cfg, spec=SPEC, model=model, method=CleanCE(None, cfg), train=train, val=None,
-                   run_dir=tmp_path, dist=DistInfo(), device=torch.device("cpu"), progress=False)
+    return Trainer(
+        cfg,
+        spec=SPEC,
+        model=model,
+        method=CleanCE(None, cfg),
+        train=train,
+        val=None,
+        run_dir=tmp_path,
+        dist=DistInfo(),
+        device=torch.device("cpu"),
+        progress=False,
+    )
 
 
-@pytest.mark.parametrize("schedule, expected", [
-    ("piecewise", [0.1, 0.1, 0.01, 0.001]),
-    ("constant", [0.1, 0.1, 0.1, 0.1]),
-    ("cosine", [0.1, 0.1 * (0.5 + 0.5 ** 1.5), 0.05, 0.1 * (0.5 - 0.5 ** 1.5)]),
-    ("piecewise:0.25,0.5,0.75", [0.1, 0.01, 0.001, 0.0001]),
-    ("piecewise:0.9", [0.1, 0.1, 0.1, 0.1]),
-])
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ("piecewise", [0.1, 0.1, 0.01, 0.001]),
+        ("constant", [0.1, 0.1, 0.1, 0.1]),
+        ("cosine", [0.1, 0.1 * (0.5 + 0.5**1.5), 0.05, 0.1 * (0.5 - 0.5**1.5)]),
+        ("piecewise:0.25,0.5,0.75", [0.1, 0.01, 0.001, 0.0001]),
+        ("piecewise:0.9", [0.1, 0.1, 0.1, 0.1]),
+    ],
+)
 def test_trainer_applies_the_schedule(tmp_path: Path, schedule: str, expected: list[float]) -> None:
     trainer = tiny_trainer(tmp_path, schedule=schedule)
     assert trainer.fit() is True
@@ -141,6 +166,7 @@ def test_batch_larger_than_the_data_is_refused(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- seeds and RNG state
 
+
 def _draws() -> tuple[float, float, float]:
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
@@ -167,10 +193,22 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
 
 
 def _tiny_run(fmnist_dir: Path, out: Path, **overrides) -> RunConfig:
-    values = dict(method="pgd-at", arch="small-cnn", dataset="fashion-mnist", epochs=2,
-                  batch_size=25, train_per_class=10, eval_per_class=3, attack_steps=2,
-                  attacks=("clean", "pgd20"), device="cpu", data_dir=str(fmnist_dir),
-                  out=str(out), run_id="r", download=False)
+    values = dict(
+        method="pgd-at",
+        arch="small-cnn",
+        dataset="fashion-mnist",
+        epochs=2,
+        batch_size=25,
+        train_per_class=10,
+        eval_per_class=3,
+        attack_steps=2,
+        attacks=("clean", "pgd20"),
+        device="cpu",
+        data_dir=str(fmnist_dir),
+        out=str(out),
+        run_id="r",
+        download=False,
+    )
     values.update(overrides)
     return RunConfig(**values)
 
@@ -195,6 +233,7 @@ def test_same_seed_same_weights_other_seed_other_weights(fmnist_dir: Path, tmp_p
 
 # ---------------------------------------------------------------- resume
 
+
 def test_resume_gives_the_uninterrupted_weights(fmnist_dir: Path, tmp_path: Path) -> None:
     quiet = dict(progress=False, echo=lambda _m: None)
     whole = run(_tiny_run(fmnist_dir, tmp_path / "whole"), **quiet)
@@ -215,8 +254,7 @@ def test_resume_gives_the_uninterrupted_weights(fmnist_dir: Path, tmp_path: Path
     assert ck_parts["epoch"] == 2
     assert ck_parts["scheduler"]["last_epoch"] == ck_whole["scheduler"]["last_epoch"] == 2
     momentum = [s["momentum_buffer"] for s in ck_parts["optimizer"]["state"].values()]
-    assert all(torch.equal(m, n["momentum_buffer"])
-               for m, n in zip(momentum, ck_whole["optimizer"]["state"].values()))
+    assert all(torch.equal(m, n["momentum_buffer"]) for m, n in zip(momentum, ck_whole["optimizer"]["state"].values()))
 
     log_whole, log_parts = read_jsonl(whole / "log.jsonl"), read_jsonl(parts / "log.jsonl")
     assert [r["epoch"] for r in log_parts] == [1, 2]
@@ -257,8 +295,7 @@ HOST_CONSTRUCTORS = ("tensor", "as_tensor", "asarray", "from_numpy", "scalar_ten
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])  # randaugment / affine-erase
-def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tmp_path: Path,
-                                                                monkeypatch) -> None:
+def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tmp_path: Path, monkeypatch) -> None:
     """One training step of FairAT on TRADES (standard augmentation, the hard-example policy, the KL
     attack, the loss, the update) makes no tensor from Python or NumPy data: on a GPU each would be
     a host-to-device copy, and a sync, in every step (issue 15: randaugment built one per call)."""
@@ -266,13 +303,30 @@ def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tm
     from fairbench.methods.base import EpochPlan
 
     spec = get_dataset(dataset)
-    cfg = RunConfig(method="fairat", arch="small-cnn", dataset=dataset, epochs=1, batch_size=8,
-                    attack_steps=2, params={"base": "trades"}).resolve(spec.eps, spec.step_size)
+    cfg = RunConfig(
+        method="fairat",
+        arch="small-cnn",
+        dataset=dataset,
+        epochs=1,
+        batch_size=8,
+        attack_steps=2,
+        params={"base": "trades"},
+    ).resolve(spec.eps, spec.step_size)
     method_cls = METHODS.get("fairat")
     method = method_cls(method_cls.Params(base="trades"), cfg)
     train = Split(torch.randint(0, 256, (8, *spec.shape), dtype=torch.uint8), torch.arange(8) % 10)
-    trainer = Trainer(cfg, spec=spec, model=create_model("small-cnn", spec), method=method, train=train,
-                      val=None, run_dir=tmp_path, dist=DistInfo(), device=torch.device("cpu"), progress=False)
+    trainer = Trainer(
+        cfg,
+        spec=spec,
+        model=create_model("small-cnn", spec),
+        method=method,
+        train=train,
+        val=None,
+        run_dir=tmp_path,
+        dist=DistInfo(),
+        device=torch.device("cpu"),
+        progress=False,
+    )
     plan = EpochPlan(torch.arange(8), torch.arange(8) % 2 == 0, torch.full((8,), cfg.eps), torch.ones(8))
     made = []
     for name in HOST_CONSTRUCTORS:
@@ -289,8 +343,7 @@ def test_a_fairat_training_step_builds_no_tensor_from_host_data(dataset: str, tm
 
 
 @pytest.mark.parametrize("before, after", [(False, True), (True, False)])
-def test_resume_under_the_other_memory_layout_converts_the_momentum(tmp_path: Path, before: bool,
-                                                                    after: bool) -> None:
+def test_resume_under_the_other_memory_layout_converts_the_momentum(tmp_path: Path, before: bool, after: bool) -> None:
     """A checkpoint written without channels-last, resumed with it (or the reverse): every momentum
     buffer takes its weight's strides. With NCHW buffers on channels-last weights, the fused SGD
     that CUDA runs gives a wrong update (up to 0.47 off with the CPU fused kernel)."""
@@ -325,14 +378,26 @@ def test_sync_bn_keeps_existing_run_ids_and_needs_gpus_under_ddp(tmp_path: Path)
     cfg = RunConfig(**values).resolve(SPEC.eps, SPEC.step_size)
     train = Split(torch.zeros(30, 1, 28, 28, dtype=torch.uint8), torch.arange(30) % 10)
     with pytest.raises(FairbenchError, match="--sync-bn: SyncBatchNorm runs on GPUs only"):
-        Trainer(cfg, spec=SPEC, model=create_model("small-cnn", SPEC), method=CleanCE(None, cfg), train=train,
-                val=None, run_dir=tmp_path, dist=DistInfo(0, 2), device=torch.device("cpu"), progress=False)
+        Trainer(
+            cfg,
+            spec=SPEC,
+            model=create_model("small-cnn", SPEC),
+            method=CleanCE(None, cfg),
+            train=train,
+            val=None,
+            run_dir=tmp_path,
+            dist=DistInfo(0, 2),
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("device, native, expected", [("cpu", True, False), ("cuda", True, True),
-                                                     ("cuda", False, False)])
-def test_bf16_autocast_by_default_only_where_bf16_is_native(monkeypatch, device: str, native: bool,
-                                                           expected: bool) -> None:
+@pytest.mark.parametrize(
+    "device, native, expected", [("cpu", True, False), ("cuda", True, True), ("cuda", False, False)]
+)
+def test_bf16_autocast_by_default_only_where_bf16_is_native(
+    monkeypatch, device: str, native: bool, expected: bool
+) -> None:
     """A V100 or T4 emulates bf16 (slower than fp32): no autocast there unless --amp asks."""
     from fairbench.train.trainer import default_amp
 

@@ -21,9 +21,29 @@ from cli_helpers import cli_out, exit_code
 
 def tiny(data: Path, out: Path, epochs: int = 1) -> list[str]:
     """Run options of a trial that takes a second or two (a validation split of 3 per class)."""
-    return ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", str(epochs), "--batch-size", "25",
-            "--train-per-class", "5", "--val-per-class", "3", "--attack-steps", "1", "--device", "cpu",
-            "--data-dir", str(data), "--no-download", "--out", str(out)]
+    return [
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "25",
+        "--train-per-class",
+        "5",
+        "--val-per-class",
+        "3",
+        "--attack-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--out",
+        str(out),
+    ]
 
 
 def draws(printed: str) -> list[str]:
@@ -31,6 +51,7 @@ def draws(printed: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- spaces
+
 
 @pytest.mark.parametrize("name", [e.name for e in METHODS.entries()])
 def test_every_method_has_a_valid_space_holding_its_defaults(name: str) -> None:
@@ -43,20 +64,22 @@ def test_every_method_has_a_valid_space_holding_its_defaults(name: str) -> None:
 
 def test_fairat_space_covers_every_assumption_of_the_reconstruction() -> None:
     space = method_space(METHODS.get("fairat"))
-    assert {"keep_original", "copies", "fraction", "threshold", "selection", "augment", "score",
-            "base"} <= set(space)
+    assert {"keep_original", "copies", "fraction", "threshold", "selection", "augment", "score", "base"} <= set(space)
     assert {"none", "affine"} <= set(space["augment"].values)
     assert set(space["score"].values) == {"clean", "adversarial"}
 
 
-@pytest.mark.parametrize("dist, fragment", [
-    (LogUniform(0.0, 1.0), "0 < low < high"),
-    (LogUniform(0.5, 0.1), "0 < low < high"),
-    (Uniform(1.0, 1.0), "low < high"),
-    (Uniform(0.0, float("nan")), "low < high"),
-    (Choice(1), "at least 2"),
-    (Choice(1, 1), "repeated"),
-])
+@pytest.mark.parametrize(
+    "dist, fragment",
+    [
+        (LogUniform(0.0, 1.0), "0 < low < high"),
+        (LogUniform(0.5, 0.1), "0 < low < high"),
+        (Uniform(1.0, 1.0), "low < high"),
+        (Uniform(0.0, float("nan")), "low < high"),
+        (Choice(1), "at least 2"),
+        (Choice(1, 1), "repeated"),
+    ],
+)
 def test_an_invalid_space_is_one_clear_error(dist, fragment: str) -> None:
     with pytest.raises(FairbenchError, match=fragment):
         check_space("trades", {"beta": dist}, METHODS.get("trades").Params(), {})
@@ -74,8 +97,10 @@ def test_a_default_outside_its_space_or_an_unknown_key_is_refused() -> None:
 
 # ------------------------------------------------------------------------------- draws
 
+
 def test_the_same_command_prints_the_same_draws_and_a_dry_run_records_nothing(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "tuning"
     args = ["tune", "--methods", "pgd-at,fairat", "--trials", "4", *tiny(fmnist_dir, out), "--dry-run"]
     code, first, _ = cli_out(args, capsys)
@@ -93,16 +118,20 @@ def test_a_draw_depends_only_on_seed_method_and_trial_number() -> None:
     assert len({tune.trial_seed(0, m, k) for m in ("pgd-at", "fairat") for k in range(5)}) == 10
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--methods", "pgd-at", "--trials", "0"], "--trials must be in [1"),
-    (["--methods", "pgdat", "--trials", "2"], "pgdat"),
-    (["--methods", "pgd-at,pgd-at", "--trials", "2"], "twice"),
-    (["--methods", "pgd-at", "--trials", "2", "--param", "x=1"], "sets --param itself"),
-    (["--methods", "pgd-at", "--trials", "2", "--seed", "3"], "sets --seed itself"),
-    (["--methods", "faal", "--trials", "2"], "faal"),
-])
-def test_bad_input_is_one_error_line(args: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--methods", "pgd-at", "--trials", "0"], "--trials must be in [1"),
+        (["--methods", "pgdat", "--trials", "2"], "pgdat"),
+        (["--methods", "pgd-at,pgd-at", "--trials", "2"], "twice"),
+        (["--methods", "pgd-at", "--trials", "2", "--param", "x=1"], "sets --param itself"),
+        (["--methods", "pgd-at", "--trials", "2", "--seed", "3"], "sets --seed itself"),
+        (["--methods", "faal", "--trials", "2"], "faal"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    args: list[str], fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, _, err = cli_out(["tune", *args, *tiny(fmnist_dir, tmp_path / "t"), "--dry-run"], capsys)
     assert code == 2 and err.startswith("error:") and fragment in err and len(err.strip().splitlines()) == 1
 
@@ -121,12 +150,14 @@ def test_tuning_needs_a_validation_split(fmnist_dir: Path, tmp_path: Path, capsy
 
 # ------------------------------------------------------------------------------- trials
 
+
 def test_trials_score_on_validation_only_and_trials_csv_selects_the_argmax(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "tuning"
-    code, printed, err = cli_out(["tune", "--methods", "pgd-at,trades", "--trials", "2", "--workers", "2",
-                                  *tiny(fmnist_dir, out)], capsys)
+    code, printed, err = cli_out(
+        ["tune", "--methods", "pgd-at,trades", "--trials", "2", "--workers", "2", *tiny(fmnist_dir, out)], capsys
+    )
     assert code == 0, err
     for run in sorted((out / "runs").iterdir()):
         files = {p.name for p in run.iterdir()}
@@ -139,8 +170,12 @@ def test_trials_score_on_validation_only_and_trials_csv_selects_the_argmax(
         assert logged[-1]["val_robust_per_class"] == record["per_class"]  # the kept weights: the last
         assert json.loads((run / "config.json").read_text())["score_on"] == "validation"
     rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert [(r["method"], r["trial"]) for r in rows] == [("pgd-at", "0"), ("pgd-at", "1"), ("trades", "0"),
-                                                         ("trades", "1")]
+    assert [(r["method"], r["trial"]) for r in rows] == [
+        ("pgd-at", "0"),
+        ("pgd-at", "1"),
+        ("trades", "0"),
+        ("trades", "1"),
+    ]
     assert list(rows[0])[:3] == ["method", "trial", "run_dir"]
     assert list(rows[0])[-4:] == ["val_avg_acc", "val_worst_acc", "criterion", "selected"]
     assert rows[0]["hp.beta"] == "" and rows[2]["hp.beta"] == "6.0" and rows[0]["hp.lr"] == "0.1"
@@ -151,14 +186,12 @@ def test_trials_score_on_validation_only_and_trials_csv_selects_the_argmax(
         assert all((out / r["run_dir"] / VALIDATION_FILE).is_file() for r in mine)
     # the same command again trains nothing and draws nothing new
     before = (out / tune.STUDY_FILE).read_bytes()
-    code, printed, _ = cli_out(["tune", "--methods", "pgd-at,trades", "--trials", "2", *tiny(fmnist_dir, out)],
-                               capsys)
+    code, printed, _ = cli_out(["tune", "--methods", "pgd-at,trades", "--trials", "2", *tiny(fmnist_dir, out)], capsys)
     assert code == 0 and "4 done before" in printed
     assert (out / tune.STUDY_FILE).read_bytes() == before  # nothing redrawn, nothing told twice
 
 
-def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fairbench.train.runner as runner
 
     asked: list[tuple[str, ...]] = []
@@ -173,17 +206,28 @@ def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path,
 
 
 def test_a_trial_trains_the_same_weights_as_the_plain_run(fmnist_dir: Path, tmp_path: Path) -> None:
-    base = [*tiny(fmnist_dir, tmp_path, epochs=2), "--method", "fairat", "--param", "score=adversarial",
-            "--param", "fraction=0.5", "--attacks", "clean", "--eval-per-class", "2"]
+    base = [
+        *tiny(fmnist_dir, tmp_path, epochs=2),
+        "--method",
+        "fairat",
+        "--param",
+        "score=adversarial",
+        "--param",
+        "fraction=0.5",
+        "--attacks",
+        "clean",
+        "--eval-per-class",
+        "2",
+    ]
     assert exit_code(["run", *base, "--run-id", "plain", "--no-progress"]) == 0
     assert exit_code(["run", *base, "--run-id", "trial", "--score-on", "validation", "--no-progress"]) == 0
-    a, b = (torch.load(tmp_path / "runs" / r / "checkpoint.pt", weights_only=True)["model"]
-            for r in ("plain", "trial"))
+    a, b = (torch.load(tmp_path / "runs" / r / "checkpoint.pt", weights_only=True)["model"] for r in ("plain", "trial"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_interrupted_study_resumes_without_redrawing_and_a_changed_study_is_refused(
-        fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "tuning"
     spec = tune.StudySpec("s", 3, 0, ("trades",), tuple(tiny(fmnist_dir, out)), str(out))
     from fairbench.cli import parse_run_args
@@ -216,14 +260,27 @@ def test_selection_is_the_argmax_of_the_criterion_with_ties_to_the_lower_trial()
 
 
 def test_a_corrupt_validation_record_is_refused(tmp_path: Path) -> None:
-    good = {"kind": "fairbench-validation", "version": 1, "run_id": "r", "method": "m", "params": {},
-            "training": {}, "seed": 0, "epochs": 1, "selected_epoch": 1, "classes": ["a", "b"],
-            "n_per_class": [3, 3], "per_class": [0.5, 0.25], "avg": 0.375, "worst": 0.25, "criterion": 0.625}
+    good = {
+        "kind": "fairbench-validation",
+        "version": 1,
+        "run_id": "r",
+        "method": "m",
+        "params": {},
+        "training": {},
+        "seed": 0,
+        "epochs": 1,
+        "selected_epoch": 1,
+        "classes": ["a", "b"],
+        "n_per_class": [3, 3],
+        "per_class": [0.5, 0.25],
+        "avg": 0.375,
+        "worst": 0.25,
+        "criterion": 0.625,
+    }
     path = tmp_path / VALIDATION_FILE
     path.write_text(json.dumps(good))
     assert read_validation(path)["criterion"] == 0.625
-    for change in ({"criterion": 0.9}, {"per_class": [1.5, 0.25]}, {"kind": "x"}, {"n_per_class": [3]},
-                   {"seed": True}):
+    for change in ({"criterion": 0.9}, {"per_class": [1.5, 0.25]}, {"kind": "x"}, {"n_per_class": [3]}, {"seed": True}):
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(FairbenchError):
             read_validation(path)
@@ -239,7 +296,8 @@ def test_list_shows_every_methods_search_space(capsys: pytest.CaptureFixture) ->
 
 
 def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_nothing(
-        fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import optuna
     from fairbench.cli import parse_run_args
 
@@ -268,14 +326,19 @@ def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_n
     assert tune.draw_trials(spec(out), "trades", space, defaults, persist=True) == reference
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ('{"study": "s", "trials": 2, "trial": 2, "rule": "best-val"}', "less than 'trials'"),
-    ('{"study": "s", "trials": 2}', "keys"),
-    ('{"study": "s\\n", "trials": 2, "trial": 0, "rule": "best-val"}', "printable"),
-    ("[1]", "keys"), ("{", "JSON object"),
-])
-def test_a_bad_tuning_record_is_one_error_line(value: str, fragment: str, fmnist_dir: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ('{"study": "s", "trials": 2, "trial": 2, "rule": "best-val"}', "less than 'trials'"),
+        ('{"study": "s", "trials": 2}', "keys"),
+        ('{"study": "s\\n", "trials": 2, "trial": 0, "rule": "best-val"}', "printable"),
+        ("[1]", "keys"),
+        ("{", "JSON object"),
+    ],
+)
+def test_a_bad_tuning_record_is_one_error_line(
+    value: str, fragment: str, fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, _, err = cli_out(["run", *tiny(fmnist_dir, tmp_path), "--tuning", value], capsys)
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()

@@ -19,9 +19,29 @@ HEADER = "method,trial,run_dir,hp.lr,val_avg_acc,val_worst_acc,criterion,selecte
 
 
 def tiny(data: Path, out: Path) -> list[str]:
-    return ["--arch", "small-cnn", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "25",
-            "--train-per-class", "5", "--val-per-class", "3", "--attack-steps", "1", "--device", "cpu",
-            "--data-dir", str(data), "--no-download", "--out", str(out)]
+    return [
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "25",
+        "--train-per-class",
+        "5",
+        "--val-per-class",
+        "3",
+        "--attack-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture
@@ -31,8 +51,9 @@ def tuned(fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Pa
     args = ["tune", "--methods", "pgd-at,trades", "--trials", "2", *tiny(fmnist_dir, results / "tuning")]
     code, _, err = cli_out(args, capsys)
     assert code == 0, err
-    code, out, err = cli_out([*args, "--confirm", "--seeds", "0-1", "--eval-per-class", "2",
-                              "--attacks", "clean,pgd20"], capsys)
+    code, out, err = cli_out(
+        [*args, "--confirm", "--seeds", "0-1", "--eval-per-class", "2", "--attacks", "clean,pgd20"], capsys
+    )
     assert code == 0, err
     assert "pgd-at: trial" in out and "trades: trial" in out
     return results
@@ -61,8 +82,9 @@ def test_a_trial_folder_with_test_outcomes_refuses_the_tuned_group(tuned: Path) 
 
 
 def test_the_sensitivity_reader_and_figure(tmp_path: Path) -> None:
-    good = HEADER + ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,1,runs/b,0.1,0.6,0.3,0.9,1\n"
-                     "fairat,0,runs/c,0.05,0.4,0.1,0.5,0\n")
+    good = HEADER + (
+        "pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,1,runs/b,0.1,0.6,0.3,0.9,1\nfairat,0,runs/c,0.05,0.4,0.1,0.5,0\n"
+    )
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / "trials.csv").write_text(good)
     (study,), skipped = load_studies(tmp_path)
@@ -72,14 +94,17 @@ def test_the_sensitivity_reader_and_figure(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG") and render_sensitivity(study) == (png, svg)  # byte-identical
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.9,0\n", "criterion is not"),
-    ("pgd-at,0,runs/a,0.05,1.5,0.25,1.75,0\n", "fractions"),
-    ("pgd-at,x,runs/a,0.05,0.5,0.25,0.75,0\n", "type"),
-    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,2\n", "type"),
-    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,1\npgd-at,1,runs/b,0.05,0.5,0.25,0.75,1\n", "more than one"),
-    ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\n", "twice"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("pgd-at,0,runs/a,0.05,0.5,0.25,0.9,0\n", "criterion is not"),
+        ("pgd-at,0,runs/a,0.05,1.5,0.25,1.75,0\n", "fractions"),
+        ("pgd-at,x,runs/a,0.05,0.5,0.25,0.75,0\n", "type"),
+        ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,2\n", "type"),
+        ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,1\npgd-at,1,runs/b,0.05,0.5,0.25,0.75,1\n", "more than one"),
+        ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\n", "twice"),
+    ],
+)
 def test_a_forged_trials_file_is_refused(body: str, fragment: str) -> None:
     with pytest.raises(FairbenchError, match=fragment):
         parse_trials((HEADER + body).encode(), "trials.csv")
@@ -96,8 +121,9 @@ def test_a_trials_file_that_is_a_symlink_or_fifo_is_skipped(tmp_path: Path) -> N
     assert not studies and len(skipped) == 2
 
 
-def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(tuned: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(
+    tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """`fairbench report` on a results folder with a study: the page shows the sensitivity figure
     decoded, and its table names the selected trial of each method."""
     import re
@@ -107,13 +133,16 @@ def test_the_sensitivity_figure_is_shown_in_index_html_in_chromium(tuned: Path, 
     code, _, err = cli_out(["report", "--results", str(tuned)], capsys)
     assert code == 0, err
     assert (tuned / "figures" / "sensitivity_tuning.png").is_file()
-    dom = probe(tuned / "index.html", tmp_path,
-                'doc.querySelectorAll("#sensitivity figure img").forEach(function (img) {'
-                ' out.push(["IMG", img.complete, img.naturalWidth, Math.round(img.getBoundingClientRect().width),'
-                '           img.alt].join("|")); });'
-                ' doc.querySelectorAll("#sensitivity td").forEach(function (td) {'
-                '  out.push("TD|" + td.textContent); });',
-                width=1400)
+    dom = probe(
+        tuned / "index.html",
+        tmp_path,
+        'doc.querySelectorAll("#sensitivity figure img").forEach(function (img) {'
+        ' out.push(["IMG", img.complete, img.naturalWidth, Math.round(img.getBoundingClientRect().width),'
+        '           img.alt].join("|")); });'
+        ' doc.querySelectorAll("#sensitivity td").forEach(function (td) {'
+        '  out.push("TD|" + td.textContent); });',
+        width=1400,
+    )
     images = [line.split("|") for line in re.findall(r"IMG\|[^\n<]*", dom)]
     cells = re.findall(r"TD\|([^\n<]*)", dom)
     assert len(images) == 1

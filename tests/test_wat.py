@@ -17,8 +17,9 @@ from methods_helpers import MeanGreyModel, bars, batch_ctx, build, epoch_ctx
 def test_hedge_weights_after_two_epochs_of_given_costs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two classes and the average; costs (1, 2, 1.5) then (3, 0, 1.5) add up to (4, 2, 3), and
     w = 2 * softmax(0.1 * (4, 2, 3)) = (0.734331, 0.601219, 0.664450), worked out by hand."""
-    costs = iter([torch.tensor([1.0, 2.0, 1.5], dtype=torch.float64),
-                  torch.tensor([3.0, 0.0, 1.5], dtype=torch.float64)])
+    costs = iter(
+        [torch.tensor([1.0, 2.0, 1.5], dtype=torch.float64), torch.tensor([3.0, 0.0, 1.5], dtype=torch.float64)]
+    )
     monkeypatch.setattr(wat, "validation_costs", lambda ctx, beta: next(costs))
     method = build("wat", val_per_class=2)
     method.cumulative_cost = torch.zeros(3, dtype=torch.float64)  # two classes (the code's class_num=2)
@@ -67,8 +68,7 @@ def test_validation_costs_are_class_means_and_the_overall_mean() -> None:
     assert costs.shape == (11,) and torch.allclose(costs.float(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("params, message", [({"eta": "0"}, "eta must be > 0"),
-                                             ({"beta": "-1"}, "beta must be >= 0")])
+@pytest.mark.parametrize("params, message", [({"eta": "0"}, "eta must be > 0"), ({"beta": "-1"}, "beta must be >= 0")])
 def test_bad_parameters_are_one_clear_error(params: dict, message: str) -> None:
     with pytest.raises(FairbenchError, match=message):
         build("wat", params, val_per_class=2)

@@ -88,8 +88,9 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         model.train(was_training)
 
 
-def attack_loss(logits: torch.Tensor, y: torch.Tensor | None, clean_probs: torch.Tensor | None,
-                objective: Objective) -> torch.Tensor:
+def attack_loss(
+    logits: torch.Tensor, y: torch.Tensor | None, clean_probs: torch.Tensor | None, objective: Objective
+) -> torch.Tensor:
     """Summed objective over the batch (summing keeps every example's gradient independent of N)."""
     logits = logits.float()
     if objective == "ce":
@@ -127,8 +128,12 @@ def pgd(
         raise ValueError("the CE objective and early stopping need labels y")
     x = x.detach().float()
     eps_t, step_t = _per_example(eps, x), _per_example(step_size, x)
-    with (eval_mode(model, use_eval_mode), input_gradient_only(model),
-          torch.autocast(x.device.type, enabled=False), torch.enable_grad()):  # also under no_grad
+    with (
+        eval_mode(model, use_eval_mode),
+        input_gradient_only(model),
+        torch.autocast(x.device.type, enabled=False),
+        torch.enable_grad(),
+    ):  # also under no_grad
         clean_probs = None
         if objective == "kl":
             if clean_logits is None:

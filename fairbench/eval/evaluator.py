@@ -58,18 +58,33 @@ EVAL_BACKEND = {"cudnn_benchmark": False, "tf32": False}  # what `exact_fp32` se
 def environment(device: torch.device) -> dict[str, Any]:
     """What a run or an evaluation ran on, for its metrics.json's ``env``."""
     try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        git = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         git = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"fairbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "git": git,
-            "eval_backend": dict(EVAL_BACKEND)}
+    return {
+        "fairbench": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": f"{device.type}: {name}",
+        "threads": torch.get_num_threads(),
+        "git": git,
+        "eval_backend": dict(EVAL_BACKEND),
+    }
 
 
-def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def per_class_accuracy(
+    correct: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy of each class (float64, NaN for a class with no examples) and the class counts."""
     correct, labels = correct.cpu(), labels.cpu()
     n = torch.bincount(labels, minlength=num_classes)
@@ -84,13 +99,15 @@ def stages(attacks: Sequence[str]) -> list[str]:
     names = threat_names()
     bad = [a for a in attacks if a not in names]
     if bad:
-        raise FairbenchError(f"unknown attack(s) {', '.join(bad)}{did_you_mean(bad[0], names)}; "
-                             f"valid: {', '.join(names)}")
+        raise FairbenchError(
+            f"unknown attack(s) {', '.join(bad)}{did_you_mean(bad[0], names)}; valid: {', '.join(names)}"
+        )
     return [t for t in names if not get_threat(t).attack or t in attacks]
 
 
-def attack_settings(eps: float, attacks: Sequence[str], seed: int = 0,
-                    per_class: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+def attack_settings(
+    eps: float, attacks: Sequence[str], seed: int = 0, per_class: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
     """What each threat ran with; stored in metrics.json and part of the resume key.
 
     ``per_class`` names the threats run on a class-balanced subset (the first K test images of
@@ -140,8 +157,17 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settings: dict[str, Any],
-                chunk_size: int, seed: int, dist: DistInfo, progress: Progress) -> StageProgress:
+def _run_threat(
+    threat: str,
+    fn: ChunkFn,
+    split: Split,
+    state: EvalState,
+    settings: dict[str, Any],
+    chunk_size: int,
+    seed: int,
+    dist: DistInfo,
+    progress: Progress,
+) -> StageProgress:
     """Evaluate every chunk not yet done; save the outcomes after each one."""
     stage = state.load(threat, settings, len(split))
     n = len(split)
@@ -152,8 +178,9 @@ def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settin
         t0 = time.perf_counter()
         chunk_seed, device = seed * 1_000_003 + c, split.labels.device
         with seeded(chunk_seed, device):  # the whole chunk in one call of fn, sharded over the ranks
-            stage.correct[start:stop] = map_sharded(lambda x, y: fn(x, y, chunk_seed), split, dist,
-                                                    stop - start, torch.arange(start, stop, device=device))
+            stage.correct[start:stop] = map_sharded(
+                lambda x, y: fn(x, y, chunk_seed), split, dist, stop - start, torch.arange(start, stop, device=device)
+            )
         stage.done, stage.seconds = stop, stage.seconds + time.perf_counter() - t0
         state.save(threat, settings, stage)
         if n > chunk_size:
@@ -161,12 +188,21 @@ def _run_threat(threat: str, fn: ChunkFn, split: Split, state: EvalState, settin
     return stage
 
 
-def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Sequence[str],
-                      batch_size: int = 500, dist: DistInfo | None = None,
-                      progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
-                      indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE,
-                      subsets: dict[str, torch.Tensor] | None = None
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def evaluate_outcomes(
+    model: nn.Module,
+    split: Split,
+    *,
+    eps: float,
+    attacks: Sequence[str],
+    batch_size: int = 500,
+    dist: DistInfo | None = None,
+    progress: Progress = print,
+    seed: int = 0,
+    state_dir: str | Path | None = None,
+    indices: torch.Tensor | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    subsets: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Per-example outcomes for each threat, and wall times.
 
     An outcome is an int8 per example of ``split``: 1 (right under the threat), 0 (wrong), or
@@ -195,8 +231,7 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
             pos = subsets.get(threat)
             pos = torch.arange(len(split), device=device) if pos is None else pos.to(device)
             part = split.subset(pos)
-            part_settings = settings[threat] | ({"positions": _positions_hash(pos)}
-                                                if threat in subsets else {})
+            part_settings = settings[threat] | ({"positions": _positions_hash(pos)} if threat in subsets else {})
             fn = get_threat(threat).decider(model, eps=eps, batch_size=batch_size, progress=progress)
             stage = _run_threat(threat, fn, part, state, part_settings, chunk_size, seed, dist, progress)
             out = torch.full((len(split),), -1, dtype=torch.int8, device=device)
@@ -205,8 +240,10 @@ def evaluate_outcomes(model: nn.Module, split: Split, *, eps: float, attacks: Se
                 ok = ok & (outcomes[CLEAN][pos] == 1)
             out[pos] = ok.to(torch.int8)
             outcomes[threat], seconds[threat] = out, stage.seconds
-            progress(f"{threat}: {100 * (1 - float(ok.float().mean())):.1f}% error on {len(pos)} images "
-                     f"({seconds[threat]:.1f}s)")
+            progress(
+                f"{threat}: {100 * (1 - float(ok.float().mean())):.1f}% error on {len(pos)} images "
+                f"({seconds[threat]:.1f}s)"
+            )
     if len(outcomes) > 1:
         union = derive_union({t: o.cpu().numpy() for t, o in outcomes.items()})
         outcomes[UNION] = torch.from_numpy(union).to(device)
@@ -217,12 +254,22 @@ def _positions_hash(pos: torch.Tensor) -> str:
     return hashlib.sha256(pos.cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
-def evaluate(model: nn.Module, split: Split, classes: Sequence[str], *, eps: float,
-             attacks: Sequence[str], batch_size: int = 500, dist: DistInfo | None = None,
-             progress: Progress = print, seed: int = 0, state_dir: str | Path | None = None,
-             indices: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE,
-             subsets: dict[str, torch.Tensor] | None = None
-             ) -> tuple[dict[str, Any], dict[str, float], dict[str, torch.Tensor]]:
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    classes: Sequence[str],
+    *,
+    eps: float,
+    attacks: Sequence[str],
+    batch_size: int = 500,
+    dist: DistInfo | None = None,
+    progress: Progress = print,
+    seed: int = 0,
+    state_dir: str | Path | None = None,
+    indices: torch.Tensor | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    subsets: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, Any], dict[str, float], dict[str, torch.Tensor]]:
     """Evaluate ``model`` on ``split`` under each threat in ``attacks``, per class.
 
     Returns ``(metrics, seconds, outcomes)``: per threat (``clean`` always, ``union`` when an
@@ -230,26 +277,52 @@ def evaluate(model: nn.Module, split: Split, classes: Sequence[str], *, eps: flo
     resumed runs), and the per-example outcomes (int8: 1, 0, -1 where not run) the metrics are
     computed from. The options are `evaluate_outcomes`'s.
     """
-    outcomes, seconds = evaluate_outcomes(model, split, eps=eps, attacks=attacks,
-                                          batch_size=batch_size, dist=dist, progress=progress,
-                                          seed=seed, state_dir=state_dir, indices=indices,
-                                          chunk_size=chunk_size, subsets=subsets)
+    outcomes, seconds = evaluate_outcomes(
+        model,
+        split,
+        eps=eps,
+        attacks=attacks,
+        batch_size=batch_size,
+        dist=dist,
+        progress=progress,
+        seed=seed,
+        state_dir=state_dir,
+        indices=indices,
+        chunk_size=chunk_size,
+        subsets=subsets,
+    )
     rows = make_outcomes(torch.arange(len(split)), split.labels.cpu(), {t: o.cpu() for t, o in outcomes.items()})
     return {t: m.to_json() for t, m in metrics_from_outcomes(rows, classes).items()}, seconds, outcomes
 
 
-def evaluate_and_write(model: nn.Module, test: Split, classes: Sequence[str], *, indices: torch.Tensor,
-                       run_dir: Path | None, record: Callable[[Outcomes, dict[str, float]], RunRecord],
-                       dist: DistInfo, say: Progress, **options: Any) -> RunRecord | None:
+def evaluate_and_write(
+    model: nn.Module,
+    test: Split,
+    classes: Sequence[str],
+    *,
+    indices: torch.Tensor,
+    run_dir: Path | None,
+    record: Callable[[Outcomes, dict[str, float]], RunRecord],
+    dist: DistInfo,
+    say: Progress,
+    **options: Any,
+) -> RunRecord | None:
     """The end of `fairbench run`, `fairbench eval` and `fairbench.evaluate`: evaluate ``model`` on
     ``test`` (the images at ``indices`` of the test set) under `evaluate`'s ``options``, make the
     schema's record from the outcomes (``record(outcomes, seconds)``, on rank 0), write it with its
     outcomes to ``run_dir`` (None: nowhere; with a run folder a killed evaluation continues from
     its ``eval_state/``), and show the per-class table. Returns the record on rank 0, else None."""
     t0 = time.perf_counter()
-    metrics, seconds, outcomes = evaluate(model, test, classes, dist=dist, progress=say, indices=indices,
-                                          state_dir=run_dir / "eval_state" if run_dir is not None else None,
-                                          **options)
+    metrics, seconds, outcomes = evaluate(
+        model,
+        test,
+        classes,
+        dist=dist,
+        progress=say,
+        indices=indices,
+        state_dir=run_dir / "eval_state" if run_dir is not None else None,
+        **options,
+    )
     records: list[RunRecord] = []
 
     def write() -> None:
@@ -271,8 +344,11 @@ def format_table(metrics: dict[str, Any], classes: Sequence[str]) -> str:
     highest class error, ``best`` the lowest; ``std`` is the spread of the class errors in points."""
     threats = list(metrics)
     width = max(12, max(len(c) for c in classes) + 2)
-    col = max([12] + [len(str(metrics[t]["worst_class"])) + 2 for t in threats]
-              + [len(str(metrics[t]["best_class"])) + 2 for t in threats])
+    col = max(
+        [12]
+        + [len(str(metrics[t]["worst_class"])) + 2 for t in threats]
+        + [len(str(metrics[t]["best_class"])) + 2 for t in threats]
+    )
 
     def error(accuracy: float) -> str:
         return f"{100 * (1 - accuracy):>{col}.1f}"
@@ -280,11 +356,22 @@ def format_table(metrics: dict[str, Any], classes: Sequence[str]) -> str:
     lines = [f"{'error (%)':<{width}}" + "".join(f"{t:>{col}}" for t in threats)]
     for i, name in enumerate(classes):
         lines.append(f"{name:<{width}}" + "".join(error(metrics[t]["per_class"][i]) for t in threats))
-    for label, key in (("average", "avg"), ("worst", "worst"), ("worst class", "worst_class"),
-                       ("best", "best"), ("best class", "best_class"), ("std", "std")):
-        cells = [f"{metrics[t][key]:>{col}}" if key.endswith("_class") else
-                 f"{100 * metrics[t][key]:>{col}.1f}" if key == "std" else error(metrics[t][key])
-                 for t in threats]
+    for label, key in (
+        ("average", "avg"),
+        ("worst", "worst"),
+        ("worst class", "worst_class"),
+        ("best", "best"),
+        ("best class", "best_class"),
+        ("std", "std"),
+    ):
+        cells = [
+            f"{metrics[t][key]:>{col}}"
+            if key.endswith("_class")
+            else f"{100 * metrics[t][key]:>{col}.1f}"
+            if key == "std"
+            else error(metrics[t][key])
+            for t in threats
+        ]
         lines.append(f"{label:<{width}}" + "".join(cells))
     return "\n".join(lines)
 

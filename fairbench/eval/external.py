@@ -84,16 +84,23 @@ class EvalOptions:
     def validate(self) -> None:
         """Every option: where the model comes from, then `validate_values`."""
         checks = [
-            (self.model is not None or (self.checkpoint is None) != (self.robustbench is None),
-             "give exactly one of --checkpoint PATH or --robustbench MODEL_NAME"),
-            (self.robustbench is not None or self.arch is not None or self.model is not None,
-             "--checkpoint needs --arch (see `fairbench list`) or --model package.module:factory"),
-            (self.robustbench is None or (self.arch is None and self.model is None),
-             "--arch and --model are for --checkpoint; a RobustBench model brings its own architecture"),
-            (self.arch is None or self.model is None, "give --arch NAME or --model package.module:factory, "
-             "not both"),
-            (self.model is None or FACTORY.fullmatch(self.model) is not None,
-             f"--model must be package.module:factory (Python names), got {self.model!r:.80}"),
+            (
+                self.model is not None or (self.checkpoint is None) != (self.robustbench is None),
+                "give exactly one of --checkpoint PATH or --robustbench MODEL_NAME",
+            ),
+            (
+                self.robustbench is not None or self.arch is not None or self.model is not None,
+                "--checkpoint needs --arch (see `fairbench list`) or --model package.module:factory",
+            ),
+            (
+                self.robustbench is None or (self.arch is None and self.model is None),
+                "--arch and --model are for --checkpoint; a RobustBench model brings its own architecture",
+            ),
+            (self.arch is None or self.model is None, "give --arch NAME or --model package.module:factory, not both"),
+            (
+                self.model is None or FACTORY.fullmatch(self.model) is not None,
+                f"--model must be package.module:factory (Python names), got {self.model!r:.80}",
+            ),
         ]
         check_all(checks)
         self.validate_values()
@@ -102,8 +109,15 @@ class EvalOptions:
 
     def validate_values(self) -> None:
         """What is evaluated and where it is written (the Python API's checks too)."""
-        check_all(evaluation_checks(seed=self.seed, eps=self.eps, eval_batch_size=self.batch_size,
-                                    eval_per_class=self.n_per_class, device=self.device))
+        check_all(
+            evaluation_checks(
+                seed=self.seed,
+                eps=self.eps,
+                eval_batch_size=self.batch_size,
+                eval_per_class=self.n_per_class,
+                device=self.device,
+            )
+        )
         if not isinstance(self.subsets, dict):
             raise FairbenchError(f"subsets must be a dict of threat -> images per class, got {self.subsets!r:.60}")
         check_subsets(self.subsets, self.attacks, self.n_per_class)
@@ -131,8 +145,9 @@ def model_from_factory(target: str, spec: DatasetSpec) -> nn.Module:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except ImportError as exc:
-        raise FairbenchError(f"--model {target}: cannot import {module_name} ({exc}); is it installed, "
-                             f"or in the current folder?") from None
+        raise FairbenchError(
+            f"--model {target}: cannot import {module_name} ({exc}); is it installed, or in the current folder?"
+        ) from None
     except AttributeError:
         raise FairbenchError(f"--model {target}: {module_name} has no {attr}") from None
     if not callable(obj):
@@ -148,8 +163,7 @@ def model_from_factory(target: str, spec: DatasetSpec) -> nn.Module:
     except Exception as exc:  # someone else's code: say whose, in one line
         raise FairbenchError(f"--model {target}: the factory failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise FairbenchError(f"--model {target}: the factory returned a {type(model).__name__}, not a "
-                             f"torch.nn.Module")
+        raise FairbenchError(f"--model {target}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -158,13 +172,18 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
     if opts.robustbench is not None:
         from fairbench.eval.zoo import load_zoo_model
 
-        model, files = load_zoo_model(opts.robustbench, dataset=spec.name,
-                                      threat_model=opts.threat_model, model_dir=opts.model_dir)
-        return model, {"method": f"robustbench:{opts.robustbench}", "arch": type(model).__name__,
-                       "params": {"source": "robustbench", "model_name": opts.robustbench,
-                                  "threat_model": opts.threat_model},
-                       "checkpoint": {"file": files[0].name if files else None,
-                                      "sha256": sha256_file(files[0]) if files else None}}
+        model, files = load_zoo_model(
+            opts.robustbench, dataset=spec.name, threat_model=opts.threat_model, model_dir=opts.model_dir
+        )
+        return model, {
+            "method": f"robustbench:{opts.robustbench}",
+            "arch": type(model).__name__,
+            "params": {"source": "robustbench", "model_name": opts.robustbench, "threat_model": opts.threat_model},
+            "checkpoint": {
+                "file": files[0].name if files else None,
+                "sha256": sha256_file(files[0]) if files else None,
+            },
+        }
     if opts.model is not None:
         model = model_from_factory(opts.model, spec)
         params = {"source": "factory", "factory": opts.model}
@@ -174,15 +193,22 @@ def load_model(opts: EvalOptions, spec: DatasetSpec) -> tuple[nn.Module, dict[st
         params = {"source": "checkpoint"}
     if opts.checkpoint is None:  # a factory's own weights: named by their hash
         weights_sha = fingerprint(model, *(torch.zeros(0),) * 3)
-        return model, {"method": "external", "arch": opts.model, "params": params | {"weights_sha256": weights_sha},
-                       "checkpoint": {"file": None, "sha256": None}}
+        return model, {
+            "method": "external",
+            "arch": opts.model,
+            "params": params | {"weights_sha256": weights_sha},
+            "checkpoint": {"file": None, "sha256": None},
+        }
     path = Path(opts.checkpoint)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     state = load_checkpoint(path, max_bytes=MAX_CHECKPOINT_FACTOR * weights + CHECKPOINT_SLACK)
     load_model_state(model, state, str(path))
-    return model, {"method": "external", "arch": opts.arch or opts.model, "params": params,
-                   "checkpoint": {"file": "".join(c if c.isprintable() else "?" for c in path.name),
-                                  "sha256": sha256_file(path)}}
+    return model, {
+        "method": "external",
+        "arch": opts.arch or opts.model,
+        "params": params,
+        "checkpoint": {"file": "".join(c if c.isprintable() else "?" for c in path.name), "sha256": sha256_file(path)},
+    }
 
 
 def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
@@ -193,8 +219,9 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> Path:
         return _run_eval(opts, spec, device, dist, echo if dist.is_main else (lambda _m: None))
 
 
-def _run_eval(opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: DistInfo,
-              say: Callable[[str], None]) -> Path:
+def _run_eval(
+    opts: EvalOptions, spec: DatasetSpec, device: torch.device, dist: DistInfo, say: Callable[[str], None]
+) -> Path:
     model, source = load_model(opts, spec)
     run_dir, _ = evaluate_model(model, source, opts, spec, device, dist, say, write=True)
     assert run_dir is not None
@@ -208,9 +235,17 @@ def default_run_id(source: dict[str, Any], dataset: str) -> str:
     return re.sub(r"[^\w.+=-]", "-", name)
 
 
-def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, spec: DatasetSpec,
-                   device: torch.device, dist: DistInfo, say: Callable[[str], None], *, write: bool
-                   ) -> tuple[Path | None, RunRecord]:
+def evaluate_model(
+    model: nn.Module,
+    source: dict[str, Any],
+    opts: EvalOptions,
+    spec: DatasetSpec,
+    device: torch.device,
+    dist: DistInfo,
+    say: Callable[[str], None],
+    *,
+    write: bool,
+) -> tuple[Path | None, RunRecord]:
     """The evaluation of `fairbench eval` and of `fairbench.evaluate`: ``model`` (with ``source``,
     what `load_model` records of its weights) on ``opts``' test images, per class, as the schema's
     record. With ``write``, the record and its outcomes go to ``<out>/runs/<run-id>/`` (and a
@@ -221,8 +256,11 @@ def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, 
     run_id = check_run_id(opts.run_id if opts.run_id is not None else default_run_id(source, spec.name))
     run_dir = Path(opts.out) / "runs" / run_id
     test = load_split(spec, "test", opts.data_dir, download=opts.download)
-    indices = (per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
-               if opts.n_per_class else torch.arange(len(test)))
+    indices = (
+        per_class_indices(test.labels, opts.n_per_class, spec.num_classes)
+        if opts.n_per_class
+        else torch.arange(len(test))
+    )
     test = test.subset(indices).to(device)
     used = used_subsets(opts.subsets, opts.attacks)
     subsets = subset_indices(test.labels, used, spec.num_classes)
@@ -230,28 +268,52 @@ def evaluate_model(model: nn.Module, source: dict[str, Any], opts: EvalOptions, 
     # that look like a result
     what = not_finite(model, to_float(test.images[:batch_size]), dist)
     if what:
-        raise FairbenchError(f"{opts.checkpoint or opts.robustbench or opts.model or 'the model'}: the model's "
-                             f"{what}; its accuracies would mean nothing, so it is not evaluated")
+        raise FairbenchError(
+            f"{opts.checkpoint or opts.robustbench or opts.model or 'the model'}: the model's "
+            f"{what}; its accuracies would mean nothing, so it is not evaluated"
+        )
 
     def make_record(rows: Outcomes, seconds: dict[str, float]) -> RunRecord:
         return build_record(
-            run_id=run_id, method=source["method"], params=source["params"], arch=source["arch"],
-            dataset=spec.name, seed=opts.seed, epochs=None, eps=eps, outcomes=rows,  # not trained here
-            training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class}
-            | subset_keys(used),
+            run_id=run_id,
+            method=source["method"],
+            params=source["params"],
+            arch=source["arch"],
+            dataset=spec.name,
+            seed=opts.seed,
+            epochs=None,
+            eps=eps,
+            outcomes=rows,  # not trained here
+            training={"epochs": None, "train_per_class": None, "eval_per_class": opts.n_per_class} | subset_keys(used),
             evaluation={"n": len(test), "batch_size": batch_size},
             attack_settings=attack_settings(eps, opts.attacks, opts.seed, used or None),
             timing={"eval_s": {k: round(v, 3) for k, v in seconds.items()}, "world_size": dist.world_size},
-            env=environment(device), checkpoint=source["checkpoint"])
+            env=environment(device),
+            checkpoint=source["checkpoint"],
+        )
 
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder until its result is written
         if write:
             dist.on_main(lambda: claim_folder(run_dir, source, spec.name, lock))
-        say(f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
-            f"eps {eps:.6g}, attacks {', '.join(stages(opts.attacks))}, device {device}")
-        record = evaluate_and_write(model, test, spec.classes, indices=indices, run_dir=run_dir if write else None,
-                                    record=make_record, dist=dist, say=say, eps=eps, attacks=opts.attacks,
-                                    batch_size=batch_size, seed=opts.seed, subsets=subsets)
+        say(
+            f"evaluating {source['method']} ({source['arch']}) on {len(test)} {spec.name} test images, "
+            f"eps {eps:.6g}, attacks {', '.join(stages(opts.attacks))}, device {device}"
+        )
+        record = evaluate_and_write(
+            model,
+            test,
+            spec.classes,
+            indices=indices,
+            run_dir=run_dir if write else None,
+            record=make_record,
+            dist=dist,
+            say=say,
+            eps=eps,
+            attacks=opts.attacks,
+            batch_size=batch_size,
+            seed=opts.seed,
+            subsets=subsets,
+        )
     return (run_dir if write else None), record  # type: ignore[return-value]
 
 
@@ -264,8 +326,9 @@ def claim_folder(run_dir: Path, source: dict[str, Any], dataset: str, lock: cont
     def ours(run_dir: Path) -> None:
         other = other_run(run_dir, source, dataset)
         if other:
-            raise FairbenchError(f"{run_dir} {other}; `fairbench eval` never replaces another run: "
-                                 f"pass another --run-id")
+            raise FairbenchError(
+                f"{run_dir} {other}; `fairbench eval` never replaces another run: pass another --run-id"
+            )
         ensure_writable(run_dir)
 
     claim_run_folder(run_dir, lock, ours)
@@ -297,6 +360,8 @@ def other_run(run_dir: Path, source: dict[str, Any], dataset: str) -> str | None
     theirs = (record.method, record.arch, record.dataset, record.checkpoint.get("sha256"))
     ours = (source["method"], source["arch"], dataset, source["checkpoint"]["sha256"])
     if theirs != ours:
-        return (f"holds the result of another run ({theirs[0]!r:.60} {theirs[1]!r:.40} on "
-                f"{theirs[2]!r:.40}, checkpoint sha256 {str(theirs[3])[:8]!r})")
+        return (
+            f"holds the result of another run ({theirs[0]!r:.60} {theirs[1]!r:.40} on "
+            f"{theirs[2]!r:.40}, checkpoint sha256 {str(theirs[3])[:8]!r})"
+        )
     return None

@@ -40,11 +40,19 @@ MAX_STATE_BYTES = 256 << 20  # a state file holds 9 bytes per example (its outco
 
 def _tag_parts(state: dict[str, Any]) -> tuple[bytes, ...]:
     """What a state file's tag covers: every field it holds."""
-    head = json.dumps({k: state.get(k) for k in ("format", "key", "threat", "done", "n", "seconds")},
-                      sort_keys=True, default=str)
+    head = json.dumps(
+        {k: state.get(k) for k in ("format", "key", "threat", "done", "n", "seconds")}, sort_keys=True, default=str
+    )
     tensors = [state.get(k) for k in ("correct", "indices")]
-    return (head.encode(), *(t.detach().cpu().contiguous().numpy().tobytes() if isinstance(t, torch.Tensor)
-                             and t.layout == torch.strided and t.device.type != "meta" else b"" for t in tensors))
+    return (
+        head.encode(),
+        *(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type != "meta"
+            else b""
+            for t in tensors
+        ),
+    )
 
 
 def written_here(state: Any) -> bool:
@@ -66,8 +74,12 @@ def foreign_state(state_dir: Path) -> str | None:
     if state_dir.is_symlink() or not state_dir.is_dir():
         return f"its {state_dir.name} is a symlink or not a folder"
     for entry in sorted(state_dir.iterdir()):
-        if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file() \
-                and not entry.is_symlink():  # a write cut short: removed when the evaluation starts
+        if (
+            entry.name.startswith(".")
+            and entry.name.endswith(TEMP_SUFFIX)
+            and entry.is_file()
+            and not entry.is_symlink()
+        ):  # a write cut short: removed when the evaluation starts
             continue
         if entry.is_symlink() or not entry.is_file() or entry.suffix != ".pt":
             return f"{state_dir.name}/{entry.name} is not a state file fairbench writes"
@@ -87,8 +99,7 @@ def _update(h: "hashlib._Hash", t: torch.Tensor) -> None:
     h.update(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
-def fingerprint(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                indices: torch.Tensor) -> str:
+def fingerprint(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> str:
     """sha256 over the model's state (names, dtypes, shapes, bytes) and the evaluated data."""
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
@@ -111,9 +122,15 @@ class StageProgress:
 class EvalState:
     """Loads and saves `StageProgress` per threat; a no-op when ``state_dir`` is None."""
 
-    def __init__(self, state_dir: str | Path | None, key_parts: dict[str, Any],
-                 indices: torch.Tensor, dist: DistInfo, device: torch.device,
-                 progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        state_dir: str | Path | None,
+        key_parts: dict[str, Any],
+        indices: torch.Tensor,
+        dist: DistInfo,
+        device: torch.device,
+        progress: Callable[[str], None],
+    ) -> None:
         self.dir = Path(state_dir) if state_dir is not None else None
         self.base = json.dumps(key_parts, sort_keys=True, default=str)
         self.indices, self.dist, self.device = indices.cpu(), dist, device
@@ -148,14 +165,18 @@ class EvalState:
         except FairbenchError as exc:
             self.progress(f"{threat}: ignoring unreadable saved state ({exc})")
             return None
-        ok = (isinstance(state, dict) and state.get("format") == STATE_FORMAT
-              and state.get("key") == self.key(threat, settings)
-              and isinstance(state.get("correct"), torch.Tensor) and state["correct"].numel() == n
-              and type(state.get("done")) is int and 0 <= state["done"] <= n
-              and isinstance(state.get("seconds"), float))
+        ok = (
+            isinstance(state, dict)
+            and state.get("format") == STATE_FORMAT
+            and state.get("key") == self.key(threat, settings)
+            and isinstance(state.get("correct"), torch.Tensor)
+            and state["correct"].numel() == n
+            and type(state.get("done")) is int
+            and 0 <= state["done"] <= n
+            and isinstance(state.get("seconds"), float)
+        )
         if not ok:
-            self.progress(f"{threat}: saved state was made for other weights, data or settings; "
-                          f"starting over")
+            self.progress(f"{threat}: saved state was made for other weights, data or settings; starting over")
             return None
         if not written_here(state):
             self.progress(f"{threat}: saved state was not written by fairbench on this machine; starting over")
@@ -172,9 +193,16 @@ class EvalState:
         self.dist.on_main(lambda: self._write(path, threat, settings, stage))
 
     def _write(self, path: Path, threat: str, settings: dict[str, Any], stage: StageProgress) -> None:
-        state = {"format": STATE_FORMAT, "key": self.key(threat, settings), "threat": threat,
-                 "indices": self.indices, "correct": stage.correct.cpu(), "done": int(stage.done),
-                 "n": len(stage.correct), "seconds": float(stage.seconds)}
+        state = {
+            "format": STATE_FORMAT,
+            "key": self.key(threat, settings),
+            "threat": threat,
+            "indices": self.indices,
+            "correct": stage.correct.cpu(),
+            "done": int(stage.done),
+            "n": len(stage.correct),
+            "seconds": float(stage.seconds),
+        }
         try:
             state["tag"] = tag(*_tag_parts(state))
         except FairbenchError as exc:  # no key here (an unwritable home): nothing to resume from, so none kept

@@ -63,7 +63,7 @@ def get_threat(name: str) -> Threat:
 
 def in_batches(fn: BatchFn, batch_size: int) -> BatchFn:
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outs = [fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+        outs = [fn(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
         return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool, device=y.device)
 
     return run
@@ -93,12 +93,14 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
 
 class AutoAttack(specs.AutoAttack, Threat):
     def decider(self, model: nn.Module, *, eps: float, batch_size: int, progress: Progress) -> ChunkFn:
-        return lambda x, y, seed: autoattack_correct(model, x, y, eps=eps, seed=seed,
-                                                     batch_size=batch_size, progress=progress)
+        return lambda x, y, seed: autoattack_correct(
+            model, x, y, eps=eps, seed=seed, batch_size=batch_size, progress=progress
+        )
 
 
-def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                       seed: int, batch_size: int, progress: Progress) -> torch.Tensor:
+def autoattack_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, batch_size: int, progress: Progress
+) -> torch.Tensor:
     """Standard L-inf AutoAttack on ``x`` (fp32, eval mode); True where it found no adversarial.
 
     The attack is pyautoattack's, unchanged; only how it is fed is chosen for speed

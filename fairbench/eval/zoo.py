@@ -52,8 +52,9 @@ def import_robustbench() -> tuple[Any, dict]:
             import robustbench.utils
             from robustbench.model_zoo import model_dicts
     except ImportError as exc:
-        raise FairbenchError(f"--robustbench needs robustbench: pip install 'fairbench-robust[robustbench]' "
-                             f"({exc})") from None
+        raise FairbenchError(
+            f"--robustbench needs robustbench: pip install 'fairbench-robust[robustbench]' ({exc})"
+        ) from None
     return robustbench.utils, model_dicts
 
 
@@ -70,8 +71,7 @@ def _entry(model_dicts: dict, name: str, dataset: str, threat_model: str) -> dic
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     if dataset not in DATASETS:
-        raise FairbenchError(f"RobustBench has no {dataset} models here; use --dataset "
-                             f"{' or '.join(DATASETS)}")
+        raise FairbenchError(f"RobustBench has no {dataset} models here; use --dataset {' or '.join(DATASETS)}")
     if threat_model not in THREAT_MODELS:
         raise FairbenchError(f"--threat-model {threat_model}: fairbench evaluates L-inf only (Linf)")
     models = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
@@ -82,8 +82,9 @@ def _entry(model_dicts: dict, name: str, dataset: str, threat_model: str) -> dic
     return models[name]
 
 
-def load_zoo_model(name: str, *, dataset: str, threat_model: str = "Linf",
-                   model_dir: str | os.PathLike | None = None) -> tuple[nn.Module, list[Path]]:
+def load_zoo_model(
+    name: str, *, dataset: str, threat_model: str = "Linf", model_dir: str | os.PathLike | None = None
+) -> tuple[nn.Module, list[Path]]:
     """A RobustBench zoo model in eval mode (inputs in [0, 1]) and the checkpoint file(s) it used."""
     utils, model_dicts = import_robustbench()
     model_dir = Path(model_dir) if model_dir else default_model_dir()

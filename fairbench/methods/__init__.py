@@ -33,12 +33,14 @@ def _check_method(name: str, obj: Any) -> None:
     from fairbench.methods.base import Method  # on registration: the interface imports torch
 
     if not (inspect.isclass(obj) and issubclass(obj, Method)):
-        raise FairbenchError(f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a "
-                             f"subclass of fairbench.methods.base.Method")
+        raise FairbenchError(
+            f"method '{name}': {getattr(obj, '__qualname__', obj)!r} is not a subclass of fairbench.methods.base.Method"
+        )
     declared = obj.__dict__.get("name")
     if declared not in (None, "", name):
-        raise FairbenchError(f"method '{name}': the class declares name = '{declared}'; drop the "
-                             f"line (the registry sets the name)")
+        raise FairbenchError(
+            f"method '{name}': the class declares name = '{declared}'; drop the line (the registry sets the name)"
+        )
     obj.name = name
 
 

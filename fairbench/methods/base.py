@@ -65,19 +65,23 @@ class EpochContext:
     dist: "DistInfo"
     log: dict[str, Any] = field(default_factory=dict)  # merged into this epoch's log.jsonl record
 
-    def map_batches(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    split: "Split | None" = None, indices: torch.Tensor | None = None) -> torch.Tensor:
+    def map_batches(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        split: "Split | None" = None,
+        indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Apply ``fn(x_float, y) -> per-example tensor`` over a split in large batches.
 
         Each rank computes a contiguous shard and the shards are gathered, so every rank gets the
         full result in the order of ``indices`` (default: the whole split).
         """
         assert self.config.eval_batch_size is not None  # filled in by RunConfig.resolve
-        return map_sharded(fn, self.train if split is None else split, self.dist,
-                           self.config.eval_batch_size, indices)
+        return map_sharded(fn, self.train if split is None else split, self.dist, self.config.eval_batch_size, indices)
 
-    def per_example_loss(self, model: nn.Module | None = None, split: "Split | None" = None,
-                         indices: torch.Tensor | None = None) -> torch.Tensor:
+    def per_example_loss(
+        self, model: nn.Module | None = None, split: "Split | None" = None, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cross-entropy of each (un-augmented) example under ``model`` in eval mode, no grad."""
         model = self.model if model is None else model
 
@@ -192,8 +196,7 @@ def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
     for name, value in raw.items():
         if name not in fields:
             valid = ", ".join(fields) or "none"
-            raise FairbenchError(f"unknown parameter '{name}' for method '{method_cls.name}'; "
-                                 f"its parameters: {valid}")
+            raise FairbenchError(f"unknown parameter '{name}' for method '{method_cls.name}'; its parameters: {valid}")
         values[name] = coerce(value, fields[name], method_cls.name)
     params = params_cls(**values)
     validate = getattr(params, "validate", None)
@@ -202,8 +205,10 @@ def parse_params(method_cls: type[Method], raw: dict[str, Any]) -> Any:
     factor = method_cls.plan_factor(params)
     if not factor <= MAX_PLAN_FACTOR:  # NaN too
         given = ", ".join(f"{k}={v}" for k, v in raw.items())
-        raise FairbenchError(f"{method_cls.name}: these parameters ({given}) plan up to {factor:.4g}x the "
-                             f"training set per epoch; at most {MAX_PLAN_FACTOR}x is allowed")
+        raise FairbenchError(
+            f"{method_cls.name}: these parameters ({given}) plan up to {factor:.4g}x the "
+            f"training set per epoch; at most {MAX_PLAN_FACTOR}x is allowed"
+        )
     return params
 
 

@@ -71,8 +71,9 @@ def bat_attacks(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_lc, x_fa): BAT's two early-stopped PGD-KL attacks, against one clean target."""
     with torch.no_grad(), eval_mode(ctx.attack_model):
         clean = ctx.attack_model(ctx.x)
-    common = dict(eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps, objective="kl", init="normal",
-                  clean_logits=clean)
+    common = dict(
+        eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps, objective="kl", init="normal", clean_logits=clean
+    )
     x_lc = pgd(ctx.attack_model, ctx.x, ctx.y, stop=LAST_CORRECT, **common)
     x_fa = pgd(ctx.attack_model, ctx.x, ctx.y, stop=FIRST_WRONG_TAU1, **common)
     return x_lc, x_fa
@@ -96,6 +97,10 @@ class BAT(Method):
     def loss(self, ctx: BatchContext) -> torch.Tensor:
         x_lc, x_fa = bat_attacks(ctx)
         lc, fa, clean = (ctx.model(x).float() for x in (x_lc, x_fa, ctx.x))
-        terms = (F.cross_entropy(lc, ctx.y, reduction="none") + self.params.beta * kl_per_example(clean, fa)
-                 + kl_to_uniform(lc) + kl_to_uniform(fa))
+        terms = (
+            F.cross_entropy(lc, ctx.y, reduction="none")
+            + self.params.beta * kl_per_example(clean, fa)
+            + kl_to_uniform(lc)
+            + kl_to_uniform(fa)
+        )
         return weighted_mean(terms, ctx.weight)

@@ -115,9 +115,14 @@ class CFA(Method):
 
     # `fairbench tune` (+ lr, weight decay): FAWA's decay, threshold and the start of CCM/CCR (the
     # rules the code sets per epoch), and the calibration's lambdas
-    space: ClassVar[dict] = {"alpha": Uniform(0.5, 0.99), "delta": Uniform(0.0, 0.4),
-                             "begin_fraction": Uniform(0.0, 0.5), "lambda1": Uniform(0.1, 0.7),
-                             "lambda2": Uniform(0.2, 0.8), "beta": LogUniform(1.0, 12.0)}
+    space: ClassVar[dict] = {
+        "alpha": Uniform(0.5, 0.99),
+        "delta": Uniform(0.0, 0.4),
+        "begin_fraction": Uniform(0.0, 0.5),
+        "lambda1": Uniform(0.1, 0.7),
+        "lambda2": Uniform(0.2, 0.8),
+        "beta": LogUniform(1.0, 12.0),
+    }
 
     @dataclass
     class Params:
@@ -135,9 +140,11 @@ class CFA(Method):
         def validate(self) -> None:
             checks = [
                 (self.base in BASES, f"base must be one of {', '.join(BASES)}, got '{self.base}'"),
-                (not (self.ccr and self.base != "trades"),
-                 "ccr calibrates TRADES' beta: with base=pgd-at pass ccr=false (the paper's AT+CFA "
-                 "is CCM + FAWA, with lambda1=0.5)"),
+                (
+                    not (self.ccr and self.base != "trades"),
+                    "ccr calibrates TRADES' beta: with base=pgd-at pass ccr=false (the paper's AT+CFA "
+                    "is CCM + FAWA, with lambda1=0.5)",
+                ),
                 (self.lambda1 >= 0, f"lambda1 must be >= 0, got {self.lambda1}"),
                 (self.lambda2 >= 0, f"lambda2 must be >= 0, got {self.lambda2}"),
                 (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
@@ -150,8 +157,12 @@ class CFA(Method):
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)
         if params.fawa:
-            require_validation_split(config, "cfa", "(FAWA) measures the worst class on a validation "
-                                     "split (the paper holds out 100 per class; or pass --param fawa=false)")
+            require_validation_split(
+                config,
+                "cfa",
+                "(FAWA) measures the worst class on a validation "
+                "split (the paper holds out 100 per class; or pass --param fawa=false)",
+            )
         self.k = get_dataset(config.dataset).num_classes
         self.correct = ClassStats(self.k)  # robust-correct training predictions of this epoch
         self.t: torch.Tensor | None = None  # t_k of the previous epoch

@@ -77,7 +77,8 @@ class ClassStats:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sums, counts = state["sums"], state["counts"]
         if tuple(sums.shape) != (self.num_classes, self.width) or tuple(counts.shape) != (self.num_classes,):
-            raise FairbenchError(f"class statistics of shape {tuple(sums.shape)} do not fit "
-                             f"{self.num_classes} classes x {self.width}")
+            raise FairbenchError(
+                f"class statistics of shape {tuple(sums.shape)} do not fit {self.num_classes} classes x {self.width}"
+            )
         self.sums = sums.to(torch.float64).clone()
         self.counts = counts.to(torch.float64).clone()

@@ -79,8 +79,11 @@ class DAFA(Method):
     from how similar the classes are under attack."""
 
     # `fairbench tune` (+ lr, weight decay): the share of the run before DAFA starts, and its lambda
-    space: ClassVar[dict] = {"warmup_fraction": Uniform(0.2, 0.8), "lam": Uniform(0.25, 2.0),
-                             "beta": LogUniform(1.0, 12.0)}
+    space: ClassVar[dict] = {
+        "warmup_fraction": Uniform(0.2, 0.8),
+        "lam": Uniform(0.25, 2.0),
+        "beta": LogUniform(1.0, 12.0),
+    }
 
     @dataclass
     class Params:
@@ -142,8 +145,7 @@ class DAFA(Method):
         ctx.log["dafa_raised"] = [c for c, r in zip(ctx.spec.classes, raised.tolist()) if r]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probs": self.probs.state_dict(),
-                "weights": None if self.weights is None else self.weights.clone()}
+        return {"probs": self.probs.state_dict(), "weights": None if self.weights is None else self.weights.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probs.load_state_dict(state["probs"])

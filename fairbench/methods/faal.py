@@ -104,8 +104,7 @@ class FAAL(Method):
 
     # `fairbench tune`: the KL radius, and the fine-tuning's own lr and length (run options; the
     # shared lr range is for training from scratch, so FAAL's replaces it)
-    space: ClassVar[dict] = {"r": Uniform(0.05, 1.0), "lr": LogUniform(0.0005, 0.05),
-                             "epochs": Choice(1, 2, 3, 4)}
+    space: ClassVar[dict] = {"r": Uniform(0.05, 1.0), "lr": LogUniform(0.0005, 0.05), "epochs": Choice(1, 2, 3, 4)}
 
     requires_init = True
 
@@ -131,7 +130,8 @@ class FAAL(Method):
             per_example = natural + self.params.beta * boundary
         k = adv.shape[1]
         margins = probability_margin(adv.detach(), ctx.y).double()
-        a = ctx.dist.all_reduce_sum(torch.zeros(k, dtype=torch.float64, device=adv.device)
-                                    .index_add_(0, ctx.y, margins))
+        a = ctx.dist.all_reduce_sum(
+            torch.zeros(k, dtype=torch.float64, device=adv.device).index_add_(0, ctx.y, margins)
+        )
         p = dro_class_weights(a, self.params.r)
         return (k / ctx.y.shape[0]) * (p[ctx.y] * per_example * ctx.weight).sum()

@@ -117,8 +117,7 @@ def compose_plan(hard: torch.Tensor, copies: int, keep_original: bool) -> EpochP
     if keep_original:
         parts.append((hard_idx, False))
     indices = torch.cat([idx for idx, _ in parts])
-    augment = torch.cat([torch.full((len(idx),), flag, dtype=torch.bool, device=hard.device)
-                         for idx, flag in parts])
+    augment = torch.cat([torch.full((len(idx),), flag, dtype=torch.bool, device=hard.device) for idx, flag in parts])
     return EpochPlan(indices, augment=augment)
 
 
@@ -128,10 +127,14 @@ class FairAT(Method):
 
     # `fairbench tune` (+ lr, weight decay): every assumption of the reconstruction is a knob
     space: ClassVar[dict] = {
-        "keep_original": Choice(False, True), "copies": Choice(1, 2),
-        "selection": Choice("fraction", "threshold"), "fraction": Uniform(0.05, 0.5),
-        "threshold": LogUniform(0.1, 2.0), "augment": Choice("auto", "affine", "randaugment", "none"),
-        "score": Choice("clean", "adversarial"), "base": Choice("pgd-at", "trades"),
+        "keep_original": Choice(False, True),
+        "copies": Choice(1, 2),
+        "selection": Choice("fraction", "threshold"),
+        "fraction": Uniform(0.05, 0.5),
+        "threshold": LogUniform(0.1, 2.0),
+        "augment": Choice("auto", "affine", "randaugment", "none"),
+        "score": Choice("clean", "adversarial"),
+        "base": Choice("pgd-at", "trades"),
         "beta": LogUniform(1.0, 12.0),
     }
 
@@ -149,12 +152,16 @@ class FairAT(Method):
 
         def validate(self) -> None:
             checks = [
-                (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, "
-                                               f"got '{self.selection}'"),
+                (
+                    self.selection in SELECTIONS,
+                    f"selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'",
+                ),
                 (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
                 (self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}"),
-                (self.augment in ("auto", "none") or self.augment in POLICIES,
-                 f"augment must be one of auto, none, {', '.join(POLICIES)}, got '{self.augment}'"),
+                (
+                    self.augment in ("auto", "none") or self.augment in POLICIES,
+                    f"augment must be one of auto, none, {', '.join(POLICIES)}, got '{self.augment}'",
+                ),
                 (self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got '{self.score}'"),
                 (self.copies >= 1, f"copies must be >= 1, got {self.copies}"),
                 (self.base in BASES, f"base must be one of {', '.join(BASES)}, got '{self.base}'"),

@@ -142,10 +142,15 @@ class ReweightParams:
             (0 < self.lim < 1, f"lim must be in (0, 1) so that class weights stay > 0, got {self.lim}"),
             (self.rate_halving_epochs >= 0, "rate_halving_epochs must be >= 0"),
             (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
-            (not self.pretrained, f"pretrained= is replaced by --init-from {self.pretrained} (a "
-                                  f"checkpoint file or a finished run's folder)"),
-            (self.normalization in NORMALIZATIONS,
-             f"normalization must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalization}'"),
+            (
+                not self.pretrained,
+                f"pretrained= is replaced by --init-from {self.pretrained} (a "
+                f"checkpoint file or a finished run's folder)",
+            ),
+            (
+                self.normalization in NORMALIZATIONS,
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalization}'",
+            ),
         ]
         check_all(checks, "frl: ")
 
@@ -224,10 +229,14 @@ class FRL(Method):
 
     # `fairbench tune` (+ lr, weight decay): the warm-up share and the multipliers' step sizes, which
     # decide how much of FRL's mechanism a short run keeps, its constraints and TRADES' beta
-    space: ClassVar[dict] = {"warmup_fraction": Uniform(0.0, 0.75), "rate": LogUniform(0.01, 0.5),
-                             "lim": Uniform(0.1, 0.9),
-                             "tau_nat": LogUniform(0.01, 0.2), "tau_bndy": LogUniform(0.01, 0.2),
-                             "beta": LogUniform(0.5, 8.0)}
+    space: ClassVar[dict] = {
+        "warmup_fraction": Uniform(0.0, 0.75),
+        "rate": LogUniform(0.01, 0.5),
+        "lim": Uniform(0.1, 0.9),
+        "tau_nat": LogUniform(0.01, 0.2),
+        "tau_bndy": LogUniform(0.01, 0.2),
+        "beta": LogUniform(0.5, 8.0),
+    }
 
     Params: ClassVar[type] = ReweightParams
     reweight_boundary: ClassVar[bool] = True
@@ -236,15 +245,19 @@ class FRL(Method):
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)
         if config.val_per_class is None:
-            raise FairbenchError(f"{self.name} holds out a class-balanced validation split: pass "
-                                 f"--val-per-class K (the authors use 300 per class on CIFAR-10)")
+            raise FairbenchError(
+                f"{self.name} holds out a class-balanced validation split: pass "
+                f"--val-per-class K (the authors use 300 per class on CIFAR-10)"
+            )
         spec = get_dataset(config.dataset)
         k = spec.num_classes
         self.lam_nat, self.lam_bndy, self.lam_eps = torch.zeros(k), torch.zeros(k), torch.zeros(k)
         self._device_weights: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.init_from is not None and params.warmup_fraction != 0:
-            raise FairbenchError("frl: --init-from fine-tunes a trained model with FRL from the first "
-                                 "epoch (the authors' protocol): add --param warmup_fraction=0")
+            raise FairbenchError(
+                "frl: --init-from fine-tunes a trained model with FRL from the first "
+                "epoch (the authors' protocol): add --param warmup_fraction=0"
+            )
 
     def frl_start(self, epochs: int) -> int:
         """The first epoch (0-based) with FRL updates."""
@@ -280,8 +293,7 @@ class FRL(Method):
 
     def _weights(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._device_weights is None or self._device_weights[0].device != device:
-            self._device_weights = (class_weights(self.lam_nat).to(device),
-                                    class_weights(self.lam_bndy).to(device))
+            self._device_weights = (class_weights(self.lam_nat).to(device), class_weights(self.lam_bndy).to(device))
         return self._device_weights
 
     def loss(self, ctx: BatchContext) -> torch.Tensor:
@@ -295,20 +307,23 @@ class FRL(Method):
 
     def _log_values(self, errors: ValidationErrors, classes: tuple[str, ...]) -> dict[str, Any]:
         named = lambda t: {c: round(float(v), 5) for c, v in zip(classes, t)}  # noqa: E731
-        values = {"frl_val_nat_error": named(errors.nat), "frl_val_bndy_error": named(errors.bndy),
-                  "frl_weight_nat": named(class_weights(self.lam_nat)),
-                  "frl_weight_bndy": named(class_weights(self.lam_bndy))}
+        values = {
+            "frl_val_nat_error": named(errors.nat),
+            "frl_val_bndy_error": named(errors.bndy),
+            "frl_weight_nat": named(class_weights(self.lam_nat)),
+            "frl_weight_bndy": named(class_weights(self.lam_bndy)),
+        }
         if self.remargin:
             values["frl_eps_multiplier"] = named(self.eps_multiplier())
         return values
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lam_nat": self.lam_nat.clone(), "lam_bndy": self.lam_bndy.clone(),
-                "lam_eps": self.lam_eps.clone()}
+        return {"lam_nat": self.lam_nat.clone(), "lam_bndy": self.lam_bndy.clone(), "lam_eps": self.lam_eps.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lam_nat, self.lam_bndy, self.lam_eps = (state[k].float().cpu().clone()
-                                                     for k in ("lam_nat", "lam_bndy", "lam_eps"))
+        self.lam_nat, self.lam_bndy, self.lam_eps = (
+            state[k].float().cpu().clone() for k in ("lam_nat", "lam_bndy", "lam_eps")
+        )
         self._device_weights = None
 
 

@@ -20,8 +20,16 @@ def pgd_at_terms(ctx: BatchContext) -> torch.Tensor:
 def pgd_at_outputs(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
     """`pgd_at_terms` and the adversarial logits of the training forward they come from (for a
     method's statistics of the batch: CFA, DAFA, FAAL)."""
-    x_adv = pgd(ctx.attack_model, ctx.x, ctx.y, eps=ctx.eps, step_size=ctx.step_size,
-                steps=ctx.steps, objective="ce", init="uniform")
+    x_adv = pgd(
+        ctx.attack_model,
+        ctx.x,
+        ctx.y,
+        eps=ctx.eps,
+        step_size=ctx.step_size,
+        steps=ctx.steps,
+        objective="ce",
+        init="uniform",
+    )
     logits = ctx.model(x_adv).float()
     return F.cross_entropy(logits, ctx.y, reduction="none"), logits
 
@@ -41,8 +49,9 @@ def trades_terms(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
 
 def trades_outputs(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`trades_terms` and the adversarial logits of the training forward they come from."""
-    x_adv = pgd(ctx.attack_model, ctx.x, eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps,
-                objective="kl", init="normal")
+    x_adv = pgd(
+        ctx.attack_model, ctx.x, eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps, objective="kl", init="normal"
+    )
     clean, adv = ctx.model(ctx.x).float(), ctx.model(x_adv).float()
     natural = F.cross_entropy(clean, ctx.y, reduction="none")
     return natural, kl_per_example(clean, adv), adv

@@ -38,8 +38,9 @@ class _Range:
 
     def check(self, name: str) -> None:
         if not (_finite(self.low) and _finite(self.high) and self.low < self.high and self._bounds_ok()):
-            raise FairbenchError(f"space '{name}': {type(self).__name__} needs {self.needs}, got "
-                                 f"({self.low!r}, {self.high!r})")
+            raise FairbenchError(
+                f"space '{name}': {type(self).__name__} needs {self.needs}, got ({self.low!r}, {self.high!r})"
+            )
         if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
             raise FairbenchError(f"space '{name}': an integer {type(self).__name__} needs integer bounds")
 
@@ -87,17 +88,26 @@ class Choice:
             raise FairbenchError(f"space '{name}': Choice has a repeated value: {list(self.values)}")
         for v in self.values:
             if not isinstance(v, (bool, int, float, str)) or (isinstance(v, float) and not math.isfinite(v)):
-                raise FairbenchError(f"space '{name}': Choice values must be finite numbers, bools or "
-                                     f"strings, got {v!r:.40}")
+                raise FairbenchError(
+                    f"space '{name}': Choice values must be finite numbers, bools or strings, got {v!r:.40}"
+                )
 
     def contains(self, value: Any) -> bool:
         return any(type(value) is type(v) and value == v for v in self.values) or (
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            and any(isinstance(v, (int, float)) and not isinstance(v, bool) and value == v for v in self.values))
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and any(isinstance(v, (int, float)) and not isinstance(v, bool) and value == v for v in self.values)
+        )
 
     def describe(self) -> str:
-        return "one of {" + ", ".join(_num(v) if isinstance(v, float) else str(v).lower()
-                                       if isinstance(v, bool) else str(v) for v in self.values) + "}"
+        return (
+            "one of {"
+            + ", ".join(
+                _num(v) if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+                for v in self.values
+            )
+            + "}"
+        )
 
 
 Distribution = LogUniform | Uniform | Choice
@@ -120,8 +130,7 @@ def method_space(method_cls: type) -> dict[str, Distribution] | None:
     return {**TRAINING_SPACE, **own}
 
 
-def check_space(method: str, space: Mapping[str, Distribution], params: Any,
-                run_defaults: Mapping[str, Any]) -> None:
+def check_space(method: str, space: Mapping[str, Distribution], params: Any, run_defaults: Mapping[str, Any]) -> None:
     """Raise FairbenchError unless every distribution is valid, every key is a parameter of the
     method (``params``: its default ``Params``) or one of `RUN_KEYS`, and every default lies in
     its distribution (``run_defaults`` gives the run keys' defaults of the protocol)."""
@@ -135,11 +144,12 @@ def check_space(method: str, space: Mapping[str, Distribution], params: Any,
         elif name in fields:
             default = getattr(params, name)
         else:
-            raise FairbenchError(f"{method}: space '{name}' is neither a parameter of the method "
-                                 f"({', '.join(sorted(fields)) or 'none'}) nor one of {', '.join(RUN_KEYS)}")
+            raise FairbenchError(
+                f"{method}: space '{name}' is neither a parameter of the method "
+                f"({', '.join(sorted(fields)) or 'none'}) nor one of {', '.join(RUN_KEYS)}"
+            )
         if default is not None and not dist.contains(default):
-            raise FairbenchError(f"{method}: the default {name}={default!r} lies outside its space "
-                                 f"{dist.describe()}")
+            raise FairbenchError(f"{method}: the default {name}={default!r} lies outside its space {dist.describe()}")
 
 
 def describe_space(space: Mapping[str, Distribution]) -> dict[str, str]:

@@ -80,8 +80,9 @@ def validation_costs(ctx: EpochContext, beta: float) -> torch.Tensor:
 
     def terms(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert cfg.eps is not None and cfg.step_size is not None  # filled in by RunConfig.resolve
-        x_adv = pgd(model, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps,
-                    objective="kl", init="normal")
+        x_adv = pgd(
+            model, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, objective="kl", init="normal"
+        )
         with torch.no_grad():
             clean, adv = model(x).float(), model(x_adv).float()
             return torch.stack([F.cross_entropy(clean, y, reduction="none"), kl_per_example(clean, adv)], 1)
@@ -117,8 +118,9 @@ class WAT(Method):
 
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)
-        require_validation_split(config, "wat", "weighs the classes by their cost on a validation "
-                                 "split (the authors hold out 300 per class)")
+        require_validation_split(
+            config, "wat", "weighs the classes by their cost on a validation split (the authors hold out 300 per class)"
+        )
         k = get_dataset(config.dataset).num_classes
         self.cumulative_cost = torch.zeros(k + 1, dtype=torch.float64)
         self.weights = torch.ones(k + 1)

@@ -73,7 +73,7 @@ def unwrap_state_dict(state: dict, source: str = "checkpoint") -> dict:
         original = name
         for prefix in ("module.", "_orig_mod."):
             while name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         if name in out:
             raise FairbenchError(f"{source} holds '{name}' twice (as '{original}' too)")
         out[name] = value
@@ -91,15 +91,20 @@ def load_model_state(model: nn.Module, state: dict, source: str) -> None:
     expected = model.state_dict()
     if is_kuangliu_layout(state):  # FRL's hot_start.pt
         if "1.layer4.1.conv2.weight" not in expected or "1.bn.weight" in expected:
-            raise FairbenchError(f"{source} is a PreAct ResNet-18 in the layout of FRL's code (no input "
-                                 f"normalization, no batch norm + ReLU before the pooling), not this "
-                                 f"architecture; load it with --arch preact18-frl, which is that network")
+            raise FairbenchError(
+                f"{source} is a PreAct ResNet-18 in the layout of FRL's code (no input "
+                f"normalization, no batch norm + ReLU before the pooling), not this "
+                f"architecture; load it with --arch preact18-frl, which is that network"
+            )
         state = from_kuangliu_layout(state, {k[2:]: v for k, v in expected.items() if k.startswith("0.")})
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     problems = {k: _value_problem(state[k], v) for k, v in expected.items() if k in state}
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and not problems[k] and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and not problems[k] and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -119,8 +124,13 @@ def _value_problem(value: object, want: torch.Tensor) -> str | None:
     if not isinstance(value, torch.Tensor):
         return f"is of type {type(value).__name__}, not a tensor"
     if value.is_quantized or value.is_nested or value.layout != torch.strided:
-        kind = ("quantized" if value.is_quantized else "nested" if value.is_nested
-                else str(value.layout).replace("torch.", ""))
+        kind = (
+            "quantized"
+            if value.is_quantized
+            else "nested"
+            if value.is_nested
+            else str(value.layout).replace("torch.", "")
+        )
         return f"is a {kind} tensor, not a dense one"
     if value.is_meta:
         return "is a meta tensor (no data)"

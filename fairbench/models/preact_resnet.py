@@ -37,8 +37,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3,
-                 final_bn: bool = True) -> None:
+    def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3, final_bn: bool = True) -> None:
         super().__init__()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

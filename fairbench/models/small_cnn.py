@@ -9,8 +9,7 @@ from fairbench.models._registry import register_model
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
@@ -18,13 +17,15 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _conv_bn(in_channels, w), nn.MaxPool2d(2),
-            _conv_bn(w, 2 * w), nn.MaxPool2d(2),
+            _conv_bn(in_channels, w),
+            nn.MaxPool2d(2),
+            _conv_bn(w, 2 * w),
+            nn.MaxPool2d(2),
             _conv_bn(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True),
-                                        nn.Linear(4 * w, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -19,17 +19,21 @@ from fairbench.models._registry import register_model
 class TestbedCNN(nn.Module):
     """conv(32)-ReLU-pool, conv(64)-ReLU-pool, FC(128)-ReLU, FC(classes)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
-                 hidden: int = 128) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(7),  # the identity on 28x28 inputs; 8x8 -> 7x7 on 32x32 ones
             nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Linear(2 * width * 7 * 7, hidden), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * width * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

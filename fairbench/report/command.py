@@ -48,12 +48,18 @@ __all__ = ["build_leaderboard", "build_report", "write_report"]
 
 MANIFEST = ".fairbench-report.json"  # where earlier versions kept the manifest (never read now)
 MANIFEST_FORMAT = 1
-OUTPUT = re.compile(r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html"
-                    r"|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)")
+OUTPUT = re.compile(
+    r"leaderboard\.(md|csv|tex)|leaderboard_long\.csv|index\.html"
+    r"|figures/[a-z0-9][a-z0-9._-]{0,200}\.(png|svg)"
+)
 
 
-def build_report(results_dir: Path, baseline: str | None = None, rank_by: str | None = None,
-                 method_defaults: MethodDefaults | None = None) -> Leaderboard:
+def build_report(
+    results_dir: Path,
+    baseline: str | None = None,
+    rank_by: str | None = None,
+    method_defaults: MethodDefaults | None = None,
+) -> Leaderboard:
     """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks by
     ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error).
     ``method_defaults``: see `model.build_leaderboard`."""
@@ -68,8 +74,11 @@ def render(board: Leaderboard) -> tuple[dict[str, bytes], str]:
     charts: dict[str, bytes] = {}
     slugs = group_slugs(board)
     for group, stem in zip(board.groups, slugs):
-        for paths, render_fn in ((tradeoff_paths, render_tradeoff), (forest_paths, render_forest),
-                                 (heatmap_paths, render_heatmap)):
+        for paths, render_fn in (
+            (tradeoff_paths, render_tradeoff),
+            (forest_paths, render_forest),
+            (heatmap_paths, render_heatmap),
+        ):
             png, svg = paths(stem)
             outputs[png], outputs[svg] = render_fn(group)
             charts[png] = outputs[png]
@@ -116,8 +125,11 @@ def previous_outputs(results_dir: Path) -> dict[str, str]:
     files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
     if not isinstance(files, dict) or doc.get("folder") != str(Path(results_dir).resolve()):
         return {}
-    return {rel: sha for rel, sha in files.items()
-            if isinstance(rel, str) and OUTPUT.fullmatch(rel) and isinstance(sha, str)}
+    return {
+        rel: sha
+        for rel, sha in files.items()
+        if isinstance(rel, str) and OUTPUT.fullmatch(rel) and isinstance(sha, str)
+    }
 
 
 def _still_ours(path: Path, sha: str) -> bool:
@@ -131,8 +143,9 @@ def _still_ours(path: Path, sha: str) -> bool:
 def _check_folders(results_dir: Path) -> None:
     figures = results_dir / "figures"
     if figures.is_symlink() or (os.path.lexists(figures) and not figures.is_dir()):
-        raise FairbenchError(f"{figures} is a symlink or not a folder; the report writes only inside "
-                             f"{results_dir}: remove or rename it")
+        raise FairbenchError(
+            f"{figures} is a symlink or not a folder; the report writes only inside {results_dir}: remove or rename it"
+        )
     ensure_writable(figures)  # one clear line, not an OSError halfway through
 
 
@@ -145,8 +158,9 @@ def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[L
     results_dir = Path(results_dir)
     board = board if board is not None else build_report(results_dir)
     if not board.groups:
-        raise FairbenchError(f"no usable metrics.json under {results_dir} "
-                             f"({board.n_files} found, {len(board.skipped)} skipped)")
+        raise FairbenchError(
+            f"no usable metrics.json under {results_dir} ({board.n_files} found, {len(board.skipped)} skipped)"
+        )
     outputs, markdown = render(board)
     _check_folders(results_dir)
     previous = previous_outputs(results_dir)
@@ -154,8 +168,11 @@ def write_report(results_dir: Path, board: Leaderboard | None = None) -> tuple[L
     for rel in sorted(outputs):
         atomic_write_bytes(results_dir / rel, outputs[rel])
         written.append(results_dir / rel)
-    manifest = {"format": MANIFEST_FORMAT, "folder": str(results_dir.resolve()),
-                "files": {rel: _sha256(outputs[rel]) for rel in sorted(outputs)}}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "folder": str(results_dir.resolve()),
+        "files": {rel: _sha256(outputs[rel]) for rel in sorted(outputs)},
+    }
     try:
         manifest_path(results_dir).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write_bytes(manifest_path(results_dir), (json.dumps(manifest, indent=1) + "\n").encode())

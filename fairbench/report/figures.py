@@ -39,9 +39,15 @@ if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
 # text.parse_math off: a "$" in a class or method name is a dollar sign, never mathtext
-_RC: dict[RcKeyType, Any] = {"svg.hashsalt": "fairbench", "svg.fonttype": "none", "font.size": 10,
-                             "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False,
-                             "text.usetex": False}
+_RC: dict[RcKeyType, Any] = {
+    "svg.hashsalt": "fairbench",
+    "svg.fonttype": "none",
+    "font.size": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "text.parse_math": False,
+    "text.usetex": False,
+}
 _PNG_META = {"Software": None}
 _SVG_META = {"Date": None, "Creator": "fairbench"}
 DPI = 110
@@ -51,8 +57,19 @@ DPI = 110
 OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 # The registered methods, each with its palette index: the first 8 a colour of their own (PGD-AT,
 # the default baseline, black); the rest share a colour but not a marker or hatch.
-METHOD_ORDER = {"pgd-at": 0, "trades": 1, "frl-rwrm": 2, "frl-rw": 3, "fairat": 4, "dafa": 5, "faal": 6,
-                "wat": 7, "cfa": 13, "bat": 9, "frl-rm": 15}
+METHOD_ORDER = {
+    "pgd-at": 0,
+    "trades": 1,
+    "frl-rwrm": 2,
+    "frl-rw": 3,
+    "fairat": 4,
+    "dafa": 5,
+    "faal": 6,
+    "wat": 7,
+    "cfa": 13,
+    "bat": 9,
+    "frl-rm": 15,
+}
 MARKERS = ("o", "s", "D", "^", "v", "P")
 HATCHES = ("", "///", "\\\\\\", "xx", "..", "++")
 
@@ -161,20 +178,34 @@ def class_wise_figure(group: Group, threat: str) -> Figure:
         style, base = method_style(row.method), _is_baseline(group, row)
         heights, errors = _class_errors(row, threat)
         offsets = [c + (i - (n - 1) / 2) * width for c in range(k)]
-        ax.bar(offsets, heights, width, color=style.color, hatch=style.hatch or None, label=point_label(row, usual),
-               edgecolor="black" if base else "0.25", linewidth=1.6 if base else 0.3,
-               yerr=errors, capsize=1.5 if k * n <= 150 else 0,
-               error_kw={"elinewidth": 0.6, "ecolor": "0.3"})
-    ax.set_xticks(range(k), classes, rotation=25 if k > 6 else 0, ha="right" if k > 6 else "center",
-                  fontsize=10 if k <= 20 else 7)
+        ax.bar(
+            offsets,
+            heights,
+            width,
+            color=style.color,
+            hatch=style.hatch or None,
+            label=point_label(row, usual),
+            edgecolor="black" if base else "0.25",
+            linewidth=1.6 if base else 0.3,
+            yerr=errors,
+            capsize=1.5 if k * n <= 150 else 0,
+            error_kw={"elinewidth": 0.6, "ecolor": "0.3"},
+        )
+    ax.set_xticks(
+        range(k), classes, rotation=25 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=10 if k <= 20 else 7
+    )
     ax.set_xlim(-0.6, k - 0.4)
     ax.set_ylim(0, 100)
     ax.set_xlabel("class")
     ax.set_ylabel(f"{threat_name(threat)} error (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    _title(ax, f"{threat_name(threat)} error per class (mean over {_seeds_note(group)}; 95% intervals; "
-               f"baseline outlined)", group, int(width_in * 11))
+    _title(
+        ax,
+        f"{threat_name(threat)} error per class (mean over {_seeds_note(group)}; 95% intervals; baseline outlined)",
+        group,
+        int(width_in * 11),
+    )
     if rows:
         legend = fig.legend(loc="outside lower center", ncols=min(len(rows), 4), fontsize=9, frameon=False)
         for text, row in zip(legend.get_texts(), rows):
@@ -193,8 +224,13 @@ def forest_figure(group: Group) -> Figure:
     its 95% paired interval; a filled marker where the interval excludes 0. Rows in rank order;
     rows without a comparison are left out."""
     threat = group.sort_threat
-    rows = [r for r in group.rows if not _is_baseline(group, r)
-            and _delta_of(r, threat, "worst") is not None and _delta_of(r, threat, "avg") is not None]
+    rows = [
+        r
+        for r in group.rows
+        if not _is_baseline(group, r)
+        and _delta_of(r, threat, "worst") is not None
+        and _delta_of(r, threat, "avg") is not None
+    ]
     fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows))), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     name = threat_name(threat)
@@ -202,9 +238,17 @@ def forest_figure(group: Group) -> Figure:
         for y, row in enumerate(rows):
             d, style = _delta_of(row, threat, field), method_style(row.method)
             ax.plot([100 * d.lo, 100 * d.hi], [y, y], color=style.color, linewidth=2.2, solid_capstyle="butt")
-            ax.plot([100 * d.value], [y], marker=style.marker, markersize=7, color=style.color,
-                    markerfacecolor=style.color if d.significant else "white", markeredgecolor="0.15",
-                    markeredgewidth=1.0, linestyle="none")
+            ax.plot(
+                [100 * d.value],
+                [y],
+                marker=style.marker,
+                markersize=7,
+                color=style.color,
+                markerfacecolor=style.color if d.significant else "white",
+                markeredgecolor="0.15",
+                markeredgewidth=1.0,
+                linestyle="none",
+            )
         ax.axvline(0, color="0.2", linewidth=1.0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("percentage points (row minus baseline)")
@@ -215,9 +259,16 @@ def forest_figure(group: Group) -> Figure:
     if not rows:
         axes[0].text(0, 0, "no row with a comparison", ha="center", va="center", color="0.4")
     base = group.baseline if group.baseline is not None else "no baseline"
-    fig.suptitle(textwrap.fill(f"Against {base}: mean over seeds and 95% paired interval; filled where the "
-                               f"interval excludes 0; negative is better. {group.key.label()}", 110),
-                 fontsize=10, x=0.01, ha="left")
+    fig.suptitle(
+        textwrap.fill(
+            f"Against {base}: mean over seeds and 95% paired interval; filled where the "
+            f"interval excludes 0; negative is better. {group.key.label()}",
+            110,
+        ),
+        fontsize=10,
+        x=0.01,
+        ha="left",
+    )
     return fig
 
 
@@ -231,15 +282,16 @@ def heatmap_figure(group: Group) -> Figure:
     k = len(classes)
     fig = Figure(figsize=(min(max(7.0, 2.8 + 0.75 * k), 14.0), 1.8 + 0.36 * max(1, len(rows))), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(values or [[math.nan] * k], cmap="cividis", vmin=0, vmax=100, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        values or [[math.nan] * k], cmap="cividis", vmin=0, vmax=100, aspect="auto", interpolation="nearest"
+    )
     for y, line in enumerate(values):
         for x, v in enumerate(line):
             if v == v:
-                ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=8,
-                        color="black" if v > 55 else "white")
-    ax.set_xticks(range(k), classes, rotation=25 if k > 6 else 0, ha="right" if k > 6 else "center",
-                  fontsize=9 if k <= 20 else 6)
+                ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=8, color="black" if v > 55 else "white")
+    ax.set_xticks(
+        range(k), classes, rotation=25 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=9 if k <= 20 else 6
+    )
     usual = usual_seeds(group)
     ax.set_yticks(range(len(rows)), [point_label(r, usual) for r in rows], fontsize=9)
     for text, row in zip(ax.get_yticklabels(), rows):
@@ -247,15 +299,15 @@ def heatmap_figure(group: Group) -> Figure:
             text.set_fontweight("bold")
     ax.spines[:].set_visible(False)
     fig.colorbar(image, ax=ax, label=f"{threat_name(threat)} error (%)", shrink=0.9)
-    _title(ax, f"{threat_name(threat)} error per class and method (mean over {_seeds_note(group)}), rows by rank",
-           group)
+    _title(
+        ax, f"{threat_name(threat)} error per class and method (mean over {_seeds_note(group)}), rows by rank", group
+    )
     return fig
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats (<= in both errors, < in one), sorted by x then y."""
-    front = [i for i, (x, y) in enumerate(points)
-             if not any(a <= x and b <= y and (a, b) != (x, y) for a, b in points)]
+    front = [i for i, (x, y) in enumerate(points) if not any(a <= x and b <= y and (a, b) != (x, y) for a, b in points)]
     return sorted(front, key=lambda i: (points[i], i))
 
 
@@ -286,9 +338,19 @@ def tradeoff_figure(group: Group) -> Figure:
     for row, (x, y) in zip(rows, points):
         ci = row.threats[threat].ci
         style, base = method_style(row.method), _is_baseline(group, row)
-        ax.errorbar([x], [y], xerr=_span(x, ci.avg if ci else None), yerr=_span(y, ci.worst if ci else None),
-                    fmt=style.marker, color=style.color, markersize=9 if base else 6, capsize=3, elinewidth=1.0,
-                    markeredgecolor="black" if base else "0.2", markeredgewidth=2.0 if base else 0.6)
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=_span(x, ci.avg if ci else None),
+            yerr=_span(y, ci.worst if ci else None),
+            fmt=style.marker,
+            color=style.color,
+            markersize=9 if base else 6,
+            capsize=3,
+            elinewidth=1.0,
+            markeredgecolor="black" if base else "0.2",
+            markeredgewidth=2.0 if base else 0.6,
+        )
         xs_lo.append(100 * ci.avg.lo if ci else x)
         xs_hi.append(100 * ci.avg.hi if ci else x)
         ys_lo.append(100 * ci.worst.lo if ci else y)
@@ -314,8 +376,12 @@ def tradeoff_figure(group: Group) -> Figure:
     ax.set_ylabel(f"worst-class {name} error (%)")
     ax.grid(alpha=0.3)
     ax.set_axisbelow(True)
-    _title(ax, f"{name} error: average vs worst class (mean over {_seeds_note(group)}; 95% intervals; "
-               f"baseline outlined)", group, 85)
+    _title(
+        ax,
+        f"{name} error: average vs worst class (mean over {_seeds_note(group)}; 95% intervals; baseline outlined)",
+        group,
+        85,
+    )
     legend = ax.legend(loc="lower right", fontsize=9, frameon=True, framealpha=0.9)
     usual = usual_seeds(group)
     fig.draw_without_rendering()
@@ -333,15 +399,27 @@ def tradeoff_figure(group: Group) -> Figure:
 def _spots() -> list[tuple[float, float, str, str]]:
     """Where a point's label may go, in points from the point: (dx, dy, horizontal, vertical
     alignment), nearest first: beside the point, then on rings further out (with a leader line)."""
-    near = [(5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
-            (-5, -4, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top")]
+    near = [
+        (5, 4, "left", "bottom"),
+        (5, -4, "left", "top"),
+        (-5, 4, "right", "bottom"),
+        (-5, -4, "right", "top"),
+        (0, 7, "center", "bottom"),
+        (0, -7, "center", "top"),
+    ]
     far = []
     for r in (16, 26, 38, 52, 68):
         for k in range(16):
             a = 2 * math.pi * k / 16
             dx, dy = r * math.cos(a), r * math.sin(a)
-            far.append((round(dx, 2), round(dy, 2), "left" if dx > 1 else "right" if dx < -1 else "center",
-                        "bottom" if dy > 1 else "top" if dy < -1 else "center"))
+            far.append(
+                (
+                    round(dx, 2),
+                    round(dy, 2),
+                    "left" if dx > 1 else "right" if dx < -1 else "center",
+                    "bottom" if dy > 1 else "top" if dy < -1 else "center",
+                )
+            )
     return near + far
 
 
@@ -354,8 +432,9 @@ def _overlap(a: Bbox, b: Bbox) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
-def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: list[str], legend,
-                  lines: list[Bbox] | None = None) -> None:
+def _place_labels(
+    fig: Figure, ax, points: list[tuple[float, float]], labels: list[str], legend, lines: list[Bbox] | None = None
+) -> None:
     """Label each point at a spot (`_LABEL_SPOTS`) where its text covers no other label, no point,
     not the legend and nothing outside the axes, preferring spots near the point that cross few of
     ``lines`` (boxes in display units, e.g. the intervals' bars); a label set away from its point
@@ -374,8 +453,9 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: li
         best = None  # ((hard, soft), spot, box): the cheapest so far
         for spot in _LABEL_SPOTS:
             dx, dy, ha, va = spot
-            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                               fontsize=9, color="0.1")
+            text = ax.annotate(
+                label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=9, color="0.1"
+            )
             box = text.get_window_extent(renderer).padded(pad)
             text.remove()
             hard = sum(_overlap(box, b) for b in taken) + box.width * box.height - _overlap(box, frame)
@@ -385,9 +465,19 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float]], labels: li
         assert best is not None  # _LABEL_SPOTS is not empty
         _, (dx, dy, ha, va), box = best
         far = abs(dx) > 8 or abs(dy) > 8
-        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=9,
-                    color="0.1", arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6,
-                                             "shrinkA": 0, "shrinkB": 4} if far else None)
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=9,
+            color="0.1",
+            arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+            if far
+            else None,
+        )
         taken.append(box)
 
 

@@ -37,6 +37,7 @@ def escape(text: object) -> str:
     """Text for an HTML text node or a quoted attribute value (``&<>"'`` escaped), on one line."""
     return _escape(one_line(str(text)), quote=True)
 
+
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:32px 0 4px}
@@ -111,38 +112,70 @@ def _run_config(row: Row) -> str:
     items = []
     for run in sorted(row.runs, key=lambda r: (r.seed, r.path)):
         d = run.record.to_json()
-        config = {k: d.get(k) for k in ("run_id", "method", "params", "seed", "threat", "training", "preset",
-                                        "select", "ema", "init_from", "timing", "env", "checkpoint")}
+        config = {
+            k: d.get(k)
+            for k in (
+                "run_id",
+                "method",
+                "params",
+                "seed",
+                "threat",
+                "training",
+                "preset",
+                "select",
+                "ema",
+                "init_from",
+                "timing",
+                "env",
+                "checkpoint",
+            )
+        }
         summary = f"seed {run.seed} · {run.record.run_id} · {run.path}"
         text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=True)  # newlines: only json's
-        items.append(f"<details><summary>{escape(summary)}</summary>"
-                     f"<pre>{_escape(text, quote=True)}</pre></details>")
+        items.append(f"<details><summary>{escape(summary)}</summary><pre>{_escape(text, quote=True)}</pre></details>")
     return "".join(items)
 
 
 def _hover(row: Row) -> str:
     t = row.runs[0].training
-    keys = ("epochs", "batch_size", "lr", "schedule", "eps", "step_size", "attack_steps",
-            "train_per_class", "eval_per_class")
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "schedule",
+        "eps",
+        "step_size",
+        "attack_steps",
+        "train_per_class",
+        "eval_per_class",
+    )
     params = row.runs[0].record.params
-    return (f"{row.method} params {json.dumps(params, sort_keys=True)}; "
-            + ", ".join(f"{k}={t[k]:.6g}" if isinstance(t.get(k), float) else f"{k}={t.get(k)}"
-                        for k in keys if k in t) + f"; seeds {', '.join(map(str, row.seeds))}")
+    return (
+        f"{row.method} params {json.dumps(params, sort_keys=True)}; "
+        + ", ".join(f"{k}={t[k]:.6g}" if isinstance(t.get(k), float) else f"{k}={t.get(k)}" for k in keys if k in t)
+        + f"; seeds {', '.join(map(str, row.seeds))}"
+    )
 
 
 def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
     """One table; ``configs``: with a details row of every run's config under each row."""
     cols = table.columns
     default_key = f"{group.sort_threat}_{group.sort_stat}" if table.key == "compact" else ""
+
     def kind(c: Column) -> str:
         return "method text" if c.key == "method" else "num" if c.numeric else "text"
 
     heads = ['<th data-key="rank" class="rank">#</th>'] + [
-        f'<th data-key="{escape(c.key)}" class="{kind(c)}"' + (' aria-sort="ascending"' if c.key == default_key else "")
-        + f">{escape(c.header)}</th>" for c in cols]
+        f'<th data-key="{escape(c.key)}" class="{kind(c)}"'
+        + (' aria-sort="ascending"' if c.key == default_key else "")
+        + f">{escape(c.header)}</th>"
+        for c in cols
+    ]
     key = escape(table.key)
-    out = [f'<div class="scroll"><table class="leaderboard {key}" id="t-{escape(slug)}-{key}">',
-           "<thead><tr>" + "".join(heads) + "</tr></thead>"]
+    out = [
+        f'<div class="scroll"><table class="leaderboard {key}" id="t-{escape(slug)}-{key}">',
+        "<thead><tr>" + "".join(heads) + "</tr></thead>",
+    ]
     for row in group.rows:
         rank = "" if row.rank is None else row.rank
         cells = [f'<td data-sort="{rank}" class="rank">{rank_text(row)}</td>']
@@ -151,8 +184,11 @@ def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
             attrs = f' data-sort="{escape("" if sort_key is None else str(sort_key))}"'
             if c.key == "method":
                 attrs += f' class="method text" title="{escape(_hover(row))}"'
-                flag = (f'<span class="flag" title="{escape(_masked_title(group, row))}">{MASKED}</span>'
-                        if row.possibly_masked else "")
+                flag = (
+                    f'<span class="flag" title="{escape(_masked_title(group, row))}">{MASKED}</span>'
+                    if row.possibly_masked
+                    else ""
+                )
                 cells.append(f"<td{attrs}>{escape(text)}{flag}</td>")
                 continue
             attrs += ' class="text"' if not c.numeric else ""
@@ -160,8 +196,10 @@ def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
         base = " baseline" if row.label == group.baseline else ""
         out += ["<tbody>", f'<tr class="row{base}">' + "".join(cells) + "</tr>"]
         if configs:
-            out.append(f'<tr class="config"><td colspan="{len(cols) + 1}"><details><summary>'
-                       f'{len(row.runs)} run(s): configs</summary>{_run_config(row)}</details></td></tr>')
+            out.append(
+                f'<tr class="config"><td colspan="{len(cols) + 1}"><details><summary>'
+                f"{len(row.runs)} run(s): configs</summary>{_run_config(row)}</details></td></tr>"
+            )
         out.append("</tbody>")
     return out + ["</table></div>"]
 
@@ -169,17 +207,25 @@ def _table(group: Group, slug: str, table: Table, configs: bool) -> list[str]:
 def _masked_title(group: Group, row: Row) -> str:
     c = row.check
     check = threat_name(group.check_threat or "")
-    return (f"{check} minus {threat_name(group.sort_threat)}, {group.sort_stat} error on the same images: "
-            f"{100 * c.value:+.1f} [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] points") if c else ""
+    return (
+        (
+            f"{check} minus {threat_name(group.sort_threat)}, {group.sort_stat} error on the same images: "
+            f"{100 * c.value:+.1f} [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] points"
+        )
+        if c
+        else ""
+    )
 
 
 def _figure(png: str, svg: str, charts: dict[str, bytes], alt: str, caption: str, kind: str) -> list[str]:
     if png not in charts:
         return []
     data = base64.b64encode(charts[png]).decode()
-    return [f'<figure class="{kind}"><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
-            f'<figcaption>{escape(caption)} Files: <a href="{escape(png)}">PNG</a>, '
-            f'<a href="{escape(svg)}">SVG</a>.</figcaption></figure>']
+    return [
+        f'<figure class="{kind}"><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+        f'<figcaption>{escape(caption)} Files: <a href="{escape(png)}">PNG</a>, '
+        f'<a href="{escape(svg)}">SVG</a>.</figcaption></figure>'
+    ]
 
 
 def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
@@ -187,15 +233,30 @@ def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
     name, n = threat_name(group.sort_threat), usual_seeds(group)
     base = group.baseline or "the baseline"
     out = ['<div class="figs">']
-    out += _figure(*forest_paths(slug), charts, f"forest plot: differences from {base}, {name}",
-                   f"Each row minus {base} under {name}: worst-class (left) and average (right) error in "
-                   f"percentage points, with 95% paired intervals; filled where the interval excludes 0.", "forest")
-    out += _figure(*tradeoff_paths(slug), charts, f"trade-off: average vs worst-class {name} error",
-                   f"Average against worst-class {name} error, one point per method (mean over {n} seeds unless "
-                   f"labelled), its 95% intervals as a cross (none for a row without outcomes); the baseline "
-                   f"outlined; dashed: the Pareto front, the methods no other beats on both.", "tradeoff")
-    out += _figure(*heatmap_paths(slug), charts, f"heatmap: {name} error per method and class",
-                   f"{name} error (%) of every method (rows, in rank order) on every class.", "heatmap")
+    out += _figure(
+        *forest_paths(slug),
+        charts,
+        f"forest plot: differences from {base}, {name}",
+        f"Each row minus {base} under {name}: worst-class (left) and average (right) error in "
+        f"percentage points, with 95% paired intervals; filled where the interval excludes 0.",
+        "forest",
+    )
+    out += _figure(
+        *tradeoff_paths(slug),
+        charts,
+        f"trade-off: average vs worst-class {name} error",
+        f"Average against worst-class {name} error, one point per method (mean over {n} seeds unless "
+        f"labelled), its 95% intervals as a cross (none for a row without outcomes); the baseline "
+        f"outlined; dashed: the Pareto front, the methods no other beats on both.",
+        "tradeoff",
+    )
+    out += _figure(
+        *heatmap_paths(slug),
+        charts,
+        f"heatmap: {name} error per method and class",
+        f"{name} error (%) of every method (rows, in rank order) on every class.",
+        "heatmap",
+    )
     return out + ["</div>"]
 
 
@@ -206,9 +267,15 @@ def _class_charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str
         if threat not in threats:
             continue
         name = threat_name(threat)
-        out += _figure(png, svg, charts, f"{name} error per class",
-                       f"{name} error per class, mean over seeds; error bars: 95% intervals "
-                       f"(none for a row without outcomes); the baseline outlined.", "classwise")
+        out += _figure(
+            png,
+            svg,
+            charts,
+            f"{name} error per class",
+            f"{name} error per class, mean over seeds; error bars: 95% intervals "
+            f"(none for a row without outcomes); the baseline outlined.",
+            "classwise",
+        )
     return out + ["</div></details>"]
 
 
@@ -229,57 +296,88 @@ def _sensitivity(studies: Sequence[Study], charts: dict[str, bytes]) -> list[str
     criterion spreads, the paper default's (trial 0) and the selected trial's."""
     if not studies:
         return []
-    out = ['<section id="sensitivity"><h2>Sensitivity to hyperparameters (tuning trials, validation only)</h2>',
-           '<p class="note">Criterion: validation average + worst-class robust accuracy (points, higher is '
-           'better) of every finished trial; trial 0 is the paper default; a method is selected only once '
-           'all its trials are finished. No test image is used here.</p>']
+    out = [
+        '<section id="sensitivity"><h2>Sensitivity to hyperparameters (tuning trials, validation only)</h2>',
+        '<p class="note">Criterion: validation average + worst-class robust accuracy (points, higher is '
+        "better) of every finished trial; trial 0 is the paper default; a method is selected only once "
+        "all its trials are finished. No test image is used here.</p>",
+    ]
     for study in studies:
-        out += _figure(*sensitivity_paths(study), charts, f"sensitivity: every trial of {study.path}",
-                       f"Every finished trial of {study.path}: one dot per trial, the paper default (trial 0) "
-                       f"a hollow diamond, the selected trial a star.", "sensitivity")
+        out += _figure(
+            *sensitivity_paths(study),
+            charts,
+            f"sensitivity: every trial of {study.path}",
+            f"Every finished trial of {study.path}: one dot per trial, the paper default (trial 0) "
+            f"a hollow diamond, the selected trial a star.",
+            "sensitivity",
+        )
         rows = []
         for method in study.methods:
             mine = [p for p in study.points if p.method == method]
             default = next((p for p in mine if p.trial == 0), None)
             chosen = next((p for p in mine if p.selected), None)
-            cells = [method, str(len(mine)), f"{100 * min(p.criterion for p in mine):.1f}",
-                     f"{100 * max(p.criterion for p in mine):.1f}",
-                     "" if default is None else f"{100 * default.criterion:.1f}",
-                     "not yet (study unfinished)" if chosen is None else
-                     f"trial {chosen.trial}: {100 * chosen.criterion:.1f}"]
+            cells = [
+                method,
+                str(len(mine)),
+                f"{100 * min(p.criterion for p in mine):.1f}",
+                f"{100 * max(p.criterion for p in mine):.1f}",
+                "" if default is None else f"{100 * default.criterion:.1f}",
+                "not yet (study unfinished)"
+                if chosen is None
+                else f"trial {chosen.trial}: {100 * chosen.criterion:.1f}",
+            ]
             rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
-        head = "".join(f"<th>{h}</th>" for h in ("method", "trials finished", "lowest", "highest",
-                                                   "paper default", "selected"))
-        out.append(f'<table class="compact"><caption>{escape(study.path)}</caption><thead><tr>{head}</tr>'
-                   f"</thead><tbody>{''.join(rows)}</tbody></table>")
+        head = "".join(
+            f"<th>{h}</th>" for h in ("method", "trials finished", "lowest", "highest", "paper default", "selected")
+        )
+        out.append(
+            f'<table class="compact"><caption>{escape(study.path)}</caption><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        )
     return out + ["</section>"]
 
 
 def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> str:
     """The whole page; ``charts`` maps a figure's PNG path (see `figure_paths`) to its bytes."""
     n_runs = sum(len(r.runs) for g in board.groups for r in g.rows)
-    body = ["<h1>fairbench leaderboard</h1>", f'<p class="note">{escape(LEGEND.replace("*", ""))}</p>',
-            f'<p class="note">{n_runs} runs from {board.n_files} metrics.json files. Click a column header '
-            f'to sort; open a row\'s "configs" for every run\'s settings; hover a method for its '
-            f'training settings.</p>']
-    for title, notes in ((f"Skipped {len(board.skipped)} file(s)", board.skipped),
-                         (f"Warnings ({len(board.warnings)})", board.warnings)):
+    body = [
+        "<h1>fairbench leaderboard</h1>",
+        f'<p class="note">{escape(LEGEND.replace("*", ""))}</p>',
+        f'<p class="note">{n_runs} runs from {board.n_files} metrics.json files. Click a column header '
+        f"to sort; open a row's \"configs\" for every run's settings; hover a method for its "
+        f"training settings.</p>",
+    ]
+    for title, notes in (
+        (f"Skipped {len(board.skipped)} file(s)", board.skipped),
+        (f"Warnings ({len(board.warnings)})", board.warnings),
+    ):
         if notes:
             items = "".join(f"<li><code>{escape(p)}</code>: {escape(why)}</li>" for p, why in notes)
             body.append(f'<div class="warn"><strong>{escape(title)}</strong><ul>{items}</ul></div>')
-    body.append("<nav>" + "".join(f'<a href="#g-{escape(s)}">{escape(g.key.label())}'
-                                  f'{" (superseded)" if superseded(g, board) else ""}</a>'
-                                  for g, s in zip(board.groups, slugs)) + "</nav>")
+    body.append(
+        "<nav>"
+        + "".join(
+            f'<a href="#g-{escape(s)}">{escape(g.key.label())}{" (superseded)" if superseded(g, board) else ""}</a>'
+            for g, s in zip(board.groups, slugs)
+        )
+        + "</nav>"
+    )
     for group, slug in zip(board.groups, slugs):
         title = escape(group.key.label())
         if superseded(group, board):
-            body += [f'<section id="g-{escape(slug)}"><details class="group"><summary>{title} (superseded)'
-                     f"</summary>"] + _group_body(group, slug, charts) + ["</details></section>"]
+            body += (
+                [f'<section id="g-{escape(slug)}"><details class="group"><summary>{title} (superseded)</summary>']
+                + _group_body(group, slug, charts)
+                + ["</details></section>"]
+            )
         else:
             body += [f'<section id="g-{escape(slug)}">', f"<h2>{title}</h2>"]
             body += _group_body(group, slug, charts) + ["</section>"]
     body += _sensitivity(board.studies, charts)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>fairbench leaderboard</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + f"\n<script>{_JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>fairbench leaderboard</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{_JS}</script>\n</body></html>\n"
+    )

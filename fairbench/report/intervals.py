@@ -58,8 +58,10 @@ def baseline_row(group: Group, name: str) -> Row | None:
             return row
     same = [row for row in group.rows if row.method == name]
     if len(same) > 1:
-        raise FairbenchError(f"--baseline {name} matches {len(same)} rows of {group.key.label()}: "
-                             f"{'; '.join(r.label for r in same)}; pass one of these labels")
+        raise FairbenchError(
+            f"--baseline {name} matches {len(same)} rows of {group.key.label()}: "
+            f"{'; '.join(r.label for r in same)}; pass one of these labels"
+        )
     return same[0] if same else None
 
 
@@ -70,27 +72,36 @@ def pool(outcomes: Outcomes, threat: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return outcomes.index[ran][order], outcomes.label[ran][order], (outcomes.results[threat][ran] == 0)[order]
 
 
-def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: int
-                  ) -> tuple[dict[str, RowStats], list[tuple[str, str]]]:
+def _group_threat(
+    group: Group, threat: str, baseline: str | None, n_resamples: int
+) -> tuple[dict[str, RowStats], list[tuple[str, str]]]:
     """Per row label, its `RowStats` under ``threat``; and warnings about rows left without one."""
-    members = {row.label: sorted((r for r in row.runs if threat in r.record.metrics), key=_seed_order)
-               for row in group.rows if threat in row.threats}
+    members = {
+        row.label: sorted((r for r in row.runs if threat in r.record.metrics), key=_seed_order)
+        for row in group.rows
+        if threat in row.threats
+    }
     pools = {r.path: pool(r.outcomes, threat) for rs in members.values() for r in rs if r.outcomes is not None}
     keys = {path: index.tobytes() + b"|" + label.tobytes() for path, (index, label, _) in pools.items()}
     if not keys:
         return {}, []
     shared, why = _shared_pool(members, keys, baseline)
     if shared is None:
-        return {}, [(group.key.label(), f"{threat_name(threat)}: {why}; no row has a {threat_name(threat)} "
-                                        f"interval")]
+        return {}, [(group.key.label(), f"{threat_name(threat)}: {why}; no row has a {threat_name(threat)} interval")]
     whose = f"the baseline's ({baseline})" if why == "baseline" else "most of its group's"
     shared_pool = next(pools[path] for path, key in keys.items() if key == shared)
     wrong: list[np.ndarray]  # per run, whether each pooled image was misclassified
     warnings, labels, rows, wrong = [], [], [], []
     for label, runs in members.items():
         off = [r.path for r in runs if r.path in keys and keys[r.path] != shared]
-        warnings += [(path, f"{threat_name(threat)}: {_how_off(pools[path], shared_pool, whose)}; "
-                            f"row {label} has no {threat_name(threat)} interval") for path in off]
+        warnings += [
+            (
+                path,
+                f"{threat_name(threat)}: {_how_off(pools[path], shared_pool, whose)}; "
+                f"row {label} has no {threat_name(threat)} interval",
+            )
+            for path in off
+        ]
         if off or any(r.path not in keys for r in runs):
             continue
         labels.append(label)
@@ -100,9 +111,15 @@ def _group_threat(group: Group, threat: str, baseline: str | None, n_resamples: 
         return {}, warnings
     pool_labels = next(pools[path][1] for path, key in keys.items() if key == shared)
     key = json.dumps([group.key.label(), group.key.classes, threat])
-    stats = bootstrap_threat(pool_labels, np.array(wrong), rows, n_classes=len(group.key.classes),
-                             baseline=labels.index(baseline) if baseline in labels else None,
-                             n_resamples=n_resamples, seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())])
+    stats = bootstrap_threat(
+        pool_labels,
+        np.array(wrong),
+        rows,
+        n_classes=len(group.key.classes),
+        baseline=labels.index(baseline) if baseline in labels else None,
+        n_resamples=n_resamples,
+        seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())],
+    )
     return dict(zip(labels, stats)), warnings
 
 
@@ -115,8 +132,9 @@ def row_check(group: Group, row: Row, n_resamples: int = N_RESAMPLES) -> Delta |
     if check is None or check == rank:
         return None
     runs = sorted(row.runs, key=_seed_order)
-    if not runs or any(r.outcomes is None or check not in r.record.metrics or rank not in r.record.metrics
-                       for r in runs):
+    if not runs or any(
+        r.outcomes is None or check not in r.record.metrics or rank not in r.record.metrics for r in runs
+    ):
         return None
     wrong: dict[str, list[np.ndarray]]
     pools, wrong = [], {check: [], rank: []}
@@ -133,27 +151,38 @@ def row_check(group: Group, row: Row, n_resamples: int = N_RESAMPLES) -> Delta |
         return None
     s = len(runs)
     key = json.dumps([group.key.label(), group.key.classes, check, rank, row.label])
-    stats = bootstrap_threat(labels, np.array(wrong[check] + wrong[rank]), [list(range(s)), list(range(s, 2 * s))],
-                             n_classes=len(group.key.classes), baseline=1, n_resamples=n_resamples,
-                             seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())])
+    stats = bootstrap_threat(
+        labels,
+        np.array(wrong[check] + wrong[rank]),
+        [list(range(s)), list(range(s, 2 * s))],
+        n_classes=len(group.key.classes),
+        baseline=1,
+        n_resamples=n_resamples,
+        seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())],
+    )
     return stats[0].worst_delta if group.sort_stat == "worst" else stats[0].avg_delta
 
 
-def _shared_pool(members: dict[str, list[Run]], keys: dict[str, bytes], baseline: str | None
-                 ) -> tuple[bytes | None, str]:
+def _shared_pool(
+    members: dict[str, list[Run]], keys: dict[str, bytes], baseline: str | None
+) -> tuple[bytes | None, str]:
     """The key of the group's shared pool and where it comes from ("baseline" or "most"), or None
     and why there is none."""
     base = members.get(baseline) if baseline is not None else None
     if base and all(r.path in keys for r in base):
         pools = {keys[r.path] for r in base}
         if len(pools) > 1:
-            return None, (f"the baseline's runs ({baseline}) were evaluated on different test images or "
-                          f"labels ({', '.join(r.path for r in base)})")
+            return None, (
+                f"the baseline's runs ({baseline}) were evaluated on different test images or "
+                f"labels ({', '.join(r.path for r in base)})"
+            )
         return pools.pop(), "baseline"
     counts = Counter(keys.values()).most_common()
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
-        return None, ("its runs were evaluated on different test images, as many on one set as on another, "
-                      "and no baseline row with outcomes says which set is the group's (--baseline names one)")
+        return None, (
+            "its runs were evaluated on different test images, as many on one set as on another, "
+            "and no baseline row with outcomes says which set is the group's (--baseline names one)"
+        )
     return counts[0][0], "most"
 
 
@@ -164,8 +193,10 @@ def _how_off(pool: tuple, shared: tuple, whose: str) -> str:
     differ = np.flatnonzero(pool[1][here] != shared[1][there])
     if differ.size:
         i = differ[0]
-        return (f"its labels of {differ.size} test image(s) are not {whose} (image {int(pool[0][here[i]])}: "
-                f"{int(pool[1][here[i]])} here, {int(shared[1][there[i]])} there)")
+        return (
+            f"its labels of {differ.size} test image(s) are not {whose} (image {int(pool[0][here[i]])}: "
+            f"{int(pool[1][here[i]])} here, {int(shared[1][there[i]])} there)"
+        )
     return f"ran on other test images than {whose}"
 
 
@@ -174,8 +205,10 @@ def _with_intervals(group: Group, baseline: str | None, n_resamples: int) -> tup
     for threat in group.threats:
         per_threat[threat], notes = _group_threat(group, threat, baseline, n_resamples)
         warnings += notes
-    rows = tuple(replace(row, threats={t: replace(s, ci=per_threat[t].get(row.label))
-                                       for t, s in row.threats.items()}) for row in group.rows)
+    rows = tuple(
+        replace(row, threats={t: replace(s, ci=per_threat[t].get(row.label)) for t, s in row.threats.items()})
+        for row in group.rows
+    )
     group = replace(group, rows=rows, baseline=baseline)
     group = replace(group, rows=tuple(replace(row, check=row_check(group, row, n_resamples)) for row in rows))
     return rank_rows(group), warnings
@@ -191,8 +224,10 @@ def parse_rank_by(text: str) -> tuple[str, str]:
     stat = stat or "worst"
     names = threat_columns()
     if threat not in names or stat not in RANK_STATS:
-        raise FairbenchError(f"--rank-by {text!r} is not THREAT[:STAT]; THREAT is one of {', '.join(names)}, "
-                             f"STAT one of {', '.join(RANK_STATS)} (e.g. pgd20:worst)")
+        raise FairbenchError(
+            f"--rank-by {text!r} is not THREAT[:STAT]; THREAT is one of {', '.join(names)}, "
+            f"STAT one of {', '.join(RANK_STATS)} (e.g. pgd20:worst)"
+        )
     return threat, stat
 
 
@@ -209,8 +244,13 @@ def _apply_rank_by(board: Leaderboard, rank_by: str | None) -> tuple[Leaderboard
         if threat in g.threats:
             g = replace(g, sort_threat=threat, sort_stat=stat, check_threat=check_threat(g.threats, threat))
         else:
-            warnings.append((g.key.label(), f"no {threat_name(threat)} results: ranked by worst-class "
-                                            f"{threat_name(g.sort_threat)} error instead of --rank-by {rank_by}"))
+            warnings.append(
+                (
+                    g.key.label(),
+                    f"no {threat_name(threat)} results: ranked by worst-class "
+                    f"{threat_name(g.sort_threat)} error instead of --rank-by {rank_by}",
+                )
+            )
         groups.append(g)
     return replace(board, groups=tuple(groups)), warnings
 
@@ -229,17 +269,22 @@ def sanity_warnings(board: Leaderboard) -> list[tuple[str, str]]:
                 continue
             n = sum(clean.n_per_class)
             if n and wilson(clean.avg * n, n)[0] <= 1 / k:
-                out.append((run.path, f"clean accuracy {100 * clean.avg:.1f}% is not above chance "
-                                      f"({100 / k:.1f}% for {k} classes): the model has not learned"))
-            right = [name for name, acc, m in zip(group.key.classes, clean.per_class, clean.n_per_class)
-                     if m and acc > 0]
+                out.append(
+                    (
+                        run.path,
+                        f"clean accuracy {100 * clean.avg:.1f}% is not above chance "
+                        f"({100 / k:.1f}% for {k} classes): the model has not learned",
+                    )
+                )
+            right = [
+                name for name, acc, m in zip(group.key.classes, clean.per_class, clean.n_per_class) if m and acc > 0
+            ]
             if len(right) == 1:
                 out.append((run.path, f"right only on class {right[0]!r} (clean): it may predict that class alone"))
     return out
 
 
-def _resolve_baseline(board: Leaderboard, baseline: str | None
-                      ) -> tuple[list[str | None], list[tuple[str, str]]]:
+def _resolve_baseline(board: Leaderboard, baseline: str | None) -> tuple[list[str | None], list[tuple[str, str]]]:
     """The baseline row's label in each group. An explicit name found in no group is an error."""
     name = baseline or DEFAULT_BASELINE
     picked: list[str | None] = []
@@ -253,15 +298,18 @@ def _resolve_baseline(board: Leaderboard, baseline: str | None
         picked.append(row.label if row else None)
     if baseline is not None and not any(picked):
         listing = "; ".join(f"{g.key.label()}: {', '.join(r.label for r in g.rows)}" for g in board.groups)
-        raise FairbenchError(f"--baseline {baseline} is not a method of any group; the groups' methods "
-                             f"are {listing}")
-    warnings = [(g.key.label(), f"no {name} row, so no comparisons with a baseline (--baseline picks one)")
-                for g, p in zip(board.groups, picked) if p is None and len(g.rows) > 1]
+        raise FairbenchError(f"--baseline {baseline} is not a method of any group; the groups' methods are {listing}")
+    warnings = [
+        (g.key.label(), f"no {name} row, so no comparisons with a baseline (--baseline picks one)")
+        for g, p in zip(board.groups, picked)
+        if p is None and len(g.rows) > 1
+    ]
     return picked, warnings
 
 
-def add_intervals(board: Leaderboard, baseline: str | None = None, n_resamples: int = N_RESAMPLES,
-                  rank_by: str | None = None) -> Leaderboard:
+def add_intervals(
+    board: Leaderboard, baseline: str | None = None, n_resamples: int = N_RESAMPLES, rank_by: str | None = None
+) -> Leaderboard:
     """``board`` with intervals, comparisons with ``baseline`` (default `DEFAULT_BASELINE`), the
     masking check and ranks by ``rank_by`` (`parse_rank_by`; default: `model.default_rank_threat`).
 

@@ -37,8 +37,19 @@ from fairbench.schema import (
 from fairbench.specs.threats import subset_key, subsets_from_keys, threat_label, threat_spec
 
 # Training settings outside the group's budget: shown in a row's label when they vary in the group.
-EXTRA_TRAINING = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                  "attack_steps", "val_per_class", "bn_batch", "ema", "init_from")
+EXTRA_TRAINING = (
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "step_size",
+    "attack_steps",
+    "val_per_class",
+    "bn_batch",
+    "ema",
+    "init_from",
+)
 
 
 def threat_name(threat: str) -> str:
@@ -50,16 +61,19 @@ def robust_precedence() -> tuple[str, ...]:
     """A group is sorted by the worst-class error under the first of these that every row has:
     the strongest registered attack, then the union, then the other attacks, then clean."""
     attacks = [t for t in reversed(threat_columns()) if t != UNION and threat_spec(t).attack]
-    return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(t for t in threat_columns()
-                                                               if t != UNION and t not in attacks)
+    return tuple(attacks[:1] + [UNION] + attacks[1:]) + tuple(
+        t for t in threat_columns() if t != UNION and t not in attacks
+    )
 
 
 def on_every_image(runs: Iterable[Run], threat: str) -> bool:
     """Every run evaluated ``threat`` on all the images it evaluated clean (not on a subset, as
     a threat runs with --subset THREAT=K)."""
+
     def full(run: Run) -> bool:
         m = run.record.metrics
         return threat in m and sum(m[threat].n_per_class) == sum(m.get("clean", m[threat]).n_per_class)
+
     return all(full(r) for r in runs)
 
 
@@ -141,8 +155,7 @@ class Run:
             return {"method": None, "budget_epochs": None}
         method, budget = start.get("method"), start.get("budget_epochs")
         named = isinstance(method, str) and 0 < len(method) <= 64 and method.isprintable()
-        return {"method": method if named else None,
-                "budget_epochs": budget if _is_count(budget) else None}
+        return {"method": method if named else None, "budget_epochs": budget if _is_count(budget) else None}
 
     def identity(self) -> tuple[str, str, str]:
         """What makes two runs the same experiment up to the seed (inside one group). A fine-tuning
@@ -179,38 +192,64 @@ class GroupKey:
         epochs = t.get("epochs", r.epochs)
         if run.source is not None and run.source["budget_epochs"] is not None:
             epochs = run.source["budget_epochs"]
-        subsets = tuple((threat, k) for threat, k in subsets_from_keys(t).items()
-                        if threat in r.metrics and _is_count(k))
-        return cls(r.dataset, r.arch, r.threat.norm, round(r.threat.eps, 8), epochs,
-                   t.get("train_per_class"), t.get("eval_per_class"), r.classes, r.select,
-                   subsets, tuned_of(t))
+        subsets = tuple(
+            (threat, k) for threat, k in subsets_from_keys(t).items() if threat in r.metrics and _is_count(k)
+        )
+        return cls(
+            r.dataset,
+            r.arch,
+            r.threat.norm,
+            round(r.threat.eps, 8),
+            epochs,
+            t.get("train_per_class"),
+            t.get("eval_per_class"),
+            r.classes,
+            r.select,
+            subsets,
+            tuned_of(t),
+        )
 
     def label(self) -> str:
-        eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 \
-            else f"{self.eps:g}"
+        eps = f"{round(self.eps * 255)}/255" if abs(self.eps * 255 - round(self.eps * 255)) < 1e-4 else f"{self.eps:g}"
         train = f"{self.train_per_class} train/class" if self.train_per_class else "full train set"
         test = f"{self.eval_per_class} test/class" if self.eval_per_class else "full test set"
         for threat, k in self.subsets:
             test += f" ({threat_label(threat)}: {k}/class)"
-        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None \
-            else "epochs unknown"
+        epochs = (
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs is not None else "epochs unknown"
+        )
         select = "" if self.select == "last" else f" · {self.select} selection"
-        tuned = "" if self.tuned is None else \
-            f" · tuned ({self.tuned[1]} trials, validation selection; study {self.tuned[0]})"
+        tuned = (
+            ""
+            if self.tuned is None
+            else f" · tuned ({self.tuned[1]} trials, validation selection; study {self.tuned[0]})"
+        )
         return f"{self.dataset} · {self.arch} · {self.norm} eps {eps} · {epochs} · {train} · {test}{select}{tuned}"
 
     def slug(self) -> str:
-        text = (f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
-                f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
-                + "".join(f"_{subset_key(threat).removesuffix('_per_class')}{k}" for threat, k in self.subsets)
-                + ("" if self.select == "last" else f"_{self.select}")
-                + ("" if self.tuned is None else f"_tuned-{self.tuned[0]}"))
+        text = (
+            f"{self.dataset}_{self.arch}_{self.norm}-{self.eps:g}_e{self.epochs}"
+            f"_tr{self.train_per_class or 'all'}_te{self.eval_per_class or 'all'}"
+            + "".join(f"_{subset_key(threat).removesuffix('_per_class')}{k}" for threat, k in self.subsets)
+            + ("" if self.select == "last" else f"_{self.select}")
+            + ("" if self.tuned is None else f"_tuned-{self.tuned[0]}")
+        )
         return slug(text)
 
     def sort_key(self) -> tuple:
-        return (self.dataset, self.arch, self.norm, self.eps, self.epochs or 0,
-                self.train_per_class or 0, self.eval_per_class or 0, self.classes, self.select,
-                self.subsets, self.tuned or ("", 0))
+        return (
+            self.dataset,
+            self.arch,
+            self.norm,
+            self.eps,
+            self.epochs or 0,
+            self.train_per_class or 0,
+            self.eval_per_class or 0,
+            self.classes,
+            self.select,
+            self.subsets,
+            self.tuned or ("", 0),
+        )
 
 
 def tuned_of(training: dict[str, Any]) -> tuple[str, int] | None:
@@ -327,9 +366,14 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[tuple[str, str]], list
         run = Run(rel, record, outcomes)
         if tainted and tuned_of(run.training) is not None:
             first = printable(sorted(tainted)[0].relative_to(results_dir).as_posix())
-            skipped.append((rel, f"tuned groups are refused: the tuning trial {first} (and "
-                                 f"{len(tainted) - 1} more) holds test outcomes, so its selection may "
-                                 f"have seen the test set"))
+            skipped.append(
+                (
+                    rel,
+                    f"tuned groups are refused: the tuning trial {first} (and "
+                    f"{len(tainted) - 1} more) holds test outcomes, so its selection may "
+                    f"have seen the test set",
+                )
+            )
             continue
         dup = (GroupKey.of(run), run.identity(), run.seed)
         if dup in seen:
@@ -374,13 +418,20 @@ def tie_text(names: Sequence[str], n_classes: int) -> str:
 def tidy(runs: Sequence[Run]) -> pd.DataFrame:
     """The leaderboard's data: one row per run, threat and class (``run`` is a position in
     ``runs``); a class's error, and the run's average and worst-class error and spread."""
-    return pd.DataFrame([(i, t, j, 1 - acc, 1 - m.avg, 1 - m.worst, m.std, m.worst_class)
-                         for i, run in enumerate(runs) for t, m in run.record.metrics.items()
-                         for j, acc in enumerate(m.per_class)], columns=TIDY)
+    return pd.DataFrame(
+        [
+            (i, t, j, 1 - acc, 1 - m.avg, 1 - m.worst, m.std, m.worst_class)
+            for i, run in enumerate(runs)
+            for t, m in run.record.metrics.items()
+            for j, acc in enumerate(m.per_class)
+        ],
+        columns=TIDY,
+    )
 
 
-def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: Sequence[str]
-                   ) -> dict[tuple[int, str], ThreatSummary]:
+def summarize_rows(
+    data: pd.DataFrame, row_of_run: Sequence[int], class_names: Sequence[str]
+) -> dict[tuple[int, str], ThreatSummary]:
     """Per (row, threat): the statistics over the row's seeds (its runs) of the `tidy` ``data``."""
     data = data.assign(row=[row_of_run[i] for i in data["run"]])
     per_run = data.drop_duplicates(["run", "threat"])
@@ -397,13 +448,15 @@ def summarize_rows(data: pd.DataFrame, row_of_run: Sequence[int], class_names: S
         counts = votes.loc[(row, threat)]
         err = {j: (c.mean if c else -1.0) for j, c in enumerate(classes)}
         best = max((int(counts[j]), err[j]) for j in counts.index)
-        names = tuple(class_names[j] for j in sorted(counts.index)
-                      if (int(counts[j]), err[j]) >= (best[0], best[1] - TIE))
+        names = tuple(
+            class_names[j] for j in sorted(counts.index) if (int(counts[j]), err[j]) >= (best[0], best[1] - TIE)
+        )
         avg, worst, spread = Stat.of(stats["avg_err"]), Stat.of(stats["worst_err"]), Stat.of(stats["spread"])
         # every run has these three numbers (metrics.json's avg, worst and std)
         assert avg is not None and worst is not None and spread is not None
-        out[row, threat] = ThreatSummary(avg, worst, spread, tie_text(names, len(class_names)),
-                                         best[0], tuple(classes), worst_classes=names)
+        out[row, threat] = ThreatSummary(
+            avg, worst, spread, tie_text(names, len(class_names)), best[0], tuple(classes), worst_classes=names
+        )
     return out
 
 
@@ -426,17 +479,18 @@ def fine_tuning_label(run: Run) -> str:
     return f"from {method}, {budget}"
 
 
-def _labels(buckets: dict[tuple[str, str, str], list[Run]],
-            method_defaults: MethodDefaults | None = None) -> dict[tuple[str, str, str], str]:
+def _labels(
+    buckets: dict[tuple[str, str, str], list[Run]], method_defaults: MethodDefaults | None = None
+) -> dict[tuple[str, str, str], str]:
     """Method name plus the parameters and training settings that tell the rows apart: the
     parameters that differ from the method's defaults (``method_defaults(method)``, None where
     unknown), else those that vary between the method's rows."""
+
     # a fine-tuning run's own recipe (lr, schedule, ...) is told apart only from other fine-tuning
     # runs; the rows trained from scratch are compared among themselves
     def varying_among(fine_tuning: bool) -> list[str]:
         same = [rs[0] for rs in buckets.values() if (rs[0].source is not None) == fine_tuning]
-        return [f for f in EXTRA_TRAINING if f != "init_from"
-                and len({_canon(r.training.get(f)) for r in same}) > 1]
+        return [f for f in EXTRA_TRAINING if f != "init_from" and len({_canon(r.training.get(f)) for r in same}) > 1]
 
     varying_of = {False: varying_among(False), True: varying_among(True)}
     labels: dict[tuple[str, str, str], str] = {}
@@ -474,11 +528,21 @@ def build_group(key: GroupKey, runs: list[Run], method_defaults: MethodDefaults 
     row_of_run = [i for i, rs in enumerate(buckets.values()) for _ in rs]
     summaries = summarize_rows(tidy(ordered), row_of_run, key.classes)
     threats = ordered_threats(t for _, t in summaries)
-    rows = [Row(labels[ident], ident[0], tuple(rs), {t: summaries[i, t] for t in threats if (i, t) in summaries})
-            for i, (ident, rs) in enumerate(buckets.items())]
+    rows = [
+        Row(labels[ident], ident[0], tuple(rs), {t: summaries[i, t] for t in threats if (i, t) in summaries})
+        for i, (ident, rs) in enumerate(buckets.items())
+    ]
     sort_threat = default_rank_threat(rows) or threats[0]
-    return rank_rows(Group(key, threats, sort_threat, tuple(rows), check_threat=check_threat(threats, sort_threat),
-                           tier=group_tier(key, runs)))
+    return rank_rows(
+        Group(
+            key,
+            threats,
+            sort_threat,
+            tuple(rows),
+            check_threat=check_threat(threats, sort_threat),
+            tier=group_tier(key, runs),
+        )
+    )
 
 
 def rank_rows(group: Group) -> Group:
@@ -500,11 +564,9 @@ def rank_rows(group: Group) -> Group:
         return getattr(getattr(s.ci, stat), end) if s and s.ci else None
 
     rows = group.rows
-    ranks = tied_ranks([value(r, stat) for r in rows], [bound(r, "lo") for r in rows],
-                       [bound(r, "hi") for r in rows])
+    ranks = tied_ranks([value(r, stat) for r in rows], [bound(r, "lo") for r in rows], [bound(r, "hi") for r in rows])
     ranked = [replace(row, rank=rank) for row, rank in zip(rows, ranks)]
-    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, stat) or 0.0, value(r, other) or 0.0,
-                               r.label))
+    ranked.sort(key=lambda r: (r.rank is None, r.rank or 0, value(r, stat) or 0.0, value(r, other) or 0.0, r.label))
     return replace(group, rows=tuple(ranked))
 
 
@@ -524,7 +586,11 @@ def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
         return 0
     preset = PRESETS.get(CANONICAL_PRESET, {})
     same = (key.dataset, key.arch, key.epochs, key.select) == (
-        preset.get("dataset"), preset.get("arch"), preset.get("epochs"), preset.get("select", "last"))
+        preset.get("dataset"),
+        preset.get("arch"),
+        preset.get("epochs"),
+        preset.get("select", "last"),
+    )
     return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 2
 
 
@@ -534,12 +600,14 @@ def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None 
     `fairbench.methods.method_defaults`; the report itself imports no training code)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise FairbenchError(f"results folder {results_dir} does not exist; run `fairbench run` first "
-                             f"or pass --results DIR")
+        raise FairbenchError(
+            f"results folder {results_dir} does not exist; run `fairbench run` first or pass --results DIR"
+        )
     runs, skipped, warnings, n_files = load_runs(results_dir)
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    groups = sorted((build_group(k, by_key[k], method_defaults) for k in by_key),
-                    key=lambda g: (g.tier, g.key.sort_key()))
+    groups = sorted(
+        (build_group(k, by_key[k], method_defaults) for k in by_key), key=lambda g: (g.tier, g.key.sort_key())
+    )
     return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))

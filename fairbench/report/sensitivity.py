@@ -127,13 +127,20 @@ def sensitivity_figure(study: Study) -> Figure:
             y = 100 * p.criterion
             ax.plot(x + dx, y, "o", color=style.color, markersize=5, alpha=0.75, zorder=2)
             if p.trial == 0:
-                ax.plot(x + dx, y, "D", markerfacecolor="none", markeredgecolor="0.1", markersize=10,
-                        markeredgewidth=1.2, zorder=3)
+                ax.plot(
+                    x + dx,
+                    y,
+                    "D",
+                    markerfacecolor="none",
+                    markeredgecolor="0.1",
+                    markersize=10,
+                    markeredgewidth=1.2,
+                    zorder=3,
+                )
             if p.selected:
                 ax.plot(x + dx, y, "*", color="0.1", markersize=14, zorder=4)
     ax.set_xticks(range(len(methods)))
-    ax.set_xticklabels([f"{m}\n({sum(p.method == m for p in study.points)} trials)" for m in methods],
-                       fontsize=8)
+    ax.set_xticklabels([f"{m}\n({sum(p.method == m for p in study.points)} trials)" for m in methods], fontsize=8)
     ys = [100 * p.criterion for p in study.points]
     pad = max(2.0, 0.08 * (max(ys) - min(ys)))
     ax.set_ylim(min(ys) - pad, max(ys) + pad)

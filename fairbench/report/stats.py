@@ -106,8 +106,9 @@ class RowStats:
     worst_delta: Delta | None = None
 
 
-def _class_errors(labels: np.ndarray, wrong: np.ndarray, n_classes: int, n_resamples: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _class_errors(
+    labels: np.ndarray, wrong: np.ndarray, n_classes: int, n_resamples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Class errors of every run: as observed (runs, classes) and per replicate (B, runs, classes)."""
     n_runs = wrong.shape[0]
     observed = np.full((n_runs, n_classes), np.nan)
@@ -124,7 +125,7 @@ def _class_errors(labels: np.ndarray, wrong: np.ndarray, n_classes: int, n_resam
             b = min(block, n_resamples - start)
             draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
             counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
-            replicates[start:start + b, :, c] = counts @ x  # exact integers
+            replicates[start : start + b, :, c] = counts @ x  # exact integers
         replicates[:, :, c] /= n
     return observed, replicates
 
@@ -175,9 +176,17 @@ def _interval(value: float, replicates: np.ndarray, level: float) -> tuple[float
     return float(value), float(min(lo, value)), float(max(hi, value))
 
 
-def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Sequence[int]], *,
-                     n_classes: int, baseline: int | None = None, n_resamples: int = N_RESAMPLES,
-                     seed: int | Sequence[int] = 0, level: float = LEVEL) -> list[RowStats]:
+def bootstrap_threat(
+    labels: np.ndarray,
+    wrong: np.ndarray,
+    rows: Sequence[Sequence[int]],
+    *,
+    n_classes: int,
+    baseline: int | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int | Sequence[int] = 0,
+    level: float = LEVEL,
+) -> list[RowStats]:
     """Intervals for every row, and each row against ``baseline``, under one threat.
 
     ``labels``: the class of each image in the pool, shape (images,). ``wrong``: shape (runs,
@@ -206,37 +215,60 @@ def bootstrap_threat(labels: np.ndarray, wrong: np.ndarray, rows: Sequence[Seque
     points, draws, counts = [], [], []
     for row in rows:
         runs = np.asarray(row)
-        picked = runs[(unit[:, :len(runs)] * len(runs)).astype(np.intp)]  # (B, S) run positions
+        picked = runs[(unit[:, : len(runs)] * len(runs)).astype(np.intp)]  # (B, S) run positions
         rep_class = replicates[np.arange(n_resamples)[:, None], picked].mean(1)  # (B, classes)
-        draws.append((np.take_along_axis(rep_avg, picked, 1).mean(1),
-                      np.take_along_axis(rep_worst, picked, 1).mean(1), rep_class))
+        draws.append(
+            (
+                np.take_along_axis(rep_avg, picked, 1).mean(1),
+                np.take_along_axis(rep_worst, picked, 1).mean(1),
+                rep_class,
+            )
+        )
         points.append((run_avg[runs].mean(), run_worst[runs].mean(), observed[runs].mean(0)))
         worst = worst_of_run[runs]
-        counts.append(((wrong_count[runs].sum(), n_per_class.sum() * len(runs)),  # (k, n): average
-                       (wrong_count[runs, worst].sum(), n_per_class[worst].sum()),  # worst class
-                       (wrong_count[runs].sum(0), n_per_class * len(runs))))  # per class
+        counts.append(
+            (
+                (wrong_count[runs].sum(), n_per_class.sum() * len(runs)),  # (k, n): average
+                (wrong_count[runs, worst].sum(), n_per_class[worst].sum()),  # worst class
+                (wrong_count[runs].sum(0), n_per_class * len(runs)),
+            )
+        )  # per class
 
     stats = []
-    for i, (row, (avg, worst, per_class), (d_avg, d_worst, d_class), (c_avg, c_worst, c_class)) in \
-            enumerate(zip(rows, points, draws, counts)):
-        classes = tuple(_floored(*_interval(per_class[c], d_class[:, c], level), c_class[0][c], c_class[1][c], level)
-                        for c in range(n_classes))
+    for i, (row, (avg, worst, per_class), (d_avg, d_worst, d_class), (c_avg, c_worst, c_class)) in enumerate(
+        zip(rows, points, draws, counts)
+    ):
+        classes = tuple(
+            _floored(*_interval(per_class[c], d_class[:, c], level), c_class[0][c], c_class[1][c], level)
+            for c in range(n_classes)
+        )
         deltas: list[Delta | None] = [None, None]
         if baseline is not None:
             b_points, b_draws, b_counts = points[baseline], draws[baseline], counts[baseline]
-            measured = [Delta(*_interval(float(p - b_points[j]), d - b_draws[j], level))
-                        for j, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])]
+            measured = [
+                Delta(*_interval(float(p - b_points[j]), d - b_draws[j], level))
+                for j, (p, d) in enumerate([(avg, d_avg), (worst, d_worst)])
+            ]
             if i != baseline:  # the baseline against itself is exactly 0
-                measured = [zero_width_delta(d, min(c[1], b[1]), level)
-                            for d, c, b in zip(measured, (c_avg, c_worst), b_counts)]
+                measured = [
+                    zero_width_delta(d, min(c[1], b[1]), level) for d, c, b in zip(measured, (c_avg, c_worst), b_counts)
+                ]
             deltas = [*measured]
-        stats.append(RowStats(len(row), _floored(*_interval(avg, d_avg, level), *c_avg, level),
-                              _floored(*_interval(worst, d_worst, level), *c_worst, level), classes, *deltas))
+        stats.append(
+            RowStats(
+                len(row),
+                _floored(*_interval(avg, d_avg, level), *c_avg, level),
+                _floored(*_interval(worst, d_worst, level), *c_worst, level),
+                classes,
+                *deltas,
+            )
+        )
     return stats
 
 
-def tied_ranks(values: Sequence[float | None], lo: Sequence[float | None] | None = None,
-               hi: Sequence[float | None] | None = None) -> list[int | None]:
+def tied_ranks(
+    values: Sequence[float | None], lo: Sequence[float | None] | None = None, hi: Sequence[float | None] | None = None
+) -> list[int | None]:
     """Competition ranks (1 is best, lower value is better) in which overlapping intervals tie.
 
     Rows are taken in order of value (equal values in input order). The best row not yet ranked
@@ -263,8 +295,9 @@ def tied_ranks(values: Sequence[float | None], lo: Sequence[float | None] | None
     for leader in order:
         if ranks[leader] is not None:
             continue
-        tier = [i for i in order if ranks[i] is None
-                and span[i][0] <= span[leader][1] and span[leader][0] <= span[i][1]]
+        tier = [
+            i for i in order if ranks[i] is None and span[i][0] <= span[leader][1] and span[leader][0] <= span[i][1]
+        ]
         for i in tier:
             ranks[i] = done + 1
         done += len(tier)

@@ -21,20 +21,22 @@ import pandas as pd
 from fairbench.report.model import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
 from fairbench.report.stats import Delta, Interval
 
-LEGEND = ("Errors in %, mean over seeds [95% interval: a bootstrap resampling seeds and test images, never "
-          "narrower than the Wilson score interval of the images counted, so a few images per class give a "
-          "wide interval, not a false zero-width one] (mean ± std over seeds for a row without per-example "
-          "outcomes). Each group opens with a compact table under the threat it is ranked by, then one "
-          "table per threat. *avg*: average error; *worst*: the mean over seeds of each seed's worst-class "
-          "error, and the class worst in most seeds (k/n: in k of n seeds; classes that tie are joined by "
-          "=); *spread*: std of the per-class errors. *Δ*: difference from the group's baseline row "
-          "(paired bootstrap over the same seeds and test images); † where its interval excludes 0. *#*: "
-          "rank by the statistic named above each table (default: worst-class error under the strongest "
-          "attack run on every test image, PGD-20 where AutoAttack runs on a subset); a row whose interval "
-          "overlaps the best one's shares its rank. *possibly masked*: AutoAttack, run on a subset, finds a "
-          "higher error than the ranking attack on the same images, by an interval that excludes 0, so the "
-          "ranking attack may understate that row's error. *union*: an image is robust only if every "
-          "attack run on it fails; counted on the images every attack ran on.")
+LEGEND = (
+    "Errors in %, mean over seeds [95% interval: a bootstrap resampling seeds and test images, never "
+    "narrower than the Wilson score interval of the images counted, so a few images per class give a "
+    "wide interval, not a false zero-width one] (mean ± std over seeds for a row without per-example "
+    "outcomes). Each group opens with a compact table under the threat it is ranked by, then one "
+    "table per threat. *avg*: average error; *worst*: the mean over seeds of each seed's worst-class "
+    "error, and the class worst in most seeds (k/n: in k of n seeds; classes that tie are joined by "
+    "=); *spread*: std of the per-class errors. *Δ*: difference from the group's baseline row "
+    "(paired bootstrap over the same seeds and test images); † where its interval excludes 0. *#*: "
+    "rank by the statistic named above each table (default: worst-class error under the strongest "
+    "attack run on every test image, PGD-20 where AutoAttack runs on a subset); a row whose interval "
+    "overlaps the best one's shares its rank. *possibly masked*: AutoAttack, run on a subset, finds a "
+    "higher error than the ranking attack on the same images, by an interval that excludes 0, so the "
+    "ranking attack may understate that row's error. *union*: an image is robust only if every "
+    "attack run on it fails; counted on the images every attack ran on."
+)
 MARK = "†"  # a difference whose interval excludes 0
 MASKED = "possibly masked"
 
@@ -150,9 +152,14 @@ def compact_columns(group: Group) -> list[Column]:
 
 def threat_table_columns(group: Group, threat: str) -> list[Column]:
     """One threat's full table: method, seeds, avg, worst, worst class, spread, Δavg, Δworst."""
-    cols = [_method_column(), _seeds_column(), _stat_column(threat, "avg", "avg", False),
-            _stat_column(threat, "worst", "worst", False), _class_column(threat, False),
-            _stat_column(threat, "spread", "spread", False)]
+    cols = [
+        _method_column(),
+        _seeds_column(),
+        _stat_column(threat, "avg", "avg", False),
+        _stat_column(threat, "worst", "worst", False),
+        _class_column(threat, False),
+        _stat_column(threat, "spread", "spread", False),
+    ]
     if group.baseline is not None:
         cols += [_delta_column(group, threat, "avg", False), _delta_column(group, threat, "worst", False)]
     return cols
@@ -167,8 +174,12 @@ def union_same_as(group: Group) -> str | None:
     for t in group.threats:
         if t in ("union", "clean"):
             continue
-        if runs and all(t in r.record.metrics and r.record.metrics[t].per_class == r.record.metrics["union"].per_class
-                        and r.record.metrics[t].n_per_class == r.record.metrics["union"].n_per_class for r in runs):
+        if runs and all(
+            t in r.record.metrics
+            and r.record.metrics[t].per_class == r.record.metrics["union"].per_class
+            and r.record.metrics[t].n_per_class == r.record.metrics["union"].n_per_class
+            for r in runs
+        ):
             return t
     return None
 
@@ -180,7 +191,8 @@ def shown_threats(group: Group) -> tuple[list[str], str]:
         return list(group.threats), ""
     return [t for t in group.threats if t != "union"], (
         f"union: the same outcomes as {threat_name(same)} in every run (no attack added an image), so "
-        f"its table is not repeated.")
+        f"its table is not repeated."
+    )
 
 
 def group_tables(group: Group) -> list[Table]:
@@ -218,8 +230,10 @@ def sort_note(group: Group) -> str:
         k = dict(group.key.subsets).get(group.check_threat)
         subset = f" on {k} images per class" if k is not None else ""
         masked = [r.label for r in group.rows if r.possibly_masked]
-        text += (f"; checked with {threat_name(group.check_threat)}{subset} "
-                 f"({len(masked)} row{'s' if len(masked) != 1 else ''} {MASKED})")
+        text += (
+            f"; checked with {threat_name(group.check_threat)}{subset} "
+            f"({len(masked)} row{'s' if len(masked) != 1 else ''} {MASKED})"
+        )
     text += "."
     if group.baseline is not None:
         text += f" Δ: against {group.baseline}."
@@ -231,8 +245,7 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in str(text))
 
 
-_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`",
-               "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
 def md_escape(text: str) -> str:
@@ -250,8 +263,10 @@ def superseded(group: Group, board: Leaderboard) -> bool:
 
 def _md_table(table: Table, group: Group) -> list[str]:
     cols = table.columns
-    lines = ["| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
-             "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols)]
+    lines = [
+        "| # | " + " | ".join(md_escape(c.header) for c in cols) + " |",
+        "|---:|" + "".join("---:|" if c.numeric else "---|" for c in cols),
+    ]
     for row in group.rows:
         cells = []
         for c in cols:
@@ -283,40 +298,78 @@ def _csv_text(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
-CSV_THREAT_FIELDS = ("avg_err", "avg_err_std", "worst_err", "worst_err_std", "worst_class", "spread",
-                     "spread_std", "n", "avg_err_lo", "avg_err_hi", "worst_err_lo", "worst_err_hi",
-                     "avg_err_delta", "avg_err_delta_lo", "avg_err_delta_hi",
-                     "worst_err_delta", "worst_err_delta_lo", "worst_err_delta_hi")
+CSV_THREAT_FIELDS = (
+    "avg_err",
+    "avg_err_std",
+    "worst_err",
+    "worst_err_std",
+    "worst_class",
+    "spread",
+    "spread_std",
+    "n",
+    "avg_err_lo",
+    "avg_err_hi",
+    "worst_err_lo",
+    "worst_err_hi",
+    "avg_err_delta",
+    "avg_err_delta_lo",
+    "avg_err_delta_hi",
+    "worst_err_delta",
+    "worst_err_delta_lo",
+    "worst_err_delta_hi",
+)
 
 
 def _csv_threat_fields(row: Row, threat: str) -> dict[str, Any]:
     s = row.threats.get(threat)
     values: list[Any] = [None] * len(CSV_THREAT_FIELDS)
     if s is not None:
-        values[:8] = [s.avg.mean, s.avg.std, s.worst.mean, s.worst.std, _csv_text(s.worst_class), s.spread.mean,
-                      s.spread.std, s.avg.n]
+        values[:8] = [
+            s.avg.mean,
+            s.avg.std,
+            s.worst.mean,
+            s.worst.std,
+            _csv_text(s.worst_class),
+            s.spread.mean,
+            s.spread.std,
+            s.avg.n,
+        ]
         for i, name in ((8, "avg"), (10, "worst")):
             if ci := interval(row, threat, name):
-                values[i:i + 2] = [ci.lo, ci.hi]
+                values[i : i + 2] = [ci.lo, ci.hi]
         for i, name in ((12, "avg_delta"), (15, "worst_delta")):
             if d := interval(row, threat, name):
-                values[i:i + 3] = [d.value, d.lo, d.hi]
+                values[i : i + 3] = [d.value, d.lo, d.hi]
     return {f"{threat}_{name}": v for name, v in zip(CSV_THREAT_FIELDS, values)}
 
 
 def _group_fields(group: Group) -> dict[str, Any]:
     k = group.key
-    return {"group": _csv_text(k.label()), "dataset": _csv_text(k.dataset), "arch": _csv_text(k.arch),
-            "norm": k.norm, "eps": f"{k.eps:g}", "epochs": k.epochs, "train_per_class": k.train_per_class,
-            "eval_per_class": k.eval_per_class, "select": k.select, "sorted_by": group.sort_threat,
-            "sort_stat": group.sort_stat, "baseline": None if group.baseline is None else _csv_text(group.baseline)}
+    return {
+        "group": _csv_text(k.label()),
+        "dataset": _csv_text(k.dataset),
+        "arch": _csv_text(k.arch),
+        "norm": k.norm,
+        "eps": f"{k.eps:g}",
+        "epochs": k.epochs,
+        "train_per_class": k.train_per_class,
+        "eval_per_class": k.eval_per_class,
+        "select": k.select,
+        "sorted_by": group.sort_threat,
+        "sort_stat": group.sort_stat,
+        "baseline": None if group.baseline is None else _csv_text(group.baseline),
+    }
 
 
 def _check_fields(group: Group, row: Row) -> dict[str, Any]:
     c = row.check
-    return {"check_threat": group.check_threat, "check_delta": c.value if c else None,
-            "check_delta_lo": c.lo if c else None, "check_delta_hi": c.hi if c else None,
-            "possibly_masked": row.possibly_masked}
+    return {
+        "check_threat": group.check_threat,
+        "check_delta": c.value if c else None,
+        "check_delta_lo": c.lo if c else None,
+        "check_delta_hi": c.hi if c else None,
+        "possibly_masked": row.possibly_masked,
+    }
 
 
 def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
@@ -331,16 +384,25 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
     lines = []
     for group in board.groups:
         for row in group.rows:
-            line = _group_fields(group) | {
-                "rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
-                "params": _csv_text(json.dumps(row.runs[0].record.params, sort_keys=True)),
-                "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds))} | _check_fields(group, row)
+            line = (
+                _group_fields(group)
+                | {
+                    "rank": row.rank,
+                    "label": _csv_text(row.label),
+                    "method": _csv_text(row.method),
+                    "params": _csv_text(json.dumps(row.runs[0].record.params, sort_keys=True)),
+                    "n_seeds": len(row.runs),
+                    "seeds": " ".join(map(str, row.seeds)),
+                }
+                | _check_fields(group, row)
+            )
             for t in threats:
                 line |= _csv_threat_fields(row, t)
             lines.append(line)
     frame = pd.DataFrame(lines).drop(columns=["group"])
-    whole = [c for c in frame.columns
-             if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")]
+    whole = [
+        c for c in frame.columns if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")
+    ]
     return frame.astype({c: "Int64" for c in whole})
 
 
@@ -349,9 +411,33 @@ def to_csv(board: Leaderboard) -> str:
     return leaderboard_frame(board).to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
 
 
-LONG_COLUMNS = ("group", "dataset", "arch", "norm", "eps", "epochs", "train_per_class", "eval_per_class", "select",
-                "sorted_by", "sort_stat", "baseline", "rank", "label", "method", "n_seeds", "threat", "statistic",
-                "class", "value", "lo", "hi", "std", "n", "significant")
+LONG_COLUMNS = (
+    "group",
+    "dataset",
+    "arch",
+    "norm",
+    "eps",
+    "epochs",
+    "train_per_class",
+    "eval_per_class",
+    "select",
+    "sorted_by",
+    "sort_stat",
+    "baseline",
+    "rank",
+    "label",
+    "method",
+    "n_seeds",
+    "threat",
+    "statistic",
+    "class",
+    "value",
+    "lo",
+    "hi",
+    "std",
+    "n",
+    "significant",
+)
 
 
 def long_frame(board: Leaderboard) -> pd.DataFrame:
@@ -368,19 +454,40 @@ def long_frame(board: Leaderboard) -> pd.DataFrame:
     for group in board.groups:
         fixed = _group_fields(group)
         for row in group.rows:
-            base = fixed | {"rank": row.rank, "label": _csv_text(row.label), "method": _csv_text(row.method),
-                            "n_seeds": len(row.runs)}
+            base = fixed | {
+                "rank": row.rank,
+                "label": _csv_text(row.label),
+                "method": _csv_text(row.method),
+                "n_seeds": len(row.runs),
+            }
             for t in group.threats:
                 s = row.threats.get(t)
                 if s is None:
                     continue
                 ci = s.ci
 
-                def add(stat: str, value: float, iv: Interval | None, std: float | None = None,
-                        cls: str | None = None, n: int = s.avg.n) -> None:
-                    lines.append(base | {"threat": t, "statistic": stat, "class": cls, "value": value,
-                                         "lo": iv.lo if iv else None, "hi": iv.hi if iv else None, "std": std,
-                                         "n": n, "significant": iv.significant if isinstance(iv, Delta) else None})
+                def add(
+                    stat: str,
+                    value: float,
+                    iv: Interval | None,
+                    std: float | None = None,
+                    cls: str | None = None,
+                    n: int = s.avg.n,
+                ) -> None:
+                    lines.append(
+                        base
+                        | {
+                            "threat": t,
+                            "statistic": stat,
+                            "class": cls,
+                            "value": value,
+                            "lo": iv.lo if iv else None,
+                            "hi": iv.hi if iv else None,
+                            "std": std,
+                            "n": n,
+                            "significant": iv.significant if isinstance(iv, Delta) else None,
+                        }
+                    )
 
                 add("avg_err", s.avg.mean, ci.avg if ci else None, s.avg.std)
                 add("worst_err", s.worst.mean, ci.worst if ci else None, s.worst.std, _csv_text(s.worst_class))
@@ -393,9 +500,18 @@ def long_frame(board: Leaderboard) -> pd.DataFrame:
                     if d is not None:
                         add(f"{field}_err_delta", d.value, d)
             if row.check is not None:
-                lines.append(base | {"threat": group.check_threat, "statistic": "check_delta", "value": row.check.value,
-                                     "lo": row.check.lo, "hi": row.check.hi, "n": len(row.runs),
-                                     "significant": row.possibly_masked})
+                lines.append(
+                    base
+                    | {
+                        "threat": group.check_threat,
+                        "statistic": "check_delta",
+                        "value": row.check.value,
+                        "lo": row.check.lo,
+                        "hi": row.check.hi,
+                        "n": len(row.runs),
+                        "significant": row.possibly_masked,
+                    }
+                )
     frame = pd.DataFrame(lines, columns=list(LONG_COLUMNS))
     return frame.astype({c: "Int64" for c in ("epochs", "train_per_class", "eval_per_class", "rank", "n_seeds", "n")})
 
@@ -404,8 +520,18 @@ def to_long_csv(board: Leaderboard) -> str:
     return long_frame(board).to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -447,23 +573,38 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     name = tex_escape(threat_name(threat))
     label = tex_escape(group.key.label().replace(" · ", ", "))
     what = "worst-class" if group.sort_stat == "worst" else "average"
-    base = (f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
-            f"interval excludes 0." if group.baseline is not None else "")
-    masked = (f" \\S: possibly masked ({tex_escape(threat_name(group.check_threat))} finds a higher error on the "
-              f"same images)." if group.check_threat is not None and any(r.possibly_masked for r in group.rows)
-              else "")  # a row is possibly masked only where the group has a check threat
+    base = (
+        f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
+        f"interval excludes 0."
+        if group.baseline is not None
+        else ""
+    )
+    masked = (
+        f" \\S: possibly masked ({tex_escape(threat_name(group.check_threat))} finds a higher error on the "
+        f"same images)."
+        if group.check_threat is not None and any(r.possibly_masked for r in group.rows)
+        else ""
+    )  # a row is possibly masked only where the group has a check threat
     spec = "@{}r p{0.16\\linewidth} r r" + (" r r" if has_delta else "") + "@{}"
     heads = r"\# & Method & Avg & Worst" + (r" & $\Delta$Avg & $\Delta$Worst" if has_delta else "") + r" \\"
-    lines = [f"% {label}: {name}", r"\begin{table}[t]", r"\centering", r"\footnotesize",
-             r"\setlength{\tabcolsep}{2pt}",
-             f"\\caption{{{name} error (\\%), {label}. Mean over seeds, 95\\% interval below it (bootstrap, at "
-             f"least the Wilson interval; $\\pm$ std over seeds without per-example outcomes); worst: the mean of "
-             f"each seed's worst-class error, the class worst in most seeds under the method's name, its number "
-             f"of seeds in brackets.{base} \\#: rank by {what} "
-             f"{tex_escape(threat_name(group.sort_threat))} error; rows whose interval overlaps the best one's "
-             f"share its rank.{masked}}}",
-             f"\\label{{tab:fairbench-{group.key.slug()}-{index}}}",
-             f"\\begin{{tabular}}{{{spec}}}", r"\toprule", heads, r"\midrule"]
+    lines = [
+        f"% {label}: {name}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{2pt}",
+        f"\\caption{{{name} error (\\%), {label}. Mean over seeds, 95\\% interval below it (bootstrap, at "
+        f"least the Wilson interval; $\\pm$ std over seeds without per-example outcomes); worst: the mean of "
+        f"each seed's worst-class error, the class worst in most seeds under the method's name, its number "
+        f"of seeds in brackets.{base} \\#: rank by {what} "
+        f"{tex_escape(threat_name(group.sort_threat))} error; rows whose interval overlaps the best one's "
+        f"share its rank.{masked}}}",
+        f"\\label{{tab:fairbench-{group.key.slug()}-{index}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        heads,
+        r"\midrule",
+    ]
     for row in group.rows:
         s = row.threats.get(threat)
         method = tex_escape(row.label) + (r" \S" if row.possibly_masked else "")
@@ -475,12 +616,15 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
             cells = [_tex_pair(s.avg, interval(row, threat, "avg")), _tex_pair(s.worst, interval(row, threat, "worst"))]
             if has_delta:
                 is_base = row.label == group.baseline
-                cells += [_tex_delta_pair(cast("Delta | None", interval(row, threat, f"{f}_delta")), is_base)
-                          for f in ("avg", "worst")]
+                cells += [
+                    _tex_delta_pair(cast("Delta | None", interval(row, threat, f"{f}_delta")), is_base)
+                    for f in ("avg", "worst")
+                ]
             cls = tex_escape(s.worst_class)
         top = [rank_text(row).replace("-", "--"), r"\raggedright " + method] + [c[0] for c in cells]
-        below = ["", f"{{\\scriptsize {cls}}}" if cls else ""] + [f"{{\\scriptsize {c[1]}}}" if c[1] else ""
-                                                                 for c in cells]
+        below = ["", f"{{\\scriptsize {cls}}}" if cls else ""] + [
+            f"{{\\scriptsize {c[1]}}}" if c[1] else "" for c in cells
+        ]
         lines += [" & ".join(top) + r" \\", " & ".join(below) + r" \\", r"\addlinespace[2pt]"]
     return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
 
@@ -488,8 +632,10 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
 def to_latex(board: Leaderboard) -> str:
     """Per group, one booktabs table per shown threat (the ranking threat's first); needs
     \\usepackage{booktabs}. Method names are followed by their number of seeds in brackets."""
-    lines = ["% fairbench leaderboard, generated by `fairbench report` from metrics.json files.",
-             r"% Needs \usepackage{booktabs}. One table per group and threat, each fits one column."]
+    lines = [
+        "% fairbench leaderboard, generated by `fairbench report` from metrics.json files.",
+        r"% Needs \usepackage{booktabs}. One table per group and threat, each fits one column.",
+    ]
     for group in board.groups:
         threats, _ = shown_threats(group)
         threats = sorted(threats, key=lambda t: t != group.sort_threat)

@@ -128,13 +128,14 @@ def ensure_free_space(folder: Path, need_bytes: int) -> None:
     except OSError:
         return  # no answer (some network file systems): the writes themselves still fail cleanly
     if free < need_bytes:
-        raise FairbenchError(f"not enough space in {folder}: {free / 2**20:.1f} MiB free, the run "
-                             f"needs about {need_bytes / 2**20:.1f} MiB (checkpoint written twice "
-                             f"over during the atomic replace)")
+        raise FairbenchError(
+            f"not enough space in {folder}: {free / 2**20:.1f} MiB free, the run "
+            f"needs about {need_bytes / 2**20:.1f} MiB (checkpoint written twice "
+            f"over during the atomic replace)"
+        )
 
 
-def claim_run_folder(run_dir: Path, lock: ExitStack, check: Callable[[Path], None], *,
-                     need_bytes: int = 0) -> None:
+def claim_run_folder(run_dir: Path, lock: ExitStack, check: Callable[[Path], None], *, need_bytes: int = 0) -> None:
     """How `fairbench run`, `fairbench eval` and a sweep's runs take a run folder (on rank 0): prove
     its parent writable (with room for ``need_bytes``), make it, hold its lock for as long as
     ``lock`` lives, and only then ``check`` what it holds: what a command saw before the lock is a
@@ -173,8 +174,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise FairbenchError(f"another fairbench process is using {run_dir}; "
-                                     f"wait for it or stop it first") from None
+                raise FairbenchError(
+                    f"another fairbench process is using {run_dir}; wait for it or stop it first"
+                ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -189,8 +191,9 @@ MAX_INFLATION = 4  # torch.save stores its records uncompressed; a deflated arch
 # may expand ~1000x when read, so a checkpoint's records may hold at most this many times its size
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
-                    max_bytes: int | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", max_bytes: int | None = None
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused.
 
     Only a regular file is opened (a FIFO would hang, a device never end); one larger than
@@ -216,8 +219,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
 def _check_checkpoint_size(path: Path, max_bytes: int | None) -> None:
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
-        raise FairbenchError(f"{path} is {size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.1f} MiB "
-                             f"a checkpoint of this model can need")
+        raise FairbenchError(
+            f"{path} is {size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.1f} MiB "
+            f"a checkpoint of this model can need"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             expanded = sum(info.file_size for info in archive.infolist())
@@ -227,5 +232,7 @@ def _check_checkpoint_size(path: Path, max_bytes: int | None) -> None:
     if max_bytes is not None:
         limit = min(limit, max_bytes)
     if expanded > limit:
-        raise FairbenchError(f"{path} expands to {expanded / 2**20:.1f} MiB from a {size / 2**20:.1f} MiB "
-                             f"file (a compressed archive, which torch.save never writes); not loaded")
+        raise FairbenchError(
+            f"{path} expands to {expanded / 2**20:.1f} MiB from a {size / 2**20:.1f} MiB "
+            f"file (a compressed archive, which torch.save never writes); not loaded"
+        )

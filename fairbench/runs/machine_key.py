@@ -67,10 +67,16 @@ def _read(path: Path) -> bytes:
         raise FairbenchError(f"cannot read fairbench's key {path}: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != KEY_BYTES or info.st_uid != os.getuid() \
-                or info.st_mode & 0o077:
-            raise FairbenchError(f"fairbench's key {path} is not a private file of {KEY_BYTES} bytes of this "
-                                 f"user; remove it (a new one is made)")
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_size != KEY_BYTES
+            or info.st_uid != os.getuid()
+            or info.st_mode & 0o077
+        ):
+            raise FairbenchError(
+                f"fairbench's key {path} is not a private file of {KEY_BYTES} bytes of this "
+                f"user; remove it (a new one is made)"
+            )
         return os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)

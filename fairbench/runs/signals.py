@@ -68,11 +68,12 @@ class StopSignals:
             raise KeyboardInterrupt
         self.requested = name
         if not self._defer:
-            raise Preempted(f"stopped by {name} outside training; every finished epoch is "
-                            f"checkpointed: rerun with --resume to continue")
+            raise Preempted(
+                f"stopped by {name} outside training; every finished epoch is "
+                f"checkpointed: rerun with --resume to continue"
+            )
         if self.announce:
-            sys.stderr.write(f"\n{name}: finishing this step, then saving a checkpoint "
-                             f"(exit code {EXIT_PREEMPTED})\n")
+            sys.stderr.write(f"\n{name}: finishing this step, then saving a checkpoint (exit code {EXIT_PREEMPTED})\n")
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -83,5 +84,6 @@ class StopSignals:
         finally:
             self._defer = False
         if self.requested:  # arrived too late for the trainer to act on: stop now
-            raise Preempted(f"stopped by {self.requested}; every finished epoch is checkpointed: "
-                            f"rerun with --resume to continue")
+            raise Preempted(
+                f"stopped by {self.requested}; every finished epoch is checkpointed: rerun with --resume to continue"
+            )

@@ -38,14 +38,37 @@ from fairbench.schema.record import (
 from fairbench.schema.validate import check_outcomes, validate
 
 
-def build_record(*, run_id: str, method: str, params: dict[str, Any], arch: str, dataset: str,
-                 seed: int, epochs: int | None, eps: float, training: dict[str, Any],
-                 outcomes: Outcomes, norm: str = "Linf", **extra: Any) -> RunRecord:
+def build_record(
+    *,
+    run_id: str,
+    method: str,
+    params: dict[str, Any],
+    arch: str,
+    dataset: str,
+    seed: int,
+    epochs: int | None,
+    eps: float,
+    training: dict[str, Any],
+    outcomes: Outcomes,
+    norm: str = "Linf",
+    **extra: Any,
+) -> RunRecord:
     """The one builder of a run's record: its metrics come from ``outcomes``; it is validated."""
     classes = tuple(dataset_spec(dataset).classes)
-    record = RunRecord(run_id=run_id, method=method, params=dict(params), arch=arch, dataset=dataset,
-                       seed=seed, epochs=epochs, threat=ThreatModel(norm, eps), training=dict(training),
-                       classes=classes, metrics=metrics_from_outcomes(outcomes, classes), **extra)
+    record = RunRecord(
+        run_id=run_id,
+        method=method,
+        params=dict(params),
+        arch=arch,
+        dataset=dataset,
+        seed=seed,
+        epochs=epochs,
+        threat=ThreatModel(norm, eps),
+        training=dict(training),
+        classes=classes,
+        metrics=metrics_from_outcomes(outcomes, classes),
+        **extra,
+    )
     validated = validate(json.loads(json.dumps(record.to_json())), "the run's record")
     check_outcomes(outcomes, validated, "the run's outcomes")
     return validated
@@ -53,14 +76,14 @@ def build_record(*, run_id: str, method: str, params: dict[str, Any], arch: str,
 
 # ---------------------------------------------------------------- writing
 
+
 def outcomes_bytes(outcomes: Outcomes) -> bytes:
     """``outcomes.csv.gz``'s bytes: every registered threat's column (empty where not run)."""
     cols = threat_columns()
     lines = ["index,label," + ",".join(cols)]
     cells = {-1: "", 0: "0", 1: "1"}
     missing = [""] * len(outcomes)
-    columns = [[cells[int(v)] for v in outcomes.results[t]] if t in outcomes.results else missing
-               for t in cols]
+    columns = [[cells[int(v)] for v in outcomes.results[t]] if t in outcomes.results else missing for t in cols]
     for i, (idx, lab) in enumerate(zip(outcomes.index.tolist(), outcomes.label.tolist())):
         lines.append(f"{idx},{lab}," + ",".join(c[i] for c in columns))
     return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
@@ -70,11 +93,11 @@ def write_run(run_dir: Path, record: RunRecord, outcomes: Outcomes) -> None:
     """Write the outcomes, then metrics.json (its presence marks a finished run), atomically."""
     check_outcomes(outcomes, record, OUTCOMES_FILE)
     atomic_write_bytes(Path(run_dir) / OUTCOMES_FILE, outcomes_bytes(outcomes))
-    atomic_write_bytes(Path(run_dir) / METRICS_FILE,
-                       (json.dumps(record.to_json(), indent=2) + "\n").encode())
+    atomic_write_bytes(Path(run_dir) / METRICS_FILE, (json.dumps(record.to_json(), indent=2) + "\n").encode())
 
 
 # ---------------------------------------------------------------- reading
+
 
 def read_regular(path: Path, cap: int) -> bytes:
     """The bytes of ``path`` if it is a regular file (not a symlink, FIFO or device) of at most
@@ -83,8 +106,7 @@ def read_regular(path: Path, cap: int) -> bytes:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise FairbenchError(f"{path}: unreadable ({'a symlink' if os.path.islink(path) else exc.strerror})") \
-            from None
+        raise FairbenchError(f"{path}: unreadable ({'a symlink' if os.path.islink(path) else exc.strerror})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -133,8 +155,9 @@ def read_outcomes(path: Path, record: RunRecord) -> Outcomes | None:
     except (OSError, EOFError, zlib.error) as exc:
         raise FairbenchError(f"{path}: unreadable, not gzip ({str(exc)[:100]})") from None
     if len(text) > cap:
-        raise FairbenchError(f"{path}: more than {cap} bytes once decompressed (the most that "
-                             f"{test_size(record.dataset)} rows can take)")
+        raise FairbenchError(
+            f"{path}: more than {cap} bytes once decompressed (the most that {test_size(record.dataset)} rows can take)"
+        )
     outcomes = parse_outcomes(text, record, str(path))
     check_outcomes(outcomes, record, str(path))
     return outcomes
@@ -177,10 +200,11 @@ def parse_outcomes(data: bytes, record: RunRecord, source: str) -> Outcomes:
     header = lines[0].split(",") if lines else []
     known = threat_columns()
     cols = header[2:]
-    if header[:2] != ["index", "label"] or not cols or len(set(cols)) != len(cols) \
-            or any(c not in known for c in cols):
-        raise FairbenchError(f"{source}: header {short(','.join(header))} is not 'index,label' and "
-                             f"threat columns from {', '.join(known)}")
+    if header[:2] != ["index", "label"] or not cols or len(set(cols)) != len(cols) or any(c not in known for c in cols):
+        raise FairbenchError(
+            f"{source}: header {short(','.join(header))} is not 'index,label' and "
+            f"threat columns from {', '.join(known)}"
+        )
     n_rows = len(lines) - 1
     if not 0 < n_rows <= limit:
         raise FairbenchError(f"{source}: {n_rows} rows; expected 1 to {limit}")
@@ -191,8 +215,12 @@ def parse_outcomes(data: bytes, record: RunRecord, source: str) -> Outcomes:
     table = np.empty((n_rows, len(cols)), np.int8)
     for r, line in enumerate(lines[1:]):
         cells = line.split(",")
-        if len(cells) != width or not (cells[0].isdigit() and cells[1].isdigit()) \
-                or len(cells[0]) > 9 or len(cells[1]) > 9:
+        if (
+            len(cells) != width
+            or not (cells[0].isdigit() and cells[1].isdigit())
+            or len(cells[0]) > 9
+            or len(cells[1]) > 9
+        ):
             raise FairbenchError(f"{source}: row {r + 1} is not {width} cells of index,label and 1/0/empty")
         index[r], label[r] = int(cells[0]), int(cells[1])
         try:
@@ -204,6 +232,7 @@ def parse_outcomes(data: bytes, record: RunRecord, source: str) -> Outcomes:
 
 
 # ---------------------------------------------------------------- finding result files
+
 
 def find_metrics(results_dir: Path) -> list[Path]:
     """Every metrics.json under ``results_dir``, sorted, never through a symlinked folder."""

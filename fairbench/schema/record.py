@@ -34,6 +34,7 @@ TOL = 2e-6  # numbers are stored rounded to 6 decimals
 
 # ---------------------------------------------------------------- the typed record
 
+
 @dataclass(frozen=True)
 class ThreatMetrics:
     """One threat's per-class accuracy (NaN for a class without examples) and its summary."""
@@ -48,11 +49,17 @@ class ThreatMetrics:
     std: float  # of the per-class accuracies (population std)
 
     def to_json(self) -> dict[str, Any]:
-        return {"per_class": list(self.per_class),
-                "per_class_error": [round(1 - a, 6) for a in self.per_class],
-                "n_per_class": list(self.n_per_class), "avg": self.avg, "worst": self.worst,
-                "worst_class": self.worst_class, "best": self.best, "best_class": self.best_class,
-                "std": self.std}
+        return {
+            "per_class": list(self.per_class),
+            "per_class_error": [round(1 - a, 6) for a in self.per_class],
+            "n_per_class": list(self.n_per_class),
+            "avg": self.avg,
+            "worst": self.worst,
+            "worst_class": self.worst_class,
+            "best": self.best,
+            "best_class": self.best_class,
+            "std": self.std,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class Outcomes:
 
 # ---------------------------------------------------------------- registered names
 
+
 def threat_columns() -> list[str]:
     """The outcome columns: every registered threat in order, then ``union``."""
     from fairbench.specs.threats import threat_names
@@ -136,6 +144,7 @@ def dataset_spec(name: str) -> Any:
 
 # ---------------------------------------------------------------- building
 
+
 def summarize(correct: Any, labels: Any, classes: Sequence[str]) -> ThreatMetrics:
     """Per-class accuracy, count-weighted average, worst/best class and spread of ``correct``."""
     correct = np.asarray(correct, dtype=bool).reshape(-1)
@@ -150,16 +159,24 @@ def summarize(correct: Any, labels: Any, classes: Sequence[str]) -> ThreatMetric
     worst_i = int(present[np.argmin(acc[present])])
     best_i = int(present[np.argmax(acc[present])])
     return ThreatMetrics(
-        per_class=tuple(round(float(a), 6) for a in acc), n_per_class=tuple(int(c) for c in n),
-        avg=round(float(correct.mean()), 6), worst=round(float(acc[worst_i]), 6),
-        worst_class=classes[worst_i], best=round(float(acc[best_i]), 6), best_class=classes[best_i],
-        std=round(float(acc[present].std()), 6))
+        per_class=tuple(round(float(a), 6) for a in acc),
+        n_per_class=tuple(int(c) for c in n),
+        avg=round(float(correct.mean()), 6),
+        worst=round(float(acc[worst_i]), 6),
+        worst_class=classes[worst_i],
+        best=round(float(acc[best_i]), 6),
+        best_class=classes[best_i],
+        std=round(float(acc[present].std()), 6),
+    )
 
 
 def metrics_from_outcomes(outcomes: Outcomes, classes: Sequence[str]) -> dict[str, ThreatMetrics]:
     """The per-class metrics of every threat that ran on at least one example, in column order."""
-    return {t: summarize(v[v >= 0] == 1, outcomes.label[v >= 0], classes)
-            for t, v in outcomes.results.items() if (v >= 0).any()}
+    return {
+        t: summarize(v[v >= 0] == 1, outcomes.label[v >= 0], classes)
+        for t, v in outcomes.results.items()
+        if (v >= 0).any()
+    }
 
 
 def make_outcomes(index: Any, label: Any, results: dict[str, Any]) -> Outcomes:

@@ -20,8 +20,10 @@ KIND = "fairbench-validation"
 VERSION = 1
 MAX_VALIDATION_BYTES = 1 << 20
 MAX_CLASSES = 1000
-RULE = ("best-val: criterion = average + worst-class robust accuracy (PGD with the training attack's "
-        "eps, step and steps, uniform start) on the validation split, of the weights the protocol keeps")
+RULE = (
+    "best-val: criterion = average + worst-class robust accuracy (PGD with the training attack's "
+    "eps, step and steps, uniform start) on the validation split, of the weights the protocol keeps"
+)
 
 
 def criterion(per_class: list[float]) -> float:
@@ -29,18 +31,46 @@ def criterion(per_class: list[float]) -> float:
     return sum(per_class) / len(per_class) + min(per_class)
 
 
-def build_validation(*, run_id: str, method: str, params: dict[str, Any], seed: int, epochs: int,
-                     selected_epoch: int, training: dict[str, Any], classes: list[str],
-                     n_per_class: list[int], per_class: list[float], attack: dict[str, Any],
-                     timing: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+def build_validation(
+    *,
+    run_id: str,
+    method: str,
+    params: dict[str, Any],
+    seed: int,
+    epochs: int,
+    selected_epoch: int,
+    training: dict[str, Any],
+    classes: list[str],
+    n_per_class: list[int],
+    per_class: list[float],
+    attack: dict[str, Any],
+    timing: dict[str, Any],
+    env: dict[str, Any],
+) -> dict[str, Any]:
     """The record of a trial (accuracies are fractions in [0, 1], lists in class-index order)."""
     worst = min(range(len(per_class)), key=lambda i: (per_class[i], i))
-    return {"kind": KIND, "version": VERSION, "run_id": run_id, "method": method, "params": params,
-            "seed": seed, "epochs": epochs, "selected_epoch": selected_epoch, "training": training,
-            "rule": RULE, "attack": attack, "classes": classes, "n_per_class": n_per_class,
-            "per_class": [round(a, 6) for a in per_class], "avg": round(sum(per_class) / len(per_class), 6),
-            "worst": round(per_class[worst], 6), "worst_class": classes[worst],
-            "criterion": round(criterion(per_class), 6), "timing": timing, "env": env}
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "run_id": run_id,
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "epochs": epochs,
+        "selected_epoch": selected_epoch,
+        "training": training,
+        "rule": RULE,
+        "attack": attack,
+        "classes": classes,
+        "n_per_class": n_per_class,
+        "per_class": [round(a, 6) for a in per_class],
+        "avg": round(sum(per_class) / len(per_class), 6),
+        "worst": round(per_class[worst], 6),
+        "worst_class": classes[worst],
+        "criterion": round(criterion(per_class), 6),
+        "timing": timing,
+        "env": env,
+    }
 
 
 def read_validation(path: Path) -> dict[str, Any]:
@@ -54,22 +84,35 @@ def read_validation(path: Path) -> dict[str, Any]:
         raise FairbenchError(f"{path}: not a fairbench validation record")
     if data.get("version") != VERSION:
         raise FairbenchError(f"{path}: validation record version {data.get('version')!r:.20}, expected {VERSION}")
-    for key, kind in (("run_id", str), ("method", str), ("params", dict), ("training", dict),
-                      ("seed", int), ("epochs", int), ("selected_epoch", int)):
+    for key, kind in (
+        ("run_id", str),
+        ("method", str),
+        ("params", dict),
+        ("training", dict),
+        ("seed", int),
+        ("epochs", int),
+        ("selected_epoch", int),
+    ):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise FairbenchError(f"{path}: field '{key}' must be {kind.__name__}")
     classes, per_class, n = data.get("classes"), data.get("per_class"), data.get("n_per_class")
-    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
-            and all(isinstance(c, str) for c in classes)):
+    if not (
+        isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
+    ):
         raise FairbenchError(f"{path}: field 'classes' must be a list of 2 to {MAX_CLASSES} names")
-    if not (isinstance(per_class, list) and len(per_class) == len(classes)
-            and all(_fraction(a) for a in per_class)):
+    if not (isinstance(per_class, list) and len(per_class) == len(classes) and all(_fraction(a) for a in per_class)):
         raise FairbenchError(f"{path}: field 'per_class' must hold one accuracy in [0, 1] per class")
-    if not (isinstance(n, list) and len(n) == len(classes)
-            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in n)):
+    if not (
+        isinstance(n, list)
+        and len(n) == len(classes)
+        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in n)
+    ):
         raise FairbenchError(f"{path}: field 'n_per_class' must hold one count >= 1 per class")
-    for key, value in (("avg", sum(per_class) / len(per_class)), ("worst", min(per_class)),
-                       ("criterion", criterion(per_class))):
+    for key, value in (
+        ("avg", sum(per_class) / len(per_class)),
+        ("worst", min(per_class)),
+        ("criterion", criterion(per_class)),
+    ):
         if not _number(data.get(key)) or abs(data[key] - value) > 1e-5:
             raise FairbenchError(f"{path}: field '{key}' disagrees with the per-class accuracies")
     return data

@@ -120,8 +120,9 @@ def parse_subset(text: str) -> tuple[str, int]:
         raise FairbenchError(f"--subset must be THREAT=K (K images per class, e.g. autoattack=50), got {text!r:.80}")
     names = threat_names()
     if name not in names:
-        raise FairbenchError(f"--subset: unknown threat '{name[:80]}'{did_you_mean(name, names)}; "
-                             f"valid: {', '.join(names)}")
+        raise FairbenchError(
+            f"--subset: unknown threat '{name[:80]}'{did_you_mean(name, names)}; valid: {', '.join(names)}"
+        )
     return name, int(count)
 
 
@@ -143,15 +144,17 @@ def check_subsets(subsets: dict[str, int], attacks: Any, eval_per_class: int | N
     for name, k in subsets.items():
         flag = f"--subset {name}={k}"
         if name not in names:
-            raise FairbenchError(f"--subset: unknown threat '{str(name)[:80]}'{did_you_mean(name, names)}; "
-                                 f"valid: {', '.join(names)}")
+            raise FairbenchError(
+                f"--subset: unknown threat '{str(name)[:80]}'{did_you_mean(name, names)}; valid: {', '.join(names)}"
+            )
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise FairbenchError(f"{flag}: K must be >= 1")
         if not THREATS.get(name).attack:
             raise FairbenchError(f"{flag}: {name} runs on every evaluated image (--eval-per-class sets how many)")
         if eval_per_class is not None and name in attacks and k > eval_per_class:
-            raise FairbenchError(f"{flag} is more than the {eval_per_class} evaluated images per class "
-                                 f"(--eval-per-class)")
+            raise FairbenchError(
+                f"{flag} is more than the {eval_per_class} evaluated images per class (--eval-per-class)"
+            )
 
 
 @register_threat("clean")
@@ -168,8 +171,15 @@ class PGD20(ThreatSpec):
     name, label, order = "pgd20", "PGD-20", 10
 
     def settings(self, eps: float, seed: int) -> dict[str, Any]:
-        return {"norm": "Linf", "eps": eps, "steps": PGD_EVAL_STEPS, "step_size": eps / 4,
-                "random_start": True, "loss": "ce", "seed": seed}
+        return {
+            "norm": "Linf",
+            "eps": eps,
+            "steps": PGD_EVAL_STEPS,
+            "step_size": eps / 4,
+            "random_start": True,
+            "loss": "ce",
+            "seed": seed,
+        }
 
 
 @register_threat("autoattack")
@@ -184,5 +194,11 @@ class AutoAttack(ThreatSpec):
             library = f"pyautoattack {version('pyautoattack')}"
         except PackageNotFoundError:
             raise FairbenchError("AutoAttack needs the pyautoattack package (pip install pyautoattack)") from None
-        return {"norm": "Linf", "eps": eps, "version": AA_VERSION, "attacks": list(AA_ATTACKS),
-                "seed": seed, "library": library}
+        return {
+            "norm": "Linf",
+            "eps": eps,
+            "version": AA_VERSION,
+            "attacks": list(AA_ATTACKS),
+            "seed": seed,
+            "library": library,
+        }

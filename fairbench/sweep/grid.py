@@ -19,9 +19,13 @@ from fairbench.registry import did_you_mean
 from fairbench.sweep.plan import PlannedRun, eval_settings
 
 # `fairbench run` options a sweep sets itself, with what to use instead
-OWN_OPTIONS = {"method": "--methods", "seed": "--seeds", "run_id": "the grid (runs get the ids "
-               "`fairbench run` gives them)", "resume": "nothing (a sweep resumes a run that has a "
-               "checkpoint by itself)", "stop_after_epoch": "a plain `fairbench run`"}
+OWN_OPTIONS = {
+    "method": "--methods",
+    "seed": "--seeds",
+    "run_id": "the grid (runs get the ids `fairbench run` gives them)",
+    "resume": "nothing (a sweep resumes a run that has a checkpoint by itself)",
+    "stop_after_epoch": "a plain `fairbench run`",
+}
 FILE_KEYS = ("methods", "seeds", "run", "params", "param-grid", "grid")
 MAX_SEEDS = 1_000_000  # seeds one --seeds may list (the grid's own cap, --max-runs, is far lower)
 DEFAULT_MAX_RUNS = 1000  # runs a grid may have unless --max-runs raises it
@@ -43,15 +47,15 @@ class RunOption:
 class GridSpec:
     """What to expand: the axes, and the `fairbench run` arguments every run shares."""
 
-
     methods: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
-    param_grid: dict[str, list[str]] = field(default_factory=dict)   # method parameters
+    param_grid: dict[str, list[str]] = field(default_factory=dict)  # method parameters
     option_grid: dict[str, list[str]] = field(default_factory=dict)  # `fairbench run` options
     run_args: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ the grid
+
 
 def parse_seeds(text: str) -> list[int]:
     """``0-2`` or ``0,1,5`` or ``0-2,7`` as a list of seeds, in order. Each seed is one `fairbench run`
@@ -67,12 +71,14 @@ def parse_seeds(text: str) -> list[int]:
             raise FairbenchError(f"--seeds expects seeds like 0-2 or 0,1,5, got {text!r:.60}")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
         if last > MAX_SEED:
-            raise FairbenchError(f"--seeds: seed {last} is more than {MAX_SEED}, the largest seed "
-                                 f"`fairbench run` takes")
+            raise FairbenchError(
+                f"--seeds: seed {last} is more than {MAX_SEED}, the largest seed `fairbench run` takes"
+            )
         total += last - first + 1
         if total > MAX_SEEDS:
-            raise FairbenchError(f"--seeds {text!s:.60} gives more than {MAX_SEEDS} seeds; a sweep of that "
-                                 f"many runs cannot be meant")
+            raise FairbenchError(
+                f"--seeds {text!s:.60} gives more than {MAX_SEEDS} seeds; a sweep of that many runs cannot be meant"
+            )
         parts.append((first, last))
     return [seed for first, last in parts for seed in range(first, last + 1)]
 
@@ -90,8 +96,13 @@ def split_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption],
-           max_runs: int = DEFAULT_MAX_RUNS, echo: Callable[[str], None] | None = None) -> list[PlannedRun]:
+def expand(
+    spec: GridSpec,
+    parse_run: ParseRun,
+    run_options: dict[str, RunOption],
+    max_runs: int = DEFAULT_MAX_RUNS,
+    echo: Callable[[str], None] | None = None,
+) -> list[PlannedRun]:
     """Every run of the grid, validated the way `fairbench run` validates one, before any starts.
 
     ``run_options`` maps each `fairbench run` option name to its flags (`fairbench.cli.run_options`).
@@ -111,8 +122,9 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
         raise FairbenchError("the grid is empty: --methods (or `methods` in the sweep file) names no method")
     if not spec.seeds:
         raise FairbenchError("the grid is empty: --seeds names no seed")
-    bad_seed = next((s for s in spec.seeds if isinstance(s, bool) or not isinstance(s, int)
-                     or not 0 <= s <= MAX_SEED), None)
+    bad_seed = next(
+        (s for s in spec.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED), None
+    )
     if bad_seed is not None:
         raise FairbenchError(f"seed {bad_seed!r:.40} is not a whole number in [0, {MAX_SEED}]")
     _, given = parse_run(spec.run_args)
@@ -125,8 +137,10 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
     if echo is not None:
         echo(f"the grid has {size} run(s): {_size_text(spec, fields, option_grid)}")
     if size > max_runs:
-        raise FairbenchError(f"the grid has {size} runs, more than --max-runs {max_runs}; check --seeds, "
-                             f"--param-grid and --grid, or pass --max-runs {size} to run them all")
+        raise FairbenchError(
+            f"the grid has {size} runs, more than --max-runs {max_runs}; check --seeds, "
+            f"--param-grid and --grid, or pass --max-runs {size} to run them all"
+        )
     option_points = list(itertools.product(*option_grid.values()))
     shapes = []  # (coords without the seed, argv without the seed, resolved config)
     for method, options in itertools.product(spec.methods, option_points):
@@ -148,18 +162,30 @@ def expand(spec: GridSpec, parse_run: ParseRun, run_options: dict[str, RunOption
             coords = (("method", method), ("seed", str(seed)), *rest)
             run_id = dataclasses.replace(cfg, seed=seed, run_id=None).default_run_id()
             if run_id in seen:
-                raise FairbenchError(f"the grid gives run {run_id} twice ({_coords(seen[run_id])} "
-                                     f"and {_coords(coords)}); drop one of the values")
+                raise FairbenchError(
+                    f"the grid gives run {run_id} twice ({_coords(seen[run_id])} "
+                    f"and {_coords(coords)}); drop one of the values"
+                )
             seen[run_id] = coords
-            runs.append(PlannedRun(run_id, (*argv, "--seed", str(seed), *params), coords, cfg.epochs, cfg.out,
-                                   cfg.device, eval_settings(cfg)))
+            runs.append(
+                PlannedRun(
+                    run_id,
+                    (*argv, "--seed", str(seed), *params),
+                    coords,
+                    cfg.epochs,
+                    cfg.out,
+                    cfg.device,
+                    eval_settings(cfg),
+                )
+            )
     return runs
 
 
 def grid_size(spec: GridSpec, fields: dict[str, set[str]], option_grid: dict[str, list[str]]) -> int:
     """How many runs the grid has, counted without building them."""
-    per_method = sum(math.prod(len(spec.param_grid[n]) for n in spec.param_grid if n in fields[m])
-                     for m in spec.methods)
+    per_method = sum(
+        math.prod(len(spec.param_grid[n]) for n in spec.param_grid if n in fields[m]) for m in spec.methods
+    )
     return len(spec.seeds) * per_method * math.prod(len(v) for v in option_grid.values())
 
 
@@ -170,8 +196,7 @@ def _size_text(spec: GridSpec, fields: dict[str, set[str]], option_grid: dict[st
     return " x ".join(parts)
 
 
-def _check_axes(spec: GridSpec, fields: dict[str, set[str]],
-                run_options: dict[str, RunOption]) -> dict[str, list[str]]:
+def _check_axes(spec: GridSpec, fields: dict[str, set[str]], run_options: dict[str, RunOption]) -> dict[str, list[str]]:
     """Check both grids; returns the option grid by option name (``train-per-class`` ->
     ``train_per_class``)."""
     for name, values in spec.param_grid.items():
@@ -179,15 +204,18 @@ def _check_axes(spec: GridSpec, fields: dict[str, set[str]],
             raise FairbenchError(f"the grid is empty: --param-grid {name}= gives no value")
         if not any(name in f for f in fields.values()):
             known = "; ".join(f"{m}: {', '.join(sorted(f)) or 'none'}" for m, f in fields.items())
-            raise FairbenchError(f"unknown parameter '{name}' in --param-grid: no method of the grid "
-                                 f"has it ({known})")
+            raise FairbenchError(f"unknown parameter '{name}' in --param-grid: no method of the grid has it ({known})")
     for name, values in spec.option_grid.items():
         if not values:
             raise FairbenchError(f"the grid is empty: --grid {name}= gives no value")
         key = name.replace("-", "_")
         if key not in run_options or key in OWN_OPTIONS or key in ("param", "out"):
-            hint = {"method": " (use --methods)", "seed": " (use --seeds)", "param": " (use --param-grid)",
-                    "out": " (a sweep writes to one results folder)"}.get(key, _did_you_mean(key, run_options))
+            hint = {
+                "method": " (use --methods)",
+                "seed": " (use --seeds)",
+                "param": " (use --param-grid)",
+                "out": " (a sweep writes to one results folder)",
+            }.get(key, _did_you_mean(key, run_options))
             raise FairbenchError(f"--grid {name}: not a `fairbench run` option that can vary{hint}")
         if run_options[key].is_flag:
             raise FairbenchError(f"--grid {name}: a true/false flag cannot vary in the grid")
@@ -205,14 +233,16 @@ def _coords(coords: tuple) -> str:
 
 # ------------------------------------------------------------------------------ sweep files
 
+
 def load_sweep_file(path: Path, run_options: dict[str, RunOption]) -> GridSpec:
     """A sweep file (TOML; YAML when it ends in .yaml/.yml) as a GridSpec; unknown keys are errors."""
     data = _read_sweep_file(Path(path))
     where = str(path)
     for key in data:
         if key not in FILE_KEYS:
-            raise FairbenchError(f"{where}: unknown key '{key}'{_did_you_mean(key, FILE_KEYS)}; "
-                                 f"a sweep file has {', '.join(FILE_KEYS)}")
+            raise FairbenchError(
+                f"{where}: unknown key '{key}'{_did_you_mean(key, FILE_KEYS)}; a sweep file has {', '.join(FILE_KEYS)}"
+            )
     spec = GridSpec()
     spec.methods = _str_list(data.get("methods", []), f"{where}: methods")
     if "seeds" in data:
@@ -241,8 +271,9 @@ def _read_sweep_file(path: Path) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise FairbenchError(f"{path}: reading a YAML sweep file needs PyYAML (pip install pyyaml); "
-                                 f"or write it in TOML") from None
+            raise FairbenchError(
+                f"{path}: reading a YAML sweep file needs PyYAML (pip install pyyaml); or write it in TOML"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -264,8 +295,9 @@ def _read_sweep_file(path: Path) -> dict[str, Any]:
 def _run_option_args(name: str, value: Any, run_options: dict[str, RunOption], where: str) -> list[str]:
     key = name.replace("-", "_")
     if key not in run_options:
-        raise FairbenchError(f"{where}: unknown key 'run.{name}'{_did_you_mean(key, run_options)}; [run] "
-                             f"takes `fairbench run` options")
+        raise FairbenchError(
+            f"{where}: unknown key 'run.{name}'{_did_you_mean(key, run_options)}; [run] takes `fairbench run` options"
+        )
     option = run_options[key]
     if key == "param":
         raise FairbenchError(f"{where}: give method parameters in [params], not run.param")
@@ -300,5 +332,3 @@ def _seed(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise FairbenchError(f"{where}: seeds must be whole numbers >= 0, got {value!r:.40}")
     return value
-
-

@@ -43,8 +43,11 @@ from fairbench.sweep.view import Display, Row, count_states, render_text
 
 LAUNCHERS = ("local", "slurm")
 TODO = ("new", "resume", "reevaluate")
-SKIPPED = {"done": "done before", "failed": "failed before: --retry-failed runs it again",
-           "busy": "running in another process"}
+SKIPPED = {
+    "done": "done before",
+    "failed": "failed before: --retry-failed runs it again",
+    "busy": "running in another process",
+}
 
 
 @dataclass
@@ -72,8 +75,14 @@ class LaunchOptions:
             raise FairbenchError(f"--launcher must be local or slurm, got {self.launcher!r:.40}")
         if self.workers is not None and self.workers < 1:
             raise FairbenchError(f"--workers must be >= 1, got {self.workers}")
-        slurm_only = {"--partition": self.partition, "--time": self.time, "--gpus-per-run": self.gpus_per_run,
-                      "--cpus-per-run": self.cpus_per_run, "--mem": self.mem, "--wait": self.wait or None}
+        slurm_only = {
+            "--partition": self.partition,
+            "--time": self.time,
+            "--gpus-per-run": self.gpus_per_run,
+            "--cpus-per-run": self.cpus_per_run,
+            "--mem": self.mem,
+            "--wait": self.wait or None,
+        }
         if self.launcher == "local":
             given = [flag for flag, value in slurm_only.items() if value is not None]
             if given:
@@ -84,15 +93,13 @@ class LaunchOptions:
         return check_slurm(self.partition, self.time, self.gpus_per_run, self.cpus_per_run, self.mem)
 
 
-def launch(runs: list[PlannedRun], opts: LaunchOptions, minutes: int | None,
-           echo: Callable[[str], None]) -> None:
+def launch(runs: list[PlannedRun], opts: LaunchOptions, minutes: int | None, echo: Callable[[str], None]) -> None:
     """Print the grid, then run (or submit) what is left to do; raise when a run failed."""
     sweep = sweep_dir(runs[0].out)
     states = {r.run_id: classify(r, sweep, opts.retry_failed) for r in runs}
     echo(render_text([Row(r, states[r.run_id], note=_note(r, states[r.run_id])) for r in runs]))
     todo = [r for r in runs if states[r.run_id] in TODO]
-    echo(f"{len(runs)} run(s) in the grid: {_counts(states)}; results in {runs[0].out}/runs, "
-         f"sweep files in {sweep}")
+    echo(f"{len(runs)} run(s) in the grid: {_counts(states)}; results in {runs[0].out}/runs, sweep files in {sweep}")
     _check_reevaluation([r for r in runs if states[r.run_id] == "reevaluate"], opts.reevaluate)
     if opts.dry_run:
         echo("dry run: nothing started")
@@ -114,14 +121,18 @@ def _check_reevaluation(stale: list[PlannedRun], allowed: bool) -> None:
     named = "; ".join(f"{r.run_id} ({evaluated_otherwise(r)})" for r in stale[:5])
     more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
     if not allowed:
-        raise FairbenchError(f"{len(stale)} finished run(s) were evaluated with other settings than the ones "
-                             f"asked for: {named}{more}; pass --reevaluate to evaluate them again from their "
-                             f"checkpoints (their metrics.json is replaced), or ask for the settings they have")
+        raise FairbenchError(
+            f"{len(stale)} finished run(s) were evaluated with other settings than the ones "
+            f"asked for: {named}{more}; pass --reevaluate to evaluate them again from their "
+            f"checkpoints (their metrics.json is replaced), or ask for the settings they have"
+        )
     lost = [r.run_id for r in stale if not (r.run_dir / CHECKPOINT_FILE).is_file()]
     if lost:
-        raise FairbenchError(f"--reevaluate: {len(lost)} run(s) have no {CHECKPOINT_FILE} to evaluate again "
-                             f"from: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}; rerun them "
-                             f"under another --out, or ask for the settings they were evaluated with")
+        raise FairbenchError(
+            f"--reevaluate: {len(lost)} run(s) have no {CHECKPOINT_FILE} to evaluate again "
+            f"from: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}; rerun them "
+            f"under another --out, or ask for the settings they were evaluated with"
+        )
 
 
 def _note(run: PlannedRun, state: str) -> str:
@@ -136,15 +147,28 @@ def _counts(states: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state] = counts.get(state, 0) + 1
-    words = {"new": "new", "resume": "to resume", "reevaluate": "to evaluate again", "done": "done before (skipped)",
-             "failed": "failed before (skipped)", "busy": "running elsewhere (skipped)"}
+    words = {
+        "new": "new",
+        "resume": "to resume",
+        "reevaluate": "to evaluate again",
+        "done": "done before (skipped)",
+        "failed": "failed before (skipped)",
+        "busy": "running elsewhere (skipped)",
+    }
     return ", ".join(f"{n} {words[s]}" for s, n in counts.items())
 
 
 # ------------------------------------------------------------------------------------ local
 
-def _launch_local(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[str, str], sweep: Path,
-                  opts: LaunchOptions, echo: Callable[[str], None]) -> None:
+
+def _launch_local(
+    runs: list[PlannedRun],
+    todo: list[PlannedRun],
+    states: dict[str, str],
+    sweep: Path,
+    opts: LaunchOptions,
+    echo: Callable[[str], None],
+) -> None:
     with sweep_lock(sweep):
         refuse_if_active(sweep)
         check_logs(sweep, todo)
@@ -163,8 +187,10 @@ def _launch_local(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
                 signals = Pool(sweep, list(jobs.values()), workers, gpus, display, opts.entry).run()
             finally:
                 display.close()
-    final = [_job_row(jobs[r.run_id]) if r.run_id in jobs else Row(r, states[r.run_id], note=SKIPPED[states[r.run_id]])
-             for r in runs]
+    final = [
+        _job_row(jobs[r.run_id]) if r.run_id in jobs else Row(r, states[r.run_id], note=SKIPPED[states[r.run_id]])
+        for r in runs
+    ]
     if todo:
         _summarize(final, sweep, echo)
     else:
@@ -172,8 +198,10 @@ def _launch_local(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
     if signals is not None and signals.count > 1:
         raise KeyboardInterrupt
     if signals is not None and signals.count:
-        raise Preempted(f"the sweep was stopped by {signals.name}; the stopped runs kept their checkpoints: "
-                        f"run the same sweep again to continue")
+        raise Preempted(
+            f"the sweep was stopped by {signals.name}; the stopped runs kept their checkpoints: "
+            f"run the same sweep again to continue"
+        )
     _raise_for_failures(final, sweep)
 
 
@@ -184,14 +212,30 @@ def _job_row(job: Job) -> Row:
 
 # ------------------------------------------------------------------------------------ Slurm
 
-def _launch_slurm(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[str, str], sweep: Path,
-                  opts: LaunchOptions, minutes: int, echo: Callable[[str], None]) -> None:
+
+def _launch_slurm(
+    runs: list[PlannedRun],
+    todo: list[PlannedRun],
+    states: dict[str, str],
+    sweep: Path,
+    opts: LaunchOptions,
+    minutes: int,
+    echo: Callable[[str], None],
+) -> None:
     with sweep_lock(sweep):
         refuse_if_active(sweep)
         check_logs(sweep, todo)
         if todo:
-            job = submit(runs, todo, sweep, minutes, partition=opts.partition, gpus_per_run=opts.gpus_per_run,
-                         cpus_per_run=opts.cpus_per_run, mem=opts.mem)
+            job = submit(
+                runs,
+                todo,
+                sweep,
+                minutes,
+                partition=opts.partition,
+                gpus_per_run=opts.gpus_per_run,
+                cpus_per_run=opts.cpus_per_run,
+                mem=opts.mem,
+            )
         else:
             write_plan(sweep, runs, "slurm")
     skipped = [Row(r, states[r.run_id], note=SKIPPED[states[r.run_id]]) for r in runs if states[r.run_id] not in TODO]
@@ -199,8 +243,7 @@ def _launch_slurm(runs: list[PlannedRun], todo: list[PlannedRun], states: dict[s
         echo("nothing to submit")
         _raise_for_failures(skipped, sweep)
         return
-    echo(f"submitted {len(todo)} run(s) as Slurm job {job}; Slurm logs in {sweep}/slurm/, run logs in "
-         f"{sweep}/logs/")
+    echo(f"submitted {len(todo)} run(s) as Slurm job {job}; Slurm logs in {sweep}/slurm/, run logs in {sweep}/logs/")
     if not opts.wait:
         echo(f"follow it with: fairbench sweep --status {runs[0].out}")
         _raise_for_failures(skipped, sweep)
@@ -237,13 +280,16 @@ def _wait(runs: list[PlannedRun], sweep: Path, job: str) -> list[Row]:
 
 # ---------------------------------------------------------------------------- the end, status
 
+
 def _summarize(rows: list[Row], sweep: Path, echo: Callable[[str], None]) -> None:
     echo(render_text(rows))
     echo(f"sweep: {count_states(rows)}")
     for row in rows:
         if row.state == "failed":
-            echo(f"  failed: {row.run.run_id}: {last_error_line(sweep, row.run.run_id)} "
-                 f"(log: {log_path(sweep, row.run.run_id)})")
+            echo(
+                f"  failed: {row.run.run_id}: {last_error_line(sweep, row.run.run_id)} "
+                f"(log: {log_path(sweep, row.run.run_id)})"
+            )
 
 
 def _raise_for_failures(rows: list[Row], sweep: Path) -> None:
@@ -251,8 +297,9 @@ def _raise_for_failures(rows: list[Row], sweep: Path) -> None:
     unfinished = [r.run.run_id for r in rows if r.state not in ("done", "failed")]
     if failed:
         hint = " (--retry-failed runs them again)" if any("retry" in r.note for r in rows) else ""
-        raise FairbenchError(f"{len(failed)} of {len(rows)} run(s) failed: {', '.join(failed)}; their logs "
-                             f"are in {sweep}/logs/{hint}")
+        raise FairbenchError(
+            f"{len(failed)} of {len(rows)} run(s) failed: {', '.join(failed)}; their logs are in {sweep}/logs/{hint}"
+        )
     if unfinished:
         raise FairbenchError(f"{len(unfinished)} run(s) did not finish: {', '.join(unfinished)}")
 

@@ -187,8 +187,7 @@ class RunProcess:
 
 
 def start_run(entry: Entry, argv: list[str], log: Path, env: dict[str, str]) -> RunProcess:
-    process = _context(entry).Process(target=run_child, args=(entry, argv, str(log), env, os.getpid()),
-                                      daemon=False)
+    process = _context(entry).Process(target=run_child, args=(entry, argv, str(log), env, os.getpid()), daemon=False)
     process.start()
     return RunProcess(process)
 
@@ -212,15 +211,16 @@ class _Signals:
         self.count += 1
         self.name = signal.Signals(signum).name
         if self.count == 1:
-            sys.stderr.write(f"\n{self.name}: stopping the running runs (each saves a checkpoint); "
-                             f"Ctrl-C again to kill them at once\n")
+            sys.stderr.write(
+                f"\n{self.name}: stopping the running runs (each saves a checkpoint); "
+                f"Ctrl-C again to kill them at once\n"
+            )
 
 
 class Pool:
     """Runs jobs on ``workers`` slots; ``display`` is told whenever anything changes."""
 
-    def __init__(self, sweep: Path, jobs: list[Job], workers: int, gpus: list[str], display: Any,
-                 entry: Entry) -> None:
+    def __init__(self, sweep: Path, jobs: list[Job], workers: int, gpus: list[str], display: Any, entry: Entry) -> None:
         self.sweep, self.jobs, self.workers, self.gpus, self.display = sweep, jobs, workers, gpus, display
         self.entry = entry
         self.stopping = False
@@ -266,8 +266,12 @@ class Pool:
             self._end(job, "failed", None)
             return
         try:
-            job.proc = start_run(self.entry, job.run.args(job.resume), log_path(self.sweep, job.run.run_id),
-                                 slot_env(slot, self.workers, self.gpus))
+            job.proc = start_run(
+                self.entry,
+                job.run.args(job.resume),
+                log_path(self.sweep, job.run.run_id),
+                slot_env(slot, self.workers, self.gpus),
+            )
         except OSError as exc:
             job.log.write(f"error: cannot start the run's process: {exc}\n".encode())
             self._end(job, "failed", None)
@@ -289,8 +293,9 @@ class Pool:
         job.state, job.exit_code, job.ended = state, code, time.monotonic()
         if job.log is not None:
             job.log.close()
-        write_status(self.sweep, job.run.run_id, state, launcher="local", exit_code=code,
-                     seconds=round(job.elapsed() or 0.0, 1))
+        write_status(
+            self.sweep, job.run.run_id, state, launcher="local", exit_code=code, seconds=round(job.elapsed() or 0.0, 1)
+        )
         self.display.event(job.run.run_id, state)
 
     @staticmethod

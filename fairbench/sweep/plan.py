@@ -72,8 +72,15 @@ class PlannedRun:
         return [python or sys.executable, "-m", "fairbench", *self.args(resume)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "argv": list(self.argv), "coords": [list(c) for c in self.coords],
-                "epochs": self.epochs, "out": self.out, "device": self.device, "evaluation": self.evaluation}
+        return {
+            "run_id": self.run_id,
+            "argv": list(self.argv),
+            "coords": [list(c) for c in self.coords],
+            "epochs": self.epochs,
+            "out": self.out,
+            "device": self.device,
+            "evaluation": self.evaluation,
+        }
 
     @classmethod
     def from_dict(cls, d: Any) -> "PlannedRun":
@@ -88,19 +95,25 @@ class PlannedRun:
         run_id = d.get("run_id")
         need(is_run_id(run_id), f"run_id is not a run folder name (at most {MAX_RUN_ID_BYTES} bytes)")
         argv, coords = d.get("argv"), d.get("coords")
-        need(isinstance(argv, list) and len(argv) <= MAX_ARGV and all(_is_text(a) for a in argv),
-             f"run {run_id}: argv is not a list of at most {MAX_ARGV} printable strings")
-        need(isinstance(coords, list) and len(coords) <= MAX_ARGV
-             and all(isinstance(c, list) and len(c) == 2 and all(_is_text(x) for x in c) for c in coords),
-             f"run {run_id}: coords is not a list of [name, value] strings")
+        need(
+            isinstance(argv, list) and len(argv) <= MAX_ARGV and all(_is_text(a) for a in argv),
+            f"run {run_id}: argv is not a list of at most {MAX_ARGV} printable strings",
+        )
+        need(
+            isinstance(coords, list)
+            and len(coords) <= MAX_ARGV
+            and all(isinstance(c, list) and len(c) == 2 and all(_is_text(x) for x in c) for c in coords),
+            f"run {run_id}: coords is not a list of [name, value] strings",
+        )
         epochs = d.get("epochs")
         need(_is_int(epochs) and 1 <= epochs <= 10**6, f"run {run_id}: epochs is not a whole number in [1, 10**6]")
         need(_is_text(d.get("out")) and _is_text(d.get("device")), f"run {run_id}: out or device is not a string")
         evaluation = d.get("evaluation")
-        need(evaluation is None or _is_eval_settings(evaluation),
-             f"run {run_id}: evaluation is not the run's evaluation settings")
-        return cls(run_id, tuple(argv), tuple((c[0], c[1]) for c in coords), epochs, d["out"], d["device"],
-                   evaluation)
+        need(
+            evaluation is None or _is_eval_settings(evaluation),
+            f"run {run_id}: evaluation is not the run's evaluation settings",
+        )
+        return cls(run_id, tuple(argv), tuple((c[0], c[1]) for c in coords), epochs, d["out"], d["device"], evaluation)
 
 
 def eval_settings(cfg: Any) -> dict[str, Any]:
@@ -108,8 +121,11 @@ def eval_settings(cfg: Any) -> dict[str, Any]:
     training config): the threats, the evaluated images per class, the subsets threats run on
     (`_subset_settings`). ``--eval-batch-size`` changes no outcome and is left out."""
     attacks = sorted(set(cfg.attacks))
-    return {"attacks": attacks, "eval_per_class": cfg.eval_per_class,
-            **_subset_settings({t: k for t, k in cfg.subsets.items() if t in attacks})}
+    return {
+        "attacks": attacks,
+        "eval_per_class": cfg.eval_per_class,
+        **_subset_settings({t: k for t, k in cfg.subsets.items() if t in attacks}),
+    }
 
 
 def _subset_settings(subsets: dict[str, int]) -> dict[str, Any]:
@@ -139,10 +155,15 @@ def _is_count(v: Any) -> bool:
 
 
 def _is_eval_settings(v: Any) -> bool:
-    return (isinstance(v, dict) and set(EVAL_FLAGS) <= set(v) and isinstance(v["attacks"], list)
-            and len(v["attacks"]) <= 100 and all(_is_text(a, 100) for a in v["attacks"])
-            and _is_count(v["eval_per_class"])
-            and all(k in subset_keys_of() and _is_count(v[k]) for k in set(v) - set(EVAL_FLAGS)))
+    return (
+        isinstance(v, dict)
+        and set(EVAL_FLAGS) <= set(v)
+        and isinstance(v["attacks"], list)
+        and len(v["attacks"]) <= 100
+        and all(_is_text(a, 100) for a in v["attacks"])
+        and _is_count(v["eval_per_class"])
+        and all(k in subset_keys_of() and _is_count(v[k]) for k in set(v) - set(EVAL_FLAGS))
+    )
 
 
 def printable(text: Any) -> str:
@@ -161,6 +182,7 @@ def _read_bounded(path: Path, cap: int) -> bytes:
 
 
 # --------------------------------------------------------------------- state of each run
+
 
 def sweep_dir(out: str | Path) -> Path:
     return Path(out) / SWEEP_DIR
@@ -226,11 +248,16 @@ def _is_seconds(v: Any) -> bool:
 
 # what a status file may hold, each field's check: a field that fails is dropped
 STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "state": lambda v: v in STATES, "time": lambda v: _is_text(v, 40), "host": lambda v: _is_text(v, 255),
-    "launcher": lambda v: v in LAUNCHERS, "pid": lambda v: _is_int(v) and 0 < v < 2**31,
-    "exit_code": lambda v: v is None or (_is_int(v) and -255 <= v <= 255), "seconds": _is_seconds,
+    "state": lambda v: v in STATES,
+    "time": lambda v: _is_text(v, 40),
+    "host": lambda v: _is_text(v, 255),
+    "launcher": lambda v: v in LAUNCHERS,
+    "pid": lambda v: _is_int(v) and 0 < v < 2**31,
+    "exit_code": lambda v: v is None or (_is_int(v) and -255 <= v <= 255),
+    "seconds": _is_seconds,
     "job": lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None,
-    "job_state": lambda v: _is_text(v, 40), "reason": lambda v: _is_text(v, 200),
+    "job_state": lambda v: _is_text(v, 40),
+    "reason": lambda v: _is_text(v, 200),
 }
 
 
@@ -343,16 +370,16 @@ def evaluated_otherwise(run: PlannedRun) -> str:
         return ""
     attacks = sorted(t for t in record.metrics if t != UNION)
     subsets = {t: k for t, k in subsets_from_keys(record.training).items() if t in attacks}
-    done = {"attacks": attacks, "eval_per_class": record.training.get("eval_per_class"),
-            **_subset_settings(subsets)}
+    done = {"attacks": attacks, "eval_per_class": record.training.get("eval_per_class"), **_subset_settings(subsets)}
     now = run.evaluation
     keys = [*EVAL_FLAGS, *sorted((set(done) | set(now)) - set(EVAL_FLAGS))]
 
     def shown(v: Any) -> str:
         return ",".join(v) if isinstance(v, list) else "all" if v is None else str(v)
 
-    return "; ".join(f"{_flag(k)}{shown(done.get(k))} (now {shown(now.get(k))})" for k in keys
-                     if done.get(k) != now.get(k))
+    return "; ".join(
+        f"{_flag(k)}{shown(done.get(k))} (now {shown(now.get(k))})" for k in keys if done.get(k) != now.get(k)
+    )
 
 
 def classify(run: PlannedRun, sweep: Path, retry_failed: bool) -> str:
@@ -379,14 +406,17 @@ def outcome(run: PlannedRun, exit_code: int) -> str:
 
 # ---------------------------------------------------------------------- the plan, the lock
 
+
 def check_folders(sweep: Path) -> None:
     """The sweep's folder and its subfolders are real folders and its files regular files, or are
     not there yet: through a symlink (or into a file where a folder goes) a sweep would read or write
     outside the results folder."""
     for path in (sweep, *(sweep / name for name in SUBFOLDERS)):
         if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
-            raise FairbenchError(f"{path} is a symlink or not a folder; a sweep keeps its files in real "
-                                 f"folders inside {sweep.parent}: remove or rename it")
+            raise FairbenchError(
+                f"{path} is a symlink or not a folder; a sweep keeps its files in real "
+                f"folders inside {sweep.parent}: remove or rename it"
+            )
     for path in (sweep / "lock", sweep / PLAN_FILE):
         if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):
             raise FairbenchError(f"{path} is a symlink or not a regular file; remove or rename it")
@@ -395,20 +425,32 @@ def check_folders(sweep: Path) -> None:
 def check_logs(sweep: Path, runs: list[PlannedRun]) -> None:
     """The runs' logs are regular files or not there yet (a log that is a symlink would be appended
     through, outside the results folder; a FIFO would block the run)."""
-    bad = [path for path in (log_path(sweep, r.run_id) for r in runs)
-           if path.is_symlink() or (os.path.lexists(path) and not path.is_file())]
+    bad = [
+        path
+        for path in (log_path(sweep, r.run_id) for r in runs)
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_file())
+    ]
     if bad:
-        raise FairbenchError(f"{len(bad)} run log(s) are symlinks or not regular files, e.g. {bad[0]}; "
-                             f"a sweep appends to its own logs only: remove them")
+        raise FairbenchError(
+            f"{len(bad)} run log(s) are symlinks or not regular files, e.g. {bad[0]}; "
+            f"a sweep appends to its own logs only: remove them"
+        )
 
 
 def write_plan(sweep: Path, runs: list[PlannedRun], launcher: str, **extra: Any) -> None:
     from fairbench.runs.folder import atomic_write_json
 
     sweep.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep / PLAN_FILE, {"version": 1, "launcher": launcher,
-                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                          "runs": [r.to_dict() for r in runs], **extra})
+    atomic_write_json(
+        sweep / PLAN_FILE,
+        {
+            "version": 1,
+            "launcher": launcher,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "runs": [r.to_dict() for r in runs],
+            **extra,
+        },
+    )
 
 
 def read_plan(folder: Path) -> tuple[Path, dict[str, Any], list[PlannedRun]]:
@@ -421,8 +463,9 @@ def read_plan(folder: Path) -> tuple[Path, dict[str, Any], list[PlannedRun]]:
     sweep = folder if (folder / PLAN_FILE).is_file() and folder.name == SWEEP_DIR else folder / SWEEP_DIR
     path = sweep / PLAN_FILE
     if not os.path.lexists(path):
-        raise FairbenchError(f"no sweep was started in {folder} (no {SWEEP_DIR}/{PLAN_FILE}); give the "
-                             f"results folder (--out) of a sweep")
+        raise FairbenchError(
+            f"no sweep was started in {folder} (no {SWEEP_DIR}/{PLAN_FILE}); give the results folder (--out) of a sweep"
+        )
     check_folders(sweep)
     try:
         plan = json.loads(_read_bounded(path, MAX_PLAN_BYTES))
@@ -433,8 +476,7 @@ def read_plan(folder: Path) -> tuple[Path, dict[str, Any], list[PlannedRun]]:
     except FairbenchError as exc:
         raise FairbenchError(f"{path}: {exc}") from None
     out = str(sweep.parent)
-    return sweep, plan, [PlannedRun(r.run_id, r.argv, r.coords, r.epochs, out, r.device, r.evaluation)
-                         for r in runs]
+    return sweep, plan, [PlannedRun(r.run_id, r.argv, r.coords, r.epochs, out, r.device, r.evaluation) for r in runs]
 
 
 def _check_plan(plan: Any) -> list[PlannedRun]:
@@ -448,9 +490,12 @@ def _check_plan(plan: Any) -> list[PlannedRun]:
     if slurm is not None:
         tasks = slurm.get("tasks", {}) if isinstance(slurm, dict) else None
         job = slurm.get("job_id") if isinstance(slurm, dict) else None
-        if (not isinstance(tasks, dict) or (job is not None and not JOB_ID.fullmatch(str(job)))
-                or not isinstance(job, (str, type(None)))
-                or not all(isinstance(t, str) and JOB_ID.fullmatch(t) for t in tasks.values())):
+        if (
+            not isinstance(tasks, dict)
+            or (job is not None and not JOB_ID.fullmatch(str(job)))
+            or not isinstance(job, (str, type(None)))
+            or not all(isinstance(t, str) and JOB_ID.fullmatch(t) for t in tasks.values())
+        ):
             raise FairbenchError("slurm is not a job id and its tasks' ids")
     runs = plan.get("runs")
     if not isinstance(runs, list) or not runs:
@@ -485,8 +530,9 @@ def sweep_lock(sweep: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = printable(os.pread(fd, 200, 0).decode(errors="replace").strip()) or "another process"
-            raise FairbenchError(f"another fairbench sweep is running on {sweep.parent} ({holder}); "
-                                 f"wait for it to end, or stop it first") from None
+            raise FairbenchError(
+                f"another fairbench sweep is running on {sweep.parent} ({holder}); wait for it to end, or stop it first"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield

@@ -38,24 +38,31 @@ from fairbench.sweep.plan import (
     write_status,
 )
 
-SIGNAL_DELAY_S = 120   # SIGUSR2 this long before the time limit: time to checkpoint and requeue
-STOP_WAIT_S = 90       # how long a stopped run may take to write its checkpoint
-MAX_TIMEOUTS = 1000    # submitit's cap on requeues after time limits; each one makes progress
+SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: time to checkpoint and requeue
+STOP_WAIT_S = 90  # how long a stopped run may take to write its checkpoint
+MAX_TIMEOUTS = 1000  # submitit's cap on requeues after time limits; each one makes progress
 POLL_S = 0.5
 
 
-def check_slurm(partition: str | None, time_limit: str | None, gpus_per_run: int | None,
-                cpus_per_run: int | None, mem: str | None) -> int:
+def check_slurm(
+    partition: str | None, time_limit: str | None, gpus_per_run: int | None, cpus_per_run: int | None, mem: str | None
+) -> int:
     """Check the Slurm options before anything starts; returns the time limit in minutes."""
     if shutil.which("sbatch") is None:
-        raise FairbenchError("--launcher slurm: there is no `sbatch` on this machine (no Slurm client); "
-                             "run the sweep here with --launcher local, or from a Slurm login node")
+        raise FairbenchError(
+            "--launcher slurm: there is no `sbatch` on this machine (no Slurm client); "
+            "run the sweep here with --launcher local, or from a Slurm login node"
+        )
     if time_limit is None:
-        raise FairbenchError("--launcher slurm needs --time, each run's time limit (e.g. 90 or 4:00:00 or "
-                             "1-00:00:00); a run that reaches it is checkpointed and requeued")
+        raise FairbenchError(
+            "--launcher slurm needs --time, each run's time limit (e.g. 90 or 4:00:00 or "
+            "1-00:00:00); a run that reaches it is checkpointed and requeued"
+        )
     if gpus_per_run is not None and not 0 <= gpus_per_run <= 1:
-        raise FairbenchError(f"--gpus-per-run must be 0 or 1, got {gpus_per_run}: a sweep runs each run as one "
-                             f"process; a run on several GPUs is a torchrun job (docs/scaling.md)")
+        raise FairbenchError(
+            f"--gpus-per-run must be 0 or 1, got {gpus_per_run}: a sweep runs each run as one "
+            f"process; a run on several GPUs is a torchrun job (docs/scaling.md)"
+        )
     if cpus_per_run is not None and cpus_per_run < 1:
         raise FairbenchError(f"--cpus-per-run must be >= 1, got {cpus_per_run}")
     if mem is not None and not re.fullmatch(r"\d+(\.\d+)?[KMGT]?B?", mem.strip(), re.IGNORECASE):
@@ -72,14 +79,14 @@ def parse_time(text: str) -> int:
         raise FairbenchError(f"--time expects minutes or [D-]HH:MM:SS, got {text!r:.40}")
     days, a, b, c = (int(g) if g is not None else None for g in m.groups())
     assert a is not None  # the pattern's one group that is not optional
-    if days is not None:   # D-HH[:MM[:SS]]
+    if days is not None:  # D-HH[:MM[:SS]]
         seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:    # HH:MM:SS
+    elif c is not None:  # HH:MM:SS
         assert b is not None  # the pattern fills b before c
         seconds = a * 3600 + b * 60 + c
-    elif b is not None:    # MM:SS
+    elif b is not None:  # MM:SS
         seconds = a * 60 + b
-    else:                  # MM
+    else:  # MM
         seconds = a * 60
     if seconds < 60:
         raise FairbenchError(f"--time must be at least one minute, got {text!r:.40}")
@@ -87,6 +94,7 @@ def parse_time(text: str) -> int:
 
 
 # ------------------------------------------------------------------- inside the job: one task
+
 
 class SweepTask:
     """One run as a Slurm task (a submitit callable): run it, record the outcome, requeue on 75."""
@@ -112,9 +120,14 @@ class SweepTask:
         t0 = time.monotonic()
         with open_log(sweep, run, resume, f"slurm job {job} on {socket.gethostname()}") as log:
             write_status(sweep, run.run_id, "running", launcher="slurm", job=job)
-            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=task_env(),
-                                          preexec_fn=_ignore_usr2)
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=task_env(),
+                preexec_fn=_ignore_usr2,
+            )
             while self._proc.poll() is None:  # not wait(): the USR2 handler may reap the process
                 time.sleep(POLL_S)
         code = self._proc.returncode
@@ -130,8 +143,7 @@ class SweepTask:
             sys.exit(code)  # no result file: the requeued job runs this task again
         write_status(sweep, run.run_id, state, **info)
         if state == "failed":
-            raise RuntimeError(f"fairbench run {run.run_id} failed (exit {code}): "
-                               f"{last_error_line(sweep, run.run_id)}")
+            raise RuntimeError(f"fairbench run {run.run_id} failed (exit {code}): {last_error_line(sweep, run.run_id)}")
         return state
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -142,8 +154,14 @@ class SweepTask:
         proc = self._proc
         if proc is not None:
             _stop(proc.pid)
-        write_status(Path(self.sweep), self.run.run_id, "requeued", launcher="slurm", job=job_id(),
-                     reason="SIGUSR2 (time limit or preemption)")
+        write_status(
+            Path(self.sweep),
+            self.run.run_id,
+            "requeued",
+            launcher="slurm",
+            job=job_id(),
+            reason="SIGUSR2 (time limit or preemption)",
+        )
         return submitit.helpers.DelayedSubmission(SweepTask(self.run, self.sweep))
 
 
@@ -188,8 +206,7 @@ def job_id() -> str:
 def job_state(job: str) -> str:
     """JobState of a job (``scontrol show job``), or "" when Slurm does not know it."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                             timeout=60).stdout
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
     m = re.search(r"\bJobState=(\S+)", out)
@@ -205,13 +222,15 @@ def requeue(job: str) -> None:
 
 # ------------------------------------------------------------------------------ submitting
 
+
 def active_tasks(job: str | None) -> dict[str, str]:
     """Tasks of a job array still in Slurm's queue: {"42_3": "RUNNING", ...}; {} once all ended."""
     if not job or shutil.which("squeue") is None:
         return {}
     try:
-        result = subprocess.run(["squeue", "-h", "-r", "-j", str(job), "-o", "%i|%T"], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["squeue", "-h", "-r", "-j", str(job), "-o", "%i|%T"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     tasks = {}
@@ -232,21 +251,32 @@ def refuse_if_active(sweep: Path) -> None:
     job = (plan.get("slurm") or {}).get("job_id")
     tasks = active_tasks(job)
     if tasks:
-        raise FairbenchError(f"the sweep submitted from {sweep.parent} to Slurm (job {job}) still has "
-                             f"{len(tasks)} task(s) queued or running; wait for them "
-                             f"(fairbench sweep --status {sweep.parent}) or scancel {job}")
+        raise FairbenchError(
+            f"the sweep submitted from {sweep.parent} to Slurm (job {job}) still has "
+            f"{len(tasks)} task(s) queued or running; wait for them "
+            f"(fairbench sweep --status {sweep.parent}) or scancel {job}"
+        )
 
 
-def submit(runs: list[PlannedRun], todo: list[PlannedRun], sweep: Path, minutes: int, *,
-           partition: str | None, gpus_per_run: int | None, cpus_per_run: int | None,
-           mem: str | None) -> str:
+def submit(
+    runs: list[PlannedRun],
+    todo: list[PlannedRun],
+    sweep: Path,
+    minutes: int,
+    *,
+    partition: str | None,
+    gpus_per_run: int | None,
+    cpus_per_run: int | None,
+    mem: str | None,
+) -> str:
     """Submit ``todo`` as one job array; records it in plan.json; returns the job id."""
     import submitit
 
     executor = submitit.SlurmExecutor(folder=sweep / "slurm", max_num_timeout=MAX_TIMEOUTS)
     gpus = gpus_per_run if gpus_per_run is not None else int(any(r.device != "cpu" for r in todo))
-    params: dict[str, Any] = dict(job_name="fairbench-sweep", time=minutes, signal_delay_s=SIGNAL_DELAY_S,
-                                  additional_parameters={"requeue": True})
+    params: dict[str, Any] = dict(
+        job_name="fairbench-sweep", time=minutes, signal_delay_s=SIGNAL_DELAY_S, additional_parameters={"requeue": True}
+    )
     for key, value in (("partition", partition), ("cpus_per_task", cpus_per_run), ("mem", mem)):
         if value is not None:
             params[key] = value
@@ -263,16 +293,28 @@ def submit(runs: list[PlannedRun], todo: list[PlannedRun], sweep: Path, minutes:
         raise FairbenchError(f"Slurm refused the job array: {first}") from None
     array = jobs[0].job_id.split("_")[0]
     tasks = {run.run_id: job.job_id for run, job in zip(todo, jobs)}
-    write_plan(sweep, runs, "slurm", slurm={"job_id": array, "tasks": tasks, "time_min": minutes,
-                                            "partition": partition, "gpus_per_run": gpus,
-                                            "cpus_per_run": cpus_per_run, "mem": mem})
+    write_plan(
+        sweep,
+        runs,
+        "slurm",
+        slurm={
+            "job_id": array,
+            "tasks": tasks,
+            "time_min": minutes,
+            "partition": partition,
+            "gpus_per_run": gpus,
+            "cpus_per_run": cpus_per_run,
+            "mem": mem,
+        },
+    )
     for run_id, task in tasks.items():
         write_status(sweep, run_id, "submitted", launcher="slurm", job=task)
     return array
 
 
-def slurm_state(run: PlannedRun, sweep: Path, queued: dict[str, str],
-                tasks: dict[str, str]) -> tuple[str, float | None, str]:
+def slurm_state(
+    run: PlannedRun, sweep: Path, queued: dict[str, str], tasks: dict[str, str]
+) -> tuple[str, float | None, str]:
     """(state, seconds of its last attempt, note) of a run of a submitted sweep, from its files and
     Slurm's queue."""
     status = read_status(sweep, run.run_id)

@@ -43,8 +43,11 @@ def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return ""
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def table_lines(rows: list[Row]) -> list[list[str]]:
@@ -76,8 +79,7 @@ class Display:
     """A live table (rich, on a terminal) redrawn at most twice a second, or, when the output is
     not a terminal (a log file, CI), one line per event: a run started, ended, was requeued."""
 
-    def __init__(self, rows: Callable[[], list[Row]], stream: IO[str] | None = None,
-                 live: bool | None = None) -> None:
+    def __init__(self, rows: Callable[[], list[Row]], stream: IO[str] | None = None, live: bool | None = None) -> None:
         self.rows = rows
         self.stream = stream or sys.stderr
         self.t0 = time.monotonic()

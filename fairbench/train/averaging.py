@@ -48,12 +48,19 @@ class WeightAverage:
 
     def record(self) -> dict[str, Any]:
         """What metrics.json says of the averaging (``ema``)."""
-        return {"decay": self.decay, "source": self.source, "updates": self.updates,
-                "evaluated": "averaged" if self.updates > 0 else "live (no epoch was accepted)"}
+        return {
+            "decay": self.decay,
+            "source": self.source,
+            "updates": self.updates,
+            "evaluated": "averaged" if self.updates > 0 else "live (no epoch was accepted)",
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.module.state_dict(), "n_averaged": self.averaged.n_averaged.clone(),
-                "decay": self.decay}
+        return {
+            "weights": self.module.state_dict(),
+            "n_averaged": self.averaged.n_averaged.clone(),
+            "decay": self.decay,
+        }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         from fairbench.models import load_model_state

@@ -53,15 +53,13 @@ def check_resumable(state: dict[str, Any], path: Path, cfg: RunConfig) -> None:
     if state.get("config_hash") != cfg.training_hash():
         theirs, ours = state.get("config"), cfg.training_dict()
         theirs = theirs if isinstance(theirs, dict) else {}
-        diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)"
-                for k in ours if theirs.get(k) != ours[k]]
+        diff = [f"{k} ({theirs.get(k)!r} in the checkpoint, {ours[k]!r} now)" for k in ours if theirs.get(k) != ours[k]]
         raise FairbenchError(f"--resume: {path} was made with a different config: {'; '.join(diff)}")
 
 
 def checkpoint_position(epochs_done: int, mid_epoch: dict[str, Any] | None) -> str:
     """Where a checkpoint stands, for people: "after epoch 3" or "epoch 4, step 17"."""
     return f"epoch {epochs_done + 1}, step {mid_epoch['step']}" if mid_epoch else f"after epoch {epochs_done}"
-
 
 
 @dataclass(kw_only=True)
@@ -81,10 +79,19 @@ class Checkpointer:
     ``kept`` says, for error messages, which checkpoint a failure leaves behind.
     """
 
-    def __init__(self, *, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, method: "Method",
-                 selector: "BestValSelector | None", averaging: "WeightAverage | None", dist: "DistInfo",
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        method: "Method",
+        selector: "BestValSelector | None",
+        averaging: "WeightAverage | None",
+        dist: "DistInfo",
+        device: torch.device,
+    ) -> None:
         self.run_dir, self.model, self.optimizer, self.scheduler = Path(run_dir), model, optimizer, scheduler
         self.method, self.selector, self.averaging = method, selector, averaging
         self.dist, self.device = dist, device
@@ -94,8 +101,15 @@ class Checkpointer:
     def path(self) -> Path:
         return self.run_dir / CHECKPOINT_FILE
 
-    def save(self, cfg: RunConfig, epochs_done: int, *, train_seconds: float, images_seen: int,
-             mid_epoch: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        cfg: RunConfig,
+        epochs_done: int,
+        *,
+        train_seconds: float,
+        images_seen: int,
+        mid_epoch: dict[str, Any] | None = None,
+    ) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``.
 
         Every rank calls it (it gathers every rank's RNG streams); rank 0 writes.
@@ -113,8 +127,15 @@ class Checkpointer:
         self.dist.on_main(lambda: self._write(cfg, path, where, progress, rngs, mid_epoch))
         self.kept = f"the last good checkpoint {path} ({where}) is kept"
 
-    def _write(self, cfg: RunConfig, path: Path, where: str, progress: dict[str, Any],
-               rngs: list[dict[str, Any]], mid_epoch: dict[str, Any] | None) -> None:
+    def _write(
+        self,
+        cfg: RunConfig,
+        path: Path,
+        where: str,
+        progress: dict[str, Any],
+        rngs: list[dict[str, Any]],
+        mid_epoch: dict[str, Any] | None,
+    ) -> None:
         """Rank 0's part of `save` (every rank holds the same model and optimizer)."""
         state = {
             "format_version": CHECKPOINT_FORMAT,
@@ -151,8 +172,17 @@ class Checkpointer:
             raise FairbenchError(f"--resume: no checkpoint in {self.run_dir}")
         state = load_checkpoint(path, map_location=self.device)
         check_resumable(state, path, cfg)
-        check_resume_state(state, path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                           method=self.method, epochs=cfg.epochs, n_train=n_train, device=self.device)
+        check_resume_state(
+            state,
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            method=self.method,
+            epochs=cfg.epochs,
+            n_train=n_train,
+            device=self.device,
+        )
         load_model_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self._match_parameter_layout()
@@ -167,15 +197,19 @@ class Checkpointer:
         self._restore_buffers(state)
         if self.selector is not None:
             if not isinstance(state.get("selection"), dict):
-                raise FairbenchError(f"{path} holds no --select best-val state; it was not made "
-                                     f"by this config")
+                raise FairbenchError(f"{path} holds no --select best-val state; it was not made by this config")
             self.selector.load_state_dict(state["selection"])
         self._restore_rng(state, cfg.seed)
-        resumed = Resumed(cfg=cfg, start_epoch=int(state["epoch"]),
-                          train_seconds=float(state.get("train_seconds", 0.0)),
-                          images_seen=int(state.get("images_seen", 0)), mid_epoch=state.get("mid_epoch"))
-        self.kept = (f"the last good checkpoint {path} "
-                     f"({checkpoint_position(resumed.start_epoch, resumed.mid_epoch)}) is kept")
+        resumed = Resumed(
+            cfg=cfg,
+            start_epoch=int(state["epoch"]),
+            train_seconds=float(state.get("train_seconds", 0.0)),
+            images_seen=int(state.get("images_seen", 0)),
+            mid_epoch=state.get("mid_epoch"),
+        )
+        self.kept = (
+            f"the last good checkpoint {path} ({checkpoint_position(resumed.start_epoch, resumed.mid_epoch)}) is kept"
+        )
         self.dist.on_main(lambda: self._drop_later_log_lines(resumed.start_epoch))
         return resumed
 
@@ -193,8 +227,11 @@ class Checkpointer:
 
     def _drop_later_log_lines(self, epochs_done: int) -> None:
         """Epochs logged after the checkpoint was written are redone: their lines go."""
-        kept = [r for r in read_jsonl(self.run_dir / LOG_FILE)
-                if isinstance(r.get("epoch", 0), int) and r.get("epoch", 0) <= epochs_done]
+        kept = [
+            r
+            for r in read_jsonl(self.run_dir / LOG_FILE)
+            if isinstance(r.get("epoch", 0), int) and r.get("epoch", 0) <= epochs_done
+        ]
         atomic_write_text(self.run_dir / LOG_FILE, "".join(_json_line(r) for r in kept))
 
     def _restore_buffers(self, state: dict[str, Any]) -> None:

@@ -61,8 +61,10 @@ class LossWatch:
         if not bad:
             return
         step, value = min(bad)
-        raise Diverged(f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
-                       f"{step + 1} of {steps}; {kept}. {RESTART}")
+        raise Diverged(
+            f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
+            f"{step + 1} of {steps}; {kept}. {RESTART}"
+        )
 
 
 def check_weights(model: nn.Module, x: torch.Tensor, dist: DistInfo, epoch: int, kept: str) -> None:
@@ -75,5 +77,4 @@ def check_weights(model: nn.Module, x: torch.Tensor, dist: DistInfo, epoch: int,
     """
     what = not_finite(model, x, dist)
     if what:
-        raise Diverged(f"training diverged after epoch {epoch + 1}: the model's {what}; {kept}. "
-                       f"{RESTART}")
+        raise Diverged(f"training diverged after epoch {epoch + 1}: the model's {what}; {kept}. {RESTART}")

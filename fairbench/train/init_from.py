@@ -57,51 +57,67 @@ def read_init_source(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict[str,
     if folder.is_file():
         return _read_file(folder, where, cfg)
     if not folder.is_dir():
-        raise FairbenchError(f"{where}: no such folder or file (give a run folder, RESULTS/runs/<run-id>, "
-                             f"or a checkpoint file)")
+        raise FairbenchError(
+            f"{where}: no such folder or file (give a run folder, RESULTS/runs/<run-id>, or a checkpoint file)"
+        )
     source = _source_config(folder, where)
-    differ = [f"{key} '{source.get(key)!s:.60}' (this run: '{getattr(cfg, key)}')"
-              for key in ("arch", "dataset") if source.get(key) != getattr(cfg, key)]
+    differ = [
+        f"{key} '{source.get(key)!s:.60}' (this run: '{getattr(cfg, key)}')"
+        for key in ("arch", "dataset")
+        if source.get(key) != getattr(cfg, key)
+    ]
     if differ:
         raise FairbenchError(f"{where} was trained with another {' and '.join(differ)}")
     ckpt = folder / CHECKPOINT_FILE
     if not ckpt.is_file():
-        raise FairbenchError(f"{where}: no {CHECKPOINT_FILE}; --init-from needs the source run's "
-                             f"checkpoint, which committed results do not carry (rerun the source "
-                             f"run, or use its folder on the machine that trained it)")
+        raise FairbenchError(
+            f"{where}: no {CHECKPOINT_FILE}; --init-from needs the source run's "
+            f"checkpoint, which committed results do not carry (rerun the source "
+            f"run, or use its folder on the machine that trained it)"
+        )
     model = _fresh_model(cfg)
     state = _load(ckpt, model, where)
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise FairbenchError(f"{where}: {ckpt} is not a fairbench training checkpoint "
-                             f"(no {', '.join(missing)})")
+        raise FairbenchError(f"{where}: {ckpt} is not a fairbench training checkpoint (no {', '.join(missing)})")
     epochs, epoch = source.get("epochs"), state["epoch"]
     if not _is_int(epochs) or not 1 <= epochs <= MAX_SOURCE_EPOCHS:
-        raise FairbenchError(f"{where}: its {CONFIG_FILE} has epochs {epochs!r:.40}, not a whole number "
-                             f"in [1, {MAX_SOURCE_EPOCHS}]")
+        raise FairbenchError(
+            f"{where}: its {CONFIG_FILE} has epochs {epochs!r:.40}, not a whole number in [1, {MAX_SOURCE_EPOCHS}]"
+        )
     if not _is_int(epoch):
-        raise FairbenchError(f"{where}: {ckpt} records its epoch as a {type(epoch).__name__}, not a whole "
-                             f"number: not a checkpoint fairbench wrote")
+        raise FairbenchError(
+            f"{where}: {ckpt} records its epoch as a {type(epoch).__name__}, not a whole "
+            f"number: not a checkpoint fairbench wrote"
+        )
     if "mid_epoch" in state or epoch != epochs:
-        raise FairbenchError(f"{where} is not a finished run: its checkpoint is after epoch "
-                             f"{epoch} of {epochs}; finish it first (fairbench resume "
-                             f"{cfg.init_from})")
+        raise FairbenchError(
+            f"{where} is not a finished run: its checkpoint is after epoch "
+            f"{epoch} of {epochs}; finish it first (fairbench resume "
+            f"{cfg.init_from})"
+        )
     weights = unwrap_state_dict(state, f"{where}: {ckpt}")  # its average, when it kept one
     _check_weights(model, weights, where, cfg)
     averaged = has_average(state)
     prior = source.get("init_source") or {}
     if not isinstance(prior, dict):
-        raise FairbenchError(f"{where}: its {CONFIG_FILE} has an init_source that is a "
-                             f"{type(prior).__name__}, not the record of the run it started from")
+        raise FairbenchError(
+            f"{where}: its {CONFIG_FILE} has an init_source that is a "
+            f"{type(prior).__name__}, not the record of the run it started from"
+        )
     before = prior.get("budget_epochs", 0)
-    record = {"run_dir": results_relative(folder, cfg.out), "run_id": source.get("run_id", folder.name),
-              "method": source.get("method"), "epochs": epochs,
-              "budget_epochs": epochs + before if _is_int(before) else None,
-              "weights": "averaged" if averaged else "last",
-              "checkpoint_sha256": sha256_file(ckpt),
-              # its own source is named, not nested: a chain of runs stays a flat record
-              "config": {k: v for k, v in source.items() if k != "init_source"}
-              | {"init_source": prior.get("run_id") or prior.get("file")}}
+    record = {
+        "run_dir": results_relative(folder, cfg.out),
+        "run_id": source.get("run_id", folder.name),
+        "method": source.get("method"),
+        "epochs": epochs,
+        "budget_epochs": epochs + before if _is_int(before) else None,
+        "weights": "averaged" if averaged else "last",
+        "checkpoint_sha256": sha256_file(ckpt),
+        # its own source is named, not nested: a chain of runs stays a flat record
+        "config": {k: v for k, v in source.items() if k != "init_source"}
+        | {"init_source": prior.get("run_id") or prior.get("file")},
+    }
     check_init_from(record, f"{where}: its {CONFIG_FILE} (kept in this run's metrics.json as init_from)")
     return weights, record
 
@@ -147,8 +163,16 @@ def _read_file(path: Path, where: str, cfg: RunConfig) -> tuple[dict[str, torch.
     model = _fresh_model(cfg)
     weights = unwrap_state_dict(_load(path, model, where), where)
     _check_weights(model, weights, where, cfg)
-    record = {"file": results_relative(path, cfg.out), "run_id": None, "method": None, "epochs": None,
-              "budget_epochs": None, "weights": "file", "checkpoint_sha256": sha256_file(path), "config": None}
+    record = {
+        "file": results_relative(path, cfg.out),
+        "run_id": None,
+        "method": None,
+        "epochs": None,
+        "budget_epochs": None,
+        "weights": "file",
+        "checkpoint_sha256": sha256_file(path),
+        "config": None,
+    }
     check_init_from(record, where)
     return weights, record
 

@@ -29,13 +29,16 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state(device if device is not None and device.type == "cuda"
-                                                 else "cuda")
+        state["cuda"] = torch.cuda.get_rng_state(device if device is not None and device.type == "cuda" else "cuda")
     return state
 
 
@@ -44,9 +47,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     py = state["python"]
     random.setstate((py[-1], tuple(py[:-1]), None))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device if device is not None and device.type == "cuda"
-                                 else "cuda")
+        torch.cuda.set_rng_state(
+            state["cuda"].cpu(), device if device is not None and device.type == "cuda" else "cuda"
+        )

@@ -27,16 +27,18 @@ from fairbench.eval.evaluator import per_class_accuracy, seeded
 
 def log_record(acc: torch.Tensor) -> dict[str, Any]:
     """An epoch's validation fields of log.jsonl: average, worst class and each class (fractions)."""
-    return {"val_robust_avg": round(float(acc.mean()), 6), "val_robust_worst": round(float(acc.min()), 6),
-            "val_robust_per_class": [round(float(a), 6) for a in acc]}
+    return {
+        "val_robust_avg": round(float(acc.mean()), 6),
+        "val_robust_worst": round(float(acc.min()), 6),
+        "val_robust_per_class": [round(float(a), 6) for a in acc],
+    }
 
 
 class ValidationScorer:
     """PGD-10 (the training attack) robust accuracy of each class on the validation split: what
     ``best-val`` selects by and what a tuning trial (``score_on="validation"``) is scored by."""
 
-    def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo,
-                 device: torch.device) -> None:
+    def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo, device: torch.device) -> None:
         self.cfg, self.val, self.num_classes, self.dist, self.device = cfg, val, num_classes, dist, device
 
     def robust_per_class(self, model: nn.Module, epoch: int) -> torch.Tensor:
@@ -60,8 +62,7 @@ class ValidationScorer:
 class BestValSelector:
     """Scores the model on the validation split after each epoch and keeps the best weights."""
 
-    def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo,
-                 device: torch.device) -> None:
+    def __init__(self, cfg: RunConfig, val: Split, num_classes: int, dist: DistInfo, device: torch.device) -> None:
         self.scorer = ValidationScorer(cfg, val, num_classes, dist, device)
         self.best_score = -float("inf")
         self.best_epoch = 0
@@ -86,8 +87,7 @@ class BestValSelector:
         return self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
-                "best_model": self.best_model}
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "best_model": self.best_model}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_score = float(state["best_score"])

@@ -52,15 +52,24 @@ def default_amp(device: torch.device) -> bool:
 class Trainer:
     """SGD with momentum over each epoch's `EpochPlan`; checkpoints after every epoch."""
 
-    def __init__(self, cfg: RunConfig, *, spec: DatasetSpec, model: nn.Module, method: Method,
-                 train: Split, val: Split | None, run_dir: Path, dist: DistInfo,
-                 device: torch.device, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        spec: DatasetSpec,
+        model: nn.Module,
+        method: Method,
+        train: Split,
+        val: Split | None,
+        run_dir: Path,
+        dist: DistInfo,
+        device: torch.device,
+        progress: bool = True,
+    ) -> None:
         if cfg.batch_size % dist.world_size:
-            raise FairbenchError(f"--batch-size {cfg.batch_size} must be divisible by the "
-                                 f"{dist.world_size} processes")
+            raise FairbenchError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
         if cfg.batch_size > len(train):
-            raise FairbenchError(f"--batch-size {cfg.batch_size} is larger than the "
-                                 f"{len(train)} training examples")
+            raise FairbenchError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training examples")
         self.cfg, self.spec, self.method, self.dist = cfg, spec, method, dist
         self.train, self.val, self.run_dir, self.device = train, val, Path(run_dir), device
         self.progress = progress and dist.is_main
@@ -79,25 +88,44 @@ class Trainer:
         self.model = model
         self.train_model, self.attack_model = self._wrap(model)
         self.averaging = self._weight_average(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay,
-                                         **({"fused": True} if device.type == "cuda" else {}))
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            **({"fused": True} if device.type == "cuda" else {}),
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.schedule))
+            self.optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.schedule)
+        )
         self.start_epoch = 0
         self.train_seconds = 0.0
         self.images_seen = 0
         self.stop: StopSignals | None = None
         self.watch = LossWatch(device, dist)
         self._mid_epoch: dict[str, Any] | None = None  # where a preempted epoch stopped
-        self.selector = (BestValSelector(cfg, val, spec.num_classes, dist, device)
-                         if cfg.select == "best-val" and val is not None else None)
+        self.selector = (
+            BestValSelector(cfg, val, spec.num_classes, dist, device)
+            if cfg.select == "best-val" and val is not None
+            else None
+        )
         # a tuning trial logs every epoch's validation score (the selector logs it under best-val)
-        self.val_scorer = (ValidationScorer(cfg, val, spec.num_classes, dist, device)
-                           if cfg.score_on == "validation" and val is not None else None)
-        self.checkpoints = Checkpointer(run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, method=method, selector=self.selector,
-                                        averaging=self.averaging, dist=dist, device=device)
+        self.val_scorer = (
+            ValidationScorer(cfg, val, spec.num_classes, dist, device)
+            if cfg.score_on == "validation" and val is not None
+            else None
+        )
+        self.checkpoints = Checkpointer(
+            run_dir=self.run_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            method=method,
+            selector=self.selector,
+            averaging=self.averaging,
+            dist=dist,
+            device=device,
+        )
 
     def _wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(training model: DDP under torchrun, attack model: the bare one), compiled if asked.
@@ -109,8 +137,7 @@ class Trainer:
         wrapped, attack = model, model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                                          gradient_as_bucket_view=True)
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
         if self.cfg.compile:  # static shapes: a last, smaller batch compiles once more
             # a compiled module is a module (OptimizedModule); torch's stubs say a callable
             wrapped = cast(nn.Module, torch.compile(wrapped, dynamic=False))
@@ -126,8 +153,10 @@ class Trainer:
         """The method's own average (CFA's FAWA), else ``--ema``'s, else none."""
         own = self.method.weight_averaging()
         if own is not None and self.cfg.ema is not None:
-            raise FairbenchError(f"--ema: method '{self.cfg.method}' keeps its own weight average "
-                                 f"(decay {own}); drop --ema, or turn the method's averaging off")
+            raise FairbenchError(
+                f"--ema: method '{self.cfg.method}' keeps its own weight average "
+                f"(decay {own}); drop --ema, or turn the method's averaging off"
+            )
         if own is not None:
             return WeightAverage(model, own, source=self.cfg.method)
         return WeightAverage(model, self.cfg.ema, source="--ema") if self.cfg.ema is not None else None
@@ -147,9 +176,17 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
 
     def epoch_context(self, epoch: int) -> EpochContext:
-        return EpochContext(epoch=epoch, epochs=self.cfg.epochs, model=self.model, spec=self.spec,
-                            train=self.train, val=self.val, config=self.cfg, device=self.device,
-                            dist=self.dist)
+        return EpochContext(
+            epoch=epoch,
+            epochs=self.cfg.epochs,
+            model=self.model,
+            spec=self.spec,
+            train=self.train,
+            val=self.val,
+            config=self.cfg,
+            device=self.device,
+            dist=self.dist,
+        )
 
     def fit(self, stop_after_epoch: int | None = None, stop: StopSignals | None = None) -> bool:
         """Train to the configured epoch count, or stop once ``stop_after_epoch`` epochs are done.
@@ -172,8 +209,10 @@ class Trainer:
             self.dist.on_main(lambda: append_jsonl(self.run_dir / LOG_FILE, record))
             self.save_checkpoint(epoch + 1)
             if agreed_stop(self.stop, self.dist, self.device):
-                raise Preempted(f"stopped by {self._signal()} after epoch {epoch + 1}; "
-                                f"{self._kept}; rerun with --resume to continue")
+                raise Preempted(
+                    f"stopped by {self._signal()} after epoch {epoch + 1}; "
+                    f"{self._kept}; rerun with --resume to continue"
+                )
         return max(self.start_epoch, last) >= self.cfg.epochs
 
     def select_weights(self) -> int:
@@ -187,17 +226,19 @@ class Trainer:
         n = len(plan)
         ones = torch.ones(n, device=self.device)
         assert self.cfg.eps is not None  # filled in by RunConfig.resolve
-        return EpochPlan(plan.indices.to(self.device),
-                         None if plan.augment is None else plan.augment.to(self.device),
-                         ones * self.cfg.eps if plan.eps is None else plan.eps.to(self.device).float(),
-                         ones if plan.weight is None else plan.weight.to(self.device).float())
+        return EpochPlan(
+            plan.indices.to(self.device),
+            None if plan.augment is None else plan.augment.to(self.device),
+            ones * self.cfg.eps if plan.eps is None else plan.eps.to(self.device).float(),
+            ones if plan.weight is None else plan.weight.to(self.device).float(),
+        )
 
     def _epoch_order(self, epoch: int, n: int) -> torch.Tensor:
         """The same shuffled order on every rank (seeded by run seed and epoch), then this rank's share."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen)
         per_rank = n // self.dist.world_size
-        return order[self.dist.rank::self.dist.world_size][:per_rank].to(self.device)
+        return order[self.dist.rank :: self.dist.world_size][:per_rank].to(self.device)
 
     def _begin_epoch(self, ctx: EpochContext) -> tuple[EpochPlan, EpochPlan, int, torch.Tensor, float]:
         """The epoch's full plan, this rank's ordered share, first step, loss sum and seconds so far.
@@ -217,12 +258,16 @@ class Trainer:
         else:
             full = self._complete_plan(self.method.plan_epoch(ctx))
             if len(full) > MAX_PLAN_FACTOR * len(ctx.train):  # what `Method.plan_factor` bounds
-                raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
-                                     f"more than {MAX_PLAN_FACTOR}x the {len(ctx.train)} training "
-                                     f"examples (its plan_factor must bound its parameters)")
+                raise FairbenchError(
+                    f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
+                    f"more than {MAX_PLAN_FACTOR}x the {len(ctx.train)} training "
+                    f"examples (its plan_factor must bound its parameters)"
+                )
             if len(full) < self.cfg.batch_size:
-                raise FairbenchError(f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
-                                     f"fewer than one batch of {self.cfg.batch_size}")
+                raise FairbenchError(
+                    f"epoch {ctx.epoch + 1}: the method planned {len(full)} examples, "
+                    f"fewer than one batch of {self.cfg.batch_size}"
+                )
         return full, full.take(self._epoch_order(ctx.epoch, len(full))), step, loss_sum, seconds
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -245,22 +290,21 @@ class Trainer:
                 if bar is not None:
                     self._update_bar(bar, loss_sum, start + len(batch), t0, LOG_EVERY)
             if step + 1 < len(starts) and self._stop_requested(step):
-                self._preempt(ctx, full, step + 1, len(starts), loss_sum,
-                              seconds_before + time.perf_counter() - t0)
+                self._preempt(ctx, full, step + 1, len(starts), loss_sum, seconds_before + time.perf_counter() - t0)
         self.watch.check(epoch, len(starts), self._kept)
         seen = torch.tensor(float(len(plan)), device=self.device)
         mean_loss = float(self.dist.all_reduce_sum(loss_sum) / self.dist.all_reduce_sum(seen))
         seconds = seconds_before + time.perf_counter() - t0
         if not math.isfinite(mean_loss):
-            raise Diverged(f"training diverged in epoch {epoch + 1}: the mean loss is {mean_loss}; "
-                           f"{self._kept}")
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the mean loss is {mean_loss}; {self._kept}")
         if bar is not None:
             self._update_bar(bar, loss_sum, len(plan), t0, len(starts) % LOG_EVERY)
             bar.close()
         self.dist.broadcast_buffers(self.model)  # scoring, evaluation and the checkpoint: rank 0's
         self._check_replicas(epoch)
-        check_weights(self.model, to_float(self.train.images[plan.indices[-local_bs:]]), self.dist,
-                      epoch, self._kept)  # the last update: no loss of this epoch saw it
+        check_weights(
+            self.model, to_float(self.train.images[plan.indices[-local_bs:]]), self.dist, epoch, self._kept
+        )  # the last update: no loss of this epoch saw it
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.method.end_epoch(ctx)
@@ -268,8 +312,15 @@ class Trainer:
         images = len(plan) * self.dist.world_size
         self.train_seconds += seconds
         self.images_seen += images
-        return {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "examples": images,
-                "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 1), **ctx.log}
+        return {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": mean_loss,
+            "examples": images,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images / seconds, 1),
+            **ctx.log,
+        }
 
     def train_step(self, batch: EpochPlan, epoch: int) -> torch.Tensor:
         images = self.train.images[batch.indices]
@@ -278,11 +329,19 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         assert batch.eps is not None and batch.weight is not None  # _complete_plan fills them
         assert self.cfg.eps is not None and self.cfg.step_size is not None  # filled in by RunConfig.resolve
-        ctx = BatchContext(model=self.train_model, attack_model=self.attack_model, x=x,
-                           y=self.train.labels[batch.indices], eps=batch.eps,
-                           step_size=batch.eps * (self.cfg.step_size / self.cfg.eps),
-                           steps=self.cfg.attack_steps, weight=batch.weight, epoch=epoch, spec=self.spec,
-                           dist=self.dist)
+        ctx = BatchContext(
+            model=self.train_model,
+            attack_model=self.attack_model,
+            x=x,
+            y=self.train.labels[batch.indices],
+            eps=batch.eps,
+            step_size=batch.eps * (self.cfg.step_size / self.cfg.eps),
+            steps=self.cfg.attack_steps,
+            weight=batch.weight,
+            epoch=epoch,
+            spec=self.spec,
+            dist=self.dist,
+        )
         if batch.augment is not None:
             ctx.x = self.method.augment(ctx, batch.augment)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -297,8 +356,7 @@ class Trainer:
         if not self.dist.enabled:
             return plan
         cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
-        fields = self.dist.broadcast_object((cpu(plan.indices), cpu(plan.augment), cpu(plan.eps),
-                                             cpu(plan.weight)))
+        fields = self.dist.broadcast_object((cpu(plan.indices), cpu(plan.augment), cpu(plan.eps), cpu(plan.weight)))
         moved: list[Any] = [None if t is None else t.to(self.device) for t in fields]
         return EpochPlan(*moved)
 
@@ -308,17 +366,18 @@ class Trainer:
             return
         checksum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
         if len({repr(c) for c in self.dist.all_gather_object(checksum)}) > 1:  # repr: nan == nan
-            raise FairbenchError(f"epoch {epoch + 1}: the processes' weights differ; the method "
-                                 f"'{self.cfg.method}' must compute its loss forward with ctx.model "
-                                 f"(the DDP-wrapped model), not ctx.attack_model")
+            raise FairbenchError(
+                f"epoch {epoch + 1}: the processes' weights differ; the method "
+                f"'{self.cfg.method}' must compute its loss forward with ctx.model "
+                f"(the DDP-wrapped model), not ctx.attack_model"
+            )
 
     def _progress_bar(self, epoch: int, steps: int):
         if not self.progress:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
-                    dynamic_ncols=True)
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
 
     def _update_bar(self, bar, loss_sum: torch.Tensor, seen: int, t0: float, steps: int) -> None:
         rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
@@ -336,17 +395,21 @@ class Trainer:
     def _signal(self) -> str:
         return (self.stop.requested if self.stop else None) or "a signal on another rank"
 
-    def _preempt(self, ctx: EpochContext, plan: EpochPlan, step: int, steps: int,
-                 loss_sum: torch.Tensor, seconds: float) -> None:
+    def _preempt(
+        self, ctx: EpochContext, plan: EpochPlan, step: int, steps: int, loss_sum: torch.Tensor, seconds: float
+    ) -> None:
         """Checkpoint at this step boundary (never a diverged model), then raise `Preempted`."""
         self.watch.check(ctx.epoch, steps, self._kept)
-        plan_state = {"indices": plan.indices, "augment": plan.augment, "eps": plan.eps,
-                      "weight": plan.weight}
+        plan_state = {"indices": plan.indices, "augment": plan.augment, "eps": plan.eps, "weight": plan.weight}
         total = self.dist.all_reduce_sum(loss_sum.clone())
-        self.save_checkpoint(ctx.epoch, mid_epoch={"step": step, "plan": plan_state, "log": ctx.log,
-                                                   "loss_sum": total, "seconds": seconds})
-        raise Preempted(f"stopped by {self._signal()} in epoch {ctx.epoch + 1} after step {step} "
-                        f"of {steps}; {self._kept}; rerun with --resume to continue")
+        self.save_checkpoint(
+            ctx.epoch,
+            mid_epoch={"step": step, "plan": plan_state, "log": ctx.log, "loss_sum": total, "seconds": seconds},
+        )
+        raise Preempted(
+            f"stopped by {self._signal()} in epoch {ctx.epoch + 1} after step {step} "
+            f"of {steps}; {self._kept}; rerun with --resume to continue"
+        )
 
     # ------------------------------------------------------------------ checkpoints (fairbench.train.checkpoint)
 
@@ -357,8 +420,9 @@ class Trainer:
 
     def save_checkpoint(self, epochs_done: int, mid_epoch: dict[str, Any] | None = None) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` marks one taken inside epoch ``epochs_done``."""
-        self.checkpoints.save(self.cfg, epochs_done, train_seconds=self.train_seconds,
-                              images_seen=self.images_seen, mid_epoch=mid_epoch)
+        self.checkpoints.save(
+            self.cfg, epochs_done, train_seconds=self.train_seconds, images_seen=self.images_seen, mid_epoch=mid_epoch
+        )
 
     def resume(self) -> None:
         """Continue from the run folder's checkpoint; refuses one made with another config."""

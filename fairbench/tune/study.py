@@ -43,10 +43,16 @@ LOCK_FILE = "study.lock"
 TRIALS_FILE = "trials.csv"
 MAX_TRIALS = 1000
 # `fairbench run` options a study sets itself, with what to use instead
-OWN_OPTIONS = {"method": "--methods", "seed": "nothing (a trial trains at seed 0)", "run_id": "nothing",
-               "resume": "nothing (a study resumes its stopped trials by itself)",
-               "stop_after_epoch": "a plain `fairbench run`", "score_on": "nothing (trials score on validation)",
-               "tuning": "nothing", "param": "the method's search space (`fairbench list`)"}
+OWN_OPTIONS = {
+    "method": "--methods",
+    "seed": "nothing (a trial trains at seed 0)",
+    "run_id": "nothing",
+    "resume": "nothing (a study resumes its stopped trials by itself)",
+    "stop_after_epoch": "a plain `fairbench run`",
+    "score_on": "nothing (trials score on validation)",
+    "tuning": "nothing",
+    "param": "the method's search space (`fairbench list`)",
+}
 
 # parse_run(argv) -> (RunConfig, {option: given?}): `fairbench run`'s own parser (from the CLI)
 ParseRun = Callable[[list[str]], "tuple[Any, dict[str, bool]]"]
@@ -93,6 +99,7 @@ class StudySpec:
 
 # ----------------------------------------------------------------------------------- spaces
 
+
 def resolve_space(method: str, base_cfg: Any) -> tuple[dict[str, Distribution], dict[str, Any]]:
     """The method's whole space and its defaults at this protocol (``base_cfg``: the run options
     without the space's values), checked; one clear error for a method without a space."""
@@ -101,9 +108,11 @@ def resolve_space(method: str, base_cfg: Any) -> tuple[dict[str, Distribution], 
     cls = METHODS.get(method)
     space = method_space(cls)
     if space is None:
-        raise FairbenchError(f"method '{method}' declares no search space, so `fairbench tune` cannot tune "
-                             f"it (it runs with `fairbench run`); add `space = {{...}}` beside its Params "
-                             f"(CONTRIBUTING.md)")
+        raise FairbenchError(
+            f"method '{method}' declares no search space, so `fairbench tune` cannot tune "
+            f"it (it runs with `fairbench run`); add `space = {{...}}` beside its Params "
+            f"(CONTRIBUTING.md)"
+        )
     params = cls.Params()
     run_defaults = {k: getattr(base_cfg, k) for k in RUN_KEYS}
     check_space(method, space, params, run_defaults)
@@ -134,6 +143,7 @@ def space_signature(space: Mapping[str, Distribution]) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------------- the study
 
+
 def _storage(folder: Path | None) -> Any:
     import optuna
 
@@ -146,8 +156,9 @@ def _storage(folder: Path | None) -> Any:
     return JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
 
 
-def draw_trials(spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any],
-                persist: bool) -> list[TrialSpec]:
+def draw_trials(
+    spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any], persist: bool
+) -> list[TrialSpec]:
     """The study's N trials of ``method``: read from its journal where drawn before, drawn (and
     recorded when ``persist``) where not; a dry run (``persist=False``) records nothing, and draws
     what is missing in memory, as the study would. A study started with another space, N, seed or
@@ -160,20 +171,35 @@ def draw_trials(spec: StudySpec, method: str, space: dict[str, Distribution], de
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise FairbenchError(f"another `fairbench tune` is drawing trials in {folder} right now; "
-                                 f"run this command again when it has started its trials") from None
+            raise FairbenchError(
+                f"another `fairbench tune` is drawing trials in {folder} right now; "
+                f"run this command again when it has started its trials"
+            ) from None
         return _draw(spec, method, space, defaults, folder, True)
 
 
-def _draw(spec: StudySpec, method: str, space: dict[str, Distribution], defaults: dict[str, Any],
-          folder: Path | None, persist: bool) -> list[TrialSpec]:
+def _draw(
+    spec: StudySpec,
+    method: str,
+    space: dict[str, Distribution],
+    defaults: dict[str, Any],
+    folder: Path | None,
+    persist: bool,
+) -> list[TrialSpec]:
     import optuna
     from optuna.samplers import RandomSampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_name = f"{spec.name}/{method}"
-    signature = json.dumps({"space": space_signature(space), "trials": spec.trials, "seed": spec.seed,
-                            "run_args": without_out(spec.run_args)}, sort_keys=True)
+    signature = json.dumps(
+        {
+            "space": space_signature(space),
+            "trials": spec.trials,
+            "seed": spec.seed,
+            "run_args": without_out(spec.run_args),
+        },
+        sort_keys=True,
+    )
     study = None
     if folder is not None:
         try:
@@ -182,16 +208,19 @@ def _draw(spec: StudySpec, method: str, space: dict[str, Distribution], defaults
             study = None
     if study is not None and study.user_attrs.get("signature") != signature:
         assert folder is not None  # a study is only loaded from a folder
-        raise FairbenchError(f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
-                             f"space, --trials, --tune-seed or run options; its trials stay as they are: start "
-                             f"a new study with --study OTHER_NAME (or --out another folder)")
+        raise FairbenchError(
+            f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
+            f"space, --trials, --tune-seed or run options; its trials stay as they are: start "
+            f"a new study with --study OTHER_NAME (or --out another folder)"
+        )
     if study is None and persist:
         assert folder is not None
-        study = optuna.create_study(study_name=study_name, storage=_storage(folder), direction="maximize",
-                                    sampler=RandomSampler(seed=spec.seed))
+        study = optuna.create_study(
+            study_name=study_name, storage=_storage(folder), direction="maximize", sampler=RandomSampler(seed=spec.seed)
+        )
         study.set_user_attr("signature", signature)
     drawn = [] if study is None else sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    trials = [TrialSpec(method, t.number, _typed(dict(t.params), space)) for t in drawn[:spec.trials]]
+    trials = [TrialSpec(method, t.number, _typed(dict(t.params), space)) for t in drawn[: spec.trials]]
     distributions = {k: _optuna_distribution(d) for k, d in space.items()}
     for number in range(len(trials), spec.trials):
         # a draw depends on (seed, method, number) only: in the study itself, or (a dry run) in a
@@ -203,8 +232,10 @@ def _draw(spec: StudySpec, method: str, space: dict[str, Distribution], defaults
         where.sampler = RandomSampler(seed=trial_seed(spec.seed, method, number))
         trial = where.ask(distributions)
         if persist and trial.number != number:
-            raise FairbenchError(f"study '{study_name}': trial {number} was drawn as number {trial.number}; "
-                                 f"another process wrote the journal {folder}/{STUDY_FILE} at the same time")
+            raise FairbenchError(
+                f"study '{study_name}': trial {number} was drawn as number {trial.number}; "
+                f"another process wrote the journal {folder}/{STUDY_FILE} at the same time"
+            )
         trials.append(TrialSpec(method, number, _typed(dict(trial.params), space)))
     return trials
 
@@ -245,6 +276,7 @@ def record_results(spec: StudySpec, method: str, results: dict[int, float]) -> N
 
 # ----------------------------------------------------------------------------------- runs
 
+
 def format_value(value: Any) -> str:
     """A drawn value as `fairbench run` reads it back exactly (floats by repr)."""
     if isinstance(value, bool):
@@ -280,17 +312,26 @@ def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[li
         if given.get(name):
             raise FairbenchError(f"fairbench tune sets --{name.replace('_', '-')} itself; use {instead}")
     if base.val_per_class is None:
-        raise FairbenchError("tuning selects on the validation split: pass --val-per-class K "
-                             "(or a --preset that has one, e.g. fmnist-standard)")
+        raise FairbenchError(
+            "tuning selects on the validation split: pass --val-per-class K "
+            "(or a --preset that has one, e.g. fmnist-standard)"
+        )
     runs, trials = [], []
     for method in spec.methods:
         space, defaults = resolve_space(method, dataclasses.replace(base, method=method))
         for trial in draw_trials(spec, method, space, defaults, persist):
             argv = trial_argv(spec, trial)
             cfg = prepare(parse_run(argv)[0])[0]
-            runs.append(PlannedRun(trial.run_id, tuple(argv),
-                                   (("method", method), ("trial", str(trial.number))),
-                                   cfg.epochs, spec.out, cfg.device))
+            runs.append(
+                PlannedRun(
+                    trial.run_id,
+                    tuple(argv),
+                    (("method", method), ("trial", str(trial.number))),
+                    cfg.epochs,
+                    spec.out,
+                    cfg.device,
+                )
+            )
             trials.append(trial)
     return runs, trials
 
@@ -310,6 +351,7 @@ def _short(v: Any) -> str:
 
 # ----------------------------------------------------------------------------------- trials.csv
 
+
 def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, Any]]:
     """One row per finished trial, with ``selected`` set by `select`; unfinished trials are left out."""
     rows = []
@@ -320,12 +362,19 @@ def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, A
         record = read_validation(path)
         if record["run_id"] != t.run_id or record["method"] != t.method:
             raise FairbenchError(f"{path}: its record names run {record['run_id']!r:.60}, not {t.run_id}")
-        rows.append({"method": t.method, "trial": t.number, "run_dir": f"runs/{t.run_id}",
-                     **{f"hp.{k}": v for k, v in t.values.items()},
-                     "val_avg_acc": record["avg"], "val_worst_acc": record["worst"],
-                     "criterion": record["criterion"], "selected": 0})
-    complete = {m for m in spec.methods
-                if sum(1 for r in rows if r["method"] == m) == spec.trials}
+        rows.append(
+            {
+                "method": t.method,
+                "trial": t.number,
+                "run_dir": f"runs/{t.run_id}",
+                **{f"hp.{k}": v for k, v in t.values.items()},
+                "val_avg_acc": record["avg"],
+                "val_worst_acc": record["worst"],
+                "criterion": record["criterion"],
+                "selected": 0,
+            }
+        )
+    complete = {m for m in spec.methods if sum(1 for r in rows if r["method"] == m) == spec.trials}
     return select(rows, complete)
 
 
@@ -352,8 +401,9 @@ def trials_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*FIXED_COLUMNS, *hps, *SCORE_COLUMNS])
     for r in sorted(rows, key=lambda r: (r["method"], r["trial"])):
-        writer.writerow([*(r[c] for c in FIXED_COLUMNS), *(_cell(r.get(h)) for h in hps),
-                         *(r[c] for c in SCORE_COLUMNS)])
+        writer.writerow(
+            [*(r[c] for c in FIXED_COLUMNS), *(_cell(r.get(h)) for h in hps), *(r[c] for c in SCORE_COLUMNS)]
+        )
     return buf.getvalue()
 
 
@@ -380,7 +430,7 @@ def study_trials(out: Path, name: str) -> tuple[list[TrialSpec], dict[str, int]]
             sizes[method] = int(json.loads(study.user_attrs["signature"])["trials"])
         except (KeyError, ValueError, TypeError):
             raise FairbenchError(f"{journal}: study '{summary.study_name}' has no readable record") from None
-        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:sizes[method]]:
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[: sizes[method]]:
             trials.append(TrialSpec(method, t.number, dict(t.params)))
     return trials, sizes
 
@@ -414,8 +464,9 @@ def tuned_run_id(method: str, study: str, seed: int) -> str:
     return f"{method}_tuned-{study}_seed{seed}"
 
 
-def confirm_runs(spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], confirm_out: str,
-                 echo: Callable[[str], None]) -> tuple[list[Any], list[tuple[TrialSpec, Any]]]:
+def confirm_runs(
+    spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], confirm_out: str, echo: Callable[[str], None]
+) -> tuple[list[Any], list[tuple[TrialSpec, Any]]]:
     """The tuned row of each method: its selected trial's configuration at each seed, scored on
     the test set in ``confirm_out`` (never in the trial's folder), each run recording its study
     (``--tuning``). Seed 0 is the selected trial itself, as DomainBed reports the selected run:
@@ -433,17 +484,26 @@ def confirm_runs(spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], con
         chosen = [r for r in rows if r["method"] == method and r["selected"]]
         if not chosen:
             done = sum(1 for r in rows if r["method"] == method)
-            raise FairbenchError(f"--confirm: the study of {method} has {done} of {spec.trials} trials "
-                                 f"finished; run the study to its end first (the same command without --confirm)")
+            raise FairbenchError(
+                f"--confirm: the study of {method} has {done} of {spec.trials} trials "
+                f"finished; run the study to its end first (the same command without --confirm)"
+            )
         trial = next(t for t in trials if t.method == method and t.number == chosen[0]["trial"])
         tuning = {"study": spec.name, "trials": spec.trials, "trial": trial.number, "rule": TUNED_RULE}
         for seed in seeds:
             argv = run_argv(list(args), trial, seed) + ["--tuning", json.dumps(tuning, sort_keys=True)]
             run_id = tuned_run_id(method, spec.name, seed)
             cfg = prepare(parse_run(argv)[0])[0]
-            runs.append(PlannedRun(run_id, tuple(argv), (("method", method), ("seed", str(seed)),
-                                                         ("trial", str(trial.number))),
-                                   cfg.epochs, confirm_out, cfg.device))
+            runs.append(
+                PlannedRun(
+                    run_id,
+                    tuple(argv),
+                    (("method", method), ("seed", str(seed)), ("trial", str(trial.number))),
+                    cfg.epochs,
+                    confirm_out,
+                    cfg.device,
+                )
+            )
             if seed == 0:
                 seed0.append((trial, dataclasses.replace(cfg, run_id=run_id)))
         echo(f"{method}: trial {trial.number} selected (criterion {chosen[0]['criterion']:.4f})")

@@ -77,22 +77,29 @@ def main(results: Path = Path("results"), here: Path = HERE) -> list[str]:
             if index is None:
                 index, labels = idx, lab
             if len(idx) != len(out) or not np.array_equal(idx, index) or not np.array_equal(lab, labels):
-                raise FairbenchError(f"{name}: PGD-20 was not run on the same test images (and labels) as the "
-                                     f"rows before it")
+                raise FairbenchError(
+                    f"{name}: PGD-20 was not run on the same test images (and labels) as the rows before it"
+                )
             wrong.append(bad)
     wrong = np.stack(wrong)
-    lines = ["PGD-20 error in %, 95% intervals; each step against the row above it (paired bootstrap;"
-             " * where its interval excludes 0)"]
+    lines = [
+        "PGD-20 error in %, 95% intervals; each step against the row above it (paired bootstrap;"
+        " * where its interval excludes 0)"
+    ]
     print(lines[-1])
     for i, name in enumerate(rows_by_name):
         st = bootstrap_threat(labels, wrong, rows, n_classes=10, baseline=max(i - 1, 0), seed=0)[i]
-        line = (f"{name:44s} avg {100 * st.avg.value:5.1f} [{100 * st.avg.lo:5.1f}, {100 * st.avg.hi:5.1f}]"
-                f"  worst {100 * st.worst.value:5.1f} [{100 * st.worst.lo:5.1f}, {100 * st.worst.hi:5.1f}]")
+        line = (
+            f"{name:44s} avg {100 * st.avg.value:5.1f} [{100 * st.avg.lo:5.1f}, {100 * st.avg.hi:5.1f}]"
+            f"  worst {100 * st.worst.value:5.1f} [{100 * st.worst.lo:5.1f}, {100 * st.worst.hi:5.1f}]"
+        )
         if i:
             d, w = st.avg_delta, st.worst_delta
-            line += (f"  step: avg {100 * d.value:+5.1f} [{100 * d.lo:+5.1f}, {100 * d.hi:+5.1f}]"
-                     f"{' *' if d.significant else '  '} worst {100 * w.value:+5.1f} [{100 * w.lo:+5.1f},"
-                     f" {100 * w.hi:+5.1f}]{' *' if w.significant else ''}")
+            line += (
+                f"  step: avg {100 * d.value:+5.1f} [{100 * d.lo:+5.1f}, {100 * d.hi:+5.1f}]"
+                f"{' *' if d.significant else '  '} worst {100 * w.value:+5.1f} [{100 * w.lo:+5.1f},"
+                f" {100 * w.hi:+5.1f}]{' *' if w.significant else ''}"
+            )
         print(line)
         lines.append(line)
     return lines

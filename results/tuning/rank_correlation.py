@@ -28,8 +28,12 @@ def criterion_by_epoch(run_dir: Path) -> dict[int, float]:
     for record in read_jsonl(run_dir / "log.jsonl"):
         per_class = record.get("val_robust_per_class") if isinstance(record, dict) else None
         epoch = record.get("epoch") if isinstance(record, dict) else None
-        if isinstance(epoch, int) and isinstance(per_class, list) and per_class \
-                and all(isinstance(a, (int, float)) for a in per_class):
+        if (
+            isinstance(epoch, int)
+            and isinstance(per_class, list)
+            and per_class
+            and all(isinstance(a, (int, float)) for a in per_class)
+        ):
             out[epoch] = sum(per_class) / len(per_class) + min(per_class)
     return out
 
@@ -45,8 +49,14 @@ def main(folder: Path) -> int:
         for r in rows:
             curve = criterion_by_epoch(folder / r["run_dir"])
             last = max(curve) if curve else None
-            data.append({"method": r["method"], "trial": int(r["trial"]), "last": curve.get(last),
-                         **{f"e{e}": curve.get(e) for e in EARLY}})
+            data.append(
+                {
+                    "method": r["method"],
+                    "trial": int(r["trial"]),
+                    "last": curve.get(last),
+                    **{f"e{e}": curve.get(e) for e in EARLY},
+                }
+            )
     except (OSError, KeyError, ValueError, FairbenchError) as exc:
         print(f"error: {table}: {str(exc)[:200]}", file=sys.stderr)
         return 2
