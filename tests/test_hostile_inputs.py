@@ -28,6 +28,26 @@ from cli_helpers import cli, cli_out
 LONG_UTF8_ID = "日" * 100  # 100 characters, 300 bytes: longer than a file name may be
 
 
+def tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
+    """`fairbench run` of small-cnn on Fashion-MNIST for one epoch on the CPU, plus ``extra``."""
+    return [
+        "run",
+        "--arch",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
 def one_error(code: int, err: str, fragment: str) -> None:
     lines = err.strip().splitlines()
     assert code == 2, err
@@ -284,24 +304,7 @@ def test_one_run_id_rule_for_run_and_eval(run_id: str, fmnist_dir: Path, tmp_pat
     code, err = cli(eval_args(ckpt, fmnist_dir, tmp_path / "out", "--run-id", run_id), capsys)
     one_error(code, err, "--run-id must be a folder name")
     code, err = cli(
-        [
-            "run",
-            "--arch",
-            "small-cnn",
-            "--dataset",
-            "fashion-mnist",
-            "--epochs",
-            "1",
-            "--data-dir",
-            str(fmnist_dir),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--run-id",
-            run_id,
-            "--no-progress",
-        ],
+        tiny_run(fmnist_dir, tmp_path / "out", "--run-id", run_id, "--no-progress"),
         capsys,
     )
     one_error(code, err, "--run-id must be a folder name")
@@ -513,23 +516,7 @@ def test_run_values_that_crash_or_never_stop_are_refused(
     """--lr 1e300 overflowed float32 at the first step (a traceback); --attack-steps 10**20 made a
     step that never ends, so SIGTERM (which waits for the step) could not stop the run."""
     code, err = cli(
-        [
-            "run",
-            "--arch",
-            "small-cnn",
-            "--dataset",
-            "fashion-mnist",
-            "--epochs",
-            "1",
-            "--data-dir",
-            str(fmnist_dir),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--no-progress",
-            *extra,
-        ],
+        tiny_run(fmnist_dir, tmp_path / "out", "--no-progress", *extra),
         capsys,
     )
     one_error(code, err, fragment)
