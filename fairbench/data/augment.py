@@ -65,6 +65,7 @@ def _bc(v: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- single operations (per-example args)
 
+
 def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with black: ``x * factor``."""
     return (x * _bc(factor)).clamp(0, 1)
@@ -93,15 +94,15 @@ def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def box_mask(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
-             width: torch.Tensor) -> torch.Tensor:
+def box_mask(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
     """N×1×H×W bool mask of one axis-aligned box per example (pixel units, may cross the border)."""
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     t, lft = top.view(-1, 1, 1), left.view(-1, 1, 1)
-    inside = ((rows >= t) & (rows < t + height.view(-1, 1, 1))
-              & (cols >= lft) & (cols < lft + width.view(-1, 1, 1)))
+    inside = (rows >= t) & (rows < t + height.view(-1, 1, 1)) & (cols >= lft) & (cols < lft + width.view(-1, 1, 1))
     return inside[:, None]
 
 
@@ -116,6 +117,7 @@ def cutout(x: torch.Tensor, side: torch.Tensor, generator: Generator = None) -> 
 
 # ---------------------------------------------------------------- affine matrices
 
+
 def rotation_theta(angle_rad: torch.Tensor) -> torch.Tensor:
     cos, sin, zero = torch.cos(angle_rad), torch.sin(angle_rad), torch.zeros_like(angle_rad)
     return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -125,8 +127,9 @@ def identity_theta(n: int, x: torch.Tensor) -> torch.Tensor:
     return torch.eye(2, 3, device=x.device).expand(n, 2, 3).clone()
 
 
-def _geometric_theta(op: torch.Tensor, mag: torch.Tensor, sign: torch.Tensor,
-                     x: torch.Tensor, generator: Generator) -> torch.Tensor:
+def _geometric_theta(
+    op: torch.Tensor, mag: torch.Tensor, sign: torch.Tensor, x: torch.Tensor, generator: Generator
+) -> torch.Tensor:
     """Per-example 2×3 matrix for the drawn geometric op (identity for the others)."""
     n = x.shape[0]
     theta = identity_theta(n, x)
@@ -147,6 +150,7 @@ def _geometric_theta(op: torch.Tensor, mag: torch.Tensor, sign: torch.Tensor,
 
 # ---------------------------------------------------------------- policies
 
+
 def randaugment(x: torch.Tensor, num_ops: int = 2, generator: Generator = None) -> torch.Tensor:
     """Apply ``num_ops`` operations drawn per example from `OPS`, each with a random magnitude."""
     n = x.shape[0]
@@ -157,8 +161,7 @@ def randaugment(x: torch.Tensor, num_ops: int = 2, generator: Generator = None) 
             "brightness": lambda v: brightness(v, 1 + sign * _between(mag, BRIGHTNESS)),
             "contrast": lambda v: contrast(v, 1 + sign * _between(mag, CONTRAST)),
             "solarize": lambda v: solarize(v, _between(mag, SOLARIZE)),
-            "posterize": lambda v: posterize(v, torch.floor(_between(mag, (POSTERIZE_BITS[0],
-                                                                          POSTERIZE_BITS[1] + 1)))),
+            "posterize": lambda v: posterize(v, torch.floor(_between(mag, (POSTERIZE_BITS[0], POSTERIZE_BITS[1] + 1)))),
             "cutout": lambda v: cutout(v, _between(mag, CUTOUT), generator),
         }
         out = x
@@ -188,9 +191,13 @@ def affine_jitter(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
     return affine(x, theta)
 
 
-def random_erase(x: torch.Tensor, p: float = 0.5, generator: Generator = None,
-                 area: tuple[float, float] = (0.02, 0.33), log_ratio: float = math.log(3.3)
-                 ) -> torch.Tensor:
+def random_erase(
+    x: torch.Tensor,
+    p: float = 0.5,
+    generator: Generator = None,
+    area: tuple[float, float] = (0.02, 0.33),
+    log_ratio: float = math.log(3.3),
+) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020): a box of random area/aspect filled with uniform noise."""
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     u = lambda: _rand(n, x, generator)  # noqa: E731

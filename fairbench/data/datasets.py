@@ -19,10 +19,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairbench.specs.datasets import (CIFAR10_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR_MEAN,  # noqa: F401
-                                  CIFAR_STD, DATASETS, FASHION_MNIST_CLASSES, DatasetSpec, get_dataset,
-                                  register_dataset)
 from fairbench.errors import FairbenchError
+from fairbench.specs.datasets import (  # noqa: F401
+    CIFAR10_CLASSES,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DATASETS,
+    FASHION_MNIST_CLASSES,
+    DatasetSpec,
+    get_dataset,
+    register_dataset,
+)
 
 if TYPE_CHECKING:
     from fairbench.distributed import DistInfo
@@ -51,8 +60,13 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
-def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split: Split, dist: DistInfo,
-                batch_size: int, indices: torch.Tensor | None = None) -> torch.Tensor:
+def map_sharded(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    split: Split,
+    dist: DistInfo,
+    batch_size: int,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``fn(x, y) -> per-example tensor`` over ``split[indices]`` (default: all of it), images as floats
     in [0, 1], in batches of ``batch_size``; under DDP each rank takes a contiguous shard and every
     rank gets the whole result back, in the order of ``indices``.
@@ -66,7 +80,7 @@ def map_sharded(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split:
     starts = range(shard.start, shard.stop, batch_size) or [shard.start]
     outs = []
     for start in starts:
-        idx = indices[start:min(start + batch_size, shard.stop)]
+        idx = indices[start : min(start + batch_size, shard.stop)]
         outs.append(fn(to_float(split.images[idx]), split.labels[idx]))
     return dist.gather_shards(torch.cat(outs), len(indices))
 
@@ -89,8 +103,9 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None = None,
-               download: bool = True) -> Split:
+def load_split(
+    spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None = None, download: bool = True
+) -> Split:
     """Load a whole split as uint8 CPU tensors (move it with `Split.to`)."""
     load = spec.load or BUILTIN_LOADERS.get(spec.name)
     if load is None:
@@ -99,8 +114,9 @@ def load_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None
     return Split(images.contiguous(), labels.long())
 
 
-def load_splits(spec: DatasetSpec, names: tuple[str, ...], data_dir: str | os.PathLike | None,
-                download: bool, dist: "DistInfo") -> list[Split]:
+def load_splits(
+    spec: DatasetSpec, names: tuple[str, ...], data_dir: str | os.PathLike | None, download: bool, dist: "DistInfo"
+) -> list[Split]:
     """`load_split` for each name; under torchrun one process per machine may download, in turn.
 
     Rank 0 loads first (downloading what is missing), then local rank 0 of every other machine
@@ -135,15 +151,14 @@ def per_class_indices(labels: torch.Tensor, k: int, num_classes: int, skip: int 
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()
         if idx.numel() < skip + k:
-            raise FairbenchError(
-                f"class {c} has {idx.numel()} examples, fewer than the {skip + k} asked for"
-            )
-        out.append(idx[skip: skip + k])
+            raise FairbenchError(f"class {c} has {idx.numel()} examples, fewer than the {skip + k} asked for")
+        out.append(idx[skip : skip + k])
     return torch.sort(torch.cat(out)).values
 
 
-def train_val_split(train: Split, num_classes: int, train_per_class: int | None,
-                    val_per_class: int | None) -> tuple[Split, Split | None]:
+def train_val_split(
+    train: Split, num_classes: int, train_per_class: int | None, val_per_class: int | None
+) -> tuple[Split, Split | None]:
     """Hold out the first ``val_per_class`` of each class as validation; the rest trains
     (or, with ``train_per_class``, the next ``train_per_class`` of each class)."""
     val_k = val_per_class or 0
@@ -153,8 +168,7 @@ def train_val_split(train: Split, num_classes: int, train_per_class: int | None,
     elif val_idx is not None:
         counts = torch.bincount(train.labels.cpu(), minlength=num_classes)
         if int(counts.min()) <= val_k:
-            raise FairbenchError(f"--val-per-class {val_k} leaves no training examples of class "
-                                 f"{int(counts.argmin())}")
+            raise FairbenchError(f"--val-per-class {val_k} leaves no training examples of class {int(counts.argmin())}")
         in_val = torch.zeros(len(train), dtype=torch.bool)
         in_val[val_idx] = True
         train_idx = torch.nonzero(~in_val).flatten()  # every other example, imbalanced or not
@@ -165,6 +179,7 @@ def train_val_split(train: Split, num_classes: int, train_per_class: int | None,
 
 
 # ---------------------------------------------------------------- augmentation (batched, on device)
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [0, 1]."""
@@ -191,8 +206,7 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def standard_augment(spec: DatasetSpec, images: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def standard_augment(spec: DatasetSpec, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The data set's standard training augmentation on a uint8 batch; returns float in [0, 1]."""
     x = to_float(images)
     x = random_crop(x, spec.crop_padding, generator)
@@ -202,6 +216,7 @@ def standard_augment(spec: DatasetSpec, images: torch.Tensor,
 
 
 # ---------------------------------------------------------------- loaders
+
 
 def _missing(name: str, looked: list[Path], how: str) -> FairbenchError:
     places = "; ".join(str(p) for p in looked)
@@ -214,9 +229,11 @@ def _torchvision_cifar(cls_name: str, name: str):
 
         cls = getattr(torchvision.datasets, cls_name)
         folder = root / cls.base_folder
-        how = (f"Get it by running with network access (torchvision downloads it into {root}), or "
-               f"put the extracted python-version archive ({cls.base_folder}/) in a folder and "
-               f"pass it as --data-dir or $FAIRBENCH_DATA.")
+        how = (
+            f"Get it by running with network access (torchvision downloads it into {root}), or "
+            f"put the extracted python-version archive ({cls.base_folder}/) in a folder and "
+            f"pass it as --data-dir or $FAIRBENCH_DATA."
+        )
         try:
             ds = cls(root=str(root), train=(split == "train"), download=download)
         except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files or md5s)
@@ -240,7 +257,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise FairbenchError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise FairbenchError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
@@ -266,8 +283,10 @@ def _load_fashion_mnist(split: str, root: Path, download: bool) -> tuple[torch.T
         if img and lbl:
             images, labels = read_idx(img), read_idx(lbl)
             return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
-    how = ("Install Debian's package (apt-get install dataset-fashion-mnist), or run with network "
-           "access so torchvision downloads it, or put the idx files in --data-dir.")
+    how = (
+        "Install Debian's package (apt-get install dataset-fashion-mnist), or run with network "
+        "access so torchvision downloads it, or put the idx files in --data-dir."
+    )
     if not download:
         raise _missing("fashion-mnist", folders, how)
     import torchvision
