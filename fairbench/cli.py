@@ -528,6 +528,12 @@ def tune_cmd(
     confirm_out: Optional[str] = typer.Option(
         None, help="--confirm: results folder of the tuned rows (default: the folder above --out, e.g. results)"
     ),
+    init_from_tuned: Optional[str] = typer.Option(
+        None,
+        metavar="METHOD",
+        help="fine-tune METHOD's tuned row of this study at the same seed (faal: pgd-at): the trials and "
+        "seed 0 start from METHOD's selected trial, --confirm's seed s from its tuned run of seed s",
+    ),
     launch: Any = None,
 ) -> None:
     """Tune methods with the same budget: N seeded draws each, scored on validation only.
@@ -554,6 +560,7 @@ def tune_cmd(
         methods=tuple(sweep_grid.split_list(methods)),
         run_args=tuple(run_args),
         out=out,
+        init_from_tuned=init_from_tuned,
     )
     if confirm:
         where = confirm_out or str(Path(out).resolve().parent)

@@ -3,6 +3,7 @@ study whose trial folders hold test outcomes, and the sensitivity figure's reade
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -69,6 +70,48 @@ def test_tuned_rows_form_their_own_group_and_seed0_is_the_selected_trial(tuned: 
         seed0 = tuned / "runs" / f"{method}_tuned-default_seed0"
         assert "resuming" in (tuned / "sweep" / "logs" / f"{seed0.name}.log").read_text()  # not retrained
     assert not list((tuned / "tuning" / "runs").glob(f"*/{METRICS_FILE}"))  # trials stay test-free
+
+
+def test_a_study_that_fine_tunes_starts_each_seed_from_the_tuned_row_of_that_seed(
+    tuned: Path, fmnist_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """FAAL's study (--init-from-tuned pgd-at): its trials and its tuned seed 0 fine-tune pgd-at's
+    selected trial (which is the tuned row's seed 0 itself), its tuned seed s pgd-at's tuned run of
+    seed s; the tuned FAAL row joins the tuned group; what cannot work is one error line."""
+    study = tuned / "tuning"
+    rows = list(csv.DictReader((study / "trials.csv").open()))
+    selected = next(r["run_dir"] for r in rows if r["method"] == "pgd-at" and r["selected"] == "1")
+    faal = ["--lr", "0.005", *tiny(fmnist_dir, study)]  # its fine-tuning's protocol lr
+    args = ["tune", "--methods", "faal", "--trials", "2", "--init-from-tuned", "pgd-at", *faal]
+    code, _, err = cli_out(args, capsys)
+    assert code == 0, err
+    for k in (0, 1):
+        trial = study / "runs" / f"faal_trial0{k}"
+        assert json.loads((trial / "config.json").read_text())["init_from"] == selected
+        assert not (trial / METRICS_FILE).exists()
+    confirm = [*args, "--confirm", "--eval-per-class", "2", "--attacks", "clean,pgd20"]
+    code, _, err = cli_out([*confirm, "--seeds", "0-1"], capsys)
+    assert code == 0, err
+    runs = tuned / "runs"
+    config = {s: json.loads((runs / f"faal_tuned-default_seed{s}" / "config.json").read_text()) for s in (0, 1)}
+    assert config[0]["init_from"] == f"tuning/{selected}"  # relative to the results folder
+    assert config[1]["init_from"] == "runs/pgd-at_tuned-default_seed1"
+    assert "resuming" in (tuned / "sweep" / "logs" / "faal_tuned-default_seed0.log").read_text()  # the trial
+    record = json.loads((runs / "faal_tuned-default_seed1" / METRICS_FILE).read_text())
+    assert record["init_from"]["run_id"] == "pgd-at_tuned-default_seed1"
+    (group,) = build_leaderboard(tuned).groups
+    assert sorted(r.method for r in group.rows) == ["faal", "pgd-at", "trades"]
+    assert all(len(r.seeds) == 2 for r in group.rows)
+    for extra, fragment in [
+        (["--seeds", "0-2"], "seed 2 fine-tunes"),  # pgd-at has no tuned run of seed 2
+        (["--init-from", str(study / selected)], "both name"),
+    ]:
+        code, _, err = cli_out([*confirm, *extra, "--dry-run"], capsys)
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    for method, fragment in [("wat", "the study of wat has 0 of 2"), ("nosuch", "nosuch"), ("faal", "own first")]:
+        bad = ["tune", "--methods", "faal", "--trials", "2", "--init-from-tuned", method, *faal]
+        code, _, err = cli_out([*bad, "--dry-run"], capsys)
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_trial_folder_with_test_outcomes_refuses_the_tuned_group(tuned: Path) -> None:

@@ -85,6 +85,8 @@ class StudySpec:
     methods: tuple[str, ...]
     run_args: tuple[str, ...]
     out: str
+    # a study that fine-tunes another method's tuned row of the same study (FAAL: pgd-at); `tuned_source`
+    init_from_tuned: str | None = None
 
     def check(self) -> None:
         if not 1 <= self.trials <= MAX_TRIALS:
@@ -95,6 +97,11 @@ class StudySpec:
             raise FairbenchError(f"--methods names a method twice: {','.join(self.methods)}")
         if not (0 < len(self.name) <= 100 and all(c.isalnum() or c in "._-+=" for c in self.name)):
             raise FairbenchError(f"--study must be a short name (letters, digits, . _ - + =), got {self.name!r:.60}")
+        if self.init_from_tuned is not None and self.init_from_tuned in self.methods:
+            raise FairbenchError(
+                f"--init-from-tuned {self.init_from_tuned}: {self.init_from_tuned} is tuned in this command; "
+                f"tune it in a command of its own first (the methods that fine-tune it need its selected trial)"
+            )
 
 
 # ----------------------------------------------------------------------------------- spaces
@@ -191,15 +198,15 @@ def _draw(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_name = f"{spec.name}/{method}"
-    signature = json.dumps(
-        {
-            "space": space_signature(space),
-            "trials": spec.trials,
-            "seed": spec.seed,
-            "run_args": without_out(spec.run_args),
-        },
-        sort_keys=True,
-    )
+    defines: dict[str, Any] = {
+        "space": space_signature(space),
+        "trials": spec.trials,
+        "seed": spec.seed,
+        "run_args": without_out(spec.run_args),
+    }
+    if spec.init_from_tuned is not None:  # only when set: the studies recorded before it keep their signature
+        defines["init_from_tuned"] = spec.init_from_tuned
+    signature = json.dumps(defines, sort_keys=True)
     study = None
     if folder is not None:
         try:
@@ -210,7 +217,8 @@ def _draw(
         assert folder is not None  # a study is only loaded from a folder
         raise FairbenchError(
             f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
-            f"space, --trials, --tune-seed or run options; its trials stay as they are: start "
+            f"space, --trials, --tune-seed, --init-from-tuned or run options; its trials stay as they "
+            f"are: start "
             f"a new study with --study OTHER_NAME (or --out another folder)"
         )
     if study is None and persist:
@@ -316,11 +324,12 @@ def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[li
             "tuning selects on the validation split: pass --val-per-class K "
             "(or a --preset that has one, e.g. fmnist-standard)"
         )
+    source = tuned_source(spec, 0, None)  # a trial trains at seed 0
     runs, trials = [], []
     for method in spec.methods:
         space, defaults = resolve_space(method, dataclasses.replace(base, method=method))
         for trial in draw_trials(spec, method, space, defaults, persist):
-            argv = trial_argv(spec, trial)
+            argv = trial_argv(spec, trial) + source
             cfg = prepare(parse_run(argv)[0])[0]
             runs.append(
                 PlannedRun(
@@ -476,22 +485,14 @@ def confirm_runs(
     from fairbench.train.runner import prepare
 
     spec.check()
-    trials = [t for t in study_trials(Path(spec.out), spec.name)[0] if t.method in spec.methods]
-    rows = trial_rows(spec, trials)
     runs, seed0 = [], []
     args = without_out(spec.run_args) + ["--out", confirm_out]
     for method in spec.methods:
-        chosen = [r for r in rows if r["method"] == method and r["selected"]]
-        if not chosen:
-            done = sum(1 for r in rows if r["method"] == method)
-            raise FairbenchError(
-                f"--confirm: the study of {method} has {done} of {spec.trials} trials "
-                f"finished; run the study to its end first (the same command without --confirm)"
-            )
-        trial = next(t for t in trials if t.method == method and t.number == chosen[0]["trial"])
+        trial, chosen = selected_trial(spec, method, "--confirm")
         tuning = {"study": spec.name, "trials": spec.trials, "trial": trial.number, "rule": TUNED_RULE}
         for seed in seeds:
-            argv = run_argv(list(args), trial, seed) + ["--tuning", json.dumps(tuning, sort_keys=True)]
+            source = tuned_source(spec, seed, confirm_out)
+            argv = run_argv(list(args), trial, seed) + source + ["--tuning", json.dumps(tuning, sort_keys=True)]
             run_id = tuned_run_id(method, spec.name, seed)
             cfg = prepare(parse_run(argv)[0])[0]
             runs.append(
@@ -506,8 +507,57 @@ def confirm_runs(
             )
             if seed == 0:
                 seed0.append((trial, dataclasses.replace(cfg, run_id=run_id)))
-        echo(f"{method}: trial {trial.number} selected (criterion {chosen[0]['criterion']:.4f})")
+        echo(f"{method}: trial {trial.number} selected (criterion {chosen['criterion']:.4f})")
     return runs, seed0
+
+
+def selected_trial(spec: StudySpec, method: str, where: str) -> tuple[TrialSpec, dict[str, Any]]:
+    """The selected trial of ``method`` in study ``spec.name`` (in ``spec.out``) and its trials.csv
+    row; one error, starting with ``where``, while its ``spec.trials`` trials are not all finished."""
+    every, sizes = study_trials(Path(spec.out), spec.name)
+    if method in sizes and sizes[method] != spec.trials:
+        raise FairbenchError(
+            f"{where}: the study of {method} in {spec.out} has {sizes[method]} trials, not --trials "
+            f"{spec.trials} (every method of a study gets the same N)"
+        )
+    trials = [t for t in every if t.method == method]
+    rows = trial_rows(dataclasses.replace(spec, methods=(method,)), trials)
+    chosen = [r for r in rows if r["selected"]]
+    if not chosen:
+        raise FairbenchError(
+            f"{where}: the study of {method} has {len(rows)} of {spec.trials} trials finished in "
+            f"{spec.out}; run that study to its end first (its tune command without --confirm)"
+        )
+    return next(t for t in trials if t.number == chosen[0]["trial"]), chosen[0]
+
+
+def tuned_source(spec: StudySpec, seed: int, confirm_out: str | None) -> list[str]:
+    """The ``--init-from`` of a run of a study that fine-tunes another method's tuned row
+    (``--init-from-tuned``; FAAL fine-tunes pgd-at's), at ``seed``: the tuned run of that method at
+    the same seed. Seed 0 of a tuned row *is* its selected trial (`prepare_seed0`), so seed 0 (every
+    trial, and the tuned row's seed 0) starts from the selected trial's folder, which exists before
+    any tuned row does; seed s > 0 from that method's tuned run of seed s in ``confirm_out``, which
+    `--confirm` of that method must have made first. Nothing for a study that trains from scratch."""
+    method = spec.init_from_tuned
+    if method is None:
+        return []
+    from fairbench.methods import METHODS
+
+    METHODS.get(method)  # an unknown name: one error listing the known ones
+    if any(a == "--init-from" or a.startswith("--init-from=") for a in spec.run_args):
+        raise FairbenchError("--init-from-tuned and --init-from both name the run to fine-tune; give one")
+    if seed == 0:
+        trial, _ = selected_trial(spec, method, f"--init-from-tuned {method}")
+        return ["--init-from", str(Path(spec.out) / "runs" / trial.run_id)]
+    assert confirm_out is not None  # trials train at seed 0
+    folder = Path(confirm_out) / "runs" / tuned_run_id(method, spec.name, seed)
+    if not folder.is_dir():
+        raise FairbenchError(
+            f"--init-from-tuned {method}: seed {seed} fine-tunes {folder}, which does not exist yet; "
+            f"run the tuned rows of {method} first (`fairbench tune --confirm --methods {method}` "
+            f"with its own options and these --seeds)"
+        )
+    return ["--init-from", str(folder)]
 
 
 def prepare_seed0(spec: StudySpec, trial: TrialSpec, cfg: Any, echo: Callable[[str], None]) -> None:
