@@ -231,7 +231,9 @@ class Pool:
         running: list[Job] = []
         with _Signals() as signals:
             forwarded = killed = False
-            while pending or running:
+            # once stopped, the runs not yet started stay pending (the next sweep starts them): the
+            # pool ends when the running ones have
+            while running or (pending and not signals.count):
                 if signals.count and not forwarded:
                     self.stopping = True
                     self._signal_all(running, signal.SIGTERM)
