@@ -4,7 +4,8 @@ Every trial logs its PGD-10 validation accuracy per class after each epoch (log.
 ``val_robust_per_class``). For each method with at least 3 finished trials, this prints the
 Spearman rank correlation between the criterion (average + worst-class accuracy) after epoch E
 and after the last epoch, for E = 4 and 6, and whether the trial with the best criterion at E is
-the one validation selects at the end. Run from the repository root:
+the one validation selects at the end (not for a method with a trial shorter than E epochs, such
+as FAAL, whose space draws its fine-tuning's length). Run from the repository root:
 
     python results/tuning/rank_correlation.py [results/tuning]
 """
@@ -68,6 +69,9 @@ def main(folder: Path) -> int:
             continue
         cells = []
         for e in EARLY:
+            if mine[f"e{e}"].isna().any():  # a trial of fewer epochs (FAAL draws its fine-tuning's length)
+                cells.append(f"{'n/a':>13}  {'(shorter trials)':>15}")
+                continue
             rho = mine[f"e{e}"].corr(mine["last"], method="spearman")
             same = mine.loc[mine[f"e{e}"].idxmax(), "trial"] == mine.loc[mine["last"].idxmax(), "trial"]
             cells.append(f"{rho:>+13.2f}  {'yes' if same else 'no':>15}")
