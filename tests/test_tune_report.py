@@ -212,3 +212,40 @@ def test_committed_trials_hold_no_test_outcomes_and_agree_with_trials_csv() -> N
         assert record["run_id"] == folder.name and record["method"] == row["method"]
         assert float(row["criterion"]) == record["criterion"] and float(row["val_worst_acc"]) == record["worst"]
         assert json.loads((folder / "config.json").read_text())["score_on"] == "validation"
+
+
+def _trial_logs(folder: Path, curves: dict[str, list[float]]) -> None:
+    """A trials.csv and each trial's log.jsonl, whose validation accuracy is ``curve[e]`` for both
+    classes after epoch e + 1 (criterion: twice that)."""
+    rows = ["method,trial,run_dir"]
+    for k, (name, curve) in enumerate(curves.items()):
+        method, _, _ = name.partition("_")
+        (folder / "runs" / name).mkdir(parents=True)
+        lines = [json.dumps({"epoch": e + 1, "val_robust_per_class": [a, a]}) for e, a in enumerate(curve)]
+        (folder / "runs" / name / "log.jsonl").write_text("\n".join(lines) + "\n")
+        rows.append(f"{method},{k},runs/{name}")
+    (folder / "trials.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_the_rank_correlation_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """results/tuning/rank_correlation.py: Spearman's rho of epoch 4 and 6 against the last epoch,
+    whether the pick is the same, and n/a for a method with trials shorter than the early epoch."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "results" / "tuning" / "rank_correlation.py"))
+    _trial_logs(
+        tmp_path,
+        {
+            # at epoch 4 trial a leads, at 6 and 8 trial c does; the order at 6 is the last one's
+            "m_a": [0.1, 0.2, 0.3, 0.9, 0.5, 0.3, 0.3, 0.3],
+            "m_b": [0.1, 0.2, 0.3, 0.5, 0.5, 0.4, 0.4, 0.4],
+            "m_c": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6],
+            "faal_a": [0.3, 0.4],
+            "faal_b": [0.3, 0.5, 0.6, 0.7],
+            "faal_c": [0.2],
+        },
+    )
+    assert script["main"](tmp_path) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["m"] == ["m", "3", "-1.00", "no", "+1.00", "yes"]
+    assert lines["faal"][:3] == ["faal", "3", "n/a"]
