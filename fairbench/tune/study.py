@@ -218,8 +218,7 @@ def _draw(
         raise FairbenchError(
             f"study '{study_name}' in {folder / STUDY_FILE} was started with another search "
             f"space, --trials, --tune-seed, --init-from-tuned or run options; its trials stay as they "
-            f"are: start "
-            f"a new study with --study OTHER_NAME (or --out another folder)"
+            f"are: start a new study with --study OTHER_NAME (or --out another folder)"
         )
     if study is None and persist:
         assert folder is not None
