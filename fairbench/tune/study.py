@@ -85,7 +85,7 @@ class StudySpec:
     methods: tuple[str, ...]
     run_args: tuple[str, ...]
     out: str
-    # a study that fine-tunes another method's tuned row of the same study (FAAL: pgd-at); `tuned_source`
+    # a study that fine-tunes another method's tuned row of the same study (FAAL: pgd-at); `tuned_sources`
     init_from_tuned: str | None = None
 
     def check(self) -> None:
@@ -323,7 +323,7 @@ def plan_trials(spec: StudySpec, parse_run: ParseRun, persist: bool) -> tuple[li
             "tuning selects on the validation split: pass --val-per-class K "
             "(or a --preset that has one, e.g. fmnist-standard)"
         )
-    source = tuned_source(spec, 0, None)  # a trial trains at seed 0
+    source = tuned_sources(spec, [0], None)[0]  # a trial trains at seed 0
     runs, trials = [], []
     for method in spec.methods:
         space, defaults = resolve_space(method, dataclasses.replace(base, method=method))
@@ -486,12 +486,12 @@ def confirm_runs(
     spec.check()
     runs, seed0 = [], []
     args = without_out(spec.run_args) + ["--out", confirm_out]
+    sources = tuned_sources(spec, seeds, confirm_out)  # the same for every method of the command
     for method in spec.methods:
         trial, chosen = selected_trial(spec, method, "--confirm")
         tuning = {"study": spec.name, "trials": spec.trials, "trial": trial.number, "rule": TUNED_RULE}
         for seed in seeds:
-            source = tuned_source(spec, seed, confirm_out)
-            argv = run_argv(list(args), trial, seed) + source + ["--tuning", json.dumps(tuning, sort_keys=True)]
+            argv = run_argv(list(args), trial, seed) + sources[seed] + ["--tuning", json.dumps(tuning, sort_keys=True)]
             run_id = tuned_run_id(method, spec.name, seed)
             cfg = prepare(parse_run(argv)[0])[0]
             runs.append(
@@ -530,33 +530,37 @@ def selected_trial(spec: StudySpec, method: str, where: str) -> tuple[TrialSpec,
     return next(t for t in trials if t.number == chosen[0]["trial"]), chosen[0]
 
 
-def tuned_source(spec: StudySpec, seed: int, confirm_out: str | None) -> list[str]:
-    """The ``--init-from`` of a run of a study that fine-tunes another method's tuned row
-    (``--init-from-tuned``; FAAL fine-tunes pgd-at's), at ``seed``: the tuned run of that method at
-    the same seed. Seed 0 of a tuned row *is* its selected trial (`prepare_seed0`), so seed 0 (every
+def tuned_sources(spec: StudySpec, seeds: Sequence[int], confirm_out: str | None) -> dict[int, list[str]]:
+    """The ``--init-from`` of the runs of a study that fine-tunes another method's tuned row
+    (``--init-from-tuned``; FAAL fine-tunes pgd-at's), for each of ``seeds``: the tuned run of that
+    method at the same seed. Seed 0 of a tuned row *is* its selected trial (`prepare_seed0`), so seed 0 (every
     trial, and the tuned row's seed 0) starts from the selected trial's folder, which exists before
     any tuned row does; seed s > 0 from that method's tuned run of seed s in ``confirm_out``, which
     `--confirm` of that method must have made first. Nothing for a study that trains from scratch."""
     method = spec.init_from_tuned
     if method is None:
-        return []
+        return {seed: [] for seed in seeds}
     from fairbench.methods import METHODS
 
     METHODS.get(method)  # an unknown name: one error listing the known ones
     if any(a == "--init-from" or a.startswith("--init-from=") for a in spec.run_args):
         raise FairbenchError("--init-from-tuned and --init-from both name the run to fine-tune; give one")
-    if seed == 0:
-        trial, _ = selected_trial(spec, method, f"--init-from-tuned {method}")
-        return ["--init-from", str(Path(spec.out) / "runs" / trial.run_id)]
-    assert confirm_out is not None  # trials train at seed 0
-    folder = Path(confirm_out) / "runs" / tuned_run_id(method, spec.name, seed)
-    if not folder.is_dir():
-        raise FairbenchError(
-            f"--init-from-tuned {method}: seed {seed} fine-tunes {folder}, which does not exist yet; "
-            f"run the tuned rows of {method} first (`fairbench tune --confirm --methods {method}` "
-            f"with its own options and these --seeds)"
-        )
-    return ["--init-from", str(folder)]
+    sources = {}
+    for seed in seeds:
+        if seed == 0:
+            trial, _ = selected_trial(spec, method, f"--init-from-tuned {method}")
+            sources[seed] = ["--init-from", str(Path(spec.out) / "runs" / trial.run_id)]
+            continue
+        assert confirm_out is not None  # trials train at seed 0
+        folder = Path(confirm_out) / "runs" / tuned_run_id(method, spec.name, seed)
+        if not folder.is_dir():
+            raise FairbenchError(
+                f"--init-from-tuned {method}: seed {seed} fine-tunes {folder}, which does not exist yet; "
+                f"run the tuned rows of {method} first (`fairbench tune --confirm --methods {method}` "
+                f"with its own options and these --seeds)"
+            )
+        sources[seed] = ["--init-from", str(folder)]
+    return sources
 
 
 def prepare_seed0(spec: StudySpec, trial: TrialSpec, cfg: Any, echo: Callable[[str], None]) -> None:
