@@ -534,6 +534,11 @@ def tune_cmd(
         help="fine-tune METHOD's tuned row of this study at the same seed (faal: pgd-at): the trials and "
         "seed 0 start from METHOD's selected trial, --confirm's seed s from its tuned run of seed s",
     ),
+    control: bool = typer.Option(
+        False,
+        help="--confirm with --init-from-tuned: also run each tuned row's control, the same fine-tuning "
+        "(source, lr, weight decay, epochs) with the source method's loss",
+    ),
     launch: Any = None,
 ) -> None:
     """Tune methods with the same budget: N seeded draws each, scored on validation only.
@@ -562,9 +567,13 @@ def tune_cmd(
         out=out,
         init_from_tuned=init_from_tuned,
     )
+    if control and not confirm:
+        raise FairbenchError("--control belongs to --confirm (the control is a tuned row's, not a trial)")
     if confirm:
         where = confirm_out or str(Path(out).resolve().parent)
-        runs, seed0 = tune.confirm_runs(spec, parse_run_args, sweep_grid.parse_seeds(seeds), where, typer.echo)
+        runs, seed0 = tune.confirm_runs(
+            spec, parse_run_args, sweep_grid.parse_seeds(seeds), where, typer.echo, control=control
+        )
         if not dry_run:
             for trial, cfg in seed0:
                 tune.prepare_seed0(spec, trial, cfg, typer.echo)

@@ -376,8 +376,10 @@ class RunConfig:
         return cfg
 
 
-# A tuned row's run (`fairbench tune --confirm`): the study, N, the selected trial and the rule.
+# A tuned row's run (`fairbench tune --confirm`): the study, N, the selected trial and the rule;
+# a tuned control's run (`--control`) also names the method whose selected trial it is a control of.
 TUNING_KEYS: dict[str, type[Any]] = {"study": str, "trials": int, "trial": int, "rule": str}
+TUNING_OPTIONAL: dict[str, type[Any]] = {"control_of": str}
 
 
 def evaluation_checks(
@@ -399,9 +401,14 @@ def evaluation_checks(
 
 def check_tuning(value: Any) -> dict[str, Any]:
     """``value`` if it is a tuning record (study name, trial count, the selected trial, the rule)."""
-    if not isinstance(value, dict) or set(value) != set(TUNING_KEYS):
-        raise FairbenchError(f"--tuning must be an object with the keys {', '.join(TUNING_KEYS)}")
-    for key, kind in TUNING_KEYS.items():
+    if not isinstance(value, dict) or not set(TUNING_KEYS) <= set(value) <= set(TUNING_KEYS) | set(TUNING_OPTIONAL):
+        raise FairbenchError(
+            f"--tuning must be an object with the keys {', '.join(TUNING_KEYS)} "
+            f"(and optionally {', '.join(TUNING_OPTIONAL)})"
+        )
+    for key, kind in (TUNING_KEYS | TUNING_OPTIONAL).items():
+        if key not in value:
+            continue
         v = value[key]
         if not isinstance(v, kind) or isinstance(v, bool):
             raise FairbenchError(f"--tuning: '{key}' must be {kind.__name__}")

@@ -331,6 +331,8 @@ def test_a_study_stopped_while_drawing_resumes_its_draws_and_a_dry_run_records_n
     [
         ('{"study": "s", "trials": 2, "trial": 2, "rule": "best-val"}', "less than 'trials'"),
         ('{"study": "s", "trials": 2}', "keys"),
+        ('{"study": "s", "trials": 2, "trial": 0, "rule": "best-val", "extra": 1}', "keys"),
+        ('{"study": "s", "trials": 2, "trial": 0, "rule": "best-val", "control_of": 3}', "'control_of' must be str"),
         ('{"study": "s\\n", "trials": 2, "trial": 0, "rule": "best-val"}', "printable"),
         ("[1]", "keys"),
         ("{", "JSON object"),

@@ -102,11 +102,30 @@ def test_a_study_that_fine_tunes_starts_each_seed_from_the_tuned_row_of_that_see
     (group,) = build_leaderboard(tuned).groups
     assert sorted(r.method for r in group.rows) == ["faal", "pgd-at", "trades"]
     assert all(len(r.seeds) == 2 for r in group.rows)
+    # the tuned control: FAAL's selected fine-tuning (same source, lr, epochs) with pgd-at's loss
+    code, _, err = cli_out([*confirm, "--seeds", "0-1", "--control"], capsys)
+    assert code == 0, err
+    for s in (0, 1):
+        control = json.loads((runs / f"pgd-at_control-faal_tuned-default_seed{s}" / "config.json").read_text())
+        assert control["method"] == "pgd-at" and control["params"] == {}
+        assert control["init_from"] == config[s]["init_from"]
+        assert (control["lr"], control["epochs"]) == (config[s]["lr"], config[s]["epochs"])
+        assert control["tuning"] == config[s]["tuning"] | {"control_of": "faal"}
+    (group,) = build_leaderboard(tuned).groups
+    labels = sorted(r.label for r in group.rows)
+    assert len(group.rows) == 4 and all(len(r.seeds) == 2 for r in group.rows), labels
+    assert "pgd-at" in labels and any(x.startswith("pgd-at (") and "from pgd-at" in x for x in labels), labels
     for extra, fragment in [
         (["--seeds", "0-2"], "seed 2 fine-tunes"),  # pgd-at has no tuned run of seed 2
         (["--init-from", str(study / selected)], "both name"),
     ]:
         code, _, err = cli_out([*confirm, *extra, "--dry-run"], capsys)
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    for bad_args, fragment in [
+        ([*args, "--control"], "belongs to --confirm"),
+        (["tune", "--methods", "pgd-at", "--trials", "2", *tiny(fmnist_dir, study), "--confirm", "--control"], "give"),
+    ]:
+        code, _, err = cli_out([*bad_args, "--dry-run"], capsys)
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
     for method, fragment in [("wat", "the study of wat has 0 of 2"), ("nosuch", "nosuch"), ("faal", "own first")]:
         bad = ["tune", "--methods", "faal", "--trials", "2", "--init-from-tuned", method, *faal]

@@ -472,41 +472,67 @@ def tuned_run_id(method: str, study: str, seed: int) -> str:
     return f"{method}_tuned-{study}_seed{seed}"
 
 
+def control_run_id(method: str, source: str, study: str, seed: int) -> str:
+    return f"{source}_control-{method}_tuned-{study}_seed{seed}"
+
+
 def confirm_runs(
-    spec: StudySpec, parse_run: ParseRun, seeds: Sequence[int], confirm_out: str, echo: Callable[[str], None]
+    spec: StudySpec,
+    parse_run: ParseRun,
+    seeds: Sequence[int],
+    confirm_out: str,
+    echo: Callable[[str], None],
+    control: bool = False,
 ) -> tuple[list[Any], list[tuple[TrialSpec, Any]]]:
     """The tuned row of each method: its selected trial's configuration at each seed, scored on
     the test set in ``confirm_out`` (never in the trial's folder), each run recording its study
     (``--tuning``). Seed 0 is the selected trial itself, as DomainBed reports the selected run:
     `prepare_seed0` starts its folder from the trial's checkpoint. A method whose study has
-    unfinished trials is refused by name."""
+    unfinished trials is refused by name.
+
+    ``control`` (a study that fine-tunes, ``--init-from-tuned``): also the tuned row's control at
+    each seed, the same fine-tuning (from the same run, with the selected trial's lr, weight decay
+    and epochs) with the source method's own loss, so that the tuned row's gain can be told from
+    the epochs it adds. Nothing of the control is tuned on its own: it is not a trial, and its seed
+    0 trains (there is no trial of it to evaluate)."""
     from fairbench.sweep.plan import PlannedRun
     from fairbench.train.runner import prepare
 
     spec.check()
+    if control and spec.init_from_tuned is None:
+        raise FairbenchError(
+            "--control runs the tuned control of a study that fine-tunes another method's tuned row; "
+            "give --init-from-tuned METHOD too (faal: pgd-at)"
+        )
     runs, seed0 = [], []
     args = without_out(spec.run_args) + ["--out", confirm_out]
     sources = tuned_sources(spec, seeds, confirm_out)  # the same for every method of the command
+
+    def plan(run_id: str, trial: TrialSpec, seed: int, tuning: dict[str, Any]) -> Any:
+        argv = run_argv(list(args), trial, seed) + sources[seed] + ["--tuning", json.dumps(tuning, sort_keys=True)]
+        cfg = prepare(parse_run(argv)[0])[0]
+        axes = (("method", trial.method), ("seed", str(seed)), ("trial", str(trial.number)))
+        runs.append(PlannedRun(run_id, tuple(argv), axes, cfg.epochs, confirm_out, cfg.device))
+        return cfg
+
     for method in spec.methods:
         trial, chosen = selected_trial(spec, method, "--confirm")
         tuning = {"study": spec.name, "trials": spec.trials, "trial": trial.number, "rule": TUNED_RULE}
         for seed in seeds:
-            argv = run_argv(list(args), trial, seed) + sources[seed] + ["--tuning", json.dumps(tuning, sort_keys=True)]
             run_id = tuned_run_id(method, spec.name, seed)
-            cfg = prepare(parse_run(argv)[0])[0]
-            runs.append(
-                PlannedRun(
-                    run_id,
-                    tuple(argv),
-                    (("method", method), ("seed", str(seed)), ("trial", str(trial.number))),
-                    cfg.epochs,
-                    confirm_out,
-                    cfg.device,
-                )
-            )
+            cfg = plan(run_id, trial, seed, tuning)
             if seed == 0:
                 seed0.append((trial, dataclasses.replace(cfg, run_id=run_id)))
         echo(f"{method}: trial {trial.number} selected (criterion {chosen['criterion']:.4f})")
+        if control:
+            assert spec.init_from_tuned is not None
+            source = spec.init_from_tuned
+            shared = {k: v for k, v in trial.values.items() if k in RUN_KEYS}
+            twin = TrialSpec(source, trial.number, shared)
+            for seed in seeds:
+                plan(control_run_id(method, source, spec.name, seed), twin, seed, tuning | {"control_of": method})
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in shared.items())
+            echo(f"{method}: its control fine-tunes with {source}'s loss ({shown or 'the run options'})")
     return runs, seed0
 
 
