@@ -400,7 +400,8 @@ def evaluation_checks(
 
 
 def check_tuning(value: Any) -> dict[str, Any]:
-    """``value`` if it is a tuning record (study name, trial count, the selected trial, the rule)."""
+    """``value`` if it is a tuning record (study name, trial count, the selected trial, the rule,
+    and for a tuned control the method it is the control of)."""
     if not isinstance(value, dict) or not set(TUNING_KEYS) <= set(value) <= set(TUNING_KEYS) | set(TUNING_OPTIONAL):
         raise FairbenchError(
             f"--tuning must be an object with the keys {', '.join(TUNING_KEYS)} "
