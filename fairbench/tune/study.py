@@ -525,14 +525,15 @@ def confirm_runs(
                 seed0.append((trial, dataclasses.replace(cfg, run_id=run_id)))
         echo(f"{method}: trial {trial.number} selected (criterion {chosen['criterion']:.4f})")
         if control:
-            assert spec.init_from_tuned is not None
+            assert spec.init_from_tuned is not None  # checked above
             source = spec.init_from_tuned
+            # every space holds TRAINING_SPACE's lr and weight decay, so this is never empty
             shared = {k: v for k, v in trial.values.items() if k in RUN_KEYS}
             twin = TrialSpec(source, trial.number, shared)
             for seed in seeds:
                 plan(control_run_id(method, source, spec.name, seed), twin, seed, tuning | {"control_of": method})
             shown = ", ".join(f"{k}={_short(v)}" for k, v in shared.items())
-            echo(f"{method}: its control fine-tunes with {source}'s loss ({shown or 'the run options'})")
+            echo(f"{method}: its control fine-tunes with {source}'s loss ({shown})")
     return runs, seed0
 
 
