@@ -586,7 +586,12 @@ def tune_cmd(
         return
     path, rows = tune.write_trials_csv(Path(out), study)
     chosen = [f"{r['method']}: trial {r['trial']}" for r in rows if r["selected"]]
-    typer.echo(f"wrote {path} ({len(rows)} finished trial(s)" + (f"; selected {', '.join(chosen)})" if chosen else ")"))
+    diverged = sum(r["criterion"] is None for r in rows)
+    typer.echo(
+        f"wrote {path} ({len(rows)} finished trial(s)"
+        + (f", {diverged} diverged (no score)" if diverged else "")
+        + (f"; selected {', '.join(chosen)})" if chosen else ")")
+    )
 
 
 def _run_click_command() -> Any:

@@ -13,7 +13,7 @@ from fairbench.errors import FairbenchError
 from fairbench.methods import METHODS
 from fairbench.methods.space import Choice, LogUniform, Uniform, check_space, method_space
 from fairbench.schema import METRICS_FILE, OUTCOMES_FILE
-from fairbench.schema.validation import VALIDATION_FILE, criterion, read_validation
+from fairbench.schema.validation import SCORE_KEYS, VALIDATION_FILE, criterion, is_diverged, read_validation
 from fairbench.tune import study as tune
 
 from cli_helpers import cli_out, exit_code
@@ -205,6 +205,44 @@ def test_a_trial_never_loads_the_test_set(fmnist_dir: Path, tmp_path: Path, monk
     assert not (run_dir / METRICS_FILE).exists()
 
 
+def test_a_trial_that_diverges_is_finished_with_no_score_and_never_selected(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN loss ends a trial with its error, and records it (validation.json, no score): the
+    sweep counts it as done, its study counts it among its N, trials.csv leaves its scores empty,
+    selection passes it over, and a study whose every trial diverged has nothing to confirm."""
+    from fairbench.sweep.plan import PlannedRun, is_done, outcome
+
+    def trial(run_id: str, *extra: str) -> tuple[int, str]:
+        code, _, err = cli_out(
+            ["run", *tiny(fmnist_dir, tmp_path), "--method", "pgd-at", "--score-on", "validation", *extra]
+            + ["--run-id", run_id, "--no-progress"],
+            capsys,
+        )
+        return code, err
+
+    assert trial("pgd-at_trial00")[0] == 0
+    code, err = trial("pgd-at_trial01", "--lr", "1e38")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: training diverged") and "recorded in validation.json as diverged, no score" in err
+    run_dir = tmp_path / "runs" / "pgd-at_trial01"
+    record = read_validation(run_dir / VALIDATION_FILE)
+    assert is_diverged(record) and record["diverged"].startswith("training diverged")
+    assert not {"per_class", "avg", "worst", "criterion"} & set(record) and record["training"]["lr"] == 1e38
+    planned = PlannedRun("pgd-at_trial01", (), (), 1, str(tmp_path), "cpu")
+    assert is_done(run_dir) and outcome(planned, 2) == "done"  # exit 2, but finished: not retried
+
+    spec = tune.StudySpec("s", 2, 0, ("pgd-at",), (), str(tmp_path))
+    trials = [tune.TrialSpec("pgd-at", 0, {"lr": 0.1}), tune.TrialSpec("pgd-at", 1, {"lr": 1e38})]
+    rows = tune.trial_rows(spec, trials)
+    assert [r["selected"] for r in rows] == [1, 0] and rows[1]["criterion"] is None  # complete, and passed over
+    assert tune.trials_csv(rows).splitlines()[2] == "pgd-at,1,runs/pgd-at_trial01,1e+38,,,,0"
+
+    monkeypatch.setattr(tune, "study_trials", lambda out, name: (trials[1:], {"pgd-at": 1}))
+    with pytest.raises(FairbenchError, match="every one of the 1 trials of pgd-at diverged"):
+        tune.selected_trial(tune.StudySpec("s", 1, 0, ("pgd-at",), (), str(tmp_path)), "pgd-at", "--confirm")
+
+
 def test_a_trial_trains_the_same_weights_as_the_plain_run(fmnist_dir: Path, tmp_path: Path) -> None:
     base = [
         *tiny(fmnist_dir, tmp_path, epochs=2),
@@ -282,6 +320,14 @@ def test_a_corrupt_validation_record_is_refused(tmp_path: Path) -> None:
     assert read_validation(path)["criterion"] == 0.625
     for change in ({"criterion": 0.9}, {"per_class": [1.5, 0.25]}, {"kind": "x"}, {"n_per_class": [3]}, {"seed": True}):
         path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(FairbenchError):
+            read_validation(path)
+    # a diverged trial: a reason and no score at all
+    diverged = {k: v for k, v in good.items() if k not in SCORE_KEYS} | {"diverged": "nan", "selected_epoch": 0}
+    path.write_text(json.dumps(diverged))
+    assert is_diverged(read_validation(path))
+    for change in ({"diverged": ""}, {"diverged": 7}, {"criterion": 0.9}, {"selected_epoch": 1}):
+        path.write_text(json.dumps({**diverged, **change}))
         with pytest.raises(FairbenchError):
             read_validation(path)
 

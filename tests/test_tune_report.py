@@ -146,14 +146,17 @@ def test_a_trial_folder_with_test_outcomes_refuses_the_tuned_group(tuned: Path) 
 def test_the_sensitivity_reader_and_figure(tmp_path: Path) -> None:
     good = HEADER + (
         "pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,1,runs/b,0.1,0.6,0.3,0.9,1\nfairat,0,runs/c,0.05,0.4,0.1,0.5,0\n"
+        "pgd-at,2,runs/d,0.2,,,,0\n"  # diverged: no score
     )
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / "trials.csv").write_text(good)
     (study,), skipped = load_studies(tmp_path)
     assert not skipped and study.methods == ["pgd-at", "fairat"]
-    assert [p.selected for p in study.points if p.method == "pgd-at"] == [False, True]
+    assert [p.selected for p in study.points if p.method == "pgd-at"] == [False, True, False]
+    assert [p.trial for p in study.points if p.diverged] == [2]
     png, svg = render_sensitivity(study)
     assert png.startswith(b"\x89PNG") and render_sensitivity(study) == (png, svg)  # byte-identical
+    assert b"diverged (no score)" in svg  # the legend names the cross
 
 
 @pytest.mark.parametrize(
@@ -165,6 +168,8 @@ def test_the_sensitivity_reader_and_figure(tmp_path: Path) -> None:
         ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,2\n", "type"),
         ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,1\npgd-at,1,runs/b,0.05,0.5,0.25,0.75,1\n", "more than one"),
         ("pgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\npgd-at,0,runs/a,0.05,0.5,0.25,0.75,0\n", "twice"),
+        ("pgd-at,0,runs/a,0.05,,,,1\n", "without a score cannot be selected"),
+        ("pgd-at,0,runs/a,0.05,0.5,,,0\n", "type"),
     ],
 )
 def test_a_forged_trials_file_is_refused(body: str, fragment: str) -> None:
@@ -218,7 +223,7 @@ def test_committed_trials_hold_no_test_outcomes_and_agree_with_trials_csv() -> N
     holds nothing of the test set, and trials.csv gives exactly its numbers."""
     import csv
 
-    from fairbench.schema.validation import read_validation
+    from fairbench.schema.validation import is_diverged, read_validation
 
     tuning = Path(__file__).resolve().parents[1] / "results" / "tuning"
     trials = sorted((tuning / "runs").iterdir()) if (tuning / "runs").is_dir() else []
@@ -229,20 +234,24 @@ def test_committed_trials_hold_no_test_outcomes_and_agree_with_trials_csv() -> N
         record = read_validation(folder / "validation.json")
         row = rows[f"runs/{folder.name}"]
         assert record["run_id"] == folder.name and record["method"] == row["method"]
-        assert float(row["criterion"]) == record["criterion"] and float(row["val_worst_acc"]) == record["worst"]
+        if is_diverged(record):  # finished with no score: empty cells, never selected
+            assert (row["val_avg_acc"], row["val_worst_acc"], row["criterion"], row["selected"]) == ("", "", "", "0")
+        else:
+            assert float(row["criterion"]) == record["criterion"] and float(row["val_worst_acc"]) == record["worst"]
         assert json.loads((folder / "config.json").read_text())["score_on"] == "validation"
 
 
 def _trial_logs(folder: Path, curves: dict[str, list[float]]) -> None:
     """A trials.csv and each trial's log.jsonl, whose validation accuracy is ``curve[e]`` for both
-    classes after epoch e + 1 (criterion: twice that)."""
-    rows = ["method,trial,run_dir"]
+    classes after epoch e + 1 (criterion: twice that); an empty curve is a trial that diverged
+    (an empty log, an empty criterion)."""
+    rows = ["method,trial,run_dir,criterion"]
     for k, (name, curve) in enumerate(curves.items()):
         method, _, _ = name.partition("_")
         (folder / "runs" / name).mkdir(parents=True)
         lines = [json.dumps({"epoch": e + 1, "val_robust_per_class": [a, a]}) for e, a in enumerate(curve)]
-        (folder / "runs" / name / "log.jsonl").write_text("\n".join(lines) + "\n")
-        rows.append(f"{method},{k},runs/{name}")
+        (folder / "runs" / name / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+        rows.append(f"{method},{k},runs/{name},{2 * curve[-1] if curve else ''}")
     (folder / "trials.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -259,6 +268,7 @@ def test_the_rank_correlation_script(tmp_path: Path, capsys: pytest.CaptureFixtu
             "m_a": [0.1, 0.2, 0.3, 0.9, 0.5, 0.3, 0.3, 0.3],
             "m_b": [0.1, 0.2, 0.3, 0.5, 0.5, 0.4, 0.4, 0.4],
             "m_c": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6],
+            "m_d": [],  # diverged: left out of the ranking, and counted
             "faal_a": [0.3, 0.4],
             "faal_b": [0.3, 0.5, 0.6, 0.7],
             "faal_c": [0.2],
@@ -266,5 +276,5 @@ def test_the_rank_correlation_script(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert script["main"](tmp_path) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert lines["m"] == ["m", "3", "-1.00", "no", "+1.00", "yes"]
+    assert lines["m"] == ["m", "3", "-1.00", "no", "+1.00", "yes", "(1", "diverged,", "left", "out)"]
     assert lines["faal"][:3] == ["faal", "3", "n/a"]

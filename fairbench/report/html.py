@@ -291,6 +291,10 @@ def _group_body(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
     return body + _class_charts(group, slug, charts)
 
 
+def _points(criterion: float | None) -> str:
+    return "diverged" if criterion is None else f"{100 * criterion:.1f}"
+
+
 def _sensitivity(studies: Sequence[Study], charts: dict[str, bytes]) -> list[str]:
     """Each tuning study's sensitivity figure and a table: per method, how far its trials' validation
     criterion spreads, the paper default's (trial 0) and the selected trial's."""
@@ -300,7 +304,8 @@ def _sensitivity(studies: Sequence[Study], charts: dict[str, bytes]) -> list[str
         '<section id="sensitivity"><h2>Sensitivity to hyperparameters (tuning trials, validation only)</h2>',
         '<p class="note">Criterion: validation average + worst-class robust accuracy (points, higher is '
         "better) of every finished trial; trial 0 is the paper default; a method is selected only once "
-        "all its trials are finished. No test image is used here.</p>",
+        "all its trials are finished; a trial whose training diverged has no score and is never selected. "
+        "No test image is used here.</p>",
     ]
     for study in studies:
         out += _figure(
@@ -314,17 +319,19 @@ def _sensitivity(studies: Sequence[Study], charts: dict[str, bytes]) -> list[str
         rows = []
         for method in study.methods:
             mine = [p for p in study.points if p.method == method]
+            scores = [p.criterion for p in mine if p.criterion is not None]
+            diverged = len(mine) - len(scores)
             default = next((p for p in mine if p.trial == 0), None)
             chosen = next((p for p in mine if p.selected), None)
             cells = [
                 method,
-                str(len(mine)),
-                f"{100 * min(p.criterion for p in mine):.1f}",
-                f"{100 * max(p.criterion for p in mine):.1f}",
-                "" if default is None else f"{100 * default.criterion:.1f}",
+                f"{len(mine)}" + (f" ({diverged} diverged)" if diverged else ""),
+                f"{100 * min(scores):.1f}" if scores else "",
+                f"{100 * max(scores):.1f}" if scores else "",
+                "" if default is None else _points(default.criterion),
                 "not yet (study unfinished)"
                 if chosen is None
-                else f"trial {chosen.trial}: {100 * chosen.criterion:.1f}",
+                else f"trial {chosen.trial}: {_points(chosen.criterion)}",
             ]
             rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
         head = "".join(

@@ -4,8 +4,10 @@ criterion, the trial validation selected and the paper default marked (issue 25,
 A study is a ``trials.csv`` that `fairbench tune` wrote (`fairbench.tune.study`): one row per
 finished trial, ``criterion`` = validation average + worst-class robust accuracy, ``selected`` 1
 for the best trial of a finished study. Trial 0 of every study is the method's defaults (the
-paper's values at the protocol). Read like every other result file: a bounded regular file, every
-field checked, a bad file skipped with its reason; torch-free.
+paper's values at the protocol). A trial whose training diverged has empty accuracy and criterion
+cells: it is drawn as a cross under the scored ones, and is never selected. Read like every other
+result file: a bounded regular file, every field checked, a bad file skipped with its reason;
+torch-free.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ REQUIRED = ("method", "trial", "run_dir", "val_avg_acc", "val_worst_acc", "crite
 class TrialPoint:
     method: str
     trial: int
-    val_avg: float
-    val_worst: float
-    criterion: float
+    val_avg: float | None  # None: the trial diverged (no score)
+    val_worst: float | None
+    criterion: float | None
     selected: bool
+
+    @property
+    def diverged(self) -> bool:
+        return self.criterion is None
 
 
 @dataclass(frozen=True)
@@ -70,19 +76,25 @@ def parse_trials(data: bytes, where: str) -> tuple[TrialPoint, ...]:
             raise FairbenchError(f"{where}: more than {MAX_ROWS} rows")
         try:
             method, trial = row["method"], int(row["trial"])
-            values = [float(row[c]) for c in ("val_avg_acc", "val_worst_acc", "criterion")]
+            cells = [row[c] for c in ("val_avg_acc", "val_worst_acc", "criterion")]
+            values = [] if cells == ["", "", ""] else [float(c) for c in cells]
             selected = {"0": False, "1": True}[row["selected"]]
         except (KeyError, TypeError, ValueError):
             raise FairbenchError(f"{where}: line {n}: a value is not of its column's type") from None
         if not (method and len(method) <= 64 and method.isprintable()) or not 0 <= trial <= 100_000:
             raise FairbenchError(f"{where}: line {n}: bad method name or trial number")
+        if (method, trial) in seen:
+            raise FairbenchError(f"{where}: line {n}: trial {trial} of {method} twice")
+        seen.add((method, trial))
+        if not values:  # a diverged trial: no score, never selected
+            if selected:
+                raise FairbenchError(f"{where}: line {n}: a trial without a score cannot be selected")
+            points.append(TrialPoint(method, trial, None, None, None, False))
+            continue
         if not all(math.isfinite(v) for v in values) or not (0 <= values[0] <= 1 and 0 <= values[1] <= 1):
             raise FairbenchError(f"{where}: line {n}: accuracies must be fractions in [0, 1]")
         if abs(values[2] - values[0] - values[1]) > 1e-5:
             raise FairbenchError(f"{where}: line {n}: criterion is not val_avg_acc + val_worst_acc")
-        if (method, trial) in seen:
-            raise FairbenchError(f"{where}: line {n}: trial {trial} of {method} twice")
-        seen.add((method, trial))
         points.append(TrialPoint(method, trial, values[0], values[1], values[2], selected))
     for method in {p.method for p in points}:
         if sum(p.selected for p in points if p.method == method) > 1:
@@ -115,17 +127,26 @@ def sensitivity_paths(study: Study) -> tuple[str, str]:
 
 def sensitivity_figure(study: Study) -> Figure:
     """Per method (a column), each trial's criterion as a dot; the paper default (trial 0) a
-    hollow diamond, the validation-selected trial a star; the count of trials under each name."""
+    hollow diamond, the validation-selected trial a star; a diverged trial (no score) a cross under
+    the scored ones; the count of trials under each name."""
     methods = study.methods
     fig = Figure(figsize=(max(5.0, 1.0 + 0.75 * len(methods)), 4.0))
     ax = fig.subplots()
+    ys = [100 * p.criterion for p in study.points if p.criterion is not None] or [100.0]
+    pad = max(2.0, 0.08 * (max(ys) - min(ys)))
+    bottom = min(ys) - pad  # where a diverged trial is drawn
+    any_diverged = any(p.diverged for p in study.points)
     for x, method in enumerate(methods):
         mine = [p for p in study.points if p.method == method]
         style = method_style(method)
         for i, p in enumerate(mine):
             dx = (i - (len(mine) - 1) / 2) * min(0.06, 0.5 / max(len(mine), 1))
-            y = 100 * p.criterion
-            ax.plot(x + dx, y, "o", color=style.color, markersize=5, alpha=0.75, zorder=2)
+            if p.criterion is None:
+                y = bottom
+                ax.plot(x + dx, y, "x", color=style.color, markersize=7, markeredgewidth=1.5, zorder=2)
+            else:
+                y = 100 * p.criterion
+                ax.plot(x + dx, y, "o", color=style.color, markersize=5, alpha=0.75, zorder=2)
             if p.trial == 0:
                 ax.plot(
                     x + dx,
@@ -141,14 +162,14 @@ def sensitivity_figure(study: Study) -> Figure:
                 ax.plot(x + dx, y, "*", color="0.1", markersize=14, zorder=4)
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels([f"{m}\n({sum(p.method == m for p in study.points)} trials)" for m in methods], fontsize=8)
-    ys = [100 * p.criterion for p in study.points]
-    pad = max(2.0, 0.08 * (max(ys) - min(ys)))
-    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.set_ylim(bottom - (pad if any_diverged else 0.0), max(ys) + pad)
     ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set_ylabel("validation robust accuracy:\naverage + worst class (points)")
     ax.grid(axis="y", alpha=0.3)
     ax.plot([], [], "D", markerfacecolor="none", markeredgecolor="0.1", label="paper default (trial 0)")
     ax.plot([], [], "*", color="0.1", markersize=10, label="selected on validation")
+    if any_diverged:
+        ax.plot([], [], "x", color="0.1", markersize=7, label="diverged (no score)")
     ax.legend(loc="best", fontsize=8, frameon=False)
     ax.set_title(f"Sensitivity to hyperparameters: every trial of {study.path}", fontsize=9)
     fig.tight_layout()

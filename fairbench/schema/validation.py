@@ -3,6 +3,11 @@
 A trial (``score_on="validation"``) never loads the test set, so its folder holds this file in
 place of metrics.json and outcomes.csv.gz. Torch-free: `fairbench tune`, the sweep's "done" check
 and the report read it. The criterion is declared once, here (`RULE`), and recorded in each file.
+
+A trial whose training diverged (a NaN or infinite loss or weights, `fairbench.train.faults`) is
+a finished trial with no score: its record holds ``diverged`` (where it happened) in place of the
+per-class accuracies, average, worst class and criterion (`build_diverged`), so a study counts it
+among its N trials and never selects it, as DomainBed counts a draw whose run failed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ KIND = "fairbench-validation"
 VERSION = 1
 MAX_VALIDATION_BYTES = 1 << 20
 MAX_CLASSES = 1000
+MAX_REASON = 500
+SCORE_KEYS = ("classes", "n_per_class", "per_class", "avg", "worst", "worst_class", "criterion")
 RULE = (
     "best-val: criterion = average + worst-class robust accuracy (PGD with the training attack's "
     "eps, step and steps, uniform start) on the validation split, of the weights the protocol keeps"
@@ -73,9 +80,44 @@ def build_validation(
     }
 
 
+def build_diverged(
+    *,
+    run_id: str,
+    method: str,
+    params: dict[str, Any],
+    seed: int,
+    epochs: int,
+    training: dict[str, Any],
+    reason: str,
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """The record of a trial whose training diverged: ``reason`` (the error naming the epoch and
+    step) in place of a score; ``selected_epoch`` 0, since no weights are kept."""
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "run_id": run_id,
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "epochs": epochs,
+        "selected_epoch": 0,
+        "training": training,
+        "rule": RULE,
+        "diverged": reason[:MAX_REASON],
+        "env": env,
+    }
+
+
+def is_diverged(record: dict[str, Any]) -> bool:
+    """Whether a record `read_validation` returned is a diverged trial's (it has no score)."""
+    return "diverged" in record
+
+
 def read_validation(path: Path) -> dict[str, Any]:
     """A trial's validation.json, checked: a bounded regular file, the declared kind and version,
-    per-class accuracies in [0, 1] that give the recorded average, worst class and criterion."""
+    per-class accuracies in [0, 1] that give the recorded average, worst class and criterion; or,
+    for a trial that diverged, a ``diverged`` reason and none of the score's fields."""
     try:
         data = json.loads(read_regular(path, MAX_VALIDATION_BYTES))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -95,6 +137,17 @@ def read_validation(path: Path) -> dict[str, Any]:
     ):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise FairbenchError(f"{path}: field '{key}' must be {kind.__name__}")
+    if "diverged" in data:
+        reason = data["diverged"]
+        if not (isinstance(reason, str) and 0 < len(reason) <= MAX_REASON):
+            raise FairbenchError(f"{path}: field 'diverged' must be a reason of 1 to {MAX_REASON} characters")
+        scored = [key for key in SCORE_KEYS if key in data]
+        if scored or data["selected_epoch"] != 0:
+            raise FairbenchError(
+                f"{path}: a diverged trial's record has no score, but it holds "
+                f"{', '.join(scored) or 'a selected epoch'}"
+            )
+        return data
     classes, per_class, n = data.get("classes"), data.get("per_class"), data.get("n_per_class")
     if not (
         isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)

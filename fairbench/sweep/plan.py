@@ -396,11 +396,13 @@ def classify(run: PlannedRun, sweep: Path, retry_failed: bool) -> str:
 
 
 def outcome(run: PlannedRun, exit_code: int) -> str:
-    """A finished attempt's state from the exit code of `fairbench run`."""
+    """A finished attempt's state from the exit code of `fairbench run` and its folder: ``done``
+    whenever the folder holds a valid record, as `classify` reads it (a tuning trial that diverged
+    exits with its error and records itself as finished, with no score)."""
     from fairbench.runs.signals import EXIT_PREEMPTED
 
-    if exit_code == 0:
-        return "done" if is_done(run.run_dir) else "failed"
+    if is_done(run.run_dir):
+        return "done"
     return "stopped" if exit_code in (EXIT_PREEMPTED, 130) else "failed"
 
 

@@ -31,9 +31,10 @@ from fairbench.runs.folder import (
 )
 from fairbench.runs.signals import StopSignals
 from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record
-from fairbench.schema.validation import VALIDATION_FILE, build_validation
+from fairbench.schema.validation import VALIDATION_FILE, build_diverged, build_validation
 from fairbench.specs.threats import subset_keys, used_subsets
 from fairbench.train.checkpoint import seed_everything
+from fairbench.train.faults import Diverged
 from fairbench.train.init_from import read_init_source
 from fairbench.train.trainer import Trainer
 
@@ -182,7 +183,13 @@ def _run(
             f"{cfg.epochs} epochs, eps {cfg.eps:.4f}, device {device}"
         )
         with stop.deferred():  # a signal lets the current step finish and is checkpointed
-            finished = trainer.fit(stop_after_epoch, stop)
+            try:
+                finished = trainer.fit(stop_after_epoch, stop)
+            except Diverged as exc:
+                if cfg.score_on != "validation":
+                    raise
+                _record_divergence(cfg, exc, device=device, dist=dist, run_dir=run_dir)
+                raise Diverged(f"{exc} (a tuning trial: recorded in {VALIDATION_FILE} as diverged, no score)") from None
         if not finished:
             say(f"stopped after epoch {stop_after_epoch} of {cfg.epochs}; continue with --resume")
             return run_dir
@@ -348,6 +355,22 @@ def _score_validation_and_write(
         f"{record['criterion']:.4f}"
     )
     say(f"wrote {run_dir / VALIDATION_FILE}")
+
+
+def _record_divergence(cfg: RunConfig, exc: Diverged, *, device: torch.device, dist: DistInfo, run_dir: Path) -> None:
+    """A tuning trial that diverged is a finished trial with no score: its validation.json says
+    where (`fairbench.schema.validation.build_diverged`), so its study counts it and never selects it."""
+    record = build_diverged(
+        run_id=str(cfg.run_id),
+        method=cfg.method,
+        params=cfg.params,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        training=cfg.training_dict(),
+        reason=str(exc),
+        env=environment(device),
+    )
+    dist.on_main(lambda: atomic_write_json(run_dir / VALIDATION_FILE, record))
 
 
 def threat_subsets(cfg: RunConfig, spec: DatasetSpec, test: Split) -> dict[str, torch.Tensor]:

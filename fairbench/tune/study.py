@@ -19,6 +19,8 @@ trial with the best validation criterion is selected; nothing is chosen on test 
 - **Selection**: the criterion is `fairbench.schema.validation.RULE` (validation average +
   worst-class robust accuracy). ``trials.csv`` holds one row per finished trial; ``selected`` is 1
   for the best trial of each method whose N trials are all finished (ties: the lower trial number).
+  A trial whose training diverged is finished with no score (empty accuracy and criterion cells;
+  its validation.json says where), counts among the N, and is never selected.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from fairbench.errors import FairbenchError
 from fairbench.methods.space import RUN_KEYS, Choice, Distribution, LogUniform, check_space, method_space
-from fairbench.schema.validation import VALIDATION_FILE, read_validation
+from fairbench.schema.validation import VALIDATION_FILE, is_diverged, read_validation
 
 STUDY_FILE = "study.journal"
 LOCK_FILE = "study.lock"
@@ -270,15 +272,20 @@ def _typed(values: dict[str, Any], space: Mapping[str, Distribution]) -> dict[st
     return out
 
 
-def record_results(spec: StudySpec, method: str, results: dict[int, float]) -> None:
-    """Tell the study each finished trial's criterion (idempotent)."""
+def record_results(spec: StudySpec, method: str, results: dict[int, float | None]) -> None:
+    """Tell the study each finished trial's criterion, or that it failed (None: it diverged);
+    idempotent."""
     import optuna
     from optuna.trial import TrialState
 
     study = optuna.load_study(study_name=f"{spec.name}/{method}", storage=_storage(Path(spec.out)))
     for trial in study.get_trials(deepcopy=False):
         if trial.number in results and trial.state == TrialState.RUNNING:
-            study.tell(trial.number, results[trial.number])
+            value = results[trial.number]
+            if value is None:
+                study.tell(trial.number, state=TrialState.FAIL)
+            else:
+                study.tell(trial.number, value)
 
 
 # ----------------------------------------------------------------------------------- runs
@@ -361,7 +368,8 @@ def _short(v: Any) -> str:
 
 
 def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, Any]]:
-    """One row per finished trial, with ``selected`` set by `select`; unfinished trials are left out."""
+    """One row per finished trial, with ``selected`` set by `select`; unfinished trials are left
+    out; a diverged trial's accuracies and criterion are None."""
     rows = []
     for t in trials:
         path = Path(spec.out) / "runs" / t.run_id / VALIDATION_FILE
@@ -376,9 +384,9 @@ def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, A
                 "trial": t.number,
                 "run_dir": f"runs/{t.run_id}",
                 **{f"hp.{k}": v for k, v in t.values.items()},
-                "val_avg_acc": record["avg"],
-                "val_worst_acc": record["worst"],
-                "criterion": record["criterion"],
+                "val_avg_acc": None if is_diverged(record) else record["avg"],
+                "val_worst_acc": None if is_diverged(record) else record["worst"],
+                "criterion": None if is_diverged(record) else record["criterion"],
                 "selected": 0,
             }
         )
@@ -387,10 +395,13 @@ def trial_rows(spec: StudySpec, trials: Sequence[TrialSpec]) -> list[dict[str, A
 
 
 def select(rows: list[dict[str, Any]], complete: set[str]) -> list[dict[str, Any]]:
-    """Mark the argmax of ``criterion`` of each method in ``complete`` (ties: the lowest trial)."""
+    """Mark the argmax of ``criterion`` of each method in ``complete`` (ties: the lowest trial);
+    a trial without one (None: it diverged) is never selected."""
     out = [dict(r, selected=0) for r in rows]
     for method in complete:
-        mine = [r for r in out if r["method"] == method and math.isfinite(r["criterion"])]
+        mine = [
+            r for r in out if r["method"] == method and r["criterion"] is not None and math.isfinite(r["criterion"])
+        ]
         if mine:
             best = max(mine, key=lambda r: (r["criterion"], -r["trial"]))
             best["selected"] = 1
@@ -410,7 +421,7 @@ def trials_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer.writerow([*FIXED_COLUMNS, *hps, *SCORE_COLUMNS])
     for r in sorted(rows, key=lambda r: (r["method"], r["trial"])):
         writer.writerow(
-            [*(r[c] for c in FIXED_COLUMNS), *(_cell(r.get(h)) for h in hps), *(r[c] for c in SCORE_COLUMNS)]
+            [*(r[c] for c in FIXED_COLUMNS), *(_cell(r.get(h)) for h in hps), *(_cell(r[c]) for c in SCORE_COLUMNS)]
         )
     return buf.getvalue()
 
@@ -549,6 +560,10 @@ def selected_trial(spec: StudySpec, method: str, where: str) -> tuple[TrialSpec,
     trials = [t for t in every if t.method == method]
     rows = trial_rows(dataclasses.replace(spec, methods=(method,)), trials)
     chosen = [r for r in rows if r["selected"]]
+    if not chosen and len(rows) == spec.trials:
+        raise FairbenchError(
+            f"{where}: every one of the {spec.trials} trials of {method} diverged; there is nothing to select"
+        )
     if not chosen:
         raise FairbenchError(
             f"{where}: the study of {method} has {len(rows)} of {spec.trials} trials finished in "

@@ -5,7 +5,8 @@ Every trial logs its PGD-10 validation accuracy per class after each epoch (log.
 Spearman rank correlation between the criterion (average + worst-class accuracy) after epoch E
 and after the last epoch, for E = 4 and 6, and whether the trial with the best criterion at E is
 the one validation selects at the end (not for a method with a trial shorter than E epochs, such
-as FAAL, whose space draws its fine-tuning's length). Run from the repository root:
+as FAAL, whose space draws its fine-tuning's length). A trial that diverged (empty criterion in
+trials.csv) has no last score and is left out, and counted. Run from the repository root:
 
     python results/tuning/rank_correlation.py [results/tuning]
 """
@@ -46,8 +47,11 @@ def main(folder: Path) -> int:
         return 2
     try:
         rows = list(csv.DictReader(table.open(newline="")))
-        data = []
+        data, diverged = [], dict.fromkeys((r["method"] for r in rows), 0)
         for r in rows:
+            if r.get("criterion") == "":  # diverged: no score to rank
+                diverged[r["method"]] += 1
+                continue
             curve = criterion_by_epoch(folder / r["run_dir"])
             last = max(curve) if curve else None
             data.append(
@@ -64,8 +68,9 @@ def main(folder: Path) -> int:
     frame = pd.DataFrame(data)
     print("method     trials  " + "  ".join(f"rho(e{e},last)  same pick at e{e}" for e in EARLY))
     for method, mine in frame.groupby("method", sort=True):
+        left_out = f"  ({diverged[str(method)]} diverged, left out)" if diverged[str(method)] else ""
         if len(mine) < 3:
-            print(f"{method:<10} {len(mine):>6}  (fewer than 3 trials: no rank correlation)")
+            print(f"{method:<10} {len(mine):>6}  (fewer than 3 trials: no rank correlation){left_out}")
             continue
         cells = []
         for e in EARLY:
@@ -75,7 +80,7 @@ def main(folder: Path) -> int:
             rho = mine[f"e{e}"].corr(mine["last"], method="spearman")
             same = mine.loc[mine[f"e{e}"].idxmax(), "trial"] == mine.loc[mine["last"].idxmax(), "trial"]
             cells.append(f"{rho:>+13.2f}  {'yes' if same else 'no':>15}")
-        print(f"{method:<10} {len(mine):>6}  " + "  ".join(cells))
+        print(f"{method:<10} {len(mine):>6}  " + "  ".join(cells) + left_out)
     return 0
 
 
