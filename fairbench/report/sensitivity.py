@@ -134,8 +134,9 @@ def sensitivity_figure(study: Study) -> Figure:
     ax = fig.subplots()
     ys = [100 * p.criterion for p in study.points if p.criterion is not None] or [100.0]
     pad = max(2.0, 0.08 * (max(ys) - min(ys)))
-    bottom = min(ys) - pad  # where a diverged trial is drawn
+    low = min(ys) - pad  # the bottom of the scored range
     any_diverged = any(p.diverged for p in study.points)
+    bottom = low - pad  # a band of its own under it, for the diverged trials
     for x, method in enumerate(methods):
         mine = [p for p in study.points if p.method == method]
         style = method_style(method)
@@ -162,7 +163,13 @@ def sensitivity_figure(study: Study) -> Figure:
                 ax.plot(x + dx, y, "*", color="0.1", markersize=14, zorder=4)
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels([f"{m}\n({sum(p.method == m for p in study.points)} trials)" for m in methods], fontsize=8)
-    ax.set_ylim(bottom - (pad if any_diverged else 0.0), max(ys) + pad)
+    if any_diverged:  # no number on the diverged band: its own tick, under a dotted line
+        ax.set_ylim(bottom - pad / 2, max(ys) + pad)
+        ticks = [t for t in ax.get_yticks() if low <= t <= max(ys) + pad]
+        ax.set_yticks([bottom, *ticks], ["diverged", *(f"{t:g}" for t in ticks)])
+        ax.axhline(low, color="0.6", linestyle=":", linewidth=1)
+    else:
+        ax.set_ylim(low, max(ys) + pad)
     ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set_ylabel("validation robust accuracy:\naverage + worst class (points)")
     ax.grid(axis="y", alpha=0.3)
@@ -171,7 +178,7 @@ def sensitivity_figure(study: Study) -> Figure:
     if any_diverged:
         ax.plot([], [], "x", color="0.1", markersize=7, label="diverged (no score)")
     ax.legend(loc="best", fontsize=8, frameon=False)
-    ax.set_title(f"Sensitivity to hyperparameters: every trial of {study.path}", fontsize=9)
+    fig.suptitle(f"Sensitivity to hyperparameters: every trial of {study.path}", fontsize=9)
     fig.tight_layout()
     return fig
 
