@@ -7,7 +7,7 @@ and the report read it. The criterion is declared once, here (`RULE`), and recor
 A trial whose training diverged (a NaN or infinite loss or weights, `fairbench.train.faults`) is
 a finished trial with no score: its record holds ``diverged`` (where it happened) in place of the
 per-class accuracies, average, worst class and criterion (`build_diverged`), so a study counts it
-among its N trials and never selects it, as DomainBed counts a draw whose run failed.
+among its N trials and never selects it (every method keeps the same N draws).
 """
 
 from __future__ import annotations
