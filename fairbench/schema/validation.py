@@ -38,6 +38,30 @@ def criterion(per_class: list[float]) -> float:
     return sum(per_class) / len(per_class) + min(per_class)
 
 
+def _header(
+    run_id: str,
+    method: str,
+    params: dict[str, Any],
+    seed: int,
+    epochs: int,
+    selected_epoch: int,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """What every trial record opens with: which trial, of what, and the rule it is scored by."""
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "run_id": run_id,
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "epochs": epochs,
+        "selected_epoch": selected_epoch,
+        "training": training,
+        "rule": RULE,
+    }
+
+
 def build_validation(
     *,
     run_id: str,
@@ -57,16 +81,7 @@ def build_validation(
     """The record of a trial (accuracies are fractions in [0, 1], lists in class-index order)."""
     worst = min(range(len(per_class)), key=lambda i: (per_class[i], i))
     return {
-        "kind": KIND,
-        "version": VERSION,
-        "run_id": run_id,
-        "method": method,
-        "params": params,
-        "seed": seed,
-        "epochs": epochs,
-        "selected_epoch": selected_epoch,
-        "training": training,
-        "rule": RULE,
+        **_header(run_id, method, params, seed, epochs, selected_epoch, training),
         "attack": attack,
         "classes": classes,
         "n_per_class": n_per_class,
@@ -94,16 +109,7 @@ def build_diverged(
     """The record of a trial whose training diverged: ``reason`` (the error naming the epoch and
     step) in place of a score; ``selected_epoch`` 0, since no weights are kept."""
     return {
-        "kind": KIND,
-        "version": VERSION,
-        "run_id": run_id,
-        "method": method,
-        "params": params,
-        "seed": seed,
-        "epochs": epochs,
-        "selected_epoch": 0,
-        "training": training,
-        "rule": RULE,
+        **_header(run_id, method, params, seed, epochs, 0, training),
         "diverged": reason[:MAX_REASON],
         "env": env,
     }
