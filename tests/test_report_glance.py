@@ -241,7 +241,7 @@ def test_canonical_group_first_and_the_others_collapsed(tmp_path: Path) -> None:
         extra = {"arch": "testbed-cnn", "preset": preset} if preset else {"arch": "testbed-cnn"}
         write_run(root, f"e{epochs}", "pgd-at", 0, clean=ok, pgd20=wrong_fraction(0.3), epochs=epochs, extra=extra)
     board = build_report(root)
-    assert [g.key.epochs for g in board.groups] == [8, 4] and [g.tier for g in board.groups] == [1, 2]
+    assert [g.key.epochs for g in board.groups] == [8, 4] and [g.tier for g in board.groups] == [1, 3]
     assert group_tier(board.groups[0].key, board.groups[0].rows[0].runs) == 1
     md = to_markdown(board)
     assert md.index("8 epochs") < md.index("4 epochs")
@@ -267,6 +267,50 @@ def test_the_tuned_board_comes_before_the_standard_group(tmp_path: Path) -> None
     md = to_markdown(board)
     assert "tuned (12 trials, validation selection" in md.split("\n## ")[1].splitlines()[0]
     assert md.split("\n## ")[2].splitlines()[0].endswith("(superseded)")
+
+
+def test_an_incomplete_tuned_group_is_not_the_board(tmp_path: Path) -> None:
+    """A tuned group that lacks some method's row, or some seed of one, that the paper-hyperparameter
+    group beside it has, stays after that group, which remains the board (not superseded), and says
+    what it lacks; with every method and seed it becomes the board."""
+    root = tmp_path / "results"
+    ok = np.ones(K * 20, bool)
+    standard = {"arch": "testbed-cnn", "preset": "fmnist-standard"}
+
+    def tuned(run_id: str, method: str, seed: int) -> None:
+        write_run(root, run_id, method, seed, clean=ok, pgd20=wrong_fraction(0.2), epochs=8, extra=standard)
+        doc = json.loads((root / "runs" / run_id / "metrics.json").read_text())
+        doc["training"] |= {"tuning_study": "s1", "tuning_trials": 8}
+        (root / "runs" / run_id / "metrics.json").write_text(json.dumps(doc))
+
+    for method in ("pgd-at", "trades"):
+        for seed in (0, 1):
+            write_run(
+                root, f"{method}{seed}", method, seed, clean=ok, pgd20=wrong_fraction(0.3), epochs=8, extra=standard
+            )
+    write_run(root, "short", "pgd-at", 0, clean=ok, pgd20=wrong_fraction(0.3), epochs=4, extra={"arch": "testbed-cnn"})
+    tuned("t-pgd-at0", "pgd-at", 0)
+    tuned("t-pgd-at1", "pgd-at", 1)
+    tuned("t-trades0", "trades", 0)
+    board = build_report(root)
+    assert [g.tier for g in board.groups] == [1, 2, 3]
+    incomplete = board.groups[1]
+    assert incomplete.key.tuned == ("s1", 8) and incomplete.shortfall == (("trades (1 of 2 seeds)",), 2)
+    md = to_markdown(board)
+    heads = [part.splitlines()[0] for part in md.split("\n## ")[1:]]
+    assert not heads[0].endswith(")") and "(superseded)" not in heads[0]  # the standard group is the board
+    assert heads[1].endswith("(incomplete: 1 of 2 methods lack their tuned row or seeds)")
+    assert heads[2].endswith("(superseded)")
+    assert "still missing: trades (1 of 2 seeds)" in md
+    assert exit_code(["report", "--results", str(root)]) == 0
+    html = (root / "index.html").read_text()
+    assert html.count('<details class="group">') == 1  # only the 4-epoch group is collapsed
+    assert "Not the leaderboard yet" in html
+    assert "study s1) (incomplete). Mean over seeds" in (root / "leaderboard.tex").read_text()
+    tuned("t-trades1", "trades", 1)
+    board = build_report(root)
+    assert [g.tier for g in board.groups] == [0, 1, 3] and board.groups[0].shortfall is None
+    assert to_markdown(board).split("\n## ")[2].splitlines()[0].endswith("(superseded)")
 
 
 def test_latex_tables_need_no_resizebox(ranked: Path) -> None:

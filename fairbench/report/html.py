@@ -25,8 +25,10 @@ from fairbench.report.tables import (
     Column,
     Table,
     group_tables,
+    group_title,
     one_line,
     rank_text,
+    shortfall_note,
     shown_threats,
     sort_note,
     superseded,
@@ -363,22 +365,21 @@ def to_html(board: Leaderboard, slugs: list[str], charts: dict[str, bytes]) -> s
             body.append(f'<div class="warn"><strong>{escape(title)}</strong><ul>{items}</ul></div>')
     body.append(
         "<nav>"
-        + "".join(
-            f'<a href="#g-{escape(s)}">{escape(g.key.label())}{" (superseded)" if superseded(g, board) else ""}</a>'
-            for g, s in zip(board.groups, slugs)
-        )
+        + "".join(f'<a href="#g-{escape(s)}">{escape(group_title(g, board))}</a>' for g, s in zip(board.groups, slugs))
         + "</nav>"
     )
     for group, slug in zip(board.groups, slugs):
-        title = escape(group.key.label())
+        title = escape(group_title(group, board))
         if superseded(group, board):
             body += (
-                [f'<section id="g-{escape(slug)}"><details class="group"><summary>{title} (superseded)</summary>']
+                [f'<section id="g-{escape(slug)}"><details class="group"><summary>{title}</summary>']
                 + _group_body(group, slug, charts)
                 + ["</details></section>"]
             )
         else:
             body += [f'<section id="g-{escape(slug)}">', f"<h2>{title}</h2>"]
+            if group.shortfall is not None:
+                body.append(f'<p class="warn">{escape(shortfall_note(group))}</p>')
             body += _group_body(group, slug, charts) + ["</section>"]
     body += _sensitivity(board.studies, charts)
     return (

@@ -332,7 +332,10 @@ class Group:
     baseline: str | None = None  # the label of the row the others are compared with
     sort_stat: str = "worst"  # the statistic under sort_threat that ranks: "worst" or "avg"
     check_threat: str | None = None  # the threat the ranking is checked with (`check_threat`)
-    tier: int = 2  # where the group goes on the page (`group_tier`)
+    tier: int = 3  # where the group goes on the page (`group_tier`)
+    # a tuned group's shortfall against the paper-hyperparameter group beside it (`tuned_shortfall`):
+    # (methods, each as "method (k of n seeds)", whose tuned row is missing or has fewer seeds; n methods)
+    shortfall: tuple[tuple[str, ...], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -575,11 +578,12 @@ CANONICAL_PRESET = "fmnist-standard"
 
 def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
     """Where a group goes on the page; groups sort by tier, then by key. 0: the tuned board (runs of
-    `fairbench tune --confirm`: ``GroupKey.tuned``); 1: the standard protocol's group (every run from the
-    `CANONICAL_PRESET`
-    preset, at that preset's data set, architecture, epochs and selection rule: 8 epochs, last
-    weights); 2: any other. The first group is the canonical one when its tier is 0 or 1, and every
-    group after it is shown as superseded (collapsed in the HTML)."""
+    `fairbench tune --confirm`: ``GroupKey.tuned``), once it has every method's row with every seed
+    (`with_shortfall` moves an incomplete one to tier 2); 1: the standard protocol's group (every run
+    from the `CANONICAL_PRESET` preset, at that preset's data set, architecture, epochs and selection
+    rule: 8 epochs, last weights); 2: a tuned group not complete yet; 3: any other. The first group
+    is the canonical one when its tier is 0 or 1, and every group after it but an incomplete tuned
+    one is shown as superseded (collapsed in the HTML)."""
     from fairbench.config import PRESETS
 
     if key.tuned is not None:
@@ -591,7 +595,7 @@ def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
         preset.get("epochs"),
         preset.get("select", "last"),
     )
-    return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 2
+    return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 3
 
 
 def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None = None) -> Leaderboard:
@@ -607,7 +611,33 @@ def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None 
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    groups = sorted(
-        (build_group(k, by_key[k], method_defaults) for k in by_key), key=lambda g: (g.tier, g.key.sort_key())
-    )
+    built = [build_group(k, by_key[k], method_defaults) for k in by_key]
+    built = [with_shortfall(g, built) for g in built]
+    groups = sorted(built, key=lambda g: (g.tier, g.key.sort_key()))
     return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))
+
+
+def with_shortfall(group: Group, groups: Sequence[Group]) -> Group:
+    """``group``, if it is a tuned group (`fairbench tune --confirm`), with what it lacks to be the
+    board: each method of the paper-hyperparameter group beside it (the same key without the study)
+    whose tuned row is missing or has fewer seeds than that method's rows there. A tuned group that
+    lacks any is not the board yet: it goes right after the standard protocol's group (tier 2), which
+    stays the canonical one, and its heading says it is incomplete (`tables.group_title`). A partial tuned
+    board is never shown as the leaderboard."""
+    if group.key.tuned is None:
+        return group
+    twin = next((g for g in groups if g.key == replace(group.key, tuned=None)), None)
+    if twin is None:
+        return group
+
+    def seeds(rows: Sequence[Row]) -> dict[str, int]:
+        most: dict[str, int] = {}
+        for row in rows:
+            most[row.method] = max(most.get(row.method, 0), len(row.seeds))
+        return most
+
+    have, need = seeds(group.rows), seeds(twin.rows)
+    short = tuple(f"{m} ({have.get(m, 0)} of {n} seeds)" for m, n in sorted(need.items()) if have.get(m, 0) < n)
+    if not short:
+        return group
+    return replace(group, shortfall=(short, len(need)), tier=2)

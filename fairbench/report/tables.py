@@ -258,7 +258,29 @@ def superseded(group: Group, board: Leaderboard) -> bool:
     """A group after the canonical one (the first, when it is the tuned board or the standard
     protocol's group: `model.group_tier`). Such groups are collapsed in the HTML."""
     first = board.groups[0] if board.groups else None
-    return first is not None and first.tier <= 1 and group is not first
+    return first is not None and first.tier <= 1 and group is not first and group.shortfall is None
+
+
+def group_title(group: Group, board: Leaderboard) -> str:
+    """A group's heading: its label, marked superseded (`superseded`) or, for a tuned group that
+    lacks some method's tuned row or seeds (`model.with_shortfall`), incomplete."""
+    label = group.key.label()
+    if group.shortfall is not None:
+        short, n = group.shortfall
+        return f"{label} (incomplete: {len(short)} of {n} methods lack their tuned row or seeds)"
+    return label + (" (superseded)" if superseded(group, board) else "")
+
+
+def shortfall_note(group: Group) -> str:
+    """What an incomplete tuned group lacks, said under its heading; empty for any other group."""
+    if group.shortfall is None:
+        return ""
+    short, n = group.shortfall
+    return (
+        f"Not the leaderboard yet: {n - len(short)} of the {n} methods of the paper-hyperparameter group have "
+        f"a tuned row with as many seeds; still missing: {', '.join(short)}. Until every method has its "
+        f"tuned row, the standard protocol's group above is the board."
+    )
 
 
 def _md_table(table: Table, group: Group) -> list[str]:
@@ -280,9 +302,11 @@ def _md_table(table: Table, group: Group) -> list[str]:
 def to_markdown(board: Leaderboard) -> str:
     lines = ["# fairbench leaderboard", "", LEGEND]
     for group in board.groups:
-        old = " (superseded)" if superseded(group, board) else ""
         tables = group_tables(group)
-        lines += ["", f"## {md_escape(group.key.label())}{old}", "", md_escape(sort_note(group)), ""]
+        lines += ["", f"## {md_escape(group_title(group, board))}", ""]
+        if group.shortfall is not None:
+            lines += [md_escape(shortfall_note(group)), ""]
+        lines += [md_escape(sort_note(group)), ""]
         lines += _md_table(tables[0], group)
         for table in tables[1:]:
             lines += ["", f"### {md_escape(table.title)}", ""] + _md_table(table, group)
@@ -571,7 +595,7 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     size, the method's name in a column that wraps; fits a two-column paper's column."""
     has_delta = group.baseline is not None
     name = tex_escape(threat_name(threat))
-    label = tex_escape(group.key.label().replace(" · ", ", "))
+    label = tex_escape(group.key.label().replace(" · ", ", ") + (" (incomplete)" if group.shortfall else ""))
     what = "worst-class" if group.sort_stat == "worst" else "average"
     base = (
         f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
