@@ -86,6 +86,22 @@ def test_a_3_point_shift_at_1000_images_per_class_is_detected() -> None:
     assert better.worst.hi > base.worst.lo
 
 
+def test_a_one_seed_difference_is_never_marked() -> None:
+    """A row or baseline with one seed: the replicates resample test images only, so even a shift the
+    images alone show is not marked as a difference between methods (seeds were not resampled)."""
+    labels, wrong, rows = simulate(np.random.default_rng(0), 1000, [(TRUE_ERR, 3), (TRUE_ERR - 0.05, 1)])
+    base, one = bootstrap_threat(labels, wrong, rows, n_classes=K, baseline=0, seed=1)
+    for delta in (one.avg_delta, one.worst_delta):
+        assert delta.one_seed and delta.hi < 0 and not delta.significant
+    assert not base.avg_delta.one_seed  # the baseline against itself
+    labels, wrong, rows = simulate(np.random.default_rng(0), 1000, [(TRUE_ERR, 1), (TRUE_ERR - 0.05, 2)])
+    _, two = bootstrap_threat(labels, wrong, rows, n_classes=K, baseline=0, seed=1)
+    assert two.avg_delta.one_seed and not two.avg_delta.significant  # a one-seed baseline, too
+    labels, wrong, rows = simulate(np.random.default_rng(0), 1000, [(TRUE_ERR, 2), (TRUE_ERR - 0.05, 2)])
+    _, both = bootstrap_threat(labels, wrong, rows, n_classes=K, baseline=0, seed=1)
+    assert not both.avg_delta.one_seed and both.avg_delta.significant
+
+
 def test_a_bound_that_is_0_up_to_rounding_is_not_significant() -> None:
     """Float noise in a difference of error rates (a bound at -1e-17 where it is 0) is no evidence;
     one image of difference in 3 seeds x 10,000 images is."""

@@ -262,7 +262,7 @@ def forest_figure(group: Group) -> Figure:
     fig.suptitle(
         textwrap.fill(
             f"Against {base}: mean over seeds and 95% paired interval; filled where the "
-            f"interval excludes 0; negative is better. {group.key.label()}",
+            f"interval excludes 0 (and both rows have 2+ seeds); negative is better. {group.key.label()}",
             110,
         ),
         fontsize=10,

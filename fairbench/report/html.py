@@ -240,7 +240,8 @@ def _charts(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
         charts,
         f"forest plot: differences from {base}, {name}",
         f"Each row minus {base} under {name}: worst-class (left) and average (right) error in "
-        f"percentage points, with 95% paired intervals; filled where the interval excludes 0.",
+        f"percentage points, with 95% paired intervals; filled where the interval excludes 0 and both "
+        f"rows have more than one seed.",
         "forest",
     )
     out += _figure(

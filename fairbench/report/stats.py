@@ -43,7 +43,10 @@ images differing, n the smaller of the two rows' counts of the statistic (`zero_
 
 **A paired comparison** of a row with the baseline row is the replicate-by-replicate difference
 (row minus baseline) of the statistic, both computed on the same drawn images (and seed positions
-when the seed counts match); it is *significant* where the interval excludes 0.
+when the seed counts match); it is *significant* where the interval excludes 0 and both rows have
+more than one seed. With one seed on either side the replicates resample test images only, so the
+interval leaves out how much training seeds move the statistic (``Delta.one_seed``): it compares
+two trained models, and is never marked as a difference between methods.
 
 The replicates are drawn from ``numpy.random.default_rng(seed)`` in a fixed order and the image
 counts are summed exactly (integers in float32 below 2**24), so the same inputs and seed give the
@@ -53,7 +56,7 @@ same bytes on any machine and with any BLAS thread count.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Sequence
 
@@ -77,17 +80,24 @@ class Interval:
 
 @dataclass(frozen=True)
 class Delta(Interval):
-    """A row's statistic minus the baseline's, with its paired bootstrap interval."""
+    """A row's statistic minus the baseline's, with its paired bootstrap interval.
+
+    ``one_seed``: the row or the baseline has a single seed, so the interval resamples test images
+    only and says nothing of how much training seeds move the statistic (`bootstrap_threat`); such
+    a difference is between two trained models, not shown to be one between two methods."""
+
+    one_seed: bool = False
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0: the row differs from the baseline at the interval's level.
+        """The interval excludes 0 and both rows have more than one seed: the row differs from the
+        baseline at the interval's level. Never for a ``one_seed`` difference.
 
         A bound within `ZERO` of 0 counts as 0: a difference of two error rates computed in
         floating point can land at -1e-17 where it is 0 exactly (an AutoAttack Δ of FAAL's row was
         marked for that), while a real difference is at least one image in all the test images of
         all the seeds (over 1e-6)."""
-        return self.lo > ZERO or self.hi < -ZERO
+        return not self.one_seed and (self.lo > ZERO or self.hi < -ZERO)
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,8 @@ def bootstrap_threat(
                 measured = [
                     zero_width_delta(d, min(c[1], b[1]), level) for d, c, b in zip(measured, (c_avg, c_worst), b_counts)
                 ]
+                if min(len(row), len(rows[baseline])) < 2:  # no seed variation to resample
+                    measured = [replace(d, one_seed=True) for d in measured]
             deltas = [*measured]
         stats.append(
             RowStats(

@@ -29,7 +29,9 @@ LEGEND = (
     "table per threat. *avg*: average error; *worst*: the mean over seeds of each seed's worst-class "
     "error, and the class worst in most seeds (k/n: in k of n seeds; classes that tie are joined by "
     "=); *spread*: std of the per-class errors. *Δ*: difference from the group's baseline row "
-    "(paired bootstrap over the same seeds and test images); † where its interval excludes 0. *#*: "
+    "(paired bootstrap over the same seeds and test images); † where its interval excludes 0 and both "
+    "rows have more than one seed (with one, the interval resamples test images only, not the "
+    "variation between training seeds). *#*: "
     "rank by the statistic named above each table (default: worst-class error under the strongest "
     "attack run on every test image, PGD-20 where AutoAttack runs on a subset); a row whose interval "
     "overlaps the best one's shares its rank. *possibly masked*: AutoAttack, run on a subset, finds a "
@@ -599,7 +601,7 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     what = "worst-class" if group.sort_stat == "worst" else "average"
     base = (
         f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
-        f"interval excludes 0."
+        f"interval excludes 0 and both rows have more than one seed."
         if group.baseline is not None
         else ""
     )
