@@ -279,9 +279,9 @@ def shortfall_note(group: Group) -> str:
         return ""
     short, n = group.shortfall
     return (
-        f"Not the leaderboard yet: {n - len(short)} of the {n} methods of the paper-hyperparameter group have "
-        f"a tuned row with as many seeds; still missing: {', '.join(short)}. Until every method has its "
-        f"tuned row, the standard protocol's group above is the board."
+        f"Not the leaderboard yet: tuned rows with as many seeds as the paper-hyperparameter group's exist "
+        f"for {n - len(short)} of its {n} methods; still missing: {', '.join(short)}. Until every method "
+        f"has its tuned row, the standard protocol's group above is the board."
     )
 
 
