@@ -52,6 +52,7 @@ table.leaderboard{border-collapse:separate;border-spacing:0;margin:0;font-varian
 .leaderboard .rank{position:sticky;left:0;z-index:1;min-width:2em;max-width:2em}
 .leaderboard .method{position:sticky;left:calc(2em + 14px);z-index:1;border-right:1px solid #d8d8d8}
 .leaderboard th.rank,.leaderboard th.method{z-index:3}
+.leaderboard td.method{white-space:normal;min-width:10em;max-width:24em}
 .leaderboard .flag{display:block;font-size:11px;color:#a33a00;font-weight:600}
 .scroll{overflow:auto;max-height:85vh;margin:8px 0;max-width:100%}
 details.group>summary{font-size:17px;font-weight:600;margin:28px 0 4px;cursor:pointer}
