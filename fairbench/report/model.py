@@ -333,7 +333,7 @@ class Group:
     sort_stat: str = "worst"  # the statistic under sort_threat that ranks: "worst" or "avg"
     check_threat: str | None = None  # the threat the ranking is checked with (`check_threat`)
     tier: int = 3  # where the group goes on the page (`group_tier`)
-    # a tuned group's shortfall against the paper-hyperparameter group beside it (`tuned_shortfall`):
+    # a tuned group's shortfall against the paper-hyperparameter group beside it (`with_shortfall`):
     # (methods, each as "method (k of n seeds)", whose tuned row is missing or has fewer seeds; n methods)
     shortfall: tuple[tuple[str, ...], int] | None = None
 

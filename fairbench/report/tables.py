@@ -281,7 +281,7 @@ def shortfall_note(group: Group) -> str:
     return (
         f"Not the leaderboard yet: tuned rows with as many seeds as the paper-hyperparameter group's exist "
         f"for {n - len(short)} of its {n} methods; still missing: {', '.join(short)}. Until every method "
-        f"has its tuned row, the standard protocol's group above is the board."
+        f"has its tuned row, the group without tuning stays the board."
     )
 
 
