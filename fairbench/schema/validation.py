@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,39 +39,38 @@ def criterion(per_class: list[float]) -> float:
     return sum(per_class) / len(per_class) + min(per_class)
 
 
-def _header(
-    run_id: str,
-    method: str,
-    params: dict[str, Any],
-    seed: int,
-    epochs: int,
-    selected_epoch: int,
-    training: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrialIdentity:
+    """The fields every trial record opens with, scored or diverged: which trial, of what."""
+
+    run_id: str
+    method: str
+    params: dict[str, Any]
+    seed: int
+    epochs: int
+    training: dict[str, Any]
+
+
+def _header(trial: TrialIdentity, selected_epoch: int) -> dict[str, Any]:
     """What every trial record opens with: which trial, of what, and the rule it is scored by."""
     return {
         "kind": KIND,
         "version": VERSION,
-        "run_id": run_id,
-        "method": method,
-        "params": params,
-        "seed": seed,
-        "epochs": epochs,
+        "run_id": trial.run_id,
+        "method": trial.method,
+        "params": trial.params,
+        "seed": trial.seed,
+        "epochs": trial.epochs,
         "selected_epoch": selected_epoch,
-        "training": training,
+        "training": trial.training,
         "rule": RULE,
     }
 
 
 def build_validation(
+    trial: TrialIdentity,
     *,
-    run_id: str,
-    method: str,
-    params: dict[str, Any],
-    seed: int,
-    epochs: int,
     selected_epoch: int,
-    training: dict[str, Any],
     classes: list[str],
     n_per_class: list[int],
     per_class: list[float],
@@ -81,7 +81,7 @@ def build_validation(
     """The record of a trial (accuracies are fractions in [0, 1], lists in class-index order)."""
     worst = min(range(len(per_class)), key=lambda i: (per_class[i], i))
     return {
-        **_header(run_id, method, params, seed, epochs, selected_epoch, training),
+        **_header(trial, selected_epoch),
         "attack": attack,
         "classes": classes,
         "n_per_class": n_per_class,
@@ -95,21 +95,11 @@ def build_validation(
     }
 
 
-def build_diverged(
-    *,
-    run_id: str,
-    method: str,
-    params: dict[str, Any],
-    seed: int,
-    epochs: int,
-    training: dict[str, Any],
-    reason: str,
-    env: dict[str, Any],
-) -> dict[str, Any]:
+def build_diverged(trial: TrialIdentity, *, reason: str, env: dict[str, Any]) -> dict[str, Any]:
     """The record of a trial whose training diverged: ``reason`` (the error naming the epoch and
     step) in place of a score; ``selected_epoch`` 0, since no weights are kept."""
     return {
-        **_header(run_id, method, params, seed, epochs, 0, training),
+        **_header(trial, 0),
         "diverged": reason[:MAX_REASON],
         "env": env,
     }

@@ -31,7 +31,7 @@ from fairbench.runs.folder import (
 )
 from fairbench.runs.signals import StopSignals
 from fairbench.schema import METRICS_FILE, OUTCOMES_FILE, Outcomes, RunRecord, build_record
-from fairbench.schema.validation import VALIDATION_FILE, build_diverged, build_validation
+from fairbench.schema.validation import VALIDATION_FILE, TrialIdentity, build_diverged, build_validation
 from fairbench.specs.threats import subset_keys, used_subsets
 from fairbench.train.checkpoint import seed_everything
 from fairbench.train.faults import Diverged
@@ -323,7 +323,7 @@ def _score_validation_and_write(
     acc = scorer.robust_per_class(trainer.eval_model(), selected - 1)
     counts = torch.bincount(scorer.val.labels.cpu(), minlength=spec.num_classes).tolist()
     record = build_validation(
-        **_trial_identity(cfg),
+        _trial_identity(cfg),
         selected_epoch=selected,
         classes=list(spec.classes),
         n_per_class=counts,
@@ -352,22 +352,22 @@ def _score_validation_and_write(
     say(f"wrote {run_dir / VALIDATION_FILE}")
 
 
-def _trial_identity(cfg: RunConfig) -> dict[str, Any]:
+def _trial_identity(cfg: RunConfig) -> TrialIdentity:
     """The fields of a trial record (`fairbench.schema.validation`) that name the trial: scored or diverged."""
-    return {
-        "run_id": str(cfg.run_id),
-        "method": cfg.method,
-        "params": cfg.params,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "training": cfg.training_dict(),
-    }
+    return TrialIdentity(
+        run_id=str(cfg.run_id),
+        method=cfg.method,
+        params=cfg.params,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        training=cfg.training_dict(),
+    )
 
 
 def _record_divergence(cfg: RunConfig, exc: Diverged, *, device: torch.device, dist: DistInfo, run_dir: Path) -> None:
     """A tuning trial that diverged is a finished trial with no score: its validation.json says
     where (`fairbench.schema.validation.build_diverged`), so its study counts it and never selects it."""
-    record = build_diverged(**_trial_identity(cfg), reason=str(exc), env=environment(device))
+    record = build_diverged(_trial_identity(cfg), reason=str(exc), env=environment(device))
     dist.on_main(lambda: atomic_write_json(run_dir / VALIDATION_FILE, record))
 
 
