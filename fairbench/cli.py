@@ -378,10 +378,10 @@ def report_cmd(
     """Leaderboard tables, charts and index.html from the runs' metrics.json and outcomes files."""
     from pathlib import Path
 
-    from fairbench.methods import method_defaults
+    from fairbench.methods import label_params
     from fairbench.report.command import build_report, write_report
 
-    board = build_report(Path(results), baseline, rank_by, method_defaults)
+    board = build_report(Path(results), baseline, rank_by, label_params)
     if board.skipped:
         typer.echo(f"warning: skipped {len(board.skipped)} metrics.json file(s):", err=True)
         for path, why in board.skipped:

@@ -141,14 +141,13 @@ def record(method: str, params: dict, seed: int, epochs: int, threats: tuple, le
 
 
 @pytest.fixture(autouse=True, scope="module")
-def trades_defaults() -> Iterator[None]:
-    """trades' paper default (beta=6), as the method registry reports it once the method is
-    installed (`fairbench report` passes `fairbench.methods.method_defaults`; the report imports no
-    method)."""
-    from fairbench.methods import method_defaults
+def method_labels() -> Iterator[None]:
+    """The rows' labels as `fairbench report` makes them: it passes `fairbench.methods.label_params`
+    (the methods' defaults, e.g. trades' beta=6); the report itself imports no method."""
+    from fairbench.methods import label_params
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report_module, "_method_defaults", lambda m: {"beta": 6.0} if m == "trades" else method_defaults(m))
+        mp.setattr(report_module, "_label_params", label_params)
         yield
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import pkgutil
-from typing import Any
+from typing import Any, Mapping
 
 from fairbench.errors import FairbenchError
 from fairbench.registry import Registry, load_plugins
@@ -48,9 +49,22 @@ METHODS: Registry[Any] = Registry("method", _load_methods, _check_method)
 register_method = METHODS.register
 
 
-def method_defaults(name: str) -> dict[str, Any] | None:
-    """The paper defaults of method ``name``'s parameters; None for a method not installed here."""
+def label_params(name: str, params: Mapping[str, Any]) -> list[str] | None:
+    """The parameters a report row of method ``name`` run with ``params`` names in its label, in name
+    order: those that differ from the paper defaults, less those this configuration leaves unused
+    (``Params.unused()``, e.g. TRADES' beta with base=pgd-at); None for a method not installed here."""
     try:
-        return METHODS.entry(name).params
+        entry = METHODS.entry(name)
     except FairbenchError:
         return None
+    defaults = entry.params
+    try:
+        unused = entry.obj.Params(**params).unused() if hasattr(entry.obj.Params, "unused") else frozenset()
+    except TypeError:  # a parameter this version does not know: every difference is shown
+        unused = frozenset()
+    return [k for k in sorted(params) if k not in unused and not (k in defaults and _same(params[k], defaults[k]))]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as a result file stores them (a tuple default and its JSON list are the same)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

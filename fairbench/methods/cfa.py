@@ -154,6 +154,14 @@ class CFA(Method):
             ]
             check_all(checks, "cfa: ")
 
+        def unused(self) -> frozenset[str]:
+            """The parameters this configuration leaves unused (a report row's label omits them)."""
+            unused = set() if self.base == "trades" else {"beta", "lambda2"}
+            unused |= set() if self.ccm else {"lambda1"}
+            unused |= set() if self.ccr else {"lambda2"}
+            unused |= set() if self.ccm or self.ccr else {"begin_fraction"}
+            return frozenset(unused | (set() if self.fawa else {"alpha", "delta"}))
+
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)
         if params.fawa:

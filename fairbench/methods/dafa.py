@@ -103,6 +103,10 @@ class DAFA(Method):
             ]
             check_all(checks, "dafa: ")
 
+        def unused(self) -> frozenset[str]:
+            """The parameters this configuration leaves unused (a report row's label omits them)."""
+            return frozenset() if self.base == "trades" else frozenset({"beta"})
+
     def __init__(self, params: Any, config: Any) -> None:
         super().__init__(params, config)
         k = get_dataset(config.dataset).num_classes

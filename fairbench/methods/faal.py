@@ -122,6 +122,10 @@ class FAAL(Method):
             if not self.beta >= 0:
                 raise FairbenchError(f"faal: beta must be >= 0, got {self.beta}")
 
+        def unused(self) -> frozenset[str]:
+            """The parameters this configuration leaves unused (a report row's label omits them)."""
+            return frozenset() if self.base == "trades" else frozenset({"beta"})
+
     def loss(self, ctx: BatchContext) -> torch.Tensor:
         if self.params.base == "pgd-at":
             per_example, adv = pgd_at_outputs(ctx)

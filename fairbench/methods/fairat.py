@@ -178,6 +178,11 @@ class FairAT(Method):
             ]
             check_all(checks, "fairat: ")
 
+        def unused(self) -> frozenset[str]:
+            """The parameters this configuration leaves unused (a report row's label omits them)."""
+            unused = {"threshold" if self.selection == "fraction" else "fraction"}
+            return frozenset(unused | ({"beta"} if self.base != "trades" else set()))
+
     @classmethod
     def plan_factor(cls, params: "FairAT.Params") -> float:
         # every example may be hard (selection=threshold, or a set so small that the top fraction

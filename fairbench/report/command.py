@@ -37,7 +37,7 @@ from fairbench.report.figures import (
 )
 from fairbench.report.html import to_html
 from fairbench.report.intervals import add_intervals
-from fairbench.report.model import Leaderboard, MethodDefaults, build_leaderboard
+from fairbench.report.model import LabelParams, Leaderboard, build_leaderboard
 from fairbench.report.sensitivity import load_studies, render_sensitivity, sensitivity_paths
 from fairbench.report.tables import to_csv, to_latex, to_long_csv, to_markdown
 from fairbench.runs.machine_key import state_dir
@@ -58,12 +58,12 @@ def build_report(
     results_dir: Path,
     baseline: str | None = None,
     rank_by: str | None = None,
-    method_defaults: MethodDefaults | None = None,
+    label_params: LabelParams | None = None,
 ) -> Leaderboard:
     """The leaderboard of ``results_dir`` with intervals, comparisons with ``baseline`` and ranks by
     ``rank_by`` (``THREAT[:worst|avg]``; default: `model.default_rank_threat`'s worst-class error).
-    ``method_defaults``: see `model.build_leaderboard`."""
-    board = add_intervals(build_leaderboard(results_dir, method_defaults), baseline, rank_by=rank_by)
+    ``label_params``: see `model.build_leaderboard`."""
+    board = add_intervals(build_leaderboard(results_dir, label_params), baseline, rank_by=rank_by)
     studies, skipped = load_studies(results_dir)
     return replace(board, studies=tuple(studies), skipped=board.skipped + tuple(skipped))
 

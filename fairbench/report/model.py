@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeGuard
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeGuard
 
 import pandas as pd
 
@@ -463,11 +463,11 @@ def summarize_rows(
     return out
 
 
-MethodDefaults = Callable[[str], "dict[str, Any] | None"]
+LabelParams = Callable[[str, Mapping[str, Any]], "list[str] | None"]
 
 
-def _method_defaults(method: str) -> dict[str, Any] | None:
-    """Without ``method_defaults`` from the caller the report knows no method's defaults (it imports
+def _label_params(method: str, params: Mapping[str, Any]) -> list[str] | None:
+    """Without ``label_params`` from the caller the report knows no method's defaults (it imports
     no training code): a row then shows the parameters that vary between its method's rows."""
     return None
 
@@ -483,11 +483,12 @@ def fine_tuning_label(run: Run) -> str:
 
 
 def _labels(
-    buckets: dict[tuple[str, str, str], list[Run]], method_defaults: MethodDefaults | None = None
+    buckets: dict[tuple[str, str, str], list[Run]], label_params: LabelParams | None = None
 ) -> dict[tuple[str, str, str], str]:
     """Method name plus the parameters and training settings that tell the rows apart: the
-    parameters that differ from the method's defaults (``method_defaults(method)``, None where
-    unknown), else those that vary between the method's rows."""
+    parameters ``label_params(method, params)`` names (those that differ from the method's defaults
+    and that its configuration uses; None where the method is unknown), else those that vary
+    between the method's rows."""
 
     # a fine-tuning run's own recipe (lr, schedule, ...) is told apart only from other fine-tuning
     # runs; the rows trained from scratch are compared among themselves
@@ -500,12 +501,10 @@ def _labels(
     for ident, rs in buckets.items():
         varying = varying_of[rs[0].source is not None]
         method, params = ident[0], rs[0].record.params
-        defaults = (method_defaults or _method_defaults)(method)
-        if defaults is None:  # unknown defaults: show what varies between this method's rows
+        shown = (label_params or _label_params)(method, params)
+        if shown is None:  # unknown defaults: show what varies between this method's rows
             same = [b[0].record.params for i, b in buckets.items() if i[0] == method]
             shown = [k for k in sorted(params) if len({_canon(p.get(k)) for p in same}) > 1]
-        else:
-            shown = [k for k in sorted(params) if k not in defaults or _canon(params[k]) != _canon(defaults[k])]
         parts = [f"{k}={fmt_value(params[k])}" for k in shown]
         parts += [f"{f}={fmt_value(rs[0].training.get(f))}" for f in varying]
         if rs[0].source is not None:
@@ -521,12 +520,12 @@ def ordered_threats(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in threat_columns() if t in names)
 
 
-def build_group(key: GroupKey, runs: list[Run], method_defaults: MethodDefaults | None = None) -> Group:
+def build_group(key: GroupKey, runs: list[Run], label_params: LabelParams | None = None) -> Group:
     """One table: rows aggregated over seeds, sorted by worst-class robust error."""
     buckets: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         buckets.setdefault(run.identity(), []).append(run)
-    labels = _labels(buckets, method_defaults)
+    labels = _labels(buckets, label_params)
     ordered = [r for rs in buckets.values() for r in rs]
     row_of_run = [i for i, rs in enumerate(buckets.values()) for _ in rs]
     summaries = summarize_rows(tidy(ordered), row_of_run, key.classes)
@@ -598,10 +597,10 @@ def group_tier(key: GroupKey, runs: Sequence[Run]) -> int:
     return 1 if same and runs and all(r.record.preset == CANONICAL_PRESET for r in runs) else 3
 
 
-def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None = None) -> Leaderboard:
+def build_leaderboard(results_dir: Path, label_params: LabelParams | None = None) -> Leaderboard:
     """Read every result under ``results_dir`` and aggregate; reads only, never writes.
-    ``method_defaults``: each method's paper defaults, for the rows' labels (the CLI passes
-    `fairbench.methods.method_defaults`; the report itself imports no training code)."""
+    ``label_params``: which of a row's parameters its label names (the CLI passes
+    `fairbench.methods.label_params`; the report itself imports no training code)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FairbenchError(
@@ -611,7 +610,7 @@ def build_leaderboard(results_dir: Path, method_defaults: MethodDefaults | None 
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
         by_key.setdefault(GroupKey.of(run), []).append(run)
-    built = [build_group(k, by_key[k], method_defaults) for k in by_key]
+    built = [build_group(k, by_key[k], label_params) for k in by_key]
     built = [with_shortfall(g, built) for g in built]
     groups = sorted(built, key=lambda g: (g.tier, g.key.sort_key()))
     return Leaderboard(tuple(groups), tuple(skipped), n_files, tuple(warnings))
