@@ -360,3 +360,72 @@ def test_the_page_at_1400_px_shows_the_compact_table_without_scrolling(tmp_path:
         assert 1350 <= int(page_w) <= 1400 and int(page_scroll_w) <= int(page_w)  # no sideways page scroll
         assert int(scroll_w) <= int(client_w) and int(right) <= int(page_w), (scroll_w, client_w, right)
         assert heads.split(";")[:3] == ["#", "method", "seeds"] and heads.endswith("clean avg")
+
+
+def test_the_tuning_table_compares_each_tuned_row_with_its_paper_row(tmp_path: Path) -> None:
+    """A tuned group gets a table of each row minus its method's paper-hyperparameter row (paired
+    over images and the seeds both have) and a reading of how its difference from the baseline
+    changed; the paper group gets none. 20 images per class, every class at the same error rate,
+    the same images wrong wherever the rates are equal."""
+    root = tmp_path / "results"
+    ok = np.ones(K * 20, bool)
+    standard = {"arch": "testbed-cnn", "preset": "fmnist-standard"}
+    # method: (paper error, tuned error, tuned seeds); pgd-at is the baseline of both groups
+    rates = {
+        "pgd-at": (0.3, 0.3, 2),
+        "fairat": (0.6, 0.1, 2),  # worse than PGD-AT with paper settings, better tuned
+        "cfa": (0.6, 0.3, 2),  # worse, then the same
+        "wat": (0.3, 0.5, 2),  # the same, then worse
+        "bat": (0.6, 0.5, 2),  # worse both times
+        "dafa": (0.3, 0.3, 2),  # the same both times
+        "trades": (0.3, 0.1, 1),  # one tuned seed
+    }
+    for method, (paper, tuned, n_tuned) in rates.items():
+        for seed in (0, 1):
+            write_run(
+                root, f"{method}{seed}", method, seed, clean=ok, pgd20=wrong_fraction(paper), epochs=8, extra=standard
+            )
+            if seed < n_tuned:
+                run_id = f"t-{method}{seed}"
+                write_run(root, run_id, method, seed, clean=ok, pgd20=wrong_fraction(tuned), epochs=8, extra=standard)
+                doc = json.loads((root / "runs" / run_id / "metrics.json").read_text())
+                doc["training"] |= {"tuning_study": "s1", "tuning_trials": 8}
+                (root / "runs" / run_id / "metrics.json").write_text(json.dumps(doc))
+    board = build_report(root)
+    paper_group, tuned_group = board.groups
+    assert paper_group.tuning is None and tuned_group.key.tuned == ("s1", 8) and tuned_group.tuning is not None
+    effects = tuned_group.tuning
+    fairat = effects["fairat"]
+    assert fairat.n_seeds == 2 and fairat.worst is not None and fairat.avg is not None
+    assert fairat.worst.value == pytest.approx(-0.5) and fairat.worst.significant
+    assert fairat.avg.value == pytest.approx(-0.5) and fairat.paper_delta is not None
+    assert fairat.paper_delta.value == pytest.approx(0.3) and fairat.paper_delta.significant
+    same = effects["pgd-at"].worst  # identical outcomes: 0, with the width of one image in 200
+    assert same is not None and same.value == 0 and same.lo < 0 < same.hi and not same.significant
+    assert effects["pgd-at"].paper_is_baseline and effects["trades"].n_seeds == 1
+    md = to_markdown(board)
+    assert md.count("### Tuning's effect (PGD-20)") == 1
+    table = md.split("### Tuning's effect (PGD-20)")[1]
+    reading = {
+        line.split(" | ")[1]: line.split(" | ")[-1].rstrip(" |")
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    assert reading == {
+        "method": "reading",
+        "pgd-at": "baseline",
+        "fairat": "changed sign",
+        "cfa": "difference gone",
+        "wat": "new difference",
+        "bat": "same sign",
+        "dafa": "no difference either way",
+        "trades": "not measured (one seed)",
+    }
+    assert exit_code(["report", "--results", str(root)]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((root / "leaderboard.csv").open()) if r["tuning_paper_label"]}
+    assert set(rows) == set(rates) and rows["fairat"]["tuning_reading"] == "changed sign"
+    assert rows["trades"]["tuning_seeds_compared"] == "1" and float(
+        rows["fairat"]["tuning_worst_err_delta"]
+    ) == pytest.approx(-0.5)
+    html = (root / "index.html").read_text()
+    assert html.count('-tuning"') == 1 and "Tuning&#x27;s effect (PGD-20)" in html

@@ -288,7 +288,9 @@ def _group_body(group: Group, slug: str, charts: dict[str, bytes]) -> list[str]:
     body = [f'<p class="note">{escape(sort_note(group))}</p>'] + _table(group, slug, tables[0], True)
     body += _charts(group, slug, charts)
     for table in tables[1:]:
-        body += [f"<h3>{escape(table.title)}</h3>"] + _table(group, slug, table, False)
+        body += [f"<h3>{escape(table.title)}</h3>"]
+        body += [f'<p class="note">{escape(table.note.replace("*", ""))}</p>'] if table.note else []
+        body += _table(group, slug, table, False)
     _, note = shown_threats(group)
     if note:
         body.append(f'<p class="note">{escape(note)}</p>')

@@ -39,7 +39,16 @@ from dataclasses import replace
 import numpy as np
 
 from fairbench.errors import FairbenchError
-from fairbench.report.model import Group, Leaderboard, Row, Run, check_threat, rank_rows, threat_name
+from fairbench.report.model import (
+    Group,
+    Leaderboard,
+    Row,
+    Run,
+    TuningEffect,
+    check_threat,
+    rank_rows,
+    threat_name,
+)
 from fairbench.report.stats import N_RESAMPLES, Delta, RowStats, bootstrap_threat, wilson
 from fairbench.schema import Outcomes, threat_columns
 
@@ -161,6 +170,66 @@ def row_check(group: Group, row: Row, n_resamples: int = N_RESAMPLES) -> Delta |
         seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())],
     )
     return stats[0].worst_delta if group.sort_stat == "worst" else stats[0].avg_delta
+
+
+def _paper_row(twin: Group, row: Row) -> Row | None:
+    """The row of ``twin`` (the paper-hyperparameter group) that ``row`` is the tuned version of:
+    the only one of the same method, trained from scratch or fine-tuned as ``row`` is."""
+    same = [
+        r for r in twin.rows if r.method == row.method and (r.runs[0].source is None) == (row.runs[0].source is None)
+    ]
+    return same[0] if len(same) == 1 else None
+
+
+def _tuning_delta(group: Group, row: Row, paper: Row, n_resamples: int) -> tuple[Delta | None, Delta | None]:
+    """(worst, avg) of ``row`` minus ``paper`` under the group's ranking threat, on the seeds both
+    rows have, paired over the test images and, seed by seed, over those seeds (`bootstrap_threat`);
+    None where they share no seed, a run lacks outcomes or the two rows' runs were not evaluated on
+    the same images with the same labels."""
+    threat = group.sort_threat
+    common = {_seed_order(r) for r in row.runs} & {_seed_order(r) for r in paper.runs}
+    runs = [sorted((run for run in r.runs if _seed_order(run) in common), key=_seed_order) for r in (row, paper)]
+    every = runs[0] + runs[1]
+    if not common or len(runs[0]) != len(common) or len(runs[1]) != len(common):  # one run per seed each
+        return None, None
+    if any(r.outcomes is None or threat not in r.record.metrics for r in every):
+        return None, None
+    pools = [pool(r.outcomes, threat) for r in every if r.outcomes is not None]
+    index, labels, _ = pools[0]
+    if any(not (np.array_equal(i, index) and np.array_equal(lab, labels)) for i, lab, _ in pools):
+        return None, None
+    key = json.dumps([group.key.label(), group.key.classes, "tuning", threat, row.label])
+    n = len(runs[0])
+    stats = bootstrap_threat(
+        labels,
+        np.array([w for _, _, w in pools]),
+        [list(range(n)), list(range(n, len(every)))],
+        n_classes=len(group.key.classes),
+        baseline=1,
+        n_resamples=n_resamples,
+        seed=[BOOTSTRAP_SEED, zlib.crc32(key.encode())],
+    )
+    return stats[0].worst_delta, stats[0].avg_delta
+
+
+def tuning_effects(group: Group, twin: Group, n_resamples: int = N_RESAMPLES) -> dict[str, TuningEffect]:
+    """Each row of the tuned ``group`` against its row in ``twin``, the paper-hyperparameter group
+    beside it (`TuningEffect`), by row label; rows without a paper row are left out."""
+    out = {}
+    for row in group.rows:
+        paper = _paper_row(twin, row)
+        if paper is None or group.sort_threat not in paper.threats:
+            continue
+        worst, avg = _tuning_delta(group, row, paper, n_resamples)
+        field = f"{group.sort_stat}_delta"
+        summary = paper.threats[group.sort_threat]
+        paper_delta = getattr(summary.ci, field) if summary.ci is not None else None
+        is_base = paper.label == twin.baseline
+        shared = len({_seed_order(r) for r in row.runs} & {_seed_order(r) for r in paper.runs})
+        out[row.label] = TuningEffect(
+            paper, group.sort_threat, shared, worst, avg, None if is_base else paper_delta, is_base
+        )
+    return out
 
 
 def _shared_pool(
@@ -324,4 +393,9 @@ def add_intervals(
         group, notes = _with_intervals(group, base, n_resamples)
         done.append(group)
         warnings += notes
+    by_key = {g.key: g for g in done}
+    for i, group in enumerate(done):
+        twin = by_key.get(replace(group.key, tuned=None)) if group.key.tuned is not None else None
+        if twin is not None:
+            done[i] = replace(group, tuning=tuning_effects(group, twin, n_resamples))
     return replace(board, groups=tuple(done), warnings=board.warnings + tuple(warnings))

@@ -324,6 +324,23 @@ class Row:
 
 
 @dataclass(frozen=True)
+class TuningEffect:
+    """A tuned row against the same method's row in the paper-hyperparameter group beside it
+    (`intervals.tuning_effects`), under the tuned group's ranking threat: ``worst``/``avg`` are the
+    tuned row's error minus the paper row's, paired over test images and seeds; ``paper_delta`` is
+    the paper row's difference from its own group's baseline (None where it is that baseline);
+    ``n_seeds``: how many seeds the two rows share (the differences are over those)."""
+
+    paper: Row
+    threat: str
+    n_seeds: int
+    worst: Delta | None
+    avg: Delta | None
+    paper_delta: Delta | None
+    paper_is_baseline: bool
+
+
+@dataclass(frozen=True)
 class Group:
     key: GroupKey
     threats: tuple[str, ...]
@@ -336,6 +353,8 @@ class Group:
     # a tuned group's shortfall against the paper-hyperparameter group beside it (`with_shortfall`):
     # (methods, each as "method (k of n seeds)", whose tuned row is missing or has fewer seeds; n methods)
     shortfall: tuple[tuple[str, ...], int] | None = None
+    # a tuned group's rows against their paper-hyperparameter rows, by row label (`TuningEffect`)
+    tuning: dict[str, TuningEffect] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ Markdown and HTML work from the same `Column` lists.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, cast
 
 import pandas as pd
 
-from fairbench.report.model import Group, Leaderboard, Row, Stat, ordered_threats, threat_name
+from fairbench.report.model import Group, Leaderboard, Row, Stat, TuningEffect, ordered_threats, threat_name
 from fairbench.report.stats import Delta, Interval
 
 LEGEND = (
@@ -62,6 +62,7 @@ class Table:
     key: str
     title: str
     columns: list[Column]
+    note: str = ""  # said under the title
 
 
 def pct(stat: Stat | None, n_runs: int, ci: Interval | None = None) -> str:
@@ -197,22 +198,104 @@ def shown_threats(group: Group) -> tuple[list[str], str]:
     )
 
 
+def tuning_reading(effect: TuningEffect, row: Row, group: Group) -> str:
+    """How a method's difference from its group's baseline changed between the paper-hyperparameter
+    group and the tuned one (both under the ranked statistic; `Delta.significant` for each)."""
+    tuned = cast("Delta | None", interval(row, effect.threat, f"{group.sort_stat}_delta"))
+    tuned_base = row.label == group.baseline
+    if effect.paper_is_baseline and tuned_base:
+        return "baseline"
+    paper = effect.paper_delta
+    if paper is None or tuned is None or effect.paper_is_baseline or tuned_base:
+        return "-"
+    if paper.one_seed or tuned.one_seed:
+        return "not measured (one seed)"
+    if paper.significant and tuned.significant:
+        return "same sign" if (paper.value > 0) == (tuned.value > 0) else "changed sign"
+    if paper.significant:
+        return "difference gone"
+    return "new difference" if tuned.significant else "no difference either way"
+
+
+def tuning_columns(group: Group) -> list[Column]:
+    """The tuning table of a tuned group (`model.TuningEffect`): each row against its method's row
+    in the paper-hyperparameter group, and each one's difference from its own group's baseline."""
+    effects = group.tuning or {}
+    stat = group.sort_stat
+
+    def paper_stat(row: Row) -> tuple[str, float | None]:
+        e = effects.get(row.label)
+        s = e.paper.threats.get(e.threat) if e is not None else None
+        if e is None or s is None:
+            return "-", None
+        value = getattr(s, stat)
+        return pct(value, len(e.paper.runs), interval(e.paper, e.threat, stat)), (value.mean if value else None)
+
+    def effect_delta(field: str) -> Callable[[Row], tuple[str, float | None]]:
+        def cell(row: Row) -> tuple[str, float | None]:
+            e = effects.get(row.label)
+            d = getattr(e, field) if e is not None else None
+            return delta_text(d, False), (d.value if d is not None else None)
+
+        return cell
+
+    def paper_vs_base(row: Row) -> tuple[str, float | None]:
+        e = effects.get(row.label)
+        if e is None:
+            return "-", None
+        return delta_text(e.paper_delta, e.paper_is_baseline), (e.paper_delta.value if e.paper_delta else None)
+
+    def seeds_compared(row: Row) -> tuple[str, float | None]:
+        e = effects.get(row.label)
+        return ("-", None) if e is None else (str(e.n_seeds), float(e.n_seeds))
+
+    def reading(row: Row) -> tuple[str, str | None]:
+        e = effects.get(row.label)
+        text = tuning_reading(e, row, group) if e is not None else "-"
+        return text, text
+
+    t = group.sort_threat
+    return [
+        _method_column(),
+        _seeds_column(),
+        Column("common_seeds", "seeds compared", seeds_compared),
+        Column(f"paper_{stat}", f"paper {stat}", paper_stat, threat=t),
+        _stat_column(t, stat, f"tuned {stat}", False),
+        Column("tuning_worst", "Δworst (tuned − paper)", effect_delta("worst"), threat=t),
+        Column("tuning_avg", "Δavg (tuned − paper)", effect_delta("avg"), threat=t),
+        Column("paper_vs_baseline", f"Δ{stat} vs baseline: paper", paper_vs_base, threat=t),
+        replace(_delta_column(group, t, stat, False), header=f"Δ{stat} vs baseline: tuned"),
+        Column("reading", "reading", reading, numeric=False),
+    ]
+
+
+def tuning_note(group: Group) -> str:
+    return (
+        f"Each tuned row against its method's row in the paper-hyperparameter group beside this one, "
+        f"under {threat_name(group.sort_threat)}: Δ (tuned − paper) on the seeds both rows have, paired "
+        f"over the same test images and, seed by seed, those seeds. The last columns give each row's "
+        f"difference from its own group's baseline; *reading* says how that difference changed with "
+        f"tuning ({MARK} on both sides: *same sign* or *changed sign*; on one side only: *difference "
+        f"gone* or *new difference*)."
+    )
+
+
 def group_tables(group: Group) -> list[Table]:
-    """The compact table, then a full table per shown threat."""
+    """The compact table, then a full table per shown threat, then, for a tuned group beside a
+    paper-hyperparameter one, the tuning table (`tuning_columns`)."""
     tables = [Table("compact", "", compact_columns(group))]
     threats, _ = shown_threats(group)
-    return tables + [Table(t, threat_name(t), threat_table_columns(group, t)) for t in threats]
-
-
-def columns(group: Group) -> list[Column]:
-    """Every column of every table of the group, once each (the compact table's first)."""
-    seen, out = set(), []
-    for table in group_tables(group):
-        for c in table.columns:
-            if c.key not in seen:
-                seen.add(c.key)
-                out.append(c)
-    return out
+    tables += [Table(t, threat_name(t), threat_table_columns(group, t)) for t in threats]
+    if group.tuning:
+        tables.append(
+            Table(
+                "tuning",
+                f"Tuning's effect ({threat_name(group.sort_threat)})",
+                tuning_columns(group),
+                tuning_note(group),
+            )
+        )
+    return tables
 
 
 def rank_text(row: Row) -> str:
@@ -311,7 +394,9 @@ def to_markdown(board: Leaderboard) -> str:
         lines += [md_escape(sort_note(group)), ""]
         lines += _md_table(tables[0], group)
         for table in tables[1:]:
-            lines += ["", f"### {md_escape(table.title)}", ""] + _md_table(table, group)
+            lines += ["", f"### {md_escape(table.title)}", ""]
+            lines += [md_escape(table.note), ""] if table.note else []
+            lines += _md_table(table, group)
         _, note = shown_threats(group)
         if note:
             lines += ["", md_escape(note)]
@@ -387,6 +472,23 @@ def _group_fields(group: Group) -> dict[str, Any]:
     }
 
 
+def _tuning_fields(group: Group, row: Row) -> dict[str, Any]:
+    """A tuned row against its paper-hyperparameter row (`model.TuningEffect`); empty elsewhere."""
+    e = (group.tuning or {}).get(row.label)
+    fields: dict[str, Any] = {
+        "tuning_paper_label": _csv_text(e.paper.label) if e else None,
+        "tuning_seeds_compared": e.n_seeds if e else None,
+    }
+    for name in ("worst", "avg"):
+        d = getattr(e, name) if e else None
+        fields |= {
+            f"tuning_{name}_err_delta": d.value if d else None,
+            f"tuning_{name}_err_delta_lo": d.lo if d else None,
+            f"tuning_{name}_err_delta_hi": d.hi if d else None,
+        }
+    return fields | {"tuning_reading": tuning_reading(e, row, group) if e else None}
+
+
 def _check_fields(group: Group, row: Row) -> dict[str, Any]:
     c = row.check
     return {
@@ -404,7 +506,9 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
     ``T_*_lo``/``T_*_hi``: the 95% interval; ``T_*_delta``: this row minus the group's ``baseline``
     row (empty without outcomes or without a baseline); ``rank`` admits ties and ranks by
     ``sort_stat`` (worst or avg) under ``sorted_by``; ``check_delta``: ``check_threat`` minus
-    ``sorted_by`` on the same images, the ranked statistic; ``possibly_masked`` where it excludes 0.
+    ``sorted_by`` on the same images, the ranked statistic; ``possibly_masked`` where it excludes 0;
+    ``tuning_*``: a tuned row minus its method's paper-hyperparameter row under ``sorted_by``, and
+    ``tuning_reading`` (`tuning_reading`).
     """
     threats = ordered_threats(t for g in board.groups for t in g.threats)
     lines = []
@@ -421,6 +525,7 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
                     "seeds": " ".join(map(str, row.seeds)),
                 }
                 | _check_fields(group, row)
+                | _tuning_fields(group, row)
             )
             for t in threats:
                 line |= _csv_threat_fields(row, t)
@@ -429,7 +534,7 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
     whole = [
         c for c in frame.columns if c in ("epochs", "train_per_class", "eval_per_class", "rank") or c.endswith("_n")
     ]
-    return frame.astype({c: "Int64" for c in whole})
+    return frame.astype({c: "Int64" for c in whole + ["tuning_seeds_compared"]})
 
 
 def to_csv(board: Leaderboard) -> str:
