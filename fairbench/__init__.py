@@ -5,6 +5,7 @@ The Python API (`fairbench.api`) loads on first use, so ``import fairbench`` doe
 
     fairbench.evaluate(model, "fashion-mnist", eps=0.1, attacks="clean,pgd20", n_per_class=100)
     fairbench.load_model(run_dir), fairbench.create_model(arch, dataset), fairbench.list_methods()
+    fairbench.leaderboard("results")  # the leaderboard as a pandas DataFrame
 
 The evaluator module behind ``fairbench.evaluate`` is `fairbench.eval.evaluator`.
 """
@@ -12,7 +13,7 @@ The evaluator module behind ``fairbench.evaluate`` is `fairbench.eval.evaluator`
 from fairbench._version import __version__
 from fairbench.errors import FairbenchError
 
-_API = ("evaluate", "load_model", "create_model", "list_methods")
+_API = ("evaluate", "load_model", "create_model", "list_methods", "leaderboard")
 __all__ = ["FairbenchError", "__version__", *_API]
 
 

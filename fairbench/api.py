@@ -7,6 +7,7 @@
     record = fairbench.evaluate(model, "fashion-mnist", eps=0.1, attacks="clean,pgd20", n_per_class=100)
     record.metrics["pgd20"].worst_class, 1 - record.metrics["pgd20"].worst  # accuracies, as stored
     fairbench.list_methods()
+    board = fairbench.leaderboard("results")  # pandas.DataFrame: `fairbench report`'s leaderboard.csv
 
 `evaluate` is `fairbench eval`'s evaluation (`fairbench.eval.external.evaluate_model`: the one
 evaluator, `fairbench.eval.evaluator.evaluate`) and returns the same record a run's metrics.json holds
@@ -20,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -28,7 +30,7 @@ from fairbench.distributed import DistInfo, resolve_device
 from fairbench.errors import FairbenchError
 from fairbench.eval.external import CHECKPOINT_SLACK, MAX_CHECKPOINT_FACTOR, EvalOptions, evaluate_model
 from fairbench.eval.state import fingerprint
-from fairbench.methods import METHODS
+from fairbench.methods import METHODS, label_params
 from fairbench.models import create_model as _create_model
 from fairbench.models import load_model_state, unwrap_state_dict
 from fairbench.runs.folder import CHECKPOINT_FILE, load_checkpoint
@@ -36,7 +38,7 @@ from fairbench.schema import RunRecord
 from fairbench.specs.threats import subsets_from_keys
 from fairbench.train.runner import config_from_run_dir
 
-__all__ = ["create_model", "evaluate", "list_methods", "load_model"]
+__all__ = ["create_model", "evaluate", "leaderboard", "list_methods", "load_model"]
 
 
 def evaluate(
@@ -169,3 +171,16 @@ def create_model(arch: str, dataset: str | DatasetSpec) -> nn.Module:
 def list_methods() -> list[str]:
     """The registered training methods (built-in and from the ``fairbench.methods`` entry points)."""
     return METHODS.names()
+
+
+def leaderboard(
+    results: str | Path = "results", *, baseline: str | None = None, rank_by: str | None = None
+) -> pd.DataFrame:
+    """The leaderboard of a results folder as `fairbench report` builds it (the same ``--baseline``
+    and ``--rank-by``), as the table `fairbench report` writes to leaderboard.csv: one line per row
+    of every group, errors as fractions with their 95% intervals, differences from the baseline,
+    ranks, the masking check and, for tuned rows, the ``tuning_*`` columns. Reads only; writes nothing."""
+    from fairbench.report.command import build_report  # matplotlib: only when a leaderboard is asked for
+    from fairbench.report.tables import leaderboard_frame
+
+    return leaderboard_frame(build_report(Path(results), baseline, rank_by, label_params))

@@ -15,7 +15,7 @@ from fairbench.errors import FairbenchError
 from fairbench.schema import RunRecord, read_metrics
 from torch import nn
 
-from cli_helpers import cli_out
+from cli_helpers import cli_out, exit_code
 
 SPEC = get_dataset("fashion-mnist")
 
@@ -209,3 +209,23 @@ def test_the_api_name_survives_importing_the_evaluator_module() -> None:
     assert callable(fairbench.evaluate) and fairbench.evaluate is not module
     assert fairbench.evaluate.__module__ == "fairbench.api"
     assert json.dumps(fairbench.list_methods())  # plain names
+
+
+def test_leaderboard_is_the_table_fairbench_report_writes(tmp_path: Path) -> None:
+    """`fairbench.leaderboard` reads a results folder into the table that `fairbench report`
+    writes to leaderboard.csv (the same labels, numbers, ranks and differences), writing nothing."""
+    from test_report import write_results
+
+    root = write_results(tmp_path / "results")
+    before = files_under(root)
+    board = fairbench.leaderboard(root)
+    assert files_under(root) == before
+    assert {"label", "rank", "pgd20_worst_err", "pgd20_worst_err_delta", "tuning_reading"} <= set(board.columns)
+    assert (board[board["method"] == "trades"]["label"] == "trades").any()  # paper defaults: no params named
+    assert exit_code(["report", "--results", str(root)]) == 0
+    written = (root / "leaderboard.csv").read_text()
+    assert board.to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n") == written
+    by_pgd = fairbench.leaderboard(root, rank_by="pgd20:avg")
+    assert (by_pgd["sort_stat"] == "avg").all() and not by_pgd["rank"].equals(board["rank"])
+    with pytest.raises(FairbenchError, match="does not exist"):
+        fairbench.leaderboard(tmp_path / "nowhere")
