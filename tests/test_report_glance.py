@@ -429,3 +429,6 @@ def test_the_tuning_table_compares_each_tuned_row_with_its_paper_row(tmp_path: P
     ) == pytest.approx(-0.5)
     html = (root / "index.html").read_text()
     assert html.count('-tuning"') == 1 and "Tuning&#x27;s effect (PGD-20)" in html
+    tex = to_latex(board).split("tuning's effect\n")[1].split(r"\end{table*}")[0]
+    assert tex.startswith(r"\begin{table*}") and tex.count(r"\addlinespace") == len(rates)
+    assert r"{\scriptsize changed sign}" in tex and r"fairat (2) & 60.0 & 10.0 & $-$50.0$^\dagger$" in tex
