@@ -406,11 +406,8 @@ def test_the_tuning_table_compares_each_tuned_row_with_its_paper_row(tmp_path: P
     md = to_markdown(board)
     assert md.count("### Tuning's effect (PGD-20)") == 1
     table = md.split("### Tuning's effect (PGD-20)")[1]
-    reading = {
-        line.split(" | ")[1]: line.split(" | ")[-1].rstrip(" |")
-        for line in table.splitlines()
-        if line.startswith("| ") and "---" not in line
-    }
+    cells = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    reading = {c[1]: c[2] for c in cells}  # the reading comes right after the method
     assert reading == {
         "method": "reading",
         "pgd-at": "baseline",

@@ -255,25 +255,24 @@ def tuning_columns(group: Group) -> list[Column]:
         return text, text
 
     t = group.sort_threat
-    return [
+    return [  # the reading first after the method: the answer, before the numbers behind it
         _method_column(),
-        _seeds_column(),
-        Column("common_seeds", "seeds compared", seeds_compared),
+        Column("reading", "reading", reading, numeric=False),
+        Column("common_seeds", "seeds", seeds_compared),
         Column(f"paper_{stat}", f"paper {stat}", paper_stat, threat=t),
         _stat_column(t, stat, f"tuned {stat}", False),
-        Column("tuning_worst", "Δworst (tuned − paper)", effect_delta("worst"), threat=t),
-        Column("tuning_avg", "Δavg (tuned − paper)", effect_delta("avg"), threat=t),
-        Column("paper_vs_baseline", f"Δ{stat} vs baseline: paper", paper_vs_base, threat=t),
-        replace(_delta_column(group, t, stat, False), header=f"Δ{stat} vs baseline: tuned"),
-        Column("reading", "reading", reading, numeric=False),
+        Column("tuning_worst", "Δworst tuned − paper", effect_delta("worst"), threat=t),
+        Column("tuning_avg", "Δavg tuned − paper", effect_delta("avg"), threat=t),
+        Column("paper_vs_baseline", f"Δ{stat} vs baseline, paper", paper_vs_base, threat=t),
+        replace(_delta_column(group, t, stat, False), header=f"Δ{stat} vs baseline, tuned"),
     ]
 
 
 def tuning_note(group: Group) -> str:
     return (
         f"Each tuned row against its method's row in the paper-hyperparameter group beside this one, "
-        f"under {threat_name(group.sort_threat)}: Δ (tuned − paper) on the seeds both rows have, paired "
-        f"over the same test images and, seed by seed, those seeds. The last columns give each row's "
+        f"under {threat_name(group.sort_threat)}: Δ tuned − paper on the seeds both rows have (*seeds*), "
+        f"paired over the same test images and, seed by seed, those seeds. The last columns give each row's "
         f"difference from its own group's baseline; *reading* says how that difference changed with "
         f"tuning ({MARK} on both sides: *same sign* or *changed sign*; on one side only: *difference "
         f"gone* or *new difference*)."
