@@ -13,6 +13,8 @@ against its metrics.json by `fairbench.schema`; a run whose outcomes disagree is
 - each row's check (`Row.check`): AutoAttack's error minus the ranking threat's, the ranked
   statistic on the images AutoAttack ran on, by the same paired bootstrap; a row whose check
   excludes 0 from above is *possibly masked* (`Row.possibly_masked`);
+- for a tuned group beside its paper-hyperparameter group, each row against its method's row there
+  (`Group.tuning`, `tuning_effects`), by the same paired bootstrap;
 - warnings for what has no interval or comparison, and why, and for a model at chance level or
   right on one class only (`sanity_warnings`).
 
@@ -181,13 +183,14 @@ def _paper_row(twin: Group, row: Row) -> Row | None:
     return same[0] if len(same) == 1 else None
 
 
-def _tuning_delta(group: Group, row: Row, paper: Row, n_resamples: int) -> tuple[Delta | None, Delta | None]:
+def _tuning_delta(
+    group: Group, row: Row, paper: Row, common: set[str], n_resamples: int
+) -> tuple[Delta | None, Delta | None]:
     """(worst, avg) of ``row`` minus ``paper`` under the group's ranking threat, on the seeds both
-    rows have, paired over the test images and, seed by seed, over those seeds (`bootstrap_threat`);
-    None where they share no seed, a run lacks outcomes or the two rows' runs were not evaluated on
-    the same images with the same labels."""
+    rows have (``common``, as `_seed_order` writes them), paired over the test images and, seed by
+    seed, over those seeds (`bootstrap_threat`); None where they share no seed, a run lacks outcomes
+    or the two rows' runs were not evaluated on the same images with the same labels."""
     threat = group.sort_threat
-    common = {_seed_order(r) for r in row.runs} & {_seed_order(r) for r in paper.runs}
     runs = [sorted((run for run in r.runs if _seed_order(run) in common), key=_seed_order) for r in (row, paper)]
     every = runs[0] + runs[1]
     if not common or len(runs[0]) != len(common) or len(runs[1]) != len(common):  # one run per seed each
@@ -220,14 +223,13 @@ def tuning_effects(group: Group, twin: Group, n_resamples: int = N_RESAMPLES) ->
         paper = _paper_row(twin, row)
         if paper is None or group.sort_threat not in paper.threats:
             continue
-        worst, avg = _tuning_delta(group, row, paper, n_resamples)
-        field = f"{group.sort_stat}_delta"
+        common = {_seed_order(r) for r in row.runs} & {_seed_order(r) for r in paper.runs}
+        worst, avg = _tuning_delta(group, row, paper, common, n_resamples)
         summary = paper.threats[group.sort_threat]
-        paper_delta = getattr(summary.ci, field) if summary.ci is not None else None
+        paper_delta = getattr(summary.ci, f"{group.sort_stat}_delta") if summary.ci is not None else None
         is_base = paper.label == twin.baseline
-        shared = len({_seed_order(r) for r in row.runs} & {_seed_order(r) for r in paper.runs})
         out[row.label] = TuningEffect(
-            paper, group.sort_threat, shared, worst, avg, None if is_base else paper_delta, is_base
+            paper, group.sort_threat, len(common), worst, avg, None if is_base else paper_delta, is_base
         )
     return out
 

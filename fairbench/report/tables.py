@@ -2,7 +2,9 @@
 
 Each group opens with a compact table (`compact_columns`: at most 8 columns, the answer under the
 ranking threat) and then one full table per threat (`threat_table_columns`); the union's table is
-left out where the union equals one single threat's outcomes in every run (`shown_threats`).
+left out where the union equals one single threat's outcomes in every run (`shown_threats`); a
+tuned group ends with its tuning table (`tuning_columns`: each row against its paper-hyperparameter
+row).
 Errors are shown in percent as the mean over seeds with its 95% interval (or ± the sample std over
 seeds for a row without outcomes), differences from the group's baseline with theirs; the CSVs
 keep fractions in [0, 1] like metrics.json: ``leaderboard.csv`` one line per row, and
