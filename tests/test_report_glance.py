@@ -429,3 +429,22 @@ def test_the_tuning_table_compares_each_tuned_row_with_its_paper_row(tmp_path: P
     tex = to_latex(board).split("tuning's effect\n")[1].split(r"\end{table*}")[0]
     assert tex.startswith(r"\begin{table*}") and tex.count(r"\addlinespace") == len(rates)
     assert r"{\scriptsize changed sign}" in tex and r"fairat (2) & 60.0 & 10.0 & $-$50.0$^\dagger$" in tex
+
+
+def test_the_baseline_is_the_methods_row_trained_from_scratch(tmp_path: Path) -> None:
+    """A tuned group labels PGD-AT's row with its tuned lr and holds FAAL's control (PGD-AT
+    fine-tuned from PGD-AT) beside it: the baseline is the row trained from scratch, not none."""
+    root = tmp_path / "results"
+    ok = np.ones(K * 20, bool)
+    for seed in (0, 1):
+        write_run(root, f"pgd-at{seed}", "pgd-at", seed, clean=ok, pgd20=wrong_fraction(0.4))
+        doc = json.loads((root / "runs" / f"pgd-at{seed}" / "metrics.json").read_text())
+        doc["training"]["lr"] = 0.03  # a setting that varies in the group: the label names it
+        (root / "runs" / f"pgd-at{seed}" / "metrics.json").write_text(json.dumps(doc))
+        control = {"init_from": {"run_id": f"pgd-at{seed}", "method": "pgd-at", "epochs": 2, "budget_epochs": 2}}
+        write_run(root, f"control{seed}", "pgd-at", seed, clean=ok, pgd20=wrong_fraction(0.4), extra=control)
+        write_run(root, f"fairat{seed}", "fairat", seed, clean=ok, pgd20=wrong_fraction(0.1))
+    (group,) = build_report(root).groups
+    assert group.baseline is not None and group.baseline.startswith("pgd-at (lr=0.03")
+    fairat = next(r for r in group.rows if r.method == "fairat").threats["pgd20"].ci
+    assert fairat is not None and fairat.worst_delta is not None and fairat.worst_delta.value == pytest.approx(-0.3)

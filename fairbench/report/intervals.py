@@ -63,11 +63,17 @@ def _seed_order(run: Run) -> str:
 
 
 def baseline_row(group: Group, name: str) -> Row | None:
-    """The row ``name`` picks: the row labelled so, else the only row of method ``name``."""
+    """The row ``name`` picks: the row labelled so, else the only row of method ``name``, else the
+    only one of them trained from scratch (a fine-tuning control of the method, such as FAAL's, is
+    not its baseline: in a tuned group PGD-AT's row is labelled with its tuned lr, and its control
+    sits beside it)."""
     for row in group.rows:
         if row.label == name:
             return row
     same = [row for row in group.rows if row.method == name]
+    scratch = [row for row in same if row.runs[0].source is None]
+    if len(same) > 1 and len(scratch) == 1:
+        return scratch[0]
     if len(same) > 1:
         raise FairbenchError(
             f"--baseline {name} matches {len(same)} rows of {group.key.label()}: "
