@@ -698,12 +698,17 @@ def _tex_delta_pair(delta: Delta | None, is_baseline: bool) -> tuple[str, str]:
     return _tex_signed(delta.value) + mark, f"[{_tex_signed(delta.lo)},\\,{_tex_signed(delta.hi)}]"
 
 
+def _tex_group_label(group: Group) -> str:
+    """The group's label as a caption names it, marked incomplete where it is (`model.with_shortfall`)."""
+    return tex_escape(group.key.label().replace(" · ", ", ") + (" (incomplete)" if group.shortfall else ""))
+
+
 def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     """One booktabs table: a row's values on one line, their intervals under them in a smaller
     size, the method's name in a column that wraps; fits a two-column paper's column."""
     has_delta = group.baseline is not None
     name = tex_escape(threat_name(threat))
-    label = tex_escape(group.key.label().replace(" · ", ", ") + (" (incomplete)" if group.shortfall else ""))
+    label = _tex_group_label(group)
     what = "worst-class" if group.sort_stat == "worst" else "average"
     base = (
         f" $\\Delta$: difference from {tex_escape(group.baseline)} (paired bootstrap), $^\\dagger$ where its "
@@ -719,24 +724,15 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
     )  # a row is possibly masked only where the group has a check threat
     spec = "@{}r p{0.16\\linewidth} r r" + (" r r" if has_delta else "") + "@{}"
     heads = r"\# & Method & Avg & Worst" + (r" & $\Delta$Avg & $\Delta$Worst" if has_delta else "") + r" \\"
-    lines = [
-        f"% {label}: {name}",
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\footnotesize",
-        r"\setlength{\tabcolsep}{2pt}",
-        f"\\caption{{{name} error (\\%), {label}. Mean over seeds, 95\\% interval below it (bootstrap, at "
+    caption = (
+        f"{name} error (\\%), {label}. Mean over seeds, 95\\% interval below it (bootstrap, at "
         f"least the Wilson interval; $\\pm$ std over seeds without per-example outcomes); worst: the mean of "
         f"each seed's worst-class error, the class worst in most seeds under the method's name, its number "
         f"of seeds in brackets.{base} \\#: rank by {what} "
         f"{tex_escape(threat_name(group.sort_threat))} error; rows whose interval overlaps the best one's "
-        f"share its rank.{masked}}}",
-        f"\\label{{tab:fairbench-{group.key.slug()}-{index}}}",
-        f"\\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        heads,
-        r"\midrule",
-    ]
+        f"share its rank.{masked}"
+    )
+    rows = []
     for row in group.rows:
         s = row.threats.get(threat)
         method = tex_escape(row.label) + (r" \S" if row.possibly_masked else "")
@@ -753,12 +749,42 @@ def _tex_threat_table(group: Group, threat: str, index: int) -> list[str]:
                     for f in ("avg", "worst")
                 ]
             cls = tex_escape(s.worst_class)
+        rows.append((row, method, cls, cells))
+    return _tex_table(f"% {label}: {name}", caption, f"tab:fairbench-{group.key.slug()}-{index}", spec, heads, rows)
+
+
+def _tex_table(
+    comment: str,
+    caption: str,
+    label: str,
+    spec: str,
+    heads: str,
+    rows: list[tuple[Row, str, str, list[tuple[str, str]]]],
+    env: str = "table",
+) -> list[str]:
+    """One booktabs table of the report: per row (the row, its method text, a note set small under
+    it, its cells as (value, interval)), the rank, method and values on one line and the note and
+    intervals under them in a smaller size."""
+    lines = [
+        comment,
+        f"\\begin{{{env}}}[t]",
+        r"\centering",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{2pt}",
+        f"\\caption{{{caption}}}",
+        f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        heads,
+        r"\midrule",
+    ]
+    for row, method, note, cells in rows:
         top = [rank_text(row).replace("-", "--"), r"\raggedright " + method] + [c[0] for c in cells]
-        below = ["", f"{{\\scriptsize {cls}}}" if cls else ""] + [
+        below = ["", f"{{\\scriptsize {note}}}" if note else ""] + [
             f"{{\\scriptsize {c[1]}}}" if c[1] else "" for c in cells
         ]
         lines += [" & ".join(top) + r" \\", " & ".join(below) + r" \\", r"\addlinespace[2pt]"]
-    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return lines + [r"\bottomrule", r"\end{tabular}", f"\\end{{{env}}}"]
 
 
 def _tex_tuning_table(group: Group, index: int) -> list[str]:
@@ -769,24 +795,15 @@ def _tex_tuning_table(group: Group, index: int) -> list[str]:
     effects = group.tuning or {}
     t, stat = group.sort_threat, group.sort_stat
     name = tex_escape(threat_name(t))
-    label = tex_escape(group.key.label().replace(" · ", ", ") + (" (incomplete)" if group.shortfall else ""))
-    lines = [
-        f"% {label}: tuning's effect",
-        r"\begin{table*}[t]",
-        r"\centering",
-        r"\footnotesize",
-        r"\setlength{\tabcolsep}{2pt}",
-        f"\\caption{{Tuning's effect, {name} {stat} error (\\%), {label}: each tuned row against its method's "
+    label = _tex_group_label(group)
+    caption = (
+        f"Tuning's effect, {name} {stat} error (\\%), {label}: each tuned row against its method's "
         f"row in the paper-hyperparameter group; $\\Delta$T$-$P: tuned minus paper on the seeds both have (their "
         f"number in brackets), paired over test images and seeds; $\\Delta$P, $\\Delta$T: each row's difference "
         f"from its own group's baseline, $^\\dagger$ where the interval excludes 0 and both rows have more than "
-        f"one seed; under each method, how that difference changed.}}",
-        f"\\label{{tab:fairbench-{group.key.slug()}-tuning-{index}}}",
-        r"\begin{tabular}{@{}r p{0.3\linewidth} r r r r r@{}}",
-        r"\toprule",
-        r"\# & Method & Paper & Tuned & $\Delta$T$-$P & $\Delta$P & $\Delta$T \\",
-        r"\midrule",
-    ]
+        f"one seed; under each method, how that difference changed."
+    )
+    rows = []
     for row in group.rows:
         e = effects.get(row.label)
         s = row.threats.get(t)
@@ -801,11 +818,17 @@ def _tex_tuning_table(group: Group, index: int) -> list[str]:
             _tex_delta_pair(cast("Delta | None", interval(row, t, f"{stat}_delta")), row.label == group.baseline),
         ]
         method = f"{tex_escape(row.label)} ({e.n_seeds})"
-        top = [rank_text(row).replace("-", "--"), r"\raggedright " + method] + [c[0] for c in cells]
-        below = ["", f"{{\\scriptsize {tex_escape(tuning_reading(e, row, group))}}}"]
-        below += [f"{{\\scriptsize {c[1]}}}" if c[1] else "" for c in cells]
-        lines += [" & ".join(top) + r" \\", " & ".join(below) + r" \\", r"\addlinespace[2pt]"]
-    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
+        rows.append((row, method, tex_escape(tuning_reading(e, row, group)), cells))
+    heads = r"\# & Method & Paper & Tuned & $\Delta$T$-$P & $\Delta$P & $\Delta$T \\"
+    return _tex_table(
+        f"% {label}: tuning's effect",
+        caption,
+        f"tab:fairbench-{group.key.slug()}-tuning-{index}",
+        r"@{}r p{0.3\linewidth} r r r r r@{}",
+        heads,
+        rows,
+        env="table*",
+    )
 
 
 def to_latex(board: Leaderboard) -> str:
