@@ -29,6 +29,7 @@ import typer
 from fairbench.config import NOT_RUN_OPTIONS, PRESET_DESCRIPTIONS, PRESETS, RunConfig
 from fairbench.errors import FairbenchError
 from fairbench.registry import unknown_name
+from fairbench.runs.memory import keep_freed_memory
 from fairbench.runs.signals import Preempted, StopSignals
 from fairbench.specs.threats import parse_subsets, subset_aliases, subset_flag
 
@@ -707,6 +708,7 @@ def _check_preset(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures print one line and exit with status 2."""
+    keep_freed_memory()  # before the first tensor: glibc keeps what a training step frees (runs.memory)
     try:
         # standalone_mode=False: typer turns Ctrl-C into a *returned* 130 rather than an exception
         code = app(args=argv, standalone_mode=False)
