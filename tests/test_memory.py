@@ -5,15 +5,14 @@ in a fresh Python process."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from fairbench.runs.memory import wanted
+from fairbench.runs.memory import glibc, wanted
 
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+GLIBC = glibc()
 
 # Allocate and free a 40 MB tensor (above glibc's largest dynamic mmap threshold, 32 MiB) 12 times
 # and print the fewest minor page faults one of the last 6 took: with glibc's defaults each one is

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
-import sys
+from collections.abc import Mapping
 
 # mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -38,13 +37,21 @@ USER_KNOBS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOL
 OPT_OUT = "FAIRBENCH_MALLOC"
 
 
-def wanted(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether fairbench should set the allocator in a process with this environment."""
     if environ.get(OPT_OUT, "").strip().lower() == "default":
         return False
     if any(name in environ for name in USER_KNOBS) or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
         return False
-    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    return glibc()
+
+
+def glibc() -> bool:
+    """Whether this process runs on glibc (asked of the running C library, not of the file)."""
+    try:
+        return str(os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or not a GNU libc
+        return False
 
 
 def keep_freed_memory() -> bool:
