@@ -12,13 +12,14 @@ heap), the trim threshold to 2 GiB (a free heap top is kept until it exceeds tha
 64 MiB (the heap grows in steps of at least that). What the process keeps is what it used at its
 peak, which it was going to use again. Nothing computed changes: PyTorch aligns every CPU tensor
 itself (64 bytes), whichever way glibc found the memory (tests/test_memory.py trains the same run
-both ways and compares the checkpoints' hashes).
+both ways and compares weights, momentum and per-example outcomes).
 
-It runs once per fairbench process, first thing in `fairbench.cli.main` (every command, and every
-run a local sweep starts). It leaves the allocator alone when the user set glibc's own knobs
-(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_THRESHOLD_``, or
-``glibc.malloc`` in ``GLIBC_TUNABLES``), when ``FAIRBENCH_MALLOC=default``, and where the C
-library is not glibc (macOS, musl): there it does nothing. Torch-free.
+It runs first thing in `fairbench.cli.main` (every command, and so every run that a local sweep,
+Slurm or torchrun starts; setting it again changes nothing). It leaves the allocator alone when
+the user set glibc's own knobs (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
+``MALLOC_MMAP_THRESHOLD_``, or ``glibc.malloc`` in ``GLIBC_TUNABLES``), when
+``FAIRBENCH_MALLOC=default``, and where the C library is not glibc (macOS, musl): there it does
+nothing. Torch-free.
 """
 
 from __future__ import annotations
