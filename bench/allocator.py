@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+from fairbench.runs.memory import OPT_OUT, USER_KNOBS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import median_line  # noqa: E402
 
 SETTINGS = {"glibc default": {"FAIRBENCH_MALLOC": "default"}, "fairbench": {}}
 
@@ -68,7 +72,7 @@ def child(args: argparse.Namespace, out: Path, run_id: str, extra_env: dict[str,
     cmd += ["--attacks", "clean,pgd20", "--device", "cpu", "--no-progress", "--out", str(out), "--run-id", run_id]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FAIRBENCH_MALLOC"}
+    env = {k: v for k, v in os.environ.items() if k not in (*USER_KNOBS, OPT_OUT, "GLIBC_TUNABLES")}
     env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} | extra_env
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -101,10 +105,6 @@ def main(argv: list[str] | None = None) -> None:
         "alternating; median (each round)"
     )
 
-    def line(name: str, key: str, fmt: str) -> str:
-        values = [float(x[key]) for x in rows[name]]
-        return f"{statistics.median(values):{fmt}}   ({', '.join(f'{v:{fmt}}' for v in values)})"
-
     for key, label, fmt in (
         ("cpu", "CPU s", ".1f"),
         ("sys", "kernel s", ".1f"),
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         ("wall", "wall s", ".1f"),
     ):
         for name in SETTINGS:
-            print(f"{label:<13} {name:<14} {line(name, key, fmt)}")
+            print(f"{label:<13} {name:<14} {median_line([float(x[key]) for x in rows[name]], fmt)}")
     cpu = {name: statistics.median(float(x["cpu"]) for x in rows[name]) for name in SETTINGS}
     print(f"CPU time, glibc default / fairbench: {cpu['glibc default'] / cpu['fairbench']:.3f}")
     hashes = {str(x["sha256"]) for name in SETTINGS for x in rows[name]}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from fairbench.runs.memory import glibc, wanted
+from fairbench.runs.memory import OPT_OUT, USER_KNOBS, glibc, wanted
 
 GLIBC = glibc()
 
@@ -42,9 +42,7 @@ def python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FAIRBENCH_MALLOC"}
-    env.pop("GLIBC_TUNABLES", None)
-    return env | extra
+    return {k: v for k, v in os.environ.items() if k not in (*USER_KNOBS, OPT_OUT, "GLIBC_TUNABLES")} | extra
 
 
 def test_the_user_s_own_settings_win() -> None:
