@@ -407,6 +407,14 @@ _LAUNCHER_OPTIONS = {
         Optional[int],
         typer.Option(None, help="local: runs at once (default: one per GPU, else one per core)"),
     ),
+    "limit": (
+        Optional[int],
+        typer.Option(
+            None,
+            help="start at most this many of the runs left to do, in the grid's order; the others "
+            "wait for the same command again (e.g. what fits in a time-limited session)",
+        ),
+    ),
     "partition": (Optional[str], typer.Option(None, help="slurm: partition")),
     "time": (Optional[str], typer.Option(None, help="slurm: each run's time limit (minutes or [D-]HH:MM:SS)")),
     "gpus_per_run": (

@@ -266,6 +266,32 @@ def test_local_sweep_runs_the_grid_and_a_second_sweep_trains_nothing(
     assert "(local): 4 done" in capsys.readouterr().out
 
 
+def test_limit_starts_the_first_runs_left_to_do_and_the_same_command_goes_on(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    args = ["sweep", "--methods", "pgd-at", "--seeds", "0-2", *tiny_args(fmnist_dir, out), "--workers", "2"]
+    assert cli([*args, "--limit", "2", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    ids = planned_ids(printed)
+    assert "2 new, 1 held back by --limit" in printed and not run_dirs(out)
+
+    assert cli([*args, "--limit", "2"]) == 0  # held runs are neither a failure nor "did not finish"
+    printed = capsys.readouterr()
+    assert finished(out) == sorted(ids[:2])  # the first two of the grid's order
+    assert "sweep: 2 done, 1 held" in printed.out
+    assert "1 run(s) held back by --limit: run the same command again" in printed.out
+    assert printed.err.count("started") == 2 and attempts(out, ids[2]) == 0
+
+    assert cli([*args, "--limit", "2"]) == 0  # the done ones are skipped: the limit counts what is left
+    printed = capsys.readouterr()
+    assert finished(out) == sorted(ids) and "2 done before (skipped), 1 new" in printed.out
+    assert "held" not in printed.out and all(attempts(out, i) == 1 for i in ids)
+
+    assert cli([*args, "--limit", "0"]) == 2
+    one_error_line(capsys.readouterr().err, "--limit must be >= 1, got 0")
+
+
 def test_a_failed_run_does_not_stop_the_others_and_is_retried_only_on_request(
     fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

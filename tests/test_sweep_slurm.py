@@ -65,14 +65,20 @@ def test_a_2x2_sweep_lands_four_results_and_a_second_submission_trains_nothing(
         *tiny_args(fmnist_dir, out, attacks="clean,pgd20"),
         *SLURM,
     ]
-    assert cli([*args, "--wait"]) == 0
+    assert cli([*args, "--wait", "--limit", "3"]) == 0  # the 4th is held back, neither failed nor lost
     printed = capsys.readouterr().out
-    assert "as Slurm job" in printed and "sweep: 4 done" in printed
+    assert "submitted 3 run(s) as Slurm job" in printed and "sweep: 3 done, 1 held" in printed
     ids = [d.name for d in run_dirs(out)]
-    assert len(ids) == 4 and finished(out) == ids
+    assert len(ids) == 3 and finished(out) == ids
     job = submitted_job(out)
     assert all(status(out, i)["job"].startswith(f"{job}_") for i in ids)  # one job array
     assert list((out / "sweep" / "slurm").glob(f"{job}_*_log.out"))  # submitit's logs in the sweep folder
+
+    assert cli([*args, "--wait"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 done before (skipped), 1 new" in printed and "submitted 1 run(s)" in printed
+    ids = [d.name for d in run_dirs(out)]
+    assert len(ids) == 4 and finished(out) == ids
 
     assert cli([*args, "--wait"]) == 0
     printed = capsys.readouterr().out

@@ -47,6 +47,7 @@ SKIPPED = {
     "done": "done before",
     "failed": "failed before: --retry-failed runs it again",
     "busy": "running in another process",
+    "held": "--limit: the same command again starts it",
 }
 
 
@@ -56,6 +57,7 @@ class LaunchOptions:
 
     launcher: str = "local"
     workers: int | None = None
+    limit: int | None = None
     dry_run: bool = False
     retry_failed: bool = False
     reevaluate: bool = False
@@ -75,6 +77,8 @@ class LaunchOptions:
             raise FairbenchError(f"--launcher must be local or slurm, got {self.launcher!r:.40}")
         if self.workers is not None and self.workers < 1:
             raise FairbenchError(f"--workers must be >= 1, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise FairbenchError(f"--limit must be >= 1, got {self.limit}")
         slurm_only = {
             "--partition": self.partition,
             "--time": self.time,
@@ -97,6 +101,9 @@ def launch(runs: list[PlannedRun], opts: LaunchOptions, minutes: int | None, ech
     """Print the grid, then run (or submit) what is left to do; raise when a run failed."""
     sweep = sweep_dir(runs[0].out)
     states = {r.run_id: classify(r, sweep, opts.retry_failed) for r in runs}
+    if opts.limit is not None:  # the first --limit runs left to do start; the others wait (state "held")
+        for run in [r for r in runs if states[r.run_id] in TODO][opts.limit :]:
+            states[run.run_id] = "held"
     echo(render_text([Row(r, states[r.run_id], note=_note(r, states[r.run_id])) for r in runs]))
     todo = [r for r in runs if states[r.run_id] in TODO]
     echo(f"{len(runs)} run(s) in the grid: {_counts(states)}; results in {runs[0].out}/runs, sweep files in {sweep}")
@@ -154,6 +161,7 @@ def _counts(states: dict[str, str]) -> str:
         "done": "done before (skipped)",
         "failed": "failed before (skipped)",
         "busy": "running elsewhere (skipped)",
+        "held": "held back by --limit",
     }
     return ", ".join(f"{n} {words[s]}" for s, n in counts.items())
 
@@ -244,21 +252,28 @@ def _launch_slurm(
         _raise_for_failures(skipped, sweep)
         return
     echo(f"submitted {len(todo)} run(s) as Slurm job {job}; Slurm logs in {sweep}/slurm/, run logs in {sweep}/logs/")
+    held = sum(state == "held" for state in states.values())
+    if held:
+        echo(f"{held} run(s) held back by --limit: submit the same command again once this job has ended")
     if not opts.wait:
         echo(f"follow it with: fairbench sweep --status {runs[0].out}")
         _raise_for_failures(skipped, sweep)
         return
-    final = _wait(runs, sweep, job)
+    final = _wait(runs, sweep, job, {r.run_id for r in runs if states[r.run_id] == "held"})
     _summarize(final, sweep, echo)
     _raise_for_failures(final, sweep)
 
 
-def _wait(runs: list[PlannedRun], sweep: Path, job: str) -> list[Row]:
-    """Follow a submitted array until none of its tasks is queued or running."""
+def _wait(runs: list[PlannedRun], sweep: Path, job: str, held: set[str]) -> list[Row]:
+    """Follow a submitted array until none of its tasks is queued or running (``held``: the runs
+    --limit left out of it)."""
     _, plan, _ = read_plan(sweep)
     tasks = (plan.get("slurm") or {}).get("tasks", {})
     queued: dict[str, str] = {}
-    rows = lambda: [Row(r, *slurm_state(r, sweep, queued, tasks)) for r in runs]  # noqa: E731
+    rows = lambda: [  # noqa: E731
+        Row(r, "held", note=SKIPPED["held"]) if r.run_id in held else Row(r, *slurm_state(r, sweep, queued, tasks))
+        for r in runs
+    ]
     display = Display(rows)
     seen: dict[str, str] = {}
 
@@ -284,6 +299,9 @@ def _wait(runs: list[PlannedRun], sweep: Path, job: str) -> list[Row]:
 def _summarize(rows: list[Row], sweep: Path, echo: Callable[[str], None]) -> None:
     echo(render_text(rows))
     echo(f"sweep: {count_states(rows)}")
+    held = sum(row.state == "held" for row in rows)
+    if held:
+        echo(f"{held} run(s) held back by --limit: run the same command again to start them")
     for row in rows:
         if row.state == "failed":
             echo(
@@ -294,7 +312,7 @@ def _summarize(rows: list[Row], sweep: Path, echo: Callable[[str], None]) -> Non
 
 def _raise_for_failures(rows: list[Row], sweep: Path) -> None:
     failed = [r.run.run_id for r in rows if r.state == "failed"]
-    unfinished = [r.run.run_id for r in rows if r.state not in ("done", "failed")]
+    unfinished = [r.run.run_id for r in rows if r.state not in ("done", "failed", "held")]
     if failed:
         hint = " (--retry-failed runs them again)" if any("retry" in r.note for r in rows) else ""
         raise FairbenchError(
