@@ -448,3 +448,18 @@ def test_the_baseline_is_the_methods_row_trained_from_scratch(tmp_path: Path) ->
     assert group.baseline is not None and group.baseline.startswith("pgd-at (lr=0.03")
     fairat = next(r for r in group.rows if r.method == "fairat").threats["pgd20"].ci
     assert fairat is not None and fairat.worst_delta is not None and fairat.worst_delta.value == pytest.approx(-0.3)
+
+
+def test_a_long_row_label_is_wrapped_on_the_figures_and_keeps_every_word() -> None:
+    """A tuned row's label names every hyperparameter; unwrapped, it squeezed the forest figure's
+    axes to nothing (matplotlib's constrained layout gave up)."""
+    from types import SimpleNamespace
+
+    from fairbench.report.figures import tick_label
+
+    long = "frl-rw (beta=5.94902, lim=0.511948, rate=0.0772981, tau_bndy=0.0128305, weight_decay=0.0005)"
+    row = SimpleNamespace(label=long, runs=[1, 2, 3])
+    wrapped = tick_label(row, 3)  # type: ignore[arg-type]
+    assert len(wrapped.splitlines()) > 1 and all(len(line) <= 44 for line in wrapped.splitlines())
+    assert wrapped.split() == long.split()
+    assert tick_label(SimpleNamespace(label="pgd-at", runs=[1, 2, 3]), 3) == "pgd-at"  # type: ignore[arg-type]

@@ -139,6 +139,16 @@ def point_label(row: Row, usual: int) -> str:
     return row.label if len(row.runs) == usual else legend_label(row)
 
 
+def tick_label(row: Row, usual: int, width: int = 44) -> str:
+    """`point_label` wrapped onto lines of at most ``width`` characters (at its spaces), so that a
+    row with many tuned hyperparameters does not squeeze a figure's axes to nothing."""
+    return textwrap.fill(point_label(row, usual), width)
+
+
+def _tick_lines(labels: list[str]) -> int:
+    return sum(label.count("\n") + 1 for label in labels)
+
+
 def _seeds_note(group: Group) -> str:
     n = usual_seeds(group)
     return f"{n} seed{'s' if n != 1 else ''} per method unless labelled"
@@ -231,7 +241,8 @@ def forest_figure(group: Group) -> Figure:
         and _delta_of(r, threat, "worst") is not None
         and _delta_of(r, threat, "avg") is not None
     ]
-    fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows))), layout="constrained")
+    labels = [tick_label(r, usual_seeds(group)) for r in rows]
+    fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows)) + 0.16 * _tick_lines(labels)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     name = threat_name(threat)
     for ax, field, title in zip(axes, ("worst", "avg"), (f"Δ worst-class {name} error", f"Δ average {name} error")):
@@ -254,7 +265,7 @@ def forest_figure(group: Group) -> Figure:
         ax.set_xlabel("percentage points (row minus baseline)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
-    axes[0].set_yticks(range(len(rows)), [point_label(r, usual_seeds(group)) for r in rows], fontsize=9)
+    axes[0].set_yticks(range(len(rows)), labels, fontsize=9)
     axes[0].set_ylim(max(len(rows), 1) - 0.5, -0.5)  # rank 1 on top
     if not rows:
         axes[0].text(0, 0, "no row with a comparison", ha="center", va="center", color="0.4")
@@ -280,7 +291,12 @@ def heatmap_figure(group: Group) -> Figure:
     classes = group.key.classes
     values = [[100 * st.mean if st else math.nan for st in r.threats[threat].per_class] for r in rows]
     k = len(classes)
-    fig = Figure(figsize=(min(max(7.0, 2.8 + 0.75 * k), 14.0), 1.8 + 0.36 * max(1, len(rows))), layout="constrained")
+    usual = usual_seeds(group)
+    labels = [tick_label(r, usual) for r in rows]
+    fig = Figure(
+        figsize=(min(max(7.0, 2.8 + 0.75 * k), 14.0), 1.8 + 0.36 * max(1, len(rows)) + 0.16 * _tick_lines(labels)),
+        layout="constrained",
+    )
     ax = fig.add_subplot()
     image = ax.imshow(
         values or [[math.nan] * k], cmap="cividis", vmin=0, vmax=100, aspect="auto", interpolation="nearest"
@@ -292,8 +308,7 @@ def heatmap_figure(group: Group) -> Figure:
     ax.set_xticks(
         range(k), classes, rotation=25 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=9 if k <= 20 else 6
     )
-    usual = usual_seeds(group)
-    ax.set_yticks(range(len(rows)), [point_label(r, usual) for r in rows], fontsize=9)
+    ax.set_yticks(range(len(rows)), labels, fontsize=9)
     for text, row in zip(ax.get_yticklabels(), rows):
         if _is_baseline(group, row):
             text.set_fontweight("bold")
