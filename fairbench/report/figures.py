@@ -404,7 +404,7 @@ def tradeoff_figure(group: Group) -> Figure:
         (px0, py), (px1, _) = ax.transData.transform([(a, y), (b, y)])
         (px, py0), (_, py1) = ax.transData.transform([(x, c), (x, d)])
         bars += [Bbox.from_extents(px0, py - 1, px1, py + 1), Bbox.from_extents(px - 1, py0, px + 1, py1)]
-    _place_labels(fig, ax, points, [point_label(r, usual) for r in rows], legend, bars)
+    _place_labels(fig, ax, points, [tick_label(r, usual) for r in rows], legend, bars)
     for text, row in zip(ax.texts, rows):
         if _is_baseline(group, row):
             text.set_fontweight("bold")
