@@ -252,14 +252,14 @@ def _launch_slurm(
         _raise_for_failures(skipped, sweep)
         return
     echo(f"submitted {len(todo)} run(s) as Slurm job {job}; Slurm logs in {sweep}/slurm/, run logs in {sweep}/logs/")
-    held = sum(state == "held" for state in states.values())
-    if held:
-        echo(f"{held} run(s) held back by --limit: submit the same command again once this job has ended")
+    held = {r.run_id for r in runs if states[r.run_id] == "held"}
     if not opts.wait:
+        if held:
+            echo(f"{len(held)} run(s) held back by --limit: submit the same command again once this job has ended")
         echo(f"follow it with: fairbench sweep --status {runs[0].out}")
         _raise_for_failures(skipped, sweep)
         return
-    final = _wait(runs, sweep, job, {r.run_id for r in runs if states[r.run_id] == "held"})
+    final = _wait(runs, sweep, job, held)  # its summary names the held runs
     _summarize(final, sweep, echo)
     _raise_for_failures(final, sweep)
 
