@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError, check_all
+from fairbench.files import canonical_json
 from fairbench.specs.threats import check_subsets, parse_subsets, subset_keys_of
 
 SCHEDULES = ("piecewise", "cosine", "constant")  # piecewise also as "piecewise:M1,M2,..." (`milestones`)
@@ -329,7 +330,7 @@ class RunConfig:
         return d
 
     def training_hash(self) -> str:
-        blob = json.dumps(self.training_dict(), sort_keys=True, default=str)
+        blob = canonical_json(self.training_dict())
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def default_run_id(self) -> str:

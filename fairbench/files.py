@@ -71,6 +71,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def canonical_json(value: Any) -> str:
+    """``value`` as one canonical JSON string (keys sorted, anything JSON lacks as its ``str``): two
+    values a result file would store alike compare equal (a tuple and its JSON list), and the string
+    is what run ids, resume keys and report rows hash or compare. Changing it changes every run id."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from fairbench.distributed import DistInfo
 from fairbench.errors import FairbenchError
+from fairbench.files import canonical_json
 from fairbench.runs.folder import TEMP_SUFFIX, atomic_torch_save, load_checkpoint
 from fairbench.runs.machine_key import has_tag, tag
 
@@ -132,13 +133,13 @@ class EvalState:
         progress: Callable[[str], None],
     ) -> None:
         self.dir = Path(state_dir) if state_dir is not None else None
-        self.base = json.dumps(key_parts, sort_keys=True, default=str)
+        self.base = canonical_json(key_parts)
         self.indices, self.dist, self.device = indices.cpu(), dist, device
         self.progress = progress
         self._said_no_key = False
 
     def key(self, threat: str, settings: dict[str, Any]) -> str:
-        blob = json.dumps({"threat": threat, "settings": settings}, sort_keys=True, default=str)
+        blob = canonical_json({"threat": threat, "settings": settings})
         return hashlib.sha256((self.base + blob).encode()).hexdigest()
 
     def path(self, threat: str) -> Path | None:

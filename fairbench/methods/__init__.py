@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import pkgutil
 from typing import Any, Mapping
 
 from fairbench.errors import FairbenchError
+from fairbench.files import canonical_json
 from fairbench.registry import Registry, load_plugins
 
 
@@ -62,9 +62,8 @@ def label_params(name: str, params: Mapping[str, Any]) -> list[str] | None:
         unused = entry.obj.Params(**params).unused() if hasattr(entry.obj.Params, "unused") else frozenset()
     except TypeError:  # a parameter this version does not know: every difference is shown
         unused = frozenset()
-    return [k for k in sorted(params) if k not in unused and not (k in defaults and _same(params[k], defaults[k]))]
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as a result file stores them (a tuple default and its JSON list are the same)."""
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    return [
+        k
+        for k in sorted(params)
+        if k not in unused and not (k in defaults and canonical_json(params[k]) == canonical_json(defaults[k]))
+    ]

@@ -41,6 +41,7 @@ from dataclasses import replace
 import numpy as np
 
 from fairbench.errors import FairbenchError
+from fairbench.files import canonical_json
 from fairbench.report.model import (
     Group,
     Leaderboard,
@@ -59,7 +60,7 @@ BOOTSTRAP_SEED = 11  # with each group's and threat's name, the bootstrap's seed
 
 
 def _seed_order(run: Run) -> str:
-    return json.dumps(run.seed, sort_keys=True, default=str)
+    return canonical_json(run.seed)
 
 
 def baseline_row(group: Group, name: str) -> Row | None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeGuard
 import pandas as pd
 
 from fairbench.errors import FairbenchError
+from fairbench.files import canonical_json
 from fairbench.report.stats import ZERO, Delta, RowStats, tied_ranks
 from fairbench.schema import (
     OUTCOMES_FILE,
@@ -113,10 +114,6 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def _is_count(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -164,7 +161,7 @@ class Run:
         extra = {k: self.training.get(k) for k in EXTRA_TRAINING}
         if self.source is not None:
             extra["init_from"] = self.source
-        return self.record.method, _canon(self.record.params), _canon(extra)
+        return self.record.method, canonical_json(self.record.params), canonical_json(extra)
 
 
 @dataclass(frozen=True)
@@ -314,7 +311,7 @@ class Row:
 
     @property
     def seeds(self) -> list[Any]:
-        return sorted((r.seed for r in self.runs), key=_canon)
+        return sorted((r.seed for r in self.runs), key=canonical_json)
 
     @property
     def possibly_masked(self) -> bool:
@@ -513,7 +510,9 @@ def _labels(
     # runs; the rows trained from scratch are compared among themselves
     def varying_among(fine_tuning: bool) -> list[str]:
         same = [rs[0] for rs in buckets.values() if (rs[0].source is not None) == fine_tuning]
-        return [f for f in EXTRA_TRAINING if f != "init_from" and len({_canon(r.training.get(f)) for r in same}) > 1]
+        return [
+            f for f in EXTRA_TRAINING if f != "init_from" and len({canonical_json(r.training.get(f)) for r in same}) > 1
+        ]
 
     varying_of = {False: varying_among(False), True: varying_among(True)}
     labels: dict[tuple[str, str, str], str] = {}
@@ -523,7 +522,7 @@ def _labels(
         shown = (label_params or _label_params)(method, params)
         if shown is None:  # unknown defaults: show what varies between this method's rows
             same = [b[0].record.params for i, b in buckets.items() if i[0] == method]
-            shown = [k for k in sorted(params) if len({_canon(p.get(k)) for p in same}) > 1]
+            shown = [k for k in sorted(params) if len({canonical_json(p.get(k)) for p in same}) > 1]
         parts = [f"{k}={fmt_value(params[k])}" for k in shown]
         parts += [f"{f}={fmt_value(rs[0].training.get(f))}" for f in varying]
         if rs[0].source is not None:
