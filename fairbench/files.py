@@ -1,5 +1,6 @@
 """Writing result files safely, torch-free: atomic writes (a reader sees the old file or the new
-one, never half), the temporaries a crash leaves, and a folder proved writable before work starts.
+one, never half), the temporaries a crash leaves, a folder proved writable before work starts, and
+the one canonical JSON form in which stored values are compared and hashed (`canonical_json`).
 Used by the run folders (`fairbench.runs.folder`, which re-exports these), the result schema and the
 report."""
 
