@@ -241,7 +241,8 @@ def forest_figure(group: Group) -> Figure:
         and _delta_of(r, threat, "worst") is not None
         and _delta_of(r, threat, "avg") is not None
     ]
-    labels = [tick_label(r, usual_seeds(group)) for r in rows]
+    usual = usual_seeds(group)
+    labels = [tick_label(r, usual) for r in rows]
     fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows)) + 0.16 * _tick_lines(labels)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     name = threat_name(threat)
