@@ -145,8 +145,9 @@ def tick_label(row: Row, usual: int, width: int = 44) -> str:
     return textwrap.fill(point_label(row, usual), width)
 
 
-def _tick_lines(labels: list[str]) -> int:
-    return sum(label.count("\n") + 1 for label in labels)
+def _extra_tick_lines(labels: list[str]) -> int:
+    """Lines that wrapped labels add beyond one per row (the row height already holds one)."""
+    return sum(label.count("\n") for label in labels)
 
 
 def _seeds_note(group: Group) -> str:
@@ -243,7 +244,7 @@ def forest_figure(group: Group) -> Figure:
     ]
     usual = usual_seeds(group)
     labels = [tick_label(r, usual) for r in rows]
-    fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows)) + 0.16 * _tick_lines(labels)), layout="constrained")
+    fig = Figure(figsize=(9.0, 1.6 + 0.36 * max(1, len(rows)) + 0.16 * _extra_tick_lines(labels)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     name = threat_name(threat)
     for ax, field, title in zip(axes, ("worst", "avg"), (f"Δ worst-class {name} error", f"Δ average {name} error")):
@@ -295,7 +296,10 @@ def heatmap_figure(group: Group) -> Figure:
     usual = usual_seeds(group)
     labels = [tick_label(r, usual) for r in rows]
     fig = Figure(
-        figsize=(min(max(7.0, 2.8 + 0.75 * k), 14.0), 1.8 + 0.36 * max(1, len(rows)) + 0.16 * _tick_lines(labels)),
+        figsize=(
+            min(max(7.0, 2.8 + 0.75 * k), 14.0),
+            1.8 + 0.36 * max(1, len(rows)) + 0.16 * _extra_tick_lines(labels),
+        ),
         layout="constrained",
     )
     ax = fig.add_subplot()
